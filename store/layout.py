@@ -1,0 +1,84 @@
+"""Keys and paths of a traitlens store.
+
+A store is a folder::
+
+    <root>/store.json                                   format name and version
+    <root>/activations.zarr/<model_key>/<fmt>/<site>/<pooling>/L<layer>   [n_rows, d_model]
+    <root>/activations.zarr/<model_key>/<fmt>/<site>/tokens/token_ids     [n_tokens] (tokens pooling)
+    <root>/tables/{prompts,rows,runs}/part-*.parquet    append-only Parquet parts
+
+``fmt`` is how prompts were rendered for the model (``chat`` or ``raw``): the same text gives
+different activations with and without a chat template, so the two never share an array.
+Every name that becomes a path component goes through :func:`safe_name`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+FORMAT_NAME = "traitlens-store"
+FORMAT_VERSION = 1
+
+ZARR_DIR = "activations.zarr"
+TABLES_DIR = "tables"
+TABLE_NAMES = ("prompts", "rows", "runs")
+POOLINGS = ("last", "mean", "response_mean", "tokens")
+FORMATS = ("chat", "raw")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+class StoreError(RuntimeError):
+    """A store is missing, of another format, or inconsistent; the message says what to do."""
+
+
+def safe_name(name: str, field: str = "name") -> str:
+    """Turn ``name`` into one path component: no separators, no ``..``, no empty string.
+
+    Characters outside ``[A-Za-z0-9._+-]`` become ``_``, so ``gpt2/../../etc`` can never
+    leave the store. Raises ``ValueError`` when nothing usable is left.
+    """
+    cleaned = _UNSAFE.sub("_", str(name)).strip("._")
+    if not cleaned:
+        raise ValueError(f"{field} {name!r} has no usable characters for a store path")
+    return cleaned[:120]
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    """One family of arrays sharing row indices: every layer of (model, fmt, site, pooling)."""
+
+    model_key: str
+    fmt: str
+    site: str
+    pooling: str
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for field in ("model_key", "site"):
+            value = getattr(self, field)
+            if safe_name(value, field) != value:
+                raise ValueError(f"{field} {value!r} is not a safe store name; use safe_name()")
+
+    @property
+    def path(self) -> str:
+        """Zarr group path relative to ``activations.zarr``."""
+        return f"{self.model_key}/{self.fmt}/{self.site}/{self.pooling}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"model_key": self.model_key, "fmt": self.fmt, "site": self.site, "pooling": self.pooling}
+
+
+def layer_name(layer: int) -> str:
+    """Array name of one layer inside a group: ``L7``."""
+    return f"L{int(layer)}"
+
+
+def parse_layer_name(name: str) -> int | None:
+    """Inverse of :func:`layer_name`; ``None`` for other members (``token_ids``)."""
+    m = re.fullmatch(r"L(\d+)", name)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,337 @@
+"""The activation store: Zarr layer arrays plus Parquet prompts/rows/runs tables.
+
+Commit protocol (what makes a crash lose nothing committed):
+
+1. prompts are added to the ``prompts`` table before capture (one atomic part);
+2. a commit writes every layer array of every group first, at rows ``[n, n + b)``;
+3. then one ``rows`` part records those b prompts for all groups at once, atomically.
+
+A prompt counts as stored only once step 3 lands. Rows an array holds past its committed
+length are an uncommitted tail: the next commit overwrites them and ``verify --repair``
+drops them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import zarr
+
+from . import arrays, tables
+from .layout import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    TABLE_NAMES,
+    TABLES_DIR,
+    ZARR_DIR,
+    GroupKey,
+    StoreError,
+    layer_name,
+    parse_layer_name,
+)
+from .lock import write_lock
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def code_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("traitlens")
+    except Exception:  # running from a checkout that is not installed
+        return "unknown"
+
+
+class Store:
+    """A traitlens store rooted at a folder. ``Store.open(path, create=True)`` makes one."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.zarr_path = self.root / ZARR_DIR
+        self.tables_path = self.root / TABLES_DIR
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path, create: bool = False) -> "Store":
+        """Open a store, checking its format; ``create=True`` makes a new one if absent."""
+        root = Path(root)
+        meta_path = root / "store.json"
+        if not meta_path.exists():
+            if not create:
+                raise StoreError(f"no traitlens store at {root}: run `traitlens ingest` first, or pass --store")
+            if root.exists() and any(p.name != ".lock" for p in root.iterdir()):
+                raise StoreError(
+                    f"{root} exists and is not empty but has no store.json: refusing to turn it into a store; "
+                    "pass an empty or new folder to --store"
+                )
+            root.mkdir(parents=True, exist_ok=True)
+            meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "created_at": now_utc().isoformat(),
+                    "dtype_policy": "float16, float32 for a layer that overflows"}
+            tmp = root / ".store.json.tmp"
+            tmp.write_text(json.dumps(meta, indent=2))
+            tmp.replace(meta_path)
+            for name in TABLE_NAMES:
+                (root / TABLES_DIR / name).mkdir(parents=True, exist_ok=True)
+            arrays.open_root(root / ZARR_DIR, mode="a")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise StoreError(f"{meta_path} is not valid JSON ({e}); restore it from a backup") from None
+        if meta.get("format") != FORMAT_NAME:
+            raise StoreError(f"{meta_path}: format {meta.get('format')!r} is not a traitlens store")
+        if meta.get("version") != FORMAT_VERSION:
+            raise StoreError(
+                f"{meta_path}: store format version {meta.get('version')} but this traitlens "
+                f"({code_version()}) reads version {FORMAT_VERSION}; use a matching traitlens release "
+                "or ingest into a new --store"
+            )
+        return cls(root)
+
+    def lock(self, what: str = "write"):
+        """Context manager holding the single-writer lock."""
+        return write_lock(self.root, what)
+
+    # -- tables ----------------------------------------------------------------------------
+    def table(self, name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+        """All committed rows of ``prompts``, ``rows`` or ``runs``."""
+        return tables.read_table(self.tables_path / name, tables.SCHEMAS[name], columns, filter)
+
+    def prompts(self) -> pa.Table:
+        return self.table("prompts")
+
+    def runs(self) -> pa.Table:
+        """One row per run: its latest status."""
+        t = self.table("runs")
+        if t.num_rows == 0:
+            return t
+        latest: dict[str, int] = {}
+        for i, (rid, ended) in enumerate(zip(t["run_id"].to_pylist(), t["ended_at"].to_pylist())):
+            if rid not in latest or ended is not None:
+                latest[rid] = i
+        return t.take(sorted(latest.values()))
+
+    def add_prompts(self, records: list[dict]) -> int:
+        """Add prompt records not yet present (key: prompt_id, dataset, trait); returns how many."""
+        if not records:
+            return 0
+        have = self.table("prompts", columns=["prompt_id", "dataset", "trait"])
+        seen = set(zip(have["prompt_id"].to_pylist(), have["dataset"].to_pylist(), have["trait"].to_pylist()))
+        new = [r for r in records if (r["prompt_id"], r["dataset"], r["trait"]) not in seen]
+        if new:
+            stamp = now_utc()
+            for r in new:
+                r.setdefault("added_at", stamp)
+            tables.write_part(self.tables_path / "prompts", tables.rows_to_table(new, tables.PROMPTS_SCHEMA),
+                              tables.PROMPTS_SCHEMA)
+        return len(new)
+
+    def record_run(self, run: dict) -> None:
+        """Append a run record (a later record of the same run_id supersedes it)."""
+        tables.write_part(self.tables_path / "runs", tables.rows_to_table([run], tables.RUNS_SCHEMA),
+                          tables.RUNS_SCHEMA)
+
+    # -- groups and arrays -----------------------------------------------------------------
+    def groups(self) -> list[GroupKey]:
+        """Every group with at least one committed row."""
+        t = self.table("rows", columns=["model_key", "fmt", "site", "pooling"])
+        if t.num_rows == 0:
+            return []
+        uniq = t.group_by(["model_key", "fmt", "site", "pooling"]).aggregate([])
+        return sorted(GroupKey(*r.values()) for r in uniq.to_pylist())
+
+    def group_rows(self, key: GroupKey) -> pa.Table:
+        """Committed rows of one group, sorted by row."""
+        f = ((pc.field("model_key") == key.model_key) & (pc.field("fmt") == key.fmt)
+             & (pc.field("site") == key.site) & (pc.field("pooling") == key.pooling))
+        t = self.table("rows", filter=f)
+        return t.sort_by("row")
+
+    def committed(self, key: GroupKey) -> "GroupState":
+        """How far a group is committed: prompts, rows and array rows."""
+        t = self.group_rows(key)
+        n = t.num_rows
+        if key.pooling == "tokens" and n:
+            array_rows = int(pc.max(pc.add(t["token_start"], pc.cast(t["token_count"], pa.int64()))).as_py())
+        else:
+            array_rows = n
+        return GroupState(n_prompts=n, array_rows=array_rows, prompt_ids=set(t["prompt_id"].to_pylist()))
+
+    def zarr_root(self, mode: str = "r") -> zarr.Group:
+        return arrays.open_root(self.zarr_path, mode=mode)
+
+    def layers(self, key: GroupKey) -> list[int]:
+        """Layers stored for a group, ascending."""
+        group = arrays.get_group(self.zarr_root(), key.path)
+        if group is None:
+            return []
+        return sorted(l for l in (parse_layer_name(n) for n in group.array_keys()) if l is not None)
+
+    def activations(self, key: GroupKey, layer: int, rows: slice | None = None) -> np.ndarray:
+        """Committed activations of one layer as float32 ``[n_rows, d]`` (array rows)."""
+        n = self.committed(key).array_rows
+        group = arrays.get_group(self.zarr_root(), key.path)
+        if group is None or layer_name(layer) not in group:
+            raise StoreError(
+                f"layer {layer} is not stored for {key.path}; stored layers: {self.layers(key) or 'none'}"
+            )
+        arr = group[layer_name(layer)]
+        sel = slice(0, n) if rows is None else slice(*rows.indices(n))
+        return np.asarray(arr[sel], dtype=np.float32)
+
+    def writer(self, groups: list[GroupKey], layers: list[int], d_model: int, run_id: str,
+               chunk_rows: int = 256) -> "CommitWriter":
+        return CommitWriter(self, groups, layers, d_model, run_id, chunk_rows)
+
+
+@dataclass
+class GroupState:
+    n_prompts: int
+    array_rows: int
+    prompt_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class PendingBatch:
+    """Captured results of some prompts, waiting for a commit.
+
+    ``pooled[(site, pooling)][layer]`` is float32 ``[B, d]``; for ``tokens`` pooling it is
+    ``[sum(token_counts), d]`` and ``token_ids`` holds the matching int32 ids.
+    """
+
+    prompt_ids: list[str]
+    token_counts: np.ndarray  # int32 [B]
+    truncated: np.ndarray  # int32 [B]
+    responses: list[str | None]
+    pooled: dict[tuple[str, str], dict[int, np.ndarray]]
+    token_ids: np.ndarray | None = None  # int32 [sum(token_counts)]
+
+
+class CommitWriter:
+    """Buffers captured batches and commits them: arrays first, then one atomic rows part.
+
+    Commits land on chunk boundaries of the pooled arrays (the first commit after a resume
+    fills the partial chunk), so steady-state writes never rewrite a chunk.
+    """
+
+    def __init__(self, store: Store, groups: list[GroupKey], layers: list[int], d_model: int, run_id: str,
+                 chunk_rows: int = 256):
+        self.store, self.groups, self.layers, self.d = store, groups, list(layers), d_model
+        self.run_id, self.chunk_rows = run_id, chunk_rows
+        self.root = store.zarr_root(mode="a")
+        self.state = {g: store.committed(g) for g in groups}
+        self.arrays: dict[tuple[GroupKey, int], zarr.Array] = {}
+        self.token_id_arrays: dict[GroupKey, zarr.Array] = {}
+        self.pending: list[PendingBatch] = []
+        self.n_pending = 0
+        self.n_committed = 0
+        self.promoted: list[str] = []
+        self.last_commit = time.monotonic()
+        for g in groups:
+            grp = arrays.require_group(self.root, g.path)
+            for layer in self.layers:
+                name = layer_name(layer)
+                arr = grp[name] if name in grp else arrays.create_layer_array(grp, name, d_model, "float16", chunk_rows)
+                if arr.shape[1] != d_model:
+                    raise StoreError(f"{g.path}/{name} has d={arr.shape[1]} but the model gives d={d_model}")
+                self.arrays[(g, layer)] = arr
+            if g.pooling == "tokens":
+                self.token_id_arrays[g] = (grp["token_ids"] if "token_ids" in grp else
+                                           grp.create_array("token_ids", shape=(0,), chunks=(chunk_rows * 16,),
+                                                            dtype="int32", fill_value=0))
+
+    def done_prompt_ids(self) -> set[str]:
+        """Prompts committed in every group this writer covers (the rest still need capture)."""
+        sets = [self.state[g].prompt_ids for g in self.groups]
+        return set.intersection(*sets) if sets else set()
+
+    def add(self, batch: PendingBatch, max_seconds: float = 60.0) -> int:
+        """Buffer a batch; commit when the pooled rows reach a chunk boundary or time passes.
+
+        Returns the number of prompts committed by this call (0 if it only buffered).
+        """
+        self.pending.append(batch)
+        self.n_pending += len(batch.prompt_ids)
+        base = min(self.state[g].n_prompts for g in self.groups)
+        to_boundary = self.chunk_rows - (base % self.chunk_rows)
+        if self.n_pending >= to_boundary or time.monotonic() - self.last_commit > max_seconds:
+            return self.commit()
+        return 0
+
+    def commit(self) -> int:
+        """Write buffered batches to every array, then record them in one rows part."""
+        if not self.pending:
+            return 0
+        batches, self.pending, n = self.pending, [], self.n_pending
+        self.n_pending = 0
+        prompt_ids = [p for b in batches for p in b.prompt_ids]
+        counts = np.concatenate([b.token_counts for b in batches]).astype(np.int64)
+        truncated = np.concatenate([b.truncated for b in batches])
+        responses = [r for b in batches for r in b.responses]
+        stamp = now_utc()
+        records = []
+        for g in self.groups:
+            st = self.state[g]
+            done = st.prompt_ids
+            keep = [i for i, p in enumerate(prompt_ids) if p not in done]
+            if not keep:
+                continue
+            start = st.array_rows
+            for layer in self.layers:
+                values = np.concatenate([b.pooled[(g.site, g.pooling)][layer] for b in batches])
+                if g.pooling == "tokens":
+                    offs = np.concatenate([[0], np.cumsum(counts)])
+                    values = np.concatenate([values[offs[i]:offs[i + 1]] for i in keep]) if len(keep) < len(prompt_ids) else values
+                else:
+                    values = values[keep] if len(keep) < len(prompt_ids) else values
+                self._write(g, layer, start, values)
+            if g.pooling == "tokens":
+                ids = np.concatenate([b.token_ids for b in batches])
+                offs = np.concatenate([[0], np.cumsum(counts)])
+                ids = np.concatenate([ids[offs[i]:offs[i + 1]] for i in keep])
+                arrays.write_rows_1d(self.token_id_arrays[g], start, ids)
+            token_start = start
+            for j, i in enumerate(keep):
+                records.append({**g.as_dict(), "row": st.n_prompts + j, "prompt_id": prompt_ids[i],
+                                "token_start": token_start if g.pooling == "tokens" else None,
+                                "token_count": int(counts[i]), "truncated": int(truncated[i]),
+                                "response": responses[i] if g.pooling == "response_mean" else None,
+                                "run_id": self.run_id, "committed_at": stamp})
+                token_start += int(counts[i])
+        if records:
+            tables.write_part(self.store.tables_path / "rows", tables.rows_to_table(records, tables.ROWS_SCHEMA),
+                              tables.ROWS_SCHEMA)
+        # only now, with the rows part on disk, do these prompts count as stored
+        for g in self.groups:
+            st = self.state[g]
+            mine = [r for r in records if r["site"] == g.site and r["pooling"] == g.pooling]
+            st.n_prompts += len(mine)
+            st.array_rows += sum(r["token_count"] for r in mine) if g.pooling == "tokens" else len(mine)
+            st.prompt_ids.update(r["prompt_id"] for r in mine)
+        self.n_committed += n
+        self.last_commit = time.monotonic()
+        return n
+
+    def _write(self, g: GroupKey, layer: int, start: int, values: np.ndarray) -> None:
+        arr = self.arrays[(g, layer)]
+        if arr.dtype == np.float16 and arrays.needs_float32(values):
+            grp = arrays.require_group(self.root, g.path)
+            arr = arrays.promote_to_float32(grp, self.store.zarr_path / g.path, layer_name(layer),
+                                            self.state[g].array_rows, self.chunk_rows)
+            self.arrays[(g, layer)] = arr
+            self.promoted.append(f"{g.path}/{layer_name(layer)}")
+        arrays.write_rows(arr, start, values)
+
+
+def new_run_id(stage: str) -> str:
+    return f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"

