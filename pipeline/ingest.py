@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import require_group
 from traitlens.store.layout import StoreError
+from traitlens.store.verify import clean_temporaries
 from traitlens.store.store import code_version, new_run_id, now_utc
 
 from .batching import length_batches
@@ -109,6 +110,7 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     settings = {**asdict(cfg), "model": lm.name, "model_key": lm.key, "fmt": fmt, "layers": all_layers,
                 "max_length": max_length, "device": str(lm.device), "corpus": [str(p) for p in corpus_paths]}
     with store.lock("ingest"), capturer:
+        clean_temporaries(store)  # left by a run that was killed; we hold the lock, so none is live
         n_new_prompts = store.add_prompts([r.as_row() for r in records])
         _check_group_config(store, groups, settings)
         writer = store.writer(groups, all_layers, lm.d_model, run_id := new_run_id("ingest"), cfg.chunk_rows)

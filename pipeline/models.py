@@ -185,7 +185,7 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
     path, name = resolve_model_path(spec, log)
     dev = pick_device(device)
     tdtype = pick_dtype(dtype, dev)
-    local_only = Path(path).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    is_folder = Path(path).exists()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is noise on every run
@@ -193,16 +193,18 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype, local_files_only=True)
     except (OSError, ValueError) as first:
-        if local_only:
-            raise ModelError(f"--model {spec}: cannot load from {path}: {first}") from None
+        if is_folder:
+            raise ModelError(f"--model {spec}: cannot load the folder {path}: {first}") from None
         try:
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise first
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype)
         except Exception as e:  # no network, unknown id, gated repo...
             raise ModelError(
-                f"--model {spec}: not in the local Hugging Face cache and could not be downloaded ({type(e).__name__}). "
-                f"On a machine with network run `huggingface-cli download {spec}` and copy the cache "
-                "(~/.cache/huggingface), or pass a local model folder"
+                f"--model {spec}: not in the local Hugging Face cache and could not be downloaded "
+                f"({type(e).__name__}). On a machine with network run `huggingface-cli download {spec}` and copy "
+                "the cache (~/.cache/huggingface), or pass a local model folder"
             ) from None
     model.to(dev).eval()
     key = f"{safe_name(name, 'model name')}-{model_fingerprint(model)}"

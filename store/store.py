@@ -237,6 +237,7 @@ class CommitWriter:
         self.n_committed = 0
         self.promoted: list[str] = []
         self.last_commit = time.monotonic()
+        self.broken: BaseException | None = None  # after a failed commit nothing more is written
         for g in groups:
             grp = arrays.require_group(self.root, g.path)
             for layer in self.layers:
@@ -260,6 +261,7 @@ class CommitWriter:
 
         Returns the number of prompts committed by this call (0 if it only buffered).
         """
+        self._check_usable()
         self.pending.append(batch)
         self.n_pending += len(batch.prompt_ids)
         base = min(self.state[g].n_prompts for g in self.groups)
@@ -270,8 +272,21 @@ class CommitWriter:
 
     def commit(self) -> int:
         """Write buffered batches to every array, then record them in one rows part."""
+        self._check_usable()
         if not self.pending:
             return 0
+        try:
+            return self._commit()
+        except BaseException as e:
+            self.broken = e
+            raise
+
+    def _check_usable(self) -> None:
+        if self.broken is not None:
+            raise StoreError(f"an earlier commit failed ({type(self.broken).__name__}: {self.broken}); "
+                             "nothing more is written by this run") from self.broken
+
+    def _commit(self) -> int:
         batches, self.pending, n = self.pending, [], self.n_pending
         self.n_pending = 0
         prompt_ids = [p for b in batches for p in b.prompt_ids]

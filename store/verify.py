@@ -51,6 +51,20 @@ def _interrupted_promotions(store: Store) -> list[Path]:
     return [p for p in store.zarr_path.rglob("*") if p.is_dir() and p.suffix in (".old", ".f32tmp")]
 
 
+def clean_temporaries(store: Store) -> list[str]:
+    """Remove what dead writers left (temporary parts and chunks, half-done promotions).
+
+    Call only while holding the store's writer lock: a live writer's temporaries look alike.
+    """
+    done = []
+    for p in _interrupted_promotions(store):
+        done += arrays.restore_interrupted_promotions(p.parent)
+    for p in _temporaries(store):
+        p.unlink(missing_ok=True)
+        done.append(str(p))
+    return done
+
+
 def verify(store: Store, repair: bool = False, check_values: bool = True, progress=None) -> Report:
     """Check the store; with ``repair=True`` also drop uncommitted tails and temporaries."""
     rep = Report()

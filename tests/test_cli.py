@@ -1,0 +1,87 @@
+"""The command line: verbs, exit codes, and errors that say what to do without losing data."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from conftest import write_corpus
+from traitlens.store import Store
+from traitlens.workflows.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_verbs():
+    out = run("--help").output
+    for verb in ("info", "ingest", "verify"):
+        assert verb in out
+
+
+def test_ingest_info_verify_roundtrip(tmp_path, tiny_gpt2):
+    c = write_corpus(tmp_path / "c.jsonl", 10)
+    s = tmp_path / "store"
+    r = run("--store", s, "ingest", c, "--model", tiny_gpt2, "--layers", "0,2", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "10 prompts captured" in r.output
+    info = run("--store", s, "info").output
+    assert "resid/last: 10 prompts, 2 layers (L0-L2)" in info and "default model" in info
+    v = run("--store", s, "verify")
+    assert v.exit_code == 0 and "store clean" in v.output
+
+
+def test_bad_corpus_exits_2_names_line_and_keeps_the_store(tmp_path, tiny_gpt2):
+    s = tmp_path / "store"
+    good = write_corpus(tmp_path / "good.jsonl", 6)
+    assert run("--store", s, "ingest", good, "--model", tiny_gpt2, "--quiet").exit_code == 0
+    before = sorted(p.name for p in (s / "tables" / "rows").iterdir())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "oops",}\n')
+    r = run("--store", s, "ingest", good, bad, "--model", tiny_gpt2, "--quiet")
+    assert r.exit_code == 2
+    assert "bad.jsonl:2:" in r.output and "malformed JSON" in r.output
+    assert sorted(p.name for p in (s / "tables" / "rows").iterdir()) == before
+    assert Store.open(s).prompts().num_rows == 6
+
+
+def test_unknown_site_and_layer_exit_2(tmp_path, tiny_llama):
+    c = write_corpus(tmp_path / "c.jsonl", 3)
+    r = run("--store", tmp_path / "s", "ingest", c, "--model", tiny_llama, "--site", "model.layers.0.mlpx")
+    assert r.exit_code == 2 and "nearest" in r.output and "model.layers.0.mlp" in r.output
+    r = run("--store", tmp_path / "s", "ingest", c, "--model", tiny_llama, "--layers", "12")
+    assert r.exit_code == 2 and "layers 0-2" in r.output
+    assert not (tmp_path / "s").exists()  # validated before the store was created
+
+
+def test_verify_tail_exit_1_then_repair(tmp_path, tiny_gpt2):
+    c = write_corpus(tmp_path / "c.jsonl", 5)
+    s = tmp_path / "store"
+    run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet", "--layers", "0")
+    store = Store.open(s)
+    key = store.groups()[0]
+    arr = store.zarr_root(mode="a")[key.path]["L0"]
+    arr.resize((arr.shape[0] + 3, arr.shape[1]))
+    r = run("--store", s, "verify")
+    assert r.exit_code == 1 and "uncommitted tail of 3 rows" in r.output and "--repair" in r.output
+    assert run("--store", s, "verify", "--repair").exit_code == 0
+    assert run("--store", s, "verify").exit_code == 0
+
+
+def test_locked_store_exit_3(tmp_path, tiny_gpt2):
+    c = write_corpus(tmp_path / "c.jsonl", 3)
+    s = tmp_path / "store"
+    run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")
+    with Store.open(s).lock("someone else"):
+        r = run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")
+    assert r.exit_code == 3 and "someone else" in r.output
+
+
+def test_missing_store_and_uncached_model_errors(tmp_path, monkeypatch):
+    r = run("--store", tmp_path / "nope", "verify")
+    assert r.exit_code == 1 and "no traitlens store" in r.output
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    c = write_corpus(tmp_path / "c.jsonl", 3)
+    r = run("--store", tmp_path / "s", "ingest", c, "--model", "no-such-org/no-such-model-xyz")
+    assert r.exit_code == 1 and "no-such-org/no-such-model-xyz" in r.output
+    assert "huggingface-cli download" in r.output or "local model folder" in r.output

@@ -1,0 +1,169 @@
+"""The store on its own: commit protocol, tails, repair, float16 overflow, format checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from traitlens.store import GroupKey, PendingBatch, Store, StoreError, StoreLocked, safe_name, verify
+from traitlens.store import tables
+
+KEY = GroupKey("m-abc", "raw", "resid", "last")
+
+
+def batch(ids, d=8, scale=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return PendingBatch(prompt_ids=list(ids), token_counts=np.full(len(ids), 3, np.int32),
+                        truncated=np.zeros(len(ids), np.int32), responses=[None] * len(ids),
+                        pooled={("resid", "last"): {0: rng.normal(size=(len(ids), d)).astype(np.float32) * scale,
+                                                    1: rng.normal(size=(len(ids), d)).astype(np.float32)}})
+
+
+def new_store(tmp_path, ids):
+    s = Store.open(tmp_path / "s", create=True)
+    s.add_prompts([{"prompt_id": p, "text": p, "dataset": "d", "trait": "t", "label": 1, "split": "train"} for p in ids])
+    return s
+
+
+def test_commit_then_read_back(tmp_path):
+    ids = [f"p{i}" for i in range(10)]
+    s = new_store(tmp_path, ids)
+    w = s.writer([KEY], [0, 1], 8, "run1", chunk_rows=4)
+    b1, b2 = batch(ids[:6], seed=1), batch(ids[6:], seed=2)
+    w.add(b1), w.add(b2), w.commit()
+    got = s.activations(KEY, 0)
+    want = np.concatenate([b1.pooled[("resid", "last")][0], b2.pooled[("resid", "last")][0]])
+    np.testing.assert_allclose(got, want.astype(np.float16).astype(np.float32))
+    assert s.group_rows(KEY)["prompt_id"].to_pylist() == ids
+    assert verify(s).clean
+
+
+def test_commits_align_to_chunks(tmp_path):
+    ids = [f"p{i}" for i in range(10)]
+    s = new_store(tmp_path, ids)
+    w = s.writer([KEY], [0, 1], 8, "run1", chunk_rows=4)
+    assert w.add(batch(ids[:3])) == 0  # below the first chunk boundary: buffered
+    assert w.add(batch(ids[3:5])) == 5  # crosses it: committed
+    assert s.committed(KEY).n_prompts == 5
+
+
+def test_uncommitted_tail_is_reported_repaired_and_overwritten(tmp_path):
+    ids = [f"p{i}" for i in range(8)]
+    s = new_store(tmp_path, ids)
+    w = s.writer([KEY], [0, 1], 8, "run1", chunk_rows=4)
+    w.add(batch(ids[:4]))
+    # a crash after the arrays were written but before the rows part: arrays run ahead
+    for layer in (0, 1):
+        w._write(KEY, layer, 4, np.ones((3, 8), np.float32))
+    rep = verify(s)
+    assert not rep.errors and len(rep.tails) == 2 and not rep.clean
+    rep = verify(s, repair=True)
+    assert len(rep.repaired) == 2 and verify(s).clean
+    assert s.zarr_root()[KEY.path]["L0"].shape == (4, 8)
+    # a new writer resumes at the committed length
+    w2 = s.writer([KEY], [0, 1], 8, "run2", chunk_rows=4)
+    b = batch(ids[4:], seed=5)
+    w2.add(b), w2.commit()
+    np.testing.assert_allclose(s.activations(KEY, 1)[4:], b.pooled[("resid", "last")][1].astype(np.float16), rtol=1e-3)
+    assert verify(s).clean
+
+
+def test_duplicate_prompt_in_later_batch_is_not_stored_twice(tmp_path):
+    ids = [f"p{i}" for i in range(4)]
+    s = new_store(tmp_path, ids)
+    w = s.writer([KEY], [0, 1], 8, "r", chunk_rows=2)
+    w.add(batch(ids[:2]))
+    w.add(batch(ids[:4]))
+    w.commit()
+    assert s.group_rows(KEY)["prompt_id"].to_pylist() == ids
+    assert verify(s).clean
+
+
+def test_float16_overflow_promotes_layer_to_float32(tmp_path):
+    ids = [f"p{i}" for i in range(6)]
+    s = new_store(tmp_path, ids)
+    w = s.writer([KEY], [0, 1], 8, "r", chunk_rows=2)
+    small = batch(ids[:2], seed=1)
+    w.add(small)
+    big = batch(ids[2:4], scale=1e6, seed=2)
+    w.add(big)
+    w.commit()
+    arr = s.zarr_root()[KEY.path]
+    assert arr["L0"].dtype == np.float32 and arr["L1"].dtype == np.float16
+    assert w.promoted == [f"{KEY.path}/L0"]
+    got = s.activations(KEY, 0)
+    np.testing.assert_allclose(got[2:4], big.pooled[("resid", "last")][0], rtol=1e-6)
+    np.testing.assert_allclose(got[:2], small.pooled[("resid", "last")][0].astype(np.float16), rtol=1e-6)
+    assert verify(s).clean
+
+
+def test_nonfinite_committed_values_are_errors(tmp_path):
+    ids = ["a", "b"]
+    s = new_store(tmp_path, ids)
+    b = batch(ids)
+    b.pooled[("resid", "last")][0][1, 3] = np.nan
+    w = s.writer([KEY], [0, 1], 8, "r", chunk_rows=2)
+    w.add(b)
+    rep = verify(s)
+    assert any("NaN or inf" in e for e in rep.errors)
+
+
+def test_orphan_rows_and_leftover_temporaries(tmp_path):
+    s = new_store(tmp_path, ["a"])
+    w = s.writer([KEY], [0], 8, "r", chunk_rows=1)
+    b = batch(["zzz"])
+    del b.pooled[("resid", "last")][1]
+    w.add(b)
+    (s.tables_path / "rows" / ".tmp-123.parquet").write_bytes(b"partial")
+    rep = verify(s)
+    assert any("missing from the prompts table" in e for e in rep.errors)
+    assert any(".tmp-123" in t for t in rep.tails)
+    verify(s, repair=True)
+    assert not (s.tables_path / "rows" / ".tmp-123.parquet").exists()
+
+
+def test_format_version_and_refusals(tmp_path):
+    s = Store.open(tmp_path / "s", create=True)
+    meta = json.loads((s.root / "store.json").read_text())
+    (s.root / "store.json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(StoreError, match="format version 99"):
+        Store.open(s.root)
+    with pytest.raises(StoreError, match="no traitlens store"):
+        Store.open(tmp_path / "missing")
+    (tmp_path / "notempty").mkdir()
+    (tmp_path / "notempty" / "precious.txt").write_text("x")
+    with pytest.raises(StoreError, match="refusing"):
+        Store.open(tmp_path / "notempty", create=True)
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    s = Store.open(tmp_path / "s", create=True)
+    with s.lock("first"):
+        with pytest.raises(StoreLocked, match="first"):
+            with Store.open(tmp_path / "s").lock("second"):
+                pass
+    with s.lock("again"):
+        pass
+
+
+def test_safe_names_cannot_escape():
+    assert "/" not in safe_name("../../etc/passwd") and not safe_name("../../x").startswith(".")
+    with pytest.raises(ValueError):
+        safe_name("../..")
+    with pytest.raises(ValueError):
+        GroupKey("../evil", "raw", "resid", "last")
+
+
+def test_parts_are_atomic(tmp_path):
+    import pyarrow as pa
+
+    d = tmp_path / "t"
+    tables.write_part(d, pa.table({"run_id": ["a"], "stage": ["x"]}).append_column(
+        "status", pa.array(["done"])).append_column("started_at", pa.array([None], tables.TS)).append_column(
+        "ended_at", pa.array([None], tables.TS)).append_column("code_version", pa.array(["0"])).append_column(
+        "config", pa.array(["{}"])).append_column("counts", pa.array(["{}"])).append_column(
+        "message", pa.array([""])), tables.RUNS_SCHEMA)
+    assert [p.name.startswith("part-") for p in d.iterdir()] == [True]
+    assert tables.read_table(d, tables.RUNS_SCHEMA).num_rows == 1
