@@ -65,7 +65,46 @@ RUNS_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA}
+VECTORS_SCHEMA = pa.schema(
+    [
+        ("vector_id", pa.string()),  # hash of everything below up to code_version: same inputs, same id
+        ("model_key", pa.string()),
+        ("fmt", pa.string()),
+        ("site", pa.string()),
+        ("pooling", pa.string()),
+        ("layer", pa.int32()),
+        ("trait", pa.string()),
+        ("method", pa.string()),
+        ("params", pa.string()),  # JSON
+        ("fingerprint", pa.string()),  # hash of the contrastive rows (prompt_id, label, split) used
+        ("where_sql", pa.string()),  # the SQL filter that chose the rows, if any
+        ("n_pos", pa.int32()),
+        ("n_neg", pa.int32()),
+        ("held_split", pa.string()),
+        ("n_held_pos", pa.int32()),
+        ("n_held_neg", pa.int32()),
+        ("code_version", pa.string()),
+        ("out_of_core", pa.bool_()),
+        ("d", pa.int32()),
+        ("raw_norm", pa.float64()),
+        ("vector", pa.list_(pa.float32())),  # unit norm, positives project higher
+        ("auroc", pa.float64()),
+        ("balanced_accuracy", pa.float64()),
+        ("threshold", pa.float64()),
+        ("cohens_d", pa.float64()),
+        ("separation", pa.float64()),
+        ("polarity", pa.int8()),
+        ("p_value", pa.float64()),
+        ("train_auroc", pa.float64()),
+        ("stability", pa.float64()),
+        ("cosines", pa.string()),  # JSON {other method: cosine} at the same layer
+        ("info", pa.string()),  # JSON method extras (bias, train accuracy, chosen component, ...)
+        ("run_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, "vectors": VECTORS_SCHEMA}
 
 
 def _fsync_dir(path: Path) -> None:

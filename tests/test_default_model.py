@@ -41,16 +41,17 @@ def test_default_model_stored_rows_equal_hidden_states(tmp_path, smol):
     res = ingest(tmp_path / "s", [c], cfg=IngestConfig(layers=",".join(map(str, layers)), padding_side="left",
                                                        batch_size=8), lm=smol, progress=False)
     store = Store.open(tmp_path / "s")
-    recs = {r.prompt_id: r for r in read_corpus([c])[0]}
+    refs = {}  # prompt_id -> hidden states of the prompt run alone, unpadded: tuple of [1, T, d]
+    for rec in read_corpus([c])[0]:
+        ids = render_ids(smol.tokenizer, rec.text, None, True)
+        with torch.no_grad():
+            refs[rec.prompt_id] = smol.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
     for pooling in ("last", "mean"):
         key = GroupKey(smol.key, "chat", "resid", pooling)
         for layer in layers:
             got = store.activations(key, layer)
             for r in store.group_rows(key).to_pylist():
-                ids = render_ids(smol.tokenizer, recs[r["prompt_id"]].text, None, True)
-                with torch.no_grad():
-                    hs = smol.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
-                h = hs[layer + 1][0]
+                h = refs[r["prompt_id"]][layer + 1][0]
                 want = (h[-1] if pooling == "last" else h.mean(0)).numpy()
                 # float16 keeps ~3 significant digits; scale the tolerance to the row's magnitude
                 np.testing.assert_allclose(got[r["row"]], want, rtol=2e-3, atol=2e-3 * np.abs(want).max())

@@ -1,0 +1,369 @@
+"""Run the estimators over layers with Dask, in core or out of core, and score every vector.
+
+One Dask task per layer: it reads that layer's rows once and fits every requested method on
+them (reading a layer once instead of once per method is what keeps the out-of-core path at
+disk speed), then scores each vector on the held-out split and against the others.
+
+In core vs out of core is decided per task from ``memory_budget`` (bytes for the whole run,
+split across the workers): if the layer's selected rows fit as float64, they are loaded;
+otherwise they are streamed chunk by chunk —
+- mean difference, pca-diff, gradient: from class statistics gathered in one pass (exact);
+- ICA: whitening from the same statistics, then FastICA on a second pass's ``[n, k]`` data;
+- probe: L-BFGS on the identical penalised objective, loss and gradient summed over chunks;
+- stability: bootstrap on a random subsample that fits the budget (recorded in ``info``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from traitlens.store import GroupKey, Store
+from traitlens.store.layout import StoreError, layer_name
+
+from .contrastive import ContrastiveSet
+from .methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
+from .metrics import cosine, projection_metrics
+
+DEFAULT_METHODS = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
+
+
+@dataclass
+class ExtractConfig:
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    params: dict[str, dict] = field(default_factory=dict)  # method -> constructor params
+    n_boot: int = 8
+    seed: int = 0
+    memory_budget: int = 1 << 30  # bytes, whole run
+    chunk_rows: int | None = None  # streaming read size; default: 16 zarr chunks
+
+
+def parse_methods(spec: str | list[str]) -> list[str]:
+    items = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
+    if items == ["all"] or not items:
+        return list(DEFAULT_METHODS)
+    bad = [m for m in items if m not in METHODS]
+    if bad:
+        raise ExtractionError(f"unknown method(s) {bad}; use {', '.join(METHODS)} or all")
+    return items
+
+
+# -- reading rows ------------------------------------------------------------------------------
+def _layer_array(store_root: str, key: GroupKey, layer: int):
+    store = Store(store_root)
+    grp = store.zarr_root()
+    try:
+        return grp[key.path][layer_name(layer)]
+    except KeyError:
+        raise ExtractionError(f"layer {layer} is not stored for {key.path}; stored: {store.layers(key)}") from None
+
+
+def read_rows(arr, rows: np.ndarray) -> np.ndarray:
+    """Rows (ascending int64) of a layer array as float64 ``[len(rows), d]``."""
+    if len(rows) == 0:
+        return np.zeros((0, arr.shape[1]))
+    return np.asarray(arr.oindex[rows, :], dtype=np.float64)
+
+
+def iter_blocks(arr, rows: np.ndarray, mask: np.ndarray, block_rows: int):
+    """Yield ``(X [m, d] float64, pos [m])`` for the selected rows, one row block at a time."""
+    for s in range(0, len(rows), block_rows):
+        r = rows[s:s + block_rows]
+        yield read_rows(arr, r), mask[s:s + block_rows]
+
+
+# -- one layer ---------------------------------------------------------------------------------
+def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None):
+    """Fit every method in memory (X, pos) or from streaming inputs; returns {name: estimator}."""
+    out = {}
+    for name in methods:
+        est = make_method(name, **cfg.params.get(name, {}))
+        if X is not None:
+            est.fit(X, np.where(pos, 1, -1))
+        elif isinstance(est, ICADirection):
+            mean, W, Z, zpos = ica_Z
+            est.fit_reduced(Z, zpos, W, stats)
+        elif isinstance(est, LogisticProbe):
+            est.fit_streaming(chunks, stats)
+        else:
+            est.fit_stats(stats)
+        out[name] = est
+    return out
+
+
+def _stability(methods, cfg, X, pos, fitted, rng) -> dict[str, float]:
+    """Mean cosine between each vector and its refits on ``cfg.n_boot`` bootstrap resamples.
+
+    Refits warm-start from the full fit (``fitted``), which changes how fast they converge,
+    not where: each resample's optimum is what is compared."""
+    vectors = {m: e.vector_ for m, e in fitted.items()}
+    if cfg.n_boot <= 0:
+        return {m: float("nan") for m in methods}
+    cos = {m: [] for m in methods}
+    p_idx, n_idx = np.flatnonzero(pos), np.flatnonzero(~pos)
+    for b in range(cfg.n_boot):
+        idx = np.concatenate([rng.choice(p_idx, len(p_idx)), rng.choice(n_idx, len(n_idx))])
+        Xb, pb = X[idx], pos[idx]
+        stats = ClassStats.empty(X.shape[1]).update(Xb, pb)
+        for name in methods:
+            params = dict(cfg.params.get(name, {}))
+            if name == "random":  # a fresh random direction per resample: stability's floor (~0)
+                params["seed"] = params.get("seed", 0) + b + 1
+            est = make_method(name, **params)
+            if est.needs_rows:
+                est.fit(Xb, np.where(pb, 1, -1), init=fitted[name])
+            else:
+                est.fit_stats(stats, init=fitted[name])
+            cos[name].append(cosine(est.vector_, vectors[name]))
+    return {m: float(np.mean(c)) for m, c in cos.items()}
+
+
+def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: ExtractConfig, task_budget: int,
+                  blas_threads: int | None = None) -> list[dict]:
+    """Fit and score every method at one layer. Returns one record per method (no vector ids).
+
+    ``blas_threads`` caps BLAS threads inside the task (worker processes); the local threaded
+    scheduler caps them once around the whole run instead, since the cap is process-wide.
+    """
+    from contextlib import nullcontext
+
+    from threadpoolctl import threadpool_limits
+
+    arr = _layer_array(store_root, cset.key, layer)
+    d = arr.shape[1]
+    n_sel = len(cset.train_rows) + len(cset.held_rows)
+    in_core = n_sel * d * 8 * 3 <= task_budget  # rows + one working copy + headroom
+    block = cfg.chunk_rows or max(arr.chunks[0], min(arr.chunks[0] * 16, task_budget // (d * 8 * 4) or 1))
+    rng = np.random.default_rng(cfg.seed + layer)
+    with threadpool_limits(blas_threads) if blas_threads else nullcontext():
+        if in_core:
+            X, pos = read_rows(arr, cset.train_rows), cset.train_pos
+            check_xy(X, np.where(pos, 1, -1))
+            ests = _fit_all(cfg.methods, cfg, X=X, pos=pos)
+            Xh = read_rows(arr, cset.held_rows)
+            p_train = {m: X @ e.vector_ for m, e in ests.items()}
+            p_held = {m: Xh @ e.vector_ for m, e in ests.items()}
+            Xs, ps = X, pos
+        else:
+            ests, p_train, p_held, (Xs, ps) = _extract_streaming(arr, cset, cfg, block, task_budget, rng)
+        if not np.isfinite(np.concatenate(list(p_held.values()))).all():
+            raise ExtractionError(f"held-out rows of {cset.key.path} layer {layer} hold NaN or inf; run `traitlens verify`")
+        vectors = {m: e.vector_ for m, e in ests.items()}
+        stab = _stability(cfg.methods, cfg, Xs, ps, ests, rng)
+    records = []
+    for m, e in ests.items():
+        metrics = projection_metrics(p_train[m], cset.train_pos, p_held[m], cset.held_pos)
+        info = {k: _jsonable(v) for k, v in getattr(e, "info_", {}).items() if k not in ("components", "pos_mean", "neg_mean", "unmixing", "raw_weights")}
+        if not in_core:
+            info["stability_rows"] = int(len(ps))
+        records.append({
+            **cset.key.as_dict(), "layer": int(layer), "trait": cset.trait, "method": m,
+            "params": json.dumps(e.get_params(), sort_keys=True, default=str), "fingerprint": cset.fingerprint,
+            "where_sql": cset.where_sql, "n_pos": cset.n_pos, "n_neg": cset.n_neg, "held_split": cset.held_split,
+            "n_held_pos": int(cset.held_pos.sum()), "n_held_neg": int((~cset.held_pos).sum()),
+            "out_of_core": not in_core, "d": d, "raw_norm": float(e.raw_norm_),
+            "vector": e.vector_.astype(np.float32).tolist(), **metrics, "stability": stab[m],
+            "cosines": json.dumps({o: round(cosine(e.vector_, vectors[o]), 6) for o in vectors if o != m}),
+            "info": json.dumps(info, default=str),
+        })
+    return records
+
+
+def _extract_streaming(arr, cset, cfg, block, budget, rng):
+    """Out-of-core fits for one layer; returns (estimators, train projections, held projections,
+    (X, pos) subsample for stability)."""
+    rows, pos = cset.train_rows, cset.train_pos
+    d = arr.shape[1]
+    stats = ClassStats.empty(d)
+    for X, p in iter_blocks(arr, rows, pos, block):
+        check_xy(X, np.where(p, 1, -1)) if p.any() and (~p).any() else None
+        if not np.isfinite(X).all():
+            raise ExtractionError("training rows hold NaN or inf; run `traitlens verify`")
+        stats.update(X, p)
+    ica_Z = None
+    if "ica" in cfg.methods:
+        ica = make_method("ica", **cfg.params.get("ica", {}))
+        mean, W = ica.whitening(stats)
+        Z = np.concatenate([(X - mean) @ W.T for X, _ in iter_blocks(arr, rows, pos, block)])
+        ica_Z = (mean, W, Z, pos)
+    chunks = lambda: iter_blocks(arr, rows, pos, block)  # noqa: E731
+    ests = _fit_all(cfg.methods, cfg, stats=stats, chunks=chunks, ica_Z=ica_Z)
+    V = np.stack([e.vector_ for e in ests.values()], axis=1)  # [d, n_methods]
+    pt = np.concatenate([X @ V for X, _ in iter_blocks(arr, rows, pos, block)])
+    ph = np.concatenate([X @ V for X, _ in iter_blocks(arr, cset.held_rows, cset.held_pos, block)]) \
+        if len(cset.held_rows) else np.zeros((0, V.shape[1]))
+    names = list(ests)
+    p_train = {m: pt[:, i] for i, m in enumerate(names)}
+    p_held = {m: ph[:, i] for i, m in enumerate(names)}
+    # stability on a subsample that fits the budget, keeping the class balance
+    n_fit = max(4, min(len(rows), budget // (d * 8 * 4)))
+    pick = np.sort(rng.choice(len(rows), n_fit, replace=False)) if n_fit < len(rows) else np.arange(len(rows))
+    return ests, p_train, p_held, (read_rows(arr, rows[pick]), pos[pick])
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist() if v.size <= 64 else f"array{list(v.shape)}"
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, list) and len(v) > 64:
+        return v[:: max(1, len(v) // 64)]
+    return v
+
+
+def vector_id(rec: dict, code_version: str) -> str:
+    parts = [rec[k] for k in ("model_key", "fmt", "site", "pooling", "layer", "trait", "method", "params",
+                              "fingerprint")]
+    return hashlib.sha256(json.dumps(parts + [code_version], default=str).encode()).hexdigest()[:16]
+
+
+# -- scheduling --------------------------------------------------------------------------------
+def _client(scheduler):
+    """A dask.distributed Client when asked for (object, address, or DASK_SCHEDULER_ADDRESS)."""
+    import dask
+
+    if scheduler is None:
+        scheduler = dask.config.get("scheduler-address", None) or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if scheduler is None or scheduler in ("threads", "processes", "sync", "synchronous"):
+        return None
+    if isinstance(scheduler, str):
+        from distributed import Client
+
+        return Client(scheduler)
+    return scheduler  # a Client the user made
+
+
+def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: ExtractConfig, scheduler=None,
+               progress: bool = False) -> list[dict]:
+    """Run :func:`extract_layer` for every layer on Dask; returns all records, layer order."""
+    import dask
+
+    stored = set(store.layers(cset.key))
+    missing = [l for l in layers if l not in stored]
+    if missing:
+        raise ExtractionError(f"layers {missing} are not stored for {cset.key.path}; stored: "
+                              f"{sorted(stored) or 'none'} (ingest them with --layers)")
+    client = _client(scheduler)
+    n_workers = (sum(client.nthreads().values()) if client is not None else os.cpu_count() or 1)
+    task_budget = max(cfg.memory_budget // max(n_workers, 1), 1)
+    root = str(store.root)
+    blas = 1 if client is not None else None
+    tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, blas, dask_key_name=f"extract-L{l}")
+             for l in layers]
+    if client is not None:
+        futures = client.compute(tasks)
+        if progress:
+            from distributed import progress as dprogress
+
+            dprogress(futures)
+        results = client.gather(futures)
+        if isinstance(scheduler, str) or scheduler is None:
+            client.close()
+    else:
+        from contextlib import nullcontext
+
+        from threadpoolctl import threadpool_limits
+        from tqdm.dask import TqdmCallback
+
+        local = scheduler if scheduler in ("threads", "processes", "sync", "synchronous") else "threads"
+        # one BLAS thread per concurrent task: n tasks x n BLAS threads would oversubscribe the cores
+        with threadpool_limits(max(1, (os.cpu_count() or 1) // n_workers)), (
+                TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
+            results = dask.compute(*tasks, scheduler=local, num_workers=n_workers)
+    return [rec for layer_recs in results for rec in layer_recs]
+
+
+def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, int]:
+    """Append records not already in the vectors table (same vector_id); returns (new, existing)."""
+    from traitlens.store import tables
+    from traitlens.store.store import code_version, now_utc
+
+    cv = code_version()
+    have = set(store.table("vectors", columns=["vector_id"])["vector_id"].to_pylist())
+    stamp = now_utc()
+    new = []
+    for r in records:
+        vid = vector_id(r, cv)
+        if vid not in have:
+            have.add(vid)
+            new.append({**r, "vector_id": vid, "code_version": cv, "run_id": run_id, "created_at": stamp})
+    if new:
+        tables.write_part(store.tables_path / "vectors", tables.rows_to_table(new, tables.VECTORS_SCHEMA),
+                          tables.VECTORS_SCHEMA)
+    return len(new), len(records) - len(new)
+
+
+# -- the whole job -----------------------------------------------------------------------------
+@dataclass
+class ExtractResult:
+    run_id: str
+    key: GroupKey
+    trait: str
+    layers: list[int]
+    methods: list[str]
+    n_new: int
+    n_existing: int
+    records: list[dict]
+    seconds: float
+
+
+def resolve_group(store: Store, model: str | None = None, fmt: str | None = None, site: str = "resid",
+                  pooling: str = "last") -> GroupKey:
+    """The one stored group matching the options, or an error listing the candidates."""
+    groups = store.groups()
+    if not groups:
+        raise ExtractionError(f"store {store.root} holds no activations; run `traitlens ingest` first")
+    cands = [g for g in groups if g.site == site and g.pooling == pooling and (fmt is None or g.fmt == fmt)
+             and (model is None or g.model_key == model or g.model_key.startswith(model))]
+    keys = sorted({(g.model_key, g.fmt) for g in cands})
+    if len(keys) != 1:
+        listing = ", ".join(f"{g.model_key}/{g.fmt}/{g.site}/{g.pooling}" for g in groups)
+        what = "no stored group matches" if not keys else "several stored groups match"
+        raise ExtractionError(f"{what} (model={model or 'any'}, fmt={fmt or 'any'}, site={site}, pooling={pooling}); "
+                              f"stored: {listing}. Narrow it with --model / --fmt / --site / --pooling")
+    return next(g for g in cands if (g.model_key, g.fmt) == keys[0])
+
+
+def extract(store_path, trait: str, methods="all", layers="all", model: str | None = None, fmt: str | None = None,
+            site: str = "resid", pooling: str = "last", train_split: str = "train", held_split: str = "auto",
+            prompt_ids: set[str] | None = None, where_sql: str | None = None, cfg: ExtractConfig | None = None,
+            scheduler=None, progress: bool = False) -> ExtractResult:
+    """Extract vectors for ``trait`` at every requested layer and store them with their metrics."""
+    import time
+
+    from traitlens.store.store import code_version, new_run_id, now_utc
+
+    from .contrastive import contrastive_set
+    from .sites import SiteError, parse_layers
+
+    t0 = time.perf_counter()
+    cfg = cfg or ExtractConfig()
+    cfg.methods = parse_methods(methods if methods is not None else cfg.methods)
+    store = Store.open(store_path)
+    key = resolve_group(store, model, fmt, site, pooling)
+    stored = store.layers(key)
+    if not stored:
+        raise StoreError(f"{key.path} has no layer arrays")
+    try:
+        layer_list = stored if str(layers).strip().lower() == "all" else parse_layers(layers, max(stored) + 1)
+    except SiteError:
+        raise ExtractionError(f"--layers {layers}: not stored for {key.path}; stored layers: {stored} "
+                              "(ingest more with `traitlens ingest --layers`)") from None
+    cset = contrastive_set(store, key, trait, train_split, held_split, prompt_ids, where_sql)
+    run_id = new_run_id("extract")
+    config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
+              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where_sql}
+    started = now_utc()
+    records = run_layers(store, cset, layer_list, cfg, scheduler=scheduler, progress=progress)
+    with store.lock("extract"):
+        n_new, n_old = save_vectors(store, records, run_id)
+        store.record_run({"run_id": run_id, "stage": "extract", "status": "done", "started_at": started,
+                          "ended_at": now_utc(), "code_version": code_version(),
+                          "config": json.dumps(config, default=str),
+                          "counts": json.dumps({"vectors": len(records), "new": n_new, "existing": n_old}),
+                          "message": ""})
+    return ExtractResult(run_id, key, trait, layer_list, cfg.methods, n_new, n_old, records, time.perf_counter() - t0)

@@ -1,0 +1,68 @@
+"""How good is a vector? Metrics on held-out projections, each with a floor to read it against.
+
+Inputs are projections ``p = X @ v`` (float ``[n]``) with boolean ``pos`` labels. Definitions:
+- ``auroc``: P(a random positive projects higher than a random negative), ties half;
+- ``balanced_accuracy``: mean of TPR and TNR at the threshold that maximises it on *train*;
+- ``cohens_d``: (mean_pos - mean_neg) / pooled standard deviation;
+- ``separation``: mean_pos - mean_neg, in activation units along the unit vector;
+- ``polarity``: +1 when held-out positives project higher on average, else -1 (a vector whose
+  polarity flips between train and held-out data is not a trait direction);
+- ``p_value``: two-sided Mann-Whitney U test of pos vs neg projections;
+- ``stability``: mean cosine between the vector and vectors refitted on bootstrap resamples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def auroc(p: np.ndarray, pos: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(pos, p))
+
+
+def best_threshold(p: np.ndarray, pos: np.ndarray) -> float:
+    """Threshold maximising balanced accuracy on (training) projections."""
+    order = np.argsort(p)
+    ps, ys = p[order], pos[order]
+    n_pos, n_neg = ys.sum(), (~ys).sum()
+    # predicting positive for everything strictly above candidate i
+    neg_below = np.cumsum(~ys)  # TN if threshold sits after index i
+    pos_above = n_pos - np.cumsum(ys)  # TP
+    bal = 0.5 * (pos_above / max(n_pos, 1) + neg_below / max(n_neg, 1))
+    i = int(np.argmax(bal))
+    return float((ps[i] + ps[i + 1]) / 2) if i + 1 < len(ps) else float(ps[i])
+
+
+def balanced_accuracy(p: np.ndarray, pos: np.ndarray, threshold: float) -> float:
+    pred = p > threshold
+    tpr = (pred & pos).sum() / max(pos.sum(), 1)
+    tnr = (~pred & ~pos).sum() / max((~pos).sum(), 1)
+    return float(0.5 * (tpr + tnr))
+
+
+def cohens_d(p: np.ndarray, pos: np.ndarray) -> float:
+    a, b = p[pos], p[~pos]
+    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / max(len(a) + len(b) - 2, 1))
+    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else float("inf")
+
+
+def p_value(p: np.ndarray, pos: np.ndarray) -> float:
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(p[pos], p[~pos], alternative="two-sided").pvalue)
+
+
+def projection_metrics(p_train: np.ndarray, pos_train: np.ndarray, p_held: np.ndarray, pos_held: np.ndarray) -> dict:
+    """All held-out metrics of one vector, threshold learned on train."""
+    thr = best_threshold(p_train, pos_train)
+    sep = float(p_held[pos_held].mean() - p_held[~pos_held].mean())
+    return {"auroc": auroc(p_held, pos_held), "balanced_accuracy": balanced_accuracy(p_held, pos_held, thr),
+            "threshold": thr, "cohens_d": cohens_d(p_held, pos_held), "separation": sep,
+            "polarity": 1 if sep >= 0 else -1, "p_value": p_value(p_held, pos_held),
+            "train_auroc": auroc(p_train, pos_train)}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))

@@ -1,0 +1,145 @@
+"""Extraction over a store: Dask scheduling, out-of-core equality, provenance, bad input, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from synthetic import KEY, synthetic_store
+from traitlens.pipeline.extract import ExtractConfig, extract
+from traitlens.pipeline.methods import ExtractionError
+from traitlens.store import Store
+
+
+def by_layer_method(records):
+    return {(r["layer"], r["method"]): r for r in records}
+
+
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("syn") / "s", n=600, d=24, layers=(0, 1, 2), sep=4.0)
+
+
+def test_extract_all_methods_all_layers_with_metrics(planted_store, tmp_path):
+    store, dirs = planted_store
+    res = extract(store.root, "planted", cfg=ExtractConfig(n_boot=3))
+    assert sorted({r["method"] for r in res.records}) == sorted(["mean_diff", "pca_diff", "ica", "probe", "gradient",
+                                                                  "random"])
+    assert res.layers == [0, 1, 2] and len(res.records) == 18
+    recs = by_layer_method(res.records)
+    for layer, u in dirs.items():
+        assert np.dot(recs[(layer, "mean_diff")]["vector"], u) > 0.9
+        for m in ("mean_diff", "probe", "gradient", "ica"):
+            r = recs[(layer, m)]
+            # whitening methods aim at cov^-1 delta, which anisotropic noise tilts away from u
+            assert np.dot(r["vector"], u) > 0.75, (layer, m)
+            assert r["auroc"] > 0.85 and r["polarity"] == 1 and r["p_value"] < 1e-4
+            assert 0.8 < r["stability"] <= 1.0
+            assert np.isclose(np.linalg.norm(r["vector"]), 1.0, atol=1e-5)
+        for m in ("probe", "gradient"):  # whitening the nuisance dimensions pays on held-out rows
+            assert recs[(layer, m)]["auroc"] >= recs[(layer, "mean_diff")]["auroc"] - 0.02
+        rnd = recs[(layer, "random")]
+        assert rnd["auroc"] < recs[(layer, "probe")]["auroc"] and rnd["stability"] < 0.5  # the floor
+        assert json.loads(recs[(layer, "probe")]["cosines"])["mean_diff"] > 0.8
+    stored = store.table("vectors").to_pylist()
+    assert len(stored) == 18
+    r0 = stored[0]
+    assert r0["held_split"] == "val" and r0["n_pos"] + r0["n_neg"] > 400 and r0["fingerprint"]
+    assert r0["code_version"] and r0["run_id"].startswith("extract-")
+
+
+def test_rerun_is_idempotent(planted_store):
+    store, _ = planted_store
+    a = extract(store.root, "planted", methods="mean_diff,probe", layers="1", cfg=ExtractConfig(n_boot=0))
+    b = extract(store.root, "planted", methods="mean_diff,probe", layers="1", cfg=ExtractConfig(n_boot=0))
+    assert b.n_new == 0 and b.n_existing == 2
+    for ra, rb in zip(a.records, b.records):
+        assert ra["vector"] == rb["vector"]
+
+
+def test_out_of_core_matches_in_memory(planted_store):
+    store, _ = planted_store
+    full = extract(store.root, "planted", cfg=ExtractConfig(n_boot=0))
+    small = extract(store.root, "planted", cfg=ExtractConfig(n_boot=0, memory_budget=2 * 24 * 8 * 40, chunk_rows=40))
+    assert all(r["out_of_core"] for r in small.records) and not any(r["out_of_core"] for r in full.records)
+    a, b = by_layer_method(full.records), by_layer_method(small.records)
+    for k, ra in a.items():
+        va, vb = np.asarray(ra["vector"]), np.asarray(b[k]["vector"])
+        if k[1] in ("mean_diff", "pca_diff", "gradient", "random"):
+            np.testing.assert_allclose(va, vb, atol=2e-6)  # the same statistics, the same arithmetic
+        else:
+            assert va @ vb > 0.99, k
+        assert abs(ra["auroc"] - b[k]["auroc"]) < 0.02
+
+
+def test_threads_and_local_cluster_of_processes_agree(planted_store):
+    from distributed import Client, LocalCluster
+
+    store, _ = planted_store
+    threads = extract(store.root, "planted", methods="mean_diff,ica,probe,gradient", cfg=ExtractConfig(n_boot=2),
+                      scheduler="threads")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        procs = extract(store.root, "planted", methods="mean_diff,ica,probe,gradient", cfg=ExtractConfig(n_boot=2),
+                        scheduler=client)
+    a, b = by_layer_method(threads.records), by_layer_method(procs.records)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k]["vector"], b[k]["vector"], atol=1e-6)
+        assert np.isclose(a[k]["stability"], b[k]["stability"])
+
+
+def test_bad_requests_fail_clearly_and_write_nothing(tmp_path):
+    store, _ = synthetic_store(tmp_path / "s", n=200, d=8, layers=(0,))
+    before = store.table("vectors").num_rows
+    with pytest.raises(ExtractionError, match="not in the store; traits: planted"):
+        extract(store.root, "nope")
+    with pytest.raises(ExtractionError, match=r"--layers 5: not stored .* stored layers: \[0\]"):
+        extract(store.root, "planted", layers="5")
+    with pytest.raises(ExtractionError, match="unknown method"):
+        extract(store.root, "planted", methods="svm")
+    # a trait with positives only
+    store.add_prompts([{"prompt_id": r["prompt_id"], "text": "x", "dataset": "d2", "trait": "onesided", "label": 1,
+                        "split": r["split"]} for r in store.prompts().to_pylist()])
+    with pytest.raises(ExtractionError, match="0 negative.*need at least"):
+        extract(store.root, "onesided")
+    assert store.table("vectors").num_rows == before
+
+
+def test_nonfinite_rows_are_refused(tmp_path):
+    store, _ = synthetic_store(tmp_path / "s", n=120, d=8, layers=(0,))
+    arr = store.zarr_root(mode="a")[KEY.path]["L0"]
+    arr[3, 2] = np.inf
+    with pytest.raises(ExtractionError, match="NaN or inf"):
+        extract(store.root, "planted", cfg=ExtractConfig(n_boot=0))
+    assert store.table("vectors").num_rows == 0
+
+
+def test_export_safetensors_and_gguf(planted_store, tmp_path):
+    import gguf
+    from click.testing import CliRunner
+    from safetensors.numpy import load_file
+
+    from traitlens.workflows.cli import cli
+
+    store, _ = planted_store
+    extract(store.root, "planted", methods="mean_diff", cfg=ExtractConfig(n_boot=0))
+    want = {r["layer"]: np.asarray(r["vector"], np.float32) for r in store.table("vectors").to_pylist()
+            if r["method"] == "mean_diff"}
+    st, gg = tmp_path / "v.safetensors", tmp_path / "v.gguf"
+    r = CliRunner().invoke(cli, ["--store", str(store.root), "export", "--trait", "planted", "-o", str(st)])
+    assert r.exit_code == 0, r.output
+    got = load_file(str(st))
+    assert sorted(got) == [f"direction.{l}" for l in sorted(want)]
+    for l, v in want.items():
+        np.testing.assert_array_equal(got[f"direction.{l}"], v)
+    r = CliRunner().invoke(cli, ["--store", str(store.root), "export", "--trait", "planted", "--format", "gguf",
+                                 "--scale", "2", "-o", str(gg)])
+    assert r.exit_code == 0, r.output
+    reader = gguf.GGUFReader(str(gg))
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    assert sorted(tensors) == ["direction.1", "direction.2"]  # llama.cpp cannot steer layer 0
+    np.testing.assert_allclose(tensors["direction.2"], 2 * want[2])
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "controlvector"
