@@ -15,6 +15,14 @@ from pathlib import Path
 import numpy as np
 
 
+def latest_per_layer(records: list[dict]) -> list[dict]:
+    """The newest vector of each layer (records of one trait, method and group)."""
+    latest: dict[int, dict] = {}
+    for r in sorted(records, key=lambda r: r["created_at"]):
+        latest[int(r["layer"])] = r
+    return [latest[l] for l in sorted(latest)]
+
+
 def _by_layer(records: list[dict]) -> dict[int, np.ndarray]:
     out = {}
     for r in records:

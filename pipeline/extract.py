@@ -30,6 +30,10 @@ from .methods import METHODS, ClassStats, ExtractionError, ICADirection, Logisti
 from .metrics import cosine, projection_metrics
 
 DEFAULT_METHODS = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
+# An in-memory fit holds its rows about this many times over (the float64 read, a standardised
+# copy, a bootstrap resample, solver workspace): budgets are divided by it. Measured: with
+# fewer, a 1 GB budget peaked at 1.6 GB RSS in bench/bench_out_of_core.py.
+WORKING_COPIES = 8
 
 
 @dataclass
@@ -77,7 +81,7 @@ def iter_blocks(arr, rows: np.ndarray, mask: np.ndarray, block_rows: int):
 
 
 # -- one layer ---------------------------------------------------------------------------------
-def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None):
+def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None, sample=None):
     """Fit every method in memory (X, pos) or from streaming inputs; returns {name: estimator}."""
     out = {}
     for name in methods:
@@ -88,7 +92,10 @@ def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None
             mean, W, Z, zpos = ica_Z
             est.fit_reduced(Z, zpos, W, stats)
         elif isinstance(est, LogisticProbe):
-            est.fit_streaming(chunks, stats)
+            start = None
+            if sample is not None and est.penalty == "l2":  # warm start from a subsample that fits
+                start = make_method(name, **cfg.params.get(name, {})).fit(sample[0], np.where(sample[1], 1, -1))
+            est.fit_streaming(chunks, stats, init=start)
         else:
             est.fit_stats(stats)
         out[name] = est
@@ -136,8 +143,9 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
     arr = _layer_array(store_root, cset.key, layer)
     d = arr.shape[1]
     n_sel = len(cset.train_rows) + len(cset.held_rows)
-    in_core = n_sel * d * 8 * 3 <= task_budget  # rows + one working copy + headroom
-    block = cfg.chunk_rows or max(arr.chunks[0], min(arr.chunks[0] * 16, task_budget // (d * 8 * 4) or 1))
+    row_bytes = d * 8 * WORKING_COPIES
+    in_core = n_sel * row_bytes <= task_budget
+    block = cfg.chunk_rows or max(arr.chunks[0], min(arr.chunks[0] * 16, task_budget // row_bytes or 1))
     rng = np.random.default_rng(cfg.seed + layer)
     with threadpool_limits(blas_threads) if blas_threads else nullcontext():
         if in_core:
@@ -180,7 +188,6 @@ def _extract_streaming(arr, cset, cfg, block, budget, rng):
     d = arr.shape[1]
     stats = ClassStats.empty(d)
     for X, p in iter_blocks(arr, rows, pos, block):
-        check_xy(X, np.where(p, 1, -1)) if p.any() and (~p).any() else None
         if not np.isfinite(X).all():
             raise ExtractionError("training rows hold NaN or inf; run `traitlens verify`")
         stats.update(X, p)
@@ -191,7 +198,12 @@ def _extract_streaming(arr, cset, cfg, block, budget, rng):
         Z = np.concatenate([(X - mean) @ W.T for X, _ in iter_blocks(arr, rows, pos, block)])
         ica_Z = (mean, W, Z, pos)
     chunks = lambda: iter_blocks(arr, rows, pos, block)  # noqa: E731
-    ests = _fit_all(cfg.methods, cfg, stats=stats, chunks=chunks, ica_Z=ica_Z)
+    # a class-balanced random subsample that fits the budget: probe warm start and stability
+    per_class = max(2, budget // (d * 8 * WORKING_COPIES) // 2)
+    pick = np.sort(np.concatenate([rng.choice(idx, min(per_class, len(idx)), replace=False)
+                                   for idx in (np.flatnonzero(pos), np.flatnonzero(~pos))]))
+    sample = (read_rows(arr, rows[pick]), pos[pick])
+    ests = _fit_all(cfg.methods, cfg, stats=stats, chunks=chunks, ica_Z=ica_Z, sample=sample)
     V = np.stack([e.vector_ for e in ests.values()], axis=1)  # [d, n_methods]
     pt = np.concatenate([X @ V for X, _ in iter_blocks(arr, rows, pos, block)])
     ph = np.concatenate([X @ V for X, _ in iter_blocks(arr, cset.held_rows, cset.held_pos, block)]) \
@@ -199,10 +211,7 @@ def _extract_streaming(arr, cset, cfg, block, budget, rng):
     names = list(ests)
     p_train = {m: pt[:, i] for i, m in enumerate(names)}
     p_held = {m: ph[:, i] for i, m in enumerate(names)}
-    # stability on a subsample that fits the budget, keeping the class balance
-    n_fit = max(4, min(len(rows), budget // (d * 8 * 4)))
-    pick = np.sort(rng.choice(len(rows), n_fit, replace=False)) if n_fit < len(rows) else np.arange(len(rows))
-    return ests, p_train, p_held, (read_rows(arr, rows[pick]), pos[pick])
+    return ests, p_train, p_held, sample
 
 
 def _jsonable(v):
@@ -338,7 +347,7 @@ def extract(store_path, trait: str, methods="all", layers="all", model: str | No
     from traitlens.store.store import code_version, new_run_id, now_utc
 
     from .contrastive import contrastive_set
-    from .sites import SiteError, parse_layers
+    from .layers import SiteError, parse_layers
 
     t0 = time.perf_counter()
     cfg = cfg or ExtractConfig()

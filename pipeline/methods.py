@@ -20,6 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# FastICA's non-convergence is recorded per vector (info_["converged"]); the per-fit warning
+# would otherwise repeat for every layer and resample (catch_warnings alone is not thread-safe)
+warnings.filterwarnings("ignore", message="FastICA did not converge")
+
 
 class ExtractionError(ValueError):
     """The contrastive set cannot be used (no positives, non-finite rows, ...)."""
@@ -330,9 +334,11 @@ class LogisticProbe(Direction):
                       "iterations": int(clf.n_iter_[0])}
         return self
 
-    def fit_streaming(self, chunks, stats: ClassStats):
+    def fit_streaming(self, chunks, stats: ClassStats, init=None):
         """Same objective as :meth:`fit` (L2, standardised features) over an iterable factory
-        ``chunks()`` yielding ``(X [m, d], pos [m])``; data never held whole."""
+        ``chunks()`` yielding ``(X [m, d], pos [m])``; data never held whole. Every L-BFGS
+        step is a pass over the data, so ``init`` (a probe fitted on a subsample that fits in
+        memory) saves most of them: the optimum is the same, the start is closer."""
         from scipy.optimize import minimize
 
         if self.penalty != "l2":
@@ -356,11 +362,16 @@ class LogisticProbe(Direction):
             # sklearn: C * sum(logloss) + 0.5 |w|^2
             return self.C * loss + 0.5 * w @ w, np.r_[self.C * gw + w, self.C * gb]
 
-        res = minimize(f, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
+        theta0 = np.zeros(d + 1)
+        if init is not None:
+            w0 = init.info_["raw_weights"]
+            theta0 = np.r_[w0 * sd, init.info_["bias"] + w0 @ mu]
+        res = minimize(f, theta0, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
         w = res.x[:d] / sd
         mu_c = stats.means
         _finish(self, w, mu_c[1], mu_c[0])
-        self.info_ = {"bias": float(res.x[d] - (mu / sd) @ res.x[:d]), "raw_weights": w, "iterations": int(res.nit)}
+        self.info_ = {"bias": float(res.x[d] - (mu / sd) @ res.x[:d]), "raw_weights": w, "iterations": int(res.nit),
+                      "data_passes": int(res.nfev)}
         return self
 
 

@@ -72,3 +72,18 @@ def test_persona_sample_ingests_clean(tmp_path, smol):
     labels = store.prompts()["label"].to_pylist()
     assert set(labels) == {1, -1}  # " Yes"/" No" in answer_matching_behavior became +1/-1
     assert verify(store).clean
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "persona").exists(), reason="../shared/data not present")
+def test_persona_probe_separates_held_out_statements(tmp_path, smol):
+    from traitlens.pipeline.extract import ExtractConfig, extract
+
+    src = SHARED_DATA / "persona" / "agreeableness.jsonl"
+    sample = tmp_path / "agreeableness.jsonl"
+    sample.write_text("\n".join(src.read_text().splitlines()[:300]) + "\n")
+    ingest(tmp_path / "s", [sample], cfg=IngestConfig(layers="12-14"), lm=smol, progress=False)
+    res = extract(tmp_path / "s", "agreeableness", methods="probe,mean_diff,random", cfg=ExtractConfig(n_boot=2))
+    best = {m: max(r["auroc"] for r in res.records if r["method"] == m) for m in ("probe", "mean_diff", "random")}
+    assert res.records[0]["n_held_pos"] + res.records[0]["n_held_neg"] >= 20
+    assert best["probe"] >= 0.93 and best["mean_diff"] >= 0.9
+    assert best["random"] < best["probe"]

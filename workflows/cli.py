@@ -290,8 +290,8 @@ def vectors(ctx, trait, method, fmt_):
 @click.pass_context
 def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
     """Write one trait's vectors (one per layer) to safetensors or a llama.cpp GGUF control vector."""
-    from traitlens.pipeline.export import to_gguf, to_safetensors
-    from traitlens.pipeline.sites import parse_layers
+    from traitlens.pipeline.export import latest_per_layer, to_gguf, to_safetensors
+    from traitlens.pipeline.layers import parse_layers
     from traitlens.store import Store
 
     rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)
@@ -305,10 +305,7 @@ def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
     if layers != "all":
         keep = set(parse_layers(layers, max(r["layer"] for r in rows) + 1))
         rows = [r for r in rows if r["layer"] in keep]
-    latest: dict[int, dict] = {}
-    for r in sorted(rows, key=lambda r: r["created_at"]):
-        latest[r["layer"]] = r  # the newest vector per layer
-    rows = list(latest.values())
+    rows = latest_per_layer(rows)
     out = Path(output or f"{trait}-{method}.{ 'gguf' if fmt_ == 'gguf' else 'safetensors'}")
     if fmt_ == "gguf":
         to_gguf(rows, out, model_hint, scale)

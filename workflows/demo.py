@@ -1,8 +1,9 @@
 """``make demo``: the main job on the embedded default model, end to end.
 
 Today: write the demo corpus, ingest it on SmolLM2-135M-Instruct (all 30 layers, last and
-mean pooling), verify the store, and print where everything is. Extraction, ranking,
-monitoring and steering join here as their stages land.
+mean pooling), verify the store, extract every method at every layer for each demo trait,
+print the best layer per trait and method, export one vector, and print where everything is.
+Ranking plots, monitoring and steering join here as their stages land.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
+from traitlens.pipeline.extract import ExtractConfig, extract
 from traitlens.pipeline.ingest import IngestConfig, ingest
 from traitlens.store import Store, verify
 
@@ -34,8 +36,23 @@ def main(argv=None) -> None:
     print(f"verify: {'clean' if rep.clean else 'NOT clean: ' + '; '.join(rep.errors + rep.tails)}")
     for g in store.groups():
         print(f"  {g.path}: {store.committed(g).n_prompts} prompts x {len(store.layers(g))} layers")
+    print("\nbest layer (held-out AUROC) per trait and method:")
+    for trait in ("harmful", "sentiment", "formality"):
+        res = extract(out / "store", trait, cfg=ExtractConfig(n_boot=4))
+        best: dict[str, dict] = {}
+        for r in res.records:
+            if r["method"] not in best or r["auroc"] > best[r["method"]]["auroc"]:
+                best[r["method"]] = r
+        cells = "  ".join(f"{m} L{r['layer']} ({r['auroc']:.2f})" for m, r in best.items())
+        print(f"  {trait:<10} {cells}")
+    from traitlens.pipeline.export import latest_per_layer, to_safetensors
+
+    vecs = [r for r in store.table("vectors").to_pylist() if r["trait"] == "harmful" and r["method"] == "mean_diff"]
+    to_safetensors(latest_per_layer(vecs), out / "harmful-mean_diff.safetensors")
+    print(f"exported: {out / 'harmful-mean_diff.safetensors'} (one direction per layer)")
     print(f"\nstore: {(out / 'store').resolve()}  ({time.perf_counter() - t0:.0f} s)")
     print(f"try:   .venv/bin/traitlens --store {out / 'store'} info")
+    print(f"       .venv/bin/traitlens --store {out / 'store'} vectors --trait harmful --method probe")
     if not rep.clean:
         raise SystemExit(1)
 
