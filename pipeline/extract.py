@@ -105,8 +105,8 @@ def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None
 def _stability(methods, cfg, X, pos, fitted, rng) -> dict[str, float]:
     """Mean cosine between each vector and its refits on ``cfg.n_boot`` bootstrap resamples.
 
-    Refits warm-start from the full fit (``fitted``), which changes how fast they converge,
-    not where: each resample's optimum is what is compared."""
+    Refits warm-start from the full fit (``fitted``) where a method can (probe, gradient),
+    which changes how fast they converge, not where: each resample's optimum is compared."""
     vectors = {m: e.vector_ for m, e in fitted.items()}
     if cfg.n_boot <= 0:
         return {m: float("nan") for m in methods}
