@@ -175,10 +175,18 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
             "n_held_pos": int(cset.held_pos.sum()), "n_held_neg": int((~cset.held_pos).sum()),
             "out_of_core": not in_core, "d": d, "raw_norm": float(e.raw_norm_),
             "vector": e.vector_.astype(np.float32).tolist(), **metrics, "stability": stab[m],
+            "agreement": _agreement(m, vectors),
             "cosines": json.dumps({o: round(cosine(e.vector_, vectors[o]), 6) for o in vectors if o != m}),
             "info": json.dumps(info, default=str),
         })
     return records
+
+
+def _agreement(method: str, vectors: dict[str, np.ndarray]) -> float:
+    """Mean cosine of one method's vector to the other real methods' at the same layer (NaN
+    when it is the only one). The random baseline is left out: it agrees with nothing."""
+    others = [cosine(vectors[method], v) for o, v in vectors.items() if o not in (method, "random")]
+    return float(np.mean(others)) if others else float("nan")
 
 
 def _extract_streaming(arr, cset, cfg, block, budget, rng):
@@ -339,9 +347,13 @@ def resolve_group(store: Store, model: str | None = None, fmt: str | None = None
 
 def extract(store_path, trait: str, methods="all", layers="all", model: str | None = None, fmt: str | None = None,
             site: str = "resid", pooling: str = "last", train_split: str = "train", held_split: str = "auto",
-            prompt_ids: set[str] | None = None, where_sql: str | None = None, cfg: ExtractConfig | None = None,
+            prompt_ids: set[str] | None = None, where: str | None = None, cfg: ExtractConfig | None = None,
             scheduler=None, progress: bool = False) -> ExtractResult:
-    """Extract vectors for ``trait`` at every requested layer and store them with their metrics."""
+    """Extract vectors for ``trait`` at every requested layer and store them with their metrics.
+
+    ``where``: a SQL condition over the ``prompts`` columns that picks the contrastive rows
+    (``"dataset = 'a' AND split <> 'test'"``); the rows it selects are fingerprinted into every
+    vector's provenance, and the text itself is kept in ``where_sql``."""
     import time
 
     from traitlens.store.store import code_version, new_run_id, now_utc
@@ -362,10 +374,15 @@ def extract(store_path, trait: str, methods="all", layers="all", model: str | No
     except SiteError:
         raise ExtractionError(f"--layers {layers}: not stored for {key.path}; stored layers: {stored} "
                               "(ingest more with `traitlens ingest --layers`)") from None
-    cset = contrastive_set(store, key, trait, train_split, held_split, prompt_ids, where_sql)
+    if where is not None:
+        from traitlens.queries import select_prompt_ids
+
+        chosen = select_prompt_ids(store, trait, where)
+        prompt_ids = chosen if prompt_ids is None else prompt_ids & chosen
+    cset = contrastive_set(store, key, trait, train_split, held_split, prompt_ids, where)
     run_id = new_run_id("extract")
     config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
-              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where_sql}
+              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where}
     started = now_utc()
     records = run_layers(store, cset, layer_list, cfg, scheduler=scheduler, progress=progress)
     with store.lock("extract"):

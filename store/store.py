@@ -177,8 +177,22 @@ class Store:
             return []
         return sorted(l for l in (parse_layer_name(n) for n in group.array_keys()) if l is not None)
 
-    def activations(self, key: GroupKey, layer: int, rows: slice | None = None) -> np.ndarray:
-        """Committed activations of one layer as float32 ``[n_rows, d]`` (array rows)."""
+    def activations(self, key: GroupKey | None, layer: int, rows: slice | None = None, where: str | None = None):
+        """Committed activations of one layer as float32 ``[n_rows, d]`` (array rows).
+
+        ``key=None`` means the store's only group. With ``where`` (a SQL condition over the
+        ``prompts`` columns, e.g. ``"trait = 'refusal' AND split = 'train'"``) it returns
+        ``(X [n, d], prompt_ids)`` for the rows it selects, through DuckDB.
+        """
+        if key is None:
+            groups = self.groups()
+            if len(groups) != 1:
+                raise StoreError(f"the store holds {len(groups)} groups; pass one of {[g.path for g in groups]}")
+            key = groups[0]
+        if where is not None:
+            from traitlens.queries import activations as select
+
+            return select(self, layer, where, key)
         n = self.committed(key).array_rows
         group = arrays.get_group(self.zarr_root(), key.path)
         if group is None or layer_name(layer) not in group:

@@ -97,6 +97,7 @@ VECTORS_SCHEMA = pa.schema(
         ("p_value", pa.float64()),
         ("train_auroc", pa.float64()),
         ("stability", pa.float64()),
+        ("agreement", pa.float64()),  # mean cosine to the other non-random methods at the same layer
         ("cosines", pa.string()),  # JSON {other method: cosine} at the same layer
         ("info", pa.string()),  # JSON method extras (bias, train accuracy, chosen component, ...)
         ("run_id", pa.string()),

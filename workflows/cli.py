@@ -34,13 +34,14 @@ class Guarded(click.Group):
         from traitlens.pipeline.methods import ExtractionError
         from traitlens.pipeline.models import ModelError
         from traitlens.pipeline.sites import SiteError
+        from traitlens.queries import QueryError
         from traitlens.store import StoreError, StoreLocked
 
         try:
             return super().invoke(ctx)
         except StoreLocked as e:
             _fail(str(e), EXIT_LOCKED)
-        except (CorpusError, PromptTooLong, SiteError, ExtractionError) as e:
+        except (CorpusError, PromptTooLong, SiteError, ExtractionError, QueryError) as e:
             _fail(str(e), EXIT_INPUT)
         except (StoreError, ModelError) as e:
             _fail(str(e), EXIT_FAIL)
@@ -211,6 +212,8 @@ def _parse_size(text: str) -> int:
               help="Comma list of mean_diff, pca_diff, ica, probe, gradient, random; or all.")
 @click.option("--layers", default="all", show_default=True, help="all | 0-15 | 3,7,11 (stored layers only).")
 @_group_options
+@click.option("--where", default=None, help="SQL condition over prompts columns choosing the contrastive rows, "
+              "e.g. \"dataset = 'a' AND length(text) < 200\".")
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--held-split", default="auto", show_default=True, help="auto = val if present, else test.")
 @click.option("--n-boot", default=8, show_default=True, help="Bootstrap resamples for stability (0 = skip).")
@@ -222,8 +225,8 @@ def _parse_size(text: str) -> int:
 @click.option("--scheduler", default=None, help="Dask scheduler address [default: $DASK_SCHEDULER_ADDRESS, else local threads].")
 @click.option("--quiet", "-q", is_flag=True)
 @click.pass_context
-def extract(ctx, trait, methods, layers, model, fmt, site, pooling, train_split, held_split, n_boot, seed, memory,
-            probe_c, penalty, scheduler, quiet):
+def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
+            memory, probe_c, penalty, scheduler, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
     from traitlens.pipeline.extract import ExtractConfig
     from traitlens.pipeline.extract import extract as run_extract
@@ -231,7 +234,7 @@ def extract(ctx, trait, methods, layers, model, fmt, site, pooling, train_split,
     cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=_parse_size(memory),
                         params={"probe": {"C": probe_c, "penalty": penalty}})
     res = run_extract(ctx.obj["store"], trait, methods, layers, model, fmt, site, pooling, train_split, held_split,
-                      cfg=cfg, scheduler=scheduler, progress=not quiet)
+                      where=where, cfg=cfg, scheduler=scheduler, progress=not quiet)
     best: dict[str, dict] = {}
     for r in res.records:
         if r["method"] not in best or r["auroc"] > best[r["method"]]["auroc"]:
@@ -312,6 +315,149 @@ def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
     else:
         to_safetensors(rows, out, scale)
     click.echo(f"wrote {out} ({len(rows)} layers, {method}, scale {scale})")
+
+
+def _print_table(t, max_rows: int = 200) -> None:
+    """A pyarrow Table as aligned text columns (vectors shortened)."""
+    cols = t.column_names
+    rows = t.slice(0, max_rows).to_pylist()
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, list):
+            return f"[{len(v)} values]"
+        return "NULL" if v is None else str(v)
+
+    cells = [[cell(r[c]) for c in cols] for r in rows]
+    widths = [min(60, max([len(c)] + [len(x[i]) for x in cells])) for i, c in enumerate(cols)]
+    click.echo("  ".join(c.ljust(w)[:w] for c, w in zip(cols, widths)))
+    click.echo("  ".join("-" * w for w in widths))
+    for x in cells:
+        click.echo("  ".join(v.ljust(w)[:w] for v, w in zip(x, widths)))
+    more = f", first {max_rows} shown" if t.num_rows > max_rows else ""
+    click.echo(f"({t.num_rows} rows{more})")
+
+
+def _write_result(t, fmt_: str, output: str | None) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if fmt_ == "table":
+        _print_table(t)
+    elif fmt_ == "json":
+        text = json.dumps(t.to_pylist(), default=str)
+        Path(output).write_text(text) if output else click.echo(text)
+    elif fmt_ == "csv":
+        import io
+
+        flat = t.select([c for c in t.column_names])
+        buf = io.BytesIO()
+        pcsv.write_csv(_lists_as_json(flat), buf)
+        Path(output).write_bytes(buf.getvalue()) if output else click.echo(buf.getvalue().decode(), nl=False)
+    else:
+        if not output:
+            _fail("--format parquet needs -o FILE", EXIT_INPUT)
+        pq.write_table(t, output)
+        click.echo(f"wrote {output} ({t.num_rows} rows)")
+
+
+def _lists_as_json(t):
+    import pyarrow as pa
+
+    cols = []
+    for name in t.column_names:
+        col = t[name]
+        if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_struct(col.type):
+            col = pa.array([json.dumps(v) for v in col.to_pylist()])
+        cols.append(col)
+    return pa.table(cols, names=t.column_names)
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--format", "fmt_", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True, help="json: one array of row objects.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@click.pass_context
+def query(ctx, sql, fmt_, output):
+    """Run read-only SQL over the store. Views: prompts, rows, runs, vectors, metrics, groups,
+    act_L<layer> (activations, streamed), macro nearest(vector_id, k)."""
+    from traitlens.queries import StoreSQL
+
+    with StoreSQL(ctx.obj["store"]) as q:
+        _write_result(q.query(sql), fmt_, output)
+
+
+@cli.command()
+@click.pass_context
+def sql(ctx):
+    """Interactive read-only SQL prompt (history kept in $TRAITLENS_HOME/sql_history)."""
+    from traitlens.pipeline.models import traitlens_home
+    from traitlens.queries import QueryError, StoreSQL
+
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - platforms without readline
+        readline = None
+    hist = traitlens_home() / "sql_history"
+    if readline is not None:
+        hist.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            readline.read_history_file(hist)
+        except OSError:
+            pass
+    with StoreSQL(ctx.obj["store"]) as q:
+        click.echo("traitlens sql: end statements with ';', .tables lists views, .quit or Ctrl-D leaves")
+        buf = ""
+        while True:
+            try:
+                line = input("sql> " if not buf else "...> ")
+            except (EOFError, KeyboardInterrupt):
+                click.echo()
+                break
+            if not buf and line.strip() in (".quit", ".exit"):
+                break
+            if not buf and line.strip() == ".tables":
+                line = "SHOW TABLES;"
+            buf += line + "\n"
+            if not buf.strip().endswith(";"):
+                continue
+            try:
+                _print_table(q.query(buf))
+            except QueryError as e:
+                click.echo(f"error: {e}", err=True)
+            buf = ""
+    if readline is not None:
+        readline.write_history_file(hist)
+
+
+@cli.command()
+@click.option("--trait", required=True)
+@click.option("--by", default="auroc", show_default=True,
+              help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc")
+@click.option("--top", default=10, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Heatmap PNG of layers x methods [default: rank-<trait>.png]; --no-plot to skip.")
+@click.option("--no-plot", is_flag=True)
+@click.pass_context
+def rank(ctx, trait, by, top, plot, no_plot):
+    """The best (layer, method, site, pooling) for a trait, with stability and agreement."""
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.ranking import heatmap
+    from traitlens.queries.ranking import rank as run_rank
+
+    with StoreSQL(ctx.obj["store"]) as q:
+        best, floor = run_rank(q, trait, by, top)
+        _print_table(best.drop_columns(["model_key", "fmt"]))
+        if floor.num_rows:
+            f = floor.to_pylist()[0]
+            click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
+        if not no_plot:
+            top_row = best.to_pylist()[0]
+            out = Path(plot or f"rank-{trait}.png")
+            heatmap(q, trait, by, top_row, out)
+            click.echo(f"heatmap: {out}")
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,224 @@
+"""A read-only DuckDB connection over a store: views, never copies.
+
+Views:
+- ``prompts``, ``rows``, ``runs``: the Parquet tables (``runs`` shows each run's latest record);
+- ``vectors``: one row per vector, ``vector`` cast to ``FLOAT[d]`` so ``array_cosine_similarity``
+  and ``array_inner_product`` work (with several widths d in one store, ``vectors`` keeps
+  ``FLOAT[]`` lists and ``vectors_d<d>`` views hold the fixed-size ones);
+- ``metrics``: the vectors table without the vector column;
+- ``act_L<layer>`` (and ``act_<n>_L<layer>`` for group n of ``groups``): one layer's committed
+  activations as ``(row, prompt_id, vector FLOAT[d])``, streamed from Zarr as Arrow batches
+  each time a statement names it;
+- ``groups``: the stored (model_key, fmt, site, pooling) groups, numbered for ``act_<n>_L<k>``.
+Macros: ``nearest(vector_id, k)`` — the k stored vectors closest by cosine, any trait, layer
+or model of the same width.
+
+Guard: only SELECT-like statements run (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE);
+file access is limited to the store's tables folder and the configuration is locked, so a
+query can neither change the store nor read files outside it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from traitlens.store import GroupKey, Store
+from traitlens.store import tables as tbl
+from traitlens.store.layout import layer_name
+
+READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+ACT_NAME = re.compile(r"\bact_(?:(\d+)_)?L(\d+)\b", re.IGNORECASE)
+BATCH_ROWS = 8192
+
+
+class QueryError(ValueError):
+    """A statement was refused or failed; the message is DuckDB's or says what is allowed."""
+
+
+def _quote(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_floating(t):
+        return "DOUBLE" if t.bit_width == 64 else "FLOAT"
+    if pa.types.is_integer(t):
+        return "BIGINT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    if pa.types.is_list(t):
+        return _duck_type(t.value_type) + "[]"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+class StoreSQL:
+    """``StoreSQL(store).query("SELECT ...")`` -> ``pyarrow.Table``."""
+
+    def __init__(self, store: Store | str | Path):
+        self.store = store if isinstance(store, Store) else Store.open(store)
+        self.con = duckdb.connect(":memory:")
+        self.groups = self.store.groups()
+        self._create_views()
+        tables_dir = str(self.store.tables_path.resolve())
+        self.con.execute(f"SET allowed_directories=[{_quote(Path(tables_dir))}]")
+        self.con.execute("SET enable_external_access=false")
+        self.con.execute("SET lock_configuration=true")
+
+    # -- views ---------------------------------------------------------------------------------
+    def _table_view(self, name: str, select: str = "*") -> None:
+        parts = tbl.part_files(self.store.tables_path / name)
+        if parts:
+            files = "[" + ", ".join(_quote(p.resolve()) for p in parts) + "]"
+            src = f"read_parquet({files}, union_by_name=true)"
+        else:  # no part yet: an empty relation with the table's columns
+            self.con.register(f"__empty_{name}", tbl.SCHEMAS[name].empty_table())
+            src = f"__empty_{name}"
+        have = {d[0] for d in self.con.execute(f"SELECT * FROM {src} LIMIT 0").description}
+        # parts written before a column existed read as NULL in it, so every view has the full schema
+        missing = [f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in tbl.SCHEMAS[name] if f.name not in have]
+        extra = (", " + ", ".join(missing)) if missing else ""
+        self.con.execute(f"CREATE VIEW {name}_all AS SELECT *{extra} FROM {src}")
+        self.con.execute(f"CREATE VIEW {name} AS SELECT {select} FROM {name}_all")
+
+    def _create_views(self) -> None:
+        self._table_view("prompts")
+        self._table_view("rows")
+        self._table_view("runs")
+        self.con.execute("CREATE OR REPLACE VIEW runs AS SELECT * EXCLUDE (rk) FROM (SELECT *, row_number() OVER "
+                         "(PARTITION BY run_id ORDER BY ended_at DESC NULLS LAST) AS rk FROM runs_all) WHERE rk = 1")
+        self._table_view("vectors")
+        dims = [r[0] for r in self.con.execute("SELECT DISTINCT d FROM vectors_all WHERE d IS NOT NULL").fetchall()]
+        if len(dims) == 1:
+            self.con.execute(f"CREATE OR REPLACE VIEW vectors AS SELECT * REPLACE (vector::FLOAT[{dims[0]}] AS vector) "
+                             "FROM vectors_all")
+        for d in dims:
+            self.con.execute(f"CREATE VIEW vectors_d{d} AS SELECT * REPLACE (vector::FLOAT[{d}] AS vector) "
+                             f"FROM vectors_all WHERE d = {int(d)}")
+        self.con.execute("CREATE VIEW metrics AS SELECT * EXCLUDE (vector) FROM vectors_all")
+        rows = [(i, *g.as_dict().values()) for i, g in enumerate(self.groups)]
+        self.con.register("__groups", pa.table({"n": [r[0] for r in rows], "model_key": [r[1] for r in rows],
+                                                "fmt": [r[2] for r in rows], "site": [r[3] for r in rows],
+                                                "pooling": [r[4] for r in rows]}))
+        self.con.execute("CREATE VIEW groups AS SELECT * FROM __groups")
+        if len(dims) == 1:
+            self.con.execute(
+                "CREATE MACRO nearest(vid, k) AS TABLE SELECT o.vector_id, o.trait, o.model_key, o.layer, o.method, "
+                "array_cosine_similarity(o.vector, q.vector) AS cosine FROM vectors o, "
+                "(SELECT vector FROM vectors WHERE vector_id = vid) q WHERE o.vector_id <> vid "
+                "ORDER BY cosine DESC LIMIT k")
+
+    # -- activations ---------------------------------------------------------------------------
+    def activation_reader(self, key: GroupKey, layer: int, batch_rows: int = BATCH_ROWS) -> pa.RecordBatchReader:
+        """One layer's committed rows as Arrow batches ``(row int64, prompt_id, vector FLOAT[d])``."""
+        committed = self.store.group_rows(key).select(["row", "prompt_id"])
+        group = self.store.zarr_root()[key.path]
+        if layer_name(layer) not in group:
+            raise QueryError(f"layer {layer} is not stored for {key.path}; stored: {self.store.layers(key)}")
+        arr = group[layer_name(layer)]
+        d = arr.shape[1]
+        schema = pa.schema([("row", pa.int64()), ("prompt_id", pa.string()), ("vector", pa.list_(pa.float32(), d))])
+        if key.pooling == "tokens":
+            raise QueryError("tokens pooling has one row per token; query it from Python (Store.activations)")
+
+        def batches():
+            n = committed.num_rows
+            for s in range(0, n, batch_rows):
+                e = min(n, s + batch_rows)
+                vals = np.ascontiguousarray(arr[s:e], dtype=np.float32)
+                flat = pa.array(vals.reshape(-1), type=pa.float32())
+                yield pa.record_batch([committed["row"].slice(s, e - s).combine_chunks(),
+                                       committed["prompt_id"].slice(s, e - s).combine_chunks(),
+                                       pa.FixedSizeListArray.from_arrays(flat, d)], schema=schema)
+
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def _register_activations(self, sql: str) -> None:
+        for m in ACT_NAME.finditer(sql):
+            n, layer = m.group(1), int(m.group(2))
+            if n is None:
+                if len(self.groups) != 1:
+                    listing = "; ".join(f"act_{i}_L{layer} = {g.path}" for i, g in enumerate(self.groups))
+                    raise QueryError(f"{m.group(0)} is ambiguous: the store holds {len(self.groups)} groups ({listing})")
+                key = self.groups[0]
+            else:
+                if int(n) >= len(self.groups):
+                    raise QueryError(f"{m.group(0)}: there is no group {n}; see SELECT * FROM groups")
+                key = self.groups[int(n)]
+            # a reader is consumed by one scan, so each statement gets a fresh one
+            self.con.register(m.group(0), self.activation_reader(key, layer))
+
+    # -- running -------------------------------------------------------------------------------
+    def check(self, sql: str) -> None:
+        """Refuse anything but read-only statements, before running any of them."""
+        try:
+            statements = self.con.extract_statements(sql)
+        except duckdb.Error as e:
+            raise QueryError(str(e)) from None
+        if not statements:
+            raise QueryError("empty query")
+        for st in statements:
+            kind = st.type.name
+            if kind not in READ_ONLY_TYPES:
+                raise QueryError(f"{kind} statements are refused: queries are read-only (SELECT, WITH, EXPLAIN, "
+                                 "DESCRIBE, SHOW); the store changes only through traitlens commands")
+
+    def query(self, sql: str, params: list | None = None) -> pa.Table:
+        """Run read-only SQL; returns the last statement's result as Arrow."""
+        self.check(sql)
+        self._register_activations(sql)
+        try:
+            statements = self.con.extract_statements(sql)
+            for st in statements[:-1]:
+                self.con.execute(st)
+            rel = self.con.sql(statements[-1].query, params=params or None)
+            return rel.to_arrow_table() if rel is not None else pa.table({})
+        except duckdb.PermissionException as e:
+            raise QueryError(f"{e}. Queries may read only this store's tables") from None
+        except duckdb.Error as e:
+            raise QueryError(str(e)) from None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def select_prompt_ids(store: Store, trait: str, where: str) -> set[str]:
+    """Prompt ids of ``trait`` that a SQL WHERE clause over ``prompts`` selects."""
+    with StoreSQL(store) as q:
+        t = q.query(f"SELECT DISTINCT prompt_id FROM prompts WHERE trait = ? AND ({where})", [trait])
+    return set(t["prompt_id"].to_pylist())
+
+
+def activations(store: Store | str | Path, layer: int, where: str | None = None, key: GroupKey | None = None
+                ) -> tuple[np.ndarray, list[str]]:
+    """Activations ``[n, d]`` float32 and their prompt ids for the rows a WHERE over ``prompts``
+    (joined on prompt_id) selects; ``key`` defaults to the store's only group."""
+    store = store if isinstance(store, Store) else Store.open(store)
+    with StoreSQL(store) as q:
+        if key is None:
+            if len(q.groups) != 1:
+                raise QueryError(f"the store holds {len(q.groups)} groups; pass key= (see Store.groups())")
+            key = q.groups[0]
+        cond = f"WHERE prompt_id IN (SELECT prompt_id FROM prompts WHERE {where})" if where else ""
+        n = q.groups.index(key)
+        rows = q.query(f"SELECT row, prompt_id FROM rows WHERE model_key = ? AND fmt = ? AND site = ? AND pooling = ? "
+                       f"AND prompt_id IN (SELECT prompt_id FROM act_{n}_L{int(layer)} {cond}) ORDER BY row",
+                       [key.model_key, key.fmt, key.site, key.pooling])
+    idx = np.asarray(rows["row"].to_pylist(), dtype=np.int64)
+    arr = store.zarr_root()[key.path][layer_name(layer)]
+    X = np.asarray(arr.oindex[idx, :], dtype=np.float32) if len(idx) else np.zeros((0, arr.shape[1]), np.float32)
+    return X, rows["prompt_id"].to_pylist()

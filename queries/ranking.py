@@ -1,0 +1,86 @@
+"""Rank a trait's vectors: the best (layer, method, site, pooling) by a held-out metric.
+
+Every (group, layer, method) cell counts once, with its newest vector. The random baseline is
+ranked apart and printed as the floor. ``heatmap`` draws layers x methods for one group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from .connection import QueryError, StoreSQL
+
+RANK_BY = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc")
+COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
+           "stability", "agreement", "n_pos", "n_neg", "vector_id")
+
+
+def latest_cells_sql() -> str:
+    """The newest vector of every (group, layer, method) cell of one trait (bind the trait)."""
+    return ("SELECT * FROM metrics WHERE trait = ? QUALIFY row_number() OVER (PARTITION BY model_key, fmt, site, "
+            "pooling, layer, method ORDER BY created_at DESC) = 1")
+
+
+def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.Table, pa.Table]:
+    """(top rows, the random baseline's best row) for ``trait`` ordered by ``by``."""
+    if by not in RANK_BY:
+        raise QueryError(f"--by {by!r}: rank by one of {', '.join(RANK_BY)}")
+    cols = ", ".join(COLUMNS)
+    base = latest_cells_sql()
+    best = q.query(f"SELECT {cols} FROM ({base}) WHERE method <> 'random' ORDER BY {by} DESC NULLS LAST, stability DESC NULLS LAST, layer "
+                   f"LIMIT ?", [trait, int(top)])
+    if best.num_rows == 0:
+        traits = [r["trait"] for r in q.query("SELECT DISTINCT trait FROM metrics ORDER BY 1").to_pylist()]
+        raise QueryError(f"no vectors for trait {trait!r}; traits with vectors: {', '.join(traits) or 'none'} "
+                         f"(run `traitlens extract --trait {trait}`)")
+    floor = q.query(f"SELECT {cols} FROM ({base}) WHERE method = 'random' ORDER BY {by} DESC NULLS LAST LIMIT 1",
+                    [trait])
+    return best, floor
+
+
+def grid(q: StoreSQL, trait: str, by: str, group: dict) -> tuple[list[int], list[str], list[list[float]]]:
+    """``by`` for every (layer, method) of one group: (layers, methods, values[layer][method])."""
+    t = q.query(f"SELECT layer, method, {by} AS v FROM ({latest_cells_sql()}) WHERE model_key = ? AND fmt = ? "
+                "AND site = ? AND pooling = ? ORDER BY layer, method",
+                [trait, group["model_key"], group["fmt"], group["site"], group["pooling"]]).to_pylist()
+    layers = sorted({r["layer"] for r in t})
+    order = ["mean_diff", "pca_diff", "ica", "probe", "gradient", "random"]
+    methods = sorted({r["method"] for r in t}, key=lambda m: order.index(m) if m in order else 99)
+    vals = {(r["layer"], r["method"]): r["v"] for r in t}
+    return layers, methods, [[vals.get((l, m), float("nan")) for m in methods] for l in layers]
+
+
+def heatmap(q: StoreSQL, trait: str, by: str, group: dict, path: Path) -> Path:
+    """PNG: layers (rows) x methods (columns) coloured by ``by``; the best cell boxed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers, methods, values = grid(q, trait, by, group)
+    V = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 1.2 + 0.28 * len(layers)))
+    lo = 0.5 if by in ("auroc", "balanced_accuracy", "train_auroc") else np.nanmin(V)
+    im = ax.imshow(V, aspect="auto", cmap="viridis", vmin=lo, vmax=np.nanmax(V))
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_yticks(range(len(layers)), [str(l) for l in layers])
+    ax.set_ylabel("layer")
+    for i in range(V.shape[0]):
+        for j in range(V.shape[1]):
+            if np.isfinite(V[i, j]):
+                ax.text(j, i, f"{V[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if V[i, j] < (lo + np.nanmax(V)) / 2 else "black")
+    real = [j for j, m in enumerate(methods) if m != "random"]
+    if real:
+        sub = np.where(np.isfinite(V[:, real]), V[:, real], -np.inf)
+        i, jj = np.unravel_index(np.argmax(sub), sub.shape)
+        ax.add_patch(plt.Rectangle((real[jj] - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    fig.colorbar(im, ax=ax, label=by)
+    ax.set_title(f"{trait}: held-out {by}\n{group['model_key']} / {group['site']} / {group['pooling']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

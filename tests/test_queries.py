@@ -1,0 +1,151 @@
+"""DuckDB over a store: every view, the read-only guard, SQL projections against numpy, ranking."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from synthetic import KEY, synthetic_store
+from traitlens.pipeline.extract import ExtractConfig, extract
+from traitlens.queries import QueryError, StoreSQL
+from traitlens.queries.ranking import rank
+from traitlens.workflows.cli import cli
+
+
+@pytest.fixture(scope="module")
+def store_with_vectors(tmp_path_factory):
+    store, dirs = synthetic_store(tmp_path_factory.mktemp("q") / "s", n=300, d=16, layers=(0, 1, 2), sep=4.0)
+    extract(store.root, "planted", cfg=ExtractConfig(n_boot=2))
+    return store, dirs
+
+
+def cli_run(store, *args):
+    return CliRunner().invoke(cli, ["--store", str(store.root), *map(str, args)])
+
+
+def test_views_match_the_tables(store_with_vectors):
+    store, _ = store_with_vectors
+    with StoreSQL(store) as q:
+        for name in ("prompts", "rows", "vectors"):
+            assert q.query(f"SELECT count(*) AS n FROM {name}").to_pylist()[0]["n"] == store.table(name).num_rows
+        assert q.query("SELECT count(*) AS n FROM metrics").to_pylist()[0]["n"] == store.table("vectors").num_rows
+        runs = q.query("SELECT run_id, status FROM runs").to_pylist()
+        assert len(runs) == len({r["run_id"] for r in store.table("runs").to_pylist()})
+        assert q.query("SELECT * FROM groups").to_pylist() == [{"n": 0, **KEY.as_dict()}]
+        typ = q.query("SELECT typeof(vector) AS t FROM vectors LIMIT 1").to_pylist()[0]["t"]
+        assert typ == "FLOAT[16]"
+        # array functions work and agree with numpy
+        r = q.query("SELECT a.vector AS a, b.vector AS b, array_cosine_similarity(a.vector, b.vector) AS c "
+                    "FROM vectors a, vectors b WHERE a.method = 'probe' AND b.method = 'mean_diff' "
+                    "AND a.layer = 1 AND b.layer = 1").to_pylist()[0]
+        a, b = np.asarray(r["a"]), np.asarray(r["b"])
+        assert np.isclose(r["c"], a @ b / np.linalg.norm(a) / np.linalg.norm(b), atol=1e-6)
+
+
+def test_read_only_guard(store_with_vectors, tmp_path):
+    store, _ = store_with_vectors
+    outside = tmp_path / "secret.csv"
+    outside.write_text("a,b\n1,2\n")
+    with StoreSQL(store) as q:
+        with pytest.raises(QueryError, match="DROP statements are refused"):
+            q.query("DROP VIEW prompts")
+        with pytest.raises(QueryError, match="COPY statements are refused"):
+            q.query(f"COPY prompts TO '{tmp_path / 'out.csv'}'")
+        with pytest.raises(QueryError, match="(?i)permission.*may read only this store"):
+            q.query(f"SELECT * FROM read_csv('{outside}')")
+        with pytest.raises(QueryError, match="refused"):
+            q.query("SELECT 1; DELETE FROM prompts")
+        with pytest.raises(QueryError, match="(?i)lock|refused"):
+            q.query("SET enable_external_access = true")
+        assert q.query("SELECT count(*) AS n FROM prompts").to_pylist()[0]["n"] == 300  # still intact
+    assert not (tmp_path / "out.csv").exists()
+    r = cli_run(store, "query", "DROP VIEW prompts")
+    assert r.exit_code == 2 and "read-only" in r.output and "Traceback" not in r.output
+    r = cli_run(store, "query", "SELECT nope FROM prompts")
+    assert r.exit_code == 2 and "Binder Error" in r.output
+
+
+def test_sql_projection_equals_numpy(store_with_vectors):
+    store, _ = store_with_vectors
+    labels = {p["prompt_id"]: p["label"] for p in store.prompts().to_pylist()}
+    with StoreSQL(store) as q:
+        for layer in (0, 2):
+            vid, v = [(r["vector_id"], np.asarray(r["vector"])) for r in
+                      q.query(f"SELECT vector_id, vector FROM vectors WHERE method = 'probe' AND layer = {layer}").to_pylist()][0]
+            got = q.query(f"SELECT p.label, avg(array_inner_product(a.vector, v.vector)) AS proj, count(*) AS n "
+                          f"FROM act_L{layer} a JOIN prompts p USING (prompt_id), "
+                          f"(SELECT vector FROM vectors WHERE vector_id = '{vid}') v GROUP BY p.label ORDER BY p.label"
+                          ).to_pylist()
+            X = store.activations(KEY, layer)
+            ids = store.group_rows(KEY)["prompt_id"].to_pylist()
+            y = np.asarray([labels[i] for i in ids])
+            proj = X @ v.astype(np.float32)
+            for row in got:
+                assert row["n"] == int((y == row["label"]).sum())
+                assert np.isclose(row["proj"], proj[y == row["label"]].mean(), rtol=1e-4, atol=1e-4)
+
+
+def test_activations_where_returns_selected_rows(store_with_vectors):
+    store, _ = store_with_vectors
+    X, ids = store.activations(None, 1, where="label = 1 AND split = 'train'")
+    prompts = {p["prompt_id"]: p for p in store.prompts().to_pylist()}
+    assert len(ids) == sum(1 for p in prompts.values() if p["label"] == 1 and p["split"] == "train") == X.shape[0]
+    rows = {r["prompt_id"]: r["row"] for r in store.group_rows(KEY).to_pylist()}
+    full = store.activations(KEY, 1)
+    np.testing.assert_array_equal(X, full[[rows[i] for i in ids]])
+
+
+def test_extract_where_restricts_and_records_the_selection(store_with_vectors):
+    store, _ = store_with_vectors
+    everything = extract(store.root, "planted", methods="mean_diff", layers="0", cfg=ExtractConfig(n_boot=0))
+    half = extract(store.root, "planted", methods="mean_diff", layers="0", cfg=ExtractConfig(n_boot=0),
+                   where="CAST(substr(text, 18) AS INTEGER) < 150")
+    a, b = everything.records[0], half.records[0]
+    assert b["n_pos"] + b["n_neg"] < 0.6 * (a["n_pos"] + a["n_neg"])
+    assert b["fingerprint"] != a["fingerprint"] and b["where_sql"].startswith("CAST")
+    with pytest.raises(QueryError, match="refused"):
+        extract(store.root, "planted", where="1=1) ; DROP VIEW prompts; SELECT (1", cfg=ExtractConfig(n_boot=0))
+
+
+def test_rank_and_heatmap(store_with_vectors, tmp_path):
+    store, _ = store_with_vectors
+    with StoreSQL(store) as q:
+        best, floor = rank(q, "planted", "auroc", top=3)
+        rows = best.to_pylist()
+        assert len(rows) == 3 and all(r["method"] != "random" for r in rows)
+        assert rows[0]["auroc"] >= rows[1]["auroc"] >= rows[2]["auroc"]
+        allv = [r for r in store.table("vectors").to_pylist() if r["method"] != "random"]
+        assert np.isclose(rows[0]["auroc"], max(r["auroc"] for r in allv))
+        assert floor.to_pylist()[0]["method"] == "random"
+        with pytest.raises(QueryError, match="rank by one of"):
+            rank(q, "planted", "auroc; DROP VIEW x")
+        with pytest.raises(QueryError, match="no vectors for trait 'nope'"):
+            rank(q, "nope")
+    png = tmp_path / "h.png"
+    r = cli_run(store, "rank", "--trait", "planted", "--top", "4", "--plot", png)
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "floor (random direction" in r.output
+
+
+def test_nearest_macro_and_output_formats(store_with_vectors, tmp_path):
+    store, _ = store_with_vectors
+    vecs = {r["vector_id"]: np.asarray(r["vector"]) for r in store.table("vectors").to_pylist()}
+    vid = next(iter(vecs))
+    with StoreSQL(store) as q:
+        near = q.query(f"SELECT * FROM nearest('{vid}', 5)").to_pylist()
+    want = sorted(((float(vecs[vid] @ v / np.linalg.norm(v) / np.linalg.norm(vecs[vid])), k)
+                   for k, v in vecs.items() if k != vid), reverse=True)[:5]
+    assert [r["vector_id"] for r in near] == [k for _, k in want]
+    r = cli_run(store, "query", "SELECT layer, method, auroc FROM metrics ORDER BY layer, method LIMIT 4",
+                "--format", "json")
+    rows = json.loads(r.output)
+    assert isinstance(rows, list) and set(rows[0]) == {"layer", "method", "auroc"}
+    out = tmp_path / "v.parquet"
+    r = cli_run(store, "query", "SELECT vector_id, vector FROM vectors", "--format", "parquet", "-o", out)
+    assert r.exit_code == 0 and pq.read_table(out).num_rows == len(vecs)
+    r = cli_run(store, "query", "SELECT vector_id, vector FROM vectors LIMIT 2", "--format", "csv")
+    assert r.output.splitlines()[0] == '"vector_id","vector"' and len(r.output.splitlines()) == 3
