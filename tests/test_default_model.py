@@ -87,3 +87,11 @@ def test_persona_probe_separates_held_out_statements(tmp_path, smol):
     assert res.records[0]["n_held_pos"] + res.records[0]["n_held_neg"] >= 20
     assert best["probe"] >= 0.93 and best["mean_diff"] >= 0.9
     assert best["random"] < best["probe"]
+    # ranking on this real store: the top cell is the best non-random vector stored
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.ranking import rank
+
+    with StoreSQL(tmp_path / "s") as q:
+        top, floor = rank(q, "agreeableness", "auroc", 3)
+    assert top.to_pylist()[0]["auroc"] == max(best["probe"], best["mean_diff"])
+    assert floor.to_pylist()[0]["method"] == "random"

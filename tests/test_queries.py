@@ -149,3 +149,13 @@ def test_nearest_macro_and_output_formats(store_with_vectors, tmp_path):
     assert r.exit_code == 0 and pq.read_table(out).num_rows == len(vecs)
     r = cli_run(store, "query", "SELECT vector_id, vector FROM vectors LIMIT 2", "--format", "csv")
     assert r.output.splitlines()[0] == '"vector_id","vector"' and len(r.output.splitlines()) == 3
+
+
+def test_interactive_sql_prompt(store_with_vectors, tmp_path, monkeypatch):
+    store, _ = store_with_vectors
+    monkeypatch.setenv("TRAITLENS_HOME", str(tmp_path))
+    r = CliRunner().invoke(cli, ["--store", str(store.root), "sql"],
+                           input="SELECT count(*) AS n\nFROM prompts;\nDROP VIEW prompts;\n.tables\n.quit\n")
+    assert r.exit_code == 0, r.output
+    assert "300" in r.output and "refused" in r.output and "(1 rows)" in r.output
+    assert (tmp_path / "sql_history").exists()
