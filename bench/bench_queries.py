@@ -93,7 +93,7 @@ def main() -> None:
         arr = store.zarr_root()[KEY.path]["L0"]
         t_read, _ = timed(lambda: np.asarray(arr[:], dtype=np.float32))
         lines.append((f"projection of {args.rows:,} rows by dataset and label", t_proj, t_read))
-        print(f"\n| query | seconds | plain equivalent (s) |")
+        print("\n| query | seconds | plain equivalent (s) |")
         print("|---|---|---|")
         for name, t, ref in lines:
             print(f"| {name} | {t:.3f} | {'' if ref is None else f'{ref:.3f}'} |")

@@ -52,12 +52,12 @@ def main() -> None:
             r["test_auroc"] = auroc(X @ np.asarray(r["vector"], np.float64), test.held_pos)
         rows.append((f.stem, best, res.records[0]["n_held_pos"] + res.records[0]["n_held_neg"], len(test.held_rows),
                      res.seconds))
-    print(f"\n| trait | val n / test n | " + " | ".join(methods) + " | extract s |")
+    print("\n| trait | val n / test n | " + " | ".join(methods) + " | extract s |")
     print("|---|---|" + "---|" * len(methods) + "---|")
     for trait, best, n_held, n_test, secs in rows:
         cells = [f"L{best[m]['layer']} {best[m]['auroc']:.3f} / {best[m]['test_auroc']:.3f}" for m in methods]
         print(f"| {trait} | {n_held} / {n_test} | " + " | ".join(cells) + f" | {secs:.0f} |")
-    print(f"\ncells: best layer by val AUROC, then val AUROC / test AUROC of that vector; stability of the "
+    print("\ncells: best layer by val AUROC, then val AUROC / test AUROC of that vector; stability of the "
           "best probe vectors: " + ", ".join(f"{t} {b['probe']['stability']:.2f}" for t, b, *_ in rows))
     print(f"total {time.perf_counter() - t0:.0f} s")
 

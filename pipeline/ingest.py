@@ -90,7 +90,6 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
            lm: LoadedModel | None = None, progress: bool = True, log=print) -> IngestResult:
     """Capture every prompt of ``corpus_paths`` that the store lacks; returns what was done."""
     cfg = cfg or IngestConfig()
-    t0 = time.perf_counter()
     records, n_dups = read_corpus(corpus_paths, read_opts)
     if not records:
         raise ValueError(f"no prompts found in {', '.join(map(str, corpus_paths))}")

@@ -38,7 +38,7 @@ def test_default_model_stored_rows_equal_hidden_states(tmp_path, smol):
     c = tmp_path / "c.jsonl"
     c.write_text("".join(json.dumps(r) + "\n" for r in rows))
     layers = [0, 9, 20, 28]
-    res = ingest(tmp_path / "s", [c], cfg=IngestConfig(layers=",".join(map(str, layers)), padding_side="left",
+    ingest(tmp_path / "s", [c], cfg=IngestConfig(layers=",".join(map(str, layers)), padding_side="left",
                                                        batch_size=8), lm=smol, progress=False)
     store = Store.open(tmp_path / "s")
     refs = {}  # prompt_id -> hidden states of the prompt run alone, unpadded: tuple of [1, T, d]

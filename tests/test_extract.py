@@ -10,7 +10,6 @@ import pytest
 from synthetic import KEY, synthetic_store
 from traitlens.pipeline.extract import ExtractConfig, extract
 from traitlens.pipeline.methods import ExtractionError
-from traitlens.store import Store
 
 
 def by_layer_method(records):

@@ -1,0 +1,153 @@
+"""CLI verbs for SQL: ``query``, ``sql`` (interactive), ``rank``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli import EXIT_INPUT, _fail, cli
+
+
+def _print_table(t, max_rows: int = 200) -> None:
+    """A pyarrow Table as aligned text columns (vectors shortened)."""
+    cols = t.column_names
+    rows = t.slice(0, max_rows).to_pylist()
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, list):
+            return f"[{len(v)} values]"
+        return "NULL" if v is None else str(v)
+
+    cells = [[cell(r[c]) for c in cols] for r in rows]
+    widths = [min(60, max([len(c)] + [len(x[i]) for x in cells])) for i, c in enumerate(cols)]
+    click.echo("  ".join(c.ljust(w)[:w] for c, w in zip(cols, widths)))
+    click.echo("  ".join("-" * w for w in widths))
+    for x in cells:
+        click.echo("  ".join(v.ljust(w)[:w] for v, w in zip(x, widths)))
+    more = f", first {max_rows} shown" if t.num_rows > max_rows else ""
+    click.echo(f"({t.num_rows} rows{more})")
+
+
+def _write_result(t, fmt_: str, output: str | None) -> None:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if fmt_ == "table":
+        _print_table(t)
+    elif fmt_ == "json":
+        text = json.dumps(t.to_pylist(), default=str)
+        Path(output).write_text(text) if output else click.echo(text)
+    elif fmt_ == "csv":
+        import io
+
+        flat = t.select([c for c in t.column_names])
+        buf = io.BytesIO()
+        pcsv.write_csv(_lists_as_json(flat), buf)
+        Path(output).write_bytes(buf.getvalue()) if output else click.echo(buf.getvalue().decode(), nl=False)
+    else:
+        if not output:
+            _fail("--format parquet needs -o FILE", EXIT_INPUT)
+        pq.write_table(t, output)
+        click.echo(f"wrote {output} ({t.num_rows} rows)")
+
+
+def _lists_as_json(t):
+    import pyarrow as pa
+
+    cols = []
+    for name in t.column_names:
+        col = t[name]
+        if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_struct(col.type):
+            col = pa.array([json.dumps(v) for v in col.to_pylist()])
+        cols.append(col)
+    return pa.table(cols, names=t.column_names)
+
+
+@cli.command()
+@click.argument("sql")
+@click.option("--format", "fmt_", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True, help="json: one array of row objects.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@click.pass_context
+def query(ctx, sql, fmt_, output):
+    """Run read-only SQL over the store. Views: prompts, rows, runs, vectors, metrics, groups,
+    act_L<layer> (activations, streamed), macro nearest(vector_id, k)."""
+    from traitlens.queries import StoreSQL
+
+    with StoreSQL(ctx.obj["store"]) as q:
+        _write_result(q.query(sql), fmt_, output)
+
+
+@cli.command()
+@click.pass_context
+def sql(ctx):
+    """Interactive read-only SQL prompt (history kept in $TRAITLENS_HOME/sql_history)."""
+    from traitlens.pipeline.models import traitlens_home
+    from traitlens.queries import QueryError, StoreSQL
+
+    try:
+        import readline
+    except ImportError:  # pragma: no cover - platforms without readline
+        readline = None
+    hist = traitlens_home() / "sql_history"
+    if readline is not None:
+        hist.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            readline.read_history_file(hist)
+        except OSError:
+            pass
+    with StoreSQL(ctx.obj["store"]) as q:
+        click.echo("traitlens sql: end statements with ';', .tables lists views, .quit or Ctrl-D leaves")
+        buf = ""
+        while True:
+            try:
+                line = input("sql> " if not buf else "...> ")
+            except (EOFError, KeyboardInterrupt):
+                click.echo()
+                break
+            if not buf and line.strip() in (".quit", ".exit"):
+                break
+            if not buf and line.strip() == ".tables":
+                line = "SHOW TABLES;"
+            buf += line + "\n"
+            if not buf.strip().endswith(";"):
+                continue
+            try:
+                _print_table(q.query(buf))
+            except QueryError as e:
+                click.echo(f"error: {e}", err=True)
+            buf = ""
+    if readline is not None:
+        readline.write_history_file(hist)
+
+
+@cli.command()
+@click.option("--trait", required=True)
+@click.option("--by", default="auroc", show_default=True,
+              help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc")
+@click.option("--top", default=10, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Heatmap PNG of layers x methods [default: rank-<trait>.png]; --no-plot to skip.")
+@click.option("--no-plot", is_flag=True)
+@click.pass_context
+def rank(ctx, trait, by, top, plot, no_plot):
+    """The best (layer, method, site, pooling) for a trait, with stability and agreement."""
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.ranking import heatmap
+    from traitlens.queries.ranking import rank as run_rank
+
+    with StoreSQL(ctx.obj["store"]) as q:
+        best, floor = run_rank(q, trait, by, top)
+        _print_table(best.drop_columns(["model_key", "fmt"]))
+        if floor.num_rows:
+            f = floor.to_pylist()[0]
+            click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
+        if not no_plot:
+            top_row = best.to_pylist()[0]
+            out = Path(plot or f"rank-{trait}.png")
+            heatmap(q, trait, by, top_row, out)
+            click.echo(f"heatmap: {out}")

@@ -1,0 +1,138 @@
+"""CLI verbs for vectors: ``extract``, ``vectors``, ``export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli import EXIT_INPUT, _fail, cli
+
+
+def _group_options(f):
+    f = click.option("--model", default=None, help="Model key (or its prefix) when the store holds several.")(f)
+    f = click.option("--fmt", type=click.Choice(["chat", "raw"]), default=None, help="Prompt format, if both are stored.")(f)
+    f = click.option("--site", default="resid", show_default=True)(f)
+    f = click.option("--pooling", default="last", show_default=True)(f)
+    return f
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use bytes or a size like 512MB, 2GB") from None
+
+
+@cli.command()
+@click.option("--trait", required=True, help="Trait to extract (as in the prompts table).")
+@click.option("--methods", default="all", show_default=True,
+              help="Comma list of mean_diff, pca_diff, ica, probe, gradient, random; or all.")
+@click.option("--layers", default="all", show_default=True, help="all | 0-15 | 3,7,11 (stored layers only).")
+@_group_options
+@click.option("--where", default=None, help="SQL condition over prompts columns choosing the contrastive rows, "
+              "e.g. \"dataset = 'a' AND length(text) < 200\".")
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--held-split", default="auto", show_default=True, help="auto = val if present, else test.")
+@click.option("--n-boot", default=8, show_default=True, help="Bootstrap resamples for stability (0 = skip).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--memory", "memory", default="1GB", show_default=True,
+              help="Memory budget for the whole run; layers that do not fit stream out of core.")
+@click.option("--C", "probe_c", default=1.0, show_default=True, help="Probe inverse regularisation.")
+@click.option("--penalty", default="l2", type=click.Choice(["l2", "l1"]), show_default=True, help="Probe penalty.")
+@click.option("--scheduler", default=None, help="Dask scheduler address [default: $DASK_SCHEDULER_ADDRESS, else local threads].")
+@click.option("--quiet", "-q", is_flag=True)
+@click.pass_context
+def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
+            memory, probe_c, penalty, scheduler, quiet):
+    """Fit trait vectors at every layer with every method; store them with held-out metrics."""
+    from traitlens.pipeline.extract import ExtractConfig
+    from traitlens.pipeline.extract import extract as run_extract
+
+    cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=_parse_size(memory),
+                        params={"probe": {"C": probe_c, "penalty": penalty}})
+    res = run_extract(ctx.obj["store"], trait, methods, layers, model, fmt, site, pooling, train_split, held_split,
+                      where=where, cfg=cfg, scheduler=scheduler, progress=not quiet)
+    best: dict[str, dict] = {}
+    for r in res.records:
+        if r["method"] not in best or r["auroc"] > best[r["method"]]["auroc"]:
+            best[r["method"]] = r
+    if not quiet:
+        click.echo(f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}  (held-out: {res.records[0]['held_split']})")
+        for m in res.methods:
+            r = best[m]
+            click.echo(f"{m:<10} {r['layer']:>10} {r['auroc']:>7.3f} {r['balanced_accuracy']:>7.3f} "
+                       f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}")
+    click.echo(f"extract done: {len(res.records)} vectors ({res.n_new} new, {res.n_existing} already stored) for "
+               f"{trait!r} on {res.key.path}, {len(res.layers)} layers x {len(res.methods)} methods in "
+               f"{res.seconds:.1f} s; run {res.run_id}")
+
+
+def _vector_rows(store, trait=None, method=None):
+    t = store.table("vectors")
+    rows = [r for r in t.to_pylist() if (trait is None or r["trait"] == trait) and (method is None or r["method"] == method)]
+    return rows
+
+
+@cli.command()
+@click.option("--trait", default=None)
+@click.option("--method", default=None)
+@click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def vectors(ctx, trait, method, fmt_):
+    """List stored vectors with their held-out metrics."""
+    from traitlens.store import Store
+
+    rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)
+    cols = ["vector_id", "trait", "model_key", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy",
+            "cohens_d", "stability", "n_pos", "n_neg"]
+    if fmt_ == "json":
+        click.echo(json.dumps([{c: r[c] for c in cols} for r in rows], indent=1, default=str))
+        return
+    if not rows:
+        click.echo("no vectors stored (run `traitlens extract --trait T`)")
+        return
+    click.echo(f"{'vector_id':<16} {'trait':<16} {'layer':>5} {'method':<9} {'AUROC':>6} {'bal.acc':>7} {'d':>6} {'stab':>5}  group")
+    for r in sorted(rows, key=lambda r: (r["trait"], r["model_key"], r["layer"], r["method"])):
+        click.echo(f"{r['vector_id']:<16} {r['trait'][:16]:<16} {r['layer']:>5} {r['method']:<9} {r['auroc']:>6.3f} "
+                   f"{r['balanced_accuracy']:>7.3f} {r['cohens_d']:>6.2f} {r['stability']:>5.2f}  "
+                   f"{r['model_key']}/{r['fmt']}/{r['site']}/{r['pooling']}")
+
+
+@cli.command()
+@click.option("--trait", required=True)
+@click.option("--method", default="mean_diff", show_default=True)
+@click.option("--layers", default="all", show_default=True)
+@click.option("--model", default=None, help="Model key (or prefix) when vectors of several models exist.")
+@click.option("--format", "fmt_", type=click.Choice(["safetensors", "gguf"]), default="safetensors", show_default=True)
+@click.option("--scale", default=1.0, show_default=True, help="Multiply the unit vectors by this.")
+@click.option("--model-hint", default="llama", show_default=True, help="GGUF controlvector.model_hint.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
+@click.pass_context
+def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
+    """Write one trait's vectors (one per layer) to safetensors or a llama.cpp GGUF control vector."""
+    from traitlens.pipeline.export import latest_per_layer, to_gguf, to_safetensors
+    from traitlens.pipeline.layers import parse_layers
+    from traitlens.store import Store
+
+    rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)
+    if model:
+        rows = [r for r in rows if r["model_key"].startswith(model)]
+    groups = sorted({(r["model_key"], r["fmt"], r["site"], r["pooling"]) for r in rows})
+    if not rows:
+        _fail(f"no {method} vectors for trait {trait!r}; run `traitlens extract --trait {trait}`", EXIT_INPUT)
+    if len(groups) > 1:
+        _fail(f"vectors of several groups match: {groups}; pass --model", EXIT_INPUT)
+    if layers != "all":
+        keep = set(parse_layers(layers, max(r["layer"] for r in rows) + 1))
+        rows = [r for r in rows if r["layer"] in keep]
+    rows = latest_per_layer(rows)
+    out = Path(output or f"{trait}-{method}.{ 'gguf' if fmt_ == 'gguf' else 'safetensors'}")
+    if fmt_ == "gguf":
+        to_gguf(rows, out, model_hint, scale)
+    else:
+        to_safetensors(rows, out, scale)
+    click.echo(f"wrote {out} ({len(rows)} layers, {method}, scale {scale})")
