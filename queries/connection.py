@@ -103,7 +103,12 @@ class StoreSQL:
         for d in dims:
             self.con.execute(f"CREATE VIEW vectors_d{d} AS SELECT * REPLACE (vector::FLOAT[{d}] AS vector) "
                              f"FROM vectors_all WHERE d = {int(d)}")
-        self.con.execute("CREATE VIEW metrics AS SELECT * EXCLUDE (vector) FROM vectors_all")
+        self._table_view("steering")
+        self._table_view("trajectories")
+        # the best causal shift measured for each vector (NULL until `traitlens evaluate --steering`)
+        self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift FROM vectors_all v "
+                         "LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift FROM steering GROUP BY vector_id) s "
+                         "USING (vector_id)")
         rows = [(i, *g.as_dict().values()) for i, g in enumerate(self.groups)]
         self.con.register("__groups", pa.table({"n": [r[0] for r in rows], "model_key": [r[1] for r in rows],
                                                 "fmt": [r[2] for r in rows], "site": [r[3] for r in rows],

@@ -12,9 +12,10 @@ import pyarrow as pa
 
 from .connection import QueryError, StoreSQL
 
-RANK_BY = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc")
+RANK_BY = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc",
+           "steer_shift")
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
-           "stability", "agreement", "n_pos", "n_neg", "vector_id")
+           "stability", "agreement", "steer_shift", "n_pos", "n_neg", "vector_id")
 
 
 def latest_cells_sql() -> str:

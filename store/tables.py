@@ -105,7 +105,46 @@ VECTORS_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, "vectors": VECTORS_SCHEMA}
+STEERING_SCHEMA = pa.schema(
+    [
+        ("vector_id", pa.string()),
+        ("trait", pa.string()),
+        ("method", pa.string()),
+        ("layer", pa.int32()),
+        ("alpha", pa.float64()),  # in units of the layer's mean token norm (scale)
+        ("kind", pa.string()),  # persona: Yes-No log-odds; refusal: P(refusal opening)
+        ("n", pa.int32()),
+        ("scale", pa.float64()),
+        ("unsteered", pa.float64()),
+        ("plus", pa.float64()),
+        ("minus", pa.float64()),
+        ("shift", pa.float64()),  # plus - minus (persona) or plus - unsteered (refusal)
+        ("detail", pa.string()),
+        ("run_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+TRAJECTORIES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("model_key", pa.string()),
+        ("vector_id", pa.string()),
+        ("layer", pa.int32()),
+        ("position", pa.int32()),
+        ("token", pa.string()),
+        ("generated", pa.bool_()),
+        ("projection", pa.float64()),
+        ("velocity", pa.float64()),
+        ("acceleration", pa.float64()),
+        ("commitment", pa.int32()),  # the trajectory's commitment token index (null: never)
+        ("created_at", TS),
+    ]
+)
+
+SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, "vectors": VECTORS_SCHEMA,
+           "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA}
 
 
 def _fsync_dir(path: Path) -> None:

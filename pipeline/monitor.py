@@ -1,0 +1,108 @@
+"""Watch a trait move token by token while the model generates.
+
+``trajectory(lm, prompt_ids, vector, layer)`` generates (greedy, or sampled with a seed), then
+reads block ``layer``'s output at every prompt and generated position in one causal forward
+pass (the same states generation computed) and projects them onto the vector. The result
+holds per-token projection, velocity, acceleration and the commitment point
+(:mod:`traitlens.pipeline.temporal` defines each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import temporal
+from .models import LoadedModel
+from .sites import find_blocks
+from .steer import generate
+
+
+@dataclass
+class Trajectory:
+    tokens: list[str]  # [T] decoded token strings, prompt then generated
+    token_ids: list[int]
+    n_prompt: int
+    layer: int
+    projection: np.ndarray  # [T]
+    velocity: np.ndarray  # [T]
+    acceleration: np.ndarray  # [T]
+    threshold: float
+    commitment: int | None  # token index, or None
+    response: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        return [{"position": i, "token": t, "generated": i >= self.n_prompt, "projection": float(p),
+                 "velocity": float(v), "acceleration": float(a)}
+                for i, (t, p, v, a) in enumerate(zip(self.tokens, self.projection, self.velocity, self.acceleration))]
+
+
+@torch.inference_mode()
+def hidden_states(lm: LoadedModel, ids: list[int], layer: int) -> np.ndarray:
+    """Block ``layer``'s output for one unpadded sequence: ``[T, d]`` float64."""
+    _, blocks = find_blocks(lm.model)
+    seen = []
+    h = blocks[layer].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        base = getattr(lm.model, lm.model.base_model_prefix, lm.model)
+        base(input_ids=torch.tensor([ids], device=lm.device), use_cache=False)
+    finally:
+        h.remove()
+    return seen[0][0].double().cpu().numpy()
+
+
+def trajectory(lm: LoadedModel, prompt_ids: list[int], vector, layer: int, max_new_tokens: int = 40,
+               sample: bool = False, seed: int = 0, threshold: float | None = None,
+               velocity_tol: float | None = None, smooth_window: int = 1) -> Trajectory:
+    """Generate and project every token's state at ``layer`` onto ``vector`` (unit-normalised)."""
+    new = generate(lm, prompt_ids, max_new_tokens, sample=sample, seed=seed)
+    ids = list(prompt_ids) + new
+    H = hidden_states(lm, ids, layer)
+    p = temporal.projection(H, vector)
+    if smooth_window > 1:
+        p = temporal.smooth(p, smooth_window)
+    vel = temporal.derivative(p, order=1)
+    acc = temporal.derivative(p, order=2)
+    thr = float(threshold) if threshold is not None else 0.0  # callers pass the vector's learned threshold
+    gen = np.zeros(len(ids), dtype=bool)
+    gen[len(prompt_ids):] = True
+    # "near zero" velocity, by default: half the generated tokens' typical token-to-token change
+    # (prompt tokens are left out: chat-template tokens swing far more than text does)
+    tol = velocity_tol if velocity_tol is not None else 0.5 * float(np.nanstd(vel[gen]) if gen.sum() > 1 else 1.0)
+    direction = "above" if (p[gen].mean() if gen.any() else 0) >= thr else "below"
+    com = temporal.commitment_point(np.where(gen, p, np.nan), thr, tol, mask=gen, direction=direction)
+    toks = [lm.tokenizer.decode([t]) for t in ids]
+    return Trajectory(toks, ids, len(prompt_ids), layer, p, vel, acc, thr, com,
+                      lm.tokenizer.decode(new, skip_special_tokens=True),
+                      {"velocity_tol": tol, "direction": direction})
+
+
+def plot(traj: Trajectory, path: Path, title: str = "") -> Path:
+    """PNG: projection along tokens (generated tokens on the axis), threshold, commitment point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = len(traj.tokens)
+    start = max(0, traj.n_prompt - 8)  # a little prompt context, then the generation
+    xs = np.arange(start, T)
+    fig, ax = plt.subplots(figsize=(min(18, 2 + 0.32 * len(xs)), 4.2))
+    ax.axvspan(start - 0.5, traj.n_prompt - 0.5, color="0.92", label="prompt")
+    ax.plot(xs, traj.projection[start:], marker="o", ms=3, lw=1.4, label=f"projection (layer {traj.layer})")
+    ax.axhline(traj.threshold, ls="--", color="0.4", lw=1, label=f"threshold {traj.threshold:.2f}")
+    if traj.commitment is not None:
+        ax.axvline(traj.commitment, color="red", lw=1.5, label=f"commitment at token {traj.commitment}")
+    labels = [repr(t)[1:-1][:12] for t in traj.tokens[start:]]  # escapes: \n, control bytes
+    ax.set_xticks(xs, labels, rotation=70, fontsize=7)
+    ax.set_ylabel("projection on trait vector")
+    ax.set_title(title or "trait projection per token", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

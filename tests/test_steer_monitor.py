@@ -1,0 +1,134 @@
+"""Steering, ablation, monitoring and the causal evaluation on tiny random models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import write_corpus
+from traitlens.pipeline.evaluate import QUESTION, evaluate_vector, yes_no_logodds
+from traitlens.pipeline.encode import render_ids
+from traitlens.pipeline.monitor import trajectory
+from traitlens.pipeline.sites import find_blocks
+from traitlens.pipeline.steer import ablation, generate, mean_token_norm, steering
+
+
+def block_outputs(lm, ids, layer):
+    _, blocks = find_blocks(lm.model)
+    seen = []
+    h = blocks[layer].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        lm.model(input_ids=torch.tensor([ids]))
+    h.remove()
+    return seen[0][0]
+
+
+@pytest.fixture
+def lm(tiny_lms):
+    return tiny_lms["llama"]
+
+
+@pytest.fixture
+def ids(lm):
+    return render_ids(lm.tokenizer, "the quick brown fox jumps over the lazy dog", None, True)
+
+
+def test_alpha_zero_reproduces_unsteered_generation(lm, ids):
+    v = np.random.default_rng(0).standard_normal(lm.d_model)
+    plain = generate(lm, ids, 12)
+    with steering(lm, v, 1, 0.0, scale=10.0):
+        assert generate(lm, ids, 12) == plain
+    with steering(lm, v, 1, 3.0, scale=10.0):
+        assert generate(lm, ids, 12) != plain  # and a real push changes it
+
+
+def test_steering_adds_exactly_alpha_scale_v(lm, ids):
+    v = np.random.default_rng(1).standard_normal(lm.d_model)
+    u = torch.tensor(v / np.linalg.norm(v), dtype=torch.float32)
+    before = block_outputs(lm, ids, 1)
+    with steering(lm, v, 1, 0.5, scale=4.0):
+        after = block_outputs(lm, ids, 1)
+    torch.testing.assert_close(after - before, (2.0 * u).expand_as(before), atol=1e-5, rtol=0)
+
+
+def test_generated_positions_only_leaves_the_prompt_alone(lm, ids):
+    v = np.random.default_rng(2).standard_normal(lm.d_model)
+    before = block_outputs(lm, ids, 1)
+    with steering(lm, v, 1, 5.0, scale=4.0, positions="generated"):
+        prompt_pass = block_outputs(lm, ids, 1)  # the first pass of the block: the prompt
+    torch.testing.assert_close(prompt_pass, before)
+
+
+def test_ablation_leaves_zero_projection_at_the_layer(lm, ids):
+    v = np.random.default_rng(3).standard_normal(lm.d_model)
+    u = torch.tensor(v / np.linalg.norm(v), dtype=torch.float32)
+    assert (block_outputs(lm, ids, 2) @ u).abs().max() > 1e-2
+    for layers in ([2], None):
+        with ablation(lm, v, layers):
+            out = block_outputs(lm, ids, 2)
+        assert (out @ u).abs().max() < 1e-5
+
+
+def test_mean_token_norm_matches_direct_computation(lm, ids):
+    t = torch.tensor([ids])
+    got = mean_token_norm(lm, 1, t, torch.ones_like(t))
+    assert np.isclose(got, block_outputs(lm, ids, 1).norm(dim=-1).mean().item(), rtol=1e-5)
+
+
+def test_trajectory_projection_equals_hidden_states(lm, ids):
+    v = np.random.default_rng(4).standard_normal(lm.d_model)
+    tr = trajectory(lm, ids, v, layer=1, max_new_tokens=6, threshold=0.0)
+    assert tr.n_prompt == len(ids) and len(tr.tokens) == len(ids) + len(tr.token_ids) - len(ids)
+    with torch.no_grad():
+        hs = lm.model(input_ids=torch.tensor([tr.token_ids]), output_hidden_states=True).hidden_states[2][0]
+    np.testing.assert_allclose(tr.projection, hs.double().numpy() @ (v / np.linalg.norm(v)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(tr.velocity, np.gradient(tr.projection, edge_order=2), atol=1e-9)
+    # sampled generation is reproducible with its seed
+    a = trajectory(lm, ids, v, 1, 6, sample=True, seed=7)
+    b = trajectory(lm, ids, v, 1, 6, sample=True, seed=7)
+    assert a.token_ids == b.token_ids
+
+
+def test_yes_no_logodds_and_evaluation_rows(lm):
+    statements = ["I love helping people", "I enjoy causing trouble"]
+    got = yes_no_logodds(lm, statements)
+    yes = lm.tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
+    no = lm.tokenizer("No", add_special_tokens=False)["input_ids"][0]
+    for s, g in zip(statements, got):  # independent: one unpadded forward per statement
+        with torch.no_grad():
+            lp = torch.log_softmax(lm.model(input_ids=torch.tensor(
+                [render_ids(lm.tokenizer, QUESTION.format(statement=s), None, True)])).logits[0, -1], -1)
+        assert np.isclose(g, (lp[yes] - lp[no]).item(), atol=1e-4)
+    v = np.random.default_rng(5).standard_normal(lm.d_model)
+    rows = evaluate_vector(lm, v, 1, [0.0, 1.0], "persona", statements)
+    assert np.isclose(rows[0]["plus"], rows[0]["unsteered"], atol=1e-6)  # alpha 0 changes nothing
+    assert np.isclose(rows[0]["minus"], rows[0]["unsteered"], atol=1e-6)
+    assert rows[1]["plus"] != rows[1]["unsteered"] and rows[1]["shift"] == rows[1]["plus"] - rows[1]["minus"]
+
+
+def test_cli_monitor_steer_evaluate_and_rank_by_shift(tmp_path, tiny_llama):
+    from traitlens.workflows.cli import cli
+
+    store = tmp_path / "s"
+    c = write_corpus(tmp_path / "c.jsonl", 160)
+    run = lambda *a: CliRunner().invoke(cli, ["--store", str(store), *map(str, a)])  # noqa: E731
+    assert run("ingest", c, "--model", tiny_llama, "--quiet").exit_code == 0
+    r = run("extract", "--trait", "kindness", "--methods", "mean_diff,probe", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run("monitor", "--trait", "kindness", "--model", tiny_llama, "--max-new-tokens", "5", "--plot",
+            tmp_path / "m.png", "--keep", "hello sea sky")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG" and "commitment" in r.output
+    q = run("query", "SELECT count(*) AS n, count(DISTINCT position) AS p FROM trajectories", "--format", "json")
+    assert '"n": ' in q.output and q.exit_code == 0
+    r = run("steer", "--trait", "kindness", "--model", tiny_llama, "--alpha", "2", "--max-new-tokens", "5", "hello")
+    assert r.exit_code == 0 and "--- steered ---" in r.output
+    r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "0,1", "--alphas",
+            "0.5", "--n", "4")
+    assert r.exit_code == 0, r.output
+    r = run("rank", "--trait", "kindness", "--by", "steer_shift", "--no-plot")
+    assert r.exit_code == 0 and "steer_shift" in r.output
+    r = run("monitor", "--trait", "nope", "--model", tiny_llama, "hi")
+    assert r.exit_code == 2 and "no vector for trait 'nope'" in r.output

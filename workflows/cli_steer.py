@@ -1,0 +1,209 @@
+"""CLI verbs that run the model with a vector: ``monitor``, ``steer``, ``evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .cli import EXIT_INPUT, _fail, cli
+
+
+def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):
+    """The vector to use: by id; else the newest of (layer, method); else the best-ranked."""
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.ranking import latest_cells_sql
+
+    with StoreSQL(store) as q:
+        if vector_id:
+            rows = q.query("SELECT * FROM vectors WHERE vector_id = ?", [vector_id]).to_pylist()
+        else:
+            cond, params = ["m.model_key = ?", "m.method <> 'random'"], [trait, model_key]
+            if layer is not None:
+                cond.append("m.layer = ?")
+                params.append(layer)
+            if method:
+                cond.append("m.method = ?")
+                params.append(method)
+            rows = q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) WHERE "
+                           + " AND ".join(cond) + " ORDER BY m.auroc DESC NULLS LAST, m.stability DESC NULLS LAST "
+                           "LIMIT 1", params).to_pylist()
+    if not rows:
+        _fail(f"no vector for trait {trait!r} on model {model_key}" + (f" at layer {layer}" if layer is not None else "")
+              + (f" by {method}" if method else "") + f"; run `traitlens extract --trait {trait}` with this --model",
+              EXIT_INPUT)
+    v = rows[0]
+    if v["model_key"] != model_key:
+        _fail(f"vector {v['vector_id']} was extracted on {v['model_key']}, not {model_key}; pass the matching --model",
+              EXIT_INPUT)
+    return v
+
+
+def _load(model, quiet=False):
+    from traitlens.pipeline.models import load_model
+
+    return load_model(model, log=(lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)))
+
+
+def _prompt_ids(lm, text: str, chat: bool | None):
+    from traitlens.pipeline.encode import render_ids, uses_chat
+
+    return render_ids(lm.tokenizer, text, None, uses_chat(lm.tokenizer, chat))
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@click.option("--trait", required=True)
+@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False), help="One prompt a line (batch mode).")
+@click.option("--model", default=None, help="[default: SmolLM2-135M-Instruct]")
+@click.option("--layer", type=int, default=None, help="[default: the best-ranked vector's layer]")
+@click.option("--method", default=None, help="[default: the best-ranked vector's method]")
+@click.option("--vector-id", default=None)
+@click.option("--max-new-tokens", default=40, show_default=True)
+@click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--smooth", default=1, show_default=True, help="Moving-average window over tokens.")
+@click.option("--threshold", type=float, default=None, help="Commitment threshold [default: the vector's, learned on train].")
+@click.option("--velocity-tol", type=float, default=None,
+              help="|velocity| counted as settled [default: half the generated tokens' velocity std].")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG [default: monitor-<trait>.png].")
+@click.option("--keep", is_flag=True, help="Append the trajectories to the store's trajectories table (SQL).")
+@click.option("--chat/--no-chat", default=None)
+@click.pass_context
+def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_tokens, sample, seed, smooth, threshold,
+            velocity_tol, plot, keep, chat):
+    """Generate while projecting every token's state onto a trait vector; table + PNG."""
+    import numpy as np
+
+    from traitlens.pipeline.corpus import prompt_id_for
+    from traitlens.pipeline.monitor import plot as draw
+    from traitlens.pipeline.monitor import trajectory
+    from traitlens.store import Store, tables
+    from traitlens.store.store import new_run_id, now_utc
+
+    prompts = [prompt] if prompt else []
+    if file_:
+        prompts += [l for l in Path(file_).read_text().splitlines() if l.strip()]
+    if not prompts:
+        _fail("give a PROMPT or --file", EXIT_INPUT)
+    store = Store.open(ctx.obj["store"])
+    lm = _load(model)
+    vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
+    run_id, records = new_run_id("monitor"), []
+    for k, text in enumerate(prompts):
+        tr = trajectory(lm, _prompt_ids(lm, text, chat), vec["vector"], vec["layer"], max_new_tokens, sample, seed,
+                        threshold=vec["threshold"] if threshold is None else threshold, velocity_tol=velocity_tol,
+                        smooth_window=smooth)
+        click.echo(f"\n{text!r} -> {tr.response!r}")
+        click.echo(f"vector {vec['vector_id']} ({vec['method']}, layer {vec['layer']}, held-out AUROC "
+                   f"{vec['auroc']:.3f}); threshold {tr.threshold:.3f}")
+        click.echo(f"{'pos':>4} {'token':<16} {'projection':>10} {'velocity':>9} {'accel':>8}")
+        for r in tr.rows()[max(0, tr.n_prompt - 3):]:
+            mark = " <- commitment" if tr.commitment == r["position"] else ""
+            token = r["token"].replace("\n", "\\n")[:16]
+            click.echo(f"{r['position']:>4} {token:<16} {r['projection']:>10.3f} "
+                       f"{r['velocity']:>9.3f} {r['acceleration']:>8.3f}{mark}")
+        click.echo("commitment: " + (f"token {tr.commitment} ({tr.tokens[tr.commitment]!r})" if tr.commitment is not None
+                                     else "none (the projection never settles past the threshold)"))
+        out = Path(plot or f"monitor-{trait}.png")
+        if len(prompts) > 1:
+            out = out.with_name(f"{out.stem}-{k}{out.suffix}")
+        draw(tr, out, title=f"{trait} — layer {vec['layer']} {vec['method']} — {text[:60]}")
+        click.echo(f"plot: {out}")
+        if keep:
+            pid, stamp = prompt_id_for(text, None), now_utc()
+            records += [{**r, "run_id": run_id, "prompt_id": pid, "model_key": lm.key, "vector_id": vec["vector_id"],
+                         "layer": vec["layer"], "commitment": tr.commitment, "created_at": stamp}
+                        for r in tr.rows() if np.isfinite(r["projection"])]
+    if records:
+        with store.lock("monitor --keep"):
+            tables.write_part(store.tables_path / "trajectories",
+                              tables.rows_to_table(records, tables.TRAJECTORIES_SCHEMA), tables.TRAJECTORIES_SCHEMA)
+        click.echo(f"kept {len(records)} token rows in the trajectories table (run {run_id})")
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--trait", required=True)
+@click.option("--alpha", type=float, default=0.25, show_default=True,
+              help="Strength in units of the layer's mean token norm; negative pushes away.")
+@click.option("--model", default=None)
+@click.option("--layer", type=int, default=None)
+@click.option("--method", default=None)
+@click.option("--vector-id", default=None)
+@click.option("--positions", type=click.Choice(["all", "generated"]), default="all", show_default=True)
+@click.option("--ablate", is_flag=True, help="Project the direction out instead of adding it.")
+@click.option("--all-layers", is_flag=True, help="With --ablate: at every block, not only the vector's layer.")
+@click.option("--max-new-tokens", default=40, show_default=True)
+@click.option("--chat/--no-chat", default=None)
+@click.pass_context
+def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions, ablate, all_layers, max_new_tokens,
+          chat):
+    """Generate with and without the vector and print both."""
+    import torch
+
+    from traitlens.pipeline.steer import ablation, generate, mean_token_norm, steering
+    from traitlens.store import Store
+
+    store = Store.open(ctx.obj["store"])
+    lm = _load(model)
+    vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
+    ids = _prompt_ids(lm, prompt, chat)
+    plain = generate(lm, ids, max_new_tokens)
+    t = torch.tensor([ids])
+    if ablate:
+        with ablation(lm, vec["vector"], None if all_layers else [vec["layer"]]):
+            steered = generate(lm, ids, max_new_tokens)
+        how = f"ablated at {'every layer' if all_layers else 'layer ' + str(vec['layer'])}"
+    else:
+        scale = mean_token_norm(lm, vec["layer"], t, torch.ones_like(t))
+        with steering(lm, vec["vector"], vec["layer"], alpha, scale, positions):
+            steered = generate(lm, ids, max_new_tokens)
+        how = f"alpha {alpha:+g} x mean norm {scale:.1f} at layer {vec['layer']} ({positions} positions)"
+    dec = lambda x: lm.tokenizer.decode(x, skip_special_tokens=True)  # noqa: E731
+    click.echo(f"vector {vec['vector_id']} ({trait}, {vec['method']}, layer {vec['layer']}); {how}")
+    click.echo(f"\n--- unsteered ---\n{dec(plain)}\n\n--- steered ---\n{dec(steered)}")
+
+
+@cli.command()
+@click.option("--trait", required=True)
+@click.option("--steering", "do_steering", is_flag=True, required=True, help="Run the causal steering evaluation.")
+@click.option("--kind", type=click.Choice(["persona", "refusal"]), default="persona", show_default=True,
+              help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on harmless requests.")
+@click.option("--method", default="mean_diff", show_default=True)
+@click.option("--layers", default=None, help="[default: the 5 layers around the method's best layer]")
+@click.option("--alphas", default="0.25,0.5", show_default=True)
+@click.option("--n", "n_texts", default=40, show_default=True, help="Held-out prompts to measure on.")
+@click.option("--model", default=None)
+@click.pass_context
+def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, model):
+    """Sweep layer x strength: how much does steering along the vector move behaviour?"""
+    from traitlens.pipeline.evaluate import evaluate_vector, steering_records
+    from traitlens.pipeline.layers import parse_layers
+    from traitlens.store import Store, tables
+    from traitlens.store.store import new_run_id
+
+    store = Store.open(ctx.obj["store"])
+    lm = _load(model)
+    best = _pick_vector(store, trait, lm.key, None, method, None)
+    layer_list = (parse_layers(layers, lm.n_layers) if layers else
+                  [l for l in range(best["layer"] - 2, best["layer"] + 3) if 0 <= l < lm.n_layers])
+    want = 1 if kind == "persona" else -1  # trait statements, or harmless requests
+    held = [p for p in store.prompts().to_pylist() if p["trait"] == trait and p["label"] == want
+            and p["split"] == best["held_split"]]
+    if not held:
+        _fail(f"no held-out ({best['held_split']}) prompts with label {want:+d} for {trait!r}", EXIT_INPUT)
+    texts = [p["text"] for p in held[:n_texts] if p["text"]]
+    run_id, all_rows = new_run_id("evaluate"), []
+    click.echo(f"{'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7}   ({kind}, n={len(texts)})")
+    for l in layer_list:
+        vec = _pick_vector(store, trait, lm.key, l, method, None)
+        rows = evaluate_vector(lm, vec["vector"], l, [float(a) for a in alphas.split(",")], kind, texts)
+        for r in rows:
+            minus = f"{r['minus']:8.3f}" if r["minus"] is not None else f"{'-':>8}"
+            click.echo(f"{l:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} {minus} {r['shift']:>7.3f}")
+        all_rows += steering_records(vec, rows, run_id)
+    with store.lock("evaluate"):
+        tables.write_part(store.tables_path / "steering", tables.rows_to_table(all_rows, tables.STEERING_SCHEMA),
+                          tables.STEERING_SCHEMA)
+    click.echo(f"stored {len(all_rows)} rows in the steering table; `traitlens rank --trait {trait} --by steer_shift`")
