@@ -5,7 +5,8 @@
 - ablate: ``x <- x - (x · v) v`` on the output of one block or of every block, removing the
   direction wherever it appears.
 ``alpha`` is in units of the layer's mean activation norm (``scale``, measured on the prompts
-being steered unless given), so one alpha means the same push on any model.
+being steered unless given, without massive-activation outlier tokens), so one alpha means
+the same push on any model.
 """
 
 from __future__ import annotations
@@ -30,9 +31,14 @@ def _replace_output(output, new):
     return new
 
 
+MASSIVE = 10.0  # a token whose norm is this many times the median is a "massive activation"
+
+
 @torch.inference_mode()
 def mean_token_norm(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
-    """Mean L2 norm of block ``layer``'s output over the real tokens of a batch."""
+    """Mean L2 norm of block ``layer``'s output over the real tokens of a batch, leaving out
+    massive activations (norm > 10x the median; in SmolLM2 the first token reaches ~25,000
+    against ~150 from layer 11 on, which alone would multiply the mean by five)."""
     _, blocks = find_blocks(lm.model)
     seen = []
     h = blocks[layer].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
@@ -41,7 +47,8 @@ def mean_token_norm(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attent
     finally:
         h.remove()
     x = seen[0].float()
-    return float(x.norm(dim=-1)[attention_mask.bool().to(x.device)].mean())
+    norms = x.norm(dim=-1)[attention_mask.bool().to(x.device)]
+    return float(norms[norms <= MASSIVE * norms.median()].mean())
 
 
 @contextmanager

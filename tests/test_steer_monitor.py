@@ -74,7 +74,9 @@ def test_ablation_leaves_zero_projection_at_the_layer(lm, ids):
 def test_mean_token_norm_matches_direct_computation(lm, ids):
     t = torch.tensor([ids])
     got = mean_token_norm(lm, 1, t, torch.ones_like(t))
-    assert np.isclose(got, block_outputs(lm, ids, 1).norm(dim=-1).mean().item(), rtol=1e-5)
+    norms = block_outputs(lm, ids, 1).norm(dim=-1)
+    assert norms.max() < 10 * norms.median()  # no massive activation in the tiny model
+    assert np.isclose(got, norms.mean().item(), rtol=1e-5)
 
 
 def test_trajectory_projection_equals_hidden_states(lm, ids):
@@ -132,3 +134,24 @@ def test_cli_monitor_steer_evaluate_and_rank_by_shift(tmp_path, tiny_llama):
     assert r.exit_code == 0 and "steer_shift" in r.output
     r = run("monitor", "--trait", "nope", "--model", tiny_llama, "hi")
     assert r.exit_code == 2 and "no vector for trait 'nope'" in r.output
+
+
+def test_mean_token_norm_leaves_out_massive_activations(lm, ids):
+    t = torch.tensor([ids])
+    plain = mean_token_norm(lm, 1, t, torch.ones_like(t))
+    _, blocks = find_blocks(lm.model)
+
+    def sink(module, inputs, output):  # make token 0 a 1000x "attention sink", as real LLMs do
+        x = output[0] if isinstance(output, tuple) else output
+        x = x.clone()
+        x[:, 0] *= 1000
+        return (x,) + tuple(output[1:]) if isinstance(output, tuple) else x
+
+    h = blocks[1].register_forward_hook(sink)
+    try:
+        with_sink = mean_token_norm(lm, 1, t, torch.ones_like(t))
+    finally:
+        h.remove()
+    norms = block_outputs(lm, ids, 1).norm(dim=-1)
+    assert np.isclose(with_sink, norms[1:].mean().item(), rtol=1e-4)  # token 0 left out
+    assert with_sink < 2 * plain
