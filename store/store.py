@@ -308,42 +308,46 @@ class CommitWriter:
         truncated = np.concatenate([b.truncated for b in batches])
         responses = [r for b in batches for r in b.responses]
         stamp = now_utc()
-        records = []
+        offs = np.concatenate([[0], np.cumsum(counts)])  # token offsets of each prompt in the batches
+        records, per_group = [], {}
         for g in self.groups:
             st = self.state[g]
-            done = st.prompt_ids
-            keep = [i for i, p in enumerate(prompt_ids) if p not in done]
+            fresh, keep = set(), []
+            for i, p in enumerate(prompt_ids):  # skip what is stored, and repeats within this commit
+                if p not in st.prompt_ids and p not in fresh:
+                    fresh.add(p)
+                    keep.append(i)
             if not keep:
                 continue
+            everything = len(keep) == len(prompt_ids)
             start = st.array_rows
             for layer in self.layers:
                 values = np.concatenate([b.pooled[(g.site, g.pooling)][layer] for b in batches])
-                if g.pooling == "tokens":
-                    offs = np.concatenate([[0], np.cumsum(counts)])
-                    values = np.concatenate([values[offs[i]:offs[i + 1]] for i in keep]) if len(keep) < len(prompt_ids) else values
-                else:
-                    values = values[keep] if len(keep) < len(prompt_ids) else values
+                if not everything:
+                    values = (np.concatenate([values[offs[i]:offs[i + 1]] for i in keep]) if g.pooling == "tokens"
+                              else values[keep])
                 self._write(g, layer, start, values)
             if g.pooling == "tokens":
                 ids = np.concatenate([b.token_ids for b in batches])
-                offs = np.concatenate([[0], np.cumsum(counts)])
-                ids = np.concatenate([ids[offs[i]:offs[i + 1]] for i in keep])
+                ids = ids if everything else np.concatenate([ids[offs[i]:offs[i + 1]] for i in keep])
                 arrays.write_rows_1d(self.token_id_arrays[g], start, ids)
             token_start = start
+            mine = []
             for j, i in enumerate(keep):
-                records.append({**g.as_dict(), "row": st.n_prompts + j, "prompt_id": prompt_ids[i],
-                                "token_start": token_start if g.pooling == "tokens" else None,
-                                "token_count": int(counts[i]), "truncated": int(truncated[i]),
-                                "response": responses[i] if g.pooling == "response_mean" else None,
-                                "run_id": self.run_id, "committed_at": stamp})
+                mine.append({**g.as_dict(), "row": st.n_prompts + j, "prompt_id": prompt_ids[i],
+                             "token_start": token_start if g.pooling == "tokens" else None,
+                             "token_count": int(counts[i]), "truncated": int(truncated[i]),
+                             "response": responses[i] if g.pooling == "response_mean" else None,
+                             "run_id": self.run_id, "committed_at": stamp})
                 token_start += int(counts[i])
+            records += mine
+            per_group[g] = mine
         if records:
             tables.write_part(self.store.tables_path / "rows", tables.rows_to_table(records, tables.ROWS_SCHEMA),
                               tables.ROWS_SCHEMA)
         # only now, with the rows part on disk, do these prompts count as stored
-        for g in self.groups:
+        for g, mine in per_group.items():
             st = self.state[g]
-            mine = [r for r in records if r["site"] == g.site and r["pooling"] == g.pooling]
             st.n_prompts += len(mine)
             st.array_rows += sum(r["token_count"] for r in mine) if g.pooling == "tokens" else len(mine)
             st.prompt_ids.update(r["prompt_id"] for r in mine)

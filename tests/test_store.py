@@ -167,3 +167,15 @@ def test_parts_are_atomic(tmp_path):
         "message", pa.array([""])), tables.RUNS_SCHEMA)
     assert [p.name.startswith("part-") for p in d.iterdir()] == [True]
     assert tables.read_table(d, tables.RUNS_SCHEMA).num_rows == 1
+
+
+def test_same_prompt_twice_in_one_commit_is_stored_once(tmp_path):
+    s = new_store(tmp_path, ["a", "b", "c"])
+    w = s.writer([KEY], [0, 1], 8, "r", chunk_rows=64)
+    first = batch(["a", "b"], seed=1)
+    w.add(first)
+    w.add(batch(["b", "c"], seed=2))  # "b" again before any commit
+    w.commit()
+    assert s.group_rows(KEY)["prompt_id"].to_pylist() == ["a", "b", "c"]
+    np.testing.assert_allclose(s.activations(KEY, 0)[1], first.pooled[("resid", "last")][0][1].astype(np.float16))
+    assert verify(s).clean
