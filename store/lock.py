@@ -20,10 +20,24 @@ class StoreLocked(RuntimeError):
     """Another live process is writing to this store."""
 
 
+_held: dict[str, int] = {}  # lock files this process holds -> nesting depth (flock is per open file)
+
+
 @contextmanager
 def write_lock(root: Path, what: str = "write"):
-    """Hold the store's writer lock for the duration of the block, or raise :class:`StoreLocked`."""
+    """Hold the store's writer lock for the duration of the block, or raise :class:`StoreLocked`.
+
+    Re-entrant within one process (a workflow run holds it around its ingest and extract steps).
+    """
     path = root / ".lock"
+    key = str(path.resolve())
+    if _held.get(key):
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -42,6 +56,10 @@ def write_lock(root: Path, what: str = "write"):
                 "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv[:6]}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
+        _held[key] = 1
+        try:
+            yield
+        finally:
+            _held.pop(key, None)
     finally:
         os.close(fd)  # closing releases the flock

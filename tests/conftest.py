@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,17 @@ def write_corpus(path: Path, n: int, start: int = 0, trait: str = "kindness") ->
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus.jsonl", 40)
+
+
+@contextmanager
+def lock_held_elsewhere(store_path: Path, what: str = "someone else"):
+    """Another process holds the store's writer lock for the duration of the block."""
+    code = ("import sys, time; from pathlib import Path; from traitlens.store.lock import write_lock\n"
+            "with write_lock(Path(sys.argv[1]), sys.argv[2]):\n    print('locked', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(store_path), what], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        yield p
+    finally:
+        p.kill()
+        p.wait()

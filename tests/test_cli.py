@@ -72,7 +72,9 @@ def test_locked_store_exit_3(tmp_path, tiny_gpt2):
     c = write_corpus(tmp_path / "c.jsonl", 3)
     s = tmp_path / "store"
     run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")
-    with Store.open(s).lock("someone else"):
+    from conftest import lock_held_elsewhere
+
+    with lock_held_elsewhere(s, "someone else"):
         r = run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")
     assert r.exit_code == 3 and "someone else" in r.output
 

@@ -138,14 +138,21 @@ def test_format_version_and_refusals(tmp_path):
         Store.open(tmp_path / "notempty", create=True)
 
 
-def test_lock_is_exclusive_and_released(tmp_path):
+def test_lock_is_exclusive_released_by_a_dead_holder_and_reentrant(tmp_path):
+    from conftest import lock_held_elsewhere
+
     s = Store.open(tmp_path / "s", create=True)
-    with s.lock("first"):
+    with lock_held_elsewhere(s.root, "first") as holder:
         with pytest.raises(StoreLocked, match="first"):
-            with Store.open(tmp_path / "s").lock("second"):
+            with s.lock("second"):
                 pass
-    with s.lock("again"):
-        pass
+        holder.kill()  # kill -9 of the holder: the kernel drops its lock
+        holder.wait()
+        with s.lock("after the holder died"):
+            pass
+    with s.lock("outer"):
+        with s.lock("inner, same process"):  # a workflow holds it around ingest and extract
+            pass
 
 
 def test_safe_names_cannot_escape():
