@@ -232,6 +232,13 @@ def _jsonable(v):
     return v
 
 
+def _planned_record(key: GroupKey, layer: int, trait: str, method: str, cfg: ExtractConfig, fp: str) -> dict:
+    """The fields :func:`vector_id` hashes, known before any fit."""
+    params = json.dumps(make_method(method, **cfg.params.get(method, {})).get_params(), sort_keys=True, default=str)
+    return {**key.as_dict(), "layer": int(layer), "trait": trait, "method": method, "params": params,
+            "fingerprint": fp}
+
+
 def vector_id(rec: dict, code_version: str) -> str:
     parts = [rec[k] for k in ("model_key", "fmt", "site", "pooling", "layer", "trait", "method", "params",
                               "fingerprint")]
@@ -326,6 +333,7 @@ class ExtractResult:
     n_existing: int
     records: list[dict]
     seconds: float
+    computed_layers: list[int] = field(default_factory=list)
 
 
 def resolve_group(store: Store, model: str | None = None, fmt: str | None = None, site: str = "resid",
@@ -348,12 +356,15 @@ def resolve_group(store: Store, model: str | None = None, fmt: str | None = None
 def extract(store_path, trait: str, methods="all", layers="all", model: str | None = None, fmt: str | None = None,
             site: str = "resid", pooling: str = "last", train_split: str = "train", held_split: str = "auto",
             prompt_ids: set[str] | None = None, where: str | None = None, cfg: ExtractConfig | None = None,
-            scheduler=None, progress: bool = False) -> ExtractResult:
+            scheduler=None, progress: bool = False, skip_unchanged: bool = True) -> ExtractResult:
     """Extract vectors for ``trait`` at every requested layer and store them with their metrics.
 
     ``where``: a SQL condition over the ``prompts`` columns that picks the contrastive rows
     (``"dataset = 'a' AND split <> 'test'"``); the rows it selects are fingerprinted into every
-    vector's provenance, and the text itself is kept in ``where_sql``."""
+    vector's provenance, and the text itself is kept in ``where_sql``.
+
+    With ``skip_unchanged`` (default) a layer whose every vector is already stored for the same
+    rows, params and code version is not recomputed: its stored records are returned instead."""
     import time
 
     from traitlens.store.store import code_version, new_run_id, now_utc
@@ -380,16 +391,27 @@ def extract(store_path, trait: str, methods="all", layers="all", model: str | No
         chosen = select_prompt_ids(store, trait, where)
         prompt_ids = chosen if prompt_ids is None else prompt_ids & chosen
     cset = contrastive_set(store, key, trait, train_split, held_split, prompt_ids, where)
+    # vectors whose inputs (rows, params, code) are unchanged are already stored: skip their layers
+    have = {r["vector_id"]: r for r in store.table("vectors").to_pylist()} if skip_unchanged else {}
+    cv = code_version()
+    planned = {l: [vector_id(_planned_record(key, l, trait, m, cfg, cset.fingerprint), cv) for m in cfg.methods]
+               for l in layer_list}
+    todo = [l for l in layer_list if not all(v in have for v in planned[l])]
+    reused = [have[v] for l in layer_list if l not in todo for v in planned[l]]
     run_id = new_run_id("extract")
     config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
               "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where}
     started = now_utc()
-    records = run_layers(store, cset, layer_list, cfg, scheduler=scheduler, progress=progress)
+    records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
     with store.lock("extract"):
         n_new, n_old = save_vectors(store, records, run_id)
+        n_old += len(reused)
         store.record_run({"run_id": run_id, "stage": "extract", "status": "done", "started_at": started,
                           "ended_at": now_utc(), "code_version": code_version(),
                           "config": json.dumps(config, default=str),
-                          "counts": json.dumps({"vectors": len(records), "new": n_new, "existing": n_old}),
+                          "counts": json.dumps({"vectors": len(records) + len(reused), "new": n_new,
+                                                "existing": n_old, "layers_computed": todo}),
                           "message": ""})
-    return ExtractResult(run_id, key, trait, layer_list, cfg.methods, n_new, n_old, records, time.perf_counter() - t0)
+    records = sorted(records + reused, key=lambda r: (r["layer"], cfg.methods.index(r["method"])))
+    return ExtractResult(run_id, key, trait, layer_list, cfg.methods, n_new, n_old, records, time.perf_counter() - t0,
+                         todo)

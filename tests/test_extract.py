@@ -53,15 +53,19 @@ def test_rerun_is_idempotent(planted_store):
     store, _ = planted_store
     a = extract(store.root, "planted", methods="mean_diff,probe", layers="1", cfg=ExtractConfig(n_boot=0))
     b = extract(store.root, "planted", methods="mean_diff,probe", layers="1", cfg=ExtractConfig(n_boot=0))
-    assert b.n_new == 0 and b.n_existing == 2
+    assert b.n_new == 0 and b.n_existing == 2 and b.computed_layers == []  # nothing recomputed
+    c = extract(store.root, "planted", methods="mean_diff,probe", layers="1", cfg=ExtractConfig(
+        n_boot=0, params={"probe": {"C": 0.5}}))
+    assert c.computed_layers == [1] and c.n_new == 1  # the changed probe params: only that vector is new
     for ra, rb in zip(a.records, b.records):
         assert ra["vector"] == rb["vector"]
 
 
 def test_out_of_core_matches_in_memory(planted_store):
     store, _ = planted_store
-    full = extract(store.root, "planted", cfg=ExtractConfig(n_boot=0))
-    small = extract(store.root, "planted", cfg=ExtractConfig(n_boot=0, memory_budget=2 * 24 * 8 * 40, chunk_rows=40))
+    full = extract(store.root, "planted", cfg=ExtractConfig(n_boot=0), skip_unchanged=False)
+    small = extract(store.root, "planted", cfg=ExtractConfig(n_boot=0, memory_budget=2 * 24 * 8 * 40, chunk_rows=40),
+                    skip_unchanged=False)
     assert all(r["out_of_core"] for r in small.records) and not any(r["out_of_core"] for r in full.records)
     a, b = by_layer_method(full.records), by_layer_method(small.records)
     for k, ra in a.items():
@@ -78,11 +82,12 @@ def test_threads_and_local_cluster_of_processes_agree(planted_store):
 
     store, _ = planted_store
     threads = extract(store.root, "planted", methods="mean_diff,ica,probe,gradient", cfg=ExtractConfig(n_boot=2),
-                      scheduler="threads")
+                      scheduler="threads", skip_unchanged=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         procs = extract(store.root, "planted", methods="mean_diff,ica,probe,gradient", cfg=ExtractConfig(n_boot=2),
-                        scheduler=client)
+                        scheduler=client, skip_unchanged=False)
+    assert procs.computed_layers == [0, 1, 2]
     a, b = by_layer_method(threads.records), by_layer_method(procs.records)
     assert a.keys() == b.keys()
     for k in a:
