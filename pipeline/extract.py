@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,16 @@ class ExtractConfig:
     seed: int = 0
     memory_budget: int = 1 << 30  # bytes, whole run
     chunk_rows: int | None = None  # streaming read size; default: 16 zarr chunks
+
+
+def parse_size(text: str | int) -> int:
+    """``1GB`` | ``512MB`` | ``64k`` | bytes -> bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = str(text).strip().lower().rstrip("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise ExtractionError(f"memory {text!r}: use bytes or a size like 512MB, 2GB") from None
 
 
 def parse_methods(spec: str | list[str]) -> list[str]:
@@ -136,8 +147,6 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
     ``blas_threads`` caps BLAS threads inside the task (worker processes); the local threaded
     scheduler caps them once around the whole run instead, since the cap is process-wide.
     """
-    from contextlib import nullcontext
-
     from threadpoolctl import threadpool_limits
 
     arr = _layer_array(store_root, cset.key, layer)
@@ -288,8 +297,6 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
         if isinstance(scheduler, str) or scheduler is None:
             client.close()
     else:
-        from contextlib import nullcontext
-
         from threadpoolctl import threadpool_limits
         from tqdm.dask import TqdmCallback
 
@@ -403,15 +410,16 @@ def extract(store_path, trait: str, methods="all", layers="all", model: str | No
               "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where}
     started = now_utc()
     records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
-    with store.lock("extract"):
+    with store.lock("extract") if todo else nullcontext():
         n_new, n_old = save_vectors(store, records, run_id)
         n_old += len(reused)
-        store.record_run({"run_id": run_id, "stage": "extract", "status": "done", "started_at": started,
-                          "ended_at": now_utc(), "code_version": code_version(),
-                          "config": json.dumps(config, default=str),
-                          "counts": json.dumps({"vectors": len(records) + len(reused), "new": n_new,
-                                                "existing": n_old, "layers_computed": todo}),
-                          "message": ""})
+        if todo:
+            store.record_run({"run_id": run_id, "stage": "extract", "status": "done", "started_at": started,
+                              "ended_at": now_utc(), "code_version": code_version(),
+                              "config": json.dumps(config, default=str),
+                              "counts": json.dumps({"vectors": len(records) + len(reused), "new": n_new,
+                                                    "existing": n_old, "layers_computed": todo}),
+                              "message": ""})
     records = sorted(records + reused, key=lambda r: (r["layer"], cfg.methods.index(r["method"])))
     return ExtractResult(run_id, key, trait, layer_list, cfg.methods, n_new, n_old, records, time.perf_counter() - t0,
                          todo)

@@ -123,7 +123,9 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
         n_distinct = len({r.prompt_id for r in records})
         run = {"run_id": run_id, "stage": "ingest", "status": "running", "started_at": now_utc(),
                "code_version": code_version(), "config": json.dumps(settings, default=str)}
-        store.record_run(run)
+        noop = not todo and not n_new_prompts  # a rerun with nothing new writes nothing at all
+        if not noop:
+            store.record_run(run)
         counts = {"records": len(records), "distinct_prompts": n_distinct, "to_capture": len(todo),
                   "already_stored": n_distinct - len(todo), "captured": 0, "truncated": 0, "tokens": 0}
         status, message = "done", ""
@@ -164,8 +166,9 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
                 bar.close()
             counts["committed"] = writer.n_committed
             counts["promoted_to_float32"] = writer.promoted
-            store.record_run({**run, "status": status, "ended_at": now_utc(), "counts": json.dumps(counts),
-                              "message": message})
+            if not noop:
+                store.record_run({**run, "status": status, "ended_at": now_utc(), "counts": json.dumps(counts),
+                                  "message": message})
     seconds = time.perf_counter() - t_cap
     res = IngestResult(run_id=run_id, model_key=lm.key, fmt=fmt, n_records=len(records), n_new_prompts=n_new_prompts,
                        n_captured=writer.n_committed, n_skipped=n_distinct - len(todo), n_truncated=counts["truncated"],

@@ -205,7 +205,7 @@ def main() -> None:
 
 
 # the other verbs register themselves on `cli` when their modules load
-from . import cli_sql, cli_steer, cli_vectors  # noqa: E402,F401
+from . import cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: E402,F401
 
 
 if __name__ == "__main__":  # `python -m traitlens.workflows.cli`: run the package's module, which has every verb

@@ -18,15 +18,6 @@ def _group_options(f):
     return f
 
 
-def _parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().rstrip("b")
-    try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use bytes or a size like 512MB, 2GB") from None
-
-
 @cli.command()
 @click.option("--trait", required=True, help="Trait to extract (as in the prompts table).")
 @click.option("--methods", default="all", show_default=True,
@@ -49,10 +40,10 @@ def _parse_size(text: str) -> int:
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
             memory, probe_c, penalty, scheduler, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
-    from traitlens.pipeline.extract import ExtractConfig
+    from traitlens.pipeline.extract import ExtractConfig, parse_size
     from traitlens.pipeline.extract import extract as run_extract
 
-    cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=_parse_size(memory),
+    cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=parse_size(memory),
                         params={"probe": {"C": probe_c, "penalty": penalty}})
     res = run_extract(ctx.obj["store"], trait, methods, layers, model, fmt, site, pooling, train_split, held_split,
                       where=where, cfg=cfg, scheduler=scheduler, progress=not quiet)

@@ -86,3 +86,9 @@ def write_demo_corpus(folder: Path, per_side: int = 120) -> Path:
     path = folder / "demo.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in demo_records(per_side)))
     return path
+
+
+if __name__ == "__main__":  # python -m traitlens.workflows.demo_corpus [FOLDER]
+    import sys
+
+    print(write_demo_corpus(Path(sys.argv[1] if len(sys.argv) > 1 else "demo-out/corpus")))

@@ -1,0 +1,147 @@
+"""Workflow specs: validation, run, refresh idempotence and growth, the lock, scheduling, a cluster."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import lock_held_elsewhere, write_corpus
+from traitlens.store import Store
+from traitlens.workflows.cli import cli
+from traitlens.workflows.spec import SpecError, load_spec
+
+
+def make_spec(folder, model, n_kind=120, n_polite=120, extra=""):
+    corpus = folder / "corpus"
+    corpus.mkdir(exist_ok=True)
+    write_corpus(corpus / "kind.jsonl", n_kind, trait="kindness")
+    write_corpus(corpus / "polite.jsonl", n_polite, start=1000, trait="politeness")
+    text = f"""
+store = "store"
+model = "{model}"
+{extra}
+[[corpora]]
+paths = ["corpus/*.jsonl"]
+
+[capture]
+layers = "0-2"
+poolings = ["last"]
+batch_size = 16
+
+[extract]
+methods = ["mean_diff", "probe", "random"]
+n_boot = 2
+
+[report]
+path = "out/report.md"
+top = 3
+"""
+    path = folder / "spec.toml"
+    path.write_text(text)
+    return path
+
+
+def files_of(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+                  if p.is_file() and p.name != ".lock")
+
+
+def run_cli(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_spec_validation(tmp_path):
+    good = make_spec(tmp_path, "x")
+    spec = load_spec(good)
+    assert spec.store == tmp_path / "store" and len(spec.corpora[0].paths) == 2
+    cases = [
+        ('store = "s"\n[[corpora]]\npaths = ["corpus/*.jsonl"]\n[extract]\nmethod = "all"\n',
+         "unknown key 'extract.method'; did you mean 'methods'"),
+        ('store = "s"\n[[corpora]]\npaths = ["corpus/*.jsonl"]\n[extract]\nn_boot = "eight"\n',
+         "'extract.n_boot' must be a integer"),
+        ('store = "s"\n[[corpora]]\npaths = ["nothing/*.jsonl"]\n', "matches no file"),
+        ('[[corpora]]\npaths = ["corpus/*.jsonl"]\n', "'store' is required"),
+        ('store = "s"\n', "at least one [[corpora]]"),
+        ('store = "s"\n[[corpora\n', "not valid TOML"),
+        ('store = "s"\n[[corpora]]\npaths = ["corpus/*.jsonl"]\n[capture]\non_long = "drop"\n', "capture.on_long"),
+    ]
+    for i, (text, msg) in enumerate(cases):
+        p = tmp_path / f"bad{i}.toml"
+        p.write_text(text)
+        with pytest.raises(SpecError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            load_spec(p)
+    y = tmp_path / "s.yaml"
+    y.write_text("store: s\ncorpora:\n  - paths: [corpus/kind.jsonl]\n    trait: kindness\nextract:\n  n_boot: 0\n")
+    assert load_spec(y).corpora[0].options == {"trait": "kindness"}
+    r = run_cli("run", tmp_path / "bad0.toml")
+    assert r.exit_code == 2 and "did you mean 'methods'" in r.output
+
+
+def test_run_then_refresh_is_a_no_op_then_growth_recomputes_only_the_affected_trait(tmp_path, tiny_llama):
+    spec = make_spec(tmp_path, tiny_llama)
+    r = run_cli("run", spec, "--quiet")
+    assert r.exit_code == 0, r.output
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## kindness" in report and "## politeness" in report and "kindness-auroc.png" in report
+    assert (tmp_path / "out" / "kindness-auroc.png").read_bytes()[:4] == b"\x89PNG"
+    store = Store.open(tmp_path / "store")
+    n_vectors = store.table("vectors").num_rows
+    assert n_vectors == 2 * 3 * 3  # traits x layers x methods
+
+    before = files_of(tmp_path)
+    r = run_cli("refresh", spec, "--quiet")
+    assert r.exit_code == 0 and "nothing to do" in r.output
+    assert files_of(tmp_path) == before  # not a byte written
+
+    write_corpus(tmp_path / "corpus" / "kind.jsonl", 132, trait="kindness")  # +10% kindness prompts
+    r = run_cli("refresh", spec, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "captured 12 new prompts (240 already stored)" in r.output
+    assert "kindness: recomputed layers [0, 1, 2]" in r.output and "politeness: recomputed" not in r.output
+    vec = Store.open(tmp_path / "store").table("vectors").to_pylist()
+    assert len(vec) == n_vectors + 9  # only kindness vectors are new; politeness ones are still current
+    assert sum(v["trait"] == "politeness" for v in vec) == 9
+
+
+def test_lock_held_exits_3_and_a_dead_holders_lock_is_recovered(tmp_path, tiny_llama):
+    spec = make_spec(tmp_path, tiny_llama)
+    (tmp_path / "store").mkdir()
+    Store.open(tmp_path / "store", create=True)
+    with lock_held_elsewhere(tmp_path / "store", "a nightly refresh") as holder:
+        r = run_cli("refresh", spec, "--quiet")
+        assert r.exit_code == 3 and "a nightly refresh" in r.output
+        holder.kill()
+        holder.wait()
+        r = run_cli("refresh", spec, "--quiet")  # the killed holder left its lock file; the lock is free
+        assert r.exit_code == 0, r.output
+
+
+def test_schedule_runs_refreshes(tmp_path, tiny_llama):
+    spec = make_spec(tmp_path, tiny_llama)
+    r = run_cli("schedule", spec, "--every", "1s", "--max-runs", "2", "--quiet")
+    assert r.exit_code == 0, r.output
+    lines = [l for l in r.output.splitlines() if "refresh:" in l]
+    assert len(lines) == 2 and "captured" in lines[0] and "nothing to do" in lines[1]
+    assert run_cli("schedule", spec, "--every", "soon").exit_code == 2
+
+
+def test_extraction_on_a_local_cluster_gives_the_same_vectors(tmp_path, tiny_llama):
+    from distributed import LocalCluster
+
+    local, remote = tmp_path / "a", tmp_path / "b"
+    local.mkdir()
+    remote.mkdir()
+    assert run_cli("run", make_spec(local, tiny_llama), "--quiet").exit_code == 0
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        r = run_cli("run", make_spec(remote, tiny_llama), "--quiet", "--scheduler", cluster.scheduler_address)
+    assert r.exit_code == 0, r.output
+    a = {(v["trait"], v["layer"], v["method"]): v for v in Store.open(local / "store").table("vectors").to_pylist()}
+    b = {(v["trait"], v["layer"], v["method"]): v for v in Store.open(remote / "store").table("vectors").to_pylist()}
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k]["vector"], b[k]["vector"], atol=1e-6)
+    runs = Store.open(remote / "store").runs().to_pylist()
+    assert any(r["stage"] == "workflow" and json.loads(r["counts"])["vectors_new"] == 18 for r in runs)

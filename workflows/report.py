@@ -1,0 +1,44 @@
+"""The Markdown report of a workflow run: per trait, the ranking table and a layers x methods heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from traitlens.queries import StoreSQL
+from traitlens.queries.ranking import heatmap, rank
+from traitlens.store import Store
+
+
+def write_report(spec, store: Store, model_key: str, summary) -> Path:
+    """Write ``report.path`` (default ``<store>/report/report.md``) and its PNGs; return its path."""
+    rep = spec.report
+    path = Path(rep["path"]) if "path" in rep else Path(spec.store) / "report" / "report.md"
+    if not path.is_absolute() and "path" in rep:
+        path = spec.path.parent / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    top = rep.get("top", 5)
+    from .runner import utc_stamp
+
+    lines = [f"# traitlens report — {spec.path.name}", "",
+             f"{utc_stamp()} · run `{summary.run_id}` · store `{spec.store}` · model `{model_key}`", "",
+             "## This run", ""] + [f"- {line}" for line in summary.lines() if not line.startswith("report:")] + [""]
+    with StoreSQL(store) as q:
+        for trait in summary.computed:
+            best, floor = rank(q, trait, "auroc", top)
+            rows = best.to_pylist()
+            lines += [f"## {trait}", "", "| layer | method | site | pooling | AUROC | bal. acc | Cohen's d | stability "
+                      "| agreement |", "|---|---|---|---|---|---|---|---|---|"]
+            fmt = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
+            lines += [f"| {r['layer']} | {r['method']} | {r['site']} | {r['pooling']} | {fmt(r['auroc'])} | "
+                      f"{fmt(r['balanced_accuracy'])} | {fmt(r['cohens_d'])} | {fmt(r['stability'])} | "
+                      f"{fmt(r['agreement'])} |" for r in rows]
+            if floor.num_rows:
+                f = floor.to_pylist()[0]
+                lines += ["", f"Floor: a random direction reaches AUROC {f['auroc']:.3f} (layer {f['layer']})."]
+            if rep.get("plots", True) and rows:
+                png = path.parent / f"{trait}-auroc.png"
+                heatmap(q, trait, "auroc", rows[0], png)
+                lines += ["", f"![{trait}: held-out AUROC by layer and method]({png.name})"]
+            lines.append("")
+    path.write_text("\n".join(lines))
+    return path

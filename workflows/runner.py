@@ -1,0 +1,158 @@
+"""``traitlens run`` / ``refresh``: a spec's whole job — ingest, extract, (evaluate), rank, report.
+
+Every step is incremental: ingest captures only prompts the store lacks, extract recomputes
+only layers whose contrastive rows, parameters or code changed, so ``refresh`` is ``run``
+that skips the report when nothing changed. The store's writer lock is held for the whole
+run (two runs never write one store at once; a dead holder's lock is released by the kernel).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from traitlens.pipeline.corpus import ReadOptions
+from traitlens.pipeline.extract import ExtractConfig, extract, parse_size
+from traitlens.pipeline.ingest import IngestConfig, ingest
+from traitlens.store import Store
+from traitlens.store.store import code_version, new_run_id, now_utc
+
+from .spec import Spec
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    captured: int = 0
+    already_stored: int = 0
+    vectors_new: int = 0
+    vectors_unchanged: int = 0
+    computed: dict[str, list[int]] = field(default_factory=dict)  # trait -> layers recomputed
+    report: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.captured or self.vectors_new)
+
+    def lines(self) -> list[str]:
+        out = [f"captured {self.captured} new prompts ({self.already_stored} already stored)",
+               f"vectors: {self.vectors_new} new, {self.vectors_unchanged} unchanged"]
+        out += [f"  {t}: recomputed layers {ls}" for t, ls in self.computed.items() if ls]
+        out.append(f"report: {self.report}" if self.report else "report: unchanged (nothing new)")
+        return out
+
+
+def _ingest_config(spec: Spec) -> IngestConfig:
+    c = dict(spec.capture)
+    if "poolings" not in c:
+        c["poolings"] = ["last", "mean"]
+    if isinstance(c.get("chat"), str):
+        c["chat"] = None  # "auto"
+    if isinstance(c.get("layers"), list):
+        c["layers"] = ",".join(map(str, c["layers"]))
+    return IngestConfig(model=spec.model, **{k: v for k, v in c.items()})
+
+
+def _traits(store: Store, wanted) -> list[str]:
+    rows = store.table("prompts", columns=["trait", "label"]).to_pylist()
+    both = sorted({r["trait"] for r in rows if r["label"] == 1} & {r["trait"] for r in rows if r["label"] == -1})
+    if wanted in (None, "all"):
+        return both
+    wanted = [wanted] if isinstance(wanted, str) else wanted
+    missing = [t for t in wanted if t not in both]
+    if missing:
+        raise ValueError(f"extract.traits {missing} have no positive and negative prompts in the store; "
+                         f"traits with both: {both}")
+    return wanted
+
+
+def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=None, scheduler=None) -> RunSummary:
+    """Run (or refresh) a spec; returns what it did."""
+    from traitlens.pipeline.models import load_model
+
+    t0 = time.perf_counter()
+    summary = RunSummary(run_id=new_run_id("refresh" if refresh else "run"))
+    store = Store.open(spec.store, create=True)
+    cfg = _ingest_config(spec)
+    started = now_utc()
+    with store.lock("refresh" if refresh else "run"):
+        lm = lm or load_model(spec.model, cfg.device, cfg.dtype, log=log)
+        for corpus in spec.corpora:
+            opts = ReadOptions(**corpus.options)
+            res = ingest(spec.store, corpus.paths, opts, cfg, lm=lm, progress=progress, log=log)
+            summary.captured += res.n_captured
+            summary.already_stored += res.n_skipped
+        ex = spec.extract
+        xcfg = ExtractConfig(n_boot=ex.get("n_boot", 8), seed=ex.get("seed", 0), params=ex.get("params", {}))
+        if "memory" in ex:
+            xcfg.memory_budget = parse_size(ex["memory"])
+        for trait in _traits(store, ex.get("traits", "all")):
+            r = extract(spec.store, trait, ex.get("methods", "all"), ex.get("layers", "all"), model=lm.key,
+                        site=ex.get("site", "resid"), pooling=ex.get("pooling", "last"), cfg=xcfg,
+                        scheduler=scheduler or spec.scheduler, progress=progress)
+            summary.vectors_new += r.n_new
+            summary.vectors_unchanged += r.n_existing
+            summary.computed[trait] = r.computed_layers
+        if spec.evaluate.get("steering") and (summary.changed or not refresh):
+            _evaluate(spec, store, lm, summary)
+        if summary.changed or not refresh:
+            from .report import write_report
+
+            summary.report = write_report(spec, store, lm.key, summary)
+            store.record_run({"run_id": summary.run_id, "stage": "workflow", "status": "done", "started_at": started,
+                              "ended_at": now_utc(), "code_version": code_version(),
+                              "config": json.dumps({"spec": str(spec.path)}),
+                              "counts": json.dumps({"captured": summary.captured, "vectors_new": summary.vectors_new,
+                                                    "computed": summary.computed}), "message": ""})
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
+    """Causal check of each trait's best mean-difference vector (see `traitlens evaluate`)."""
+    from traitlens.pipeline.evaluate import evaluate_vector, steering_records
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.ranking import latest_cells_sql
+    from traitlens.store import tables
+
+    ev = spec.evaluate
+    kind, alphas, n = ev.get("kind", "persona"), ev.get("alphas", [0.25, 0.5]), ev.get("n", 40)
+    rows = []
+    for trait in summary.computed:
+        with StoreSQL(store) as q:
+            best = q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) WHERE "
+                           "m.method = 'mean_diff' AND m.model_key = ? ORDER BY m.auroc DESC LIMIT 1",
+                           [trait, lm.key]).to_pylist()
+        if not best:
+            continue
+        vec = best[0]
+        want = 1 if kind == "persona" else -1
+        texts = [p["text"] for p in store.prompts().to_pylist() if p["trait"] == trait and p["label"] == want
+                 and p["split"] == vec["held_split"] and p["text"]][:n]
+        if texts:
+            rows += steering_records(vec, evaluate_vector(lm, vec["vector"], vec["layer"], alphas, kind, texts),
+                                     summary.run_id)
+    if rows:
+        tables.write_part(store.tables_path / "steering", tables.rows_to_table(rows, tables.STEERING_SCHEMA),
+                          tables.STEERING_SCHEMA)
+
+
+def parse_every(text: str) -> float:
+    """``30s`` | ``15m`` | ``1h`` | ``1d`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except (KeyError, ValueError):
+        raise ValueError(f"--every {text!r}: use a number with s, m, h or d (30s, 15m, 1h, 1d)") from None
+    if value <= 0:
+        raise ValueError("--every must be positive")
+    return value
+
+
+def utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,159 @@
+"""Workflow specs (TOML or YAML): what to capture, extract and report, validated up front.
+
+Example (``workflows/examples/demo.toml``)::
+
+    store = "demo.store"                 # relative paths are relative to the spec file
+    model = "default"                    # or a Hugging Face id / local folder
+
+    [[corpora]]
+    paths = ["corpus/*.jsonl"]           # files, folders or globs
+    # trait, label, split, dataset, text_field, label_field: as `traitlens ingest` options
+
+    [capture]
+    sites = ["resid"]
+    layers = "all"
+    poolings = ["last", "mean"]
+
+    [extract]
+    traits = "all"                       # or a list
+    methods = "all"
+    n_boot = 8
+
+    [report]
+    path = "report.md"
+    top = 5
+
+Every error names the key and says what is allowed: unknown keys (with the nearest known
+one), wrong types, globs that match nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMA: dict[str, dict] = {
+    "": {"store": str, "model": str, "corpora": list, "capture": dict, "extract": dict, "evaluate": dict,
+         "report": dict, "scheduler": str},
+    "corpora": {"paths": (list, str), "trait": str, "label": (str, int), "split": str, "dataset": str,
+                "text_field": str, "label_field": str, "zero_is_negative": bool},
+    "capture": {"sites": list, "layers": (str, int, list), "poolings": list, "chat": (bool, str), "generate": int,
+                "batch_size": int, "max_length": int, "on_long": str, "padding_side": str, "device": str,
+                "dtype": str},
+    "extract": {"traits": (str, list), "methods": (str, list), "layers": (str, int, list), "n_boot": int,
+                "seed": int, "memory": (str, int), "site": str, "pooling": str, "params": dict},
+    "evaluate": {"steering": bool, "kind": str, "alphas": list, "n": int},
+    "report": {"path": str, "top": int, "plots": bool},
+}
+
+
+class SpecError(ValueError):
+    """A spec is invalid; the message names the file and key and says what to do."""
+
+
+@dataclass
+class Corpus:
+    paths: list[Path]
+    options: dict
+
+
+@dataclass
+class Spec:
+    path: Path
+    store: Path
+    model: str | None
+    corpora: list[Corpus]
+    capture: dict = field(default_factory=dict)
+    extract: dict = field(default_factory=dict)
+    evaluate: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    scheduler: str | None = None
+
+
+def _type_name(t) -> str:
+    ts = t if isinstance(t, tuple) else (t,)
+    return " or ".join({str: "string", int: "integer", bool: "true/false", list: "list", dict: "table"}[x] for x in ts)
+
+
+def _check_table(path: Path, where: str, table: dict, schema: dict) -> None:
+    for key, value in table.items():
+        if key not in schema:
+            near = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(sorted(schema))}"
+            raise SpecError(f"{path}: unknown key {where + key!r}{hint}")
+        want = schema[key]
+        ok = isinstance(value, want) and not (want in (int, (int,)) and isinstance(value, bool))
+        if not ok:
+            raise SpecError(f"{path}: {where + key!r} must be a {_type_name(want)}, got {type(value).__name__} "
+                            f"{value!r}")
+
+
+def _read(path: Path) -> dict:
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)  # safe_load: no arbitrary objects from a spec file
+        elif path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            raise SpecError(f"{path}: a spec is .toml, .yaml or .yml")
+    except SpecError:
+        raise
+    except Exception as e:  # the parser's message carries the line
+        raise SpecError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the top level must be a table of keys")
+    return data
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec; corpus globs are expanded against the spec's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such spec file")
+    data = _read(path)
+    _check_table(path, "", data, SCHEMA[""])
+    for section in ("capture", "extract", "evaluate", "report"):
+        _check_table(path, f"{section}.", data.get(section, {}), SCHEMA[section])
+    if "store" not in data:
+        raise SpecError(f"{path}: 'store' is required (the store folder, relative to the spec)")
+    corpora_raw = data.get("corpora") or []
+    if not corpora_raw:
+        raise SpecError(f"{path}: at least one [[corpora]] entry with 'paths' is required")
+    base = path.parent
+    corpora = []
+    for i, c in enumerate(corpora_raw):
+        where = f"corpora[{i}]."
+        if not isinstance(c, dict):
+            raise SpecError(f"{path}: corpora[{i}] must be a table")
+        _check_table(path, where, c, SCHEMA["corpora"])
+        if "paths" not in c:
+            raise SpecError(f"{path}: {where}paths is required")
+        pats = [c["paths"]] if isinstance(c["paths"], str) else c["paths"]
+        found: list[Path] = []
+        for pat in pats:
+            full = pat if Path(pat).is_absolute() else str(base / pat)
+            hits = sorted(Path(p) for p in glob.glob(full))
+            if not hits:
+                raise SpecError(f"{path}: {where}paths: {pat!r} matches no file (looked in {base})")
+            found += hits
+        corpora.append(Corpus(found, {k: v for k, v in c.items() if k != "paths"}))
+    for key, allowed in (("on_long", ("truncate", "fail")), ("padding_side", ("left", "right"))):
+        if data.get("capture", {}).get(key) not in (None, *allowed):
+            raise SpecError(f"{path}: capture.{key} must be one of {allowed}")
+    if data.get("evaluate", {}).get("kind") not in (None, "persona", "refusal"):
+        raise SpecError(f"{path}: evaluate.kind must be persona or refusal")
+    store = Path(data["store"])
+    model = data.get("model")
+    return Spec(path=path, store=store if store.is_absolute() else base / store,
+                model=None if model in (None, "default") else model, corpora=corpora,
+                capture=data.get("capture", {}), extract=data.get("extract", {}), evaluate=data.get("evaluate", {}),
+                report=data.get("report", {}), scheduler=data.get("scheduler"))
