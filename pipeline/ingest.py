@@ -87,8 +87,11 @@ def _check_group_config(store: Store, groups: list[GroupKey], settings: dict) ->
 
 
 def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: IngestConfig | None = None,
-           lm: LoadedModel | None = None, progress: bool = True, log=print) -> IngestResult:
-    """Capture every prompt of ``corpus_paths`` that the store lacks; returns what was done."""
+           lm: LoadedModel | None = None, progress: bool = True, log=print, client=None) -> IngestResult:
+    """Capture every prompt of ``corpus_paths`` that the store lacks; returns what was done.
+
+    ``client``: a ``dask.distributed.Client`` to shard the forward passes across its workers
+    (each loads the model once); this process still commits every result itself."""
     cfg = cfg or IngestConfig()
     records, n_dups = read_corpus(corpus_paths, read_opts)
     if not records:
@@ -134,21 +137,17 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
         t_cap = time.perf_counter()
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="traitlens-writer") as pool:
-                for w0 in range(0, len(todo), cfg.window):
-                    window = [encode(lm.tokenizer, r, chat, max_length, cfg.on_long) for r in todo[w0:w0 + cfg.window]]
-                    for idx in length_batches([len(e.ids) for e in window], cfg.batch_size, cfg.max_tokens):
-                        enc = [window[i] for i in idx]
-                        batch = capturer.capture(enc)
-                        pending.append(pool.submit(writer.add, batch, cfg.commit_seconds))
-                        while len(pending) > 1:  # at most one batch in flight behind the model
-                            pending.pop(0).result()
-                        counts["captured"] += len(enc)
-                        counts["truncated"] += sum(1 for e in enc if e.truncated)
-                        counts["tokens"] += int(batch.token_counts.sum())
-                        if bar is not None:
-                            bar.update(len(enc))
-                            el = time.perf_counter() - t_cap
-                            bar.set_postfix_str(f"{counts['tokens'] / el:,.0f} tok/s, {writer.n_committed} committed")
+                for enc, batch in _captured(todo, lm, capturer, chat, max_length, cfg, all_layers, client):
+                    pending.append(pool.submit(writer.add, batch, cfg.commit_seconds))
+                    while len(pending) > 1:  # at most one batch in flight behind the model
+                        pending.pop(0).result()
+                    counts["captured"] += len(enc)
+                    counts["truncated"] += sum(1 for e in enc if e.truncated)
+                    counts["tokens"] += int(batch.token_counts.sum())
+                    if bar is not None:
+                        bar.update(len(enc))
+                        el = time.perf_counter() - t_cap
+                        bar.set_postfix_str(f"{counts['tokens'] / el:,.0f} tok/s, {writer.n_committed} committed")
                 for f in pending:
                     f.result()
                 pending = []
@@ -177,6 +176,26 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     if status == "interrupted":
         raise IngestInterrupted(res)
     return res
+
+
+def _encoded_batches(todo, lm, chat, max_length, cfg):
+    """Length-sorted batches of encoded prompts, one encode window at a time (bounded memory)."""
+    for w0 in range(0, len(todo), cfg.window):
+        window = [encode(lm.tokenizer, r, chat, max_length, cfg.on_long) for r in todo[w0:w0 + cfg.window]]
+        for idx in length_batches([len(e.ids) for e in window], cfg.batch_size, cfg.max_tokens):
+            yield [window[i] for i in idx]
+
+
+def _captured(todo, lm, capturer, chat, max_length, cfg, layers, client):
+    """``(encoded batch, PendingBatch)`` pairs: captured here, or on the client's workers."""
+    batches = _encoded_batches(todo, lm, chat, max_length, cfg)
+    if client is None:
+        for enc in batches:
+            yield enc, capturer.capture(enc)
+        return
+    from .distributed_capture import iter_captured
+
+    yield from iter_captured(client, batches, lm.path, cfg, layers, lm.key)
 
 
 class IngestInterrupted(KeyboardInterrupt):

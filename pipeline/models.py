@@ -106,6 +106,7 @@ class LoadedModel:
     name: str
     key: str
     device: torch.device
+    path: str = ""  # what was loaded (a folder or hub id): workers load the same
 
     @property
     def n_layers(self) -> int:
@@ -208,4 +209,4 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
             ) from None
     model.to(dev).eval()
     key = f"{safe_name(name, 'model name')}-{model_fingerprint(model)}"
-    return LoadedModel(model=model, tokenizer=tok, name=name, key=key, device=dev)
+    return LoadedModel(model=model, tokenizer=tok, name=name, key=key, device=dev, path=path)

@@ -153,3 +153,27 @@ def test_response_mean_generates_and_stores_response(tmp_path, tiny_lms):
     assert rows[0]["token_count"] == len(ids) + len(new)
     with pytest.raises(ValueError, match="needs --generate"):
         ingest(tmp_path / "s3", [c], cfg=IngestConfig(poolings=["response_mean"]), lm=lm, progress=False)
+
+
+def test_capture_sharded_on_a_local_cluster_equals_local_capture(tmp_path, tiny_lms):
+    from distributed import Client, LocalCluster
+
+    lm = tiny_lms["gpt2"]
+    c = write_corpus(tmp_path / "c.jsonl", 50)
+    cfg = IngestConfig(poolings=["last", "mean"], batch_size=8, chunk_rows=16)
+    ingest(tmp_path / "local", [c], cfg=cfg, lm=lm, progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        res = ingest(tmp_path / "dist", [c], cfg=cfg, lm=lm, progress=False, client=client)
+    assert res.n_captured == 50
+    a, b = Store.open(tmp_path / "local"), Store.open(tmp_path / "dist")
+    for pooling in ("last", "mean"):
+        key = GroupKey(lm.key, "raw", "resid", pooling)
+        for layer in (0, 2):
+            ra = {r["prompt_id"]: r["row"] for r in a.group_rows(key).to_pylist()}
+            rb = {r["prompt_id"]: r["row"] for r in b.group_rows(key).to_pylist()}
+            assert ra.keys() == rb.keys()
+            xa, xb = a.activations(key, layer), b.activations(key, layer)
+            for pid in ra:
+                np.testing.assert_allclose(xa[ra[pid]], xb[rb[pid]], rtol=2e-3, atol=2e-3)
+    assert verify(b).clean

@@ -128,10 +128,13 @@ def _poolings(value: str) -> list[str]:
 @click.option("--dataset", default=None, help="Dataset name [default: file name].")
 @click.option("--split", default=None, help="train | val | test for every record [default: the record's, else by hash].")
 @click.option("--zero-is-negative", is_flag=True, help="Read label 0 as negative (1/0 labels) instead of unlabelled.")
+@click.option("--scheduler", default=None,
+              help="Dask scheduler address: shard forward passes across its workers (this process commits).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary line (for cron).")
 @click.pass_context
 def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_size, max_tokens, padding_side, on_long,
-           max_length, device, dtype, text_field, label_field, trait, label, dataset, split, zero_is_negative, quiet):
+           max_length, device, dtype, text_field, label_field, trait, label, dataset, split, zero_is_negative,
+           scheduler, quiet):
     """Capture activations of CORPUS files/folders into the store (only what is missing)."""
     from traitlens.pipeline.corpus import ReadOptions
     from traitlens.pipeline.ingest import IngestConfig
@@ -145,10 +148,18 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
                        on_long=on_long, max_length=max_length, device=device, dtype=dtype)
     log = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
+    client = None
+    if scheduler:
+        from distributed import Client
+
+        client = Client(scheduler)
     try:
-        res = run_ingest(ctx.obj["store"], list(corpus), opts, cfg, progress=not quiet, log=log)
+        res = run_ingest(ctx.obj["store"], list(corpus), opts, cfg, progress=not quiet, log=log, client=client)
     except ValueError as e:  # bad options (pooling, chat without template, ...)
         _fail(str(e), EXIT_INPUT)
+    finally:
+        if client is not None:
+            client.close()
     line = (f"ingest {res.status}: {res.n_captured} prompts captured, {res.n_skipped} already stored, "
             f"{res.n_new_prompts} new prompt records, {res.n_truncated} truncated, {res.n_duplicates} duplicates "
             f"skipped; model {res.model_key} ({res.fmt}); {res.prompts_per_s:.1f} prompts/s; run {res.run_id}")

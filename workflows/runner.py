@@ -9,7 +9,9 @@ run (two runs never write one store at once; a dead holder's lock is released by
 from __future__ import annotations
 
 import json
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,11 +81,19 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
     store = Store.open(spec.store, create=True)
     cfg = _ingest_config(spec)
     started = now_utc()
-    with store.lock("refresh" if refresh else "run"):
+    # capture shards and extraction tasks both run on a Dask cluster when one is named
+    client = owned = None
+    if scheduler is not None and not isinstance(scheduler, str):
+        client = scheduler  # the caller's Client: used, not closed
+    elif scheduler or spec.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+        from distributed import Client
+
+        client = owned = Client(scheduler or spec.scheduler or os.environ["DASK_SCHEDULER_ADDRESS"])
+    with store.lock("refresh" if refresh else "run"), (owned or nullcontext()):
         lm = lm or load_model(spec.model, cfg.device, cfg.dtype, log=log)
         for corpus in spec.corpora:
             opts = ReadOptions(**corpus.options)
-            res = ingest(spec.store, corpus.paths, opts, cfg, lm=lm, progress=progress, log=log)
+            res = ingest(spec.store, corpus.paths, opts, cfg, lm=lm, progress=progress, log=log, client=client)
             summary.captured += res.n_captured
             summary.already_stored += res.n_skipped
         ex = spec.extract
@@ -93,7 +103,7 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
         for trait in _traits(store, ex.get("traits", "all")):
             r = extract(spec.store, trait, ex.get("methods", "all"), ex.get("layers", "all"), model=lm.key,
                         site=ex.get("site", "resid"), pooling=ex.get("pooling", "last"), cfg=xcfg,
-                        scheduler=scheduler or spec.scheduler, progress=progress)
+                        scheduler=client, progress=progress)
             summary.vectors_new += r.n_new
             summary.vectors_unchanged += r.n_existing
             summary.computed[trait] = r.computed_layers
