@@ -30,6 +30,9 @@ demo: install
 
 bench: install
 	$(PY) bench/bench_capture.py
+	$(PY) bench/bench_extract.py
+	$(PY) bench/bench_queries.py
+	$(PY) bench/bench_refresh.py
 
 clean:
 	rm -rf $(VENV) demo-out bench/out .pytest_cache
