@@ -223,14 +223,18 @@ def _read_json(path, opts):
 
 def _read_csv(path, opts, delimiter):
     text = "\n".join(line for _, line in _decode_lines(path))
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    if not reader.fieldnames:
-        raise CorpusError(path, 1, None, "empty file or no header row", "the first line must name the columns")
-    for obj in reader:
-        line = reader.line_num
-        if None in obj:
-            raise CorpusError(path, line, None, "more values than header columns", "quote fields holding commas")
-        yield record_from_object(dict(obj), path, line, opts, path.stem)
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, strict=True)
+    try:
+        if not reader.fieldnames:
+            raise CorpusError(path, 1, None, "empty file or no header row", "the first line must name the columns")
+        for obj in reader:
+            line = reader.line_num
+            if None in obj:
+                raise CorpusError(path, line, None, "more values than header columns", "quote fields holding commas")
+            yield record_from_object(dict(obj), path, line, opts, path.stem)
+    except csv.Error as e:  # strict mode: an unterminated or stray quote is an error, not a merged row
+        raise CorpusError(path, reader.line_num, None, f"malformed CSV: {e}",
+                          'close every quoted field; double a quote inside one ("")') from None
 
 
 def _read_txt(path, opts, label=None, trait=None):

@@ -103,3 +103,10 @@ def test_unknown_extension_and_missing_path(tmp_path):
         read_corpus([tmp_path / "x.parquet"])
     with pytest.raises(CorpusError, match="no such file"):
         read_corpus([tmp_path / "nope.jsonl"])
+
+
+def test_malformed_csv_quote_is_an_error_not_a_merged_row(tmp_path):
+    p = tmp_path / "q.csv"
+    p.write_text('text,label\n"abc,1\nnext,0\n')
+    with pytest.raises(CorpusError, match=r"q.csv:\d+: malformed CSV"):
+        read_corpus([p])
