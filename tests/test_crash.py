@@ -106,3 +106,112 @@ def test_failure_between_arrays_and_rows_part_keeps_committed_data(tmp_path, tin
     r = ingest(tmp_path / "s", [corpus], cfg=cfg, lm=lm, progress=False)
     assert (r.n_captured, r.n_skipped) == (24, 16)
     assert verify(store).clean
+
+
+def test_read_only_store_and_full_disk_are_clear_errors_that_keep_committed_data(tmp_path, tiny_gpt2, monkeypatch):
+    import os
+
+    from click.testing import CliRunner
+
+    from traitlens.store import tables
+    from traitlens.workflows.cli import cli
+
+    c = write_corpus(tmp_path / "c.jsonl", 20)
+    s = tmp_path / "store"
+    run = lambda *a: CliRunner().invoke(cli, ["--store", str(s), *map(str, a)])  # noqa: E731
+    assert run("ingest", c, "--model", tiny_gpt2, "--quiet", "--layers", "0").exit_code == 0
+    grown = write_corpus(tmp_path / "c.jsonl", 30)
+
+    real = tables.write_part
+
+    def full(table_dir, table, schema):
+        raise OSError(28, "No space left on device", str(table_dir))
+
+    monkeypatch.setattr(tables, "write_part", full)
+    r = run("ingest", grown, "--model", tiny_gpt2, "--quiet", "--layers", "0")
+    assert r.exit_code == 1 and "the disk is full" in r.output and "intact" in r.output
+    monkeypatch.setattr(tables, "write_part", real)
+    assert Store.open(s).prompts().num_rows == 20
+
+    def denied(table_dir, table, schema):
+        raise PermissionError(13, "Permission denied", str(table_dir))
+
+    monkeypatch.setattr(tables, "write_part", denied)
+    r = run("ingest", grown, "--model", tiny_gpt2, "--quiet", "--layers", "0")
+    assert r.exit_code == 1 and "permission denied" in r.output
+    monkeypatch.setattr(tables, "write_part", real)
+    if os.geteuid() != 0:  # a really read-only store (root ignores file modes, so only as a user)
+        for p in [s, *s.rglob("*")]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        r = run("ingest", grown, "--model", tiny_gpt2, "--quiet", "--layers", "0")
+        assert r.exit_code == 1 and "permission denied" in r.output
+        for p in [s, *s.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    r = run("ingest", grown, "--model", tiny_gpt2, "--quiet", "--layers", "0")
+    assert r.exit_code == 0 and "10 prompts captured" in r.output
+    assert verify(Store.open(s)).clean
+
+
+def test_kill_9_during_extract_leaves_the_vectors_table_whole(tmp_path):
+    from synthetic import synthetic_store
+
+    store, _ = synthetic_store(tmp_path / "s", n=400, d=64, layers=tuple(range(12)))
+    code = ("import sys; from traitlens.pipeline.extract import extract, ExtractConfig\n"
+            "extract(sys.argv[1], 'planted', cfg=ExtractConfig(n_boot=4))")
+    rng = random.Random(1)
+    for _ in range(3):
+        p = subprocess.Popen([sys.executable, "-c", code, str(store.root)])
+        time.sleep(rng.uniform(0.5, 3.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        t = store.table("vectors")
+        assert t.num_rows in (0, 72)  # a vectors part lands whole or not at all
+        assert not verify(store).errors
+    subprocess.run([sys.executable, "-c", code, str(store.root)], check=True)
+    vids = store.table("vectors")["vector_id"].to_pylist()
+    assert len(vids) == len(set(vids)) == 72
+
+
+def test_kill_9_during_refresh_then_refresh_completes_like_an_uninterrupted_run(tmp_path, tiny_llama):
+    from test_workflows import make_spec
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    cmd = lambda folder: [sys.executable, "-m", "traitlens.workflows.cli", "refresh",  # noqa: E731
+                          str(make_spec(folder, tiny_llama, 200, 200)), "--quiet"]
+    subprocess.run(cmd(a), check=True, capture_output=True)
+    rng = random.Random(2)
+    for _ in range(3):
+        p = subprocess.Popen(cmd(b), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 6.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if (b / "store" / "store.json").exists():
+            assert not verify(Store.open(b / "store")).errors
+    done = subprocess.run(cmd(b), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert verify(Store.open(b / "store")).clean
+    va = {(v["trait"], v["layer"], v["method"]): v["vector"] for v in Store.open(a / "store").table("vectors").to_pylist()}
+    vb = {}
+    for v in Store.open(b / "store").table("vectors").to_pylist():
+        assert (v["trait"], v["layer"], v["method"]) not in vb  # no vector stored twice
+        vb[(v["trait"], v["layer"], v["method"])] = v["vector"]
+    assert va.keys() == vb.keys()
+    for k in va:
+        np.testing.assert_allclose(va[k], vb[k], atol=1e-4)
+
+
+def test_a_reader_during_a_write_sees_only_committed_rows(tmp_path):
+    from synthetic import KEY, synthetic_store
+
+    from traitlens.queries import StoreSQL
+
+    store, _ = synthetic_store(tmp_path / "s", n=100, d=8, layers=(0,))
+    arr = store.zarr_root(mode="a")[KEY.path]["L0"]
+    arr.resize((130, 8))  # a writer mid-commit: arrays written, rows part not yet
+    arr[100:130] = np.full((30, 8), 7.0, np.float32)
+    with StoreSQL(store) as q:
+        assert q.query("SELECT count(*) AS n FROM act_L0").to_pylist()[0]["n"] == 100
+        assert q.query("SELECT count(*) AS n FROM rows").to_pylist()[0]["n"] == 100
+    assert store.activations(KEY, 0).shape == (100, 8)

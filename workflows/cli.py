@@ -48,6 +48,13 @@ class Guarded(click.Group):
         except KeyboardInterrupt as e:
             click.echo(f"\n{e or 'interrupted'}", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except OSError as e:  # full disk, read-only store, permissions: say so, and what survived
+            import errno
+
+            why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the store is on a read-only file system",
+                   errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, "an I/O error")
+            _fail(f"cannot write: {why} ({e}). Everything committed before this is intact; fix it and rerun the "
+                  "same command to continue (`traitlens verify --repair` drops any uncommitted tail)", EXIT_FAIL)
 
 
 @click.group(cls=Guarded, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -1,0 +1,94 @@
+"""Crash stress: kill -9 `traitlens ingest` / `refresh` at random points, restart, check, repeat.
+
+    python bench/stress_crash.py [--rounds 20] [--prompts 600] [--seed 0]
+
+Each round starts a real CLI process on a tiny random model, kills it at a random moment
+(SIGKILL: no cleanup runs), then checks the store: `verify` finds no error, every committed
+prompt is still there, no prompt is stored twice. After the rounds one clean run finishes the
+job, and the final activations must equal an uninterrupted run's. Prints the tally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import write_corpus  # noqa: E402
+from tiny_models import make_model  # noqa: E402
+
+from traitlens.store import Store, verify  # noqa: E402
+
+
+def committed(store_path: Path) -> dict:
+    if not (store_path / "store.json").exists():
+        return {}
+    s = Store.open(store_path)
+    return {g: s.group_rows(g)["prompt_id"].to_pylist() for g in s.groups()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--prompts", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="traitlens-stress-"))
+    try:
+        model = make_model("llama", tmp / "model")
+        corpus = write_corpus(tmp / "c.jsonl", args.prompts)
+        base = [sys.executable, "-m", "traitlens.workflows.cli"]
+        ingest = lambda store: base + ["--store", str(store), "ingest", str(corpus), "--model", str(model),  # noqa: E731
+                                       "--batch-size", "8", "--quiet", "--device", "cpu"]
+        subprocess.run(ingest(tmp / "ref"), check=True, capture_output=True)
+        tally = {"killed": 0, "finished before the kill": 0, "verify errors": 0, "lost commits": 0, "duplicates": 0}
+        store = tmp / "s"
+        for i in range(args.rounds):
+            before = committed(store)
+            p = subprocess.Popen(ingest(store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(1.0, 6.0))  # model load takes ~2-4 s: kills land in loading and in writing
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                tally["killed"] += 1
+            else:
+                tally["finished before the kill"] += 1
+            p.wait()
+            after = committed(store)
+            if after:
+                rep = verify(Store.open(store))
+                tally["verify errors"] += len(rep.errors)
+                for g, ids in before.items():
+                    if after.get(g, [])[:len(ids)] != ids:
+                        tally["lost commits"] += 1
+                tally["duplicates"] += sum(len(ids) - len(set(ids)) for ids in after.values())
+            print(f"round {i + 1:>2}: {sum(len(v) for v in after.values()):>5} rows committed", flush=True)
+            if sum(len(v) for v in after.values()) >= 2 * args.prompts:  # done: start over to keep killing writes
+                shutil.rmtree(store)
+        subprocess.run(ingest(store), check=True, capture_output=True)
+        final, ref = Store.open(store), Store.open(tmp / "ref")
+        equal = True
+        for g in ref.groups():
+            a = {r["prompt_id"]: r["row"] for r in final.group_rows(g).to_pylist()}
+            b = {r["prompt_id"]: r["row"] for r in ref.group_rows(g).to_pylist()}
+            xa, xb = final.activations(g, 2), ref.activations(g, 2)
+            equal &= a.keys() == b.keys() and all(np.allclose(xa[a[k]], xb[b[k]], rtol=2e-3, atol=2e-3) for k in a)
+        print("\n" + ", ".join(f"{k}: {v}" for k, v in tally.items())
+              + f"; final verify clean: {verify(final).clean}; equal to an uninterrupted run: {equal}")
+        if tally["verify errors"] or tally["lost commits"] or tally["duplicates"] or not equal:
+            raise SystemExit(1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
