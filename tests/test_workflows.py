@@ -145,3 +145,17 @@ def test_extraction_on_a_local_cluster_gives_the_same_vectors(tmp_path, tiny_lla
         np.testing.assert_allclose(a[k]["vector"], b[k]["vector"], atol=1e-6)
     runs = Store.open(remote / "store").runs().to_pylist()
     assert any(r["stage"] == "workflow" and json.loads(r["counts"])["vectors_new"] == 18 for r in runs)
+
+
+def test_trait_names_never_become_paths_outside_the_report(tmp_path, tiny_llama):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_corpus(corpus / "evil.jsonl", 120, trait="../../escaped")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'store = "store"\nmodel = "{tiny_llama}"\n[[corpora]]\npaths = ["corpus/*.jsonl"]\n'
+                    '[capture]\nlayers = "0"\npoolings = ["last"]\n[extract]\nmethods = ["mean_diff"]\nn_boot = 0\n'
+                    '[report]\npath = "out/report.md"\n')
+    r = run_cli("run", spec, "--quiet")
+    assert r.exit_code == 0, r.output
+    pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert pngs == ["escaped-auroc.png"] and not list(tmp_path.parent.glob("*escaped*"))

@@ -148,6 +148,8 @@ def rank(ctx, trait, by, top, plot, no_plot):
             click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
         if not no_plot:
             top_row = best.to_pylist()[0]
-            out = Path(plot or f"rank-{trait}.png")
+            from traitlens.store import safe_name
+
+            out = Path(plot or f"rank-{safe_name(trait, 'trait')}.png")  # a trait name never picks the folder
             heatmap(q, trait, by, top_row, out)
             click.echo(f"heatmap: {out}")

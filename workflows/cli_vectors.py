@@ -121,7 +121,9 @@ def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
         keep = set(parse_layers(layers, max(r["layer"] for r in rows) + 1))
         rows = [r for r in rows if r["layer"] in keep]
     rows = latest_per_layer(rows)
-    out = Path(output or f"{trait}-{method}.{ 'gguf' if fmt_ == 'gguf' else 'safetensors'}")
+    from traitlens.store import safe_name
+
+    out = Path(output or f"{safe_name(trait, 'trait')}-{method}.{'gguf' if fmt_ == 'gguf' else 'safetensors'}")
     if fmt_ == "gguf":
         to_gguf(rows, out, model_hint, scale)
     else:
