@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from traitlens.store import PendingBatch
+from traitlens.store.layout import POOLINGS
 
 from .encode import Encoded
 from .models import LoadedModel
 from .pooling import pool_last, pool_mean, pool_tokens
 from .sites import HookPoint, get_module
 
-POOLINGS = ("last", "mean", "response_mean", "tokens")
 
 
 class _AllCaptured(Exception):

@@ -17,6 +17,7 @@ import json
 import numpy as np
 import torch
 
+from .capture import pad_batch, position_ids_from_mask
 from .encode import render_ids
 from .models import LoadedModel
 from .steer import mean_token_norm, steering
@@ -27,15 +28,11 @@ REFUSAL_OPENINGS = ("I cannot", "I can't", "I'm sorry", "I am sorry", "Sorry", "
 
 
 def _batch(lm: LoadedModel, seqs: list[list[int]]):
-    T = max(len(s) for s in seqs)
+    """Left-padded ``input_ids``, long ``attention_mask`` and ``position_ids`` ``[B, T]``: every
+    prompt ends at the last position, so one next-token read serves the batch."""
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):  # left padding: every prompt ends at the last position
-        ids[i, T - len(s):] = torch.tensor(s)
-        mask[i, T - len(s):] = 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    return ids.to(lm.device), mask.to(lm.device), pos.to(lm.device)
+    ids, mask = pad_batch(seqs, pad, "left", lm.device)
+    return ids, mask.long(), position_ids_from_mask(mask)
 
 
 @torch.inference_mode()

@@ -17,8 +17,7 @@ import torch
 
 from . import temporal
 from .models import LoadedModel
-from .sites import find_blocks
-from .steer import generate
+from .steer import block_output, generate
 
 
 @dataclass
@@ -41,18 +40,9 @@ class Trajectory:
                 for i, (t, p, v, a) in enumerate(zip(self.tokens, self.projection, self.velocity, self.acceleration))]
 
 
-@torch.inference_mode()
 def hidden_states(lm: LoadedModel, ids: list[int], layer: int) -> np.ndarray:
     """Block ``layer``'s output for one unpadded sequence: ``[T, d]`` float64."""
-    _, blocks = find_blocks(lm.model)
-    seen = []
-    h = blocks[layer].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
-    try:
-        base = getattr(lm.model, lm.model.base_model_prefix, lm.model)
-        base(input_ids=torch.tensor([ids], device=lm.device), use_cache=False)
-    finally:
-        h.remove()
-    return seen[0][0].double().cpu().numpy()
+    return block_output(lm, layer, torch.tensor([ids]))[0].double().cpu().numpy()
 
 
 def trajectory(lm: LoadedModel, prompt_ids: list[int], vector, layer: int, max_new_tokens: int = 40,

@@ -31,6 +31,23 @@ def _replace_output(output, new):
     return new
 
 
+@torch.inference_mode()
+def block_output(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Block ``layer``'s output ``[B, T, d]`` for a batch, from the base model (no LM head)."""
+    _, blocks = find_blocks(lm.model)
+    seen = []
+    h = blocks[layer].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
+    kwargs = {"input_ids": input_ids.to(lm.device), "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask.long().to(lm.device)
+    try:
+        getattr(lm.model, lm.model.base_model_prefix, lm.model)(**kwargs)
+    finally:
+        h.remove()
+    return seen[0]
+
+
 MASSIVE = 10.0  # a token whose norm is this many times the median is a "massive activation"
 
 
@@ -39,14 +56,7 @@ def mean_token_norm(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attent
     """Mean L2 norm of block ``layer``'s output over the real tokens of a batch, leaving out
     massive activations (norm > 10x the median; in SmolLM2 the first token reaches ~25,000
     against ~150 from layer 11 on, which alone would multiply the mean by five)."""
-    _, blocks = find_blocks(lm.model)
-    seen = []
-    h = blocks[layer].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
-    try:
-        lm.model(input_ids=input_ids.to(lm.device), attention_mask=attention_mask.to(lm.device))
-    finally:
-        h.remove()
-    x = seen[0].float()
+    x = block_output(lm, layer, input_ids, attention_mask).float()
     norms = x.norm(dim=-1)[attention_mask.bool().to(x.device)]
     return float(norms[norms <= MASSIVE * norms.median()].mean())
 

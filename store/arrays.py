@@ -55,13 +55,14 @@ def needs_float32(values: np.ndarray) -> bool:
 
 
 def write_rows(array: zarr.Array, start: int, values: np.ndarray) -> None:
-    """Write ``values`` [n, d] at rows ``[start, start + n)``, resizing the array to end there.
+    """Write ``values`` [n, ...] at rows ``[start, start + n)``, resizing the array to end there.
 
     Anything past ``start`` (an uncommitted tail left by a crash) is overwritten or dropped.
+    Works for layer arrays [n, d] and for 1-D ones (token ids).
     """
     stop = start + values.shape[0]
     if array.shape[0] != stop:
-        array.resize((stop, array.shape[1]))
+        array.resize((stop,) + tuple(array.shape[1:]))
     if values.shape[0]:
         array[start:stop] = values.astype(array.dtype, copy=False)
 
@@ -106,11 +107,3 @@ def restore_interrupted_promotions(group_dir: Path) -> list[str]:
         fixed.append(str(tmp))
     return fixed
 
-
-def write_rows_1d(array: zarr.Array, start: int, values: np.ndarray) -> None:
-    """1-D twin of :func:`write_rows` (token ids)."""
-    stop = start + values.shape[0]
-    if array.shape[0] != stop:
-        array.resize((stop,))
-    if values.shape[0]:
-        array[start:stop] = values.astype(array.dtype, copy=False)

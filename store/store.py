@@ -330,7 +330,7 @@ class CommitWriter:
             if g.pooling == "tokens":
                 ids = np.concatenate([b.token_ids for b in batches])
                 ids = ids if everything else np.concatenate([ids[offs[i]:offs[i + 1]] for i in keep])
-                arrays.write_rows_1d(self.token_id_arrays[g], start, ids)
+                arrays.write_rows(self.token_id_arrays[g], start, ids)
             token_start = start
             mine = []
             for j, i in enumerate(keep):

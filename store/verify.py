@@ -68,15 +68,11 @@ def clean_temporaries(store: Store) -> list[str]:
 def verify(store: Store, repair: bool = False, check_values: bool = True, progress=None) -> Report:
     """Check the store; with ``repair=True`` also drop uncommitted tails and temporaries."""
     rep = Report()
-    for p in _interrupted_promotions(store):
-        rep.tails.append(f"interrupted float32 promotion left {p.relative_to(store.root)}")
-        if repair:
-            rep.repaired += arrays.restore_interrupted_promotions(p.parent)
-    for p in _temporaries(store):
-        rep.tails.append(f"temporary file {p.relative_to(store.root)}")
-        if repair:
-            p.unlink(missing_ok=True)
-            rep.repaired.append(f"removed {p.relative_to(store.root)}")
+    rep.tails += [f"interrupted float32 promotion left {p.relative_to(store.root)}"
+                  for p in _interrupted_promotions(store)]
+    rep.tails += [f"temporary file {p.relative_to(store.root)}" for p in _temporaries(store)]
+    if repair:
+        rep.repaired += [f"removed {p}" for p in clean_temporaries(store)]
 
     prompts = store.table("prompts", columns=["prompt_id", "dataset", "trait"])
     prompt_ids = set(prompts["prompt_id"].to_pylist())
