@@ -1,8 +1,11 @@
-"""Capture throughput: `traitlens ingest` beside the loops a user would otherwise write.
+"""Capture throughput and memory: `traitlens ingest` beside the loops a user would otherwise write.
 
 Same prompts, same loaded model, one process, measured side by side; prints prompts/s,
-tokens/s and the ratio to a plain full-model forward loop. Ratios, not seconds, are what
-carry over between machines.
+tokens/s, the ratio to a plain full-model forward loop, and each case's peak memory above the
+process's resident set at its start (``bench/peak_rss.py``). Ratios, not seconds, are what carry
+over between machines. When TransformerLens is installed, its ``TransformerBridge.run_with_cache``
+(every hook, and with a names filter for the residual stream only) runs on the same batches,
+pooled and saved the same way.
 
     python bench/bench_capture.py [--n 256] [--batch-size 32] [--model PATH]
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peak_rss import PeakRSS
 
 from traitlens.pipeline.corpus import ReadOptions, read_corpus
 from traitlens.pipeline.encode import encode
@@ -75,10 +79,52 @@ def plain_loop(lm, seqs, bs, sort=False, hidden=False):
             np.save(Path(d) / "acts.npy", np.concatenate(kept).astype(np.float16))
 
 
+def tl_loop(bridge, seqs, bs, pad_id, names_filter=None):
+    """TransformerLens: run_with_cache per batch, last-token pooling of every block's
+    resid_post, np.save — what a TransformerLens user writes for the same job."""
+    kept = []
+    with torch.inference_mode():
+        for b in range(0, len(seqs), bs):
+            chunk = seqs[b:b + bs]
+            ids, mask = padded(chunk, pad_id)
+            _, cache = bridge.run_with_cache(ids, attention_mask=mask, names_filter=names_filter)
+            last = mask.sum(1) - 1
+            rows = torch.arange(len(chunk))
+            kept.append(np.stack([cache[f"blocks.{l}.hook_resid_post"][rows, last].float().numpy()
+                                  for l in range(bridge.cfg.n_layers)], 1))
+            del cache
+    with tempfile.TemporaryDirectory() as d:
+        np.save(Path(d) / "acts.npy", np.concatenate(kept).astype(np.float16))
+
+
+def transformer_lens_cases(lm, seqs, bs):
+    """The TransformerLens cases, or none when it is not installed."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        print("TransformerLens not installed: its rows are skipped (pip install transformer-lens)")
+        return []
+    bridge = TransformerBridge.boot_transformers(str(lm.path), tokenizer=lm.tokenizer, dtype=torch.float32)
+    pad = lm.tokenizer.pad_token_id or 0
+    # its activations must be ours before its speed means anything
+    ids = torch.tensor([seqs[0]])
+    _, cache = bridge.run_with_cache(ids)
+    with torch.inference_mode():
+        hs = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    err = float((cache["blocks.3.hook_resid_post"] - hs[4]).abs().max())
+    print(f"TransformerLens bridge: blocks.3.hook_resid_post vs hidden_states[4]: max |diff| {err:.2e}")
+    resid = lambda name: name.endswith("hook_resid_post")  # noqa: E731
+    return [("TransformerLens run_with_cache, every hook", lambda: tl_loop(bridge, seqs, bs, pad)),
+            ("TransformerLens run_with_cache, resid_post filter", lambda: tl_loop(bridge, seqs, bs, pad, resid))]
+
+
 def timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    """(seconds, peak extra bytes) of one call."""
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        fn()
+        secs = time.perf_counter() - t
+    return secs, mem.extra
 
 
 def main() -> None:
@@ -110,18 +156,19 @@ def main() -> None:
             (f"traitlens ingest, all {lm.n_layers} layers, last+mean", run_ingest("all")),
             ("traitlens ingest, layers 0-14, last+mean", run_ingest("0-14")),
             ("traitlens ingest, layer 6 only, last", run_ingest("6", ("last",))),
-        ]
+        ] + transformer_lens_cases(lm, seqs, bs)
         results = []
         for name, fn in cases:
-            secs = timed(fn)
-            results.append((name, secs))
+            secs, extra = timed(fn)
+            results.append((name, secs, extra))
         base = results[0][1]
         print(f"\n{len(seqs)} prompts, {n_tok} tokens ({n_tok / len(seqs):.1f}/prompt), batch {bs}, "
               f"{lm.name} on {lm.device}, {torch.get_num_threads()} threads")
-        print(f"| {'case':<48} | prompts/s | tokens/s | x plain forward |")
-        print(f"|{'-' * 50}|-----------|----------|-----------------|")
-        for name, secs in results:
-            print(f"| {name:<48} | {len(seqs) / secs:9.1f} | {n_tok / secs:8.0f} | {base / secs:15.2f} |")
+        print(f"| {'case':<50} | prompts/s | tokens/s | x plain forward | peak extra RSS |")
+        print(f"|{'-' * 52}|-----------|----------|-----------------|----------------|")
+        for name, secs, extra in results:
+            mem = "n/a" if extra is None else f"{extra / 2**20:.0f} MiB"
+            print(f"| {name:<50} | {len(seqs) / secs:9.1f} | {n_tok / secs:8.0f} | {base / secs:15.2f} | {mem:>14} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -15,7 +15,9 @@ or model of the same width.
 
 Guard: only SELECT-like statements run (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE);
 file access is limited to the store's tables folder and the configuration is locked, so a
-query can neither change the store nor read files outside it.
+query can neither change the store nor read files outside it. A store on object storage is
+read through pyarrow datasets over its fsspec filesystem (registered with DuckDB, scanned
+lazily with projection and filter pushdown), and DuckDB gets no file access at all.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 from traitlens.store import GroupKey, Store
 from traitlens.store import tables as tbl
 from traitlens.store.layout import layer_name
+from traitlens.store.location import arrow_files, is_remote
 
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 ACT_NAME = re.compile(r"\bact_(?:(\d+)_)?L(\d+)\b", re.IGNORECASE)
@@ -68,15 +72,21 @@ class StoreSQL:
         self.con = duckdb.connect(":memory:")
         self.groups = self.store.groups()
         self._create_views()
-        tables_dir = str(self.store.tables_path.resolve())
-        self.con.execute(f"SET allowed_directories=[{_quote(Path(tables_dir))}]")
+        if not is_remote(self.store.root):
+            tables_dir = str(self.store.tables_path.resolve())
+            self.con.execute(f"SET allowed_directories=[{_quote(Path(tables_dir))}]")
         self.con.execute("SET enable_external_access=false")
         self.con.execute("SET lock_configuration=true")
 
     # -- views ---------------------------------------------------------------------------------
     def _table_view(self, name: str, select: str = "*") -> None:
         parts = tbl.part_files(self.store.tables_path / name)
-        if parts:
+        if parts and is_remote(parts[0]):
+            fs, files = arrow_files(parts)
+            self.con.register(f"__parts_{name}", pads.dataset(files, filesystem=fs, format="parquet",
+                                                              schema=tbl.SCHEMAS[name]))
+            src = f"__parts_{name}"
+        elif parts:
             files = "[" + ", ".join(_quote(p.resolve()) for p in parts) + "]"
             src = f"read_parquet({files}, union_by_name=true)"
         else:  # no part yet: an empty relation with the table's columns

@@ -2,23 +2,38 @@
 
 Each layer of a group is one 2-D array ``[n_rows, d_model]`` chunked along rows only, so a
 read of any row range touches whole rows of contiguous chunks. zarr's LocalStore writes every
-chunk through a temporary file and a rename, so a crash leaves a chunk old or new, never torn.
+chunk through a temporary file and a rename, so a crash leaves a chunk old or new, never torn;
+on object storage (``FsspecStore``) each chunk is one PUT, which is atomic the same way.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from .location import is_remote, move_tree, remove_tree
+
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def _zarr_store(path, read_only: bool):
+    """A zarr store for a local folder or an fsspec URL."""
+    if not is_remote(path):
+        return zarr.storage.LocalStore(str(path), read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(str(path), storage_options=dict(path.storage_options) or None,
+                                             read_only=read_only)
 
 
 def open_root(path: Path, mode: str = "a") -> zarr.Group:
     """The store's ``activations.zarr`` root group."""
-    return zarr.open_group(str(path), mode=mode)
+    return zarr.open_group(_zarr_store(path, read_only=mode == "r"), mode=mode)
+
+
+def open_array(path: Path, mode: str = "r+") -> zarr.Array:
+    """One array by its folder."""
+    return zarr.open_array(_zarr_store(path, read_only=mode == "r"), mode=mode)
 
 
 def require_group(root: zarr.Group, group_path: str) -> zarr.Group:
@@ -81,15 +96,15 @@ def promote_to_float32(group: zarr.Group, group_dir: Path, name: str, committed_
     """
     old = group[name]
     tmp_name, old_name = f"{name}.f32tmp", f"{name}.old"
-    shutil.rmtree(group_dir / tmp_name, ignore_errors=True)
+    remove_tree(group_dir / tmp_name)
     new = create_layer_array(group, tmp_name, old.shape[1], "float32", chunk_rows)
     for start in range(0, committed_rows, chunk_rows * 16):
         stop = min(committed_rows, start + chunk_rows * 16)
         write_rows(new, start, np.asarray(old[start:stop], dtype=np.float32))
-    (group_dir / name).rename(group_dir / old_name)
-    (group_dir / tmp_name).rename(group_dir / name)
-    shutil.rmtree(group_dir / old_name)
-    return zarr.open_array(str(group_dir / name), mode="r+")
+    move_tree(group_dir / name, group_dir / old_name)
+    move_tree(group_dir / tmp_name, group_dir / name)
+    remove_tree(group_dir / old_name)
+    return open_array(group_dir / name)
 
 
 def restore_interrupted_promotions(group_dir: Path) -> list[str]:
@@ -98,12 +113,12 @@ def restore_interrupted_promotions(group_dir: Path) -> list[str]:
     for old in group_dir.glob("*.old"):
         target = group_dir / old.name[: -len(".old")]
         if target.exists():
-            shutil.rmtree(old)
+            remove_tree(old)
         else:
-            old.rename(target)
+            move_tree(old, target)
         fixed.append(str(old))
     for tmp in group_dir.glob("*.f32tmp"):
-        shutil.rmtree(tmp)
+        remove_tree(tmp)
         fixed.append(str(tmp))
     return fixed
 

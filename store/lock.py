@@ -1,7 +1,16 @@
-"""One writer per store: an advisory ``flock`` on ``<store>/.lock``.
+"""One writer per store.
 
-The kernel drops the lock when its process dies, so a lock left by a killed run never blocks
-the next one; the file's content (pid, host, command) only serves the error message.
+Local stores: an advisory ``flock`` on ``<store>/.lock``. The kernel drops the lock when its
+process dies, so a lock left by a killed run never blocks the next one; the file's content
+(pid, host, command) only serves the error message.
+
+Stores on object storage have no flock: the lock is a lease object ``<store>/.lock`` holding
+its owner's token and an expiry, renewed by a heartbeat thread every third of its lifetime
+(``TRAITLENS_LEASE_SECONDS``, default 60). A dead writer stops renewing, so its lease expires
+and the next run takes it over. Taking a free lease writes it, waits a moment and reads it back;
+of two runs racing for one store, the one whose token is not read back gives way. (Object
+stores offer no compare-and-swap through fsspec; the settle time closes the window in practice,
+not in theory: schedule one writer per remote store.)
 """
 
 from __future__ import annotations
@@ -11,9 +20,14 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
+import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+
+from .location import is_remote
 
 
 class StoreLocked(RuntimeError):
@@ -30,13 +44,21 @@ def write_lock(root: Path, what: str = "write"):
     Re-entrant within one process (a workflow run holds it around its ingest and extract steps).
     """
     path = root / ".lock"
-    key = str(path.resolve())
+    key = str(path) if is_remote(root) else str(path.resolve())
     if _held.get(key):
         _held[key] += 1
         try:
             yield
         finally:
             _held[key] -= 1
+        return
+    if is_remote(root):
+        with _lease(root, path, what):
+            _held[key] = 1
+            try:
+                yield
+            finally:
+                _held.pop(key, None)
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -63,3 +85,65 @@ def write_lock(root: Path, what: str = "write"):
             _held.pop(key, None)
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("TRAITLENS_LEASE_SECONDS", "60"))
+
+
+def _read_lease(path) -> dict | None:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}  # torn or foreign content: treat as expired
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+@contextmanager
+def _lease(root, path, what: str, settle: float = 0.5):
+    """Hold a heartbeat-renewed lease object at ``path`` (object storage)."""
+    ttl = lease_seconds()
+    held = _read_lease(path)
+    now = time.time()
+    if held and held.get("expires", 0) > now:
+        raise StoreLocked(
+            f"store {root} is being written by another run (pid {held.get('pid', '?')} on {held.get('host', '?')}, "
+            f"{held.get('what', '?')} since {held.get('since', '?')}; its lease runs to {_iso(held['expires'])} "
+            "and is renewed while that run lives); wait for it to finish, or use another --store"
+        )
+    token = uuid.uuid4().hex
+    info = {"token": token, "pid": os.getpid(), "host": socket.gethostname(), "what": what,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv[:6]}
+
+    def write() -> None:
+        path.write_text(json.dumps({**info, "expires": time.time() + ttl}))
+
+    write()
+    time.sleep(settle)  # a racing writer's lease lands in this window; whoever is read back wins
+    back = _read_lease(path) or {}
+    if back.get("token") != token:
+        raise StoreLocked(f"store {root}: another run (pid {back.get('pid', '?')} on {back.get('host', '?')}) "
+                          "took the writer lease at the same moment; wait for it to finish, or use another --store")
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(ttl / 3):
+            try:
+                write()
+            except Exception:  # a missed renewal is retried; the lease lasts three periods
+                pass
+
+    beat = threading.Thread(target=heartbeat, name="traitlens-lease", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        if (_read_lease(path) or {}).get("token") == token:
+            path.unlink()

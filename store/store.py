@@ -37,6 +37,7 @@ from .layout import (
     layer_name,
     parse_layer_name,
 )
+from .location import is_remote, store_path
 from .lock import write_lock
 
 
@@ -54,10 +55,10 @@ def code_version() -> str:
 
 
 class Store:
-    """A traitlens store rooted at a folder. ``Store.open(path, create=True)`` makes one."""
+    """A traitlens store rooted at a folder or an fsspec URL. ``Store.open(path, create=True)`` makes one."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path):
+        self.root = store_path(root)
         self.zarr_path = self.root / ZARR_DIR
         self.tables_path = self.root / TABLES_DIR
 
@@ -65,7 +66,7 @@ class Store:
     @classmethod
     def open(cls, root: str | Path, create: bool = False) -> "Store":
         """Open a store, checking its format; ``create=True`` makes a new one if absent."""
-        root = Path(root)
+        root = store_path(root)
         meta_path = root / "store.json"
         if not meta_path.exists():
             if not create:
@@ -78,11 +79,14 @@ class Store:
             root.mkdir(parents=True, exist_ok=True)
             meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "created_at": now_utc().isoformat(),
                     "dtype_policy": "float16, float32 for a layer that overflows"}
-            tmp = root / ".store.json.tmp"
-            tmp.write_text(json.dumps(meta, indent=2))
-            tmp.replace(meta_path)
-            for name in TABLE_NAMES:
-                (root / TABLES_DIR / name).mkdir(parents=True, exist_ok=True)
+            if is_remote(root):
+                meta_path.write_text(json.dumps(meta, indent=2))  # one PUT: atomic on object stores
+            else:
+                tmp = root / ".store.json.tmp"
+                tmp.write_text(json.dumps(meta, indent=2))
+                tmp.replace(meta_path)
+                for name in TABLE_NAMES:  # object stores have no folders: a part's key makes its own
+                    (root / TABLES_DIR / name).mkdir(parents=True, exist_ok=True)
             arrays.open_root(root / ZARR_DIR, mode="a")
         try:
             meta = json.loads(meta_path.read_text())

@@ -1,13 +1,16 @@
 """Append-only Parquet tables: each commit adds one part file, written atomically.
 
-A part is written to a hidden temporary name in the table's folder, flushed and fsynced, then
-renamed to ``part-<time_ns>-<rand>.parquet``. Readers list only ``part-*.parquet``, so a crash
-leaves either the whole part or none of it (plus a ``.tmp-*`` file that ``verify --repair``
-removes). Schemas are fixed per table so every part unifies.
+On a local disk a part is written to a hidden temporary name in the table's folder, flushed
+and fsynced, then renamed to ``part-<time_ns>-<rand>.parquet``. Readers list only
+``part-*.parquet``, so a crash leaves either the whole part or none of it (plus a ``.tmp-*``
+file that ``verify --repair`` removes). On object storage (an fsspec URL) the part is uploaded
+in one PUT under its final name: an object is visible only once complete, so the same holds
+without a rename. Schemas are fixed per table so every part unifies.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import uuid
@@ -16,6 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from .location import arrow_files, is_remote, write_bytes_whole
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -164,9 +169,15 @@ def part_files(table_dir: Path) -> list[Path]:
 
 def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
     """Atomically add ``table`` (cast to ``schema``) as a new part of ``table_dir``."""
-    table_dir.mkdir(parents=True, exist_ok=True)
     table = table.select(schema.names).cast(schema)
     token = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    if is_remote(table_dir):
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        final = table_dir / f"part-{token}.parquet"
+        write_bytes_whole(final, buf.getvalue())
+        return final
+    table_dir.mkdir(parents=True, exist_ok=True)
     tmp = table_dir / f".tmp-{token}.parquet"
     final = table_dir / f"part-{token}.parquet"
     try:
@@ -188,7 +199,8 @@ def read_table(table_dir: Path, schema: pa.Schema, columns: list[str] | None = N
     if not parts:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
-    dataset = ds.dataset([str(p) for p in parts], schema=schema, format="parquet")
+    fs, files = arrow_files(parts)
+    dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=fs)
     return dataset.to_table(columns=columns, filter=filter)
 
 

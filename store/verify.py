@@ -48,7 +48,9 @@ def _temporaries(store: Store) -> list[Path]:
 def _interrupted_promotions(store: Store) -> list[Path]:
     if not store.zarr_path.exists():
         return []
-    return [p for p in store.zarr_path.rglob("*") if p.is_dir() and p.suffix in (".old", ".f32tmp")]
+    # promotions rename whole array folders: match names first (cheap on object stores), then folders
+    hits = {p for pat in ("*.old", "*.f32tmp") for p in store.zarr_path.rglob(pat)}
+    return sorted(p for p in hits if (p / "zarr.json").exists())
 
 
 def clean_temporaries(store: Store) -> list[str]:

@@ -14,13 +14,13 @@ from traitlens.workflows.cli import cli
 from traitlens.workflows.spec import SpecError, load_spec
 
 
-def make_spec(folder, model, n_kind=120, n_polite=120, extra=""):
+def make_spec(folder, model, n_kind=120, n_polite=120, extra="", store="store"):
     corpus = folder / "corpus"
     corpus.mkdir(exist_ok=True)
     write_corpus(corpus / "kind.jsonl", n_kind, trait="kindness")
     write_corpus(corpus / "polite.jsonl", n_polite, start=1000, trait="politeness")
     text = f"""
-store = "store"
+store = "{store}"
 model = "{model}"
 {extra}
 [[corpora]]
@@ -104,6 +104,26 @@ def test_run_then_refresh_is_a_no_op_then_growth_recomputes_only_the_affected_tr
     vec = Store.open(tmp_path / "store").table("vectors").to_pylist()
     assert len(vec) == n_vectors + 9  # only kindness vectors are new; politeness ones are still current
     assert sum(v["trait"] == "politeness" for v in vec) == 9
+
+
+def test_workflow_on_an_object_store_url_refreshes_only_what_grew(tmp_path, tiny_llama):
+    import uuid
+
+    url = f"memory://traitlens-wf-{uuid.uuid4().hex[:8]}/store"
+    spec = make_spec(tmp_path, tiny_llama, store=url)
+    r = run_cli("run", spec, "--quiet")
+    assert r.exit_code == 0, r.output
+    root = Store.open(url).root
+    assert Store.open(url).table("vectors").num_rows == 18 and not (tmp_path / "store").exists()
+    objects = sorted((p.path, p.stat().st_size) for p in root.rglob("*") if p.is_file() and p.name != ".lock")
+    r = run_cli("refresh", spec, "--quiet")
+    assert r.exit_code == 0 and "nothing to do" in r.output
+    assert sorted((p.path, p.stat().st_size) for p in root.rglob("*") if p.is_file() and p.name != ".lock") == objects
+    write_corpus(tmp_path / "corpus" / "kind.jsonl", 132, trait="kindness")
+    r = run_cli("refresh", spec, "--quiet")
+    assert "captured 12 new prompts (240 already stored)" in r.output, r.output
+    assert "politeness: recomputed" not in r.output
+    root.fs.rm(root.path, recursive=True)
 
 
 def test_lock_held_exits_3_and_a_dead_holders_lock_is_recovered(tmp_path, tiny_llama):

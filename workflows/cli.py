@@ -59,12 +59,17 @@ class Guarded(click.Group):
 
 @click.group(cls=Guarded, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--store", "store_path", default=_default_store, show_default="$TRAITLENS_STORE or ./traitstore",
-              type=click.Path(file_okay=False), help="Store folder.")
+              metavar="PATH|URL", help="Store folder, or an fsspec URL (s3://bucket/store, gs://..., memory://...).")
 @click.version_option(package_name="traitlens")
 @click.pass_context
 def cli(ctx, store_path):
     """traitlens: prompt corpora -> activations (Zarr + Parquet) -> trait vectors, with SQL on top."""
-    ctx.obj = {"store": Path(store_path)}
+    from traitlens.store.location import store_path as as_store_path
+
+    try:
+        ctx.obj = {"store": as_store_path(store_path)}
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--store") from None
 
 
 @cli.command()
@@ -74,6 +79,7 @@ def info(ctx):
     from importlib.metadata import PackageNotFoundError, version
 
     from traitlens.pipeline.models import default_model_status, traitlens_home
+    from traitlens.store.location import is_remote
 
     def v(pkg):
         try:
@@ -91,7 +97,7 @@ def info(ctx):
     click.echo(f"  converted copy: {st['cache']} ({'ready' if st['converted'] else 'made on first use, ~20 s'})")
     click.echo(f"  status: {'ready' if st['ready'] else 'NOT READY'}")
     store_path = ctx.obj["store"]
-    click.echo(f"store: {store_path.resolve()}")
+    click.echo(f"store: {store_path if is_remote(store_path) else store_path.resolve()}")
     if not (store_path / "store.json").exists():
         click.echo("  (no store yet: `traitlens ingest` creates it)")
         return

@@ -7,12 +7,15 @@ from pathlib import Path
 from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import heatmap, rank
 from traitlens.store import Store, safe_name
+from traitlens.store.location import is_remote
 
 
 def write_report(spec, store: Store, model_key: str, summary) -> Path:
-    """Write ``report.path`` (default ``<store>/report/report.md``) and its PNGs; return its path."""
+    """Write ``report.path`` (default ``<store>/report/report.md``, or ``report/report.md`` beside the
+    spec when the store is on object storage) and its PNGs; return its path."""
     rep = spec.report
-    path = Path(rep["path"]) if "path" in rep else Path(spec.store) / "report" / "report.md"
+    home = spec.path.parent if is_remote(spec.store) else spec.store
+    path = Path(rep["path"]) if "path" in rep else home / "report" / "report.md"
     if not path.is_absolute() and "path" in rep:
         path = spec.path.parent / path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Example (``workflows/examples/demo.toml``)::
 
-    store = "demo.store"                 # relative paths are relative to the spec file
+    store = "demo.store"                 # relative to the spec file, or a URL: "s3://bucket/demo.store"
     model = "default"                    # or a Hugging Face id / local folder
 
     [[corpora]]
@@ -34,6 +34,8 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from traitlens.store.location import is_remote, store_path
+
 SCHEMA: dict[str, dict] = {
     "": {"store": str, "model": str, "corpora": list, "capture": dict, "extract": dict, "evaluate": dict,
          "report": dict, "scheduler": str},
@@ -62,7 +64,7 @@ class Corpus:
 @dataclass
 class Spec:
     path: Path
-    store: Path
+    store: Path  # or a UPath for a store on object storage
     model: str | None
     corpora: list[Corpus]
     capture: dict = field(default_factory=dict)
@@ -151,9 +153,11 @@ def load_spec(path: str | Path) -> Spec:
             raise SpecError(f"{path}: capture.{key} must be one of {allowed}")
     if data.get("evaluate", {}).get("kind") not in (None, "persona", "refusal"):
         raise SpecError(f"{path}: evaluate.kind must be persona or refusal")
-    store = Path(data["store"])
+    store = store_path(data["store"])  # a folder (relative to the spec) or an fsspec URL
+    if not is_remote(store) and not store.is_absolute():
+        store = base / store
     model = data.get("model")
-    return Spec(path=path, store=store if store.is_absolute() else base / store,
+    return Spec(path=path, store=store,
                 model=None if model in (None, "default") else model, corpora=corpora,
                 capture=data.get("capture", {}), extract=data.get("extract", {}), evaluate=data.get("evaluate", {}),
                 report=data.get("report", {}), scheduler=data.get("scheduler"))

@@ -1,0 +1,179 @@
+"""Interop with the tools users already have: TransformerLens caches in, steering libraries out.
+
+In: :func:`ingest_activation_cache` stores the activations of a TransformerLens
+``ActivationCache`` (``HookedTransformer`` or ``TransformerBridge``; any mapping of hook name
+to ``[batch, pos, d]`` tensors works) as pooled rows of a traitlens store, with the same
+commit protocol, prompt table and incremental skipping as ``traitlens ingest``.
+
+Out: :func:`load_directions` reads back what :mod:`.export` wrote (safetensors or GGUF) as
+``{layer: [d] float32}``; :func:`to_steering_vector` builds a ``steering_vectors.SteeringVector``;
+repeng loads the GGUF export directly (``ControlVector.import_gguf(path)``) and llama.cpp with
+``--control-vector``. Layer N everywhere means the output of decoder block N (0-based):
+TransformerLens ``blocks.N.hook_resid_post``, Hugging Face ``hidden_states[N + 1]``,
+repeng's and steering-vectors' layer N.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from traitlens.store import GroupKey, PendingBatch, Store, safe_name
+from traitlens.store.store import code_version, new_run_id, now_utc
+
+from .corpus import CorpusError, ReadOptions, record_from_object
+from .pooling import pool_last, pool_mean
+
+# hook names per site: HookedTransformer's, then TransformerBridge's own names
+CACHE_HOOKS = {
+    "resid": (r"blocks\.(\d+)\.hook_resid_post", r"blocks\.(\d+)\.hook_out"),
+    "attn_out": (r"blocks\.(\d+)\.hook_attn_out", r"blocks\.(\d+)\.attn\.hook_out"),
+    "mlp_out": (r"blocks\.(\d+)\.hook_mlp_out", r"blocks\.(\d+)\.mlp\.hook_out"),
+}
+CACHE_POOLINGS = ("last", "mean")
+
+
+def cache_layers(cache, site: str) -> dict[int, str]:
+    """``{layer: hook name}`` of one site in a cache (the first naming scheme that matches)."""
+    if site not in CACHE_HOOKS:
+        raise ValueError(f"site {site!r}: a cache can give {', '.join(CACHE_HOOKS)}")
+    names = list(cache.keys())
+    for pattern in CACHE_HOOKS[site]:
+        rx = re.compile(pattern + "$")
+        found = {int(m.group(1)): n for n in names if (m := rx.match(n))}
+        if found:
+            return dict(sorted(found.items()))
+    raise ValueError(f"the cache holds no {site} hooks (looked for {' or '.join(CACHE_HOOKS[site])}); "
+                     f"run run_with_cache without a names_filter that drops them. Some of its names: {names[:6]}")
+
+
+def _model_key(cache, model_key: str | None) -> str:
+    if model_key:
+        return safe_name(model_key, "model_key")
+    cfg = getattr(getattr(cache, "model", None), "cfg", None)
+    name = getattr(cfg, "model_name", None)
+    if not name:
+        raise ValueError("pass model_key=...: the cache does not say which model made it. Use a key that names "
+                         "the checkpoint; vectors of different keys are never mixed")
+    return safe_name(f"{name}-tl", "model_key")
+
+
+def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: torch.Tensor | None = None,
+                            model_key: str | None = None, sites=("resid",), poolings=CACHE_POOLINGS,
+                            fmt: str = "raw", read_opts: ReadOptions | None = None, chunk_rows: int = 256) -> dict:
+    """Store a TransformerLens cache's activations, pooled per prompt; returns counts.
+
+    ``cache[hook]`` is ``[B, T, d]`` (a cache made with ``remove_batch_dim=True`` is ``[T, d]``
+    and needs one prompt). ``prompts`` are B strings or corpus-style dicts (``text``, ``label``,
+    ``trait``, ``split``, ...) validated like corpus lines. ``attention_mask`` ``[B, T]`` marks
+    real tokens (default: all of them) and may pad on either side. Prompts already stored for
+    the model key are skipped, as ``ingest`` skips them.
+    """
+    opts = read_opts or ReadOptions()
+    if not prompts:
+        raise ValueError("no prompts given")
+    bad = [p for p in poolings if p not in CACHE_POOLINGS]
+    if bad:
+        raise ValueError(f"pooling {bad[0]!r}: from a cache traitlens stores {' or '.join(CACHE_POOLINGS)}")
+    records = []
+    for i, p in enumerate(prompts):
+        obj = {"text": p} if isinstance(p, str) else p
+        records.append(record_from_object(obj, Path("<prompts>"), i + 1, opts, "activation_cache"))
+    key = _model_key(cache, model_key)
+    by_site = {s: cache_layers(cache, s) for s in sites}
+    layers = sorted(set.intersection(*(set(v) for v in by_site.values())))
+    first = cache[by_site[sites[0]][layers[0]]]
+    if first.ndim == 2:
+        if len(records) != 1:
+            raise ValueError(f"the cache has no batch axis ([T, d]) but {len(records)} prompts were given")
+        unbatch = True
+        B, T, d = 1, first.shape[0], first.shape[1]
+    else:
+        unbatch = False
+        B, T, d = first.shape
+    if B != len(records):
+        raise ValueError(f"the cache holds {B} sequences but {len(records)} prompts were given")
+    mask = torch.ones((B, T), dtype=torch.bool) if attention_mask is None else attention_mask.to(torch.bool).cpu()
+    if tuple(mask.shape) != (B, T):
+        raise ValueError(f"attention_mask is {tuple(mask.shape)}; the cache's activations are [{B}, {T}, d]")
+    if not bool(mask.any(dim=1).all()):
+        raise CorpusError("<prompts>", int((~mask.any(dim=1)).nonzero()[0]) + 1, None, "has no real token in attention_mask")
+
+    store = Store.open(store_path, create=True)
+    groups = [GroupKey(key, fmt, s, p) for s in sites for p in poolings]
+    run_id = new_run_id("ingest-cache")
+    with store.lock("ingest from an ActivationCache"):
+        n_new = store.add_prompts([r.as_row() for r in records])
+        writer = store.writer(groups, layers, d, run_id, chunk_rows)
+        done = writer.done_prompt_ids()
+        keep, seen = [], set()
+        for i, r in enumerate(records):
+            if r.prompt_id not in done and r.prompt_id not in seen:
+                seen.add(r.prompt_id)
+                keep.append(i)
+        if keep:
+            rows = torch.tensor(keep)
+            pooled = {}
+            for s in sites:
+                for p in poolings:
+                    fn = pool_last if p == "last" else pool_mean
+                    pooled[(s, p)] = {}
+                    for layer in layers:
+                        h = cache[by_site[s][layer]].detach().cpu()
+                        h = h.unsqueeze(0) if unbatch else h
+                        pooled[(s, p)][layer] = fn(h[rows], mask[rows]).numpy()
+            counts = mask[rows].sum(dim=1).numpy().astype(np.int32)
+            store.record_run({"run_id": run_id, "stage": "ingest-cache", "status": "running", "started_at": now_utc(),
+                              "code_version": code_version(),
+                              "config": json.dumps({"model_key": key, "sites": list(sites), "layers": layers,
+                                                    "poolings": list(poolings), "fmt": fmt})})
+            writer.add(PendingBatch(prompt_ids=[records[i].prompt_id for i in keep], token_counts=counts,
+                                    truncated=np.zeros(len(keep), np.int32), responses=[None] * len(keep),
+                                    pooled=pooled))
+            writer.commit()
+            store.record_run({"run_id": run_id, "stage": "ingest-cache", "status": "done", "ended_at": now_utc(),
+                              "counts": json.dumps({"captured": len(keep)})})
+    return {"run_id": run_id, "model_key": key, "fmt": fmt, "layers": layers, "n_new_prompts": n_new,
+            "n_captured": len(keep), "n_skipped": len(records) - len(keep)}
+
+
+def load_directions(path: str | Path) -> dict[int, np.ndarray]:
+    """``{layer: vector [d] float32}`` from a traitlens export (safetensors or GGUF)."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+        tensors = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
+    else:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+    out = {}
+    for name, v in tensors.items():
+        m = re.fullmatch(r"direction\.(\d+)", name)
+        if m:
+            out[int(m.group(1))] = v.astype(np.float32)
+    if not out:
+        raise ValueError(f"{path} holds no direction.<layer> tensors: was it written by `traitlens export`?")
+    return dict(sorted(out.items()))
+
+
+def to_steering_vector(directions: dict[int, np.ndarray] | str | Path, scale: float = 1.0):
+    """A ``steering_vectors.SteeringVector`` adding ``scale * v`` at each layer's block output.
+
+    ``directions`` is ``{layer: vector}`` or a file :func:`load_directions` reads. Apply it with
+    ``with sv.apply(model): model.generate(...)`` (steering-vectors' own API).
+    """
+    try:
+        from steering_vectors import SteeringVector
+    except ImportError:
+        raise ImportError("steering-vectors is not installed: pip install steering-vectors") from None
+    if not isinstance(directions, dict):
+        directions = load_directions(directions)
+    acts = {int(l): torch.as_tensor(np.asarray(v, dtype=np.float32) * scale) for l, v in directions.items()}
+    return SteeringVector(layer_activations=acts, layer_type="decoder_block")

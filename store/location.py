@@ -1,0 +1,89 @@
+"""Where a store lives: a local folder, or any fsspec URL (``s3://``, ``gs://``, ``az://``, ``memory://``).
+
+A local store is a :class:`pathlib.Path` and keeps every local guarantee (temporary file +
+fsync + rename for parts, ``flock`` for the writer lock). A remote store is a
+:class:`upath.UPath` over the URL's fsspec filesystem; it offers the same pathlib calls, and
+the few places where object storage differs branch on :func:`is_remote`:
+
+- a part is uploaded whole in one PUT (an object becomes visible only once its upload
+  completes, so readers never see half of one; there is no rename to do it with);
+- the writer lock is a lease object renewed by a heartbeat (see :mod:`.lock`);
+- Zarr goes through ``zarr.storage.FsspecStore``; DuckDB reads parts through pyarrow datasets.
+
+``file://`` URLs are plain local paths. Credentials come the fsspec way (environment, config
+files, or ``storage_options`` on a :class:`UPath` passed in directly).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+StorePath = Union[Path, "UPath"]  # noqa: F821 (upath is imported lazily)
+
+
+def store_path(root) -> StorePath:
+    """A store root as a ``Path`` (local) or ``UPath`` (any other fsspec URL)."""
+    if isinstance(root, Path):
+        return root
+    try:
+        from upath import UPath
+    except ImportError:  # pragma: no cover - upath is a dependency; only a broken install lands here
+        UPath = None
+    if UPath is not None and isinstance(root, UPath):
+        return root
+    text = str(root)
+    if text.startswith("file://"):
+        return Path(text[len("file://"):]).expanduser()
+    if "://" in text or "::" in text:
+        if UPath is None:
+            raise RuntimeError(f"{text} is a URL but universal-pathlib is not installed: pip install universal-pathlib")
+        try:
+            p = UPath(text)
+            p.fs  # resolve the filesystem now: an unknown protocol is an error here, not mid-run
+        except (ImportError, ValueError) as e:
+            raise ValueError(f"cannot open store URL {text}: {e} (install the fsspec backend for "
+                             f"{text.split('://')[0]!r}, e.g. s3fs, gcsfs or adlfs)") from None
+        return p
+    return Path(text).expanduser()
+
+
+def is_remote(path) -> bool:
+    """True for a store path on an fsspec filesystem rather than the local disk."""
+    return not isinstance(path, Path)
+
+
+def url_of(path) -> str:
+    """The path as a user would type it (``s3://bucket/store`` or ``/data/store``)."""
+    return str(path)
+
+
+def write_bytes_whole(path, data: bytes) -> None:
+    """Upload ``data`` as one object: visible whole or not at all on object stores."""
+    path.fs.pipe_file(path.path, data)
+
+
+def remove_tree(path) -> None:
+    """Delete a folder and everything under it (missing is fine)."""
+    if is_remote(path):
+        if path.exists():
+            path.fs.rm(path.path, recursive=True)
+    else:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def move_tree(src, dst) -> None:
+    """Move a folder. Local: one atomic rename. Remote: copy then delete (object stores cannot rename)."""
+    if is_remote(src):
+        src.fs.mv(src.path, dst.path, recursive=True)
+    else:
+        src.rename(dst)
+
+
+def arrow_files(paths: list) -> tuple[object | None, list[str]]:
+    """``(filesystem, paths)`` for ``pyarrow.dataset.dataset``: None and plain paths when local."""
+    if not paths or not is_remote(paths[0]):
+        return None, [str(p) for p in paths]
+    return paths[0].fs, [p.path for p in paths]
