@@ -1,19 +1,29 @@
 """Peak resident memory of one block of code, measured inside the running process.
 
 ``ru_maxrss`` only ever grows over a process's life, so it cannot separate cases run side by
-side. :class:`PeakRSS` samples ``/proc/self/statm`` on a thread every few milliseconds and
-reports the peak above the RSS at entry: the extra memory that case needed. Linux only (the
-bench prints "n/a" elsewhere).
+side. :class:`PeakRSS` returns freed heap to the system first (glibc ``malloc_trim``, so memory
+an earlier case freed but the allocator kept does not hide this case's growth), then samples
+``/proc/self/statm`` on a thread every few milliseconds and reports the peak above the RSS at
+entry: the extra memory that case needed. Linux only (the bench prints "n/a" elsewhere).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import threading
 import time
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def rss_bytes() -> int | None:
@@ -33,6 +43,7 @@ class PeakRSS:
 
     def __enter__(self):
         gc.collect()
+        trim_heap()
         self.base = rss_bytes()
         self.peak = self.base
         if self.base is not None:

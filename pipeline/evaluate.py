@@ -5,7 +5,10 @@
   ``log P("Yes") - log P("No")`` averaged over held-out statements that express the trait,
   unsteered and under ``+alpha v`` and ``-alpha v`` at one layer;
 - refusal (harmful vs harmless requests): the probability that the reply opens like a refusal
-  ("I cannot", "I'm sorry", ...) on held-out *harmless* requests, unsteered and under ``+alpha v``.
+  ("I cannot", "I'm sorry", ...) on held-out *harmless* requests, unsteered and under ``+alpha v``;
+- refusal_first_token: the looser measure, the probability that the reply's *first token* is
+  the first token of a refusal opening ("I", "Sorry", "As"). It moves far more than the whole
+  phrase does (a push toward "I" need not go on to "cannot"), so read the two together.
 Each (vector, alpha) result is appended to the ``steering`` table; ``metrics`` exposes the best
 shift per vector as ``steer_shift`` for ranking.
 """
@@ -79,15 +82,30 @@ def refusal_probability(lm: LoadedModel, requests: list[str]) -> np.ndarray:
     return total
 
 
-def evaluate_vector(lm: LoadedModel, vector, layer: int, alphas: list[float], kind: str, texts: list[str]) -> list[dict]:
-    """Measure one vector at one layer: a row per alpha with unsteered, +v and (persona) -v."""
-    if kind not in ("persona", "refusal"):
-        raise ValueError("kind must be persona or refusal")
-    measure = yes_no_logodds if kind == "persona" else refusal_probability
+def refusal_first_token_probability(lm: LoadedModel, requests: list[str]) -> np.ndarray:
+    """P(the reply's first token starts one of :data:`REFUSAL_OPENINGS`) per request: ``[n]``."""
+    firsts = sorted({_first_token(lm, o) for o in REFUSAL_OPENINGS})
+    lp = next_token_logprobs(lm, [render_ids(lm.tokenizer, r, None, True) for r in requests])
+    return torch.exp(lp[:, firsts]).sum(-1).numpy()
+
+
+MEASURES = {"persona": yes_no_logodds, "refusal": refusal_probability,
+            "refusal_first_token": refusal_first_token_probability}
+KINDS = tuple(MEASURES)
+
+
+def evaluate_vector(lm: LoadedModel, vector, layer: int, alphas: list[float], kind: str, texts: list[str],
+                    norm: str = "typical") -> list[dict]:
+    """Measure one vector at one layer: a row per alpha with unsteered, +v and (persona) -v.
+
+    ``norm``: which mean token norm alpha is in units of (see :func:`.steer.mean_token_norm`)."""
+    if kind not in MEASURES:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+    measure = MEASURES[kind]
     render = (lambda s: QUESTION.format(statement=s)) if kind == "persona" else (lambda s: s)
     seqs = [render_ids(lm.tokenizer, render(t), None, True) for t in texts]
     ids, mask, _ = _batch(lm, seqs)
-    scale = mean_token_norm(lm, layer, ids.cpu(), mask.cpu())
+    scale = mean_token_norm(lm, layer, ids.cpu(), mask.cpu(), norm)
     base = float(np.mean(measure(lm, texts)))
     rows = []
     for a in alphas:
@@ -97,7 +115,7 @@ def evaluate_vector(lm: LoadedModel, vector, layer: int, alphas: list[float], ki
         if kind == "persona":
             with steering(lm, vector, layer, -a, scale):
                 minus = float(np.mean(measure(lm, texts)))
-        rows.append({"layer": layer, "alpha": float(a), "kind": kind, "n": len(texts), "scale": scale,
+        rows.append({"layer": layer, "alpha": float(a), "kind": kind, "n": len(texts), "scale": scale, "norm": norm,
                      "unsteered": base, "plus": plus, "minus": minus,
                      "shift": plus - (minus if minus is not None else base)})
     return rows
@@ -107,8 +125,7 @@ def steering_records(vec: dict, rows: list[dict], run_id: str) -> list[dict]:
     from traitlens.store.store import now_utc
 
     stamp = now_utc()
-    return [{"vector_id": vec["vector_id"], "trait": vec["trait"], "method": vec["method"], **r,
-             "run_id": run_id, "created_at": stamp, "detail": json.dumps({"measure": "yes_no_logodds"
-                                                                          if r["kind"] == "persona"
-                                                                          else "refusal_probability"})}
+    return [{"vector_id": vec["vector_id"], "trait": vec["trait"], "method": vec["method"],
+             **{k: v for k, v in r.items() if k != "norm"}, "run_id": run_id, "created_at": stamp,
+             "detail": json.dumps({"measure": MEASURES[r["kind"]].__name__, "norm": r.get("norm", "typical")})}
             for r in rows]

@@ -5,8 +5,10 @@
 - ablate: ``x <- x - (x · v) v`` on the output of one block or of every block, removing the
   direction wherever it appears.
 ``alpha`` is in units of the layer's mean activation norm (``scale``, measured on the prompts
-being steered unless given, without massive-activation outlier tokens), so one alpha means
-the same push on any model.
+being steered unless given), so one alpha means the same push on any model. By default the
+mean leaves out massive-activation outlier tokens (``norm="typical"``); ``norm="all"`` is the
+plain mean over every token, which in SmolLM2 is about five times larger from layer 11 on
+(its first token's norm is ~25,000 against ~150), so alpha 0.25 there is about 1.25 here.
 """
 
 from __future__ import annotations
@@ -49,15 +51,23 @@ def block_output(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attention
 
 
 MASSIVE = 10.0  # a token whose norm is this many times the median is a "massive activation"
+NORMS = ("typical", "all")
 
 
 @torch.inference_mode()
-def mean_token_norm(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
-    """Mean L2 norm of block ``layer``'s output over the real tokens of a batch, leaving out
-    massive activations (norm > 10x the median; in SmolLM2 the first token reaches ~25,000
-    against ~150 from layer 11 on, which alone would multiply the mean by five)."""
+def mean_token_norm(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    norm: str = "typical") -> float:
+    """Mean L2 norm of block ``layer``'s output over the real tokens of a batch.
+
+    ``norm="typical"`` leaves out massive activations (norm > 10x the median; in SmolLM2 the
+    first token reaches ~25,000 against ~150 from layer 11 on, which alone would multiply the
+    mean by five); ``norm="all"`` keeps every token."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}")
     x = block_output(lm, layer, input_ids, attention_mask).float()
     norms = x.norm(dim=-1)[attention_mask.bool().to(x.device)]
+    if norm == "all":
+        return float(norms.mean())
     return float(norms[norms <= MASSIVE * norms.median()].mean())
 
 

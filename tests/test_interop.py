@@ -110,3 +110,21 @@ def test_exports_load_back_for_steering_libraries(tmp_path):
     sv = to_steering_vector(tmp_path / "v.safetensors", scale=0.5)
     assert isinstance(sv, sv_mod.SteeringVector) and sorted(sv.layer_activations) == [0, 1, 2]
     np.testing.assert_allclose(sv.layer_activations[1].numpy(), want[1], rtol=1e-6)
+
+
+def test_steering_vectors_applies_the_same_push_as_traitlens(tiny_lms):
+    pytest.importorskip("steering_vectors")
+    from traitlens.pipeline.steer import steering
+
+    lm = tiny_lms["llama"]
+    v = np.random.default_rng(3).standard_normal(lm.d_model).astype(np.float32)
+    v /= np.linalg.norm(v)
+    ids = torch.tensor([lm.tokenizer("the sea is calm tonight")["input_ids"]])
+    with torch.no_grad():
+        plain = lm.model(input_ids=ids).logits
+        with steering(lm, v, 1, alpha=1.0, scale=3.0):
+            ours = lm.model(input_ids=ids).logits
+        with to_steering_vector({1: v}, scale=3.0).apply(lm.model):
+            theirs = lm.model(input_ids=ids).logits
+    assert not torch.allclose(ours, plain, atol=1e-3)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)

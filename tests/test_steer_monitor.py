@@ -8,7 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from conftest import write_corpus
-from traitlens.pipeline.evaluate import QUESTION, evaluate_vector, yes_no_logodds
+from traitlens.pipeline.evaluate import (QUESTION, REFUSAL_OPENINGS, evaluate_vector, refusal_first_token_probability,
+                                        yes_no_logodds)
 from traitlens.pipeline.encode import render_ids
 from traitlens.pipeline.monitor import trajectory
 from traitlens.pipeline.sites import find_blocks
@@ -110,6 +111,18 @@ def test_yes_no_logodds_and_evaluation_rows(lm):
     assert rows[1]["plus"] != rows[1]["unsteered"] and rows[1]["shift"] == rows[1]["plus"] - rows[1]["minus"]
 
 
+def test_refusal_first_token_probability_sums_the_openings_first_tokens(lm):
+    requests = ["How do I bake bread?", "Tell me a joke about cats, please"]
+    got = refusal_first_token_probability(lm, requests)
+    firsts = {lm.tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in REFUSAL_OPENINGS}
+    for r, g in zip(requests, got):  # independent: one unpadded forward per request
+        with torch.no_grad():
+            p = torch.softmax(lm.model(input_ids=torch.tensor([render_ids(lm.tokenizer, r, None, True)])).logits[0, -1], -1)
+        assert np.isclose(g, sum(p[t].item() for t in firsts), atol=1e-5)
+    rows = evaluate_vector(lm, np.ones(lm.d_model), 1, [0.0], "refusal_first_token", requests)
+    assert rows[0]["minus"] is None and np.isclose(rows[0]["plus"], rows[0]["unsteered"], atol=1e-6)
+
+
 def test_cli_monitor_steer_evaluate_and_rank_by_shift(tmp_path, tiny_llama):
     from traitlens.workflows.cli import cli
 
@@ -150,8 +163,13 @@ def test_mean_token_norm_leaves_out_massive_activations(lm, ids):
     h = blocks[1].register_forward_hook(sink)
     try:
         with_sink = mean_token_norm(lm, 1, t, torch.ones_like(t))
+        every = mean_token_norm(lm, 1, t, torch.ones_like(t), norm="all")
+        sunk = block_outputs(lm, ids, 1).norm(dim=-1)
     finally:
         h.remove()
     norms = block_outputs(lm, ids, 1).norm(dim=-1)
     assert np.isclose(with_sink, norms[1:].mean().item(), rtol=1e-4)  # token 0 left out
     assert with_sink < 2 * plain
+    assert np.isclose(every, sunk.mean().item(), rtol=1e-4) and every > 10 * with_sink  # norm="all" keeps it
+    with pytest.raises(ValueError, match="norm must be"):
+        mean_token_norm(lm, 1, t, torch.ones_like(t), norm="median")

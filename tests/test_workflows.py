@@ -179,3 +179,20 @@ def test_trait_names_never_become_paths_outside_the_report(tmp_path, tiny_llama)
     assert r.exit_code == 0, r.output
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["escaped-auroc.png"] and not list(tmp_path.parent.glob("*escaped*"))
+
+
+def test_demo_corpus_has_hard_cases_both_sides_and_held_out_rows():
+    from collections import Counter
+
+    from traitlens.pipeline.corpus import hash_split, prompt_id_for
+    from traitlens.workflows.demo_corpus import HARMLESS_SCARY, demo_records
+
+    rows = demo_records()
+    sides = Counter((r["trait"], r["label"]) for r in rows)
+    assert set(sides) == {(t, l) for t in ("harmful", "sentiment", "formality") for l in ("pos", "neg")}
+    assert min(sides.values()) >= 100 and len({r["text"] for r in rows}) == len(rows)
+    harmless = {r["text"] for r in rows if r["trait"] == "harmful" and r["label"] == "neg"}
+    assert set(HARMLESS_SCARY) <= harmless  # "How do I kill a Python process?" is a harmless request
+    for side in sides:  # every side reaches both the training and a held-out split
+        splits = {hash_split(prompt_id_for(r["text"], None)) for r in rows if (r["trait"], r["label"]) == side}
+        assert {"train", "val"} <= splits

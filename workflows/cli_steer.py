@@ -132,13 +132,15 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
 @click.option("--method", default=None)
 @click.option("--vector-id", default=None)
 @click.option("--positions", type=click.Choice(["all", "generated"]), default="all", show_default=True)
+@click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
+              help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--ablate", is_flag=True, help="Project the direction out instead of adding it.")
 @click.option("--all-layers", is_flag=True, help="With --ablate: at every block, not only the vector's layer.")
 @click.option("--max-new-tokens", default=40, show_default=True)
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
-def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions, ablate, all_layers, max_new_tokens,
-          chat):
+def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions, norm, ablate, all_layers,
+          max_new_tokens, chat):
     """Generate with and without the vector and print both."""
     import torch
 
@@ -156,10 +158,10 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
             steered = generate(lm, ids, max_new_tokens)
         how = f"ablated at {'every layer' if all_layers else 'layer ' + str(vec['layer'])}"
     else:
-        scale = mean_token_norm(lm, vec["layer"], t, torch.ones_like(t))
+        scale = mean_token_norm(lm, vec["layer"], t, torch.ones_like(t), norm)
         with steering(lm, vec["vector"], vec["layer"], alpha, scale, positions):
             steered = generate(lm, ids, max_new_tokens)
-        how = f"alpha {alpha:+g} x mean norm {scale:.1f} at layer {vec['layer']} ({positions} positions)"
+        how = f"alpha {alpha:+g} x mean norm ({norm}) {scale:.1f} at layer {vec['layer']} ({positions} positions)"
     dec = lambda x: lm.tokenizer.decode(x, skip_special_tokens=True)  # noqa: E731
     click.echo(f"vector {vec['vector_id']} ({trait}, {vec['method']}, layer {vec['layer']}); {how}")
     click.echo(f"\n--- unsteered ---\n{dec(plain)}\n\n--- steered ---\n{dec(steered)}")
@@ -168,15 +170,18 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
 @cli.command()
 @click.option("--trait", required=True)
 @click.option("--steering", "do_steering", is_flag=True, required=True, help="Run the causal steering evaluation.")
-@click.option("--kind", type=click.Choice(["persona", "refusal"]), default="persona", show_default=True,
-              help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on harmless requests.")
+@click.option("--kind", type=click.Choice(["persona", "refusal", "refusal_first_token"]), default="persona",
+              show_default=True, help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on "
+              "harmless requests; refusal_first_token: P(first reply token starts a refusal opening).")
 @click.option("--method", default="mean_diff", show_default=True)
 @click.option("--layers", default=None, help="[default: the 5 layers around the method's best layer]")
 @click.option("--alphas", default="0.25,0.5", show_default=True)
 @click.option("--n", "n_texts", default=40, show_default=True, help="Held-out prompts to measure on.")
+@click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
+              help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--model", default=None)
 @click.pass_context
-def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, model):
+def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, norm, model):
     """Sweep layer x strength: how much does steering along the vector move behaviour?"""
     from traitlens.pipeline.evaluate import evaluate_vector, steering_records
     from traitlens.pipeline.layers import parse_layers
@@ -188,7 +193,7 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, mod
     best = _pick_vector(store, trait, lm.key, None, method, None)
     layer_list = (parse_layers(layers, lm.n_layers) if layers else
                   [l for l in range(best["layer"] - 2, best["layer"] + 3) if 0 <= l < lm.n_layers])
-    want = 1 if kind == "persona" else -1  # trait statements, or harmless requests
+    want = 1 if kind == "persona" else -1  # trait statements, or harmless requests (refusal kinds)
     held = [p for p in store.prompts().to_pylist() if p["trait"] == trait and p["label"] == want
             and p["split"] == best["held_split"]]
     if not held:
@@ -198,7 +203,7 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, mod
     click.echo(f"{'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7}   ({kind}, n={len(texts)})")
     for l in layer_list:
         vec = _pick_vector(store, trait, lm.key, l, method, None)
-        rows = evaluate_vector(lm, vec["vector"], l, [float(a) for a in alphas.split(",")], kind, texts)
+        rows = evaluate_vector(lm, vec["vector"], l, [float(a) for a in alphas.split(",")], kind, texts, norm)
         for r in rows:
             minus = f"{r['minus']:8.3f}" if r["minus"] is not None else f"{'-':>8}"
             click.echo(f"{l:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} {minus} {r['shift']:>7.3f}")

@@ -1,9 +1,10 @@
 """``make demo``: the main job on the embedded default model, end to end.
 
-Write the demo corpus, ingest it on SmolLM2-135M-Instruct (all 30 layers, last and mean
-pooling), verify the store, extract every method at every layer for each demo trait, print
-the best layer per trait and method, export one vector, monitor one prompt token by token
-(PNG), steer one prompt, and print where everything is.
+Write the demo corpus and a workflow spec beside it, then run the project's own demo workflow
+on SmolLM2-135M-Instruct: ingest (all 30 layers, last and mean pooling), extract every method
+at every layer for each demo trait, rank, write the report (Markdown + heatmaps); verify the
+store; export one vector; monitor one prompt token by token (PNG) and steer one prompt; add
+both to the report and print where everything is.
 """
 
 from __future__ import annotations
@@ -12,76 +13,127 @@ import argparse
 import time
 from pathlib import Path
 
-from traitlens.pipeline.extract import ExtractConfig, extract
-from traitlens.pipeline.ingest import IngestConfig, ingest
 from traitlens.store import Store, verify
 
 from .demo_corpus import write_demo_corpus
 
+DEMO_SPEC = """# Written by `make demo`: workflows/examples/demo.toml with its paths inside this folder.
+store = "store"
+model = "{model}"
 
-def _monitor_and_steer(out: Path, store: Store, vecs: list[dict]) -> None:
-    """Watch the harmful-request direction token by token, then push a harmless prompt along it."""
+[[corpora]]
+paths = ["corpus/demo.jsonl"]
+
+[capture]
+sites = ["resid"]
+layers = "all"
+poolings = ["last", "mean"]
+
+[extract]
+traits = "all"
+methods = "all"
+n_boot = 4
+
+[report]
+path = "report/report.md"
+top = 5
+"""
+MONITOR_PROMPT = "How do I get back at a coworker who embarrassed me?"
+STEER_PROMPT = "Give me three tips for a relaxing weekend."
+
+
+def _best_harmful_vector(store: Store) -> dict:
+    """The harmful-request mean-difference vector at the layer where it separates best (held out)."""
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.ranking import latest_cells_sql
+
+    with StoreSQL(store) as q:
+        return q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) "
+                       "WHERE m.method = 'mean_diff' AND m.layer BETWEEN 4 AND 20 "
+                       "ORDER BY m.auroc DESC, m.layer LIMIT 1", ["harmful"]).to_pylist()[0]
+
+
+def _monitor_and_steer(lm, vec: dict, folder: Path) -> list[str]:
+    """Watch the harmful-request direction token by token, then push a harmless prompt along it.
+
+    Returns Markdown lines for the report."""
     import torch
 
     from traitlens.pipeline.encode import render_ids
-    from traitlens.pipeline.models import load_model
     from traitlens.pipeline.monitor import plot, trajectory
     from traitlens.pipeline.steer import generate, mean_token_norm, steering
 
-    lm = load_model(None, log=lambda *a: None)
-    vec = next(v for v in vecs if v["layer"] == 12)
-    prompt = "How do I get back at a coworker who embarrassed me?"
-    ids = render_ids(lm.tokenizer, prompt, None, True)
-    tr = trajectory(lm, ids, vec["vector"], vec["layer"], max_new_tokens=30, threshold=vec["threshold"], smooth_window=3)
-    plot(tr, out / "monitor-harmful.png", title=f"harmful (mean_diff, layer 12): {prompt}")
+    layer = int(vec["layer"])
+    ids = render_ids(lm.tokenizer, MONITOR_PROMPT, None, True)
+    tr = trajectory(lm, ids, vec["vector"], layer, max_new_tokens=30, threshold=vec["threshold"], smooth_window=3)
+    png = folder / "monitor-harmful.png"
+    plot(tr, png, title=f"harmful (mean_diff, layer {layer}): {MONITOR_PROMPT}")
     where = f"token {tr.commitment} ({tr.tokens[tr.commitment]!r})" if tr.commitment is not None else "none"
-    print(f"\nmonitor: {prompt!r} -> {tr.response!r}\n  commitment: {where}; plot: {out / 'monitor-harmful.png'}")
-    harmless = "Give me three tips for a relaxing weekend."
-    ids = render_ids(lm.tokenizer, harmless, None, True)
+    print(f"\nmonitor: {MONITOR_PROMPT!r} -> {tr.response!r}\n  commitment: {where}; plot: {png}")
+    ids = render_ids(lm.tokenizer, STEER_PROMPT, None, True)
     t = torch.tensor([ids])
-    scale = mean_token_norm(lm, 12, t, torch.ones_like(t))
+    scale = mean_token_norm(lm, layer, t, torch.ones_like(t))
     plain = lm.tokenizer.decode(generate(lm, ids, 30), skip_special_tokens=True)
-    with steering(lm, vec["vector"], 12, 0.1, scale):
+    alpha = 0.1
+    with steering(lm, vec["vector"], layer, alpha, scale):
         pushed = lm.tokenizer.decode(generate(lm, ids, 30), skip_special_tokens=True)
-    print(f"steer: {harmless!r} at layer 12, alpha +0.1 x mean norm {scale:.1f}\n  unsteered: {plain!r}\n"
-          f"  steered:   {pushed!r}")
+    print(f"steer: {STEER_PROMPT!r} at layer {layer}, alpha +{alpha} x mean norm {scale:.1f}\n"
+          f"  unsteered: {plain!r}\n  steered:   {pushed!r}")
+    return ["## Monitor and steer (harmful, mean_diff, layer %d)" % layer, "",
+            f"Prompt: *{MONITOR_PROMPT}* → {tr.response!r}; commitment point: {where}.", "",
+            f"![projection per token]({png.name})", "",
+            f"Steering *{STEER_PROMPT}* with +{alpha} × the layer's mean token norm ({scale:.1f}):", "",
+            f"- unsteered: {plain!r}", f"- steered: {pushed!r}", ""]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="demo-out", help="folder for the corpus and the store")
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--out", default="demo-out", help="folder for the corpus, spec, store and report")
+    ap.add_argument("--model", default="default")
     args = ap.parse_args(argv)
+    from traitlens.pipeline.export import latest_per_layer, to_safetensors
+    from traitlens.pipeline.models import load_model
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.ranking import rank
+    from traitlens.workflows.runner import run
+    from traitlens.workflows.spec import load_spec
+
     out = Path(args.out)
     t0 = time.perf_counter()
     corpus = write_demo_corpus(out / "corpus")
-    print(f"demo corpus: {corpus}")
-    res = ingest(out / "store", [corpus], cfg=IngestConfig(model=args.model), log=print)
-    print(f"ingest: {res.n_captured} prompts captured, {res.n_skipped} already stored "
-          f"({res.prompts_per_s:.1f} prompts/s, {res.tokens} tokens)")
-    store = Store.open(out / "store")
+    spec_path = out / "demo.toml"
+    spec_path.write_text(DEMO_SPEC.format(model=args.model))
+    print(f"demo corpus: {corpus} (3 traits x 120 prompts per side)\nworkflow spec: {spec_path}")
+    spec = load_spec(spec_path)
+    lm = load_model(None if args.model == "default" else args.model)
+    summary = run(spec, lm=lm)
+    for line in summary.lines():
+        print(f"  {line}")
+    store = Store.open(spec.store)
     rep = verify(store)
     print(f"verify: {'clean' if rep.clean else 'NOT clean: ' + '; '.join(rep.errors + rep.tails)}")
-    for g in store.groups():
-        print(f"  {g.path}: {store.committed(g).n_prompts} prompts x {len(store.layers(g))} layers")
-    print("\nbest layer (held-out AUROC) per trait and method:")
-    for trait in ("harmful", "sentiment", "formality"):
-        res = extract(out / "store", trait, cfg=ExtractConfig(n_boot=4))
-        best: dict[str, dict] = {}
-        for r in res.records:
-            if r["method"] not in best or r["auroc"] > best[r["method"]]["auroc"]:
-                best[r["method"]] = r
-        cells = "  ".join(f"{m} L{r['layer']} ({r['auroc']:.2f})" for m, r in best.items())
-        print(f"  {trait:<10} {cells}")
-    from traitlens.pipeline.export import latest_per_layer, to_safetensors
 
-    vecs = [r for r in store.table("vectors").to_pylist() if r["trait"] == "harmful" and r["method"] == "mean_diff"]
-    to_safetensors(latest_per_layer(vecs), out / "harmful-mean_diff.safetensors")
-    print(f"exported: {out / 'harmful-mean_diff.safetensors'} (one direction per layer)")
-    _monitor_and_steer(out, store, vecs)
-    print(f"\nstore: {(out / 'store').resolve()}  ({time.perf_counter() - t0:.0f} s)")
-    print(f"try:   .venv/bin/traitlens --store {out / 'store'} info")
-    print(f"       .venv/bin/traitlens --store {out / 'store'} vectors --trait harmful --method probe")
+    print("\nbest vectors per trait (held-out AUROC; `traitlens rank --trait T`):")
+    with StoreSQL(store) as q:
+        for trait in ("harmful", "sentiment", "formality"):
+            best, floor = rank(q, trait, "auroc", 3)
+            cells = "  ".join(f"{r['method']} L{r['layer']} ({r['auroc']:.3f})" for r in best.to_pylist())
+            f = floor.to_pylist()
+            print(f"  {trait:<10} {cells}" + (f"   random floor {f[0]['auroc']:.3f}" if f else ""))
+
+    vecs = [r for r in store.table("vectors").to_pylist() if r["trait"] == "harmful" and r["method"] == "mean_diff"
+            and r["pooling"] == "last"]
+    exported = to_safetensors(latest_per_layer(vecs), out / "harmful-mean_diff.safetensors")
+    print(f"exported: {exported} (one direction per layer; `traitlens export --format gguf` for llama.cpp/repeng)")
+
+    report = Path(summary.report) if summary.report else out / "report" / "report.md"
+    extra = _monitor_and_steer(lm, _best_harmful_vector(store), report.parent)
+    report.write_text(report.read_text() + "\n" + "\n".join(extra))
+    print(f"\nreport: {report.resolve()}")
+    print(f"store:  {Path(spec.store).resolve()}  ({time.perf_counter() - t0:.0f} s in all)")
+    print(f"try:    .venv/bin/traitlens --store {spec.store} rank --trait harmful")
+    print(f"        .venv/bin/traitlens --store {spec.store} sql")
+    print(f"        .venv/bin/traitlens refresh {spec_path}   # nothing to do: the store is current")
     if not rep.clean:
         raise SystemExit(1)
 

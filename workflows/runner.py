@@ -144,8 +144,8 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
         texts = [p["text"] for p in store.prompts().to_pylist() if p["trait"] == trait and p["label"] == want
                  and p["split"] == vec["held_split"] and p["text"]][:n]
         if texts:
-            rows += steering_records(vec, evaluate_vector(lm, vec["vector"], vec["layer"], alphas, kind, texts),
-                                     summary.run_id)
+            measured = evaluate_vector(lm, vec["vector"], vec["layer"], alphas, kind, texts, ev.get("norm", "typical"))
+            rows += steering_records(vec, measured, summary.run_id)
     if rows:
         tables.write_part(store.tables_path / "steering", tables.rows_to_table(rows, tables.STEERING_SCHEMA),
                           tables.STEERING_SCHEMA)

@@ -46,7 +46,7 @@ SCHEMA: dict[str, dict] = {
                 "dtype": str},
     "extract": {"traits": (str, list), "methods": (str, list), "layers": (str, int, list), "n_boot": int,
                 "seed": int, "memory": (str, int), "site": str, "pooling": str, "params": dict},
-    "evaluate": {"steering": bool, "kind": str, "alphas": list, "n": int},
+    "evaluate": {"steering": bool, "kind": str, "alphas": list, "n": int, "norm": str},
     "report": {"path": str, "top": int, "plots": bool},
 }
 
@@ -151,8 +151,10 @@ def load_spec(path: str | Path) -> Spec:
     for key, allowed in (("on_long", ("truncate", "fail")), ("padding_side", ("left", "right"))):
         if data.get("capture", {}).get(key) not in (None, *allowed):
             raise SpecError(f"{path}: capture.{key} must be one of {allowed}")
-    if data.get("evaluate", {}).get("kind") not in (None, "persona", "refusal"):
-        raise SpecError(f"{path}: evaluate.kind must be persona or refusal")
+    if data.get("evaluate", {}).get("kind") not in (None, "persona", "refusal", "refusal_first_token"):
+        raise SpecError(f"{path}: evaluate.kind must be persona, refusal or refusal_first_token")
+    if data.get("evaluate", {}).get("norm") not in (None, "typical", "all"):
+        raise SpecError(f"{path}: evaluate.norm must be typical or all (alpha's unit; see `traitlens steer --help`)")
     store = store_path(data["store"])  # a folder (relative to the spec) or an fsspec URL
     if not is_remote(store) and not store.is_absolute():
         store = base / store
