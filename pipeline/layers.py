@@ -40,3 +40,16 @@ def parse_layers(spec: str | int | list, n_layers: int) -> list[int]:
     if not out:
         raise SiteError(f"--layers {spec!r} selects no layer")
     return sorted(out)
+
+
+def format_layers(layers: list[int]) -> str:
+    """The inverse of :func:`parse_layers` for display: ``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8``."""
+    out, run = [], []
+    for l in sorted(set(layers)):
+        if run and l != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(l)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)

@@ -92,6 +92,11 @@ def test_parse_layers():
     for bad in ("7", "a", "2-9"):
         with pytest.raises(SiteError):
             parse_layers(bad, 4)
+    from traitlens.pipeline.layers import format_layers
+
+    for layers in ([0, 1, 2, 5, 7, 8], [3], list(range(30)), [0, 2, 4]):  # display form parses back
+        assert parse_layers(format_layers(layers), 30) == layers
+    assert format_layers([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
 
 
 def test_forward_stops_after_deepest_layer_and_skips_lm_head(tiny_lms):

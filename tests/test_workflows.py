@@ -100,7 +100,7 @@ def test_run_then_refresh_is_a_no_op_then_growth_recomputes_only_the_affected_tr
     r = run_cli("refresh", spec, "--quiet")
     assert r.exit_code == 0, r.output
     assert "captured 12 new prompts (240 already stored)" in r.output
-    assert "kindness: recomputed layers [0, 1, 2]" in r.output and "politeness: recomputed" not in r.output
+    assert "kindness: recomputed layers 0-2" in r.output and "politeness: recomputed" not in r.output
     vec = Store.open(tmp_path / "store").table("vectors").to_pylist()
     assert len(vec) == n_vectors + 9  # only kindness vectors are new; politeness ones are still current
     assert sum(v["trait"] == "politeness" for v in vec) == 9

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from traitlens.pipeline.corpus import ReadOptions
 from traitlens.pipeline.extract import ExtractConfig, extract, parse_size
+from traitlens.pipeline.layers import format_layers
 from traitlens.pipeline.ingest import IngestConfig, ingest
 from traitlens.store import Store
 from traitlens.store.store import code_version, new_run_id, now_utc
@@ -43,7 +44,7 @@ class RunSummary:
     def lines(self) -> list[str]:
         out = [f"captured {self.captured} new prompts ({self.already_stored} already stored)",
                f"vectors: {self.vectors_new} new, {self.vectors_unchanged} unchanged"]
-        out += [f"  {t}: recomputed layers {ls}" for t, ls in self.computed.items() if ls]
+        out += [f"  {t}: recomputed layers {format_layers(ls)}" for t, ls in self.computed.items() if ls]
         out.append(f"report: {self.report}" if self.report else "report: unchanged (nothing new)")
         return out
 
