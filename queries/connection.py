@@ -115,9 +115,11 @@ class StoreSQL:
                              f"FROM vectors_all WHERE d = {int(d)}")
         self._table_view("steering")
         self._table_view("trajectories")
-        # the best causal shift measured for each vector (NULL until `traitlens evaluate --steering`)
+        # the best causal shift measured for each vector (NULL until `traitlens evaluate --steering`);
+        # the loose first-token refusal measure never outranks the strict ones
         self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift FROM vectors_all v "
-                         "LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift FROM steering GROUP BY vector_id) s "
+                         "LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift FROM steering "
+                         "WHERE kind <> 'refusal_first_token' GROUP BY vector_id) s "
                          "USING (vector_id)")
         rows = [(i, *g.as_dict().values()) for i, g in enumerate(self.groups)]
         self.con.register("__groups", pa.table({"n": [r[0] for r in rows], "model_key": [r[1] for r in rows],

@@ -159,3 +159,19 @@ def test_interactive_sql_prompt(store_with_vectors, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "300" in r.output and "refused" in r.output and "(1 rows)" in r.output
     assert (tmp_path / "sql_history").exists()
+
+
+def test_steer_shift_is_the_best_strict_shift(tmp_path):
+    from traitlens.store import tables
+
+    store, _ = synthetic_store(tmp_path / "s", n=120, d=8, layers=(0,), sep=4.0)
+    extract(store.root, "planted", ["mean_diff"], cfg=ExtractConfig(n_boot=0))
+    vid = store.table("vectors")["vector_id"][0].as_py()
+    rows = [{"vector_id": vid, "trait": "planted", "method": "mean_diff", "layer": 0, "alpha": a, "kind": k,
+             "n": 4, "shift": shift} for a, k, shift in ((0.25, "refusal", 0.01), (0.5, "refusal", 0.03),
+                                                          (0.5, "refusal_first_token", 0.15))]
+    tables.write_part(store.tables_path / "steering", tables.rows_to_table(rows, tables.STEERING_SCHEMA),
+                      tables.STEERING_SCHEMA)
+    with StoreSQL(store) as q:
+        got = q.query("SELECT steer_shift FROM metrics WHERE vector_id = ?", [vid]).to_pylist()
+    assert got == [{"steer_shift": pytest.approx(0.03)}]  # the loose first-token measure does not count
