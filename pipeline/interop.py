@@ -86,6 +86,8 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
     key = _model_key(cache, model_key)
     by_site = {s: cache_layers(cache, s) for s in sites}
     layers = sorted(set.intersection(*(set(v) for v in by_site.values())))
+    if not layers:
+        raise ValueError(f"the cache's sites {list(sites)} share no layer: {({s: list(v) for s, v in by_site.items()})}")
     first = cache[by_site[sites[0]][layers[0]]]
     if first.ndim == 2:
         if len(records) != 1:
@@ -103,6 +105,20 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
     if not bool(mask.any(dim=1).all()):
         raise CorpusError("<prompts>", int((~mask.any(dim=1)).nonzero()[0]) + 1, None, "has no real token in attention_mask")
 
+    # pool everything before the store is opened: a malformed cache costs nothing stored
+    pooled_all = {}
+    for s in sites:
+        for p in poolings:
+            fn = pool_last if p == "last" else pool_mean
+            pooled_all[(s, p)] = {}
+            for layer in layers:
+                h = torch.as_tensor(cache[by_site[s][layer]]).detach().cpu()
+                h = h.unsqueeze(0) if unbatch else h
+                if tuple(h.shape) != (B, T, d):
+                    raise ValueError(f"cache[{by_site[s][layer]!r}] is {tuple(h.shape)}; expected [{B}, {T}, {d}]")
+                pooled_all[(s, p)][layer] = fn(h, mask).numpy()
+    counts_all = mask.sum(dim=1).numpy().astype(np.int32)
+
     store = Store.open(store_path, create=True)
     groups = [GroupKey(key, fmt, s, p) for s in sites for p in poolings]
     run_id = new_run_id("ingest-cache")
@@ -116,27 +132,24 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
                 seen.add(r.prompt_id)
                 keep.append(i)
         if keep:
-            rows = torch.tensor(keep)
-            pooled = {}
-            for s in sites:
-                for p in poolings:
-                    fn = pool_last if p == "last" else pool_mean
-                    pooled[(s, p)] = {}
-                    for layer in layers:
-                        h = cache[by_site[s][layer]].detach().cpu()
-                        h = h.unsqueeze(0) if unbatch else h
-                        pooled[(s, p)][layer] = fn(h[rows], mask[rows]).numpy()
-            counts = mask[rows].sum(dim=1).numpy().astype(np.int32)
-            store.record_run({"run_id": run_id, "stage": "ingest-cache", "status": "running", "started_at": now_utc(),
-                              "code_version": code_version(),
-                              "config": json.dumps({"model_key": key, "sites": list(sites), "layers": layers,
-                                                    "poolings": list(poolings), "fmt": fmt})})
-            writer.add(PendingBatch(prompt_ids=[records[i].prompt_id for i in keep], token_counts=counts,
-                                    truncated=np.zeros(len(keep), np.int32), responses=[None] * len(keep),
-                                    pooled=pooled))
-            writer.commit()
-            store.record_run({"run_id": run_id, "stage": "ingest-cache", "status": "done", "ended_at": now_utc(),
-                              "counts": json.dumps({"captured": len(keep)})})
+            run = {"run_id": run_id, "stage": "ingest-cache", "status": "running", "started_at": now_utc(),
+                   "code_version": code_version(),
+                   "config": json.dumps({"model_key": key, "sites": list(sites), "layers": layers,
+                                         "poolings": list(poolings), "fmt": fmt})}
+            store.record_run(run)
+            status, message = "done", ""
+            try:
+                writer.add(PendingBatch(prompt_ids=[records[i].prompt_id for i in keep], token_counts=counts_all[keep],
+                                        truncated=np.zeros(len(keep), np.int32), responses=[None] * len(keep),
+                                        pooled={g: {l: v[keep] for l, v in by_l.items()}
+                                                for g, by_l in pooled_all.items()}))
+                writer.commit()
+            except BaseException as e:
+                status, message = "failed", f"{type(e).__name__}: {e}"
+                raise
+            finally:
+                store.record_run({**run, "status": status, "ended_at": now_utc(), "message": message,
+                                  "counts": json.dumps({"captured": writer.n_committed})})
     return {"run_id": run_id, "model_key": key, "fmt": fmt, "layers": layers, "n_new_prompts": n_new,
             "n_captured": len(keep), "n_skipped": len(records) - len(keep)}
 

@@ -53,11 +53,6 @@ def is_remote(path) -> bool:
     return not isinstance(path, Path)
 
 
-def url_of(path) -> str:
-    """The path as a user would type it (``s3://bucket/store`` or ``/data/store``)."""
-    return str(path)
-
-
 def write_bytes_whole(path, data: bytes) -> None:
     """Upload ``data`` as one object: visible whole or not at all on object stores."""
     path.fs.pipe_file(path.path, data)

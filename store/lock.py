@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -134,6 +135,12 @@ def _lease(root, path, what: str, settle: float = 0.5):
     def heartbeat() -> None:
         while not stop.wait(ttl / 3):
             try:
+                now = _read_lease(path) or {}
+                if now.get("token") not in (None, token):  # renewals missed so long that another run took over
+                    warnings.warn(f"store {root}: the writer lease was taken over by pid {now.get('pid', '?')} on "
+                                  f"{now.get('host', '?')} after {ttl:.0f} s without renewal; not renewing it",
+                                  RuntimeWarning, stacklevel=1)
+                    return
                 write()
             except Exception:  # a missed renewal is retried; the lease lasts three periods
                 pass

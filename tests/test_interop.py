@@ -86,6 +86,10 @@ def test_cache_errors_name_the_fix(tmp_path, tiny_lms):
                                 sites=("mlp_out",))
     with pytest.raises(ValueError, match="attention_mask is"):
         ingest_activation_cache(tmp_path / "s", cache, TEXTS[:3], attention_mask=mask[:, :2], model_key="m")
+    broken = dict(cache)
+    broken["blocks.1.hook_resid_post"] = broken["blocks.1.hook_resid_post"][:, :-1]
+    with pytest.raises(ValueError, match=r"blocks.1.hook_resid_post.*expected"):
+        ingest_activation_cache(tmp_path / "s", broken, TEXTS[:3], attention_mask=mask, model_key="m")
     assert not (tmp_path / "s").exists()  # every check runs before the store is touched
 
 

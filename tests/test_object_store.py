@@ -112,6 +112,14 @@ def test_lease_lock_blocks_expires_renews_and_releases(url, monkeypatch):
         with s.lock("nested"):  # re-entrant within the process
             pass
     assert not lease.exists()  # released
+    # a run whose renewals stalled past expiry finds another run's lease: it neither overwrites
+    # nor deletes it
+    with pytest.warns(RuntimeWarning, match="taken over by pid 7"):
+        with s.lock("test"):
+            lease.write_text(json.dumps({"token": "next", "pid": 7, "host": "h", "expires": time.time() + 60}))
+            time.sleep(0.5)
+            assert json.loads(lease.read_text())["token"] == "next"
+    assert json.loads(lease.read_text())["token"] == "next"
 
 
 def test_cli_reads_and_writes_url_stores(tmp_path, tiny_gpt2, url):
