@@ -28,7 +28,7 @@ import torch
 
 from traitlens.pipeline.capture import pad_batch
 from traitlens.pipeline.encode import render_ids
-from traitlens.pipeline.evaluate import REFUSAL_OPENINGS, next_token_logprobs, refusal_probability
+from traitlens.pipeline.evaluate import refusal_first_token_probability, refusal_probability
 from traitlens.pipeline.models import load_model
 from traitlens.pipeline.steer import mean_token_norm, steering
 from traitlens.store import Store
@@ -69,12 +69,6 @@ def greedy(lm, seqs: list[list[int]], n_tokens: int, batch: int = 20) -> list[st
     return out
 
 
-def first_token_p(lm, seqs) -> np.ndarray:
-    firsts = sorted({lm.tokenizer(o, add_special_tokens=False)["input_ids"][0] for o in REFUSAL_OPENINGS})
-    lp = next_token_logprobs(lm, seqs)
-    return torch.exp(lp[:, firsts]).sum(-1).numpy()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True)
@@ -104,7 +98,7 @@ def main() -> None:
     def measure(texts, seqs, tf=True):
         gen = greedy(lm, seqs, args.tokens)
         return {"P(open)": float(np.mean(refusal_probability(lm, texts))) if tf else float("nan"),
-                "P(tok1)": float(np.mean(first_token_p(lm, seqs))) if tf else float("nan"),
+                "P(tok1)": float(np.mean(refusal_first_token_probability(lm, texts))) if tf else float("nan"),
                 "gen": float(np.mean([is_refusal(g) for g in gen])),
                 "ok": float(np.mean([looks_ok(g, vocab) for g in gen])), "example": gen[0]}
 
@@ -114,7 +108,7 @@ def main() -> None:
         print(f"{name:<22} P(open) {m['P(open)']:.3f}  P(tok1) {m['P(tok1)']:.3f}  gen {m['gen']:.3f}  ok {m['ok']:.2f}"
               f"  e.g. {m['example'][:70]!r}")
     ids, mask = pad_batch(s_harmless, lm.tokenizer.pad_token_id or 0, "left", lm.device)
-    print(f"\n| layer | alpha | positions | scale | P(open) | P(tok1) | gen refusal | gen ok | example |")
+    print("\n| layer | alpha | positions | scale | P(open) | P(tok1) | gen refusal | gen ok | example |")
     print("|---|---|---|---|---|---|---|---|---|")
     for layer in [int(x) for x in args.layers.split(",")]:
         if layer not in vecs:

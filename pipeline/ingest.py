@@ -71,6 +71,17 @@ class IngestResult:
         return self.n_captured / self.seconds if self.seconds else 0.0
 
 
+def still_to_capture(records: list[PromptRecord], done: set[str]) -> list[int]:
+    """Indices of the records to capture: the first record of each prompt not yet stored
+    (one capture per distinct prompt, whatever traits share it)."""
+    keep, seen = [], set()
+    for i, r in enumerate(records):
+        if r.prompt_id not in done and r.prompt_id not in seen:
+            seen.add(r.prompt_id)
+            keep.append(i)
+    return keep
+
+
 def _check_group_config(store: Store, groups: list[GroupKey], settings: dict) -> None:
     """A group captured with one generation/length policy must not be extended with another."""
     root = store.zarr_root(mode="a")
@@ -116,13 +127,7 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
         n_new_prompts = store.add_prompts([r.as_row() for r in records])
         _check_group_config(store, groups, settings)
         writer = store.writer(groups, all_layers, lm.d_model, run_id := new_run_id("ingest"), cfg.chunk_rows)
-        done = writer.done_prompt_ids()
-        todo: list[PromptRecord] = []
-        seen: set[str] = set()
-        for r in records:  # one capture per distinct prompt, whatever traits share it
-            if r.prompt_id not in done and r.prompt_id not in seen:
-                seen.add(r.prompt_id)
-                todo.append(r)
+        todo: list[PromptRecord] = [records[i] for i in still_to_capture(records, writer.done_prompt_ids())]
         n_distinct = len({r.prompt_id for r in records})
         run = {"run_id": run_id, "stage": "ingest", "status": "running", "started_at": now_utc(),
                "code_version": code_version(), "config": json.dumps(settings, default=str)}

@@ -26,6 +26,7 @@ from traitlens.store import GroupKey, PendingBatch, Store, safe_name
 from traitlens.store.store import code_version, new_run_id, now_utc
 
 from .corpus import CorpusError, ReadOptions, record_from_object
+from .ingest import still_to_capture
 from .pooling import pool_last, pool_mean
 
 # hook names per site: HookedTransformer's, then TransformerBridge's own names
@@ -125,12 +126,7 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
     with store.lock("ingest from an ActivationCache"):
         n_new = store.add_prompts([r.as_row() for r in records])
         writer = store.writer(groups, layers, d, run_id, chunk_rows)
-        done = writer.done_prompt_ids()
-        keep, seen = [], set()
-        for i, r in enumerate(records):
-            if r.prompt_id not in done and r.prompt_id not in seen:
-                seen.add(r.prompt_id)
-                keep.append(i)
+        keep = still_to_capture(records, writer.done_prompt_ids())
         if keep:
             run = {"run_id": run_id, "stage": "ingest-cache", "status": "running", "started_at": now_utc(),
                    "code_version": code_version(),

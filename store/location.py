@@ -19,25 +19,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-StorePath = Union[Path, "UPath"]  # noqa: F821 (upath is imported lazily)
+from upath import UPath
+
+StorePath = Union[Path, UPath]
 
 
 def store_path(root) -> StorePath:
     """A store root as a ``Path`` (local) or ``UPath`` (any other fsspec URL)."""
-    if isinstance(root, Path):
-        return root
-    try:
-        from upath import UPath
-    except ImportError:  # pragma: no cover - upath is a dependency; only a broken install lands here
-        UPath = None
-    if UPath is not None and isinstance(root, UPath):
+    if isinstance(root, (Path, UPath)):
         return root
     text = str(root)
     if text.startswith("file://"):
         return Path(text[len("file://"):]).expanduser()
     if "://" in text or "::" in text:
-        if UPath is None:
-            raise RuntimeError(f"{text} is a URL but universal-pathlib is not installed: pip install universal-pathlib")
         try:
             p = UPath(text)
             p.fs  # resolve the filesystem now: an unknown protocol is an error here, not mid-run

@@ -117,7 +117,7 @@ STEERING_SCHEMA = pa.schema(
         ("method", pa.string()),
         ("layer", pa.int32()),
         ("alpha", pa.float64()),  # in units of the layer's mean token norm (scale)
-        ("kind", pa.string()),  # persona: Yes-No log-odds; refusal: P(refusal opening)
+        ("kind", pa.string()),  # persona: Yes-No log-odds; refusal: P(refusal opening); refusal_first_token
         ("n", pa.int32()),
         ("scale", pa.float64()),
         ("unsteered", pa.float64()),
