@@ -16,6 +16,7 @@ otherwise they are streamed chunk by chunk —
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from contextlib import nullcontext
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from traitlens.store import GroupKey, Store
-from traitlens.store.layout import StoreError, layer_name
+from traitlens.store.arrays import read_rows_checked
+from traitlens.store.layout import StoreError
 
 from .contrastive import ContrastiveSet
 from .methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
@@ -45,6 +47,50 @@ class ExtractConfig:
     seed: int = 0
     memory_budget: int = 1 << 30  # bytes, whole run
     chunk_rows: int | None = None  # streaming read size; default: 16 zarr chunks
+
+    def validate(self) -> "ExtractConfig":
+        """Refuse settings that cannot run (raises ExtractionError naming the option)."""
+        for name, lo in (("n_boot", 0), ("seed", 0), ("memory_budget", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                opt = {"memory_budget": "--memory", "n_boot": "--n-boot", "seed": "--seed"}[name]
+                raise ExtractionError(f"{opt} {v!r}: must be an integer of at least {lo}")
+        if self.chunk_rows is not None and (not isinstance(self.chunk_rows, int) or self.chunk_rows < 1):
+            raise ExtractionError(f"chunk_rows {self.chunk_rows!r}: must be a positive integer")
+        self.methods = parse_methods(self.methods)
+        check_params(self.params)
+        return self
+
+
+def method_params(cfg: ExtractConfig, name: str) -> dict:
+    """Constructor params of one method: the configured ones, with ``seed`` defaulting to the
+    run's ``--seed`` for methods that take one (random, gradient, ICA), so that the seed asked
+    for is the seed used — and hashed into the vector's identity."""
+    params = dict(cfg.params.get(name, {}))
+    if "seed" not in params and "seed" in inspect.signature(METHODS[name].__init__).parameters:
+        params["seed"] = cfg.seed
+    return params
+
+
+def check_params(params: dict) -> None:
+    """Refuse method params the estimators do not take (before anything runs or is written)."""
+    if not isinstance(params, dict):
+        raise ExtractionError(f"extract params must be a table of method -> {{param = value}}, got {params!r:.80}")
+    for name, p in params.items():
+        if name not in METHODS:
+            raise ExtractionError(f"extract params: unknown method {name!r}; methods: {', '.join(METHODS)}")
+        if not isinstance(p, dict):
+            raise ExtractionError(f"extract params.{name} must be a table of parameter = value, got "
+                                  f"{type(p).__name__} {p!r:.80}")
+        accepted = [a for a in inspect.signature(METHODS[name].__init__).parameters if a != "self"]
+        bad = [k for k in p if k not in accepted]
+        if bad:
+            raise ExtractionError(f"extract params.{name}: unknown parameter(s) {bad}; {name} takes "
+                                  f"{', '.join(accepted) or 'none'}")
+        try:
+            make_method(name, **p)
+        except (TypeError, ValueError) as e:
+            raise ExtractionError(f"extract params.{name}: {e}") from None
 
 
 def parse_size(text: str | int) -> int:
@@ -68,20 +114,17 @@ def parse_methods(spec: str | list[str]) -> list[str]:
 
 
 # -- reading rows ------------------------------------------------------------------------------
-def _layer_array(store_root: str, key: GroupKey, layer: int):
-    store = Store(store_root)
-    grp = store.zarr_root()
-    try:
-        return grp[key.path][layer_name(layer)]
-    except KeyError:
-        raise ExtractionError(f"layer {layer} is not stored for {key.path}; stored: {store.layers(key)}") from None
+def _layer_array(store_root: str, cset: ContrastiveSet, layer: int):
+    """The layer's array, checked to hold every row the set reads (no missing chunk)."""
+    rows = np.concatenate([cset.train_rows, cset.held_rows])
+    return Store(store_root).layer_array(cset.key, layer, int(rows.max()) + 1 if len(rows) else 0)
 
 
 def read_rows(arr, rows: np.ndarray) -> np.ndarray:
     """Rows (ascending int64) of a layer array as float64 ``[len(rows), d]``."""
     if len(rows) == 0:
         return np.zeros((0, arr.shape[1]))
-    return np.asarray(arr.oindex[rows, :], dtype=np.float64)
+    return read_rows_checked(arr, rows).astype(np.float64, copy=False)
 
 
 def iter_blocks(arr, rows: np.ndarray, mask: np.ndarray, block_rows: int):
@@ -96,7 +139,7 @@ def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None
     """Fit every method in memory (X, pos) or from streaming inputs; returns {name: estimator}."""
     out = {}
     for name in methods:
-        est = make_method(name, **cfg.params.get(name, {}))
+        est = make_method(name, **method_params(cfg, name))
         if X is not None:
             est.fit(X, np.where(pos, 1, -1))
         elif isinstance(est, ICADirection):
@@ -105,7 +148,7 @@ def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None
         elif isinstance(est, LogisticProbe):
             start = None
             if sample is not None and est.penalty == "l2":  # warm start from a subsample that fits
-                start = make_method(name, **cfg.params.get(name, {})).fit(sample[0], np.where(sample[1], 1, -1))
+                start = make_method(name, **method_params(cfg, name)).fit(sample[0], np.where(sample[1], 1, -1))
             est.fit_streaming(chunks, stats, init=start)
         else:
             est.fit_stats(stats)
@@ -128,7 +171,7 @@ def _stability(methods, cfg, X, pos, fitted, rng) -> dict[str, float]:
         Xb, pb = X[idx], pos[idx]
         stats = ClassStats.empty(X.shape[1]).update(Xb, pb)
         for name in methods:
-            params = dict(cfg.params.get(name, {}))
+            params = method_params(cfg, name)
             if name == "random":  # a fresh random direction per resample: stability's floor (~0)
                 params["seed"] = params.get("seed", 0) + b + 1
             est = make_method(name, **params)
@@ -149,7 +192,7 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
     """
     from threadpoolctl import threadpool_limits
 
-    arr = _layer_array(store_root, cset.key, layer)
+    arr = _layer_array(store_root, cset, layer)
     d = arr.shape[1]
     n_sel = len(cset.train_rows) + len(cset.held_rows)
     row_bytes = d * 8 * WORKING_COPIES
@@ -175,12 +218,14 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
     for m, e in ests.items():
         metrics = projection_metrics(p_train[m], cset.train_pos, p_held[m], cset.held_pos)
         info = {k: _jsonable(v) for k, v in getattr(e, "info_", {}).items() if k not in ("components", "pos_mean", "neg_mean", "unmixing", "raw_weights")}
+        info.update({"n_boot": cfg.n_boot, "seed": cfg.seed})
         if not in_core:
             info["stability_rows"] = int(len(ps))
         records.append({
             **cset.key.as_dict(), "layer": int(layer), "trait": cset.trait, "method": m,
             "params": json.dumps(e.get_params(), sort_keys=True, default=str), "fingerprint": cset.fingerprint,
             "where_sql": cset.where_sql, "n_pos": cset.n_pos, "n_neg": cset.n_neg, "held_split": cset.held_split,
+            "n_boot": cfg.n_boot, "seed": cfg.seed,
             "n_held_pos": int(cset.held_pos.sum()), "n_held_neg": int((~cset.held_pos).sum()),
             "out_of_core": not in_core, "d": d, "raw_norm": float(e.raw_norm_),
             "vector": e.vector_.astype(np.float32).tolist(), **metrics, "stability": stab[m],
@@ -210,7 +255,7 @@ def _extract_streaming(arr, cset, cfg, block, budget, rng):
         stats.update(X, p)
     ica_Z = None
     if "ica" in cfg.methods:
-        ica = make_method("ica", **cfg.params.get("ica", {}))
+        ica = make_method("ica", **method_params(cfg, "ica"))
         mean, W = ica.whitening(stats)
         Z = np.concatenate([(X - mean) @ W.T for X, _ in iter_blocks(arr, rows, pos, block)])
         ica_Z = (mean, W, Z, pos)
@@ -243,14 +288,17 @@ def _jsonable(v):
 
 def _planned_record(key: GroupKey, layer: int, trait: str, method: str, cfg: ExtractConfig, fp: str) -> dict:
     """The fields :func:`vector_id` hashes, known before any fit."""
-    params = json.dumps(make_method(method, **cfg.params.get(method, {})).get_params(), sort_keys=True, default=str)
+    params = json.dumps(make_method(method, **method_params(cfg, method)).get_params(), sort_keys=True, default=str)
     return {**key.as_dict(), "layer": int(layer), "trait": trait, "method": method, "params": params,
-            "fingerprint": fp}
+            "fingerprint": fp, "n_boot": cfg.n_boot, "seed": cfg.seed}
 
 
 def vector_id(rec: dict, code_version: str) -> str:
+    """Identity of a stored vector: everything that decides its values and its metrics (group,
+    layer, trait, method and params, the rows' fingerprint, the bootstrap count and seed that
+    make its stability, the code version). Same inputs, same id; any change, a new vector."""
     parts = [rec[k] for k in ("model_key", "fmt", "site", "pooling", "layer", "trait", "method", "params",
-                              "fingerprint")]
+                              "fingerprint", "n_boot", "seed")]
     return hashlib.sha256(json.dumps(parts + [code_version], default=str).encode()).hexdigest()[:16]
 
 
@@ -343,6 +391,18 @@ class ExtractResult:
     computed_layers: list[int] = field(default_factory=list)
 
 
+def _record_quietly(store: Store, run: dict) -> None:
+    """Record a run that ended badly, if the store can be written now (it may be locked, or be
+    the reason it failed); never hides the original error."""
+    from traitlens.store import StoreLocked
+
+    try:
+        with store.lock("extract (recording how it ended)"):
+            store.record_run(run)
+    except (StoreLocked, OSError, StoreError):
+        pass
+
+
 def resolve_group(store: Store, model: str | None = None, fmt: str | None = None, site: str = "resid",
                   pooling: str = "last") -> GroupKey:
     """The one stored group matching the options, or an error listing the candidates."""
@@ -381,7 +441,8 @@ def extract(store_path, trait: str, methods="all", layers="all", model: str | No
 
     t0 = time.perf_counter()
     cfg = cfg or ExtractConfig()
-    cfg.methods = parse_methods(methods if methods is not None else cfg.methods)
+    cfg.methods = methods if methods is not None else cfg.methods
+    cfg.validate()
     store = Store.open(store_path)
     key = resolve_group(store, model, fmt, site, pooling)
     stored = store.layers(key)
@@ -409,7 +470,18 @@ def extract(store_path, trait: str, methods="all", layers="all", model: str | No
     config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
               "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where}
     started = now_utc()
-    records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
+    try:
+        records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
+    except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or failed: nothing was written; say so in runs
+        from .interrupts import interrupt_reason
+
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        why = interrupt_reason(e) if status == "interrupted" else f"{type(e).__name__}: {e}"
+        _record_quietly(store, {"run_id": run_id, "stage": "extract", "status": status, "started_at": started,
+                                "ended_at": now_utc(), "code_version": code_version(),
+                                "config": json.dumps(config, default=str), "counts": json.dumps({"layers": todo}),
+                                "message": f"{why}; no vector of this run was stored"})
+        raise
     with store.lock("extract") if todo else nullcontext():
         n_new, n_old = save_vectors(store, records, run_id)
         n_old += len(reused)

@@ -1,6 +1,9 @@
 """``traitlens ingest``: corpus -> model -> store, incremental and crash-safe.
 
-The whole corpus is read and validated before the store is touched. Prompts already
+Every option, every corpus record and the store's own invariants (a group's fixed layer set,
+its width, its capture policy) are checked before the store is touched; with ``--on-long
+fail`` every prompt to capture is tokenised first, so a too-long one fails before anything is
+written. Prompts already
 committed for this model/format/site/pooling are skipped, so rerunning on the same or a
 grown corpus captures only what is missing. Capture of batch k+1 overlaps the commit of
 batch k (a one-thread writer); memory is bounded by the encode window and batch size, not
@@ -15,8 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from traitlens.store import GroupKey, Store
-from traitlens.store.arrays import require_group
-from traitlens.store.layout import StoreError
+from traitlens.store.arrays import get_group, require_group
+from traitlens.store.layout import POOLINGS, StoreError
 from traitlens.store.verify import clean_temporaries
 from traitlens.store.store import code_version, new_run_id, now_utc
 
@@ -24,7 +27,8 @@ from .batching import length_batches
 from .capture import Capturer
 from .corpus import PromptRecord, ReadOptions, read_corpus
 from .encode import encode, uses_chat
-from .models import LoadedModel, load_model
+from .interrupts import interrupt_exit_code, interrupt_reason
+from .models import DTYPES, LoadedModel, check_device, load_model
 from .sites import parse_layers, resolve_sites
 
 
@@ -49,6 +53,46 @@ class IngestConfig:
     window: int = 4096  # prompts tokenised and length-sorted at a time
     commit_seconds: float = 60.0
 
+    def validate(self) -> "IngestConfig":
+        """Check every setting before anything is loaded or written; de-duplicates the site and
+        pooling lists (a repeated pooling would commit every row twice). Raises ``ValueError``
+        naming the option and what it accepts."""
+        def positive(name, value, zero_ok=False):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (0 if zero_ok else 1):
+                raise ValueError(f"--{name.replace('_', '-')} {value!r}: must be "
+                                 + ("0 or more" if zero_ok else "a positive number"))
+
+        self.sites = list(dict.fromkeys(s.strip() for s in self.sites if str(s).strip()))
+        if not self.sites:
+            raise ValueError("--site: give at least one site (resid, attn_out, mlp_out or a dotted module path)")
+        self.poolings = list(dict.fromkeys(p.strip() for p in self.poolings if str(p).strip()))
+        if not self.poolings:
+            raise ValueError(f"--pooling: give at least one of {', '.join(POOLINGS)}")
+        bad = [p for p in self.poolings if p not in POOLINGS]
+        if bad:
+            raise ValueError(f"--pooling {','.join(bad)}: unknown; use a comma list of {', '.join(POOLINGS)}")
+        if isinstance(self.layers, str) and not self.layers.strip():
+            raise ValueError("--layers '': give layers (all, 0-15, 3,7,11 or -1)")
+        for name in ("batch_size", "max_tokens", "chunk_rows", "window"):
+            positive(name, getattr(self, name))
+        positive("generate", self.generate, zero_ok=True)
+        positive("commit_seconds", self.commit_seconds)
+        if self.max_length is not None:
+            positive("max_length", self.max_length)
+            if self.max_length <= self.generate:
+                raise ValueError(f"--max-length {self.max_length} leaves no room for the prompt after "
+                                 f"--generate {self.generate}")
+        if "response_mean" in self.poolings and self.generate <= 0:
+            raise ValueError("--pooling response_mean needs --generate N (tokens to generate per prompt)")
+        if self.padding_side not in ("right", "left"):
+            raise ValueError(f"--padding-side {self.padding_side!r}: use right or left")
+        if self.on_long not in ("truncate", "fail"):
+            raise ValueError(f"--on-long {self.on_long!r}: use truncate or fail")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype!r}: use {', '.join(DTYPES)}")
+        check_device(self.device)
+        return self
+
 
 @dataclass
 class IngestResult:
@@ -57,6 +101,7 @@ class IngestResult:
     fmt: str
     n_records: int
     n_new_prompts: int
+    n_relabelled: int
     n_captured: int
     n_skipped: int
     n_truncated: int
@@ -82,19 +127,46 @@ def still_to_capture(records: list[PromptRecord], done: set[str]) -> list[int]:
     return keep
 
 
+def _capture_policy(g: GroupKey, settings: dict) -> dict:
+    keys = ("generate", "max_length", "on_long") if g.pooling == "response_mean" else ("max_length", "on_long")
+    return {k: settings[k] for k in keys}
+
+
 def _check_group_config(store: Store, groups: list[GroupKey], settings: dict) -> None:
-    """A group captured with one generation/length policy must not be extended with another."""
+    """A group captured with one generation policy must not be extended with another. Reads only."""
+    if not store.zarr_path.exists():
+        return
+    root = store.zarr_root()
+    for g in groups:
+        grp = get_group(root, g.path)
+        have = dict(grp.attrs).get("capture") if grp is not None else None
+        want = _capture_policy(g, settings)
+        if have is not None and g.pooling == "response_mean" and have.get("generate") != want.get("generate"):
+            raise StoreError(f"{g.path} was captured with --generate {have.get('generate')}; this run asks for "
+                             f"{want.get('generate')}: use the same value, or another --store")
+
+
+def _record_group_config(store: Store, groups: list[GroupKey], settings: dict) -> None:
     root = store.zarr_root(mode="a")
     for g in groups:
         grp = require_group(root, g.path)
-        have = dict(grp.attrs).get("capture")
-        want = {k: settings[k] for k in ("generate", "max_length", "on_long")} if g.pooling == "response_mean" else \
-            {k: settings[k] for k in ("max_length", "on_long")}
-        if have is None:
-            grp.attrs["capture"] = want
-        elif have.get("generate") != want.get("generate") and g.pooling == "response_mean":
-            raise StoreError(f"{g.path} was captured with --generate {have.get('generate')}; this run asks for "
-                             f"{want.get('generate')}: use the same value, or another --store")
+        if "capture" not in grp.attrs:
+            grp.attrs["capture"] = _capture_policy(g, settings)
+
+
+def _done_prompt_ids(store: Store | None, groups: list[GroupKey]) -> set[str]:
+    """Prompts committed in every group (the rest still need capture). Reads only."""
+    if store is None:
+        return set()
+    sets = [store.committed(g).prompt_ids for g in groups]
+    return set.intersection(*sets) if sets else set()
+
+
+def _check_lengths(records: list[PromptRecord], lm: LoadedModel, chat: bool, max_length: int) -> None:
+    """With ``--on-long fail``: tokenise every prompt to capture now, so a too-long one stops the
+    run before the store is touched (not half-way, after other batches were committed)."""
+    for r in records:
+        encode(lm.tokenizer, r, chat, max_length, "fail")
 
 
 def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: IngestConfig | None = None,
@@ -103,7 +175,7 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
 
     ``client``: a ``dask.distributed.Client`` to shard the forward passes across its workers
     (each loads the model once); this process still commits every result itself."""
-    cfg = cfg or IngestConfig()
+    cfg = (cfg or IngestConfig()).validate()
     records, n_dups = read_corpus(corpus_paths, read_opts)
     if not records:
         raise ValueError(f"no prompts found in {', '.join(map(str, corpus_paths))}")
@@ -113,30 +185,44 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     chat = uses_chat(lm.tokenizer, cfg.chat)
     fmt = "chat" if chat else "raw"
     max_length = min(cfg.max_length or lm.max_length, lm.max_length) - cfg.generate
-    capturer = Capturer(lm, points, cfg.poolings, cfg.padding_side, cfg.generate)
+    if max_length < 1:
+        raise ValueError(f"--generate {cfg.generate} leaves no room for the prompt in the model's "
+                         f"{lm.max_length}-token context")
     sites = sorted({p.site for p in points})
     groups = [GroupKey(lm.key, fmt, s, pool) for s in sites for pool in cfg.poolings]
     layers_by_site = {s: sorted({p.layer for p in points if p.site == s}) for s in sites}
     all_layers = sorted({l for ls in layers_by_site.values() for l in ls})
-
-    store = Store.open(store_path, create=True)
     settings = {**asdict(cfg), "model": lm.name, "model_key": lm.key, "fmt": fmt, "layers": all_layers,
                 "max_length": max_length, "device": str(lm.device), "corpus": [str(p) for p in corpus_paths]}
+
+    # everything that can refuse this run does so here, before the store is created or written
+    existing = Store.open(store_path) if Store.exists(store_path) else None
+    if existing is not None:
+        existing.check_extend(groups, layers_by_site, lm.d_model)
+        _check_group_config(existing, groups, settings)
+    if cfg.on_long == "fail":
+        done = _done_prompt_ids(existing, groups)
+        _check_lengths([records[i] for i in still_to_capture(records, done)], lm, chat, max_length)
+
+    store = existing or Store.open(store_path, create=True)
+    capturer = Capturer(lm, points, cfg.poolings, cfg.padding_side, cfg.generate)
     with store.lock("ingest"), capturer:
         clean_temporaries(store)  # left by a run that was killed; we hold the lock, so none is live
-        n_new_prompts = store.add_prompts([r.as_row() for r in records])
-        _check_group_config(store, groups, settings)
-        writer = store.writer(groups, all_layers, lm.d_model, run_id := new_run_id("ingest"), cfg.chunk_rows)
+        # the writer checks the groups again under the lock (another run may have written since)
+        writer = store.writer(groups, layers_by_site, lm.d_model, run_id := new_run_id("ingest"), cfg.chunk_rows)
+        n_new_prompts, n_relabelled = store.add_prompts([r.as_row() for r in records])
+        _record_group_config(store, groups, settings)
         todo: list[PromptRecord] = [records[i] for i in still_to_capture(records, writer.done_prompt_ids())]
         n_distinct = len({r.prompt_id for r in records})
         run = {"run_id": run_id, "stage": "ingest", "status": "running", "started_at": now_utc(),
                "code_version": code_version(), "config": json.dumps(settings, default=str)}
-        noop = not todo and not n_new_prompts  # a rerun with nothing new writes nothing at all
+        noop = not todo and not n_new_prompts and not n_relabelled  # a rerun with nothing new writes nothing
         if not noop:
             store.record_run(run)
-        counts = {"records": len(records), "distinct_prompts": n_distinct, "to_capture": len(todo),
+        counts = {"records": len(records), "distinct_prompts": n_distinct, "relabelled": n_relabelled,
+                  "to_capture": len(todo),
                   "already_stored": n_distinct - len(todo), "captured": 0, "truncated": 0, "tokens": 0}
-        status, message = "done", ""
+        status, message, interrupted_by = "done", "", None
         bar = _progress(len(todo), progress)
         pending: list[Future] = []
         t_cap = time.perf_counter()
@@ -157,8 +243,9 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
                     f.result()
                 pending = []
                 pool.submit(writer.commit).result()
-        except KeyboardInterrupt:
-            status, message = "interrupted", "interrupted by the user; rerun the same command to continue"
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (pipeline.interrupts)
+            status, message = "interrupted", f"{interrupt_reason(e)}; rerun the same command to continue"
+            interrupted_by = e
             for f in pending:
                 f.result()
             writer.commit()  # complete batches already captured are worth keeping
@@ -175,11 +262,12 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
                                   "message": message})
     seconds = time.perf_counter() - t_cap
     res = IngestResult(run_id=run_id, model_key=lm.key, fmt=fmt, n_records=len(records), n_new_prompts=n_new_prompts,
+                       n_relabelled=n_relabelled,
                        n_captured=writer.n_committed, n_skipped=n_distinct - len(todo), n_truncated=counts["truncated"],
                        n_duplicates=n_dups, seconds=seconds, tokens=counts["tokens"], promoted=writer.promoted,
                        status=status)
     if status == "interrupted":
-        raise IngestInterrupted(res)
+        raise IngestInterrupted(res, interrupt_exit_code(interrupted_by))
     return res
 
 
@@ -206,9 +294,11 @@ def _captured(todo, lm, capturer, chat, max_length, cfg, layers, client):
 class IngestInterrupted(KeyboardInterrupt):
     """Ctrl-C during ingest, after the captured batches were committed."""
 
-    def __init__(self, result: IngestResult):
-        super().__init__(f"interrupted: {result.n_captured} prompts committed; rerun to continue")
-        self.result = result
+    def __init__(self, result: IngestResult, exit_code: int = 130):
+        what = "terminated (SIGTERM)" if exit_code == 143 else "interrupted"
+        super().__init__(f"{what}: {result.n_captured} prompts committed, the run is recorded as interrupted; "
+                         "rerun the same command to continue")
+        self.result, self.exit_code = result, exit_code
 
 
 def _progress(total: int, enabled: bool):

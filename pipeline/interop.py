@@ -120,12 +120,14 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
                 pooled_all[(s, p)][layer] = fn(h, mask).numpy()
     counts_all = mask.sum(dim=1).numpy().astype(np.int32)
 
-    store = Store.open(store_path, create=True)
     groups = [GroupKey(key, fmt, s, p) for s in sites for p in poolings]
+    if Store.exists(store_path):  # a layer set or width the store's groups do not hold: refuse before writing
+        Store.open(store_path).check_extend(groups, layers, d)
+    store = Store.open(store_path, create=True)
     run_id = new_run_id("ingest-cache")
     with store.lock("ingest from an ActivationCache"):
-        n_new = store.add_prompts([r.as_row() for r in records])
         writer = store.writer(groups, layers, d, run_id, chunk_rows)
+        n_new, _ = store.add_prompts([r.as_row() for r in records])
         keep = still_to_capture(records, writer.done_prompt_ids())
         if keep:
             run = {"run_id": run_id, "stage": "ingest-cache", "status": "running", "started_at": now_utc(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from traitlens.store.layout import format_layer_list
+
 
 class SiteError(ValueError):
     """A site or layer cannot be resolved on this model."""
@@ -42,14 +44,4 @@ def parse_layers(spec: str | int | list, n_layers: int) -> list[int]:
     return sorted(out)
 
 
-def format_layers(layers: list[int]) -> str:
-    """The inverse of :func:`parse_layers` for display: ``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8``."""
-    out, run = [], []
-    for l in sorted(set(layers)):
-        if run and l != run[-1] + 1:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-            run = []
-        run.append(l)
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out)
+format_layers = format_layer_list  # display form of a layer list, ``0-2,5,7-8`` (lives in the store: no torch)

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -148,7 +149,23 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:10]
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` torch does not know, before anything is loaded (raises ValueError)."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ValueError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
 def pick_device(device: str = "auto") -> torch.device:
+    check_device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {device}: this torch sees no CUDA GPU (torch {torch.__version__}); "
+                         "use --device cpu, or install a CUDA build of torch")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ModelError("--device mps: Apple's Metal backend is not available here; use --device cpu")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

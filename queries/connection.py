@@ -15,7 +15,10 @@ or model of the same width.
 
 Guard: only SELECT-like statements run (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE);
 file access is limited to the store's tables folder and the configuration is locked, so a
-query can neither change the store nor read files outside it. A store on object storage is
+query can neither change the store nor read files outside it. DuckDB always allows its temp
+directory too (by default ``.tmp`` under the working folder), so each connection gets a fresh
+private one that holds nothing but its own spill files. A statement stops after ``timeout``
+seconds (a :class:`QueryError`); Ctrl-C stops it at once (``KeyboardInterrupt``). A store on object storage is
 read through pyarrow datasets over its fsspec filesystem (registered with DuckDB, scanned
 lazily with projection and filter pushdown), and DuckDB gets no file access at all.
 """
@@ -23,6 +26,11 @@ lazily with projection and filter pushdown), and DuckDB gets no file access at a
 from __future__ import annotations
 
 import re
+import shutil
+import signal
+import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -30,8 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from traitlens.store import GroupKey, Store
+from traitlens.store import GroupKey, Store, StoreError
 from traitlens.store import tables as tbl
+from traitlens.store.arrays import read_rows_checked
 from traitlens.store.layout import layer_name
 from traitlens.store.location import arrow_files, is_remote
 
@@ -70,8 +79,14 @@ class StoreSQL:
     def __init__(self, store: Store | str | Path):
         self.store = store if isinstance(store, Store) else Store.open(store)
         self.con = duckdb.connect(":memory:")
-        self.groups = self.store.groups()
-        self._create_views()
+        self._spill = tempfile.mkdtemp(prefix="traitlens-sql-")  # empty but for DuckDB's own spill files
+        self.con.execute(f"SET temp_directory={_quote(Path(self._spill))}")
+        try:
+            self.groups = self.store.groups()
+            self._create_views()
+        except BaseException:
+            self.close()
+            raise
         if not is_remote(self.store.root):
             tables_dir = str(self.store.tables_path.resolve())
             self.con.execute(f"SET allowed_directories=[{_quote(Path(tables_dir))}]")
@@ -92,7 +107,10 @@ class StoreSQL:
         else:  # no part yet: an empty relation with the table's columns
             self.con.register(f"__empty_{name}", tbl.SCHEMAS[name].empty_table())
             src = f"__empty_{name}"
-        have = {d[0] for d in self.con.execute(f"SELECT * FROM {src} LIMIT 0").description}
+        try:
+            have = {d[0] for d in self.con.execute(f"SELECT * FROM {src} LIMIT 0").description}
+        except duckdb.Error as e:  # a damaged part: name it, with the fix
+            raise tbl.damaged_error(self.store.tables_path / name, tbl.SCHEMAS[name], e) from None
         # parts written before a column existed read as NULL in it, so every view has the full schema
         missing = [f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in tbl.SCHEMAS[name] if f.name not in have]
         extra = (", " + ", ".join(missing)) if missing else ""
@@ -101,6 +119,9 @@ class StoreSQL:
 
     def _create_views(self) -> None:
         self._table_view("prompts")
+        # labels and splits are data: the newest record of a (prompt, dataset, trait) wins
+        self.con.execute("CREATE OR REPLACE VIEW prompts AS SELECT * FROM prompts_all QUALIFY row_number() OVER "
+                         "(PARTITION BY prompt_id, dataset, trait ORDER BY added_at DESC NULLS LAST) = 1")
         self._table_view("rows")
         self._table_view("runs")
         self.con.execute("CREATE OR REPLACE VIEW runs AS SELECT * EXCLUDE (rk) FROM (SELECT *, row_number() OVER "
@@ -136,21 +157,25 @@ class StoreSQL:
     # -- activations ---------------------------------------------------------------------------
     def activation_reader(self, key: GroupKey, layer: int, batch_rows: int = BATCH_ROWS) -> pa.RecordBatchReader:
         """One layer's committed rows as Arrow batches ``(row int64, prompt_id, vector FLOAT[d])``."""
-        committed = self.store.group_rows(key).select(["row", "prompt_id"])
-        group = self.store.zarr_root()[key.path]
-        if layer_name(layer) not in group:
-            raise QueryError(f"layer {layer} is not stored for {key.path}; stored: {self.store.layers(key)}")
-        arr = group[layer_name(layer)]
-        d = arr.shape[1]
-        schema = pa.schema([("row", pa.int64()), ("prompt_id", pa.string()), ("vector", pa.list_(pa.float32(), d))])
         if key.pooling == "tokens":
             raise QueryError("tokens pooling has one row per token; query it from Python (Store.activations)")
+        committed = self.store.group_rows(key).select(["row", "prompt_id"])
+        if layer not in self.store.layers(key):
+            raise QueryError(f"layer {layer} is not stored for {key.path}; stored: {self.store.layers(key)}")
+        arr = self.store.layer_array(key, layer, committed.num_rows)
+        d = arr.shape[1]
+        schema = pa.schema([("row", pa.int64()), ("prompt_id", pa.string()), ("vector", pa.list_(pa.float32(), d))])
+        where = f"{key.path}/{layer_name(layer)}"
 
         def batches():
             n = committed.num_rows
             for s in range(0, n, batch_rows):
                 e = min(n, s + batch_rows)
-                vals = np.ascontiguousarray(arr[s:e], dtype=np.float32)
+                try:
+                    vals = np.ascontiguousarray(read_rows_checked(arr, slice(s, e), where), dtype=np.float32)
+                except StoreError as err:  # DuckDB would wrap it in its own error with a traceback
+                    self._reader_error = err
+                    raise
                 flat = pa.array(vals.reshape(-1), type=pa.float32())
                 yield pa.record_batch([committed["row"].slice(s, e - s).combine_chunks(),
                                        committed["prompt_id"].slice(s, e - s).combine_chunks(),
@@ -188,29 +213,77 @@ class StoreSQL:
                 raise QueryError(f"{kind} statements are refused: queries are read-only (SELECT, WITH, EXPLAIN, "
                                  "DESCRIBE, SHOW); the store changes only through traitlens commands")
 
-    def query(self, sql: str, params: list | None = None) -> pa.Table:
-        """Run read-only SQL; returns the last statement's result as Arrow."""
+    def query(self, sql: str, params: list | None = None, timeout: float | None = None) -> pa.Table:
+        """Run read-only SQL; returns the last statement's result as Arrow. ``timeout``: seconds
+        after which the statement is stopped (a :class:`QueryError` saying so). Ctrl-C or SIGTERM
+        stops a running statement at once and raises ``KeyboardInterrupt`` (``Terminated``):
+        DuckDB runs outside the interpreter, so Python's own handlers would wait for it to end."""
         self.check(sql)
+        self._reader_error = None
         self._register_activations(sql)
-        try:
-            statements = self.con.extract_statements(sql)
-            for st in statements[:-1]:
-                self.con.execute(st)
-            rel = self.con.sql(statements[-1].query, params=params or None)
-            return rel.to_arrow_table() if rel is not None else pa.table({})
-        except duckdb.PermissionException as e:
-            raise QueryError(f"{e}. Queries may read only this store's tables") from None
-        except duckdb.Error as e:
-            raise QueryError(str(e)) from None
+        stopped_by: list[str] = []
+        with _interrupt_on(self.con, stopped_by, timeout):
+            try:
+                statements = self.con.extract_statements(sql)
+                for st in statements[:-1]:
+                    self.con.execute(st)
+                rel = self.con.sql(statements[-1].query, params=params or None)
+                return rel.to_arrow_table() if rel is not None else pa.table({})
+            except duckdb.PermissionException as e:
+                raise QueryError(f"{e}. Queries may read only this store's tables") from None
+            except (duckdb.Error, RuntimeError) as e:  # DuckDB 2 reports an interrupt as RuntimeError
+                if stopped_by:
+                    _raise_stopped(stopped_by[0], timeout)
+                if self._reader_error is not None:  # an activation stream hit damage: say that, in one line
+                    raise self._reader_error from None
+                if isinstance(e, duckdb.Error):
+                    raise QueryError(str(e)) from None
+                raise
 
     def close(self) -> None:
         self.con.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextmanager
+def _interrupt_on(con, stopped_by: list[str], timeout: float | None):
+    """While a statement runs: a timer, Ctrl-C and SIGTERM each interrupt DuckDB, and say which."""
+    def stop(why):
+        stopped_by.append(why)
+        con.interrupt()
+
+    timer = threading.Timer(timeout, stop, ["timeout"]) if timeout else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig, why in ((signal.SIGINT, "sigint"), (signal.SIGTERM, "sigterm")):
+            previous[sig] = signal.signal(sig, lambda *_a, why=why: stop(why))
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_stopped(why: str, timeout: float | None):
+    from traitlens.pipeline.interrupts import Terminated
+
+    if why == "timeout":
+        raise QueryError(f"the statement ran past --timeout {timeout:g} s and was stopped; narrow it "
+                         "(WHERE, LIMIT) or raise --timeout") from None
+    if why == "sigterm":
+        raise Terminated("query terminated (SIGTERM)") from None
+    raise KeyboardInterrupt("query interrupted") from None
 
 
 def select_prompt_ids(store: Store, trait: str, where: str) -> set[str]:
@@ -236,6 +309,6 @@ def activations(store: Store | str | Path, layer: int, where: str | None = None,
                        f"AND prompt_id IN (SELECT prompt_id FROM act_{n}_L{int(layer)} {cond}) ORDER BY row",
                        [key.model_key, key.fmt, key.site, key.pooling])
     idx = np.asarray(rows["row"].to_pylist(), dtype=np.int64)
-    arr = store.zarr_root()[key.path][layer_name(layer)]
-    X = np.asarray(arr.oindex[idx, :], dtype=np.float32) if len(idx) else np.zeros((0, arr.shape[1]), np.float32)
+    arr = store.layer_array(key, layer)
+    X = read_rows_checked(arr, idx).astype(np.float32, copy=False) if len(idx) else np.zeros((0, arr.shape[1]), np.float32)
     return X, rows["prompt_id"].to_pylist()

@@ -4,6 +4,12 @@ Each layer of a group is one 2-D array ``[n_rows, d_model]`` chunked along rows 
 read of any row range touches whole rows of contiguous chunks. zarr's LocalStore writes every
 chunk through a temporary file and a rename, so a crash leaves a chunk old or new, never torn;
 on object storage (``FsspecStore``) each chunk is one PUT, which is atomic the same way.
+
+Chunks are Zstd frames with a content checksum, so a flipped byte fails to decode instead of
+serving wrong values; a chunk that is missing would read as the fill value (zeros), so
+readers that must not serve it check :func:`missing_chunks` and ``verify`` checks every one.
+Decode and metadata failures surface as :class:`~traitlens.store.layout.StoreError` naming
+the array, never as a codec traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
 
+from .layout import StoreError
 from .location import is_remote, move_tree, remove_tree
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
@@ -28,7 +37,12 @@ def _zarr_store(path, read_only: bool):
 
 def open_root(path: Path, mode: str = "a") -> zarr.Group:
     """The store's ``activations.zarr`` root group."""
-    return zarr.open_group(_zarr_store(path, read_only=mode == "r"), mode=mode)
+    if mode == "r" and not path.exists():
+        raise StoreError(f"{path} is missing: the store's activations are gone; run `traitlens verify`")
+    try:
+        return zarr.open_group(_zarr_store(path, read_only=mode == "r"), mode=mode)
+    except (ValueError, KeyError, TypeError) as e:  # garbage zarr.json: JSON or metadata errors
+        raise StoreError(f"{path}/zarr.json is damaged ({type(e).__name__}: {e}); run `traitlens verify`") from None
 
 
 def open_array(path: Path, mode: str = "r+") -> zarr.Array:
@@ -45,18 +59,103 @@ def require_group(root: zarr.Group, group_path: str) -> zarr.Group:
 
 
 def get_group(root: zarr.Group, group_path: str) -> zarr.Group | None:
+    """The group at ``group_path``, None if absent; damaged metadata is a ``StoreError``."""
     try:
         node = root[group_path]
     except KeyError:
         return None
+    except (ValueError, TypeError) as e:
+        raise StoreError(f"activations.zarr/{group_path}: metadata is damaged ({type(e).__name__}: {e}); "
+                         "run `traitlens verify`") from None
     return node if isinstance(node, zarr.Group) else None
+
+
+def get_array(group: zarr.Group, name: str, where: str = "") -> zarr.Array | None:
+    """Member array ``name`` of ``group``, None if absent; damaged metadata is a ``StoreError``."""
+    try:
+        node = group[name]
+    except KeyError:
+        return None
+    except (ValueError, TypeError) as e:
+        raise StoreError(f"{where or group.path}/{name}/zarr.json is damaged ({type(e).__name__}: {e}); "
+                         "run `traitlens verify`") from None
+    return node if isinstance(node, zarr.Array) else None
 
 
 def create_layer_array(group: zarr.Group, name: str, d: int, dtype: str, chunk_rows: int) -> zarr.Array:
     """An empty ``[0, d]`` array that grows along rows."""
     return group.create_array(
-        name, shape=(0, d), chunks=(chunk_rows, d), dtype=dtype, fill_value=0, dimension_names=("row", "feature")
+        name, shape=(0, d), chunks=(chunk_rows, d), dtype=dtype, fill_value=0, dimension_names=("row", "feature"),
+        compressors=ZstdCodec(level=0, checksum=True),
     )
+
+
+def member_names(group: zarr.Group) -> list[str]:
+    """Names of a group's children from one listing, without parsing their metadata (so one
+    damaged ``zarr.json`` does not hide its siblings)."""
+    prefix = group.store_path.path.rstrip("/")
+
+    async def listing():
+        return [k async for k in group.store_path.store.list_dir(prefix)]
+
+    return sorted(k.rstrip("/") for k in sync(listing()) if k.rstrip("/") != "zarr.json")
+
+
+def checked_layer(group: zarr.Group, name: str, n_rows: int, where: str) -> zarr.Array:
+    """The array ``name`` of ``group`` to serve its first ``n_rows`` (committed) rows from:
+    refused with a ``StoreError`` when it is missing, shorter, or lacks a chunk of those rows
+    (a missing chunk would be served as zeros)."""
+    arr = get_array(group, name, where)
+    if arr is None:
+        raise StoreError(f"{where}/{name} is missing but {n_rows} rows are committed; run `traitlens verify`")
+    if arr.shape[0] < n_rows:
+        raise StoreError(f"{where}/{name} holds {arr.shape[0]} rows but {n_rows} are committed; run `traitlens verify`")
+    gone = missing_chunks(arr, n_rows)
+    if gone:
+        raise StoreError(f"{where}/{name}: {len(gone)} chunk(s) of committed rows are missing ({', '.join(gone[:3])}); "
+                         "refusing to serve them as zeros; run `traitlens verify`")
+    return arr
+
+
+def stored_chunk_keys(array: zarr.Array) -> set[str]:
+    """Keys (``c/3/0``) of the chunks present in storage, from one listing of the array's prefix."""
+    prefix = array.store_path.path.rstrip("/") + "/"
+
+    async def listing():
+        return [k async for k in array.store_path.store.list_prefix(prefix)]
+
+    return {k[len(prefix):] for k in sync(listing())}
+
+
+def row_chunk_keys(array: zarr.Array, n_rows: int) -> list[str]:
+    """Keys of the chunks holding rows ``[0, n_rows)`` (arrays are chunked along rows only)."""
+    per = array.chunks[0]
+    n_col_chunks = -(-array.shape[1] // array.chunks[1]) if array.ndim == 2 else 1
+    keys = []
+    for i in range(-(-n_rows // per)):
+        for j in range(n_col_chunks):
+            keys.append(array.metadata.encode_chunk_key((i, j) if array.ndim == 2 else (i,)))
+    return keys
+
+
+def missing_chunks(array: zarr.Array, n_rows: int) -> list[str]:
+    """Chunks of rows ``[0, n_rows)`` that are not in storage (they would read as zeros)."""
+    have = stored_chunk_keys(array)
+    return [k for k in row_chunk_keys(array, n_rows) if k not in have]
+
+
+def read_rows_checked(array: zarr.Array, sel, what: str = "") -> np.ndarray:
+    """``array[sel]`` (a slice or, with ``oindex``, row indices), with decode failures as one
+    ``StoreError`` that names the array and the fix."""
+    try:
+        if isinstance(sel, slice):
+            return np.asarray(array[sel])
+        return np.asarray(array.oindex[sel, :])
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # codec errors come as RuntimeError, ValueError, zstd's own types...
+        raise StoreError(f"{what or array.store_path}: a chunk does not decode ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else ''}); run `traitlens verify` to find it") from None
 
 
 def needs_float32(values: np.ndarray) -> bool:

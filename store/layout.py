@@ -45,6 +45,17 @@ def safe_name(name: str, field: str = "name") -> str:
     return cleaned[:120]
 
 
+def file_stem(name: str, field: str = "name") -> str:
+    """A file-name stem for any name (a trait from a corpus may be ``..`` or ``/``): its
+    :func:`safe_name`, or a short hash of it when nothing usable is left. Never raises."""
+    try:
+        return safe_name(name, field)
+    except ValueError:
+        import hashlib
+
+        return f"{field}-{hashlib.sha256(str(name).encode()).hexdigest()[:8]}"
+
+
 @dataclass(frozen=True, order=True)
 class GroupKey:
     """One family of arrays sharing row indices: every layer of (model, fmt, site, pooling)."""
@@ -76,6 +87,19 @@ class GroupKey:
 def layer_name(layer: int) -> str:
     """Array name of one layer inside a group: ``L7``."""
     return f"L{int(layer)}"
+
+
+def format_layer_list(layers) -> str:
+    """Layers for display: ``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8`` (the ``--layers`` syntax)."""
+    out, run = [], []
+    for l in sorted(set(int(x) for x in layers)):
+        if run and l != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(l)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
 
 
 def parse_layer_name(name: str) -> int | None:

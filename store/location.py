@@ -76,3 +76,16 @@ def arrow_files(paths: list) -> tuple[object | None, list[str]]:
     if not paths or not is_remote(paths[0]):
         return None, [str(p) for p in paths]
     return paths[0].fs, [p.path for p in paths]
+
+
+def check_outside_store(output, root, option: str = "-o") -> None:
+    """Refuse an output file of a command (query results, plots, exports, reports) that would
+    land inside the store: only the store's own writers write there, and a stray Parquet file
+    under ``tables/`` would be read as a part. Raises ``ValueError`` naming the option."""
+    if output is None or is_remote(root) or "://" in str(output):
+        return
+    out = Path(output).expanduser().resolve()
+    base = Path(root).expanduser().resolve()
+    if out == base or base in out.parents:
+        raise ValueError(f"{option} {output}: that is inside the store {root}; only traitlens' own writers write "
+                         "there (a file under tables/ would be read as data). Write it somewhere else")

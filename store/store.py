@@ -6,9 +6,17 @@ Commit protocol (what makes a crash lose nothing committed):
 2. a commit writes every layer array of every group first, at rows ``[n, n + b)``;
 3. then one ``rows`` part records those b prompts for all groups at once, atomically.
 
-A prompt counts as stored only once step 3 lands. Rows an array holds past its committed
-length are an uncommitted tail: the next commit overwrites them and ``verify --repair``
-drops them.
+4. then each group's ``committed`` attribute (its high-water mark) is raised to match.
+
+A prompt counts as stored only once step 3 lands. Rows an array holds past the larger of the
+rows table's count and the high-water mark are an uncommitted tail: the next commit
+overwrites them and ``verify --repair`` drops them. Rows below the mark that the rows table
+lacks were committed by a part that has since been lost: nothing overwrites them, and
+``verify --repair`` moves them to the quarantine.
+
+A group's layers are fixed when it is created (its ``layers`` attribute): every committed
+prompt has a row in every one of them, and a writer asked for another set refuses before
+anything is written.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from .layout import (
     ZARR_DIR,
     GroupKey,
     StoreError,
+    format_layer_list,
     layer_name,
     parse_layer_name,
 )
@@ -63,6 +72,11 @@ class Store:
         self.tables_path = self.root / TABLES_DIR
 
     # -- opening ---------------------------------------------------------------------------
+    @staticmethod
+    def exists(root) -> bool:
+        """True when ``root`` holds a store (its ``store.json``); reads only."""
+        return (store_path(root) / "store.json").exists()
+
     @classmethod
     def open(cls, root: str | Path, create: bool = False) -> "Store":
         """Open a store, checking its format; ``create=True`` makes a new one if absent."""
@@ -108,8 +122,15 @@ class Store:
 
     # -- tables ----------------------------------------------------------------------------
     def table(self, name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
-        """All committed rows of ``prompts``, ``rows`` or ``runs``."""
-        return tables.read_table(self.tables_path / name, tables.SCHEMAS[name], columns, filter)
+        """All committed rows of a table. For ``prompts``, the newest record of each
+        (prompt_id, dataset, trait): a corrected label supersedes the old one."""
+        if name != "prompts":
+            return tables.read_table(self.tables_path / name, tables.SCHEMAS[name], columns, filter)
+        need = list(dict.fromkeys((columns or tables.PROMPTS_SCHEMA.names) + list(PROMPT_KEY) + ["added_at"]))
+        t = tables.latest_prompts(tables.read_table(self.tables_path / name, tables.PROMPTS_SCHEMA, need))
+        if filter is not None:
+            t = t.filter(filter)
+        return t.select(columns) if columns else t.select(tables.PROMPTS_SCHEMA.names)
 
     def prompts(self) -> pa.Table:
         return self.table("prompts")
@@ -125,20 +146,39 @@ class Store:
                 latest[rid] = i
         return t.take(sorted(latest.values()))
 
-    def add_prompts(self, records: list[dict]) -> int:
-        """Add prompt records not yet present (key: prompt_id, dataset, trait); returns how many."""
+    def prompt_changes(self, records: list[dict]) -> tuple[list[dict], list[dict]]:
+        """``(new, changed)``: records whose (prompt_id, dataset, trait) the store lacks, and
+        records whose label or split differs from the stored one. Reads only."""
+        have = self.table("prompts", columns=list(PROMPT_KEY) + ["label", "split"])
+        stored = {(p, d, t): (lab, sp) for p, d, t, lab, sp in zip(*(have[c].to_pylist() for c in have.column_names))}
+        new, changed, seen = [], [], set()
+        for r in records:
+            key = tuple(r[c] for c in PROMPT_KEY)
+            if key in seen:
+                continue
+            seen.add(key)
+            old = stored.get(key)
+            if old is None:
+                new.append(r)
+            elif old != (r["label"], r["split"]):
+                changed.append(r)
+        return new, changed
+
+    def add_prompts(self, records: list[dict]) -> tuple[int, int]:
+        """Add prompt records (key: prompt_id, dataset, trait) in one atomic part.
+
+        A key not yet stored is added; a stored key whose label or split differs gets a newer
+        record that supersedes the old (the vectors fitted on it become stale: their row
+        fingerprint changes). Returns ``(added, relabelled)``."""
         if not records:
-            return 0
-        have = self.table("prompts", columns=["prompt_id", "dataset", "trait"])
-        seen = set(zip(have["prompt_id"].to_pylist(), have["dataset"].to_pylist(), have["trait"].to_pylist()))
-        new = [r for r in records if (r["prompt_id"], r["dataset"], r["trait"]) not in seen]
-        if new:
+            return 0, 0
+        new, changed = self.prompt_changes(records)
+        if new or changed:
             stamp = now_utc()
-            for r in new:
-                r.setdefault("added_at", stamp)
-            tables.write_part(self.tables_path / "prompts", tables.rows_to_table(new, tables.PROMPTS_SCHEMA),
+            rows = [{**r, "added_at": r.get("added_at") or stamp} for r in new] + [{**r, "added_at": stamp} for r in changed]
+            tables.write_part(self.tables_path / "prompts", tables.rows_to_table(rows, tables.PROMPTS_SCHEMA),
                               tables.PROMPTS_SCHEMA)
-        return len(new)
+        return len(new), len(changed)
 
     def record_run(self, run: dict) -> None:
         """Append a run record (a later record of the same run_id supersedes it)."""
@@ -179,7 +219,50 @@ class Store:
         group = arrays.get_group(self.zarr_root(), key.path)
         if group is None:
             return []
-        return sorted(l for l in (parse_layer_name(n) for n in group.array_keys()) if l is not None)
+        return array_layers(group)
+
+    def check_extend(self, groups: list[GroupKey], layers, d_model: int) -> None:
+        """Refuse, before anything is written, a capture that would break a group's invariants.
+
+        ``layers``: one list for every group, or ``{site: list}``. A group that holds committed
+        rows keeps its layer set (a capture of other layers would leave short arrays or rows
+        of zeros), its width, and arrays at least as long as its commits. Reads only."""
+        root = self.zarr_root() if self.zarr_path.exists() else None
+        for g in groups:
+            want = sorted(layers[g.site] if isinstance(layers, dict) else layers)
+            grp = arrays.get_group(root, g.path) if root is not None else None
+            st = self.committed(g)
+            mark = committed_mark(grp)
+            if mark is not None and mark["prompts"] > st.n_prompts:
+                raise StoreError(
+                    f"{g.path}: {mark['prompts'] - st.n_prompts} committed rows are missing from the rows table "
+                    "(a rows part was lost or damaged); run `traitlens verify --repair` to move their activations "
+                    "to quarantine/, then rerun this command to capture them again")
+            if not st.n_prompts:
+                if grp is not None and mark is None and any(
+                        (a := arrays.get_array(grp, layer_name(l), g.path)) is not None and a.shape[0]
+                        for l in array_layers(grp)):
+                    raise StoreError(f"{g.path} holds activations that no rows part records and no commit mark "
+                                     "vouches for; run `traitlens verify --repair` (it moves them to quarantine/)")
+                continue
+            if grp is None:
+                raise StoreError(f"{g.path}: {st.n_prompts} prompts are committed but its arrays are gone; "
+                                 "run `traitlens verify` (re-ingest into a new --store to rebuild)")
+            fixed = fixed_layers(grp)
+            if fixed != want:
+                raise StoreError(
+                    f"{g.path} holds layers {format_layer_list(fixed)} for {st.n_prompts} committed prompts; this "
+                    f"capture asks for layers {format_layer_list(want)}. A group's layers are fixed once it holds "
+                    f"data: rerun with --layers {format_layer_list(fixed)}, or capture into another --store")
+            for l in fixed:
+                arr = arrays.get_array(grp, layer_name(l), g.path)
+                if arr is None or arr.shape[0] < st.array_rows:
+                    have = "is missing" if arr is None else f"holds {arr.shape[0]} rows"
+                    raise StoreError(f"{g.path}/{layer_name(l)} {have} but {st.array_rows} are committed: the "
+                                     "store is damaged; run `traitlens verify` before writing more")
+                if arr.ndim == 2 and arr.shape[1] != d_model:
+                    raise StoreError(f"{g.path}/{layer_name(l)} has d={arr.shape[1]} but the model gives "
+                                     f"d={d_model}: is this the same model?")
 
     def activations(self, key: GroupKey | None, layer: int, rows: slice | None = None, where: str | None = None):
         """Committed activations of one layer as float32 ``[n_rows, d]`` (array rows).
@@ -197,19 +280,48 @@ class Store:
             from traitlens.queries import activations as select
 
             return select(self, layer, where, key)
+        arr = self.layer_array(key, layer)
         n = self.committed(key).array_rows
-        group = arrays.get_group(self.zarr_root(), key.path)
-        if group is None or layer_name(layer) not in group:
-            raise StoreError(
-                f"layer {layer} is not stored for {key.path}; stored layers: {self.layers(key) or 'none'}"
-            )
-        arr = group[layer_name(layer)]
         sel = slice(0, n) if rows is None else slice(*rows.indices(n))
-        return np.asarray(arr[sel], dtype=np.float32)
+        return arrays.read_rows_checked(arr, sel, f"{key.path}/{layer_name(layer)}").astype(np.float32, copy=False)
 
-    def writer(self, groups: list[GroupKey], layers: list[int], d_model: int, run_id: str,
+    def layer_array(self, key: GroupKey, layer: int, n_rows: int | None = None) -> zarr.Array:
+        """One layer's array, checked before it serves its committed rows (``n_rows``, default
+        the group's): a missing array, short array or missing chunk is a ``StoreError``."""
+        group = arrays.get_group(self.zarr_root(), key.path)
+        if group is None or layer not in array_layers(group):
+            raise StoreError(f"layer {layer} is not stored for {key.path}; stored layers: "
+                             f"{format_layer_list(self.layers(key)) or 'none'}")
+        n = self.committed(key).array_rows if n_rows is None else n_rows
+        return arrays.checked_layer(group, layer_name(layer), n, key.path)
+
+    def writer(self, groups: list[GroupKey], layers, d_model: int, run_id: str,
                chunk_rows: int = 256) -> "CommitWriter":
         return CommitWriter(self, groups, layers, d_model, run_id, chunk_rows)
+
+
+LAYERS_ATTR = "layers"  # a group's fixed layer set, written when the group is created
+COMMITTED_ATTR = "committed"  # {"prompts": n, "array_rows": m}: the high-water mark of the group's commits
+PROMPT_KEY = ("prompt_id", "dataset", "trait")
+
+
+def array_layers(group: zarr.Group) -> list[int]:
+    """Layers that have an array in ``group``, ascending (from a listing: metadata not parsed)."""
+    return sorted(l for l in (parse_layer_name(n) for n in arrays.member_names(group)) if l is not None)
+
+
+def fixed_layers(group: zarr.Group) -> list[int]:
+    """The group's layer set: its ``layers`` attribute (stores made before it existed: the arrays present)."""
+    want = dict(group.attrs).get(LAYERS_ATTR)
+    return sorted(int(l) for l in want) if want is not None else array_layers(group)
+
+
+def committed_mark(group: zarr.Group | None) -> dict | None:
+    """The group's high-water mark, or None where no writer of this version has recorded one."""
+    if group is None:
+        return None
+    mark = dict(group.attrs).get(COMMITTED_ATTR)
+    return {"prompts": int(mark["prompts"]), "array_rows": int(mark["array_rows"])} if mark else None
 
 
 @dataclass
@@ -242,9 +354,12 @@ class CommitWriter:
     fills the partial chunk), so steady-state writes never rewrite a chunk.
     """
 
-    def __init__(self, store: Store, groups: list[GroupKey], layers: list[int], d_model: int, run_id: str,
+    def __init__(self, store: Store, groups: list[GroupKey], layers, d_model: int, run_id: str,
                  chunk_rows: int = 256):
-        self.store, self.groups, self.layers, self.d = store, groups, list(layers), d_model
+        groups = list(dict.fromkeys(groups))  # a group listed twice would commit every row twice
+        store.check_extend(groups, layers, d_model)
+        self.store, self.groups, self.d = store, groups, d_model
+        self.layers_of = {g: sorted(layers[g.site] if isinstance(layers, dict) else layers) for g in groups}
         self.run_id, self.chunk_rows = run_id, chunk_rows
         self.root = store.zarr_root(mode="a")
         self.state = {g: store.committed(g) for g in groups}
@@ -258,11 +373,14 @@ class CommitWriter:
         self.broken: BaseException | None = None  # after a failed commit nothing more is written
         for g in groups:
             grp = arrays.require_group(self.root, g.path)
-            for layer in self.layers:
+            if not self.state[g].n_prompts:  # a new group: its layer set is this writer's
+                for l in array_layers(grp):  # arrays without a commit hold tails only (check_extend made sure)
+                    if l not in self.layers_of[g]:
+                        del grp[layer_name(l)]
+                grp.attrs.update({LAYERS_ATTR: self.layers_of[g], COMMITTED_ATTR: {"prompts": 0, "array_rows": 0}})
+            for layer in self.layers_of[g]:
                 name = layer_name(layer)
                 arr = grp[name] if name in grp else arrays.create_layer_array(grp, name, d_model, "float16", chunk_rows)
-                if arr.shape[1] != d_model:
-                    raise StoreError(f"{g.path}/{name} has d={arr.shape[1]} but the model gives d={d_model}")
                 self.arrays[(g, layer)] = arr
             if g.pooling == "tokens":
                 self.token_id_arrays[g] = (grp["token_ids"] if "token_ids" in grp else
@@ -325,7 +443,7 @@ class CommitWriter:
                 continue
             everything = len(keep) == len(prompt_ids)
             start = st.array_rows
-            for layer in self.layers:
+            for layer in self.layers_of[g]:
                 values = np.concatenate([b.pooled[(g.site, g.pooling)][layer] for b in batches])
                 if not everything:
                     values = (np.concatenate([values[offs[i]:offs[i + 1]] for i in keep]) if g.pooling == "tokens"
@@ -355,6 +473,9 @@ class CommitWriter:
             st.n_prompts += len(mine)
             st.array_rows += sum(r["token_count"] for r in mine) if g.pooling == "tokens" else len(mine)
             st.prompt_ids.update(r["prompt_id"] for r in mine)
+            # the mark lets verify tell a crash's tail (above it) from rows whose part was lost (below it)
+            arrays.require_group(self.root, g.path).attrs.update(
+                {COMMITTED_ATTR: {"prompts": st.n_prompts, "array_rows": st.array_rows}})
         self.n_committed += n
         self.last_commit = time.monotonic()
         return n

@@ -6,6 +6,11 @@ and fsynced, then renamed to ``part-<time_ns>-<rand>.parquet``. Readers list onl
 file that ``verify --repair`` removes). On object storage (an fsspec URL) the part is uploaded
 in one PUT under its final name: an object is visible only once complete, so the same holds
 without a rename. Schemas are fixed per table so every part unifies.
+
+Every page carries a CRC (``write_page_checksum``) so that ``verify`` sees a flipped byte, not
+only a truncated file. A part that cannot be read is never skipped in silence: readers raise
+:class:`~traitlens.store.layout.StoreError` naming the file, and ``verify --repair`` moves it
+to the store's quarantine.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from .layout import StoreError
 from .location import arrow_files, is_remote, write_bytes_whole
 
 TS = pa.timestamp("us", tz="UTC")
@@ -167,13 +175,16 @@ def part_files(table_dir: Path) -> list[Path]:
     return sorted(table_dir.glob("part-*.parquet"))
 
 
+WRITE_OPTIONS = {"compression": "zstd", "write_page_checksum": True}
+
+
 def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
     """Atomically add ``table`` (cast to ``schema``) as a new part of ``table_dir``."""
     table = table.select(schema.names).cast(schema)
     token = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     if is_remote(table_dir):
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, **WRITE_OPTIONS)
         final = table_dir / f"part-{token}.parquet"
         write_bytes_whole(final, buf.getvalue())
         return final
@@ -182,7 +193,7 @@ def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
     final = table_dir / f"part-{token}.parquet"
     try:
         with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
+            pq.write_table(table, f, **WRITE_OPTIONS)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -193,15 +204,83 @@ def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
     return final
 
 
+def _open_file(path):
+    return path.open("rb") if is_remote(path) else open(path, "rb")
+
+
+def part_problem(path, schema: pa.Schema, full: bool = True) -> str | None:
+    """Why a part cannot be trusted, or None. ``full=False`` reads only the footer (cheap);
+    ``full=True`` decodes every page and checks its CRC and the schema."""
+    try:
+        with _open_file(path) as f:
+            if not full:
+                meta = pq.ParquetFile(f).metadata
+                got = meta.schema.to_arrow_schema()
+            else:
+                got = pq.read_table(f, page_checksum_verification=True).schema
+    except (pa.ArrowException, OSError, ValueError) as e:  # truncated, garbage, bad CRC
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    missing = [n for n in schema.names if n not in got.names]
+    # a part written before a column existed lacks it (reads as NULL); a part missing the key columns is foreign
+    if missing and any(n in missing for n in schema.names[:2]):
+        return f"not a part of this table: no column(s) {missing[:3]}"
+    return None
+
+
+def damaged_parts(table_dir: Path, schema: pa.Schema, full: bool = False) -> list[tuple[Path, str]]:
+    """``(part, problem)`` for every part of a table that cannot be read."""
+    return [(p, why) for p in part_files(table_dir) if (why := part_problem(p, schema, full)) is not None]
+
+
+def damaged_error(table_dir: Path, schema: pa.Schema, cause: BaseException) -> StoreError:
+    """The one-line error for a read that failed: names the damaged part(s) and the fix."""
+    bad = damaged_parts(table_dir, schema, full=True)
+    if not bad:
+        return StoreError(f"{table_dir}: cannot read the table ({type(cause).__name__}: {cause}); "
+                          "run `traitlens verify`")
+    (first, why), more = bad[0], len(bad) - 1
+    also = f" (and {more} more part{'s' if more > 1 else ''})" if more else ""
+    return StoreError(f"{first}: damaged Parquet part ({why}){also}; run `traitlens verify --repair` to move it "
+                      "to the store's quarantine/ folder, then re-ingest what it held")
+
+
 def read_table(table_dir: Path, schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
-    """Read every committed part of a table as one Arrow table (empty with ``schema`` if none)."""
-    parts = part_files(table_dir)
+    """Read every committed part of a table as one Arrow table (empty with ``schema`` if none).
+
+    A damaged part raises :class:`StoreError` naming it (never an Arrow traceback)."""
+    try:
+        return read_parts(part_files(table_dir), schema, columns, filter)
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # disk or permission error, not damage
+            raise
+        raise damaged_error(table_dir, schema, e) from None
+
+
+def read_parts(parts: list, schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """These parts as one Arrow table (empty with ``schema`` if none); Arrow errors propagate."""
     if not parts:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
     fs, files = arrow_files(parts)
-    dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=fs)
-    return dataset.to_table(columns=columns, filter=filter)
+    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs).to_table(columns=columns, filter=filter)
+
+
+def latest_prompts(t: pa.Table) -> pa.Table:
+    """Keep the newest record of each (prompt_id, dataset, trait): labels and splits are data,
+    and a re-ingest with a corrected label appends a newer record that supersedes the old one.
+    Ties in ``added_at`` go to the later record. Row order of the survivors is kept."""
+    if t.num_rows == 0 or "added_at" not in t.column_names:
+        return t
+    stamps = pc.fill_null(t["added_at"].cast(pa.int64()), 0).to_numpy()
+    order = np.lexsort((np.arange(t.num_rows), stamps))[::-1]  # newest first
+    seen, keep = set(), []
+    ids, dsets, traits = (t[c].to_pylist() for c in ("prompt_id", "dataset", "trait"))
+    for i in order:
+        key = (ids[i], dsets[i], traits[i])
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return t if len(keep) == t.num_rows else t.take(np.sort(np.asarray(keep, dtype=np.int64)))
 
 
 def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

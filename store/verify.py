@@ -1,17 +1,22 @@
-"""Check every invariant of a store, and repair what a crash can leave behind.
+"""Check every invariant of a store against the data itself, and repair what a crash leaves.
 
-Invariants, per group (model_key, fmt, site, pooling):
-- rows are numbered 0..n-1 with no gap and no duplicate; no prompt appears twice;
-- every row's prompt_id is in the prompts table (no orphan rows);
-- every layer array has the same d and at least the committed number of rows, and all its
-  committed values are finite; rows past the committed length are an uncommitted tail;
-- tokens groups: token ranges are contiguous and ``token_ids`` covers them.
-Store-wide: no leftover temporary files (``.tmp-*`` parts, ``*.partial`` chunks, interrupted
-float32 promotions).
+What is checked (every finding is one line naming the file or array, never a traceback):
+- tables: every part of every table parses (the footer; with values, every page and its CRC);
+- prompts: no (prompt_id, dataset, trait) recorded twice at the same time;
+- per group (model_key, fmt, site, pooling): rows numbered 0..n-1, no prompt twice, no row
+  whose prompt is missing; token ranges contiguous (tokens pooling);
+- per group's arrays: its metadata reads; every layer of its fixed layer set has an array, of
+  one width d, at least as long as its commits; every chunk of a committed row exists (a
+  missing chunk reads as zeros); with values, every such chunk decodes and holds finite values;
+- commit marks: rows a group's high-water mark vouches for but no rows part records (a part
+  was lost) are reported, never taken for a crash's tail;
+- leftovers: temporary parts and chunks, interrupted float32 promotions.
 
-``repair`` only ever removes what is not committed: tails, temporaries, interrupted swaps.
-Nothing committed is changed; problems it cannot fix (an array shorter than its commits,
-non-finite committed values) are reported for a human.
+``repair=True`` deletes only what it can prove uncommitted — a tail above the high-water mark,
+temporaries — and moves everything else it must take out of the way (damaged parts, rows whose
+part was lost, tails of stores written before marks existed) to ``quarantine/`` (see
+:mod:`.quarantine`). Nothing committed is ever changed in place; what it cannot fix (an array
+shorter than its commits, missing chunks, non-finite values) stays an error for a human.
 """
 
 from __future__ import annotations
@@ -21,16 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from . import arrays
-from .store import Store
+from . import arrays, tables
+from .layout import TABLE_NAMES, GroupKey, StoreError, format_layer_list, layer_name
+from .quarantine import Quarantine
+from .store import COMMITTED_ATTR, Store, array_layers, committed_mark, fixed_layers
 
 
 @dataclass
 class Report:
-    errors: list[str] = field(default_factory=list)  # committed data is wrong: needs a human
+    errors: list[str] = field(default_factory=list)  # committed data is wrong: needs a human or --repair
     tails: list[str] = field(default_factory=list)  # uncommitted leftovers: --repair removes them
     repaired: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)  # what --repair moved aside (see quarantine/)
     checked: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -39,7 +49,7 @@ class Report:
 
 
 def _temporaries(store: Store) -> list[Path]:
-    found = [p for p in store.tables_path.rglob(".tmp-*")]
+    found = [p for p in store.tables_path.rglob(".tmp-*")] if store.tables_path.exists() else []
     if store.zarr_path.exists():
         found += list(store.zarr_path.rglob("*.partial"))
     return found
@@ -67,92 +77,263 @@ def clean_temporaries(store: Store) -> list[str]:
     return done
 
 
-def verify(store: Store, repair: bool = False, check_values: bool = True, progress=None) -> Report:
-    """Check the store; with ``repair=True`` also drop uncommitted tails and temporaries."""
-    rep = Report()
-    rep.tails += [f"interrupted float32 promotion left {p.relative_to(store.root)}"
-                  for p in _interrupted_promotions(store)]
-    rep.tails += [f"temporary file {p.relative_to(store.root)}" for p in _temporaries(store)]
-    if repair:
-        rep.repaired += [f"removed {p}" for p in clean_temporaries(store)]
+class _Verifier:
+    def __init__(self, store: Store, repair: bool, check_values: bool, progress):
+        self.store, self.repair, self.values, self.progress = store, repair, check_values, progress
+        self.rep = Report()
+        self.quarantine = Quarantine(store.root) if repair else None
+        self.damaged: set[str] = set()  # group paths whose metadata does not read (reported once)
 
-    prompts = store.table("prompts", columns=["prompt_id", "dataset", "trait"])
-    prompt_ids = set(prompts["prompt_id"].to_pylist())
-    dup_keys = [k for k, c in Counter(zip(*(prompts[c].to_pylist() for c in ("prompt_id", "dataset", "trait")))).items() if c > 1]
-    if dup_keys:
-        rep.errors.append(f"prompts table holds {len(dup_keys)} duplicated (prompt_id, dataset, trait) keys, e.g. {dup_keys[0]}")
-    rep.checked["prompts"] = prompts.num_rows
+    def _moved(self, what: str) -> None:
+        self.rep.quarantined.append(what)
 
-    root = store.zarr_root(mode="a" if repair else "r") if store.zarr_path.exists() else None
-    n_rows_total = 0
-    groups = store.groups()
-    for key in groups:
-        t = store.group_rows(key)
+    # -- tables --------------------------------------------------------------------------------
+    def table(self, name: str) -> pa.Table:
+        """Check every part of a table; returns the rows of the parts that read."""
+        schema = tables.SCHEMAS[name]
+        table_dir = self.store.tables_path / name
+        bad = dict(tables.damaged_parts(table_dir, schema, full=self.values))
+        for part, why in bad.items():
+            rel = f"tables/{name}/{part.name}"
+            if self.repair:
+                dest = self.quarantine.move_part(part, name, why)
+                self._moved(f"{rel}: damaged ({why}); moved to {dest.relative_to(self.store.root)}; "
+                            "re-ingest the corpus to restore what it held")
+            else:
+                self.rep.errors.append(f"{rel}: damaged Parquet part ({why}); --repair moves it to quarantine/")
+        good = [p for p in tables.part_files(table_dir) if p not in bad]
+        self.rep.checked[f"{name}_parts"] = len(good)
+        return tables.read_parts(good, schema)
+
+    # -- arrays --------------------------------------------------------------------------------
+    def zarr_groups(self, root) -> dict[str, object]:
+        """Every group path (``model/fmt/site/pooling``) in the Zarr tree -> its group, or None
+        where its metadata is damaged (reported)."""
+        found = {}
+
+        def walk(group, path, depth):
+            for name in arrays.member_names(group):
+                sub = f"{path}/{name}" if path else name
+                try:
+                    node = arrays.get_group(root, sub)
+                except StoreError as e:
+                    self.rep.errors.append(str(e))
+                    self.damaged.add(sub)
+                    continue
+                if depth == 3:
+                    found[sub] = node
+                elif node is not None:
+                    walk(node, sub, depth + 1)
+
+        walk(root, "", 0)
+        return found
+
+    def group(self, key: GroupKey, grp, t: pa.Table, prompt_ids: set[str]) -> int:
+        """Check one group's rows and arrays; returns its committed row count."""
+        rep, path = self.rep, key.path
+        t = t.sort_by("row")
         n = t.num_rows
-        n_rows_total += n
-        rows = np.asarray(t["row"].to_pylist(), dtype=np.int64)
+        rows = t["row"].to_numpy() if n else np.zeros(0, np.int64)
         if not np.array_equal(rows, np.arange(n)):
             dups = [r for r, c in Counter(rows.tolist()).items() if c > 1]
-            rep.errors.append(f"{key.path}: row numbers are not 0..{n - 1} (duplicates: {dups[:5]})")
+            gaps = sorted(set(range(int(rows.max()) + 1)) - set(rows.tolist()))[:5] if n else []
+            rep.errors.append(f"{path}: row numbers are not 0..{n - 1} (duplicates: {dups[:5]}, missing: {gaps}); "
+                              "a rows part was lost or copied: restore it, or re-ingest into a new --store")
         ids = t["prompt_id"].to_pylist()
         dup_ids = [p for p, c in Counter(ids).items() if c > 1]
         if dup_ids:
-            rep.errors.append(f"{key.path}: {len(dup_ids)} prompts stored more than once, e.g. {dup_ids[0]}")
+            rep.errors.append(f"{path}: {len(dup_ids)} prompts stored more than once, e.g. {dup_ids[0]}")
         orphans = [p for p in set(ids) if p not in prompt_ids]
         if orphans:
-            rep.errors.append(f"{key.path}: {len(orphans)} rows point at prompts missing from the prompts table, e.g. {orphans[0]}")
+            rep.errors.append(f"{path}: {len(orphans)} rows point at prompts missing from the prompts table, e.g. "
+                              f"{orphans[0]}; re-ingest their corpus to restore the prompt records")
         array_rows = n
         if key.pooling == "tokens" and n:
-            starts = np.asarray(t["token_start"].to_pylist(), dtype=np.int64)
-            counts = np.asarray(t["token_count"].to_pylist(), dtype=np.int64)
-            expect = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            if not np.array_equal(starts, expect):
-                rep.errors.append(f"{key.path}: token ranges are not contiguous")
+            starts, counts = t["token_start"].to_numpy(), t["token_count"].to_numpy().astype(np.int64)
+            if not np.array_equal(starts, np.concatenate([[0], np.cumsum(counts)[:-1]])):
+                rep.errors.append(f"{path}: token ranges are not contiguous")
             array_rows = int(counts.sum())
-        group = arrays.get_group(root, key.path) if root is not None else None
-        if group is None:
-            rep.errors.append(f"{key.path}: {n} committed rows but no arrays on disk")
-            continue
-        names = [n_ for n_ in group.array_keys()]
-        ds = set()
-        for name in sorted(names):
-            arr = group[name]
-            if name == "token_ids" and key.pooling != "tokens":
+        if grp is None:
+            if n and path not in self.damaged:
+                rep.errors.append(f"{path}: {n} committed rows but no arrays on disk (activations.zarr/{path} was "
+                                  "deleted?); they are lost: re-ingest into a new --store")
+            return n
+        mark = committed_mark(grp)
+        if mark is not None and mark["prompts"] > n:
+            self._lost_commits(key, grp, n, array_rows, mark)
+            mark = committed_mark(grp)
+        # rows up to the mark were committed (lost ones are reported above); past it is a tail
+        vouched = max(array_rows, mark["array_rows"] if mark is not None else 0)
+        fixed, present = fixed_layers(grp), array_layers(grp)
+        for l in sorted(set(fixed) - set(present)):
+            if n:
+                rep.errors.append(f"{path}/{layer_name(l)}: the array is missing (deleted?) and its {array_rows} "
+                                  "committed rows with it; re-ingest into a new --store to rebuild")
+        members = [layer_name(l) for l in present] + (["token_ids"] if key.pooling == "tokens" else [])
+        widths = set()
+        for name in members:
+            try:
+                arr = arrays.get_array(grp, name, path)
+            except StoreError as e:
+                rep.errors.append(str(e))
+                continue
+            if arr is None:
                 continue
             if arr.ndim == 2:
-                ds.add(arr.shape[1])
-            have = arr.shape[0]
-            if have < array_rows:
-                rep.errors.append(f"{key.path}/{name}: {have} rows on disk but {array_rows} committed (data lost)")
-                continue
-            if have > array_rows:
-                rep.tails.append(f"{key.path}/{name}: uncommitted tail of {have - array_rows} rows")
-                if repair:
-                    arrays.truncate_rows(arr, array_rows)
-                    rep.repaired.append(f"truncated {key.path}/{name} to {array_rows} rows")
-            if check_values and arr.ndim == 2 and array_rows:
-                step = max(1, (arr.chunks[0]) * 16)
-                bad = 0
-                for s in range(0, array_rows, step):
-                    block = np.asarray(arr[s:min(array_rows, s + step)])
-                    bad += int((~np.isfinite(block)).any(axis=1).sum())
-                if bad:
-                    rep.errors.append(f"{key.path}/{name}: {bad} committed rows hold NaN or inf")
-            if progress is not None:
-                progress()
-        if len(ds) > 1:
-            rep.errors.append(f"{key.path}: layer arrays disagree on d_model: {sorted(ds)}")
-    # arrays of groups that never committed a row are pure tails
-    if root is not None:
-        committed_paths = {k.path for k in groups}
-        for path, node in root.members(max_depth=None):
-            if hasattr(node, "shape") and "/".join(path.split("/")[:-1]) not in committed_paths and node.shape[0] > 0:
-                rep.tails.append(f"{path}: {node.shape[0]} rows in a group with no commit")
-                if repair:
-                    arrays.truncate_rows(node, 0)
-                    rep.repaired.append(f"truncated {path} to 0 rows")
-    rep.checked["groups"] = len(groups)
-    rep.checked["rows"] = n_rows_total
-    return rep
+                widths.add(arr.shape[1])
+            self.array(key, name, arr, array_rows, vouched, mark, fixed)
+            if self.progress is not None:
+                self.progress()
+        if len(widths) > 1:
+            rep.errors.append(f"{path}: layer arrays disagree on d_model: {sorted(widths)}")
+        return n
+
+    def _lost_commits(self, key, grp, n, array_rows, mark) -> None:
+        """Rows the mark vouches for but no rows part records: never a tail."""
+        lost = mark["prompts"] - n
+        if not self.repair:
+            self.rep.errors.append(
+                f"{key.path}: {lost} committed rows have no rows record (a rows part was lost or damaged); "
+                "--repair moves their activations to quarantine/ so that a re-ingest captures them again")
+            return
+        for l in array_layers(grp):
+            arr = arrays.get_array(grp, layer_name(l), key.path)
+            self._quarantine_rows(key, layer_name(l), arr, array_rows, f"{lost} committed rows lost their rows part")
+        if key.pooling == "tokens" and "token_ids" in grp:
+            self._quarantine_rows(key, "token_ids", grp["token_ids"], array_rows, "token ids of the same rows")
+        grp.attrs.update({COMMITTED_ATTR: {"prompts": n, "array_rows": array_rows}})
+        self._moved(f"{key.path}: {lost} committed rows had no rows record; their activations are in quarantine/; "
+                    "rerun the ingest to capture those prompts again")
+
+    def _quarantine_rows(self, key, name, arr, start, why) -> None:
+        if arr.shape[0] > start:
+            values = arrays.read_rows_checked(arr, slice(start, arr.shape[0]), f"{key.path}/{name}")
+            self.quarantine.save_rows(values, f"{key.path}/{name}", start, why)
+            arrays.truncate_rows(arr, start)
+
+    def array(self, key: GroupKey, name: str, arr, committed: int, vouched: int, mark, fixed: list[int]) -> None:
+        """Check one array against ``committed`` rows (tokens for ``tokens`` pooling) that the rows
+        table records and ``vouched`` rows the commit mark says were written (>= committed)."""
+        rep, where = self.rep, f"{key.path}/{name}"
+        have = arr.shape[0]
+        if name != "token_ids" and int(name[1:]) not in fixed:
+            if not have:
+                return
+            msg = f"{where}: {have} rows in a layer outside the group's layer set {format_layer_list(fixed)}"
+            if self.repair:
+                self._quarantine_rows(key, name, arr, 0, "a layer outside the group's layer set")
+                self._moved(msg + "; moved to quarantine/")
+            else:
+                rep.errors.append(msg + "; --repair moves them to quarantine/")
+            return
+        if have < committed:
+            rep.errors.append(f"{where}: {have} rows on disk but {committed} committed (data lost); the rows past "
+                              f"{have} cannot be recovered: re-ingest into a new --store")
+        elif have > vouched:
+            if mark is not None:  # past the high-water mark: a crash's tail, provably uncommitted
+                rep.tails.append(f"{where}: uncommitted tail of {have - vouched} rows")
+                if self.repair:
+                    arrays.truncate_rows(arr, vouched)
+                    rep.repaired.append(f"truncated {where} to {vouched} rows")
+            elif self.repair:
+                self._quarantine_rows(key, name, arr, committed, "rows past the committed length in a store "
+                                      "without a commit mark: not provably uncommitted")
+                self._moved(f"{where}: {have - committed} rows past the committed length moved to quarantine/ "
+                            "(this store predates commit marks, so they may have been committed)")
+            else:
+                rep.tails.append(f"{where}: {have - committed} rows past the committed length (no commit mark "
+                                 "proves them uncommitted: --repair moves them to quarantine/)")
+        n = min(have, vouched)
+        if not n:
+            return
+        missing = arrays.missing_chunks(arr, n)
+        if missing:
+            rep.errors.append(f"{where}: {len(missing)} chunk(s) of committed rows are missing ({', '.join(missing[:3])}"
+                              f"{', ...' if len(missing) > 3 else ''}); those rows would read as zeros: re-ingest "
+                              "into a new --store")
+        if self.values:
+            self._scan_values(where, arr, n, set(missing))
+
+    def _scan_values(self, where, arr, n, missing: set[str]) -> None:
+        """Decode every chunk of rows [0, n) and count rows with NaN or inf."""
+        per = arr.chunks[0]
+        step = per * 16
+        bad_rows, bad_chunks = 0, []
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            try:
+                block = np.asarray(arr[s:e])
+            except Exception:  # find which chunk(s) of the block do not decode
+                block = None
+                for c in range(s, e, per):
+                    try:
+                        np.asarray(arr[c:min(e, c + per)])
+                    except Exception as err:
+                        bad_chunks.append(f"{arr.metadata.encode_chunk_key((c // per, 0) if arr.ndim == 2 else (c // per,))}"
+                                          f" ({type(err).__name__}: {str(err).splitlines()[0][:80]})")
+            if block is not None and block.ndim == 2:
+                bad_rows += int((~np.isfinite(block)).any(axis=1).sum())
+        if bad_chunks:
+            self.rep.errors.append(f"{where}: {len(bad_chunks)} chunk(s) do not decode: {'; '.join(bad_chunks[:3])}; "
+                                   "their rows are lost: re-ingest into a new --store")
+        if bad_rows:
+            self.rep.errors.append(f"{where}: {bad_rows} committed rows hold NaN or inf")
+
+    # -- the whole store -----------------------------------------------------------------------
+    def run(self) -> Report:
+        store, rep = self.store, self.rep
+        rep.tails += [f"interrupted float32 promotion left {p.relative_to(store.root)}"
+                      for p in _interrupted_promotions(store)]
+        rep.tails += [f"temporary file {p.relative_to(store.root)}" for p in _temporaries(store)]
+        if self.repair:
+            rep.repaired += [f"removed {p}" for p in clean_temporaries(store)]
+        read = {name: self.table(name) for name in TABLE_NAMES}
+
+        prompts = read["prompts"]
+        keys = zip(*(prompts[c].to_pylist() for c in ("prompt_id", "dataset", "trait", "added_at")))
+        dup_keys = [k for k, c in Counter(keys).items() if c > 1]
+        if dup_keys:
+            rep.errors.append(f"prompts table holds {len(dup_keys)} (prompt_id, dataset, trait) keys recorded twice "
+                              f"at the same time, e.g. {dup_keys[0][:3]}")
+        prompt_ids = set(prompts["prompt_id"].to_pylist())
+        rep.checked["prompts"] = len(set(zip(*(prompts[c].to_pylist() for c in ("prompt_id", "dataset", "trait")))))
+
+        rows = read["rows"]
+        by_group: dict[GroupKey, pa.Table] = {}
+        if rows.num_rows:
+            for g in rows.group_by(["model_key", "fmt", "site", "pooling"]).aggregate([]).to_pylist():
+                key = GroupKey(g["model_key"], g["fmt"], g["site"], g["pooling"])
+                f = ((pc.field("model_key") == key.model_key) & (pc.field("fmt") == key.fmt)
+                     & (pc.field("site") == key.site) & (pc.field("pooling") == key.pooling))
+                by_group[key] = rows.filter(f)
+        zgroups = {}
+        if store.zarr_path.exists():
+            try:
+                root = store.zarr_root(mode="a" if self.repair else "r")
+                zgroups = self.zarr_groups(root)
+            except StoreError as e:
+                rep.errors.append(str(e))
+        elif by_group:
+            rep.errors.append("activations.zarr is missing: every committed activation is lost; "
+                              "re-ingest into a new --store")
+        n_rows_total = 0
+        for path in sorted(set(zgroups) | {k.path for k in by_group}):
+            key = next((k for k in by_group if k.path == path), None)
+            if key is None:
+                try:
+                    key = GroupKey(*path.split("/"))
+                except ValueError:
+                    rep.errors.append(f"activations.zarr/{path}: not a traitlens group")
+                    continue
+            t = by_group.get(key, tables.ROWS_SCHEMA.empty_table())
+            n_rows_total += self.group(key, zgroups.get(path), t, prompt_ids)
+        rep.checked["groups"] = len(by_group)
+        rep.checked["rows"] = n_rows_total
+        return rep
 
 
+def verify(store: Store, repair: bool = False, check_values: bool = True, progress=None) -> Report:
+    """Check the store; with ``repair=True`` also drop provable tails and temporaries and move
+    what cannot be proven uncommitted to ``quarantine/``. ``check_values=False`` is the cheap
+    mode (no decoding of chunks or pages: footers, listings and shapes only)."""
+    return _Verifier(store, repair, check_values, progress).run()

@@ -1,7 +1,9 @@
 """The ``traitlens`` command line.
 
 Exit codes: 0 success; 1 a failure the message explains; 2 bad usage or bad input;
-3 the store is locked by another live run (so cron wrappers can tell it apart); 130 interrupted.
+3 the store is locked by another live run (so cron wrappers can tell it apart); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM, handled like Ctrl-C: what is complete is committed and the run
+is recorded as interrupted).
 """
 
 from __future__ import annotations
@@ -24,6 +26,31 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _output(ctx, path, option: str):
+    """An output path of a command, refused (exit 2) when it would land inside the store."""
+    from traitlens.store.location import check_outside_store
+
+    try:
+        check_outside_store(path, ctx.obj["store"], option)
+    except ValueError as e:
+        _fail(str(e), EXIT_INPUT)
+    return path
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once after an interrupt. Everything committed is already on disk (parts are
+    fsynced, chunks written); a plain exit would wait for worker threads still inside a fit
+    (Dask's pool is joined at exit), which made Ctrl-C take effect 30-40 s late."""
+    if not _OWN_PROCESS:  # called in-process (tests, an embedding app): exit the ordinary way
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+_OWN_PROCESS = False  # set by main(): the process is the `traitlens` command itself
+
+
 class Guarded(click.Group):
     """Turns the project's own exceptions into one-line errors with the right exit code."""
 
@@ -44,9 +71,11 @@ class Guarded(click.Group):
             _fail(str(e), EXIT_INPUT)
         except (StoreError, ModelError) as e:
             _fail(str(e), EXIT_FAIL)
-        except KeyboardInterrupt as e:
-            click.echo(f"\n{e or 'interrupted'}", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (see pipeline.interrupts)
+            from traitlens.pipeline.interrupts import interrupt_exit_code, interrupt_reason
+
+            click.echo(f"\n{str(e) or interrupt_reason(e)}", err=True)
+            _exit_now(interrupt_exit_code(e))
         except OSError as e:  # full disk, read-only store, permissions: say so, and what survived
             import errno
 
@@ -172,8 +201,9 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
     finally:
         if client is not None:
             client.close()
+    relabelled = f", {res.n_relabelled} relabelled (newest label wins)" if res.n_relabelled else ""
     line = (f"ingest {res.status}: {res.n_captured} prompts captured, {res.n_skipped} already stored, "
-            f"{res.n_new_prompts} new prompt records, {res.n_truncated} truncated, {res.n_duplicates} duplicates "
+            f"{res.n_new_prompts} new prompt records{relabelled}, {res.n_truncated} truncated, {res.n_duplicates} duplicates "
             f"skipped; model {res.model_key} ({res.fmt}); {res.prompts_per_s:.1f} prompts/s; run {res.run_id}")
     click.echo(line)
     if res.promoted:
@@ -181,34 +211,54 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
 
 
 @cli.command()
-@click.option("--repair", is_flag=True, help="Drop uncommitted tails and temporaries (never committed data).")
-@click.option("--no-values", is_flag=True, help="Skip the finiteness scan of every stored value (faster).")
+@click.option("--repair", is_flag=True,
+              help="Drop provable uncommitted tails and temporaries; move what cannot be proven uncommitted "
+                   "(damaged parts, rows whose part was lost) to <store>/quarantine/. Never deletes committed data.")
+@click.option("--no-values", is_flag=True,
+              help="Cheap mode for cron: footers, listings and shapes only (no decoding of every chunk and page).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
-def verify(ctx, repair, no_values, as_json):
-    """Check every store invariant; exit 1 if anything is wrong."""
+def verify(ctx, repair, no_values, as_json, quiet):
+    """Check every store invariant against the data itself; exit 1 if anything is wrong."""
+    from contextlib import nullcontext
+
     from traitlens.store import Store
     from traitlens.store import verify as run_verify
 
     store = Store.open(ctx.obj["store"])
-    if repair:
-        with store.lock("verify --repair"):
-            rep = run_verify(store, repair=True, check_values=not no_values)
-    else:
-        rep = run_verify(store, repair=False, check_values=not no_values)
+    bar = None
+    if not (quiet or as_json or no_values):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="verify", unit="array", dynamic_ncols=True, leave=False, disable=None)
+    with store.lock("verify --repair") if repair else nullcontext():
+        try:
+            rep = run_verify(store, repair=repair, check_values=not no_values,
+                             progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
     if as_json:
-        click.echo(json.dumps({"clean": rep.clean and not rep.errors, **rep.__dict__}, indent=2))
+        click.echo(json.dumps({"clean": rep.clean, **rep.__dict__}, indent=2))
     else:
         for e in rep.errors:
             click.echo(f"ERROR  {e}")
         for t in rep.tails:
             click.echo(f"{'fixed ' if repair else 'TAIL  '} {t}")
+        for q in rep.quarantined:
+            click.echo(f"MOVED  {q}")
         c = rep.checked
         state = "clean" if (rep.clean or (repair and not rep.errors)) else "NOT clean"
-        hint = "" if rep.clean or repair or rep.errors else " (run `traitlens verify --repair`)"
-        click.echo(f"store {state}: {c.get('prompts', 0)} prompts, {c.get('groups', 0)} groups, "
+        fixable = rep.tails or any("--repair" in e for e in rep.errors)
+        hint = " (run `traitlens verify --repair`)" if fixable and not repair else ""
+        mode = " (metadata only: --no-values)" if no_values else ""
+        click.echo(f"store {state}{mode}: {c.get('prompts', 0)} prompts, {c.get('groups', 0)} groups, "
                    f"{c.get('rows', 0)} committed rows{hint}")
-    if rep.errors or (rep.tails and not repair):
+        if rep.quarantined:
+            click.echo("what was moved aside is listed in quarantine/*/manifest.json; rerun the ingest to capture "
+                       "the lost prompts again", err=True)
+    if rep.errors or (rep.tails and not repair) or rep.quarantined:
         sys.exit(EXIT_FAIL)
 
 
@@ -224,7 +274,12 @@ def _quiet_libraries() -> None:
 
 
 def main() -> None:
-    cli(prog_name="traitlens")
+    from traitlens.pipeline.interrupts import terminate_as_interrupt
+
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
+    with terminate_as_interrupt():
+        cli(prog_name="traitlens")
 
 
 # the other verbs register themselves on `cli` when their modules load

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import EXIT_INPUT, _fail, cli
+from .cli import EXIT_INPUT, _fail, _output, cli
 
 
 def _print_table(t, max_rows: int = 200) -> None:
@@ -49,8 +49,6 @@ def _write_result(t, fmt_: str, output: str | None) -> None:
         pcsv.write_csv(_lists_as_json(flat), buf)
         Path(output).write_bytes(buf.getvalue()) if output else click.echo(buf.getvalue().decode(), nl=False)
     else:
-        if not output:
-            _fail("--format parquet needs -o FILE", EXIT_INPUT)
         pq.write_table(t, output)
         click.echo(f"wrote {output} ({t.num_rows} rows)")
 
@@ -71,15 +69,21 @@ def _lists_as_json(t):
 @click.argument("sql")
 @click.option("--format", "fmt_", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
               show_default=True, help="json: one array of row objects.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write here instead of stdout (never inside the store).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3600, show_default=True,
+              help="Stop a statement after this many seconds.")
 @click.pass_context
-def query(ctx, sql, fmt_, output):
+def query(ctx, sql, fmt_, output, timeout):
     """Run read-only SQL over the store. Views: prompts, rows, runs, vectors, metrics, groups,
     act_L<layer> (activations, streamed), macro nearest(vector_id, k)."""
     from traitlens.queries import StoreSQL
 
+    _output(ctx, output, "-o")
+    if fmt_ == "parquet" and not output:
+        _fail("--format parquet needs -o FILE", EXIT_INPUT)
     with StoreSQL(ctx.obj["store"]) as q:
-        _write_result(q.query(sql), fmt_, output)
+        _write_result(q.query(sql, timeout=timeout), fmt_, output)
 
 
 @cli.command()
@@ -120,6 +124,10 @@ def sql(ctx):
                 _print_table(q.query(buf))
             except QueryError as e:
                 click.echo(f"error: {e}", err=True)
+            except KeyboardInterrupt as e:  # Ctrl-C stops the statement, not the session; SIGTERM ends it
+                if getattr(e, "exit_code", 130) != 130:
+                    raise
+                click.echo("(statement cancelled)", err=True)
             buf = ""
     if readline is not None:
         readline.write_history_file(hist)
@@ -148,8 +156,8 @@ def rank(ctx, trait, by, top, plot, no_plot):
             click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
         if not no_plot:
             top_row = best.to_pylist()[0]
-            from traitlens.store import safe_name
+            from traitlens.store import file_stem
 
-            out = Path(plot or f"rank-{safe_name(trait, 'trait')}.png")  # a trait name never picks the folder
+            out = Path(_output(ctx, plot or f"rank-{file_stem(trait, 'trait')}.png", "--plot"))  # a trait never picks the folder
             heatmap(q, trait, by, top_row, out)
             click.echo(f"heatmap: {out}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli import EXIT_INPUT, _fail, cli
+from .cli import EXIT_INPUT, _fail, _output, cli
 
 
 def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):
@@ -78,7 +78,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
     from traitlens.pipeline.corpus import prompt_id_for
     from traitlens.pipeline.monitor import plot as draw
     from traitlens.pipeline.monitor import trajectory
-    from traitlens.store import Store, safe_name, tables
+    from traitlens.store import Store, file_stem, tables
     from traitlens.store.store import new_run_id, now_utc
 
     prompts = [prompt] if prompt else []
@@ -105,7 +105,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
                        f"{r['velocity']:>9.3f} {r['acceleration']:>8.3f}{mark}")
         click.echo("commitment: " + (f"token {tr.commitment} ({tr.tokens[tr.commitment]!r})" if tr.commitment is not None
                                      else "none (the projection never settles past the threshold)"))
-        out = Path(plot or f"monitor-{safe_name(trait, 'trait')}.png")
+        out = Path(_output(ctx, plot or f"monitor-{file_stem(trait, 'trait')}.png", "--plot"))
         if len(prompts) > 1:
             out = out.with_name(f"{out.stem}-{k}{out.suffix}")
         draw(tr, out, title=f"{trait} — layer {vec['layer']} {vec['method']} — {text[:60]}")

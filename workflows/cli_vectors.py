@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import EXIT_INPUT, _fail, cli
+from .cli import EXIT_INPUT, _fail, _output, cli
 
 
 def _group_options(f):
@@ -121,9 +121,10 @@ def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
         keep = set(parse_layers(layers, max(r["layer"] for r in rows) + 1))
         rows = [r for r in rows if r["layer"] in keep]
     rows = latest_per_layer(rows)
-    from traitlens.store import safe_name
+    from traitlens.store import file_stem
 
-    out = Path(output or f"{safe_name(trait, 'trait')}-{method}.{'gguf' if fmt_ == 'gguf' else 'safetensors'}")
+    out = Path(_output(ctx, output or f"{file_stem(trait, 'trait')}-{file_stem(method, 'method')}."
+                       f"{'gguf' if fmt_ == 'gguf' else 'safetensors'}", "-o"))
     if fmt_ == "gguf":
         to_gguf(rows, out, model_hint, scale)
     else:

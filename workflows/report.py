@@ -6,7 +6,7 @@ from pathlib import Path
 
 from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import heatmap, rank
-from traitlens.store import Store, safe_name
+from traitlens.store import Store, file_stem
 from traitlens.store.location import is_remote
 
 
@@ -39,7 +39,7 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
                 f = floor.to_pylist()[0]
                 lines += ["", f"Floor: a random direction reaches AUROC {f['auroc']:.3f} (layer {f['layer']})."]
             if rep.get("plots", True) and rows:
-                png = path.parent / f"{safe_name(trait, 'trait')}-auroc.png"  # trait names come from corpora
+                png = path.parent / f"{file_stem(trait, 'trait')}-auroc.png"  # trait names come from corpora
                 heatmap(q, trait, "auroc", rows[0], png)
                 lines += ["", f"![{trait}: held-out AUROC by layer and method]({png.name})"]
             lines.append("")

@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from traitlens.pipeline.corpus import ReadOptions
-from traitlens.pipeline.extract import ExtractConfig, extract, parse_size
+from traitlens.pipeline.extract import extract
 from traitlens.pipeline.layers import format_layers
-from traitlens.pipeline.ingest import IngestConfig, ingest
+from traitlens.pipeline.ingest import ingest
 from traitlens.store import Store
 from traitlens.store.store import code_version, new_run_id, now_utc
 
@@ -49,17 +49,6 @@ class RunSummary:
         return out
 
 
-def _ingest_config(spec: Spec) -> IngestConfig:
-    c = dict(spec.capture)
-    if "poolings" not in c:
-        c["poolings"] = ["last", "mean"]
-    if isinstance(c.get("chat"), str):
-        c["chat"] = None  # "auto"
-    if isinstance(c.get("layers"), list):
-        c["layers"] = ",".join(map(str, c["layers"]))
-    return IngestConfig(model=spec.model, **{k: v for k, v in c.items()})
-
-
 def _traits(store: Store, wanted) -> list[str]:
     rows = store.table("prompts", columns=["trait", "label"]).to_pylist()
     both = sorted({r["trait"] for r in rows if r["label"] == 1} & {r["trait"] for r in rows if r["label"] == -1})
@@ -80,7 +69,8 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
     t0 = time.perf_counter()
     summary = RunSummary(run_id=new_run_id("refresh" if refresh else "run"))
     store = Store.open(spec.store, create=True)
-    cfg = _ingest_config(spec)
+    cfg = spec.ingest_config()
+    xcfg = spec.extract_config()
     started = now_utc()
     # capture shards and extraction tasks both run on a Dask cluster when one is named
     client = owned = None
@@ -98,11 +88,8 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
             summary.captured += res.n_captured
             summary.already_stored += res.n_skipped
         ex = spec.extract
-        xcfg = ExtractConfig(n_boot=ex.get("n_boot", 8), seed=ex.get("seed", 0), params=ex.get("params", {}))
-        if "memory" in ex:
-            xcfg.memory_budget = parse_size(ex["memory"])
         for trait in _traits(store, ex.get("traits", "all")):
-            r = extract(spec.store, trait, ex.get("methods", "all"), ex.get("layers", "all"), model=lm.key,
+            r = extract(spec.store, trait, xcfg.methods, ex.get("layers", "all"), model=lm.key,
                         site=ex.get("site", "resid"), pooling=ex.get("pooling", "last"), cfg=xcfg,
                         scheduler=client, progress=progress)
             summary.vectors_new += r.n_new

@@ -31,10 +31,21 @@ from __future__ import annotations
 
 import difflib
 import glob
+import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from traitlens.store.location import is_remote, store_path
+from traitlens.store.location import check_outside_store, is_remote, store_path
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlevel = 60, 60, 3
+_short.maxdict = _short.maxlist = 4  # a YAML alias bomb is never expanded
+
+
+def short_repr(value) -> str:
+    """A bounded repr for error messages: a value from a spec may be huge or self-similar."""
+    return _short.repr(value)
 
 SCHEMA: dict[str, dict] = {
     "": {"store": str, "model": str, "corpora": list, "capture": dict, "extract": dict, "evaluate": dict,
@@ -73,6 +84,30 @@ class Spec:
     report: dict = field(default_factory=dict)
     scheduler: str | None = None
 
+    def ingest_config(self):
+        """The capture settings as an :class:`~traitlens.pipeline.ingest.IngestConfig` (validated)."""
+        from traitlens.pipeline.ingest import IngestConfig
+
+        c = dict(self.capture)
+        c.setdefault("poolings", ["last", "mean"])
+        if isinstance(c.get("chat"), str):
+            c["chat"] = None  # "auto"
+        if isinstance(c.get("layers"), list):
+            c["layers"] = ",".join(map(str, c["layers"]))
+        return IngestConfig(model=self.model, **c).validate()
+
+    def extract_config(self):
+        """The extraction settings as an :class:`~traitlens.pipeline.extract.ExtractConfig` (validated)."""
+        from traitlens.pipeline.extract import ExtractConfig, parse_size
+
+        ex = self.extract
+        cfg = ExtractConfig(n_boot=ex.get("n_boot", 8), seed=ex.get("seed", 0), params=ex.get("params", {}))
+        if "methods" in ex:
+            cfg.methods = ex["methods"]
+        if "memory" in ex:
+            cfg.memory_budget = parse_size(ex["memory"])
+        return cfg.validate()
+
 
 def _type_name(t) -> str:
     ts = t if isinstance(t, tuple) else (t,)
@@ -89,7 +124,7 @@ def _check_table(path: Path, where: str, table: dict, schema: dict) -> None:
         ok = isinstance(value, want) and not (want in (int, (int,)) and isinstance(value, bool))
         if not ok:
             raise SpecError(f"{path}: {where + key!r} must be a {_type_name(want)}, got {type(value).__name__} "
-                            f"{value!r}")
+                            f"{short_repr(value)}")
 
 
 def _read(path: Path) -> dict:
@@ -159,7 +194,62 @@ def load_spec(path: str | Path) -> Spec:
     if not is_remote(store) and not store.is_absolute():
         store = base / store
     model = data.get("model")
-    return Spec(path=path, store=store,
+    spec = Spec(path=path, store=store,
                 model=None if model in (None, "default") else model, corpora=corpora,
                 capture=data.get("capture", {}), extract=data.get("extract", {}), evaluate=data.get("evaluate", {}),
                 report=data.get("report", {}), scheduler=data.get("scheduler"))
+    _check_values(spec)
+    return spec
+
+
+def _check_values(spec: Spec) -> None:
+    """Every value, nested tables included, checked the way the commands will use it — so a bad
+    one fails here, before ingest has written anything."""
+    from traitlens.pipeline.corpus import CorpusError, ReadOptions, parse_label, parse_split
+    from traitlens.pipeline.layers import SiteError, parse_layers
+    from traitlens.pipeline.methods import ExtractionError
+
+    path = spec.path
+    try:
+        spec.ingest_config()
+    except (ValueError, SiteError) as e:
+        msg = re.sub(r"--([a-z-]+)", lambda m: "capture." + m.group(1).replace("-", "_"), str(e))
+        raise SpecError(f"{path}: {msg}") from None
+    try:
+        spec.extract_config()
+    except ExtractionError as e:
+        raise SpecError(f"{path}: [extract] {e}") from None
+    for section, key in (("capture", "layers"), ("extract", "layers")):
+        value = getattr(spec, section).get(key)
+        if value is not None:
+            try:  # the syntax now; that the model has these layers is checked once it is loaded
+                parse_layers(value, 100_000)
+            except SiteError as e:
+                raise SpecError(f"{path}: {section}.{key}: {e}") from None
+    traits = spec.extract.get("traits")
+    if isinstance(traits, list) and not all(isinstance(t, str) and t for t in traits):
+        raise SpecError(f"{path}: extract.traits must be \"all\" or a list of trait names, got {short_repr(traits)}")
+    for i, c in enumerate(spec.corpora):
+        o = c.options
+        try:
+            if "label" in o:
+                parse_label(o["label"], path, None, f"corpora[{i}].label", o.get("zero_is_negative", False))
+            if "split" in o:
+                parse_split(o["split"], path, None)
+            ReadOptions(**{k: (str(v) if k == "label" else v) for k, v in o.items()})
+        except CorpusError as e:
+            raise SpecError(f"{path}: corpora[{i}]: {str(e).split(': ', 1)[-1]}") from None
+    ev = spec.evaluate
+    alphas = ev.get("alphas", [])
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
+        raise SpecError(f"{path}: evaluate.alphas must be a list of numbers, got {short_repr(alphas)}")
+    for section, key in (("evaluate", "n"), ("report", "top")):
+        v = getattr(spec, section).get(key)
+        if v is not None and v < 1:
+            raise SpecError(f"{path}: {section}.{key} must be at least 1, got {v}")
+    if "path" in spec.report:
+        out = Path(spec.report["path"])
+        try:
+            check_outside_store(out if out.is_absolute() else path.parent / out, spec.store, "report.path")
+        except ValueError as e:
+            raise SpecError(f"{path}: {e}") from None

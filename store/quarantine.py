@@ -1,0 +1,67 @@
+"""The quarantine: where ``verify --repair`` moves what it cannot prove uncommitted.
+
+``--repair`` deletes only what it can prove no commit ever vouched for (a crash's tail above a
+group's high-water mark, temporaries). Everything else it must take out of the way to make the
+store consistent again — a damaged Parquet part, array rows whose rows part was lost, rows of a
+store written before commit marks existed — is moved here, never deleted::
+
+    <store>/quarantine/<UTC time>/manifest.json           what each file was, and why it is here
+    <store>/quarantine/<UTC time>/tables/<table>/part-*.parquet
+    <store>/quarantine/<UTC time>/arrays/<group path with __>__L<k>.rows<a>-<b>.npy   [b - a, d]
+
+Readers never look inside it (SQL's file access is the tables folder only); a person can.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+
+from .location import is_remote, write_bytes_whole
+
+QUARANTINE_DIR = "quarantine"
+
+
+class Quarantine:
+    """One repair's quarantine folder, created on first use."""
+
+    def __init__(self, root):
+        self.root = root
+        self.dir = root / QUARANTINE_DIR / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.entries: list[dict] = []
+
+    def _write(self, path, data: bytes) -> None:
+        if is_remote(path):
+            write_bytes_whole(path, data)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+    def move_part(self, part, table: str, why: str):
+        """Move a table part here (copy then delete on object stores); returns its new path."""
+        dest = self.dir / "tables" / table / part.name
+        if is_remote(part):
+            part.fs.mv(part.path, dest.path)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part.rename(dest)
+        self._note({"file": str(dest.relative_to(self.root)), "was": f"tables/{table}/{part.name}", "why": why})
+        return dest
+
+    def save_rows(self, values: np.ndarray, array_path: str, start: int, why: str):
+        """Keep rows ``[start, start + len(values))`` of an array as an ``.npy`` file."""
+        name = f"{array_path.replace('/', '__')}.rows{start}-{start + len(values)}.npy"
+        dest = self.dir / "arrays" / name
+        buf = io.BytesIO()
+        np.save(buf, values, allow_pickle=False)
+        self._write(dest, buf.getvalue())
+        self._note({"file": str(dest.relative_to(self.root)), "was": f"activations.zarr/{array_path} rows "
+                    f"{start}-{start + len(values) - 1}", "why": why})
+        return dest
+
+    def _note(self, entry: dict) -> None:
+        self.entries.append(entry)
+        self._write(self.dir / "manifest.json", json.dumps(self.entries, indent=1).encode())
