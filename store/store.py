@@ -205,11 +205,13 @@ class Store:
         """How far a group is committed: prompts, rows and array rows."""
         t = self.group_rows(key)
         n = t.num_rows
+        rows_end = int(pc.max(t["row"]).as_py()) + 1 if n else 0
         if key.pooling == "tokens" and n:
             array_rows = int(pc.max(pc.add(t["token_start"], pc.cast(t["token_count"], pa.int64()))).as_py())
         else:
-            array_rows = n
-        return GroupState(n_prompts=n, array_rows=array_rows, prompt_ids=set(t["prompt_id"].to_pylist()))
+            array_rows = rows_end  # past the highest committed row, even where a lost part left a gap below it
+        return GroupState(n_prompts=n, array_rows=array_rows, prompt_ids=set(t["prompt_id"].to_pylist()),
+                          rows_end=rows_end)
 
     def zarr_root(self, mode: str = "r") -> zarr.Group:
         return arrays.open_root(self.zarr_path, mode=mode)
@@ -233,6 +235,11 @@ class Store:
             grp = arrays.get_group(root, g.path) if root is not None else None
             st = self.committed(g)
             mark = committed_mark(grp)
+            if st.has_gap:
+                raise StoreError(
+                    f"{g.path}: row numbers have a gap ({st.n_prompts} rows recorded up to row {st.rows_end - 1}): a "
+                    "rows part from the middle was lost; run `traitlens verify`, then restore the part from "
+                    "quarantine/ or a backup, or re-ingest into a new --store")
             if mark is not None and mark["prompts"] > st.n_prompts:
                 raise StoreError(
                     f"{g.path}: {mark['prompts'] - st.n_prompts} committed rows are missing from the rows table "
@@ -329,6 +336,11 @@ class GroupState:
     n_prompts: int
     array_rows: int
     prompt_ids: set[str] = field(default_factory=set)
+    rows_end: int = 0  # highest committed row + 1; above n_prompts only where a lost part left a gap
+
+    @property
+    def has_gap(self) -> bool:
+        return self.rows_end != self.n_prompts
 
 
 @dataclass

@@ -134,11 +134,14 @@ class _Verifier:
         t = t.sort_by("row")
         n = t.num_rows
         rows = t["row"].to_numpy() if n else np.zeros(0, np.int64)
-        if not np.array_equal(rows, np.arange(n)):
+        contiguous = np.array_equal(rows, np.arange(n))
+        if not contiguous:
             dups = [r for r, c in Counter(rows.tolist()).items() if c > 1]
-            gaps = sorted(set(range(int(rows.max()) + 1)) - set(rows.tolist()))[:5] if n else []
-            rep.errors.append(f"{path}: row numbers are not 0..{n - 1} (duplicates: {dups[:5]}, missing: {gaps}); "
-                              "a rows part was lost or copied: restore it, or re-ingest into a new --store")
+            gaps = sorted(set(range(int(rows.max()) + 1)) - set(rows.tolist())) if n else []
+            where = f"rows {gaps[0]}-{gaps[-1]} have no record" if gaps else f"duplicated rows {dups[:5]}"
+            rep.errors.append(f"{path}: row numbers are not 0..{n - 1} ({where}): a rows part from the middle was "
+                              "lost or copied. The arrays are left as they are (nothing is truncated around a gap); "
+                              "restore the part from quarantine/ or a backup, or re-ingest into a new --store")
         ids = t["prompt_id"].to_pylist()
         dup_ids = [p for p, c in Counter(ids).items() if c > 1]
         if dup_ids:
@@ -147,7 +150,7 @@ class _Verifier:
         if orphans:
             rep.errors.append(f"{path}: {len(orphans)} rows point at prompts missing from the prompts table, e.g. "
                               f"{orphans[0]}; re-ingest their corpus to restore the prompt records")
-        array_rows = n
+        array_rows = int(rows.max()) + 1 if n else 0  # past the highest committed row, gaps or not
         if key.pooling == "tokens" and n:
             starts, counts = t["token_start"].to_numpy(), t["token_count"].to_numpy().astype(np.int64)
             if not np.array_equal(starts, np.concatenate([[0], np.cumsum(counts)[:-1]])):
@@ -159,11 +162,12 @@ class _Verifier:
                                   "deleted?); they are lost: re-ingest into a new --store")
             return n
         mark = committed_mark(grp)
-        if mark is not None and mark["prompts"] > n:
+        if contiguous and mark is not None and mark["prompts"] > n:
             self._lost_commits(key, grp, n, array_rows, mark)
             mark = committed_mark(grp)
         # rows up to the mark were committed (lost ones are reported above); past it is a tail
-        vouched = max(array_rows, mark["array_rows"] if mark is not None else 0)
+        # around a gap nothing is provable (None): every row on disk is checked, none is touched
+        vouched = max(array_rows, mark["array_rows"] if mark is not None else 0) if contiguous else None
         fixed, present = fixed_layers(grp), array_layers(grp)
         for l in sorted(set(fixed) - set(present)):
             if n:
@@ -211,11 +215,14 @@ class _Verifier:
             self.quarantine.save_rows(values, f"{key.path}/{name}", start, why)
             arrays.truncate_rows(arr, start)
 
-    def array(self, key: GroupKey, name: str, arr, committed: int, vouched: int, mark, fixed: list[int]) -> None:
+    def array(self, key: GroupKey, name: str, arr, committed: int, vouched: int | None, mark,
+              fixed: list[int]) -> None:
         """Check one array against ``committed`` rows (tokens for ``tokens`` pooling) that the rows
-        table records and ``vouched`` rows the commit mark says were written (>= committed)."""
+        table records and ``vouched`` rows the commit mark says were written (>= committed;
+        None: all it holds)."""
         rep, where = self.rep, f"{key.path}/{name}"
         have = arr.shape[0]
+        vouched = have if vouched is None else vouched
         if name != "token_ids" and int(name[1:]) not in fixed:
             if not have:
                 return

@@ -1,0 +1,348 @@
+"""Store integrity: what a careless user does to a store, and what must hold after it.
+
+Each test is one case of the store's promise: no ordinary command loses, corrupts or silently
+zeros stored data; every kind of damage is seen by ``verify`` and named in one line; bad input
+fails before anything is written. Stores are copies of one good store on a tiny model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_corpus
+from traitlens.store import GroupKey, Store, StoreError, verify
+from traitlens.store.store import COMMITTED_ATTR
+from traitlens.workflows.cli import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def snapshot(root) -> dict[str, str]:
+    """Every file under a store (but the lock) -> its content hash."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+N = 600  # prompts in the good store: three commits (256-row chunks), so one can be lost alone
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, tiny_llama):
+    """A store of N prompts, all 3 layers, last+mean, and the corpus it came from."""
+    d = tmp_path_factory.mktemp("good")
+    corpus = write_corpus(d / "base.jsonl", N)
+    r = run("--store", d / "s", "ingest", corpus, "--model", tiny_llama, "--quiet", "--batch-size", "16")
+    assert r.exit_code == 0, r.output
+    return d / "s", corpus
+
+
+@pytest.fixture
+def store(good, tmp_path):
+    """A fresh copy of the good store for one test to damage."""
+    shutil.copytree(good[0], tmp_path / "s")
+    return tmp_path / "s"
+
+
+def only_group(path, pooling="last") -> GroupKey:
+    return next(g for g in Store.open(path).groups() if g.pooling == pooling)
+
+
+def ingest(store, corpus, model, *extra):
+    return run("--store", store, "ingest", corpus, "--model", model, "--quiet", "--batch-size", "16", *extra)
+
+
+def one_line_error(r, code):
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output and "error:" in r.output, r.output
+    return r.output
+
+
+# -- layer sets ---------------------------------------------------------------------------------
+def test_ingest_of_fewer_layers_into_a_full_store_is_refused_before_writing(store, tiny_llama, tmp_path):
+    more = write_corpus(tmp_path / "more.jsonl", N + 20)
+    before = snapshot(store)
+    out = one_line_error(ingest(store, more, tiny_llama, "--layers", "2"), 1)
+    assert "holds layers 0-2" in out and "--layers 0-2" in out
+    assert snapshot(store) == before  # not a byte written: no prompt record, no run, no array row
+    assert verify(Store.open(store)).clean
+    assert ingest(store, more, tiny_llama).exit_code == 0  # the store's own layer set still works
+    s = Store.open(store)
+    key = only_group(store)
+    assert verify(s).clean and s.activations(key, 0).shape[0] == N + 20
+
+
+def test_ingest_of_more_layers_into_a_partial_store_never_serves_zeros(tmp_path, tiny_llama):
+    base, more = write_corpus(tmp_path / "b.jsonl", 200), write_corpus(tmp_path / "m.jsonl", 220)
+    s = tmp_path / "s"
+    assert ingest(s, base, tiny_llama, "--layers", "2").exit_code == 0
+    before = snapshot(s)
+    out = one_line_error(ingest(s, more, tiny_llama), 1)
+    assert "holds layer" in out and "--layers 2" in out
+    assert snapshot(s) == before
+    store = Store.open(s)
+    assert store.layers(only_group(s)) == [2]
+    assert (np.abs(store.activations(only_group(s), 2)).sum(axis=1) > 0).all()  # no row of zeros anywhere
+
+
+def test_repeated_pooling_and_site_are_stored_once(tmp_path, tiny_llama):
+    c = write_corpus(tmp_path / "c.jsonl", 30)
+    s = tmp_path / "s"
+    r = ingest(s, c, tiny_llama, "--pooling", "last,last", "--site", "resid", "--site", "resid")
+    assert r.exit_code == 0, r.output
+    store = Store.open(s)
+    assert [g.pooling for g in store.groups()] == ["last"]
+    assert store.group_rows(only_group(s)).num_rows == 30 and verify(store).clean
+
+
+# -- commit marks, lost parts, quarantine -------------------------------------------------------
+def newest_rows_part(store):
+    return sorted((store / "tables" / "rows").glob("part-*.parquet"))[-1]
+
+
+def test_repair_after_a_lost_rows_part_quarantines_never_deletes_and_reingest_recovers(store, good, tiny_llama):
+    key = only_group(store)
+    original = Store.open(store).activations(key, 1)
+    newest_rows_part(store).unlink()  # the newest commit's record is gone; its array rows are not
+    s = Store.open(store)
+    n_left = s.group_rows(key).num_rows
+    assert 0 < n_left < N
+    rep = verify(s)
+    assert any("committed rows have no rows record" in e for e in rep.errors), rep.errors
+    assert not any("tail" in t for t in rep.tails)  # never mistaken for a harmless tail
+    # a writer refuses to overwrite them
+    with pytest.raises(StoreError, match="missing from the rows table"):
+        s.check_extend([key], [0, 1, 2], 32)
+    rep = verify(s, repair=True)
+    assert rep.quarantined and not rep.errors, rep
+    saved = sorted((store / "quarantine").glob("*/arrays/*L1.rows*.npy"))
+    kept = [np.load(p) for p in saved if "last__L1" in p.name]
+    assert len(kept) == 1
+    np.testing.assert_array_equal(kept[0].astype(np.float32), original[n_left:])  # the values, moved aside intact
+    manifest = json.loads(next((store / "quarantine").glob("*/manifest.json")).read_text())
+    assert any("rows part" in m["why"] for m in manifest)
+    assert verify(s).clean
+    assert ingest(store, good[1], tiny_llama).exit_code == 0  # the lost prompts are captured again
+    s = Store.open(store)
+    assert verify(s).clean and s.group_rows(key).num_rows == N
+    np.testing.assert_allclose(s.activations(key, 1)[n_left:], original[n_left:], rtol=1e-3, atol=1e-3)
+
+
+def test_tail_past_the_commit_mark_is_dropped_but_without_a_mark_it_is_quarantined(store):
+    key = only_group(store)
+    s = Store.open(store)
+    arr = s.zarr_root(mode="a")[key.path]["L0"]
+    arr.resize((N + 10, arr.shape[1]))  # a crash after the arrays, before the rows part
+    arr[N:N + 10] = np.full((10, arr.shape[1]), 3.0, np.float32)
+    rep = verify(s)
+    assert any("uncommitted tail of 10 rows" in t for t in rep.tails)
+    rep = verify(s, repair=True)
+    assert not rep.quarantined and any("truncated" in r for r in rep.repaired)
+    # a store written before commit marks: the same tail cannot be proven uncommitted
+    grp = s.zarr_root(mode="a")[key.path]
+    del grp.attrs[COMMITTED_ATTR]
+    arr = grp["L0"]
+    arr.resize((N + 10, arr.shape[1]))
+    arr[N:N + 10] = np.full((10, arr.shape[1]), 3.0, np.float32)
+    rep = verify(s, repair=True)
+    assert rep.quarantined and s.zarr_root()[key.path]["L0"].shape[0] == N
+    assert len(list((store / "quarantine").glob(f"*/arrays/*L0.rows{N}-{N + 10}.npy"))) == 1
+
+
+# -- damage that must be seen --------------------------------------------------------------------
+def damage(store, what):
+    grp = store / "activations.zarr" / only_group(store).path
+    if what == "deleted chunk":
+        (grp / "L1" / "c" / "0" / "0").unlink()
+    elif what == "deleted layer":
+        shutil.rmtree(grp / "L1")
+    elif what == "truncated chunk":
+        f = grp / "L1" / "c" / "0" / "0"
+        f.write_bytes(f.read_bytes()[:20])
+    elif what == "flipped byte":
+        f = grp / "L1" / "c" / "0" / "0"
+        b = bytearray(f.read_bytes())
+        b[len(b) // 2] ^= 0x55
+        f.write_bytes(bytes(b))
+    elif what == "garbage array zarr.json":
+        (grp / "L1" / "zarr.json").write_text("garbage{")
+    elif what == "garbage group zarr.json":
+        (grp / "zarr.json").write_text("garbage{")
+
+
+@pytest.mark.parametrize("what", ["deleted chunk", "deleted layer", "truncated chunk", "flipped byte",
+                                  "garbage array zarr.json", "garbage group zarr.json"])
+def test_array_damage_is_named_by_verify_and_never_served(store, what):
+    damage(store, what)
+    r = run("--store", store, "verify")
+    assert r.exit_code == 1 and "ERROR" in r.output and "Traceback" not in r.output, r.output
+    assert "resid/last" in r.output  # names the group (or its array)
+    if what not in ("deleted layer",):  # the cheap mode sees metadata and missing files too
+        cheap = run("--store", store, "verify", "--no-values")
+        if what in ("truncated chunk", "flipped byte"):
+            assert cheap.exit_code == 0  # decoding is what the full mode is for
+        else:
+            assert cheap.exit_code == 1, cheap.output
+    q = run("--store", store, "query", "SELECT sum(list_sum(vector)) FROM act_0_L1")
+    one_line_error(q, q.exit_code if q.exit_code in (1, 2) else -1)
+    x = run("--store", store, "extract", "--trait", "kindness", "--layers", "1", "--methods", "mean_diff", "-q")
+    one_line_error(x, x.exit_code if x.exit_code in (1, 2) else -1)
+
+
+def test_deleted_activations_then_ingest_is_refused(store, good, tiny_llama):
+    shutil.rmtree(store / "activations.zarr")
+    out = one_line_error(ingest(store, good[1], tiny_llama), 1)
+    assert "arrays are gone" in out
+    assert not (store / "activations.zarr").exists()  # nothing recreated with zeros
+    r = run("--store", store, "verify")
+    assert r.exit_code == 1 and "activations.zarr is missing" in r.output
+
+
+@pytest.mark.parametrize("table", ["rows", "prompts", "vectors", "runs"])
+def test_truncated_part_is_a_one_line_error_everywhere_and_repair_moves_it(store, good, tiny_llama, table):
+    assert run("--store", store, "extract", "--trait", "kindness", "--methods", "mean_diff", "--n-boot", "0",
+               "-q").exit_code == 0
+    part = sorted((store / "tables" / table).glob("part-*.parquet"))[-1]  # the newest: recoverable in place
+    part.write_bytes(part.read_bytes()[:100])
+    for args in (["verify"], ["query", f"SELECT count(*) FROM {table}"], ["info"]):
+        r = run("--store", store, *args)
+        assert "Traceback" not in r.output, r.output
+        if args == ["verify"] or table in ("rows", "prompts") or args[0] == "query":
+            assert r.exit_code != 0 and part.name in r.output, (args, r.output)
+    r = run("--store", store, "verify", "--repair")
+    assert r.exit_code == 1 and "MOVED" in r.output and part.name in r.output
+    assert not part.exists() and list((store / "quarantine").glob(f"*/tables/{table}/{part.name}"))
+    assert ingest(store, good[1], tiny_llama).exit_code == 0  # prompts and rows come back from the corpus
+    assert run("--store", store, "verify").exit_code == 0
+
+
+def test_a_lost_part_from_the_middle_is_reported_and_nothing_around_it_is_truncated(store, good, tiny_llama):
+    key = only_group(store)
+    original = Store.open(store).activations(key, 2)
+    first = sorted((store / "tables" / "rows").glob("part-*.parquet"))[0]
+    first.write_bytes(first.read_bytes()[:100])
+    r = run("--store", store, "verify", "--repair")
+    assert r.exit_code == 1 and "MOVED" in r.output and "rows 0-255 have no record" in r.output, r.output
+    arr = Store.open(store).zarr_root()[key.path]["L2"]
+    assert arr.shape[0] == N  # the rows after the gap are still committed: never truncated
+    np.testing.assert_array_equal(np.asarray(arr[:], np.float32), original)
+    out = one_line_error(ingest(store, good[1], tiny_llama), 1)  # a writer refuses to number rows past a gap
+    assert "gap" in out
+    assert Store.open(store).zarr_root()[key.path]["L2"].shape[0] == N
+
+
+# -- bad input writes nothing ----------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["--pooling", ""], ["--max-length", "-3"], ["--batch-size", "-1"],
+                                  ["--max-tokens", "0"], ["--layers", ""], ["--device", "quantum"],
+                                  ["--pooling", "last,nope"], ["--generate", "-1"], ["--pooling", "response_mean"],
+                                  ["--dtype", "float8"]])
+def test_bad_options_exit_2_and_write_nothing(store, good, tiny_llama, args):
+    before = snapshot(store)
+    one_line_error(ingest(store, good[1], tiny_llama, *args), 2)
+    assert snapshot(store) == before
+
+
+def test_on_long_fail_writes_nothing(store, tiny_llama, tmp_path):
+    c = write_corpus(tmp_path / "c.jsonl", 20, start=500)
+    with c.open("a") as f:
+        f.write(json.dumps({"text": "word " * 2000, "label": "pos", "trait": "kindness"}) + "\n")
+    before = snapshot(store)
+    out = one_line_error(ingest(store, c, tiny_llama, "--on-long", "fail"), 2)
+    assert "c.jsonl:21" in out and "tokens" in out
+    assert snapshot(store) == before
+    fresh = tmp_path / "fresh"
+    one_line_error(ingest(fresh, c, tiny_llama, "--on-long", "fail"), 2)
+    assert not fresh.exists()  # not even an empty store
+
+
+def test_corrected_labels_win_are_counted_and_make_vectors_stale(store, good, tiny_llama, tmp_path):
+    assert run("--store", store, "extract", "--trait", "kindness", "--methods", "mean_diff", "--n-boot", "0",
+               "-q").exit_code == 0
+    lines = good[1].read_text().splitlines()
+    flipped = [json.loads(l) for l in lines]
+    for r in flipped[:20]:
+        r["label"] = "neg" if r["label"] == "pos" else "pos"
+    fixed = tmp_path / "base.jsonl"  # same file name: same dataset
+    fixed.write_text("\n".join(json.dumps(r) for r in flipped) + "\n")
+    r = ingest(store, fixed, tiny_llama)
+    assert r.exit_code == 0 and "20 relabelled" in r.output, r.output
+    s = Store.open(store)
+    got = {p["prompt_id"]: p["label"] for p in s.prompts().to_pylist()}
+    from traitlens.pipeline.corpus import read_corpus
+
+    want = {rec.prompt_id: rec.label for rec in read_corpus([fixed])[0]}
+    assert got == want  # the newest label, for every prompt, once
+    from traitlens.queries import StoreSQL
+
+    with StoreSQL(s) as q:
+        sql = {r["prompt_id"]: r["label"] for r in q.query("SELECT prompt_id, label FROM prompts").to_pylist()}
+    assert sql == want
+    x = run("--store", store, "extract", "--trait", "kindness", "--methods", "mean_diff", "--n-boot", "0", "-q")
+    assert "3 new" in x.output, x.output  # the rows changed, so every layer's vector is stale
+    assert verify(s).clean
+    again = ingest(store, fixed, tiny_llama)
+    assert "relabelled" not in again.output  # a rerun with the same labels changes nothing
+
+
+def test_random_seed_is_part_of_the_vector_identity(store):
+    base = ["--store", store, "extract", "--trait", "kindness", "--methods", "random", "--n-boot", "0", "-q"]
+    assert "3 new" in run(*base).output
+    r = run(*base, "--seed", "7")
+    assert "3 new" in r.output, r.output
+    s = Store.open(store)
+    v = {json.loads(r["params"])["seed"]: np.asarray(r["vector"]) for r in s.table("vectors").to_pylist()
+         if r["layer"] == 0}
+    assert set(v) == {0, 7} and abs(float(v[0] @ v[7])) < 0.9
+
+
+def test_bad_extract_values_exit_2(store):
+    for args in (["--n-boot", "-4"], ["--seed", "-1"], ["--memory", "0"]):
+        one_line_error(run("--store", store, "extract", "--trait", "kindness", *args), 2)
+
+
+def test_output_files_never_land_in_the_store(store):
+    before = snapshot(store)
+    r = run("--store", store, "query", "--format", "parquet", "-o", store / "tables" / "rows" / "part-x.parquet",
+            "SELECT * FROM rows")
+    assert "inside the store" in one_line_error(r, 2)
+    assert snapshot(store) == before and verify(Store.open(store)).clean
+
+
+def test_sql_cannot_read_the_working_folder_temp_dir(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.csv").write_text("a,b\n1,2\n")
+    for path in (".tmp/secret.csv", str(tmp_path / ".tmp" / "secret.csv")):
+        r = run("--store", store, "query", f"SELECT * FROM read_csv('{path}')")
+        assert r.exit_code == 2 and "Permission" in r.output, r.output
+
+
+def test_trait_names_that_are_not_file_names(store, tiny_llama, tmp_path):
+    for verb in (["rank", "--trait", ".."], ["export", "--trait", ".."]):
+        one_line_error(run("--store", store, *verb), 2)
+    c = tmp_path / "dots.jsonl"
+    c.write_text("\n".join(json.dumps({"text": f"dots {i} " + "x" * (i % 7), "label": "pos" if i % 2 else "neg",
+                                       "trait": "..", "split": "train" if i % 4 < 2 else "val"})
+                           for i in range(40)) + "\n")
+    assert ingest(store, c, tiny_llama).exit_code == 0
+    assert run("--store", store, "extract", "--trait", "..", "--methods", "mean_diff", "--n-boot", "0",
+               "-q").exit_code == 0
+    r = CliRunner().invoke(cli, ["--store", str(store), "rank", "--trait", "..", "--plot", str(tmp_path / "r.png")],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and (tmp_path / "r.png").exists(), r.output
+    import os
+
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        r = run("--store", store, "export", "--trait", "..")
+    finally:
+        os.chdir(old)
+    assert r.exit_code == 0 and list(tmp_path.glob("trait-*-mean_diff.safetensors")), r.output
