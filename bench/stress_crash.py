@@ -1,9 +1,12 @@
-"""Crash stress: kill -9 `traitlens ingest` / `refresh` at random points, restart, check, repeat.
+"""Crash stress: kill `traitlens ingest` at random points, restart, check, repeat.
 
     python bench/stress_crash.py [--rounds 20] [--prompts 600] [--seed 0]
 
-Each round starts a real CLI process on a tiny random model, kills it at a random moment
-(SIGKILL: no cleanup runs), then checks the store: `verify` finds no error, every committed
+Each round starts a real CLI process on a tiny random model and, at a random moment, either
+kills it (SIGKILL: no cleanup runs) or terminates it (SIGTERM: it must commit what is complete,
+record the run as interrupted and exit 143). One round in four is instead a careless ingest of
+another layer set (`--layers 2` into an all-layer store), which must be refused (exit 1) without
+changing a byte. After each round the store is checked: `verify` finds no error, every committed
 prompt is still there, no prompt is stored twice. After the rounds one clean run finishes the
 job, and the final activations must equal an uninterrupted run's. Prints the tally.
 """
@@ -11,6 +14,7 @@ job, and the final activations must equal an uninterrupted run's. Prints the tal
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import shutil
 import signal
@@ -36,6 +40,15 @@ def committed(store_path: Path) -> dict:
     return {g: s.group_rows(g)["prompt_id"].to_pylist() for g in s.groups()}
 
 
+def run_parts(store: Path) -> int:
+    return len(list((store / "tables" / "runs").glob("part-*.parquet")))
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"} if root.exists() else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
@@ -51,18 +64,35 @@ def main() -> None:
         ingest = lambda store: base + ["--store", str(store), "ingest", str(corpus), "--model", str(model),  # noqa: E731
                                        "--batch-size", "8", "--quiet", "--device", "cpu"]
         subprocess.run(ingest(tmp / "ref"), check=True, capture_output=True)
-        tally = {"killed": 0, "finished before the kill": 0, "verify errors": 0, "lost commits": 0, "duplicates": 0}
+        tally = {"killed": 0, "terminated": 0, "finished before the signal": 0, "mixed-layer refused": 0,
+                 "mixed-layer wrote": 0, "bad SIGTERM exits": 0, "verify errors": 0, "lost commits": 0,
+                 "duplicates": 0}
         store = tmp / "s"
         for i in range(args.rounds):
             before = committed(store)
-            p = subprocess.Popen(ingest(store), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(1.0, 6.0))  # model load takes ~2-4 s: kills land in loading and in writing
+            if before and rng.random() < 0.25:  # a careless user: another layer set into this store
+                files = snapshot(store)
+                r = subprocess.run(ingest(store) + ["--layers", "2"], capture_output=True, text=True)
+                ok = r.returncode == 1 and "layers are fixed" in r.stderr and snapshot(store) == files
+                tally["mixed-layer refused" if ok else "mixed-layer wrote"] += 1
+                print(f"round {i + 1:>2}: mixed-layer ingest {'refused, store unchanged' if ok else 'NOT REFUSED'}")
+                continue
+            sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
+            runs_before = run_parts(store)
+            p = subprocess.Popen(ingest(store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(rng.uniform(1.0, 6.0))  # model load takes ~2-4 s: signals land in loading and in writing
             if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                tally["killed"] += 1
+                p.send_signal(sig)
+                tally["killed" if sig == signal.SIGKILL else "terminated"] += 1
             else:
-                tally["finished before the kill"] += 1
-            p.wait()
+                tally["finished before the signal"] += 1
+                sig = None
+            err = p.communicate()[1]
+            # -15: the signal beat the interpreter to installing its handler (start-up), fine if nothing was written
+            untouched = run_parts(store) == runs_before and committed(store) == before
+            if sig == signal.SIGTERM and p.returncode not in (143, 0) and not (p.returncode == -15 and untouched):
+                tally["bad SIGTERM exits"] += 1
+                print(f"  SIGTERM exit {p.returncode}: {err[-300:]}")
             after = committed(store)
             if after:
                 rep = verify(Store.open(store))
@@ -84,7 +114,8 @@ def main() -> None:
             equal &= a.keys() == b.keys() and all(np.allclose(xa[a[k]], xb[b[k]], rtol=2e-3, atol=2e-3) for k in a)
         print("\n" + ", ".join(f"{k}: {v}" for k, v in tally.items())
               + f"; final verify clean: {verify(final).clean}; equal to an uninterrupted run: {equal}")
-        if tally["verify errors"] or tally["lost commits"] or tally["duplicates"] or not equal:
+        if (tally["verify errors"] or tally["lost commits"] or tally["duplicates"] or tally["mixed-layer wrote"]
+                or tally["bad SIGTERM exits"] or not equal):
             raise SystemExit(1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

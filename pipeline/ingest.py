@@ -21,7 +21,7 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group, require_group
 from traitlens.store.layout import POOLINGS, StoreError
 from traitlens.store.verify import clean_temporaries
-from traitlens.store.store import code_version, new_run_id, now_utc
+from traitlens.store.store import code_version, committed_everywhere, new_run_id, now_utc
 
 from .batching import length_batches
 from .capture import Capturer
@@ -154,14 +154,6 @@ def _record_group_config(store: Store, groups: list[GroupKey], settings: dict) -
             grp.attrs["capture"] = _capture_policy(g, settings)
 
 
-def _done_prompt_ids(store: Store | None, groups: list[GroupKey]) -> set[str]:
-    """Prompts committed in every group (the rest still need capture). Reads only."""
-    if store is None:
-        return set()
-    sets = [store.committed(g).prompt_ids for g in groups]
-    return set.intersection(*sets) if sets else set()
-
-
 def _check_lengths(records: list[PromptRecord], lm: LoadedModel, chat: bool, max_length: int) -> None:
     """With ``--on-long fail``: tokenise every prompt to capture now, so a too-long one stops the
     run before the store is touched (not half-way, after other batches were committed)."""
@@ -197,12 +189,13 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
 
     # everything that can refuse this run does so here, before the store is created or written
     existing = Store.open(store_path) if Store.exists(store_path) else None
+    states = {}
     if existing is not None:
-        existing.check_extend(groups, layers_by_site, lm.d_model)
+        states = existing.check_extend(groups, layers_by_site, lm.d_model)
         _check_group_config(existing, groups, settings)
     if cfg.on_long == "fail":
-        done = _done_prompt_ids(existing, groups)
-        _check_lengths([records[i] for i in still_to_capture(records, done)], lm, chat, max_length)
+        _check_lengths([records[i] for i in still_to_capture(records, committed_everywhere(states))], lm, chat,
+                       max_length)
 
     store = existing or Store.open(store_path, create=True)
     capturer = Capturer(lm, points, cfg.poolings, cfg.padding_side, cfg.generate)

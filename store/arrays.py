@@ -41,7 +41,7 @@ def open_root(path: Path, mode: str = "a") -> zarr.Group:
         raise StoreError(f"{path} is missing: the store's activations are gone; run `traitlens verify`")
     try:
         return zarr.open_group(_zarr_store(path, read_only=mode == "r"), mode=mode)
-    except (ValueError, KeyError, TypeError) as e:  # garbage zarr.json: JSON or metadata errors
+    except Exception as e:  # garbage zarr.json: JSON or metadata errors
         raise StoreError(f"{path}/zarr.json is damaged ({type(e).__name__}: {e}); run `traitlens verify`") from None
 
 
@@ -58,28 +58,25 @@ def require_group(root: zarr.Group, group_path: str) -> zarr.Group:
     return group
 
 
-def get_group(root: zarr.Group, group_path: str) -> zarr.Group | None:
-    """The group at ``group_path``, None if absent; damaged metadata is a ``StoreError``."""
+def _member(parent: zarr.Group, name: str, kind, label: str):
+    """``parent[name]`` if it is a ``kind``, None if absent; damaged metadata is a ``StoreError``."""
     try:
-        node = root[group_path]
+        node = parent[name]
     except KeyError:
         return None
-    except (ValueError, TypeError) as e:
-        raise StoreError(f"activations.zarr/{group_path}: metadata is damaged ({type(e).__name__}: {e}); "
-                         "run `traitlens verify`") from None
-    return node if isinstance(node, zarr.Group) else None
+    except Exception as e:  # JSON, metadata or codec errors of a damaged zarr.json
+        raise StoreError(f"{label}/zarr.json is damaged ({type(e).__name__}: {e}); run `traitlens verify`") from None
+    return node if isinstance(node, kind) else None
+
+
+def get_group(root: zarr.Group, group_path: str) -> zarr.Group | None:
+    """The group at ``group_path`` (relative to ``activations.zarr``), None if absent."""
+    return _member(root, group_path, zarr.Group, f"activations.zarr/{group_path}")
 
 
 def get_array(group: zarr.Group, name: str, where: str = "") -> zarr.Array | None:
-    """Member array ``name`` of ``group``, None if absent; damaged metadata is a ``StoreError``."""
-    try:
-        node = group[name]
-    except KeyError:
-        return None
-    except (ValueError, TypeError) as e:
-        raise StoreError(f"{where or group.path}/{name}/zarr.json is damaged ({type(e).__name__}: {e}); "
-                         "run `traitlens verify`") from None
-    return node if isinstance(node, zarr.Array) else None
+    """Member array ``name`` of ``group`` (``where``: the group's path, for messages), None if absent."""
+    return _member(group, name, zarr.Array, f"{where or group.path}/{name}")
 
 
 def create_layer_array(group: zarr.Group, name: str, d: int, dtype: str, chunk_rows: int) -> zarr.Array:

@@ -223,17 +223,19 @@ class Store:
             return []
         return array_layers(group)
 
-    def check_extend(self, groups: list[GroupKey], layers, d_model: int) -> None:
-        """Refuse, before anything is written, a capture that would break a group's invariants.
+    def check_extend(self, groups: list[GroupKey], layers, d_model: int) -> dict[GroupKey, "GroupState"]:
+        """Refuse, before anything is written, a capture that would break a group's invariants;
+        returns each group's committed state.
 
         ``layers``: one list for every group, or ``{site: list}``. A group that holds committed
         rows keeps its layer set (a capture of other layers would leave short arrays or rows
         of zeros), its width, and arrays at least as long as its commits. Reads only."""
         root = self.zarr_root() if self.zarr_path.exists() else None
+        states = {}
         for g in groups:
             want = sorted(layers[g.site] if isinstance(layers, dict) else layers)
             grp = arrays.get_group(root, g.path) if root is not None else None
-            st = self.committed(g)
+            st = states[g] = self.committed(g)
             mark = committed_mark(grp)
             if st.has_gap:
                 raise StoreError(
@@ -270,6 +272,7 @@ class Store:
                 if arr.ndim == 2 and arr.shape[1] != d_model:
                     raise StoreError(f"{g.path}/{layer_name(l)} has d={arr.shape[1]} but the model gives "
                                      f"d={d_model}: is this the same model?")
+        return states
 
     def activations(self, key: GroupKey | None, layer: int, rows: slice | None = None, where: str | None = None):
         """Committed activations of one layer as float32 ``[n_rows, d]`` (array rows).
@@ -287,8 +290,8 @@ class Store:
             from traitlens.queries import activations as select
 
             return select(self, layer, where, key)
-        arr = self.layer_array(key, layer)
         n = self.committed(key).array_rows
+        arr = self.layer_array(key, layer, n)
         sel = slice(0, n) if rows is None else slice(*rows.indices(n))
         return arrays.read_rows_checked(arr, sel, f"{key.path}/{layer_name(layer)}").astype(np.float32, copy=False)
 
@@ -331,6 +334,12 @@ def committed_mark(group: zarr.Group | None) -> dict | None:
     return {"prompts": int(mark["prompts"]), "array_rows": int(mark["array_rows"])} if mark else None
 
 
+def committed_everywhere(states: dict) -> set[str]:
+    """Prompt ids committed in every group of ``{group: GroupState}`` (none when there is no group)."""
+    sets = [st.prompt_ids for st in states.values()]
+    return set.intersection(*sets) if sets else set()
+
+
 @dataclass
 class GroupState:
     n_prompts: int
@@ -369,12 +378,11 @@ class CommitWriter:
     def __init__(self, store: Store, groups: list[GroupKey], layers, d_model: int, run_id: str,
                  chunk_rows: int = 256):
         groups = list(dict.fromkeys(groups))  # a group listed twice would commit every row twice
-        store.check_extend(groups, layers, d_model)
+        self.state = store.check_extend(groups, layers, d_model)
         self.store, self.groups, self.d = store, groups, d_model
         self.layers_of = {g: sorted(layers[g.site] if isinstance(layers, dict) else layers) for g in groups}
         self.run_id, self.chunk_rows = run_id, chunk_rows
         self.root = store.zarr_root(mode="a")
-        self.state = {g: store.committed(g) for g in groups}
         self.arrays: dict[tuple[GroupKey, int], zarr.Array] = {}
         self.token_id_arrays: dict[GroupKey, zarr.Array] = {}
         self.pending: list[PendingBatch] = []
@@ -393,6 +401,8 @@ class CommitWriter:
             for layer in self.layers_of[g]:
                 name = layer_name(layer)
                 arr = grp[name] if name in grp else arrays.create_layer_array(grp, name, d_model, "float16", chunk_rows)
+                if arr.shape[1] != d_model:
+                    raise StoreError(f"{g.path}/{name} has d={arr.shape[1]} but the model gives d={d_model}")
                 self.arrays[(g, layer)] = arr
             if g.pooling == "tokens":
                 self.token_id_arrays[g] = (grp["token_ids"] if "token_ids" in grp else
@@ -401,8 +411,7 @@ class CommitWriter:
 
     def done_prompt_ids(self) -> set[str]:
         """Prompts committed in every group this writer covers (the rest still need capture)."""
-        sets = [self.state[g].prompt_ids for g in self.groups]
-        return set.intersection(*sets) if sets else set()
+        return committed_everywhere(self.state)
 
     def add(self, batch: PendingBatch, max_seconds: float = 60.0) -> int:
         """Buffer a batch; commit when the pooled rows reach a chunk boundary or time passes.

@@ -181,7 +181,9 @@ class _Verifier:
             except StoreError as e:
                 rep.errors.append(str(e))
                 continue
-            if arr is None:
+            if arr is None:  # its folder is there (listed), its metadata is not
+                rep.errors.append(f"{path}/{name}/zarr.json is missing: the array cannot be read; re-ingest into a "
+                                  "new --store")
                 continue
             if arr.ndim == 2:
                 widths.add(arr.shape[1])

@@ -346,3 +346,27 @@ def test_trait_names_that_are_not_file_names(store, tiny_llama, tmp_path):
     finally:
         os.chdir(old)
     assert r.exit_code == 0 and list(tmp_path.glob("trait-*-mean_diff.safetensors")), r.output
+
+
+@pytest.mark.parametrize("section", ['[extract]\nn_boot = -4', '[extract.params]\nprobe = 5',
+                                     '[extract.params.probe]\nCC = 1', '[capture]\nbatch_size = -1',
+                                     '[capture]\npoolings = ["last", "nope"]', '[evaluate]\nalphas = ["x"]',
+                                     '[report]\npath = "s/tables/rows/part-x.parquet"'])
+def test_bad_spec_values_fail_before_anything_is_written(tmp_path, good, section):
+    shutil.copy(good[1], tmp_path / "c.jsonl")
+    spec = tmp_path / "w.toml"
+    spec.write_text(f'store = "s"\n[[corpora]]\npaths = ["c.jsonl"]\n{section}\n')
+    out = one_line_error(run("run", spec), 2)
+    assert "w.toml" in out
+    assert not (tmp_path / "s").exists()
+
+
+def test_yaml_alias_bomb_under_a_wrong_key_is_a_short_error(tmp_path):
+    lines = ["store: s", "corpora:", "  - paths: [c.jsonl]", "model:", '  a: &a ["lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 9):
+        lines.append(f"  {chr(97 + i)}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}"] * 9) + "]")
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text("\n".join(lines) + "\n")
+    (tmp_path / "c.jsonl").write_text('{"text": "x", "label": 1}\n')
+    out = one_line_error(run("run", spec), 2)
+    assert "'model' must be a string" in out and len(out) < 2000  # 6 * 9**8 strings, never expanded

@@ -55,6 +55,15 @@ class Guarded(click.Group):
     """Turns the project's own exceptions into one-line errors with the right exit code."""
 
     def invoke(self, ctx):
+        try:
+            return self._invoke(ctx)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (see pipeline.interrupts), also during the imports
+            from traitlens.pipeline.interrupts import interrupt_exit_code, interrupt_reason
+
+            click.echo(f"\n{str(e) or interrupt_reason(e)}", err=True)
+            _exit_now(interrupt_exit_code(e))
+
+    def _invoke(self, ctx):
         from traitlens.pipeline.corpus import CorpusError
         from traitlens.pipeline.encode import PromptTooLong
         from traitlens.pipeline.methods import ExtractionError
@@ -71,11 +80,6 @@ class Guarded(click.Group):
             _fail(str(e), EXIT_INPUT)
         except (StoreError, ModelError) as e:
             _fail(str(e), EXIT_FAIL)
-        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (see pipeline.interrupts)
-            from traitlens.pipeline.interrupts import interrupt_exit_code, interrupt_reason
-
-            click.echo(f"\n{str(e) or interrupt_reason(e)}", err=True)
-            _exit_now(interrupt_exit_code(e))
         except OSError as e:  # full disk, read-only store, permissions: say so, and what survived
             import errno
 

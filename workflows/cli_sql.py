@@ -137,7 +137,7 @@ def sql(ctx):
 @click.option("--trait", required=True)
 @click.option("--by", default="auroc", show_default=True,
               help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc")
-@click.option("--top", default=10, show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Heatmap PNG of layers x methods [default: rank-<trait>.png]; --no-plot to skip.")
 @click.option("--no-plot", is_flag=True)

@@ -56,13 +56,13 @@ def _prompt_ids(lm, text: str, chat: bool | None):
 @click.option("--trait", required=True)
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False), help="One prompt a line (batch mode).")
 @click.option("--model", default=None, help="[default: SmolLM2-135M-Instruct]")
-@click.option("--layer", type=int, default=None, help="[default: the best-ranked vector's layer]")
+@click.option("--layer", type=click.IntRange(min=0), default=None, help="[default: the best-ranked vector's layer]")
 @click.option("--method", default=None, help="[default: the best-ranked vector's method]")
 @click.option("--vector-id", default=None)
-@click.option("--max-new-tokens", default=40, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--smooth", default=1, show_default=True, help="Moving-average window over tokens.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True, help="Moving-average window over tokens.")
 @click.option("--threshold", type=float, default=None, help="Commitment threshold [default: the vector's, learned on train].")
 @click.option("--velocity-tol", type=float, default=None,
               help="|velocity| counted as settled [default: half the generated tokens' velocity std].")
@@ -128,7 +128,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
 @click.option("--alpha", type=float, default=0.25, show_default=True,
               help="Strength in units of the layer's mean token norm; negative pushes away.")
 @click.option("--model", default=None)
-@click.option("--layer", type=int, default=None)
+@click.option("--layer", type=click.IntRange(min=0), default=None)
 @click.option("--method", default=None)
 @click.option("--vector-id", default=None)
 @click.option("--positions", type=click.Choice(["all", "generated"]), default="all", show_default=True)
@@ -136,7 +136,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--ablate", is_flag=True, help="Project the direction out instead of adding it.")
 @click.option("--all-layers", is_flag=True, help="With --ablate: at every block, not only the vector's layer.")
-@click.option("--max-new-tokens", default=40, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
 def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions, norm, ablate, all_layers,
@@ -176,7 +176,7 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
 @click.option("--method", default="mean_diff", show_default=True)
 @click.option("--layers", default=None, help="[default: the 5 layers around the method's best layer]")
 @click.option("--alphas", default="0.25,0.5", show_default=True)
-@click.option("--n", "n_texts", default=40, show_default=True, help="Held-out prompts to measure on.")
+@click.option("--n", "n_texts", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out prompts to measure on.")
 @click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--model", default=None)
@@ -188,6 +188,12 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     from traitlens.store import Store, tables
     from traitlens.store.store import new_run_id
 
+    try:
+        alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
+    except ValueError:
+        _fail(f"--alphas {alphas!r}: give a comma list of numbers, e.g. 0.25,0.5", EXIT_INPUT)
+    if not alpha_list:
+        _fail("--alphas: give at least one strength", EXIT_INPUT)
     store = Store.open(ctx.obj["store"])
     lm = _load(model)
     best = _pick_vector(store, trait, lm.key, None, method, None)
@@ -203,7 +209,7 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     click.echo(f"{'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7}   ({kind}, n={len(texts)})")
     for l in layer_list:
         vec = _pick_vector(store, trait, lm.key, l, method, None)
-        rows = evaluate_vector(lm, vec["vector"], l, [float(a) for a in alphas.split(",")], kind, texts, norm)
+        rows = evaluate_vector(lm, vec["vector"], l, alpha_list, kind, texts, norm)
         for r in rows:
             minus = f"{r['minus']:8.3f}" if r["minus"] is not None else f"{'-':>8}"
             click.echo(f"{l:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} {minus} {r['shift']:>7.3f}")

@@ -32,7 +32,7 @@ def _group_options(f):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--memory", "memory", default="1GB", show_default=True,
               help="Memory budget for the whole run; layers that do not fit stream out of core.")
-@click.option("--C", "probe_c", default=1.0, show_default=True, help="Probe inverse regularisation.")
+@click.option("--C", "probe_c", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Probe inverse regularisation.")
 @click.option("--penalty", default="l2", type=click.Choice(["l2", "l1"]), show_default=True, help="Probe penalty.")
 @click.option("--scheduler", default=None, help="Dask scheduler address [default: $DASK_SCHEDULER_ADDRESS, else local threads].")
 @click.option("--quiet", "-q", is_flag=True)

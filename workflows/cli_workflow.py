@@ -61,7 +61,7 @@ def refresh(spec, scheduler, quiet):
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--every", required=True, help="Interval: 30s, 15m, 1h, 1d.")
-@click.option("--max-runs", type=int, default=None, help="Stop after this many refreshes [default: never].")
+@click.option("--max-runs", type=click.IntRange(min=1), default=None, help="Stop after this many refreshes [default: never].")
 @click.option("--quiet", "-q", is_flag=True)
 def schedule(spec, every, max_runs, quiet):
     """Refresh a spec on an interval, for machines without cron (a held lock skips that tick)."""
