@@ -335,7 +335,10 @@ class _Verifier:
                     rep.errors.append(f"activations.zarr/{path}: not a traitlens group")
                     continue
             t = by_group.get(key, tables.ROWS_SCHEMA.empty_table())
-            n_rows_total += self.group(key, zgroups.get(path), t, prompt_ids)
+            try:
+                n_rows_total += self.group(key, zgroups.get(path), t, prompt_ids)
+            except StoreError as e:  # damage met while repairing (a chunk that does not decode): a finding
+                rep.errors.append(f"{path}: {e}")
         rep.checked["groups"] = len(by_group)
         rep.checked["rows"] = n_rows_total
         return rep

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 import click
@@ -282,8 +283,11 @@ def main() -> None:
 
     global _OWN_PROCESS
     _OWN_PROCESS = True
-    with terminate_as_interrupt():
-        cli(prog_name="traitlens")
+    try:
+        with terminate_as_interrupt():
+            cli(prog_name="traitlens")
+    finally:  # the command's work is done and committed: a SIGTERM during teardown just ends the process
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
 
 
 # the other verbs register themselves on `cli` when their modules load
