@@ -40,8 +40,11 @@ def committed(store_path: Path) -> dict:
     return {g: s.group_rows(g)["prompt_id"].to_pylist() for g in s.groups()}
 
 
-def run_parts(store: Path) -> int:
-    return len(list((store / "tables" / "runs").glob("part-*.parquet")))
+def running(store: Path) -> set[str]:
+    """Runs whose latest record says `running` (a SIGKILL leaves them so; a SIGTERM must not)."""
+    if not (store / "store.json").exists():
+        return set()
+    return {r["run_id"] for r in Store.open(store).runs().to_pylist() if r["status"] == "running"}
 
 
 def snapshot(root: Path) -> dict:
@@ -78,7 +81,7 @@ def main() -> None:
                 print(f"round {i + 1:>2}: mixed-layer ingest {'refused, store unchanged' if ok else 'NOT REFUSED'}")
                 continue
             sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
-            runs_before = run_parts(store)
+            running_before = running(store)
             p = subprocess.Popen(ingest(store), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             time.sleep(rng.uniform(1.0, 6.0))  # model load takes ~2-4 s: signals land in loading and in writing
             if p.poll() is None:
@@ -88,9 +91,11 @@ def main() -> None:
                 tally["finished before the signal"] += 1
                 sig = None
             err = p.communicate()[1]
-            # -15: the signal beat the interpreter to installing its handler (start-up), fine if nothing was written
-            untouched = run_parts(store) == runs_before and committed(store) == before
-            if sig == signal.SIGTERM and p.returncode not in (143, 0) and not (p.returncode == -15 and untouched):
+            # what SIGTERM must never do: die mid-run, leaving the run recorded as `running`. (It may still
+            # end a process with -15 before the handler is installed or after the work is done and recorded,
+            # while the interpreter starts up or shuts down: nothing is left half-written then.)
+            left_running = bool(running(store) - running_before)
+            if sig == signal.SIGTERM and (left_running or p.returncode not in (143, 0, -15)):
                 tally["bad SIGTERM exits"] += 1
                 print(f"  SIGTERM exit {p.returncode}: {err[-300:]}")
             after = committed(store)

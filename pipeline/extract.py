@@ -286,19 +286,21 @@ def _jsonable(v):
     return v
 
 
-def _planned_record(key: GroupKey, layer: int, trait: str, method: str, cfg: ExtractConfig, fp: str) -> dict:
+def _planned_record(key: GroupKey, layer: int, trait: str, method: str, cfg: ExtractConfig, fp: str,
+                    held_split: str) -> dict:
     """The fields :func:`vector_id` hashes, known before any fit."""
     params = json.dumps(make_method(method, **method_params(cfg, method)).get_params(), sort_keys=True, default=str)
     return {**key.as_dict(), "layer": int(layer), "trait": trait, "method": method, "params": params,
-            "fingerprint": fp, "n_boot": cfg.n_boot, "seed": cfg.seed}
+            "fingerprint": fp, "held_split": held_split, "n_boot": cfg.n_boot, "seed": cfg.seed}
 
 
 def vector_id(rec: dict, code_version: str) -> str:
     """Identity of a stored vector: everything that decides its values and its metrics (group,
-    layer, trait, method and params, the rows' fingerprint, the bootstrap count and seed that
-    make its stability, the code version). Same inputs, same id; any change, a new vector."""
+    layer, trait, method and params, the rows' fingerprint, the split its metrics are held out
+    on, the bootstrap count and seed that make its stability, the code version). Same inputs,
+    same id; any change, a new vector."""
     parts = [rec[k] for k in ("model_key", "fmt", "site", "pooling", "layer", "trait", "method", "params",
-                              "fingerprint", "n_boot", "seed")]
+                              "fingerprint", "held_split", "n_boot", "seed")]
     return hashlib.sha256(json.dumps(parts + [code_version], default=str).encode()).hexdigest()[:16]
 
 
@@ -366,7 +368,7 @@ def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, i
     stamp = now_utc()
     new = []
     for r in records:
-        vid = vector_id(r, cv)
+        vid = r["vector_id"] = vector_id(r, cv)  # the caller's records carry their ids too
         if vid not in have:
             have.add(vid)
             new.append({**r, "vector_id": vid, "code_version": cv, "run_id": run_id, "created_at": stamp})
@@ -420,7 +422,7 @@ def resolve_group(store: Store, model: str | None = None, fmt: str | None = None
     return next(g for g in cands if (g.model_key, g.fmt) == keys[0])
 
 
-def extract(store_path, trait: str, methods="all", layers="all", model: str | None = None, fmt: str | None = None,
+def extract(store_path, trait: str, methods=None, layers="all", model: str | None = None, fmt: str | None = None,
             site: str = "resid", pooling: str = "last", train_split: str = "train", held_split: str = "auto",
             prompt_ids: set[str] | None = None, where: str | None = None, cfg: ExtractConfig | None = None,
             scheduler=None, progress: bool = False, skip_unchanged: bool = True) -> ExtractResult:
@@ -429,6 +431,8 @@ def extract(store_path, trait: str, methods="all", layers="all", model: str | No
     ``where``: a SQL condition over the ``prompts`` columns that picks the contrastive rows
     (``"dataset = 'a' AND split <> 'test'"``); the rows it selects are fingerprinted into every
     vector's provenance, and the text itself is kept in ``where_sql``.
+
+    ``methods``: a comma list, a list or ``"all"``; None keeps ``cfg.methods`` (all six by default).
 
     With ``skip_unchanged`` (default) a layer whose every vector is already stored for the same
     rows, params and code version is not recomputed: its stored records are returned instead."""
@@ -462,7 +466,8 @@ def extract(store_path, trait: str, methods="all", layers="all", model: str | No
     # vectors whose inputs (rows, params, code) are unchanged are already stored: skip their layers
     have = {r["vector_id"]: r for r in store.table("vectors").to_pylist()} if skip_unchanged else {}
     cv = code_version()
-    planned = {l: [vector_id(_planned_record(key, l, trait, m, cfg, cset.fingerprint), cv) for m in cfg.methods]
+    planned = {l: [vector_id(_planned_record(key, l, trait, m, cfg, cset.fingerprint, cset.held_split), cv)
+                   for m in cfg.methods]
                for l in layer_list}
     todo = [l for l in layer_list if not all(v in have for v in planned[l])]
     reused = [have[v] for l in layer_list if l not in todo for v in planned[l]]

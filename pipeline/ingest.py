@@ -133,15 +133,24 @@ def _capture_policy(g: GroupKey, settings: dict) -> dict:
 
 
 def _check_group_config(store: Store, groups: list[GroupKey], settings: dict) -> None:
-    """A group captured with one generation policy must not be extended with another. Reads only."""
+    """A group captured with one length or generation policy must not be extended with another:
+    its rows would no longer be comparable (a prompt cut at 512 tokens is not the same input as
+    one cut at 2048). ``--on-long`` may change: it only decides what happens to a prompt past
+    the limit, not the limit. Reads only."""
     if not store.zarr_path.exists():
         return
     root = store.zarr_root()
     for g in groups:
         grp = get_group(root, g.path)
         have = dict(grp.attrs).get("capture") if grp is not None else None
+        if have is None:
+            continue
         want = _capture_policy(g, settings)
-        if have is not None and g.pooling == "response_mean" and have.get("generate") != want.get("generate"):
+        if have.get("max_length") not in (None, want["max_length"]):
+            raise StoreError(f"{g.path} was captured with prompts limited to {have['max_length']} tokens; this run "
+                             f"limits them to {want['max_length']}: pass the same --max-length (and --generate), or "
+                             "use another --store")
+        if g.pooling == "response_mean" and have.get("generate") != want.get("generate"):
             raise StoreError(f"{g.path} was captured with --generate {have.get('generate')}; this run asks for "
                              f"{want.get('generate')}: use the same value, or another --store")
 

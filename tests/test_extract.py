@@ -147,3 +147,32 @@ def test_export_safetensors_and_gguf(planted_store, tmp_path):
     assert sorted(tensors) == ["direction.1", "direction.2"]  # llama.cpp cannot steer layer 0
     np.testing.assert_allclose(tensors["direction.2"], 2 * want[2])
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "controlvector"
+
+
+def test_every_input_of_a_vector_changes_its_identity(tmp_path):
+    """Change one input at a time: each gives new vectors, never the stored ones (which would
+    keep the old metrics); the same inputs again give the same ids."""
+    store, _ = synthetic_store(tmp_path / "s", n=300, d=12, layers=(0,), sep=4.0)
+
+    def ids(**kw):
+        cfg = ExtractConfig(n_boot=kw.pop("n_boot", 0), seed=kw.pop("seed", 0), params=kw.pop("params", {}))
+        res = extract(store.root, "planted", methods=kw.pop("methods", "mean_diff,random"), cfg=cfg, **kw)
+        return {(r["method"], r["layer"]): r["vector_id"] for r in res.records}, res
+
+    base, _ = ids()
+    assert ids()[0] == base  # same inputs, same ids
+    every = {("mean_diff", 0), ("random", 0)}
+    for change, changed in (({"n_boot": 2}, every), ({"seed": 3}, every), ({"held_split": "test"}, every),
+                            ({"where": "length(text) > 18"}, every),
+                            ({"params": {"random": {"seed": 9}}}, {("random", 0)})):  # one method's own params
+        got, res = ids(**dict(change))
+        assert {k for k in got if got[k] != base[k]} == changed, change
+        assert res.n_new >= len(changed), change
+    _, res = ids(held_split="test")
+    assert all(r["held_split"] == "test" for r in res.records)  # the metrics are the test split's
+
+
+def test_extract_honours_the_methods_of_its_config(tmp_path):
+    store, _ = synthetic_store(tmp_path / "s", n=200, d=8, layers=(0,), sep=4.0)
+    res = extract(store.root, "planted", cfg=ExtractConfig(methods=["mean_diff"], n_boot=0))
+    assert res.methods == ["mean_diff"] and {r["method"] for r in res.records} == {"mean_diff"}

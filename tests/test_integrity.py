@@ -370,3 +370,11 @@ def test_yaml_alias_bomb_under_a_wrong_key_is_a_short_error(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"text": "x", "label": 1}\n')
     out = one_line_error(run("run", spec), 2)
     assert "'model' must be a string" in out and len(out) < 2000  # 6 * 9**8 strings, never expanded
+
+
+def test_another_length_policy_is_refused_before_writing(store, good, tiny_llama):
+    before = snapshot(store)
+    out = one_line_error(ingest(store, good[1], tiny_llama, "--max-length", "16"), 1)
+    assert "limited to" in out and "--max-length" in out
+    assert snapshot(store) == before
+    assert ingest(store, good[1], tiny_llama, "--on-long", "fail").exit_code == 0  # the limit is what counts

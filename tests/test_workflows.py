@@ -196,3 +196,17 @@ def test_demo_corpus_has_hard_cases_both_sides_and_held_out_rows():
     for side in sides:  # every side reaches both the training and a held-out split
         splits = {hash_split(prompt_id_for(r["text"], None)) for r in rows if (r["trait"], r["label"]) == side}
         assert {"train", "val"} <= splits
+
+
+def test_spec_chat_accepts_only_true_false_or_auto(tmp_path):
+    from traitlens.workflows.spec import SpecError, load_spec
+
+    (tmp_path / "c.jsonl").write_text('{"text": "x", "label": 1}\n')
+    for value, ok in (('"auto"', True), ("true", True), ("false", True), ('"off"', False), ('"yes"', False)):
+        p = tmp_path / "w.toml"
+        p.write_text(f'store = "s"\n[[corpora]]\npaths = ["c.jsonl"]\n[capture]\nchat = {value}\n')
+        if ok:
+            load_spec(p)
+        else:
+            with pytest.raises(SpecError, match="capture.chat"):
+                load_spec(p)

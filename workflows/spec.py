@@ -91,7 +91,9 @@ class Spec:
         c = dict(self.capture)
         c.setdefault("poolings", ["last", "mean"])
         if isinstance(c.get("chat"), str):
-            c["chat"] = None  # "auto"
+            if c["chat"].strip().lower() != "auto":
+                raise ValueError(f"capture.chat {c['chat']!r}: use true, false or \"auto\"")
+            c["chat"] = None
         if isinstance(c.get("layers"), list):
             c["layers"] = ",".join(map(str, c["layers"]))
         return IngestConfig(model=self.model, **c).validate()
