@@ -378,3 +378,24 @@ def test_another_length_policy_is_refused_before_writing(store, good, tiny_llama
     assert "limited to" in out and "--max-length" in out
     assert snapshot(store) == before
     assert ingest(store, good[1], tiny_llama, "--on-long", "fail").exit_code == 0  # the limit is what counts
+
+
+def test_tokens_pooling_lost_part_is_quarantined_with_its_token_ids(tmp_path, tiny_llama):
+    c = write_corpus(tmp_path / "c.jsonl", 300)
+    s = tmp_path / "s"
+    assert ingest(s, c, tiny_llama, "--pooling", "tokens", "--layers", "1").exit_code == 0
+    store = Store.open(s)
+    key = only_group(s, "tokens")
+    st = store.committed(key)
+    assert st.n_prompts == 300
+    newest_rows_part(s).unlink()
+    left = Store.open(s).committed(key)
+    assert 0 < left.n_prompts < 300
+    rep = verify(Store.open(s), repair=True)
+    assert rep.quarantined and not rep.errors, rep
+    moved = {p.name.split(".rows")[0].rsplit("__", 1)[-1] for p in (s / "quarantine").glob("*/arrays/*.npy")}
+    assert moved == {"L1", "token_ids"}
+    assert verify(Store.open(s)).clean
+    assert ingest(s, c, tiny_llama, "--pooling", "tokens", "--layers", "1").exit_code == 0
+    store = Store.open(s)
+    assert verify(store).clean and store.committed(key).array_rows == st.array_rows
