@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from traitlens.store.errors import InputError
+
 TEXT_FIELDS = ("text", "prompt", "statement", "instruction", "question", "input")
 LABEL_FIELDS = ("label", "answer_matching_behavior")
 RESERVED = {"messages", "trait", "dataset", "split"}
@@ -32,7 +34,7 @@ NEUTRAL = {"0", "neutral", "none", "unlabelled", "unlabeled", ""}
 SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; the rest is test
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """A corpus file cannot be read; ``str(e)`` is ``file:line: field: problem (fix)``."""
 
     def __init__(self, path, line: int | None, field: str | None, problem: str, fix: str = ""):

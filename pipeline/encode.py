@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from traitlens.store.errors import InputError
 
-class PromptTooLong(ValueError):
+
+class PromptTooLong(InputError):
     """A prompt exceeds the context and the policy is ``fail``."""
 
 
@@ -25,7 +27,7 @@ def uses_chat(tokenizer, chat: bool | None) -> bool:
     if chat is None:
         return has
     if chat and not has:
-        raise ValueError("--chat: this tokenizer has no chat template; use --no-chat")
+        raise InputError("--chat: this tokenizer has no chat template; use --no-chat")
     return chat
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group, require_group
+from traitlens.store.errors import InputError
 from traitlens.store.layout import POOLINGS, StoreError
 from traitlens.store.verify import clean_temporaries
 from traitlens.store.store import code_version, committed_everywhere, new_run_id, now_utc
@@ -55,24 +56,24 @@ class IngestConfig:
 
     def validate(self) -> "IngestConfig":
         """Check every setting before anything is loaded or written; de-duplicates the site and
-        pooling lists (a repeated pooling would commit every row twice). Raises ``ValueError``
-        naming the option and what it accepts."""
+        pooling lists (a repeated pooling would commit every row twice). Raises
+        :class:`InputError` (a ``ValueError``) naming the option and what it accepts."""
         def positive(name, value, zero_ok=False):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (0 if zero_ok else 1):
-                raise ValueError(f"--{name.replace('_', '-')} {value!r}: must be "
+                raise InputError(f"--{name.replace('_', '-')} {value!r}: must be "
                                  + ("0 or more" if zero_ok else "a positive number"))
 
         self.sites = list(dict.fromkeys(s.strip() for s in self.sites if str(s).strip()))
         if not self.sites:
-            raise ValueError("--site: give at least one site (resid, attn_out, mlp_out or a dotted module path)")
+            raise InputError("--site: give at least one site (resid, attn_out, mlp_out or a dotted module path)")
         self.poolings = list(dict.fromkeys(p.strip() for p in self.poolings if str(p).strip()))
         if not self.poolings:
-            raise ValueError(f"--pooling: give at least one of {', '.join(POOLINGS)}")
+            raise InputError(f"--pooling: give at least one of {', '.join(POOLINGS)}")
         bad = [p for p in self.poolings if p not in POOLINGS]
         if bad:
-            raise ValueError(f"--pooling {','.join(bad)}: unknown; use a comma list of {', '.join(POOLINGS)}")
+            raise InputError(f"--pooling {','.join(bad)}: unknown; use a comma list of {', '.join(POOLINGS)}")
         if isinstance(self.layers, str) and not self.layers.strip():
-            raise ValueError("--layers '': give layers (all, 0-15, 3,7,11 or -1)")
+            raise InputError("--layers '': give layers (all, 0-15, 3,7,11 or -1)")
         for name in ("batch_size", "max_tokens", "chunk_rows", "window"):
             positive(name, getattr(self, name))
         positive("generate", self.generate, zero_ok=True)
@@ -80,16 +81,16 @@ class IngestConfig:
         if self.max_length is not None:
             positive("max_length", self.max_length)
             if self.max_length <= self.generate:
-                raise ValueError(f"--max-length {self.max_length} leaves no room for the prompt after "
+                raise InputError(f"--max-length {self.max_length} leaves no room for the prompt after "
                                  f"--generate {self.generate}")
         if "response_mean" in self.poolings and self.generate <= 0:
-            raise ValueError("--pooling response_mean needs --generate N (tokens to generate per prompt)")
+            raise InputError("--pooling response_mean needs --generate N (tokens to generate per prompt)")
         if self.padding_side not in ("right", "left"):
-            raise ValueError(f"--padding-side {self.padding_side!r}: use right or left")
+            raise InputError(f"--padding-side {self.padding_side!r}: use right or left")
         if self.on_long not in ("truncate", "fail"):
-            raise ValueError(f"--on-long {self.on_long!r}: use truncate or fail")
+            raise InputError(f"--on-long {self.on_long!r}: use truncate or fail")
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype!r}: use {', '.join(DTYPES)}")
+            raise InputError(f"--dtype {self.dtype!r}: use {', '.join(DTYPES)}")
         check_device(self.device)
         return self
 
@@ -179,7 +180,7 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     cfg = (cfg or IngestConfig()).validate()
     records, n_dups = read_corpus(corpus_paths, read_opts)
     if not records:
-        raise ValueError(f"no prompts found in {', '.join(map(str, corpus_paths))}")
+        raise InputError(f"no prompts found in {', '.join(map(str, corpus_paths))}")
     lm = lm or load_model(cfg.model, cfg.device, cfg.dtype, log=log)
     layers = parse_layers(cfg.layers, lm.n_layers)
     points = resolve_sites(lm.model, cfg.sites, layers)
@@ -187,7 +188,7 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     fmt = "chat" if chat else "raw"
     max_length = min(cfg.max_length or lm.max_length, lm.max_length) - cfg.generate
     if max_length < 1:
-        raise ValueError(f"--generate {cfg.generate} leaves no room for the prompt in the model's "
+        raise InputError(f"--generate {cfg.generate} leaves no room for the prompt in the model's "
                          f"{lm.max_length}-token context")
     sites = sorted({p.site for p in points})
     groups = [GroupKey(lm.key, fmt, s, pool) for s in sites for pool in cfg.poolings]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 
+from traitlens.store.errors import InputError
 from traitlens.store.layout import format_layer_list
 
 
-class SiteError(ValueError):
+class SiteError(InputError):
     """A site or layer cannot be resolved on this model."""
 
 

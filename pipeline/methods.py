@@ -20,12 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from traitlens.store.errors import InputError
+
 # FastICA's non-convergence is recorded per vector (info_["converged"]); the per-fit warning
 # would otherwise repeat for every layer and resample (catch_warnings alone is not thread-safe)
 warnings.filterwarnings("ignore", message="FastICA did not converge")
 
 
-class ExtractionError(ValueError):
+class ExtractionError(InputError):
     """The contrastive set cannot be used (no positives, non-finite rows, ...)."""
 
 

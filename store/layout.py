@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import TraitlensError
+
 FORMAT_NAME = "traitlens-store"
 FORMAT_VERSION = 1
 
@@ -29,7 +31,7 @@ FORMATS = ("chat", "raw")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
-class StoreError(RuntimeError):
+class StoreError(TraitlensError, RuntimeError):
     """A store is missing, of another format, or inconsistent; the message says what to do."""
 
 

@@ -21,6 +21,8 @@ from typing import Union
 
 from upath import UPath
 
+from .errors import InputError
+
 StorePath = Union[Path, UPath]
 
 
@@ -87,5 +89,5 @@ def check_outside_store(output, root, option: str = "-o") -> None:
     out = Path(output).expanduser().resolve()
     base = Path(root).expanduser().resolve()
     if out == base or base in out.parents:
-        raise ValueError(f"{option} {output}: that is inside the store {root}; only traitlens' own writers write "
+        raise InputError(f"{option} {output}: that is inside the store {root}; only traitlens' own writers write "
                          "there (a file under tables/ would be read as data). Write it somewhere else")

@@ -28,11 +28,14 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import EXIT_LOCKED, TraitlensError
 from .location import is_remote
 
 
-class StoreLocked(RuntimeError):
-    """Another live process is writing to this store."""
+class StoreLocked(TraitlensError, RuntimeError):
+    """Another live process is writing to this store (exit 3, so cron wrappers can tell it apart)."""
+
+    exit_code = EXIT_LOCKED
 
 
 _held: dict[str, int] = {}  # lock files this process holds -> nesting depth (flock is per open file)

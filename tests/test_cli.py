@@ -87,3 +87,33 @@ def test_missing_store_and_uncached_model_errors(tmp_path, monkeypatch):
     r = run("--store", tmp_path / "s", "ingest", c, "--model", "no-such-org/no-such-model-xyz")
     assert r.exit_code == 1 and "no-such-org/no-such-model-xyz" in r.output
     assert "huggingface-cli download" in r.output or "local model folder" in r.output
+
+
+def test_the_cli_imports_no_stage_until_a_verb_needs_it():
+    """Every verb used to import torch (through the error classes) before doing anything: a
+    query or a verify paid ~1.5 s for a model it never loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import traitlens.workflows.cli; "
+            "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_project_error_carries_its_exit_code():
+    from traitlens.pipeline.corpus import CorpusError
+    from traitlens.pipeline.encode import PromptTooLong
+    from traitlens.pipeline.layers import SiteError
+    from traitlens.pipeline.methods import ExtractionError
+    from traitlens.pipeline.models import ModelError
+    from traitlens.queries import QueryError
+    from traitlens.store import StoreError, StoreLocked, TraitlensError
+    from traitlens.workflows.spec import SpecError
+
+    codes = {CorpusError: 2, PromptTooLong: 2, SiteError: 2, ExtractionError: 2, QueryError: 2, SpecError: 2,
+             ModelError: 1, StoreError: 1, StoreLocked: 3}
+    for cls, code in codes.items():
+        assert issubclass(cls, TraitlensError) and cls.exit_code == code, cls
+    for cls in (CorpusError, PromptTooLong, SiteError, ExtractionError, QueryError, SpecError):
+        assert issubclass(cls, ValueError)  # callers' `except ValueError` still catch bad input

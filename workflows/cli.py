@@ -1,9 +1,7 @@
-"""The ``traitlens`` command line.
+"""The ``traitlens`` command line: the store verbs (info, ingest, verify) and ``main``.
 
-Exit codes: 0 success; 1 a failure the message explains; 2 bad usage or bad input;
-3 the store is locked by another live run (so cron wrappers can tell it apart); 130 interrupted
-(Ctrl-C); 143 terminated (SIGTERM, handled like Ctrl-C: what is complete is committed and the run
-is recorded as interrupted).
+The group, exit codes and one-line failures are in :mod:`.cli_base`; the other verbs register
+on it from ``cli_vectors``, ``cli_sql``, ``cli_steer`` and ``cli_workflow``, imported below.
 """
 
 from __future__ import annotations
@@ -15,95 +13,8 @@ import sys
 
 import click
 
-EXIT_FAIL, EXIT_INPUT, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
-
-
-def _default_store() -> str:
-    return os.environ.get("TRAITLENS_STORE", "traitstore")
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _output(ctx, path, option: str):
-    """An output path of a command, refused (exit 2) when it would land inside the store."""
-    from traitlens.store.location import check_outside_store
-
-    try:
-        check_outside_store(path, ctx.obj["store"], option)
-    except ValueError as e:
-        _fail(str(e), EXIT_INPUT)
-    return path
-
-
-def _exit_now(code: int) -> None:
-    """Exit at once after an interrupt. Everything committed is already on disk (parts are
-    fsynced, chunks written); a plain exit would wait for worker threads still inside a fit
-    (Dask's pool is joined at exit), which made Ctrl-C take effect 30-40 s late."""
-    if not _OWN_PROCESS:  # called in-process (tests, an embedding app): exit the ordinary way
-        sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-_OWN_PROCESS = False  # set by main(): the process is the `traitlens` command itself
-
-
-class Guarded(click.Group):
-    """Turns the project's own exceptions into one-line errors with the right exit code."""
-
-    def invoke(self, ctx):
-        try:
-            return self._invoke(ctx)
-        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (see pipeline.interrupts), also during the imports
-            from traitlens.pipeline.interrupts import interrupt_exit_code, interrupt_reason
-
-            click.echo(f"\n{str(e) or interrupt_reason(e)}", err=True)
-            _exit_now(interrupt_exit_code(e))
-
-    def _invoke(self, ctx):
-        from traitlens.pipeline.corpus import CorpusError
-        from traitlens.pipeline.encode import PromptTooLong
-        from traitlens.pipeline.methods import ExtractionError
-        from traitlens.pipeline.models import ModelError
-        from traitlens.pipeline.sites import SiteError
-        from traitlens.queries import QueryError
-        from traitlens.store import StoreError, StoreLocked
-
-        try:
-            return super().invoke(ctx)
-        except StoreLocked as e:
-            _fail(str(e), EXIT_LOCKED)
-        except (CorpusError, PromptTooLong, SiteError, ExtractionError, QueryError) as e:
-            _fail(str(e), EXIT_INPUT)
-        except (StoreError, ModelError) as e:
-            _fail(str(e), EXIT_FAIL)
-        except OSError as e:  # full disk, read-only store, permissions: say so, and what survived
-            import errno
-
-            why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the store is on a read-only file system",
-                   errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, "an I/O error")
-            _fail(f"cannot write: {why} ({e}). Everything committed before this is intact; fix it and rerun the "
-                  "same command to continue (`traitlens verify --repair` drops any uncommitted tail)", EXIT_FAIL)
-
-
-@click.group(cls=Guarded, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--store", "store_path", default=_default_store, show_default="$TRAITLENS_STORE or ./traitstore",
-              metavar="PATH|URL", help="Store folder, or an fsspec URL (s3://bucket/store, gs://..., memory://...).")
-@click.version_option(package_name="traitlens")
-@click.pass_context
-def cli(ctx, store_path):
-    """traitlens: prompt corpora -> activations (Zarr + Parquet) -> trait vectors, with SQL on top."""
-    from traitlens.store.location import store_path as as_store_path
-
-    try:
-        ctx.obj = {"store": as_store_path(store_path)}
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--store") from None
-
+from . import cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
+from .cli_base import EXIT_FAIL, EXIT_INPUT, _fail, _quiet_libraries, cli, own_process
 
 @cli.command()
 @click.pass_context
@@ -267,22 +178,10 @@ def verify(ctx, repair, no_values, as_json, quiet):
         sys.exit(EXIT_FAIL)
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
-
-
 def main() -> None:
     from traitlens.pipeline.interrupts import terminate_as_interrupt
 
-    global _OWN_PROCESS
-    _OWN_PROCESS = True
+    own_process()
     try:
         with terminate_as_interrupt():
             cli(prog_name="traitlens")
@@ -290,11 +189,5 @@ def main() -> None:
         signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
 
 
-# the other verbs register themselves on `cli` when their modules load
-from . import cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: E402,F401
-
-
-if __name__ == "__main__":  # `python -m traitlens.workflows.cli`: run the package's module, which has every verb
-    from traitlens.workflows.cli import main as package_main
-
-    package_main()
+if __name__ == "__main__":  # `python -m traitlens.workflows.cli`
+    main()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import EXIT_INPUT, _fail, _output, cli
+from .cli_base import EXIT_INPUT, _fail, _output, cli
 
 
 def _print_table(t, max_rows: int = 200) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli import EXIT_INPUT, _fail, _output, cli
+from .cli_base import EXIT_INPUT, _fail, _output, cli
 
 
 def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):

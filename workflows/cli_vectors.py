@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import EXIT_INPUT, _fail, _output, cli
+from .cli_base import EXIT_INPUT, _fail, _output, cli
 
 
 def _group_options(f):

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from .cli import EXIT_INPUT, _fail, _quiet_libraries, cli
+from .cli_base import EXIT_INPUT, _fail, _quiet_libraries, cli
 
 
 def _run_spec(spec_path, refresh: bool, quiet: bool, scheduler: str | None):

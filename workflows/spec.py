@@ -36,6 +36,7 @@ import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from traitlens.store.errors import InputError
 from traitlens.store.location import check_outside_store, is_remote, store_path
 
 _short = reprlib.Repr()
@@ -62,7 +63,7 @@ SCHEMA: dict[str, dict] = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A spec is invalid; the message names the file and key and says what to do."""
 
 

@@ -1,0 +1,24 @@
+"""The one error base class: every failure traitlens explains carries its CLI exit code.
+
+The CLI catches :class:`TraitlensError` alone and prints its message on one line; each stage
+subclasses it (``StoreError``, ``QueryError``, ``CorpusError``, ``ModelError``, ...), keeping
+the builtin base it always had (``ValueError`` for bad input) so callers' ``except`` clauses
+still work. Lives in the store package, the bottom layer, so every layer can import it without
+pulling in torch.
+"""
+
+from __future__ import annotations
+
+EXIT_FAIL, EXIT_INPUT, EXIT_LOCKED = 1, 2, 3
+
+
+class TraitlensError(Exception):
+    """A failure whose message says what to do; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = EXIT_FAIL
+
+
+class InputError(TraitlensError, ValueError):
+    """Bad input or usage: an option, a corpus record, a spec value, a query (exit 2)."""
+
+    exit_code = EXIT_INPUT

@@ -1,0 +1,115 @@
+"""What every ``traitlens`` verb shares: the command group, exit codes, one-line failures.
+
+Exit codes: 0 success; 1 a failure the message explains; 2 bad usage or bad input;
+3 the store is locked by another live run (so cron wrappers can tell it apart); 130 interrupted
+(Ctrl-C); 143 terminated (SIGTERM, handled like Ctrl-C: what is complete is committed and the run
+is recorded as interrupted). Every error the project explains is a
+:class:`~traitlens.store.errors.TraitlensError` carrying its exit code, so the group catches
+that one class (and imports no stage, so no verb pays for torch it does not use).
+
+The verbs live in ``cli`` (info, ingest, verify), ``cli_vectors``, ``cli_sql``, ``cli_steer`` and
+``cli_workflow``; each imports this module, never another verb's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from traitlens.store.errors import EXIT_FAIL, EXIT_INPUT, EXIT_LOCKED, TraitlensError  # noqa: F401
+
+EXIT_INTERRUPTED = 130
+
+
+def _default_store() -> str:
+    return os.environ.get("TRAITLENS_STORE", "traitstore")
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _output(ctx, path, option: str):
+    """An output path of a command, refused (exit 2) when it would land inside the store."""
+    from traitlens.store.location import check_outside_store
+
+    try:
+        check_outside_store(path, ctx.obj["store"], option)
+    except ValueError as e:
+        _fail(str(e), EXIT_INPUT)
+    return path
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once after an interrupt. Everything committed is already on disk (parts are
+    fsynced, chunks written); a plain exit would wait for worker threads still inside a fit
+    (Dask's pool is joined at exit), which made Ctrl-C take effect 30-40 s late."""
+    if not _OWN_PROCESS:  # called in-process (tests, an embedding app): exit the ordinary way
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+_OWN_PROCESS = False  # set by own_process(): the process is the `traitlens` command itself
+
+
+def own_process() -> None:
+    """Called by ``main()``: interrupts may end the process at once (see :func:`_exit_now`)."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
+
+
+class Guarded(click.Group):
+    """Turns the project's own exceptions into one-line errors with the right exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return self._invoke(ctx)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (see pipeline.interrupts), also during the imports
+            from traitlens.pipeline.interrupts import interrupt_exit_code, interrupt_reason
+
+            click.echo(f"\n{str(e) or interrupt_reason(e)}", err=True)
+            _exit_now(interrupt_exit_code(e))
+
+    def _invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TraitlensError as e:  # every error the project explains, with its own exit code
+            _fail(str(e), e.exit_code)
+        except OSError as e:  # full disk, read-only store, permissions: say so, and what survived
+            import errno
+
+            why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the store is on a read-only file system",
+                   errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, "an I/O error")
+            _fail(f"cannot write: {why} ({e}). Everything committed before this is intact; fix it and rerun the "
+                  "same command to continue (`traitlens verify --repair` drops any uncommitted tail)", EXIT_FAIL)
+
+
+@click.group(cls=Guarded, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--store", "store_path", default=_default_store, show_default="$TRAITLENS_STORE or ./traitstore",
+              metavar="PATH|URL", help="Store folder, or an fsspec URL (s3://bucket/store, gs://..., memory://...).")
+@click.version_option(package_name="traitlens")
+@click.pass_context
+def cli(ctx, store_path):
+    """traitlens: prompt corpora -> activations (Zarr + Parquet) -> trait vectors, with SQL on top."""
+    from traitlens.store.location import store_path as as_store_path
+
+    try:
+        ctx.obj = {"store": as_store_path(store_path)}
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--store") from None
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
