@@ -129,6 +129,19 @@ def test_rank_and_heatmap(store_with_vectors, tmp_path):
     r = cli_run(store, "rank", "--trait", "planted", "--top", "4", "--plot", png)
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "floor (random direction" in r.output
+    import json
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path)  # nothing is written unasked
+    try:
+        js = cli_run(store, "rank", "--trait", "planted", "--top", "3", "--format", "json")
+    finally:
+        os.chdir(here)
+    assert js.exit_code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["h.png"]
+    doc = json.loads(js.output)
+    assert [r["auroc"] for r in doc["rows"]] == sorted((r["auroc"] for r in doc["rows"]), reverse=True)
+    assert len(doc["rows"]) == 3 and doc["floor"]["method"] == "random" and doc["by"] == "auroc"
 
 
 def test_nearest_macro_and_output_formats(store_with_vectors, tmp_path):

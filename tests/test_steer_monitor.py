@@ -143,7 +143,7 @@ def test_cli_monitor_steer_evaluate_and_rank_by_shift(tmp_path, tiny_llama):
     r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "0,1", "--alphas",
             "0.5", "--n", "4")
     assert r.exit_code == 0, r.output
-    r = run("rank", "--trait", "kindness", "--by", "steer_shift", "--no-plot")
+    r = run("rank", "--trait", "kindness", "--by", "steer_shift")
     assert r.exit_code == 0 and "steer_shift" in r.output
     r = run("monitor", "--trait", "nope", "--model", tiny_llama, "hi")
     assert r.exit_code == 2 and "no vector for trait 'nope'" in r.output

@@ -138,26 +138,29 @@ def sql(ctx):
 @click.option("--by", default="auroc", show_default=True,
               help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: {\"by\", \"rows\": [...], \"floor\": {...} or null}.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Heatmap PNG of layers x methods [default: rank-<trait>.png]; --no-plot to skip.")
-@click.option("--no-plot", is_flag=True)
+              help="Also write a heatmap PNG of layers x methods here (the best cell boxed).")
 @click.pass_context
-def rank(ctx, trait, by, top, plot, no_plot):
+def rank(ctx, trait, by, top, fmt_, plot):
     """The best (layer, method, site, pooling) for a trait, with stability and agreement."""
     from traitlens.queries import StoreSQL
     from traitlens.queries.ranking import heatmap
     from traitlens.queries.ranking import rank as run_rank
 
+    if plot:
+        _output(ctx, plot, "--plot")
     with StoreSQL(ctx.obj["store"]) as q:
         best, floor = run_rank(q, trait, by, top)
-        _print_table(best.drop_columns(["model_key", "fmt"]))
-        if floor.num_rows:
-            f = floor.to_pylist()[0]
-            click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
-        if not no_plot:
-            top_row = best.to_pylist()[0]
-            from traitlens.store import file_stem
-
-            out = Path(_output(ctx, plot or f"rank-{file_stem(trait, 'trait')}.png", "--plot"))  # a trait never picks the folder
-            heatmap(q, trait, by, top_row, out)
-            click.echo(f"heatmap: {out}")
+        f = floor.to_pylist()[0] if floor.num_rows else None
+        if fmt_ == "json":
+            click.echo(json.dumps({"trait": trait, "by": by, "rows": best.to_pylist(), "floor": f}, default=str))
+        else:
+            _print_table(best.drop_columns(["model_key", "fmt"]))
+            if f is not None:
+                click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
+        if plot:
+            heatmap(q, trait, by, best.to_pylist()[0], Path(plot))
+            if fmt_ != "json":
+                click.echo(f"heatmap: {plot}")
