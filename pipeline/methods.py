@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from traitlens.store.errors import InputError
 
@@ -123,8 +124,10 @@ def _finish(est, v: np.ndarray, mu_pos: np.ndarray, mu_neg: np.ndarray):
     return est
 
 
-class Direction:
-    """Base: ``fit`` via statistics unless a subclass needs the rows."""
+class Direction(BaseEstimator):
+    """Base: ``fit`` via statistics unless a subclass needs the rows. A scikit-learn estimator:
+    ``get_params(deep)``, ``set_params`` and ``sklearn.base.clone`` work from ``__init__``'s
+    signature; learned state ends in ``_``."""
 
     name = "base"
     needs_rows = False
@@ -143,9 +146,6 @@ class Direction:
         y = np.r_[np.ones(len(pos)), -np.ones(len(neg))]
         self.fit(X, y)
         return {"vector": self.vector_, "raw_norm": self.raw_norm_, **getattr(self, "info_", {})}
-
-    def get_params(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if not k.endswith("_")}
 
 
 class MeanDifference(Direction):

@@ -96,3 +96,28 @@ def test_metrics_against_independent_computations():
     brute = max(balanced_accuracy(p, pos, t) for t in np.sort(p))
     assert np.isclose(balanced_accuracy(p, pos, thr), brute)
     assert m["polarity"] == 1 and m["separation"] > 0
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_is_a_scikit_learn_estimator(name):
+    """The contract: clone, get_params(deep), set_params, fit returning self, learned state in
+    ``_`` attributes, a unit vector on which positives project higher, the same fit twice."""
+    import inspect
+
+    from sklearn.base import clone
+
+    X, y, _ = planted(300, 10, seed=3)
+    est = make_method(name)
+    params = est.get_params(deep=True)
+    named = inspect.signature(type(est).__init__).parameters.values()
+    assert set(params) == {p.name for p in named if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD}
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == params
+    if "seed" in params:
+        assert est.set_params(seed=5).get_params()["seed"] == 5 and clone(est).seed == 5
+        est.set_params(seed=params["seed"])
+    assert est.fit(X, y) is est
+    assert not any(k.endswith("_") for k in clone(est).__dict__)  # a clone carries no learned state
+    v = est.vector_
+    assert np.isclose(np.linalg.norm(v), 1.0) and (X[y == 1] @ v).mean() > (X[y == -1] @ v).mean()
+    np.testing.assert_allclose(make_method(name).fit(X, y).vector_, v, atol=1e-6)
