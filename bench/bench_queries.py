@@ -43,8 +43,7 @@ def fake_vectors(store: Store, n: int, d: int, rng) -> None:
              "auroc": float(rng.random()), "balanced_accuracy": float(rng.random()), "stability": float(rng.random()),
              "cohens_d": float(rng.random() * 3), "agreement": float(rng.random()), "created_at": stamp}
             for i in range(n)]
-    tables.write_part(store.tables_path / "vectors", tables.rows_to_table(recs, tables.VECTORS_SCHEMA),
-                      tables.VECTORS_SCHEMA)
+    store.append("vectors", recs)
     return V
 
 

@@ -360,7 +360,6 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
 
 def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, int]:
     """Append records not already in the vectors table (same vector_id); returns (new, existing)."""
-    from traitlens.store import tables
     from traitlens.store.store import code_version, now_utc
 
     cv = code_version()
@@ -372,9 +371,7 @@ def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, i
         if vid not in have:
             have.add(vid)
             new.append({**r, "vector_id": vid, "code_version": cv, "run_id": run_id, "created_at": stamp})
-    if new:
-        tables.write_part(store.tables_path / "vectors", tables.rows_to_table(new, tables.VECTORS_SCHEMA),
-                          tables.VECTORS_SCHEMA)
+    store.append("vectors", new)
     return len(new), len(records) - len(new)
 
 
@@ -391,18 +388,6 @@ class ExtractResult:
     records: list[dict]
     seconds: float
     computed_layers: list[int] = field(default_factory=list)
-
-
-def _record_quietly(store: Store, run: dict) -> None:
-    """Record a run that ended badly, if the store can be written now (it may be locked, or be
-    the reason it failed); never hides the original error."""
-    from traitlens.store import StoreLocked
-
-    try:
-        with store.lock("extract (recording how it ended)"):
-            store.record_run(run)
-    except (StoreLocked, OSError, StoreError):
-        pass
 
 
 def resolve_group(store: Store, model: str | None = None, fmt: str | None = None, site: str = "resid",
@@ -438,7 +423,7 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     rows, params and code version is not recomputed: its stored records are returned instead."""
     import time
 
-    from traitlens.store.store import code_version, new_run_id, now_utc
+    from traitlens.store.store import code_version
 
     from .contrastive import contrastive_set
     from .layers import SiteError, parse_layers
@@ -471,32 +456,19 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
                for l in layer_list}
     todo = [l for l in layer_list if not all(v in have for v in planned[l])]
     reused = [have[v] for l in layer_list if l not in todo for v in planned[l]]
-    run_id = new_run_id("extract")
     config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
               "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where}
-    started = now_utc()
-    try:
+    # the fits run without the writer lock (minutes, and readers need none); each run record takes it briefly
+    with store.run("extract", config, lock=True, start=bool(todo)) as run:
+        run.counts = {"layers": todo}
+        run.message = "no vector of this run was stored"  # what an interrupted or failed run reports
         records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
-    except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or failed: nothing was written; say so in runs
-        from .interrupts import interrupt_reason
-
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        why = interrupt_reason(e) if status == "interrupted" else f"{type(e).__name__}: {e}"
-        _record_quietly(store, {"run_id": run_id, "stage": "extract", "status": status, "started_at": started,
-                                "ended_at": now_utc(), "code_version": code_version(),
-                                "config": json.dumps(config, default=str), "counts": json.dumps({"layers": todo}),
-                                "message": f"{why}; no vector of this run was stored"})
-        raise
-    with store.lock("extract") if todo else nullcontext():
-        n_new, n_old = save_vectors(store, records, run_id)
+        with store.lock("extract") if todo else nullcontext():
+            n_new, n_old = save_vectors(store, records, run.run_id)
         n_old += len(reused)
-        if todo:
-            store.record_run({"run_id": run_id, "stage": "extract", "status": "done", "started_at": started,
-                              "ended_at": now_utc(), "code_version": code_version(),
-                              "config": json.dumps(config, default=str),
-                              "counts": json.dumps({"vectors": len(records) + len(reused), "new": n_new,
-                                                    "existing": n_old, "layers_computed": todo}),
-                              "message": ""})
+        run.counts = {"vectors": len(records) + len(reused), "new": n_new, "existing": n_old, "layers_computed": todo}
+        run.message = ""
+    run_id = run.run_id
     records = sorted(records + reused, key=lambda r: (r["layer"], cfg.methods.index(r["method"])))
     return ExtractResult(run_id, key, trait, layer_list, cfg.methods, n_new, n_old, records, time.perf_counter() - t0,
                          todo)

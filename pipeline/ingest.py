@@ -12,7 +12,6 @@ by the corpus.
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -22,13 +21,14 @@ from traitlens.store.arrays import get_group, require_group
 from traitlens.store.errors import InputError
 from traitlens.store.layout import POOLINGS, StoreError
 from traitlens.store.verify import clean_temporaries
-from traitlens.store.store import code_version, committed_everywhere, new_run_id, now_utc
+from traitlens.store.runs import interrupt_reason
+from traitlens.store.store import committed_everywhere
 
 from .batching import length_batches
 from .capture import Capturer
 from .corpus import PromptRecord, ReadOptions, read_corpus
 from .encode import encode, uses_chat
-from .interrupts import interrupt_exit_code, interrupt_reason
+from .interrupts import interrupt_exit_code
 from .models import DTYPES, LoadedModel, check_device, load_model
 from .sites import parse_layers, resolve_sites
 
@@ -209,23 +209,20 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
 
     store = existing or Store.open(store_path, create=True)
     capturer = Capturer(lm, points, cfg.poolings, cfg.padding_side, cfg.generate)
-    with store.lock("ingest"), capturer:
+    with store.lock("ingest"), capturer, store.run("ingest", settings, start=False) as run:
         clean_temporaries(store)  # left by a run that was killed; we hold the lock, so none is live
         # the writer checks the groups again under the lock (another run may have written since)
-        writer = store.writer(groups, layers_by_site, lm.d_model, run_id := new_run_id("ingest"), cfg.chunk_rows)
+        writer = store.writer(groups, layers_by_site, lm.d_model, run.run_id, cfg.chunk_rows)
         n_new_prompts, n_relabelled = store.add_prompts([r.as_row() for r in records])
         _record_group_config(store, groups, settings)
         todo: list[PromptRecord] = [records[i] for i in still_to_capture(records, writer.done_prompt_ids())]
         n_distinct = len({r.prompt_id for r in records})
-        run = {"run_id": run_id, "stage": "ingest", "status": "running", "started_at": now_utc(),
-               "code_version": code_version(), "config": json.dumps(settings, default=str)}
-        noop = not todo and not n_new_prompts and not n_relabelled  # a rerun with nothing new writes nothing
-        if not noop:
-            store.record_run(run)
-        counts = {"records": len(records), "distinct_prompts": n_distinct, "relabelled": n_relabelled,
-                  "to_capture": len(todo),
-                  "already_stored": n_distinct - len(todo), "captured": 0, "truncated": 0, "tokens": 0}
-        status, message, interrupted_by = "done", "", None
+        if todo or n_new_prompts or n_relabelled:  # a rerun with nothing new writes nothing at all
+            run.start()
+        counts = run.counts = {"records": len(records), "distinct_prompts": n_distinct, "relabelled": n_relabelled,
+                               "to_capture": len(todo), "already_stored": n_distinct - len(todo), "captured": 0,
+                               "truncated": 0, "tokens": 0}
+        interrupted_by = None
         bar = _progress(len(todo), progress)
         pending: list[Future] = []
         t_cap = time.perf_counter()
@@ -246,30 +243,24 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
                     f.result()
                 pending = []
                 pool.submit(writer.commit).result()
-        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (pipeline.interrupts)
-            status, message = "interrupted", f"{interrupt_reason(e)}; rerun the same command to continue"
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (pipeline.interrupts): keep what is complete
             interrupted_by = e
             for f in pending:
                 f.result()
             writer.commit()  # complete batches already captured are worth keeping
-        except BaseException as e:
-            status, message = "failed", f"{type(e).__name__}: {e}"
-            raise
+            run.status, run.message = "interrupted", f"{interrupt_reason(e)}; rerun the same command to continue"
         finally:
             if bar is not None:
                 bar.close()
             counts["committed"] = writer.n_committed
             counts["promoted_to_float32"] = writer.promoted
-            if not noop:
-                store.record_run({**run, "status": status, "ended_at": now_utc(), "counts": json.dumps(counts),
-                                  "message": message})
     seconds = time.perf_counter() - t_cap
-    res = IngestResult(run_id=run_id, model_key=lm.key, fmt=fmt, n_records=len(records), n_new_prompts=n_new_prompts,
+    res = IngestResult(run_id=run.run_id, model_key=lm.key, fmt=fmt, n_records=len(records), n_new_prompts=n_new_prompts,
                        n_relabelled=n_relabelled,
                        n_captured=writer.n_committed, n_skipped=n_distinct - len(todo), n_truncated=counts["truncated"],
                        n_duplicates=n_dups, seconds=seconds, tokens=counts["tokens"], promoted=writer.promoted,
-                       status=status)
-    if status == "interrupted":
+                       status=run.status)
+    if interrupted_by is not None:
         raise IngestInterrupted(res, interrupt_exit_code(interrupted_by))
     return res
 

@@ -15,7 +15,6 @@ repeng's and steering-vectors' layer N.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 
 from traitlens.store import GroupKey, PendingBatch, Store, safe_name
-from traitlens.store.store import code_version, new_run_id, now_utc
 
 from .corpus import CorpusError, ReadOptions, record_from_object
 from .ingest import still_to_capture
@@ -124,30 +122,21 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
     if Store.exists(store_path):  # a layer set or width the store's groups do not hold: refuse before writing
         Store.open(store_path).check_extend(groups, layers, d)
     store = Store.open(store_path, create=True)
-    run_id = new_run_id("ingest-cache")
-    with store.lock("ingest from an ActivationCache"):
-        writer = store.writer(groups, layers, d, run_id, chunk_rows)
+    config = {"model_key": key, "sites": list(sites), "layers": layers, "poolings": list(poolings), "fmt": fmt}
+    with store.lock("ingest from an ActivationCache"), store.run("ingest-cache", config, start=False) as run:
+        writer = store.writer(groups, layers, d, run.run_id, chunk_rows)
         n_new, _ = store.add_prompts([r.as_row() for r in records])
         keep = still_to_capture(records, writer.done_prompt_ids())
         if keep:
-            run = {"run_id": run_id, "stage": "ingest-cache", "status": "running", "started_at": now_utc(),
-                   "code_version": code_version(),
-                   "config": json.dumps({"model_key": key, "sites": list(sites), "layers": layers,
-                                         "poolings": list(poolings), "fmt": fmt})}
-            store.record_run(run)
-            status, message = "done", ""
-            try:
-                writer.add(PendingBatch(prompt_ids=[records[i].prompt_id for i in keep], token_counts=counts_all[keep],
-                                        truncated=np.zeros(len(keep), np.int32), responses=[None] * len(keep),
-                                        pooled={g: {l: v[keep] for l, v in by_l.items()}
-                                                for g, by_l in pooled_all.items()}))
-                writer.commit()
-            except BaseException as e:
-                status, message = "failed", f"{type(e).__name__}: {e}"
-                raise
-            finally:
-                store.record_run({**run, "status": status, "ended_at": now_utc(), "message": message,
-                                  "counts": json.dumps({"captured": writer.n_committed})})
+            run.start()
+            run.counts = {"captured": 0}
+            writer.add(PendingBatch(prompt_ids=[records[i].prompt_id for i in keep], token_counts=counts_all[keep],
+                                    truncated=np.zeros(len(keep), np.int32), responses=[None] * len(keep),
+                                    pooled={g: {l: v[keep] for l, v in by_l.items()}
+                                            for g, by_l in pooled_all.items()}))
+            writer.commit()
+            run.counts = {"captured": writer.n_committed}
+    run_id = run.run_id
     return {"run_id": run_id, "model_key": key, "fmt": fmt, "layers": layers, "n_new_prompts": n_new,
             "n_captured": len(keep), "n_skipped": len(records) - len(keep)}
 

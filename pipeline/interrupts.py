@@ -12,6 +12,8 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 
+from traitlens.store.runs import interrupt_reason  # noqa: F401  (re-exported for the CLI)
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived; handled like Ctrl-C, exits 143 (128 + 15)."""
@@ -22,10 +24,6 @@ class Terminated(KeyboardInterrupt):
 def interrupt_exit_code(e: BaseException) -> int:
     """130 for Ctrl-C, 143 for SIGTERM (also when re-raised wrapped, e.g. IngestInterrupted)."""
     return getattr(e, "exit_code", 130)
-
-
-def interrupt_reason(e: BaseException) -> str:
-    return "terminated (SIGTERM)" if interrupt_exit_code(e) == 143 else "interrupted (Ctrl-C)"
 
 
 def _raise_terminated(signum, frame):

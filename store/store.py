@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +46,7 @@ from .layout import (
 )
 from .location import is_remote, store_path
 from .lock import write_lock
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def code_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("traitlens")
-    except Exception:  # running from a checkout that is not installed
-        return "unknown"
+from .runs import code_version, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
 
 
 class Store:
@@ -176,14 +162,24 @@ class Store:
         if new or changed:
             stamp = now_utc()
             rows = [{**r, "added_at": r.get("added_at") or stamp} for r in new] + [{**r, "added_at": stamp} for r in changed]
-            tables.write_part(self.tables_path / "prompts", tables.rows_to_table(rows, tables.PROMPTS_SCHEMA),
-                              tables.PROMPTS_SCHEMA)
+            self.append("prompts", rows)
         return len(new), len(changed)
+
+    def append(self, table: str, rows: list[dict]):
+        """Add ``rows`` (dicts; missing fields are null) to a table as one atomic part; returns the
+        part's path, None when there is nothing to add. The one way callers write table rows."""
+        if not rows:
+            return None
+        schema = tables.SCHEMAS[table]
+        return tables.write_part(self.tables_path / table, tables.rows_to_table(rows, schema), schema)
 
     def record_run(self, run: dict) -> None:
         """Append a run record (a later record of the same run_id supersedes it)."""
-        tables.write_part(self.tables_path / "runs", tables.rows_to_table([run], tables.RUNS_SCHEMA),
-                          tables.RUNS_SCHEMA)
+        self.append("runs", [run])
+
+    def run(self, stage: str, config: dict, run_id: str | None = None, lock: bool = False, start: bool = True):
+        """Context manager recording a stage's run from start to its end (see :mod:`.runs`)."""
+        return run_record(self, stage, config, run_id, lock, start)
 
     # -- groups and arrays -----------------------------------------------------------------
     def groups(self) -> list[GroupKey]:
@@ -485,9 +481,7 @@ class CommitWriter:
                 token_start += int(counts[i])
             records += mine
             per_group[g] = mine
-        if records:
-            tables.write_part(self.store.tables_path / "rows", tables.rows_to_table(records, tables.ROWS_SCHEMA),
-                              tables.ROWS_SCHEMA)
+        self.store.append("rows", records)
         # only now, with the rows part on disk, do these prompts count as stored
         for g, mine in per_group.items():
             st = self.state[g]
@@ -510,7 +504,3 @@ class CommitWriter:
             self.arrays[(g, layer)] = arr
             self.promoted.append(f"{g.path}/{layer_name(layer)}")
         arrays.write_rows(arr, start, values)
-
-
-def new_run_id(stage: str) -> str:
-    return f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -186,3 +186,27 @@ def test_same_prompt_twice_in_one_commit_is_stored_once(tmp_path):
     assert s.group_rows(KEY)["prompt_id"].to_pylist() == ["a", "b", "c"]
     np.testing.assert_allclose(s.activations(KEY, 0)[1], first.pooled[("resid", "last")][0][1].astype(np.float16))
     assert verify(s).clean
+
+
+def test_every_run_records_how_it_ended(tmp_path):
+    from traitlens.pipeline.interrupts import Terminated
+
+    s = Store.open(tmp_path / "s", create=True)
+    with s.run("a", {"x": 1}) as r:
+        r.counts = {"n": 3}
+    for stage, exc in (("b", ValueError("bad value")), ("c", KeyboardInterrupt()), ("d", Terminated())):
+        with pytest.raises(type(exc)):
+            with s.run(stage, {}) as r:
+                r.message = "nothing was kept"
+                raise exc
+    with s.run("quiet", {}, start=False):  # a run with nothing to do leaves no record
+        pass
+    with pytest.raises(RuntimeError):
+        with s.run("quiet-fail", {}, start=False):
+            raise RuntimeError("before it started")
+    runs = {r["stage"]: r for r in s.runs().to_pylist()}
+    assert set(runs) == {"a", "b", "c", "d"}
+    assert runs["a"]["status"] == "done" and json.loads(runs["a"]["counts"]) == {"n": 3}
+    assert runs["b"]["status"] == "failed" and runs["b"]["message"] == "ValueError: bad value; nothing was kept"
+    assert runs["c"]["status"] == "interrupted" and runs["c"]["message"].startswith("interrupted (Ctrl-C)")
+    assert runs["d"]["status"] == "interrupted" and runs["d"]["message"].startswith("terminated (SIGTERM)")

@@ -78,7 +78,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
     from traitlens.pipeline.corpus import prompt_id_for
     from traitlens.pipeline.monitor import plot as draw
     from traitlens.pipeline.monitor import trajectory
-    from traitlens.store import Store, file_stem, tables
+    from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id, now_utc
 
     prompts = [prompt] if prompt else []
@@ -117,8 +117,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
                         for r in tr.rows() if np.isfinite(r["projection"])]
     if records:
         with store.lock("monitor --keep"):
-            tables.write_part(store.tables_path / "trajectories",
-                              tables.rows_to_table(records, tables.TRAJECTORIES_SCHEMA), tables.TRAJECTORIES_SCHEMA)
+            store.append("trajectories", records)
         click.echo(f"kept {len(records)} token rows in the trajectories table (run {run_id})")
 
 
@@ -185,7 +184,7 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     """Sweep layer x strength: how much does steering along the vector move behaviour?"""
     from traitlens.pipeline.evaluate import evaluate_vector, steering_records
     from traitlens.pipeline.layers import parse_layers
-    from traitlens.store import Store, tables
+    from traitlens.store import Store
     from traitlens.store.store import new_run_id
 
     try:
@@ -215,6 +214,5 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
             click.echo(f"{l:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} {minus} {r['shift']:>7.3f}")
         all_rows += steering_records(vec, rows, run_id)
     with store.lock("evaluate"):
-        tables.write_part(store.tables_path / "steering", tables.rows_to_table(all_rows, tables.STEERING_SCHEMA),
-                          tables.STEERING_SCHEMA)
+        store.append("steering", all_rows)
     click.echo(f"stored {len(all_rows)} rows in the steering table; `traitlens rank --trait {trait} --by steer_shift`")

@@ -8,7 +8,6 @@ run (two runs never write one store at once; a dead holder's lock is released by
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import nullcontext
@@ -21,7 +20,7 @@ from traitlens.pipeline.extract import extract
 from traitlens.pipeline.layers import format_layers
 from traitlens.pipeline.ingest import ingest
 from traitlens.store import Store
-from traitlens.store.store import code_version, new_run_id, now_utc
+from traitlens.store.store import new_run_id
 
 from .spec import Spec
 
@@ -71,7 +70,6 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
     store = Store.open(spec.store, create=True)
     cfg = spec.ingest_config()
     xcfg = spec.extract_config()
-    started = now_utc()
     # capture shards and extraction tasks both run on a Dask cluster when one is named
     client = owned = None
     if scheduler is not None and not isinstance(scheduler, str):
@@ -80,13 +78,17 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
         from distributed import Client
 
         client = owned = Client(scheduler or spec.scheduler or os.environ["DASK_SCHEDULER_ADDRESS"])
-    with store.lock("refresh" if refresh else "run"), (owned or nullcontext()):
+    stage = "refresh" if refresh else "run"
+    with store.lock(stage), (owned or nullcontext()), \
+            store.run("workflow", {"spec": str(spec.path), "refresh": refresh}, summary.run_id, start=False) as run:
         lm = lm or load_model(spec.model, cfg.device, cfg.dtype, log=log)
         for corpus in spec.corpora:
             opts = ReadOptions(**corpus.options)
             res = ingest(spec.store, corpus.paths, opts, cfg, lm=lm, progress=progress, log=log, client=client)
             summary.captured += res.n_captured
             summary.already_stored += res.n_skipped
+            if res.n_captured or res.n_new_prompts or res.n_relabelled:
+                run.start()  # the workflow changed the store: it is recorded, however it ends
         ex = spec.extract
         for trait in _traits(store, ex.get("traits", "all")):
             r = extract(spec.store, trait, xcfg.methods, ex.get("layers", "all"), model=lm.key,
@@ -95,17 +97,15 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
             summary.vectors_new += r.n_new
             summary.vectors_unchanged += r.n_existing
             summary.computed[trait] = r.computed_layers
-        if spec.evaluate.get("steering") and (summary.changed or not refresh):
-            _evaluate(spec, store, lm, summary)
         if summary.changed or not refresh:
+            run.start()
+            if spec.evaluate.get("steering"):
+                _evaluate(spec, store, lm, summary)
             from .report import write_report
 
             summary.report = write_report(spec, store, lm.key, summary)
-            store.record_run({"run_id": summary.run_id, "stage": "workflow", "status": "done", "started_at": started,
-                              "ended_at": now_utc(), "code_version": code_version(),
-                              "config": json.dumps({"spec": str(spec.path)}),
-                              "counts": json.dumps({"captured": summary.captured, "vectors_new": summary.vectors_new,
-                                                    "computed": summary.computed}), "message": ""})
+            run.counts = {"captured": summary.captured, "vectors_new": summary.vectors_new,
+                          "computed": summary.computed}
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -115,8 +115,6 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
     from traitlens.pipeline.evaluate import evaluate_vector, steering_records
     from traitlens.queries import StoreSQL
     from traitlens.queries.ranking import latest_cells_sql
-    from traitlens.store import tables
-
     ev = spec.evaluate
     kind, alphas, n = ev.get("kind", "persona"), ev.get("alphas", [0.25, 0.5]), ev.get("n", 40)
     rows = []
@@ -134,9 +132,7 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
         if texts:
             measured = evaluate_vector(lm, vec["vector"], vec["layer"], alphas, kind, texts, ev.get("norm", "typical"))
             rows += steering_records(vec, measured, summary.run_id)
-    if rows:
-        tables.write_part(store.tables_path / "steering", tables.rows_to_table(rows, tables.STEERING_SCHEMA),
-                          tables.STEERING_SCHEMA)
+    store.append("steering", rows)
 
 
 def parse_every(text: str) -> float:
