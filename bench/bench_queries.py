@@ -17,7 +17,7 @@ import numpy as np
 from traitlens.pipeline.corpus import prompt_id_for
 from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import rank
-from traitlens.store import GroupKey, PendingBatch, Store, tables
+from traitlens.store import GroupKey, PendingBatch, Store
 from traitlens.store.store import now_utc
 
 KEY = GroupKey("bench-0000", "raw", "resid", "last")
