@@ -19,6 +19,7 @@ from traitlens.pipeline.contrastive import contrastive_set
 from traitlens.pipeline.extract import ExtractConfig, extract, read_rows
 from traitlens.pipeline.ingest import ingest
 from traitlens.pipeline.metrics import auroc
+from traitlens.queries.selection import best_per_method
 from traitlens.store import Store
 
 PERSONA = Path(__file__).resolve().parents[2] / "shared" / "data" / "persona"
@@ -40,10 +41,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for f in files:
         res = extract(args.store, f.stem, cfg=ExtractConfig(n_boot=args.n_boot))
-        best = {}
-        for r in res.records:
-            if r["method"] not in best or r["auroc"] > best[r["method"]]["auroc"]:
-                best[r["method"]] = r
+        best = best_per_method(res.records)  # per method, the layer the selection rule picks on val
         # the layer was chosen on val, so val AUROC is optimistic: score it again on test
         test = contrastive_set(store, res.key, f.stem, held_split="test")
         arr = store.zarr_root()[res.key.path]

@@ -1,7 +1,9 @@
 """Rank a trait's vectors: the best (layer, method, site, pooling) by a held-out metric.
 
-Every (group, layer, method) cell counts once, with its newest vector. The random baseline is
-ranked apart and printed as the floor. ``heatmap`` draws layers x methods for one group.
+Every (group, layer, method) cell counts once, with its newest vector, ordered by the one rule
+of :mod:`.selection` (so ``rank``'s first row is what ``steer`` and ``monitor`` use). The random
+baseline is ranked apart and printed as the floor. ``heatmap`` draws layers x methods for one
+group and boxes the picked cell.
 """
 
 from __future__ import annotations
@@ -11,27 +13,20 @@ from pathlib import Path
 import pyarrow as pa
 
 from .connection import QueryError, StoreSQL
+from .selection import METRICS as RANK_BY
+from .selection import latest_cells_sql, order_by
 
-RANK_BY = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc",
-           "steer_shift")
+__all__ = ["RANK_BY", "latest_cells_sql", "rank", "grid", "heatmap"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
-           "stability", "agreement", "steer_shift", "n_pos", "n_neg", "vector_id")
-
-
-def latest_cells_sql() -> str:
-    """The newest vector of every (group, layer, method) cell of one trait (bind the trait)."""
-    return ("SELECT * FROM metrics WHERE trait = ? QUALIFY row_number() OVER (PARTITION BY model_key, fmt, site, "
-            "pooling, layer, method ORDER BY created_at DESC) = 1")
+           "stability", "agreement", "steer_shift", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "vector_id")
 
 
 def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.Table, pa.Table]:
     """(top rows, the random baseline's best row) for ``trait`` ordered by ``by``."""
-    if by not in RANK_BY:
-        raise QueryError(f"--by {by!r}: rank by one of {', '.join(RANK_BY)}")
     cols = ", ".join(COLUMNS)
     base = latest_cells_sql()
-    best = q.query(f"SELECT {cols} FROM ({base}) WHERE method <> 'random' ORDER BY {by} DESC NULLS LAST, stability DESC NULLS LAST, layer "
-                   f"LIMIT ?", [trait, int(top)])
+    best = q.query(f"SELECT {cols} FROM ({base}) WHERE method <> 'random' ORDER BY {order_by(by)} LIMIT ?",
+                   [trait, int(top)])
     if best.num_rows == 0:
         traits = [r["trait"] for r in q.query("SELECT DISTINCT trait FROM metrics ORDER BY 1").to_pylist()]
         raise QueryError(f"no vectors for trait {trait!r}; traits with vectors: {', '.join(traits) or 'none'} "
@@ -54,7 +49,8 @@ def grid(q: StoreSQL, trait: str, by: str, group: dict) -> tuple[list[int], list
 
 
 def heatmap(q: StoreSQL, trait: str, by: str, group: dict, path: Path) -> Path:
-    """PNG: layers (rows) x methods (columns) coloured by ``by``; the best cell boxed."""
+    """PNG: layers (rows) x methods (columns) coloured by ``by`` for ``group`` (a row of
+    :func:`rank`: its group, and its (layer, method) cell is boxed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,11 +70,9 @@ def heatmap(q: StoreSQL, trait: str, by: str, group: dict, path: Path) -> Path:
             if np.isfinite(V[i, j]):
                 ax.text(j, i, f"{V[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if V[i, j] < (lo + np.nanmax(V)) / 2 else "black")
-    real = [j for j, m in enumerate(methods) if m != "random"]
-    if real:
-        sub = np.where(np.isfinite(V[:, real]), V[:, real], -np.inf)
-        i, jj = np.unravel_index(np.argmax(sub), sub.shape)
-        ax.add_patch(plt.Rectangle((real[jj] - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    if group.get("layer") in layers and group.get("method") in methods:  # the picked cell (rank's first row)
+        i, j = layers.index(group["layer"]), methods.index(group["method"])
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     fig.colorbar(im, ax=ax, label=by)
     ax.set_title(f"{trait}: held-out {by}\n{group['model_key']} / {group['site']} / {group['pooling']}", fontsize=9)
     fig.tight_layout()

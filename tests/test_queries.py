@@ -188,3 +188,29 @@ def test_steer_shift_is_the_best_strict_shift(tmp_path):
     with StoreSQL(store) as q:
         got = q.query("SELECT steer_shift FROM metrics WHERE vector_id = ?", [vid]).to_pylist()
     assert got == [{"steer_shift": pytest.approx(0.03)}]  # the loose first-token measure does not count
+
+
+def test_every_picker_picks_the_same_vector_and_ties_are_not_broken_by_layer(tmp_path):
+    """AUROC saturates at 1.000 on every layer here: the pick must follow Cohen's d (computed
+    independently below from the stored rows), and rank, steer/monitor, the workflow's
+    evaluation and the in-memory rule must all agree on it."""
+    from traitlens.pipeline.extract import ExtractConfig, extract
+    from traitlens.queries.ranking import rank
+    from traitlens.queries.selection import best_per_method, best_vector, order_by, sort_key
+    from traitlens.workflows.cli_steer import _pick_vector
+
+    store, _ = synthetic_store(tmp_path / "s", n=400, d=16, layers=(0, 1, 2, 3), sep=12.0)
+    res = extract(store.root, "planted", methods="mean_diff,probe,random", cfg=ExtractConfig(n_boot=2))
+    real = [r for r in res.records if r["method"] != "random"]
+    assert all(r["auroc"] == 1.0 for r in real)  # saturated: AUROC alone cannot choose
+    want = max(real, key=lambda r: (r["cohens_d"], r["stability"]))
+    with StoreSQL(store) as q:
+        top = rank(q, "planted")[0].to_pylist()[0]
+        picked = best_vector(q, "planted")
+        by_method = best_vector(q, "planted", method="probe")
+        ordered = [r["vector_id"] for r in q.query(
+            f"SELECT * FROM metrics WHERE trait = 'planted' AND method <> 'random' ORDER BY {order_by()}").to_pylist()]
+    assert top["vector_id"] == picked["vector_id"] == want["vector_id"]
+    assert _pick_vector(store, "planted", KEY.model_key, None, None, None)["vector_id"] == want["vector_id"]
+    assert by_method["vector_id"] == best_per_method(res.records)["probe"]["vector_id"]
+    assert ordered == [r["vector_id"] for r in sorted(real, key=sort_key)]  # SQL and Python say the same rule

@@ -155,11 +155,21 @@ def rank(ctx, trait, by, top, fmt_, plot):
         best, floor = run_rank(q, trait, by, top)
         f = floor.to_pylist()[0] if floor.num_rows else None
         if fmt_ == "json":
-            click.echo(json.dumps({"trait": trait, "by": by, "rows": best.to_pylist(), "floor": f}, default=str))
+            from traitlens.queries.selection import RULE
+
+            click.echo(json.dumps({"trait": trait, "by": by, "order": RULE.format(by=by), "rows": best.to_pylist(),
+                                   "floor": f}, default=str))
         else:
-            _print_table(best.drop_columns(["model_key", "fmt"]))
+            from traitlens.queries.selection import RULE, tie_note
+
+            rows = best.to_pylist()
+            _print_table(best.drop_columns(["model_key", "fmt", "n_held_pos", "n_held_neg"]))
+            click.echo(f"order: {RULE.format(by=by)}")
             if f is not None:
                 click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
+            note = tie_note(rows, by, (rows[0]["n_held_pos"] or 0) + (rows[0]["n_held_neg"] or 0))
+            if note:
+                click.echo(f"note: {note}")
         if plot:
             heatmap(q, trait, by, best.to_pylist()[0], Path(plot))
             if fmt_ != "json":

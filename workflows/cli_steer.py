@@ -10,24 +10,17 @@ from .cli_base import EXIT_INPUT, _fail, _output, cli
 
 
 def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):
-    """The vector to use: by id; else the newest of (layer, method); else the best-ranked."""
+    """The vector to use: by id; else the one :mod:`traitlens.queries.selection`'s rule picks
+    (within ``layer`` / ``method`` when given) — the same one ``rank`` lists first."""
     from traitlens.queries import StoreSQL
-    from traitlens.queries.ranking import latest_cells_sql
+    from traitlens.queries.selection import best_vector
 
     with StoreSQL(store) as q:
         if vector_id:
             rows = q.query("SELECT * FROM vectors WHERE vector_id = ?", [vector_id]).to_pylist()
         else:
-            cond, params = ["m.model_key = ?", "m.method <> 'random'"], [trait, model_key]
-            if layer is not None:
-                cond.append("m.layer = ?")
-                params.append(layer)
-            if method:
-                cond.append("m.method = ?")
-                params.append(method)
-            rows = q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) WHERE "
-                           + " AND ".join(cond) + " ORDER BY m.auroc DESC NULLS LAST, m.stability DESC NULLS LAST "
-                           "LIMIT 1", params).to_pylist()
+            best = best_vector(q, trait, model_key=model_key, layer=layer, method=method)
+            rows = [best] if best else []
     if not rows:
         _fail(f"no vector for trait {trait!r} on model {model_key}" + (f" at layer {layer}" if layer is not None else "")
               + (f" by {method}" if method else "") + f"; run `traitlens extract --trait {trait}` with this --model",
@@ -199,11 +192,11 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     layer_list = (parse_layers(layers, lm.n_layers) if layers else
                   [l for l in range(best["layer"] - 2, best["layer"] + 3) if 0 <= l < lm.n_layers])
     want = 1 if kind == "persona" else -1  # trait statements, or harmless requests (refusal kinds)
-    held = [p for p in store.prompts().to_pylist() if p["trait"] == trait and p["label"] == want
-            and p["split"] == best["held_split"]]
-    if not held:
+    from traitlens.queries.selection import held_out_texts
+
+    texts = held_out_texts(store, trait, want, best["held_split"], n_texts)
+    if not texts:
         _fail(f"no held-out ({best['held_split']}) prompts with label {want:+d} for {trait!r}", EXIT_INPUT)
-    texts = [p["text"] for p in held[:n_texts] if p["text"]]
     run_id, all_rows = new_run_id("evaluate"), []
     click.echo(f"{'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7}   ({kind}, n={len(texts)})")
     for l in layer_list:

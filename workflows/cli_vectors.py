@@ -47,10 +47,9 @@ def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train
                         params={"probe": {"C": probe_c, "penalty": penalty}})
     res = run_extract(ctx.obj["store"], trait, methods, layers, model, fmt, site, pooling, train_split, held_split,
                       where=where, cfg=cfg, scheduler=scheduler, progress=not quiet)
-    best: dict[str, dict] = {}
-    for r in res.records:
-        if r["method"] not in best or r["auroc"] > best[r["method"]]["auroc"]:
-            best[r["method"]] = r
+    from traitlens.queries.selection import best_per_method
+
+    best = best_per_method(res.records)  # the rule `rank` uses: AUROC, then Cohen's d, then stability
     if not quiet:
         click.echo(f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}  (held-out: {res.records[0]['held_split']})")
         for m in res.methods:

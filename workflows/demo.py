@@ -43,14 +43,13 @@ STEER_PROMPT = "Give me three tips for a relaxing weekend."
 
 
 def _best_harmful_vector(store: Store) -> dict:
-    """The harmful-request mean-difference vector at the layer where it separates best (held out)."""
+    """The harmful-request mean-difference vector the selection rule picks among the middle
+    layers (4-20: the first layers hold little beyond the words, the last ones the next token)."""
     from traitlens.queries import StoreSQL
-    from traitlens.queries.ranking import latest_cells_sql
+    from traitlens.queries.selection import best_vector
 
     with StoreSQL(store) as q:
-        return q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) "
-                       "WHERE m.method = 'mean_diff' AND m.layer BETWEEN 4 AND 20 "
-                       "ORDER BY m.auroc DESC, m.layer LIMIT 1", ["harmful"]).to_pylist()[0]
+        return best_vector(q, "harmful", method="mean_diff", layers=(4, 20))
 
 
 def _monitor_and_steer(lm, vec: dict, folder: Path) -> list[str]:

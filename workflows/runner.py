@@ -114,21 +114,17 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
     """Causal check of each trait's best mean-difference vector (see `traitlens evaluate`)."""
     from traitlens.pipeline.evaluate import evaluate_vector, steering_records
     from traitlens.queries import StoreSQL
-    from traitlens.queries.ranking import latest_cells_sql
+    from traitlens.queries.selection import best_vector, held_out_texts
+
     ev = spec.evaluate
     kind, alphas, n = ev.get("kind", "persona"), ev.get("alphas", [0.25, 0.5]), ev.get("n", 40)
     rows = []
     for trait in summary.computed:
         with StoreSQL(store) as q:
-            best = q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) WHERE "
-                           "m.method = 'mean_diff' AND m.model_key = ? ORDER BY m.auroc DESC LIMIT 1",
-                           [trait, lm.key]).to_pylist()
-        if not best:
+            vec = best_vector(q, trait, model_key=lm.key, method="mean_diff")
+        if vec is None:
             continue
-        vec = best[0]
-        want = 1 if kind == "persona" else -1
-        texts = [p["text"] for p in store.prompts().to_pylist() if p["trait"] == trait and p["label"] == want
-                 and p["split"] == vec["held_split"] and p["text"]][:n]
+        texts = held_out_texts(store, trait, 1 if kind == "persona" else -1, vec["held_split"], n)
         if texts:
             measured = evaluate_vector(lm, vec["vector"], vec["layer"], alphas, kind, texts, ev.get("norm", "typical"))
             rows += steering_records(vec, measured, summary.run_id)
