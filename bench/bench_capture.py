@@ -28,6 +28,7 @@ from peak_rss import PeakRSS
 
 from traitlens.pipeline.corpus import ReadOptions, read_corpus
 from traitlens.pipeline.encode import encode
+from traitlens.pipeline.hooks import pad_token_id
 from traitlens.pipeline.ingest import IngestConfig, ingest
 from traitlens.pipeline.models import load_model
 
@@ -64,7 +65,7 @@ def plain_loop(lm, seqs, bs, sort=False, hidden=False):
     """model(**batch) over batches in corpus order (or sorted by length); with ``hidden``, also
     output_hidden_states=True, last-token pooling of every layer and np.save, as users do."""
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i])) if sort else list(range(len(seqs)))
-    pad = lm.tokenizer.pad_token_id or 0
+    pad = pad_token_id(lm.tokenizer)
     kept = []
     with torch.inference_mode():
         for b in range(0, len(order), bs):
@@ -105,7 +106,7 @@ def transformer_lens_cases(lm, seqs, bs):
         print("TransformerLens not installed: its rows are skipped (pip install transformer-lens)")
         return []
     bridge = TransformerBridge.boot_transformers(str(lm.path), tokenizer=lm.tokenizer, dtype=torch.float32)
-    pad = lm.tokenizer.pad_token_id or 0
+    pad = pad_token_id(lm.tokenizer)
     # its activations must be ours before its speed means anything
     ids = torch.tensor([seqs[0]])
     _, cache = bridge.run_with_cache(ids)

@@ -4,7 +4,11 @@
 
 Ingests ../shared/data/persona/*.jsonl into the store first if it is not there yet (about
 8 minutes on 2 CPU cores), extracts all six methods at all 30 layers for each trait, and
-prints a Markdown table (the one in the README).
+prints two Markdown tables (both in the README): per method, the layer the selection rule picks
+on val with its val / test AUROC; and the one vector `rank` picks (every method and layer,
+`traitlens.queries.selection`'s rule on val) beside a plain pipeline — a scikit-learn
+LogisticRegression per layer on the raw train rows, its layer chosen by val AUROC — both scored
+on the test split, which no choice saw.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from traitlens.pipeline.contrastive import contrastive_set
 from traitlens.pipeline.extract import ExtractConfig, extract, read_rows
 from traitlens.pipeline.ingest import ingest
 from traitlens.pipeline.metrics import auroc
-from traitlens.queries.selection import best_per_method
+from traitlens.queries import StoreSQL
+from traitlens.queries.selection import best_per_method, best_vector
 from traitlens.store import Store
 
 PERSONA = Path(__file__).resolve().parents[2] / "shared" / "data" / "persona"
@@ -37,7 +42,7 @@ def main() -> None:
         ingest(args.store, files)
     methods = ["mean_diff", "pca_diff", "ica", "probe", "gradient", "random"]
     store = Store.open(args.store)
-    rows = []
+    rows, versus = [], []
     t0 = time.perf_counter()
     for f in files:
         res = extract(args.store, f.stem, cfg=ExtractConfig(n_boot=args.n_boot))
@@ -50,6 +55,12 @@ def main() -> None:
             r["test_auroc"] = auroc(X @ np.asarray(r["vector"], np.float64), test.held_pos)
         rows.append((f.stem, best, res.records[0]["n_held_pos"] + res.records[0]["n_held_neg"], len(test.held_rows),
                      res.seconds))
+        with StoreSQL(store) as q:
+            pick = best_vector(q, f.stem, model_key=res.key.model_key)
+        X = read_rows(arr[f"L{pick['layer']}"], test.held_rows)
+        pick_test = auroc(X @ np.asarray(pick["vector"], np.float64), test.held_pos)
+        plain = plain_probe(store, res.key, f.stem, test)
+        versus.append((f.stem, pick, pick_test, plain))
     print("\n| trait | val n / test n | " + " | ".join(methods) + " | extract s |")
     print("|---|---|" + "---|" * len(methods) + "---|")
     for trait, best, n_held, n_test, secs in rows:
@@ -57,7 +68,31 @@ def main() -> None:
         print(f"| {trait} | {n_held} / {n_test} | " + " | ".join(cells) + f" | {secs:.0f} |")
     print("\ncells: best layer by val AUROC, then val AUROC / test AUROC of that vector; stability of the "
           "best probe vectors: " + ", ".join(f"{t} {b['probe']['stability']:.2f}" for t, b, *_ in rows))
+    print("\n| trait | rank's pick (val) | its test AUROC | plain probe: layer (val) | its test AUROC | difference |")
+    print("|---|---|---|---|---|---|")
+    for trait, pick, pick_test, (layer, val, test_auc) in versus:
+        print(f"| {trait} | {pick['method']} L{pick['layer']} ({pick['auroc']:.3f}, d {pick['cohens_d']:.2f}) | "
+              f"{pick_test:.3f} | L{layer} ({val:.3f}) | {test_auc:.3f} | {pick_test - test_auc:+.3f} |")
+    print(f"\nworst difference: {min(v[2] - v[3][2] for v in versus):+.3f}")
     print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+def plain_probe(store, key, trait, test) -> tuple[int, float, float]:
+    """What a user writes without traitlens: LogisticRegression (scikit-learn defaults, raw
+    features) per layer on the train rows, the layer with the best val AUROC, scored on test."""
+    from sklearn.linear_model import LogisticRegression
+
+    val = contrastive_set(store, key, trait, held_split="val")
+    arr = store.zarr_root()[key.path]
+    best = None
+    for layer in store.layers(key):
+        a = arr[f"L{layer}"]
+        clf = LogisticRegression(max_iter=1000).fit(read_rows(a, val.train_rows), val.train_pos)
+        v = auroc(clf.decision_function(read_rows(a, val.held_rows)), val.held_pos)
+        if best is None or v > best[1]:
+            best = (layer, v, clf)
+    layer, v, clf = best
+    return layer, v, auroc(clf.decision_function(read_rows(arr[f"L{layer}"], test.held_rows)), test.held_pos)
 
 
 if __name__ == "__main__":

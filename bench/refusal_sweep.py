@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from traitlens.pipeline.capture import pad_batch
+from traitlens.pipeline.hooks import pad_batch, pad_token_id
 from traitlens.pipeline.encode import render_ids
 from traitlens.pipeline.evaluate import refusal_first_token_probability, refusal_probability
 from traitlens.pipeline.models import load_model
@@ -59,7 +59,7 @@ def looks_ok(text: str, vocab: set[str]) -> bool:
 def greedy(lm, seqs: list[list[int]], n_tokens: int, batch: int = 20) -> list[str]:
     """Batched greedy continuations (left padding): ``[n]`` decoded strings."""
     tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_token_id(tok)
     out = []
     for b in range(0, len(seqs), batch):
         ids, mask = pad_batch(seqs[b:b + batch], pad, "left", lm.device)
@@ -107,7 +107,7 @@ def main() -> None:
         m = measure(texts, seqs)
         print(f"{name:<22} P(open) {m['P(open)']:.3f}  P(tok1) {m['P(tok1)']:.3f}  gen {m['gen']:.3f}  ok {m['ok']:.2f}"
               f"  e.g. {m['example'][:70]!r}")
-    ids, mask = pad_batch(s_harmless, lm.tokenizer.pad_token_id or 0, "left", lm.device)
+    ids, mask = pad_batch(s_harmless, pad_token_id(lm.tokenizer), "left", lm.device)
     print("\n| layer | alpha | positions | scale | P(open) | P(tok1) | gen refusal | gen ok | example |")
     print("|---|---|---|---|---|---|---|---|---|")
     for layer in [int(x) for x in args.layers.split(",")]:

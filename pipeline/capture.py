@@ -17,35 +17,11 @@ from traitlens.store import PendingBatch
 from traitlens.store.layout import POOLINGS
 
 from .encode import Encoded
+from .hooks import StopForward, base_model, hidden, pad_batch, pad_token_id, position_ids_from_mask  # noqa: F401
 from .models import LoadedModel
 from .pooling import pool_last, pool_mean, pool_tokens
 from .sites import HookPoint, get_module
 
-
-
-class _AllCaptured(Exception):
-    """Raised by the last hook to fire: the rest of the forward pass is not needed."""
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids`` and bool ``attention_mask``, both ``[B, T]``, padded on ``side``."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if side == "right":
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = True
-        else:
-            ids[i, T - len(s):] = torch.tensor(s)
-            mask[i, T - len(s):] = True
-    return ids.to(device), mask.to(device)
-
-
-def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so a left-padded prompt sees the positions it
-    would see alone (matters for absolute position embeddings such as GPT-2's)."""
-    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 class Capturer:
@@ -66,11 +42,10 @@ class Capturer:
             raise ValueError("padding_side must be left or right")
         self.lm, self.points, self.poolings = lm, points, list(poolings)
         self.padding_side, self.generate = padding_side, generate
-        tok = lm.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        self.pad_id = pad_token_id(lm.tokenizer)
         self.eos_ids = self._eos_ids()
         model = lm.model
-        self.base = getattr(model, model.base_model_prefix, model)
+        self.base = base_model(lm)
         params = inspect.signature(self.base.forward).parameters
         self.takes_positions = "position_ids" in params
         # hooks are relative to the full model's module names; find them on it
@@ -96,10 +71,9 @@ class Capturer:
         def hook(module, inputs, output):
             if not self._active:
                 return None
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            self._outputs[path] = out
+            self._outputs[path] = hidden(output)
             if len(self._outputs) == n_paths:
-                raise _AllCaptured()
+                raise StopForward()
             return None
 
         return hook
@@ -147,7 +121,7 @@ class Capturer:
         with self._capturing():
             try:
                 self.base(**kwargs)
-            except _AllCaptured:
+            except StopForward:
                 pass
             outputs = self._outputs
         missing = {p.module_path for p in self.points} - set(outputs)

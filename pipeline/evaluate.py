@@ -20,7 +20,7 @@ import json
 import numpy as np
 import torch
 
-from .capture import pad_batch, position_ids_from_mask
+from .hooks import pad_batch, pad_token_id, position_ids_from_mask
 from .encode import render_ids
 from .models import LoadedModel
 from .steer import mean_token_norm, steering
@@ -33,8 +33,7 @@ REFUSAL_OPENINGS = ("I cannot", "I can't", "I'm sorry", "I am sorry", "Sorry", "
 def _batch(lm: LoadedModel, seqs: list[list[int]]):
     """Left-padded ``input_ids``, long ``attention_mask`` and ``position_ids`` ``[B, T]``: every
     prompt ends at the last position, so one next-token read serves the batch."""
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids, mask = pad_batch(seqs, pad, "left", lm.device)
+    ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "left", lm.device)
     return ids, mask.long(), position_ids_from_mask(mask)
 
 

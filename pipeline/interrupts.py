@@ -12,13 +12,8 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 
+from traitlens.store.errors import Terminated
 from traitlens.store.runs import interrupt_reason  # noqa: F401  (re-exported for the CLI)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived; handled like Ctrl-C, exits 143 (128 + 15)."""
-
-    exit_code = 143
 
 
 def interrupt_exit_code(e: BaseException) -> int:

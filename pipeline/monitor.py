@@ -17,7 +17,8 @@ import torch
 
 from . import temporal
 from .models import LoadedModel
-from .steer import block_output, generate
+from .hooks import block_outputs
+from .steer import generate
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Trajectory:
 
 def hidden_states(lm: LoadedModel, ids: list[int], layer: int) -> np.ndarray:
     """Block ``layer``'s output for one unpadded sequence: ``[T, d]`` float64."""
-    return block_output(lm, layer, torch.tensor([ids]))[0].double().cpu().numpy()
+    return block_outputs(lm, [layer], torch.tensor([ids]))[layer][0].double().cpu().numpy()
 
 
 def trajectory(lm: LoadedModel, prompt_ids: list[int], vector, layer: int, max_new_tokens: int = 40,

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from .hooks import block_outputs, forward_hooks, hidden, pad_token_id, with_hidden
 from .models import LoadedModel
 from .sites import find_blocks
 
@@ -27,27 +28,11 @@ def _unit(vector) -> torch.Tensor:
     return v / v.norm()
 
 
-def _replace_output(output, new):
-    if isinstance(output, tuple):
-        return (new,) + tuple(output[1:])
-    return new
-
-
-@torch.inference_mode()
 def block_output(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                  ) -> torch.Tensor:
-    """Block ``layer``'s output ``[B, T, d]`` for a batch, from the base model (no LM head)."""
-    _, blocks = find_blocks(lm.model)
-    seen = []
-    h = blocks[layer].register_forward_hook(lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
-    kwargs = {"input_ids": input_ids.to(lm.device), "use_cache": False}
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask.long().to(lm.device)
-    try:
-        getattr(lm.model, lm.model.base_model_prefix, lm.model)(**kwargs)
-    finally:
-        h.remove()
-    return seen[0]
+    """Block ``layer``'s output ``[B, T, d]`` for a batch, from the base model (no LM head, and no
+    block past ``layer`` runs)."""
+    return block_outputs(lm, [layer], input_ids, attention_mask)[layer]
 
 
 MASSIVE = 10.0  # a token whose norm is this many times the median is a "massive activation"
@@ -88,14 +73,11 @@ def steering(lm: LoadedModel, vector, layer: int, alpha: float, scale: float = 1
         state["calls"] += 1
         if positions == "generated" and state["calls"] == 1:
             return None
-        x = output[0] if isinstance(output, tuple) else output
-        return _replace_output(output, x + (alpha * scale) * v.to(x.dtype))
+        x = hidden(output)
+        return with_hidden(output, x + (alpha * scale) * v.to(x.dtype))
 
-    handle = blocks[layer].register_forward_hook(hook)
-    try:
+    with forward_hooks([(blocks[layer], hook)]):
         yield state
-    finally:
-        handle.remove()
 
 
 @contextmanager
@@ -105,16 +87,12 @@ def ablation(lm: LoadedModel, vector, layers: list[int] | None = None):
     v = _unit(vector).to(lm.device)
 
     def hook(module, inputs, output):
-        x = output[0] if isinstance(output, tuple) else output
+        x = hidden(output)
         vv = v.to(x.dtype)
-        return _replace_output(output, x - (x @ vv).unsqueeze(-1) * vv)
+        return with_hidden(output, x - (x @ vv).unsqueeze(-1) * vv)
 
-    handles = [blocks[l].register_forward_hook(hook) for l in (layers if layers is not None else range(len(blocks)))]
-    try:
+    with forward_hooks([(blocks[l], hook) for l in (layers if layers is not None else range(len(blocks)))]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @torch.inference_mode()
@@ -124,9 +102,7 @@ def generate(lm: LoadedModel, input_ids: list[int], max_new_tokens: int = 40, sa
     if sample:
         torch.manual_seed(seed)
     ids = torch.tensor([input_ids], device=lm.device)
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                             do_sample=sample, temperature=temperature if sample else None, top_p=None, top_k=None,
-                            pad_token_id=pad)
+                            pad_token_id=pad_token_id(lm.tokenizer))
     return out[0, len(input_ids):].tolist()

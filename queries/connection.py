@@ -18,9 +18,11 @@ file access is limited to the store's tables folder and the configuration is loc
 query can neither change the store nor read files outside it. DuckDB always allows its temp
 directory too (by default ``.tmp`` under the working folder), so each connection gets a fresh
 private one that holds nothing but its own spill files. A statement stops after ``timeout``
-seconds (a :class:`QueryError`); Ctrl-C stops it at once (``KeyboardInterrupt``). A store on object storage is
-read through pyarrow datasets over its fsspec filesystem (registered with DuckDB, scanned
-lazily with projection and filter pushdown), and DuckDB gets no file access at all.
+seconds (a :class:`QueryError`); Ctrl-C stops it at once (``KeyboardInterrupt``).
+
+A store on object storage is read through pyarrow datasets over its fsspec filesystem
+(registered with DuckDB, scanned lazily with projection and filter pushdown), and DuckDB gets
+no file access at all.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import pyarrow.dataset as pads
 from traitlens.store import GroupKey, Store, StoreError
 from traitlens.store import tables as tbl
 from traitlens.store.arrays import read_rows_checked
-from traitlens.store.errors import InputError
+from traitlens.store.errors import InputError, Terminated
 from traitlens.store.layout import layer_name
 from traitlens.store.location import arrow_files, is_remote
 
@@ -277,8 +279,6 @@ def _interrupt_on(con, stopped_by: list[str], timeout: float | None):
 
 
 def _raise_stopped(why: str, timeout: float | None):
-    from traitlens.pipeline.interrupts import Terminated
-
     if why == "timeout":
         raise QueryError(f"the statement ran past --timeout {timeout:g} s and was stopped; narrow it "
                          "(WHERE, LIMIT) or raise --timeout") from None

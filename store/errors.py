@@ -22,3 +22,11 @@ class InputError(TraitlensError, ValueError):
     """Bad input or usage: an option, a corpus record, a spec value, a query (exit 2)."""
 
     exit_code = EXIT_INPUT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C (it is a ``KeyboardInterrupt``), exits 143 (128 + 15).
+    Raised by the CLI's SIGTERM handler (``traitlens.pipeline.interrupts``) and by a query that
+    SIGTERM stopped."""
+
+    exit_code = 143

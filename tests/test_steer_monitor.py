@@ -173,3 +173,32 @@ def test_mean_token_norm_leaves_out_massive_activations(lm, ids):
     assert np.isclose(every, sunk.mean().item(), rtol=1e-4) and every > 10 * with_sink  # norm="all" keeps it
     with pytest.raises(ValueError, match="norm must be"):
         mean_token_norm(lm, 1, t, torch.ones_like(t), norm="median")
+
+
+def test_the_hook_layer_stops_early_removes_its_hooks_and_pads_one_way(lm, ids):
+    from types import SimpleNamespace
+
+    from traitlens.pipeline.hooks import block_outputs as early_stopped
+    from traitlens.pipeline.hooks import forward_hooks, pad_token_id
+    from traitlens.pipeline.sites import find_blocks
+
+    _, blocks = find_blocks(lm.model)
+    ran = []
+    with forward_hooks([(b, lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(blocks)]):
+        out = early_stopped(lm, [0], torch.tensor([ids]))
+        assert ran == [0]  # the blocks past the one asked for never ran
+        ran.clear()
+        torch.testing.assert_close(out[0][0], block_outputs(lm, ids, 0))  # the full model's block 0 output
+        ran.clear()
+        try:
+            with forward_hooks([(blocks[1], lambda m, i, o: 1 / 0)]):
+                lm.model(input_ids=torch.tensor([ids]))
+        except ZeroDivisionError:
+            pass
+        ran.clear()
+        lm.model(input_ids=torch.tensor([ids]))
+        assert ran == list(range(len(blocks)))  # the failing hook was removed, ours stay
+    lm.model(input_ids=torch.tensor([ids]))
+    assert ran == list(range(len(blocks)))  # and ours are gone after their block
+    for pad, eos, want in ((3, 2, 3), (None, 2, 2), (None, None, 0), (0, 5, 0)):
+        assert pad_token_id(SimpleNamespace(pad_token_id=pad, eos_token_id=eos)) == want
