@@ -21,10 +21,23 @@ F16_TOL = dict(rtol=2e-3, atol=2e-3)  # float16 storage: ~1e-3 relative
 
 
 def reference(lm, ids: list[int]):
-    """hidden_states of one unpadded prompt: tuple of [T, d] float32 (index 0 = embeddings)."""
-    with torch.no_grad():
-        out = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-    return [h[0].float() for h in out.hidden_states]
+    """Block outputs of one unpadded prompt through the full model: [T, d] float32 per block.
+
+    ``output_hidden_states[i + 1]`` for every block but the last, whose hidden state HF returns
+    after the final norm: that one is read, unnormed, from the block's own output by a hook."""
+    from traitlens.pipeline.sites import find_blocks
+
+    _, blocks = find_blocks(lm.model)
+    last = []
+    h = blocks[-1].register_forward_hook(lambda m, i, o: last.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            out = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    finally:
+        h.remove()
+    blocks_out = [x[0].float() for x in out.hidden_states[1:]]
+    blocks_out[-1] = last[0][0].float()
+    return blocks_out, out.hidden_states[-1][0].float()
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -38,10 +51,11 @@ def test_resid_matches_output_hidden_states(tmp_path, corpus, tiny_lms, arch, si
     chat = res.fmt == "chat"
     L = lm.n_layers
     final_norm = lm.model.model.norm if arch == "llama" else lm.model.transformer.ln_f
-    refs = {}
+    refs, normed_last = {}, {}
     for r in records:
         ids = render_ids(lm.tokenizer, r.text, None, chat)
-        refs[r.prompt_id] = (ids, reference(lm, ids))
+        block_outs, normed_last[r.prompt_id] = reference(lm, ids)
+        refs[r.prompt_id] = (ids, block_outs)
     for pooling in ("last", "mean", "tokens"):
         key = GroupKey(lm.key, res.fmt, "resid", pooling)
         rows = store.group_rows(key).to_pylist()
@@ -53,22 +67,18 @@ def test_resid_matches_output_hidden_states(tmp_path, corpus, tiny_lms, arch, si
             for r in rows:
                 ids, hs = refs[r["prompt_id"]]
                 assert r["token_count"] == len(ids)
-                block_out = hs[layer + 1]
+                block_out = hs[layer]
                 if pooling == "tokens":
                     got = stored[r["token_start"]:r["token_start"] + r["token_count"]]
                     want = block_out
                 else:
                     got = stored[r["row"]]
                     want = block_out[-1] if pooling == "last" else block_out.mean(0)
-                if layer == L - 1:
-                    # HF applies the final norm to the last hidden state; resid is the block output
+                np.testing.assert_allclose(got, want.numpy(), **F16_TOL)  # every layer, the last one too
+                if layer == L - 1 and pooling == "tokens":  # and HF's last hidden state is its final norm
                     with torch.no_grad():
-                        got_t = torch.tensor(got)
-                        normed = final_norm(got_t).numpy()
-                    if pooling == "last":
-                        np.testing.assert_allclose(normed, want.numpy(), rtol=1e-2, atol=1e-2)
-                    continue
-                np.testing.assert_allclose(got, want.numpy(), **F16_TOL)
+                        normed = final_norm(torch.tensor(got)).numpy()
+                    np.testing.assert_allclose(normed, normed_last[r["prompt_id"]].numpy(), rtol=1e-2, atol=1e-2)
 
 
 def test_token_ids_stored_match_tokenizer(tmp_path, corpus, tiny_lms):

@@ -159,14 +159,24 @@ def test_kill_9_during_extract_leaves_the_vectors_table_whole(tmp_path):
     code = ("import sys; from traitlens.pipeline.extract import extract, ExtractConfig\n"
             "extract(sys.argv[1], 'planted', cfg=ExtractConfig(n_boot=4))")
     rng = random.Random(1)
-    for _ in range(3):
+    mid_run = 0
+    for attempt in range(3):
         p = subprocess.Popen([sys.executable, "-c", code, str(store.root)])
-        time.sleep(rng.uniform(0.5, 3.0))
+        deadline = time.time() + 60  # wait for this run's `running` record: the fits have begun
+        while len(store.runs()) <= attempt and p.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.0))
+        alive = p.poll() is None
         p.send_signal(signal.SIGKILL)
         p.wait()
         t = store.table("vectors")
         assert t.num_rows in (0, 72)  # a vectors part lands whole or not at all
         assert not verify(store).errors
+        runs = store.runs().to_pylist()
+        if alive and t.num_rows == 0:
+            mid_run += 1
+            assert runs[-1]["status"] == "running"  # killed mid-fit: visible as never finished
+    assert mid_run >= 1  # at least one kill landed between the start and the vectors part
     subprocess.run([sys.executable, "-c", code, str(store.root)], check=True)
     vids = store.table("vectors")["vector_id"].to_pylist()
     assert len(vids) == len(set(vids)) == 72

@@ -48,7 +48,8 @@ def test_method_extras():
     np.testing.assert_allclose(md["pos_mean"], X[y == 1].mean(0))
     assert np.isclose(md["raw_norm"], np.linalg.norm(X[y == 1].mean(0) - X[y == -1].mean(0)))
     ica = make_method("ica").fit(X, y)
-    assert ica.info_["components"].shape[1] == 16  # input dimension and 0 <= ica.info_["chosen"] < len(ica.info_["separation_scores"])
+    assert ica.info_["components"].shape[1] == 16  # the input dimension
+    assert 0 <= ica.info_["chosen"] < len(ica.info_["separation_scores"])
     assert np.argmax(np.abs(ica.info_["separation_scores"])) == ica.info_["chosen"]
     probe = make_method("probe").fit(X, y)
     assert 0.9 < probe.info_["train_accuracy"] <= 1.0

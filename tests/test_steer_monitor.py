@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -83,7 +85,8 @@ def test_mean_token_norm_matches_direct_computation(lm, ids):
 def test_trajectory_projection_equals_hidden_states(lm, ids):
     v = np.random.default_rng(4).standard_normal(lm.d_model)
     tr = trajectory(lm, ids, v, layer=1, max_new_tokens=6, threshold=0.0)
-    assert tr.n_prompt == len(ids) and len(tr.tokens) == len(ids) + len(tr.token_ids) - len(ids)
+    assert tr.n_prompt == len(ids) and tr.token_ids[:len(ids)] == list(ids)  # the prompt, then what was generated
+    assert len(tr.tokens) == len(tr.token_ids) == len(tr.projection) and len(ids) < len(tr.token_ids) <= len(ids) + 6
     with torch.no_grad():
         hs = lm.model(input_ids=torch.tensor([tr.token_ids]), output_hidden_states=True).hidden_states[2][0]
     np.testing.assert_allclose(tr.projection, hs.double().numpy() @ (v / np.linalg.norm(v)), rtol=1e-4, atol=1e-4)
@@ -136,8 +139,11 @@ def test_cli_monitor_steer_evaluate_and_rank_by_shift(tmp_path, tiny_llama):
             tmp_path / "m.png", "--keep", "hello sea sky")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG" and "commitment" in r.output
-    q = run("query", "SELECT count(*) AS n, count(DISTINCT position) AS p FROM trajectories", "--format", "json")
-    assert '"n": ' in q.output and q.exit_code == 0
+    q = run("query", "SELECT count(*) AS n, count(DISTINCT position) AS p, min(generated::INT) AS g0, "
+            "max(generated::INT) AS g1 FROM trajectories", "--format", "json")
+    kept = json.loads(q.output)[0]
+    assert q.exit_code == 0 and kept["n"] == kept["p"] > 5 and (kept["g0"], kept["g1"]) == (0, 1)  # --keep stored
+    # every prompt and generated token, one row a position
     r = run("steer", "--trait", "kindness", "--model", tiny_llama, "--alpha", "2", "--max-new-tokens", "5", "hello")
     assert r.exit_code == 0 and "--- steered ---" in r.output
     r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "0,1", "--alphas",

@@ -163,17 +163,24 @@ def test_safe_names_cannot_escape():
         GroupKey("../evil", "raw", "resid", "last")
 
 
-def test_parts_are_atomic(tmp_path):
-    import pyarrow as pa
-
+def test_parts_are_atomic(tmp_path, monkeypatch):
+    """A part is whole or absent: a write that fails half-way leaves no part and no temporary."""
     d = tmp_path / "t"
-    tables.write_part(d, pa.table({"run_id": ["a"], "stage": ["x"]}).append_column(
-        "status", pa.array(["done"])).append_column("started_at", pa.array([None], tables.TS)).append_column(
-        "ended_at", pa.array([None], tables.TS)).append_column("code_version", pa.array(["0"])).append_column(
-        "config", pa.array(["{}"])).append_column("counts", pa.array(["{}"])).append_column(
-        "message", pa.array([""])), tables.RUNS_SCHEMA)
+    run = {"run_id": "a", "stage": "x", "status": "done", "code_version": "0", "config": "{}"}
+    tables.write_part(d, tables.rows_to_table([run], tables.RUNS_SCHEMA), tables.RUNS_SCHEMA)
     assert [p.name.startswith("part-") for p in d.iterdir()] == [True]
-    assert tables.read_table(d, tables.RUNS_SCHEMA).num_rows == 1
+    real = tables.pq.write_table
+
+    def half_then_fail(table, where, **kw):
+        where.write(b"PAR1 half a part")  # some bytes reach the temporary file, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tables.pq, "write_table", half_then_fail)
+    with pytest.raises(OSError):
+        tables.write_part(d, tables.rows_to_table([{**run, "run_id": "b"}], tables.RUNS_SCHEMA), tables.RUNS_SCHEMA)
+    monkeypatch.setattr(tables.pq, "write_table", real)
+    assert len(list(d.iterdir())) == 1  # the old part only: no torn part, no leftover temporary
+    assert tables.read_table(d, tables.RUNS_SCHEMA)["run_id"].to_pylist() == ["a"]
 
 
 def test_same_prompt_twice_in_one_commit_is_stored_once(tmp_path):
