@@ -28,6 +28,7 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import read_rows_checked
 from traitlens.store.layout import StoreError
 
+from .cluster import LOCAL, dask_client
 from .contrastive import ContrastiveSet
 from .methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
 from .metrics import cosine, projection_metrics
@@ -305,21 +306,6 @@ def vector_id(rec: dict, code_version: str) -> str:
 
 
 # -- scheduling --------------------------------------------------------------------------------
-def _client(scheduler):
-    """A dask.distributed Client when asked for (object, address, or DASK_SCHEDULER_ADDRESS)."""
-    import dask
-
-    if scheduler is None:
-        scheduler = dask.config.get("scheduler-address", None) or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if scheduler is None or scheduler in ("threads", "processes", "sync", "synchronous"):
-        return None
-    if isinstance(scheduler, str):
-        from distributed import Client
-
-        return Client(scheduler)
-    return scheduler  # a Client the user made
-
-
 def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: ExtractConfig, scheduler=None,
                progress: bool = False) -> list[dict]:
     """Run :func:`extract_layer` for every layer on Dask; returns all records, layer order."""
@@ -330,31 +316,29 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
     if missing:
         raise ExtractionError(f"layers {missing} are not stored for {cset.key.path}; stored: "
                               f"{sorted(stored) or 'none'} (ingest them with --layers)")
-    client = _client(scheduler)
-    n_workers = (sum(client.nthreads().values()) if client is not None else os.cpu_count() or 1)
-    task_budget = max(cfg.memory_budget // max(n_workers, 1), 1)
-    root = str(store.root)
-    blas = 1 if client is not None else None
-    tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, blas, dask_key_name=f"extract-L{l}")
-             for l in layers]
-    if client is not None:
-        futures = client.compute(tasks)
-        if progress:
-            from distributed import progress as dprogress
+    with dask_client(scheduler) as client:
+        n_workers = (sum(client.nthreads().values()) if client is not None else os.cpu_count() or 1)
+        task_budget = max(cfg.memory_budget // max(n_workers, 1), 1)
+        root = str(store.root)
+        blas = 1 if client is not None else None
+        tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, blas,
+                                                        dask_key_name=f"extract-L{l}") for l in layers]
+        if client is not None:
+            futures = client.compute(tasks)
+            if progress:
+                from distributed import progress as dprogress
 
-            dprogress(futures)
-        results = client.gather(futures)
-        if isinstance(scheduler, str) or scheduler is None:
-            client.close()
-    else:
-        from threadpoolctl import threadpool_limits
-        from tqdm.dask import TqdmCallback
+                dprogress(futures)
+            results = client.gather(futures)
+        else:
+            from threadpoolctl import threadpool_limits
+            from tqdm.dask import TqdmCallback
 
-        local = scheduler if scheduler in ("threads", "processes", "sync", "synchronous") else "threads"
-        # one BLAS thread per concurrent task: n tasks x n BLAS threads would oversubscribe the cores
-        with threadpool_limits(max(1, (os.cpu_count() or 1) // n_workers)), (
-                TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
-            results = dask.compute(*tasks, scheduler=local, num_workers=n_workers)
+            local = scheduler if scheduler in LOCAL else "threads"
+            # one BLAS thread per concurrent task: n tasks x n BLAS threads would oversubscribe the cores
+            with threadpool_limits(max(1, (os.cpu_count() or 1) // n_workers)), (
+                    TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
+                results = dask.compute(*tasks, scheduler=local, num_workers=n_workers)
     return [rec for layer_recs in results for rec in layer_recs]
 
 

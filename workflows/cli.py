@@ -105,18 +105,14 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
                        on_long=on_long, max_length=max_length, device=device, dtype=dtype)
     log = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
-    client = None
-    if scheduler:
-        from distributed import Client
+    from traitlens.pipeline.cluster import dask_client
 
-        client = Client(scheduler)
-    try:
-        res = run_ingest(ctx.obj["store"], list(corpus), opts, cfg, progress=not quiet, log=log, client=client)
-    except ValueError as e:  # bad options (pooling, chat without template, ...)
-        _fail(str(e), EXIT_INPUT)
-    finally:
-        if client is not None:
-            client.close()
+    # only an explicit --scheduler ships the model to workers (DASK_SCHEDULER_ADDRESS is for extraction)
+    with dask_client(scheduler, from_env=False) as client:
+        try:
+            res = run_ingest(ctx.obj["store"], list(corpus), opts, cfg, progress=not quiet, log=log, client=client)
+        except ValueError as e:  # bad options (pooling, chat without template, ...)
+            _fail(str(e), EXIT_INPUT)
     relabelled = f", {res.n_relabelled} relabelled (newest label wins)" if res.n_relabelled else ""
     line = (f"ingest {res.status}: {res.n_captured} prompts captured, {res.n_skipped} already stored, "
             f"{res.n_new_prompts} new prompt records{relabelled}, {res.n_truncated} truncated, {res.n_duplicates} duplicates "

@@ -138,6 +138,13 @@ def write_demo_corpus(folder: Path, per_side: int = 120) -> Path:
 
 
 if __name__ == "__main__":  # python -m traitlens.workflows.demo_corpus [FOLDER]
-    import sys
+    import argparse
 
-    print(write_demo_corpus(Path(sys.argv[1] if len(sys.argv) > 1 else "demo-out/corpus")))
+    ap = argparse.ArgumentParser(prog="python -m traitlens.workflows.demo_corpus",
+                                 description="Write the project's demo corpus (demo.jsonl) into FOLDER.")
+    ap.add_argument("folder", nargs="?", default="demo-out/corpus", help="[default: demo-out/corpus]")
+    ap.add_argument("--per-side", type=int, default=120, help="prompts per label and trait [default: 120]")
+    args = ap.parse_args()
+    if args.per_side < 1:
+        ap.error("--per-side must be at least 1")
+    print(write_demo_corpus(Path(args.folder), args.per_side))

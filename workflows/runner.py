@@ -8,9 +8,7 @@ run (two runs never write one store at once; a dead holder's lock is released by
 
 from __future__ import annotations
 
-import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,16 +68,11 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
     store = Store.open(spec.store, create=True)
     cfg = spec.ingest_config()
     xcfg = spec.extract_config()
-    # capture shards and extraction tasks both run on a Dask cluster when one is named
-    client = owned = None
-    if scheduler is not None and not isinstance(scheduler, str):
-        client = scheduler  # the caller's Client: used, not closed
-    elif scheduler or spec.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
-        from distributed import Client
+    from traitlens.pipeline.cluster import dask_client
 
-        client = owned = Client(scheduler or spec.scheduler or os.environ["DASK_SCHEDULER_ADDRESS"])
     stage = "refresh" if refresh else "run"
-    with store.lock(stage), (owned or nullcontext()), \
+    # capture shards and extraction tasks both run on a Dask cluster when one is named
+    with store.lock(stage), dask_client(scheduler or spec.scheduler) as client, \
             store.run("workflow", {"spec": str(spec.path), "refresh": refresh}, summary.run_id, start=False) as run:
         lm = lm or load_model(spec.model, cfg.device, cfg.dtype, log=log)
         for corpus in spec.corpora:
