@@ -30,6 +30,19 @@ def after(seconds: float):
     return lambda: time.time() >= at
 
 
+def once_running(store_path, then: float = 1.0):
+    """A ``ready`` for :func:`send_when`: true ``then`` seconds after a new run recorded itself
+    `running` (the process is past its imports and inside the work, however loaded the machine)."""
+    before = len(Store.open(store_path).runs())
+    seen: list[float] = []
+
+    def ready():
+        if not seen and len(Store.open(store_path).runs()) > before:
+            seen.append(time.time())
+        return bool(seen) and time.time() >= seen[0] + then
+    return ready
+
+
 def send_when(p: subprocess.Popen, ready, sig, timeout: float = 120) -> float:
     """Wait for ``ready()`` (the process is mid-work), send ``sig``; returns the moment sent."""
     deadline = time.time() + timeout
@@ -75,8 +88,9 @@ def slow_store(tmp_path_factory):
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_extract_stops_within_seconds_of_the_signal_and_stores_nothing_half_done(slow_store, sig, code):
     cmd = CLI + ["--store", str(slow_store), "extract", "--trait", "planted", "--n-boot", "8", "--seed", str(code)]
+    ready = once_running(slow_store)
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sent = send_when(p, after(4), sig)  # past imports, inside the fits
+    sent = send_when(p, ready, sig)  # inside the fits
     out, err = p.communicate(timeout=120)
     waited = time.monotonic() - sent
     assert p.returncode == code, (out, err)
@@ -92,7 +106,7 @@ def test_ctrl_c_and_timeout_stop_a_long_query(slow_store):
     long_sql = "SELECT sum(a.range * b.range) FROM range(300000) a, range(300000) b"
     p = subprocess.Popen(CLI + ["--store", str(slow_store), "query", long_sql], env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    sent = send_when(p, after(3), signal.SIGINT)
+    sent = send_when(p, after(5), signal.SIGINT)  # well past the imports: DuckDB is running
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "query interrupted" in err and "Traceback" not in err, err
     assert time.monotonic() - sent < 10
