@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest -q -ra
 
 test-fast: install
-	$(PY) -m pytest -q -ra -m "not integration"
+	$(PY) -m pytest -q -ra -m "not integration and not slow"
 
 demo: install
 	$(PY) -m traitlens.workflows.demo --out demo-out

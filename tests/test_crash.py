@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import random
 import signal
@@ -30,6 +32,7 @@ def by_prompt(store: Store, key: GroupKey, layer: int) -> dict[str, np.ndarray]:
     return {r["prompt_id"]: acts[r["row"]] for r in store.group_rows(key).to_pylist()}
 
 
+@pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 def test_kill_9_mid_ingest_then_rerun_is_clean_and_equal_to_uninterrupted(tmp_path, tiny_llama):
     corpus = write_corpus(tmp_path / "c.jsonl", 900)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -152,6 +155,7 @@ def test_read_only_store_and_full_disk_are_clear_errors_that_keep_committed_data
     assert verify(Store.open(s)).clean
 
 
+@pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 def test_kill_9_during_extract_leaves_the_vectors_table_whole(tmp_path):
     from synthetic import synthetic_store
 
@@ -182,6 +186,7 @@ def test_kill_9_during_extract_leaves_the_vectors_table_whole(tmp_path):
     assert len(vids) == len(set(vids)) == 72
 
 
+@pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 def test_kill_9_during_refresh_then_refresh_completes_like_an_uninterrupted_run(tmp_path, tiny_llama):
     from test_workflows import make_spec
 

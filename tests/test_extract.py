@@ -77,6 +77,7 @@ def test_out_of_core_matches_in_memory(planted_store):
         assert abs(ra["auroc"] - b[k]["auroc"]) < 0.02
 
 
+@pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 def test_threads_and_local_cluster_of_processes_agree(planted_store):
     from distributed import Client, LocalCluster
 

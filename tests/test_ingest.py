@@ -160,6 +160,7 @@ def test_response_mean_generates_and_stores_response(tmp_path, tiny_lms):
         ingest(tmp_path / "s3", [c], cfg=IngestConfig(poolings=["response_mean"]), lm=lm, progress=False)
 
 
+@pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 def test_capture_sharded_on_a_local_cluster_equals_local_capture(tmp_path, tiny_lms):
     from distributed import Client, LocalCluster
 

@@ -168,6 +168,7 @@ def s3_bucket():
         s3fs.S3FileSystem.clear_instance_cache()
 
 
+@pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 def test_s3_store_on_a_local_cluster_gives_the_local_vectors(tmp_path, tiny_llama, s3_bucket):
     """The whole workflow against S3 (moto): capture sharded over worker processes, extraction tasks
     reading Zarr from the bucket themselves; vectors equal a local run's."""

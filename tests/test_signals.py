@@ -15,6 +15,8 @@ from conftest import write_corpus
 from synthetic import synthetic_store
 from traitlens.store import Store, verify
 
+pytestmark = pytest.mark.slow  # real processes and signals: `make test-fast` leaves them out
+
 CLI = [sys.executable, "-m", "traitlens.workflows.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

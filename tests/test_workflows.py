@@ -148,6 +148,7 @@ def test_schedule_runs_refreshes(tmp_path, tiny_llama):
     assert run_cli("schedule", spec, "--every", "soon").exit_code == 2
 
 
+@pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 def test_extraction_on_a_local_cluster_gives_the_same_vectors(tmp_path, tiny_llama):
     from distributed import LocalCluster
 
