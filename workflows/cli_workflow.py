@@ -67,7 +67,8 @@ def schedule(spec, every, max_runs, quiet):
     """Refresh a spec on an interval, for machines without cron (a held lock skips that tick)."""
     from traitlens.store import StoreLocked
 
-    from .runner import parse_every, utc_stamp
+    from .report import utc_stamp
+    from .runner import parse_every
 
     try:
         period = parse_every(every)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import heatmap, rank
 from traitlens.store import Store, file_stem
 from traitlens.store.location import is_remote
+
+
+def utc_stamp() -> str:
+    """Now, for reports and schedule lines: ``2026-12-01 10:40:00 UTC``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def write_report(spec, store: Store, model_key: str, summary) -> Path:
@@ -20,8 +26,6 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
         path = spec.path.parent / path
     path.parent.mkdir(parents=True, exist_ok=True)
     top = rep.get("top", 5)
-    from .runner import utc_stamp
-
     lines = [f"# traitlens report — {spec.path.name}", "",
              f"{utc_stamp()} · run `{summary.run_id}` · store `{spec.store}` · model `{model_key}`", "",
              "## This run", ""] + [f"- {line}" for line in summary.lines() if not line.startswith("report:")] + [""]

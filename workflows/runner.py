@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from traitlens.pipeline.corpus import ReadOptions
@@ -135,7 +134,3 @@ def parse_every(text: str) -> float:
     if value <= 0:
         raise ValueError("--every must be positive")
     return value
-
-
-def utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
