@@ -16,7 +16,6 @@ otherwise they are streamed chunk by chunk —
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 from contextlib import nullcontext
@@ -68,9 +67,14 @@ def method_params(cfg: ExtractConfig, name: str) -> dict:
     run's ``--seed`` for methods that take one (random, gradient, ICA), so that the seed asked
     for is the seed used — and hashed into the vector's identity."""
     params = dict(cfg.params.get(name, {}))
-    if "seed" not in params and "seed" in inspect.signature(METHODS[name].__init__).parameters:
+    if "seed" not in params and "seed" in param_names(name):
         params["seed"] = cfg.seed
     return params
+
+
+def param_names(name: str) -> list[str]:
+    """The constructor parameters of a method (scikit-learn's ``get_params`` of a default one)."""
+    return sorted(make_method(name).get_params())
 
 
 def check_params(params: dict) -> None:
@@ -83,7 +87,7 @@ def check_params(params: dict) -> None:
         if not isinstance(p, dict):
             raise ExtractionError(f"extract params.{name} must be a table of parameter = value, got "
                                   f"{type(p).__name__} {p!r:.80}")
-        accepted = [a for a in inspect.signature(METHODS[name].__init__).parameters if a != "self"]
+        accepted = param_names(name)
         bad = [k for k in p if k not in accepted]
         if bad:
             raise ExtractionError(f"extract params.{name}: unknown parameter(s) {bad}; {name} takes "

@@ -13,12 +13,7 @@ import signal
 from contextlib import contextmanager
 
 from traitlens.store.errors import Terminated
-from traitlens.store.runs import interrupt_reason  # noqa: F401  (re-exported for the CLI)
-
-
-def interrupt_exit_code(e: BaseException) -> int:
-    """130 for Ctrl-C, 143 for SIGTERM (also when re-raised wrapped, e.g. IngestInterrupted)."""
-    return getattr(e, "exit_code", 130)
+from traitlens.store.runs import interrupt_exit_code, interrupt_reason  # noqa: F401  (re-exported for the CLI)
 
 
 def _raise_terminated(signum, frame):

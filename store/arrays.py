@@ -87,15 +87,19 @@ def create_layer_array(group: zarr.Group, name: str, d: int, dtype: str, chunk_r
     )
 
 
+def _listing(node, method: str, prefix: str) -> list[str]:
+    """One listing of the node's store (``list_dir`` or ``list_prefix``), synchronously."""
+    async def collect():
+        return [k async for k in getattr(node.store_path.store, method)(prefix)]
+
+    return sync(collect())
+
+
 def member_names(group: zarr.Group) -> list[str]:
     """Names of a group's children from one listing, without parsing their metadata (so one
     damaged ``zarr.json`` does not hide its siblings)."""
-    prefix = group.store_path.path.rstrip("/")
-
-    async def listing():
-        return [k async for k in group.store_path.store.list_dir(prefix)]
-
-    return sorted(k.rstrip("/") for k in sync(listing()) if k.rstrip("/") != "zarr.json")
+    names = _listing(group, "list_dir", group.store_path.path.rstrip("/"))
+    return sorted(k.rstrip("/") for k in names if k.rstrip("/") != "zarr.json")
 
 
 def checked_layer(group: zarr.Group, name: str, n_rows: int, where: str) -> zarr.Array:
@@ -117,11 +121,7 @@ def checked_layer(group: zarr.Group, name: str, n_rows: int, where: str) -> zarr
 def stored_chunk_keys(array: zarr.Array) -> set[str]:
     """Keys (``c/3/0``) of the chunks present in storage, from one listing of the array's prefix."""
     prefix = array.store_path.path.rstrip("/") + "/"
-
-    async def listing():
-        return [k async for k in array.store_path.store.list_prefix(prefix)]
-
-    return {k[len(prefix):] for k in sync(listing())}
+    return {k[len(prefix):] for k in _listing(array, "list_prefix", prefix)}
 
 
 def row_chunk_keys(array: zarr.Array, n_rows: int) -> list[str]:

@@ -35,9 +35,14 @@ def new_run_id(stage: str) -> str:
     return f"{stage}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+def interrupt_exit_code(e: BaseException) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM (also when re-raised wrapped, e.g. IngestInterrupted)."""
+    return getattr(e, "exit_code", 130)
+
+
 def interrupt_reason(e: BaseException) -> str:
     """``terminated (SIGTERM)`` or ``interrupted (Ctrl-C)``, from the exception's exit code."""
-    return "terminated (SIGTERM)" if getattr(e, "exit_code", 130) == 143 else "interrupted (Ctrl-C)"
+    return "terminated (SIGTERM)" if interrupt_exit_code(e) == 143 else "interrupted (Ctrl-C)"
 
 
 class Run:
