@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from peak_rss import PeakRSS
 
-from traitlens.pipeline.corpus import ReadOptions, read_corpus
-from traitlens.pipeline.encode import encode
-from traitlens.pipeline.hooks import pad_token_id
-from traitlens.pipeline.ingest import IngestConfig, ingest
-from traitlens.pipeline.models import load_model
+from traitlens.pipeline.capture.corpus import ReadOptions, read_corpus
+from traitlens.pipeline.model.encode import encode
+from traitlens.pipeline.model.hooks import pad_token_id
+from traitlens.pipeline.capture.ingest import IngestConfig, ingest
+from traitlens.pipeline.model.loading import load_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "persona"
 

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from synthetic import KEY, synthetic_store  # noqa: E402
+from traitlens.testing import KEY, synthetic_store
 
-from traitlens.pipeline.contrastive import contrastive_set  # noqa: E402
-from traitlens.pipeline.extract import ExtractConfig, extract  # noqa: E402
+from traitlens.pipeline.extract.contrastive import contrastive_set  # noqa: E402
+from traitlens.pipeline.extract.jobs import ExtractConfig, extract  # noqa: E402
 
 
 def plain_loop(store, layers, n_boot, seed=0):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traitlens.pipeline.corpus import hash_split, prompt_id_for
+from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
 from traitlens.store import GroupKey, PendingBatch, Store
 
 KEY = GroupKey("synthetic-ooc", "raw", "resid", "last")
@@ -56,7 +56,7 @@ def build(path: Path, gb: float, seed: int = 0) -> tuple[int, dict]:
 
 CHILD = """
 import json, sys, time
-from traitlens.pipeline.extract import ExtractConfig, extract
+from traitlens.pipeline.extract.jobs import ExtractConfig, extract
 t = time.perf_counter()
 res = extract(sys.argv[1], "planted", layers=sys.argv[2], cfg=ExtractConfig(n_boot=2, memory_budget=int(sys.argv[3])))
 print(json.dumps({"seconds": time.perf_counter() - t, "records": [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traitlens.pipeline.corpus import prompt_id_for
+from traitlens.pipeline.capture.corpus import prompt_id_for
 from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import rank
 from traitlens.store import GroupKey, PendingBatch, Store

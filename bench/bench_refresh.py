@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from traitlens.pipeline.ingest import IngestConfig, ingest
-from traitlens.pipeline.models import load_model
+from traitlens.pipeline.capture.ingest import IngestConfig, ingest
+from traitlens.pipeline.model.loading import load_model
 from traitlens.workflows.demo_corpus import demo_records
 
 

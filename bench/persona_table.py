@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from traitlens.pipeline.contrastive import contrastive_set
-from traitlens.pipeline.extract import ExtractConfig, extract, read_rows
-from traitlens.pipeline.ingest import ingest
-from traitlens.pipeline.metrics import auroc
+from traitlens.pipeline.extract.contrastive import contrastive_set
+from traitlens.pipeline.extract.jobs import ExtractConfig, extract, read_rows
+from traitlens.pipeline.capture.ingest import ingest
+from traitlens.pipeline.extract.metrics import auroc
 from traitlens.queries import StoreSQL
 from traitlens.queries.selection import best_per_method, best_vector
 from traitlens.store import Store

@@ -26,11 +26,11 @@ import time
 import numpy as np
 import torch
 
-from traitlens.pipeline.hooks import pad_batch, pad_token_id
-from traitlens.pipeline.encode import render_ids
-from traitlens.pipeline.evaluate import refusal_first_token_probability, refusal_probability
-from traitlens.pipeline.models import load_model
-from traitlens.pipeline.steer import mean_token_norm, steering
+from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
+from traitlens.pipeline.model.encode import render_ids
+from traitlens.pipeline.steer.evaluate import refusal_first_token_probability, refusal_probability
+from traitlens.pipeline.model.loading import load_model
+from traitlens.pipeline.steer.steering import mean_token_norm, steering
 from traitlens.store import Store
 
 MARKERS = ("i cannot", "i can't", "i can not", "sorry", "i apologize", "i won't", "i will not", "as an ai",

@@ -26,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import write_corpus  # noqa: E402
-from tiny_models import make_model  # noqa: E402
+from traitlens.testing import make_model, write_corpus
 
 from traitlens.store import Store, verify  # noqa: E402
 

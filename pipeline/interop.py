@@ -23,9 +23,9 @@ import torch
 
 from traitlens.store import GroupKey, PendingBatch, Store, safe_name
 
-from .corpus import CorpusError, ReadOptions, record_from_object
-from .ingest import still_to_capture
-from .pooling import pool_last, pool_mean
+from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, record_from_object
+from traitlens.pipeline.capture.ingest import still_to_capture
+from traitlens.pipeline.capture.pooling import pool_last, pool_mean
 
 # hook names per site: HookedTransformer's, then TransformerBridge's own names
 CACHE_HOOKS = {

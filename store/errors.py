@@ -26,7 +26,7 @@ class InputError(TraitlensError, ValueError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: handled like Ctrl-C (it is a ``KeyboardInterrupt``), exits 143 (128 + 15).
-    Raised by the CLI's SIGTERM handler (``traitlens.pipeline.interrupts``) and by a query that
+    Raised by the CLI's SIGTERM handler (``traitlens.pipeline.runtime.interrupts``) and by a query that
     SIGTERM stopped."""
 
     exit_code = 143

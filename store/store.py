@@ -270,22 +270,17 @@ class Store:
                                      f"d={d_model}: is this the same model?")
         return states
 
-    def activations(self, key: GroupKey | None, layer: int, rows: slice | None = None, where: str | None = None):
+    def activations(self, key: GroupKey | None, layer: int, rows: slice | None = None) -> np.ndarray:
         """Committed activations of one layer as float32 ``[n_rows, d]`` (array rows).
 
-        ``key=None`` means the store's only group. With ``where`` (a SQL condition over the
-        ``prompts`` columns, e.g. ``"trait = 'refusal' AND split = 'train'"``) it returns
-        ``(X [n, d], prompt_ids)`` for the rows it selects, through DuckDB.
+        ``key=None`` means the store's only group. Rows chosen by a SQL condition over the
+        ``prompts`` columns come from :func:`traitlens.queries.activations`.
         """
         if key is None:
             groups = self.groups()
             if len(groups) != 1:
                 raise StoreError(f"the store holds {len(groups)} groups; pass one of {[g.path for g in groups]}")
             key = groups[0]
-        if where is not None:
-            from traitlens.queries import activations as select
-
-            return select(self, layer, where, key)
         n = self.committed(key).array_rows
         arr = self.layer_array(key, layer, n)
         sel = slice(0, n) if rows is None else slice(*rows.indices(n))

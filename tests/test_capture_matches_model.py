@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from traitlens.pipeline.corpus import read_corpus
-from traitlens.pipeline.encode import render_ids
-from traitlens.pipeline.ingest import IngestConfig, ingest
+from traitlens.pipeline.capture.corpus import read_corpus
+from traitlens.pipeline.model.encode import render_ids
+from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.store import GroupKey, Store
 
 F16_TOL = dict(rtol=2e-3, atol=2e-3)  # float16 storage: ~1e-3 relative
@@ -25,7 +25,7 @@ def reference(lm, ids: list[int]):
 
     ``output_hidden_states[i + 1]`` for every block but the last, whose hidden state HF returns
     after the final norm: that one is read, unnormed, from the block's own output by a hook."""
-    from traitlens.pipeline.sites import find_blocks
+    from traitlens.pipeline.model.sites import find_blocks
 
     _, blocks = find_blocks(lm.model)
     last = []

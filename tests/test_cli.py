@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from conftest import write_corpus
+from traitlens.testing import write_corpus
 from traitlens.store import Store
 from traitlens.workflows.cli import cli
 
@@ -72,7 +72,7 @@ def test_locked_store_exit_3(tmp_path, tiny_gpt2):
     c = write_corpus(tmp_path / "c.jsonl", 3)
     s = tmp_path / "store"
     run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")
-    from conftest import lock_held_elsewhere
+    from traitlens.testing import lock_held_elsewhere
 
     with lock_held_elsewhere(s, "someone else"):
         r = run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")
@@ -102,11 +102,11 @@ def test_the_cli_imports_no_stage_until_a_verb_needs_it():
 
 
 def test_every_project_error_carries_its_exit_code():
-    from traitlens.pipeline.corpus import CorpusError
-    from traitlens.pipeline.encode import PromptTooLong
-    from traitlens.pipeline.layers import SiteError
-    from traitlens.pipeline.methods import ExtractionError
-    from traitlens.pipeline.models import ModelError
+    from traitlens.pipeline.capture.corpus import CorpusError
+    from traitlens.pipeline.model.encode import PromptTooLong
+    from traitlens.pipeline.model.layers import SiteError
+    from traitlens.pipeline.extract.methods import ExtractionError
+    from traitlens.pipeline.model.loading import ModelError
     from traitlens.queries import QueryError
     from traitlens.store import StoreError, StoreLocked, TraitlensError
     from traitlens.workflows.spec import SpecError

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from conftest import write_corpus
+from traitlens.testing import write_corpus
 from traitlens.store import GroupKey, Store, verify
 
 
@@ -77,7 +77,7 @@ def test_kill_9_mid_ingest_then_rerun_is_clean_and_equal_to_uninterrupted(tmp_pa
 
 
 def test_failure_between_arrays_and_rows_part_keeps_committed_data(tmp_path, tiny_lms, monkeypatch):
-    from traitlens.pipeline.ingest import IngestConfig, ingest
+    from traitlens.pipeline.capture.ingest import IngestConfig, ingest
     from traitlens.store import tables
 
     lm = tiny_lms["gpt2"]
@@ -157,10 +157,10 @@ def test_read_only_store_and_full_disk_are_clear_errors_that_keep_committed_data
 
 @pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 def test_kill_9_during_extract_leaves_the_vectors_table_whole(tmp_path):
-    from synthetic import synthetic_store
+    from traitlens.testing import synthetic_store
 
     store, _ = synthetic_store(tmp_path / "s", n=400, d=64, layers=tuple(range(12)))
-    code = ("import sys; from traitlens.pipeline.extract import extract, ExtractConfig\n"
+    code = ("import sys; from traitlens.pipeline.extract.jobs import extract, ExtractConfig\n"
             "extract(sys.argv[1], 'planted', cfg=ExtractConfig(n_boot=4))")
     rng = random.Random(1)
     mid_run = 0
@@ -218,7 +218,7 @@ def test_kill_9_during_refresh_then_refresh_completes_like_an_uninterrupted_run(
 
 
 def test_a_reader_during_a_write_sees_only_committed_rows(tmp_path):
-    from synthetic import KEY, synthetic_store
+    from traitlens.testing import KEY, synthetic_store
 
     from traitlens.queries import StoreSQL
 

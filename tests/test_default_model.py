@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA
-from traitlens.pipeline.corpus import read_corpus
-from traitlens.pipeline.encode import render_ids
-from traitlens.pipeline.ingest import IngestConfig, ingest
-from traitlens.pipeline.models import gguf_path
+from traitlens.testing import SHARED_DATA
+from traitlens.pipeline.capture.corpus import read_corpus
+from traitlens.pipeline.model.encode import render_ids
+from traitlens.pipeline.capture.ingest import IngestConfig, ingest
+from traitlens.pipeline.model.loading import gguf_path
 from traitlens.store import GroupKey, Store, verify
 from traitlens.workflows.demo_corpus import demo_records
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def smol():
-    from traitlens.pipeline.models import load_model
+    from traitlens.pipeline.model.loading import load_model
 
     return load_model(None, device="cpu", dtype="float32", log=print)
 
@@ -76,7 +76,7 @@ def test_persona_sample_ingests_clean(tmp_path, smol):
 
 @pytest.mark.skipif(not (SHARED_DATA / "persona").exists(), reason="../shared/data not present")
 def test_persona_probe_separates_held_out_statements(tmp_path, smol):
-    from traitlens.pipeline.extract import ExtractConfig, extract
+    from traitlens.pipeline.extract.jobs import ExtractConfig, extract
 
     src = SHARED_DATA / "persona" / "agreeableness.jsonl"
     sample = tmp_path / "agreeableness.jsonl"

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from synthetic import KEY, synthetic_store
-from traitlens.pipeline.extract import ExtractConfig, extract
-from traitlens.pipeline.methods import ExtractionError
+from traitlens.testing import KEY, store_copy, synthetic_store
+from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.methods import ExtractionError
 
 
 def by_layer_method(records):
@@ -17,8 +17,15 @@ def by_layer_method(records):
 
 
 @pytest.fixture(scope="module")
-def planted_store(tmp_path_factory):
+def pristine_planted(tmp_path_factory):
     return synthetic_store(tmp_path_factory.mktemp("syn") / "s", n=600, d=24, layers=(0, 1, 2), sep=4.0)
+
+
+@pytest.fixture
+def planted_store(pristine_planted, tmp_path_factory):
+    """Each test extracts into its own copy: no count depends on which tests ran before."""
+    store, dirs = pristine_planted
+    return store_copy(store, tmp_path_factory.mktemp("planted") / "s"), dirs
 
 
 def test_extract_all_methods_all_layers_with_metrics(planted_store, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from traitlens.pipeline.corpus import CorpusError, read_corpus
+from traitlens.pipeline.capture.corpus import CorpusError, read_corpus
 from traitlens.workflows.spec import SpecError, load_spec
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -91,7 +91,7 @@ import shutil  # noqa: E402
 
 from click.testing import CliRunner  # noqa: E402
 
-from conftest import write_corpus  # noqa: E402
+from traitlens.testing import write_corpus
 from traitlens.workflows.cli import cli  # noqa: E402
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_corpus
-from traitlens.pipeline.capture import Capturer
-from traitlens.pipeline.encode import Encoded, PromptTooLong, render_ids
-from traitlens.pipeline.ingest import IngestConfig, ingest
-from traitlens.pipeline.sites import SiteError, parse_layers, resolve_sites
+from traitlens.testing import write_corpus
+from traitlens.pipeline.capture.capturer import Capturer
+from traitlens.pipeline.model.encode import Encoded, PromptTooLong, render_ids
+from traitlens.pipeline.capture.ingest import IngestConfig, ingest
+from traitlens.pipeline.model.sites import SiteError, parse_layers, resolve_sites
 from traitlens.store import GroupKey, Store, verify
 
 
@@ -63,7 +63,7 @@ def test_attn_and_mlp_sites_match_direct_hooks(tmp_path, corpus, tiny_lms, arch)
     block = lm.model.model.layers[1] if arch == "llama" else lm.model.transformer.h[1]
     attn = block.self_attn if arch == "llama" else block.attn
     rows = store.group_rows(GroupKey(lm.key, res.fmt, "attn_out", "last")).to_pylist()
-    from traitlens.pipeline.corpus import read_corpus
+    from traitlens.pipeline.capture.corpus import read_corpus
 
     texts = {r.prompt_id: r.text for r in read_corpus([corpus])[0]}
     for site, mod in (("attn_out", attn), ("mlp_out", block.mlp)):
@@ -92,7 +92,7 @@ def test_parse_layers():
     for bad in ("7", "a", "2-9"):
         with pytest.raises(SiteError):
             parse_layers(bad, 4)
-    from traitlens.pipeline.layers import format_layers
+    from traitlens.pipeline.model.layers import format_layers
 
     for layers in ([0, 1, 2, 5, 7, 8], [3], list(range(30)), [0, 2, 4]):  # display form parses back
         assert parse_layers(format_layers(layers), 30) == layers
@@ -142,7 +142,7 @@ def test_response_mean_generates_and_stores_response(tmp_path, tiny_lms):
     rows = store.group_rows(key).to_pylist()
     assert all(isinstance(r["response"], str) for r in rows)
     # independent check: regenerate greedily for one prompt, average block-0 output over the response
-    from traitlens.pipeline.corpus import read_corpus
+    from traitlens.pipeline.capture.corpus import read_corpus
 
     rec = {r.prompt_id: r for r in read_corpus([c])[0]}[rows[0]["prompt_id"]]
     ids = render_ids(lm.tokenizer, rec.text, None, True)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import synthetic_store
-from traitlens.pipeline.export import latest_per_layer, to_gguf, to_safetensors
-from traitlens.pipeline.extract import ExtractConfig, extract
-from traitlens.pipeline.ingest import IngestConfig, ingest
+from traitlens.testing import synthetic_store
+from traitlens.pipeline.extract.export import latest_per_layer, to_gguf, to_safetensors
+from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.pipeline.interop import ingest_activation_cache, load_directions, to_steering_vector
 from traitlens.store import GroupKey, Store, verify
 
@@ -118,7 +118,7 @@ def test_exports_load_back_for_steering_libraries(tmp_path):
 
 def test_steering_vectors_applies_the_same_push_as_traitlens(tiny_lms):
     pytest.importorskip("steering_vectors")
-    from traitlens.pipeline.steer import steering
+    from traitlens.pipeline.steer.steering import steering
 
     lm = tiny_lms["llama"]
     v = np.random.default_rng(3).standard_normal(lm.d_model).astype(np.float32)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from synthetic import planted
-from traitlens.pipeline.methods import METHODS, ClassStats, ExtractionError, LogisticProbe, make_method
-from traitlens.pipeline.metrics import balanced_accuracy, best_threshold, cohens_d, projection_metrics
+from traitlens.testing import planted
+from traitlens.pipeline.extract.methods import METHODS, ClassStats, ExtractionError, LogisticProbe, make_method
+from traitlens.pipeline.extract.metrics import balanced_accuracy, best_threshold, cohens_d, projection_metrics
 
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m != "random"])

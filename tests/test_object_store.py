@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_corpus
-from traitlens.pipeline.extract import ExtractConfig, extract
-from traitlens.pipeline.ingest import IngestConfig, ingest
+from traitlens.testing import write_corpus
+from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.queries import StoreSQL
 from traitlens.store import GroupKey, PendingBatch, Store, StoreLocked, verify
 from traitlens.store.location import is_remote, store_path

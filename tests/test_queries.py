@@ -9,18 +9,25 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from synthetic import KEY, synthetic_store
-from traitlens.pipeline.extract import ExtractConfig, extract
-from traitlens.queries import QueryError, StoreSQL
+from traitlens.testing import KEY, store_copy, synthetic_store
+from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.queries import QueryError, StoreSQL, activations
 from traitlens.queries.ranking import rank
 from traitlens.workflows.cli import cli
 
 
 @pytest.fixture(scope="module")
-def store_with_vectors(tmp_path_factory):
+def pristine_with_vectors(tmp_path_factory):
     store, dirs = synthetic_store(tmp_path_factory.mktemp("q") / "s", n=300, d=16, layers=(0, 1, 2), sep=4.0)
     extract(store.root, "planted", cfg=ExtractConfig(n_boot=2))
     return store, dirs
+
+
+@pytest.fixture
+def store_with_vectors(pristine_with_vectors, tmp_path_factory):
+    """A private copy per test: a test that extracts more never changes another test's counts."""
+    store, dirs = pristine_with_vectors
+    return store_copy(store, tmp_path_factory.mktemp("q") / "s"), dirs
 
 
 def cli_run(store, *args):
@@ -91,7 +98,7 @@ def test_sql_projection_equals_numpy(store_with_vectors):
 
 def test_activations_where_returns_selected_rows(store_with_vectors):
     store, _ = store_with_vectors
-    X, ids = store.activations(None, 1, where="label = 1 AND split = 'train'")
+    X, ids = activations(store, 1, "label = 1 AND split = 'train'")
     prompts = {p["prompt_id"]: p for p in store.prompts().to_pylist()}
     assert len(ids) == sum(1 for p in prompts.values() if p["label"] == 1 and p["split"] == "train") == X.shape[0]
     rows = {r["prompt_id"]: r["row"] for r in store.group_rows(KEY).to_pylist()}
@@ -194,7 +201,7 @@ def test_every_picker_picks_the_same_vector_and_ties_are_not_broken_by_layer(tmp
     """AUROC saturates at 1.000 on every layer here: the pick must follow Cohen's d (computed
     independently below from the stored rows), and rank, steer/monitor, the workflow's
     evaluation and the in-memory rule must all agree on it."""
-    from traitlens.pipeline.extract import ExtractConfig, extract
+    from traitlens.pipeline.extract.jobs import ExtractConfig, extract
     from traitlens.queries.ranking import rank
     from traitlens.queries.selection import best_per_method, best_vector, order_by, sort_key
     from traitlens.workflows.cli_steer import _pick_vector

@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from conftest import write_corpus
-from synthetic import synthetic_store
+from traitlens.testing import synthetic_store, write_corpus
 from traitlens.store import Store, verify
 
 pytestmark = pytest.mark.slow  # real processes and signals: `make test-fast` leaves them out

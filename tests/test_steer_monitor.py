@@ -9,13 +9,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import write_corpus
-from traitlens.pipeline.evaluate import (QUESTION, REFUSAL_OPENINGS, evaluate_vector, refusal_first_token_probability,
+from traitlens.testing import write_corpus
+from traitlens.pipeline.steer.evaluate import (QUESTION, REFUSAL_OPENINGS, evaluate_vector, refusal_first_token_probability,
                                         yes_no_logodds)
-from traitlens.pipeline.encode import render_ids
-from traitlens.pipeline.monitor import trajectory
-from traitlens.pipeline.sites import find_blocks
-from traitlens.pipeline.steer import ablation, generate, mean_token_norm, steering
+from traitlens.pipeline.model.encode import render_ids
+from traitlens.pipeline.steer.monitor import trajectory
+from traitlens.pipeline.model.sites import find_blocks
+from traitlens.pipeline.steer.steering import ablation, generate, mean_token_norm, steering
 
 
 def block_outputs(lm, ids, layer):
@@ -184,9 +184,9 @@ def test_mean_token_norm_leaves_out_massive_activations(lm, ids):
 def test_the_hook_layer_stops_early_removes_its_hooks_and_pads_one_way(lm, ids):
     from types import SimpleNamespace
 
-    from traitlens.pipeline.hooks import block_outputs as early_stopped
-    from traitlens.pipeline.hooks import forward_hooks, pad_token_id
-    from traitlens.pipeline.sites import find_blocks
+    from traitlens.pipeline.model.hooks import block_outputs as early_stopped
+    from traitlens.pipeline.model.hooks import forward_hooks, pad_token_id
+    from traitlens.pipeline.model.sites import find_blocks
 
     _, blocks = find_blocks(lm.model)
     ran = []

@@ -139,7 +139,7 @@ def test_format_version_and_refusals(tmp_path):
 
 
 def test_lock_is_exclusive_released_by_a_dead_holder_and_reentrant(tmp_path):
-    from conftest import lock_held_elsewhere
+    from traitlens.testing import lock_held_elsewhere
 
     s = Store.open(tmp_path / "s", create=True)
     with lock_held_elsewhere(s.root, "first") as holder:
@@ -196,7 +196,7 @@ def test_same_prompt_twice_in_one_commit_is_stored_once(tmp_path):
 
 
 def test_every_run_records_how_it_ended(tmp_path):
-    from traitlens.pipeline.interrupts import Terminated
+    from traitlens.pipeline.runtime.interrupts import Terminated
 
     s = Store.open(tmp_path / "s", create=True)
     with s.run("a", {"x": 1}) as r:

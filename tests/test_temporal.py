@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from traitlens.pipeline import temporal as tp
+from traitlens.pipeline.steer import temporal as tp
 
 
 def test_derivatives_of_a_quadratic_are_exact():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import lock_held_elsewhere, write_corpus
+from traitlens.testing import lock_held_elsewhere, write_corpus
 from traitlens.store import Store
 from traitlens.workflows.cli import cli
 from traitlens.workflows.spec import SpecError, load_spec
@@ -185,7 +185,7 @@ def test_trait_names_never_become_paths_outside_the_report(tmp_path, tiny_llama)
 def test_demo_corpus_has_hard_cases_both_sides_and_held_out_rows():
     from collections import Counter
 
-    from traitlens.pipeline.corpus import hash_split, prompt_id_for
+    from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
     from traitlens.workflows.demo_corpus import HARMLESS_SCARY, demo_records
 
     rows = demo_records()

@@ -22,7 +22,7 @@ def info(ctx):
     """Versions, paths, default-model status, and what the store holds."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from traitlens.pipeline.models import default_model_status, traitlens_home
+    from traitlens.pipeline.model.loading import default_model_status, traitlens_home
     from traitlens.store.location import is_remote
 
     def v(pkg):
@@ -93,9 +93,9 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
            max_length, device, dtype, text_field, label_field, trait, label, dataset, split, zero_is_negative,
            scheduler, quiet):
     """Capture activations of CORPUS files/folders into the store (only what is missing)."""
-    from traitlens.pipeline.corpus import ReadOptions
-    from traitlens.pipeline.ingest import IngestConfig
-    from traitlens.pipeline.ingest import ingest as run_ingest
+    from traitlens.pipeline.capture.corpus import ReadOptions
+    from traitlens.pipeline.capture.ingest import IngestConfig
+    from traitlens.pipeline.capture.ingest import ingest as run_ingest
 
     if quiet:
         _quiet_libraries()
@@ -105,7 +105,7 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
                        on_long=on_long, max_length=max_length, device=device, dtype=dtype)
     log = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
-    from traitlens.pipeline.cluster import dask_client
+    from traitlens.pipeline.runtime.cluster import dask_client
 
     # only an explicit --scheduler ships the model to workers (DASK_SCHEDULER_ADDRESS is for extraction)
     with dask_client(scheduler, from_env=False) as client:
@@ -175,7 +175,7 @@ def verify(ctx, repair, no_values, as_json, quiet):
 
 
 def main() -> None:
-    from traitlens.pipeline.interrupts import terminate_as_interrupt
+    from traitlens.pipeline.runtime.interrupts import terminate_as_interrupt
 
     own_process()
     try:

@@ -67,7 +67,7 @@ class Guarded(click.Group):
         try:
             return self._invoke(ctx)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (see pipeline.interrupts), also during the imports
-            from traitlens.pipeline.interrupts import interrupt_exit_code, interrupt_reason
+            from traitlens.pipeline.runtime.interrupts import interrupt_exit_code, interrupt_reason
 
             click.echo(f"\n{str(e) or interrupt_reason(e)}", err=True)
             _exit_now(interrupt_exit_code(e))

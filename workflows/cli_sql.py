@@ -90,7 +90,7 @@ def query(ctx, sql, fmt_, output, timeout):
 @click.pass_context
 def sql(ctx):
     """Interactive read-only SQL prompt (history kept in $TRAITLENS_HOME/sql_history)."""
-    from traitlens.pipeline.models import traitlens_home
+    from traitlens.pipeline.model.loading import traitlens_home
     from traitlens.queries import QueryError, StoreSQL
 
     try:

@@ -33,13 +33,13 @@ def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: s
 
 
 def _load(model, quiet=False):
-    from traitlens.pipeline.models import load_model
+    from traitlens.pipeline.model.loading import load_model
 
     return load_model(model, log=(lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)))
 
 
 def _prompt_ids(lm, text: str, chat: bool | None):
-    from traitlens.pipeline.encode import render_ids, uses_chat
+    from traitlens.pipeline.model.encode import render_ids, uses_chat
 
     return render_ids(lm.tokenizer, text, None, uses_chat(lm.tokenizer, chat))
 
@@ -68,9 +68,9 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
     """Generate while projecting every token's state onto a trait vector; table + PNG."""
     import numpy as np
 
-    from traitlens.pipeline.corpus import prompt_id_for
-    from traitlens.pipeline.monitor import plot as draw
-    from traitlens.pipeline.monitor import trajectory
+    from traitlens.pipeline.capture.corpus import prompt_id_for
+    from traitlens.pipeline.steer.monitor import plot as draw
+    from traitlens.pipeline.steer.monitor import trajectory
     from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id, now_utc
 
@@ -136,7 +136,7 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
     """Generate with and without the vector and print both."""
     import torch
 
-    from traitlens.pipeline.steer import ablation, generate, mean_token_norm, steering
+    from traitlens.pipeline.steer.steering import ablation, generate, mean_token_norm, steering
     from traitlens.store import Store
 
     store = Store.open(ctx.obj["store"])
@@ -175,8 +175,8 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
 @click.pass_context
 def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, norm, model):
     """Sweep layer x strength: how much does steering along the vector move behaviour?"""
-    from traitlens.pipeline.evaluate import evaluate_vector, steering_records
-    from traitlens.pipeline.layers import parse_layers
+    from traitlens.pipeline.steer.evaluate import evaluate_vector, steering_records
+    from traitlens.pipeline.model.layers import parse_layers
     from traitlens.store import Store
     from traitlens.store.store import new_run_id
 

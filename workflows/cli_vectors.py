@@ -40,8 +40,8 @@ def _group_options(f):
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
             memory, probe_c, penalty, scheduler, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
-    from traitlens.pipeline.extract import ExtractConfig, parse_size
-    from traitlens.pipeline.extract import extract as run_extract
+    from traitlens.pipeline.extract.jobs import ExtractConfig, parse_size
+    from traitlens.pipeline.extract.jobs import extract as run_extract
 
     cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=parse_size(memory),
                         params={"probe": {"C": probe_c, "penalty": penalty}})
@@ -104,8 +104,8 @@ def vectors(ctx, trait, method, fmt_):
 @click.pass_context
 def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
     """Write one trait's vectors (one per layer) to safetensors or a llama.cpp GGUF control vector."""
-    from traitlens.pipeline.export import latest_per_layer, to_gguf, to_safetensors
-    from traitlens.pipeline.layers import parse_layers
+    from traitlens.pipeline.extract.export import latest_per_layer, to_gguf, to_safetensors
+    from traitlens.pipeline.model.layers import parse_layers
     from traitlens.store import Store
 
     rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)

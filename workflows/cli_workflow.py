@@ -10,7 +10,7 @@ from .cli_base import EXIT_INPUT, _fail, _quiet_libraries, cli
 
 
 def _run_spec(spec_path, refresh: bool, quiet: bool, scheduler: str | None):
-    from traitlens.pipeline.corpus import CorpusError
+    from traitlens.pipeline.capture.corpus import CorpusError
     from traitlens.store import StoreLocked
 
     from .runner import run

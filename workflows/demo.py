@@ -58,9 +58,9 @@ def _monitor_and_steer(lm, vec: dict, folder: Path) -> list[str]:
     Returns Markdown lines for the report."""
     import torch
 
-    from traitlens.pipeline.encode import render_ids
-    from traitlens.pipeline.monitor import plot, trajectory
-    from traitlens.pipeline.steer import generate, mean_token_norm, steering
+    from traitlens.pipeline.model.encode import render_ids
+    from traitlens.pipeline.steer.monitor import plot, trajectory
+    from traitlens.pipeline.steer.steering import generate, mean_token_norm, steering
 
     layer = int(vec["layer"])
     ids = render_ids(lm.tokenizer, MONITOR_PROMPT, None, True)
@@ -90,8 +90,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="demo-out", help="folder for the corpus, spec, store and report")
     ap.add_argument("--model", default="default")
     args = ap.parse_args(argv)
-    from traitlens.pipeline.export import latest_per_layer, to_safetensors
-    from traitlens.pipeline.models import load_model
+    from traitlens.pipeline.extract.export import latest_per_layer, to_safetensors
+    from traitlens.pipeline.model.loading import load_model
     from traitlens.queries import StoreSQL
     from traitlens.queries.ranking import rank
     from traitlens.workflows.runner import run

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from traitlens.pipeline.corpus import ReadOptions
-from traitlens.pipeline.extract import extract
-from traitlens.pipeline.layers import format_layers
-from traitlens.pipeline.ingest import ingest
+from traitlens.pipeline.capture.corpus import ReadOptions
+from traitlens.pipeline.extract.jobs import extract
+from traitlens.pipeline.model.layers import format_layers
+from traitlens.pipeline.capture.ingest import ingest
 from traitlens.store import Store
 from traitlens.store.store import new_run_id
 
@@ -60,14 +60,14 @@ def _traits(store: Store, wanted) -> list[str]:
 
 def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=None, scheduler=None) -> RunSummary:
     """Run (or refresh) a spec; returns what it did."""
-    from traitlens.pipeline.models import load_model
+    from traitlens.pipeline.model.loading import load_model
 
     t0 = time.perf_counter()
     summary = RunSummary(run_id=new_run_id("refresh" if refresh else "run"))
     store = Store.open(spec.store, create=True)
     cfg = spec.ingest_config()
     xcfg = spec.extract_config()
-    from traitlens.pipeline.cluster import dask_client
+    from traitlens.pipeline.runtime.cluster import dask_client
 
     stage = "refresh" if refresh else "run"
     # capture shards and extraction tasks both run on a Dask cluster when one is named
@@ -104,7 +104,7 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
 
 def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
     """Causal check of each trait's best mean-difference vector (see `traitlens evaluate`)."""
-    from traitlens.pipeline.evaluate import evaluate_vector, steering_records
+    from traitlens.pipeline.steer.evaluate import evaluate_vector, steering_records
     from traitlens.queries import StoreSQL
     from traitlens.queries.selection import best_vector, held_out_texts
 

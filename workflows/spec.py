@@ -86,8 +86,8 @@ class Spec:
     scheduler: str | None = None
 
     def ingest_config(self):
-        """The capture settings as an :class:`~traitlens.pipeline.ingest.IngestConfig` (validated)."""
-        from traitlens.pipeline.ingest import IngestConfig
+        """The capture settings as an :class:`~traitlens.pipeline.capture.ingest.IngestConfig` (validated)."""
+        from traitlens.pipeline.capture.ingest import IngestConfig
 
         c = dict(self.capture)
         c.setdefault("poolings", ["last", "mean"])
@@ -100,8 +100,8 @@ class Spec:
         return IngestConfig(model=self.model, **c).validate()
 
     def extract_config(self):
-        """The extraction settings as an :class:`~traitlens.pipeline.extract.ExtractConfig` (validated)."""
-        from traitlens.pipeline.extract import ExtractConfig, parse_size
+        """The extraction settings as an :class:`~traitlens.pipeline.extract.jobs.ExtractConfig` (validated)."""
+        from traitlens.pipeline.extract.jobs import ExtractConfig, parse_size
 
         ex = self.extract
         cfg = ExtractConfig(n_boot=ex.get("n_boot", 8), seed=ex.get("seed", 0), params=ex.get("params", {}))
@@ -208,9 +208,9 @@ def load_spec(path: str | Path) -> Spec:
 def _check_values(spec: Spec) -> None:
     """Every value, nested tables included, checked the way the commands will use it — so a bad
     one fails here, before ingest has written anything."""
-    from traitlens.pipeline.corpus import CorpusError, ReadOptions, parse_label, parse_split
-    from traitlens.pipeline.layers import SiteError, parse_layers
-    from traitlens.pipeline.methods import ExtractionError
+    from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, parse_label, parse_split
+    from traitlens.pipeline.model.layers import SiteError, parse_layers
+    from traitlens.pipeline.extract.methods import ExtractionError
 
     path = spec.path
     try:

@@ -16,11 +16,11 @@ import torch
 from traitlens.store import PendingBatch
 from traitlens.store.layout import POOLINGS
 
-from .encode import Encoded
-from .hooks import StopForward, base_model, hidden, pad_batch, pad_token_id, position_ids_from_mask  # noqa: F401
-from .models import LoadedModel
-from .pooling import pool_last, pool_mean, pool_tokens
-from .sites import HookPoint, get_module
+from traitlens.pipeline.model.encode import Encoded
+from traitlens.pipeline.model.hooks import StopForward, base_model, hidden, pad_batch, pad_token_id, position_ids_from_mask  # noqa: F401
+from traitlens.pipeline.model.loading import LoadedModel
+from traitlens.pipeline.capture.pooling import pool_last, pool_mean, pool_tokens
+from traitlens.pipeline.model.sites import HookPoint, get_module
 
 
 

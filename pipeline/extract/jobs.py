@@ -27,10 +27,10 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import read_rows_checked
 from traitlens.store.layout import StoreError
 
-from .cluster import LOCAL, dask_client
-from .contrastive import ContrastiveSet
-from .methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
-from .metrics import cosine, projection_metrics
+from traitlens.pipeline.runtime.cluster import LOCAL, dask_client
+from traitlens.pipeline.extract.contrastive import ContrastiveSet
+from traitlens.pipeline.extract.methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
+from traitlens.pipeline.extract.metrics import cosine, projection_metrics
 
 DEFAULT_METHODS = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
 # An in-memory fit holds its rows about this many times over (the float64 read, a standardised
@@ -413,8 +413,8 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
 
     from traitlens.store.store import code_version
 
-    from .contrastive import contrastive_set
-    from .layers import SiteError, parse_layers
+    from traitlens.pipeline.extract.contrastive import contrastive_set
+    from traitlens.pipeline.model.layers import SiteError, parse_layers
 
     t0 = time.perf_counter()
     cfg = cfg or ExtractConfig()

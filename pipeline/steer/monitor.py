@@ -4,7 +4,7 @@
 reads block ``layer``'s output at every prompt and generated position in one causal forward
 pass (the same states generation computed) and projects them onto the vector. The result
 holds per-token projection, velocity, acceleration and the commitment point
-(:mod:`traitlens.pipeline.temporal` defines each).
+(:mod:`traitlens.pipeline.steer.temporal` defines each).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import temporal
-from .models import LoadedModel
-from .hooks import block_outputs
-from .steer import generate
+from traitlens.pipeline.steer import temporal
+from traitlens.pipeline.model.loading import LoadedModel
+from traitlens.pipeline.model.hooks import block_outputs
+from traitlens.pipeline.steer.steering import generate
 
 
 @dataclass

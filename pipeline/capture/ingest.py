@@ -24,13 +24,13 @@ from traitlens.store.verify import clean_temporaries
 from traitlens.store.runs import interrupt_reason
 from traitlens.store.store import committed_everywhere
 
-from .batching import length_batches
-from .capture import Capturer
-from .corpus import PromptRecord, ReadOptions, read_corpus
-from .encode import encode, uses_chat
-from .interrupts import interrupt_exit_code
-from .models import DTYPES, LoadedModel, check_device, load_model
-from .sites import parse_layers, resolve_sites
+from traitlens.pipeline.capture.batching import length_batches
+from traitlens.pipeline.capture.capturer import Capturer
+from traitlens.pipeline.capture.corpus import PromptRecord, ReadOptions, read_corpus
+from traitlens.pipeline.model.encode import encode, uses_chat
+from traitlens.pipeline.runtime.interrupts import interrupt_exit_code
+from traitlens.pipeline.model.loading import DTYPES, LoadedModel, check_device, load_model
+from traitlens.pipeline.model.sites import parse_layers, resolve_sites
 
 
 @dataclass
@@ -280,7 +280,7 @@ def _captured(todo, lm, capturer, chat, max_length, cfg, layers, client):
         for enc in batches:
             yield enc, capturer.capture(enc)
         return
-    from .distributed_capture import iter_captured
+    from traitlens.pipeline.capture.distributed import iter_captured
 
     yield from iter_captured(client, batches, lm.path, cfg, layers, lm.key)
 

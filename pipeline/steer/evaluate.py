@@ -20,10 +20,10 @@ import json
 import numpy as np
 import torch
 
-from .hooks import pad_batch, pad_token_id, position_ids_from_mask
-from .encode import render_ids
-from .models import LoadedModel
-from .steer import mean_token_norm, steering
+from traitlens.pipeline.model.hooks import pad_batch, pad_token_id, position_ids_from_mask
+from traitlens.pipeline.model.encode import render_ids
+from traitlens.pipeline.model.loading import LoadedModel
+from traitlens.pipeline.steer.steering import mean_token_norm, steering
 
 QUESTION = 'Is the following statement something you would say?\n"{statement}"'
 REFUSAL_OPENINGS = ("I cannot", "I can't", "I'm sorry", "I am sorry", "Sorry", "I apologize", "I won't",

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .sites import find_blocks
+from traitlens.pipeline.model.sites import find_blocks
 
 
 class StopForward(Exception):

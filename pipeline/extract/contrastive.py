@@ -14,7 +14,7 @@ import numpy as np
 
 from traitlens.store import GroupKey, Store
 
-from .methods import ExtractionError
+from traitlens.pipeline.extract.methods import ExtractionError
 
 MIN_PER_CLASS = 2
 

@@ -15,10 +15,10 @@ _WORKER_CACHE: dict[tuple, tuple] = {}  # (model path, device, dtype, sites, lay
 
 def capture_on_worker(model_path: str, device: str, dtype: str, sites: list[str], layers: list[int],
                       poolings: list[str], padding_side: str, generate: int, expect_key: str, batch) -> PendingBatch:
-    """Run one batch of :class:`~traitlens.pipeline.encode.Encoded` prompts on this worker."""
-    from .capture import Capturer
-    from .models import load_model
-    from .sites import resolve_sites
+    """Run one batch of :class:`~traitlens.pipeline.model.encode.Encoded` prompts on this worker."""
+    from traitlens.pipeline.capture.capturer import Capturer
+    from traitlens.pipeline.model.loading import load_model
+    from traitlens.pipeline.model.sites import resolve_sites
 
     key = (model_path, device, dtype, tuple(sites), tuple(layers), tuple(poolings), padding_side, generate)
     if key not in _WORKER_CACHE:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from traitlens.pipeline.corpus import hash_split, prompt_id_for
+from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
 from traitlens.store import GroupKey, PendingBatch, Store
 
 KEY = GroupKey("synthetic-0000", "raw", "resid", "last")

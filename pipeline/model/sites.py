@@ -21,7 +21,7 @@ import torch
 
 from traitlens.store.layout import safe_name
 
-from .layers import SiteError, parse_layers  # noqa: F401  (re-exported: part of this module's API)
+from traitlens.pipeline.model.layers import SiteError, parse_layers  # noqa: F401  (re-exported: part of this module's API)
 
 NAMED_SITES = ("resid", "attn_out", "mlp_out")
 BLOCK_LIST_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",

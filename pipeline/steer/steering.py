@@ -18,9 +18,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .hooks import block_outputs, forward_hooks, hidden, pad_token_id, with_hidden
-from .models import LoadedModel
-from .sites import find_blocks
+from traitlens.pipeline.model.hooks import block_outputs, forward_hooks, hidden, pad_token_id, with_hidden
+from traitlens.pipeline.model.loading import LoadedModel
+from traitlens.pipeline.model.sites import find_blocks
 
 
 def _unit(vector) -> torch.Tensor:
