@@ -119,6 +119,39 @@ def transformer_lens_cases(lm, seqs, bs):
             ("TransformerLens run_with_cache, resid_post filter", lambda: tl_loop(bridge, seqs, bs, pad, resid))]
 
 
+def forward_flops(lm, seqs, n_blocks: int, lm_head: bool) -> float:
+    """Forward FLOPs over the real tokens (padding left out), counted from the config: two per
+    multiply-add in every block's linear layers, plus attention's scores and mixing over each
+    token's causal prefix (2 L^2 d_attn per block for a sequence of L tokens); the LM head
+    (2 d vocab per token) when the case runs it."""
+    cfg = lm.model.config
+    d = lm.d_model
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    head_dim = getattr(cfg, "head_dim", None) or d // heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    gated = cfg.model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
+    attn = d * heads * head_dim + 2 * d * kv * head_dim + heads * head_dim * d
+    mlp = (3 if gated else 2) * d * d_ff
+    lengths = np.array([len(s) for s in seqs], dtype=np.float64)
+    total = n_blocks * (2.0 * (attn + mlp) * lengths.sum() + 2.0 * heads * head_dim * (lengths ** 2).sum())
+    if lm_head:
+        total += 2.0 * d * cfg.vocab_size * lengths.sum()
+    return total
+
+
+def matmul_flops_per_s(d: int, d_ff: int, rounds: int = 20) -> float:
+    """Dense float32 matmul FLOP/s this machine reaches with torch at its current thread count,
+    on a block-sized product ([4096, d] x [d, d_ff], the shape of an MLP projection)."""
+    a, b = torch.randn(4096, d), torch.randn(d, d_ff)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(rounds):
+        a @ b
+    return rounds * 2.0 * 4096 * d * d_ff / (time.perf_counter() - t)
+
+
 def timed(fn):
     """(seconds, peak extra bytes) of one call."""
     with PeakRSS() as mem:
@@ -164,6 +197,15 @@ def main() -> None:
             ("traitlens ingest, layers 0-14, last+mean", run_ingest("0-14")),
             ("traitlens ingest, layer 6 only, last", run_ingest("6", ("last",))),
         ] + transformer_lens_cases(lm, seqs, bs)
+        # useful forward FLOPs of each case: the blocks it runs (ingest stops after the deepest
+        # hooked one and never runs the LM head; the plain loops and TransformerLens run both)
+        full = forward_flops(lm, seqs, lm.n_layers, lm_head=True)
+        flops = {name: full for name, _ in cases}
+        flops[f"traitlens ingest, all {lm.n_layers} layers, last+mean"] = forward_flops(lm, seqs, lm.n_layers, False)
+        flops["traitlens ingest, layers 0-14, last+mean"] = forward_flops(lm, seqs, 15, False)
+        flops["traitlens ingest, layer 6 only, last"] = forward_flops(lm, seqs, 7, False)
+        cfg = lm.model.config
+        peak = matmul_flops_per_s(lm.d_model, getattr(cfg, "intermediate_size", None) or 4 * lm.d_model)
         best: dict[str, tuple[float, int | None]] = {}
         for _ in range(args.rounds):  # round-robin, so a slow spell of the machine hits every case alike
             for name, fn in cases:
@@ -174,11 +216,14 @@ def main() -> None:
         base = results[0][1]
         print(f"\n{len(seqs)} prompts, {n_tok} tokens ({n_tok / len(seqs):.1f}/prompt), batch {bs}, "
               f"{lm.name} on {lm.device}, {torch.get_num_threads()} threads, best of {args.rounds} rounds")
-        print(f"| {'case':<50} | prompts/s | tokens/s | x plain forward | peak extra RSS |")
-        print(f"|{'-' * 52}|-----------|----------|-----------------|----------------|")
+        print(f"dense float32 matmul on this machine, same threads: {peak / 1e9:.1f} GFLOP/s")
+        print(f"| {'case':<50} | prompts/s | tokens/s | x plain forward | GFLOP/s | x matmul | peak extra RSS |")
+        print(f"|{'-' * 52}|-----------|----------|-----------------|---------|----------|----------------|")
         for name, secs, extra in results:
             mem = "n/a" if extra is None else f"{extra / 2**20:.0f} MiB"
-            print(f"| {name:<50} | {len(seqs) / secs:9.1f} | {n_tok / secs:8.0f} | {base / secs:15.2f} | {mem:>14} |")
+            rate = flops[name] / secs
+            print(f"| {name:<50} | {len(seqs) / secs:9.1f} | {n_tok / secs:8.0f} | {base / secs:15.2f} | "
+                  f"{rate / 1e9:7.1f} | {rate / peak:8.2f} | {mem:>14} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

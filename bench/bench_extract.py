@@ -1,21 +1,26 @@
-"""Extraction speed: `traitlens extract` beside a plain per-layer loop of sklearn/torch calls.
+"""Extraction speed at the defaults: `traitlens extract` beside a plain per-layer loop.
 
-Same store, same rows, one process; prints seconds and the ratio.
+Same store, same rows, one process; prints seconds and the ratios.
 
-    python bench/bench_extract.py [--layers 30] [--n 2000] [--d 576] [--n-boot 0]
+    python bench/bench_extract.py                          # synthetic: 30 layers x 1,000 rows x d 576
+    python bench/bench_extract.py --store persona.store --trait agreeableness   # real rows
+    python bench/bench_extract.py --plain-boot             # also the plain loop with its own bootstrap
 
-The data: a synthetic store (2 x n/2 rows of d features per layer, a planted direction per
-layer, anisotropic noise) written through the real store API, so the bench runs anywhere.
+Rows: a synthetic store (2 x n/2 rows of d features per layer, a planted direction per layer,
+anisotropic noise) written through the real store API, so the bench runs anywhere; or a real
+store's trait (`bench/persona_table.py` builds one from ../shared/data).
 The plain loop is what a user writes without traitlens: per layer, read the rows, then
 mean difference (numpy), pca-diff (sklearn PCA on paired differences), FastICA (sklearn,
 8 components, whitening inside), LogisticRegression (sklearn, raw features), a gradient
-direction (torch Adam, 500 steps), a random direction, AUROC of each on the held-out rows,
-and ``n_boot`` bootstrap refits of each for stability.
+direction (torch Adam, 500 steps), a random direction, AUROC of each on the held-out rows —
+no stability, which is what users skip. traitlens runs at its defaults (all six methods,
+8 bootstrap refits for stability) and with ``--n-boot 0``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -25,17 +30,18 @@ import numpy as np
 
 from traitlens.testing import KEY, synthetic_store
 
-from traitlens.pipeline.extract.contrastive import contrastive_set  # noqa: E402
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract  # noqa: E402
+from traitlens.pipeline.extract.contrastive import contrastive_set
+from traitlens.pipeline.extract.jobs import ExtractConfig, extract, resolve_group
+from traitlens.store import Store
 
 
-def plain_loop(store, layers, n_boot, seed=0):
+def plain_loop(store, key, trait, layers, n_boot, seed=0):
     import torch
     from sklearn.decomposition import PCA, FastICA
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    cs = contrastive_set(store, KEY, "planted")
+    cs = contrastive_set(store, key, trait)
     rng = np.random.default_rng(seed)
 
     def fit_all(X, pos):
@@ -68,7 +74,7 @@ def plain_loop(store, layers, n_boot, seed=0):
 
     results = {}
     for layer in layers:
-        Xall = store.activations(KEY, layer).astype(np.float64)
+        Xall = store.activations(key, layer).astype(np.float64)
         X, pos = Xall[cs.train_rows], cs.train_pos
         Xh, posh = Xall[cs.held_rows], cs.held_pos
         vecs = fit_all(X, pos)
@@ -82,29 +88,68 @@ def plain_loop(store, layers, n_boot, seed=0):
     return results
 
 
+def compare_with_stored(store, records) -> None:
+    """Held-out AUROC of every (layer, method) beside the vectors the source store already holds
+    for the same trait and split (an earlier version's): the largest difference per method."""
+    old = {}
+    for v in store.table("vectors").to_pylist():
+        if v["trait"] == records[0]["trait"] and v.get("held_split", "val") == records[0]["held_split"]:
+            old[(v["model_key"], v["fmt"], v["pooling"], v["layer"], v["method"])] = v  # newest wins
+    worst: dict[str, float] = {}
+    for r in records:
+        o = old.get((r["model_key"], r["fmt"], r["pooling"], r["layer"], r["method"]))
+        if o is not None and r["method"] != "random":
+            worst[r["method"]] = max(worst.get(r["method"], 0.0), abs(r["auroc"] - o["auroc"]))
+    if worst:
+        print("largest |held-out AUROC - stored vector's| per method, over the layers: "
+              + ", ".join(f"{m} {d:.4f}" for m, d in sorted(worst.items())))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--d", type=int, default=576)
-    ap.add_argument("--n-boot", type=int, default=0)
+    ap.add_argument("--store", help="a real store (default: a synthetic one in a temporary folder)")
+    ap.add_argument("--trait", default="planted")
+    ap.add_argument("--plain-boot", action="store_true", help="also time the plain loop with 8 bootstrap refits")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="traitlens-bench-extract-"))
     try:
-        layers = list(range(args.layers))
-        store, _ = synthetic_store(tmp / "s", n=args.n, d=args.d, layers=layers, chunk_rows=256)
-        print(f"{args.layers} layers x {args.n} rows x d={args.d}, n_boot={args.n_boot}, 6 methods + metrics")
+        if args.store:  # extract into a copy without vectors, so every vector is computed here
+            shutil.copytree(args.store, tmp / "s", ignore=lambda d, names: ["vectors"] if Path(d).name == "tables" else [])
+            store = Store.open(tmp / "s")
+            key = resolve_group(store)
+            layers = sorted(store.layers(key))[:args.layers]
+        else:
+            layers = list(range(args.layers))
+            store, _ = synthetic_store(tmp / "s", n=args.n, d=args.d, layers=layers, chunk_rows=256)
+            key = KEY
+        cs = contrastive_set(store, key, args.trait)
+        print(f"{args.trait}: {len(layers)} layers x {cs.n_pos + cs.n_neg} train rows x d={store.layer_array(key, layers[0]).shape[1]}, "
+              f"{os.cpu_count()} cores")
+        rows = []
         t = time.perf_counter()
-        plain_loop(store, layers, args.n_boot)
+        plain_loop(store, key, args.trait, layers, 0)
         t_plain = time.perf_counter() - t
-        t = time.perf_counter()
-        res = extract(store.root, "planted", cfg=ExtractConfig(n_boot=args.n_boot))
-        t_tl = time.perf_counter() - t
-        assert len(res.records) == 6 * args.layers
-        print(f"| {'case':<40} | seconds | x plain loop |")
-        print(f"|{'-' * 42}|---------|--------------|")
-        print(f"| {'plain per-layer sklearn/torch loop':<40} | {t_plain:7.1f} | {1.0:12.2f} |")
-        print(f"| {'traitlens extract (Dask, all layers)':<40} | {t_tl:7.1f} | {t_plain / t_tl:12.2f} |")
+        rows.append(("plain per-layer sklearn/torch loop, no stability", t_plain))
+        if args.plain_boot:
+            t = time.perf_counter()
+            plain_loop(store, key, args.trait, layers, 8)
+            rows.append(("plain loop + 8 bootstrap refits", time.perf_counter() - t))
+        results = {}
+        for n_boot, label in ((8, "traitlens extract, defaults (stability 8)"), (0, "traitlens extract --n-boot 0")):
+            t = time.perf_counter()
+            results[n_boot] = extract(store.root, args.trait, layers=layers, model=key.model_key, fmt=key.fmt,
+                                      cfg=ExtractConfig(n_boot=n_boot))
+            rows.append((label, time.perf_counter() - t))
+            assert len(results[n_boot].records) == 6 * len(layers)
+        print(f"| {'case':<50} | seconds | x plain loop |")
+        print(f"|{'-' * 52}|---------|--------------|")
+        for label, sec in rows:
+            print(f"| {label:<50} | {sec:7.1f} | {t_plain / sec:12.2f} |")
+        if args.store:
+            compare_with_stored(Store.open(args.store), results[8].records)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,11 +1,14 @@
 """Out-of-core extraction: a store bigger than the memory budget, peak RSS measured.
 
     python bench/bench_out_of_core.py [--gb 4] [--layers 0-3] [--memory 1GB] [--keep DIR]
+    python bench/bench_out_of_core.py --rows 1000000 --n-layers 1 --layers 0 --methods mean_diff,probe
 
-Writes a synthetic store of about ``--gb`` GB of float16 activations (30 layers x d=576, a
-planted direction per layer) through the real store API, then runs `traitlens extract` with
-all six methods on ``--layers`` in a child process under ``--memory`` and reports its peak
-resident memory (ru_maxrss), its time, and how well the planted directions were found.
+Writes a synthetic store (``--rows`` rows, or about ``--gb`` GB, of float16 activations,
+``--n-layers`` layers x d=576, a planted direction per layer) through the real store API, then
+runs `traitlens extract` (``--methods``, default all six) on ``--layers`` in a child process
+under ``--memory`` and reports its time per layer, the activations it processed per second
+beside a plain block-by-block numpy read of the same layer (its own child process), its peak
+resident memory (ru_maxrss), and how well the planted directions were found.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ KEY = GroupKey("synthetic-ooc", "raw", "resid", "last")
 D, L = 576, 30
 
 
-def build(path: Path, gb: float, seed: int = 0) -> tuple[int, dict]:
-    n = int(gb * 2**30 / (L * D * 2))
+def build(path: Path, gb: float, seed: int = 0, n: int | None = None, L: int = L) -> tuple[int, dict]:
+    n = n or int(gb * 2**30 / (L * D * 2))
     rng = np.random.default_rng(seed)
     dirs = {l: (u := rng.standard_normal(D)) / np.linalg.norm(u) for l in range(L)}
     ids = [prompt_id_for(f"ooc {i}", None) for i in range(n)]
@@ -58,10 +61,30 @@ CHILD = """
 import json, sys, time
 from traitlens.pipeline.extract.jobs import ExtractConfig, extract
 t = time.perf_counter()
-res = extract(sys.argv[1], "planted", layers=sys.argv[2], cfg=ExtractConfig(n_boot=2, memory_budget=int(sys.argv[3])))
+res = extract(sys.argv[1], "planted", layers=sys.argv[2],
+              cfg=ExtractConfig(methods=sys.argv[4].split(","), n_boot=2, memory_budget=int(sys.argv[3])),
+              skip_unchanged=False)  # measure the work, never a lookup of vectors a previous run stored
 print(json.dumps({"seconds": time.perf_counter() - t, "records": [
     {k: r[k] for k in ("layer", "method", "auroc", "out_of_core", "vector")} for r in res.records]}))
 """
+
+
+PLAIN_READ = """
+import sys, time
+import numpy as np
+import zarr
+arr = zarr.open_group(sys.argv[1] + "/activations.zarr", mode="r")["synthetic-ooc/raw/resid/last/L" + sys.argv[2]]
+t = time.perf_counter()
+step = arr.chunks[0] * 16
+total = 0.0
+for s in range(0, arr.shape[0], step):
+    total += float(np.asarray(arr[s:s + step], dtype=np.float32).sum())
+print(time.perf_counter() - t)
+"""
+
+
+def child_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
 
 
 def main() -> None:
@@ -70,28 +93,41 @@ def main() -> None:
     ap.add_argument("--layers", default="0-3")
     ap.add_argument("--memory", default="1GB")
     ap.add_argument("--keep", default=None, help="build (or reuse) the store here instead of a temp folder")
+    ap.add_argument("--rows", type=int, default=None, help="rows to build (instead of --gb)")
+    ap.add_argument("--n-layers", type=int, default=L, help="layers to build")
+    ap.add_argument("--methods", default="mean_diff,pca_diff,ica,probe,gradient,random")
     args = ap.parse_args()
     budget = int(float(args.memory.lower().rstrip("gb")) * 2**30)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="traitlens-ooc-")) / "s"
     try:
         meta = root.parent / (root.name + ".dirs.json")
         if not (root / "store.json").exists():
-            n, dirs = build(root, args.gb)
+            n, dirs = build(root, args.gb, n=args.rows, L=args.n_layers)
             meta.write_text(json.dumps(dirs))
         dirs = {int(k): np.asarray(v) for k, v in json.loads(meta.read_text()).items()}
         disk = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**30
-        p = subprocess.run([sys.executable, "-c", CHILD, str(root), args.layers, str(budget)], capture_output=True,
-                           text=True)
+        p = subprocess.run([sys.executable, "-c", CHILD, str(root), args.layers, str(budget), args.methods],
+                           capture_output=True, text=True)
         if p.returncode:
             raise SystemExit(p.stderr)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+        peak = child_rss_gb()
         out = json.loads(p.stdout.strip().splitlines()[-1])
         recs = out["records"]
+        layers = sorted({r["layer"] for r in recs})
+        store = Store.open(root)
+        arr = store.layer_array(KEY, layers[0])
+        layer_mb = arr.shape[0] * arr.shape[1] * arr.dtype.itemsize / 2**20
+        r = subprocess.run([sys.executable, "-c", PLAIN_READ, str(root), str(layers[0])], capture_output=True, text=True)
+        plain_s = float(r.stdout.strip().splitlines()[-1])
+        per_layer = out["seconds"] / len(layers)
         cos = {m: np.mean([abs(np.dot(r["vector"], dirs[r["layer"]])) for r in recs if r["method"] == m])
                for m in sorted({r["method"] for r in recs})}
-        print(f"store: {disk:.2f} GB on disk; extract layers {args.layers} (all six methods, n_boot 2) with "
-              f"--memory {args.memory}: {out['seconds']:.0f} s, peak RSS {peak:.2f} GB, "
+        print(f"store: {disk:.2f} GB on disk, {arr.shape[0]:,} rows; extract layers {args.layers} ({args.methods}, "
+              f"n_boot 2) with --memory {args.memory}: {out['seconds']:.0f} s ({per_layer:.1f} s per layer, "
+              f"{layer_mb / per_layer:.0f} MB/s of float16 activations), peak RSS {peak:.2f} GB, "
               f"out of core: {all(r['out_of_core'] for r in recs)}")
+        print(f"plain numpy read of one layer ({layer_mb:.0f} MB, block by block): {plain_s:.1f} s, "
+              f"{layer_mb / plain_s:.0f} MB/s")
         print("mean |cos| to the planted direction: " + ", ".join(f"{m} {c:.3f}" for m, c in cos.items()))
     finally:
         if not args.keep:

@@ -12,6 +12,27 @@ import pytest
 from traitlens.testing import make_model, write_corpus
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_traitlens_home(tmp_path_factory):
+    """Receipts and model identities go to a private TRAITLENS_HOME; the converted default model
+    is shared with the real one (a link), so integration tests do not convert it again."""
+    import os
+
+    from traitlens.pipeline.model.identity import traitlens_home
+
+    real = traitlens_home()
+    home = tmp_path_factory.mktemp("traitlens-home")
+    (real / "models").mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(real / "models", target_is_directory=True)
+    saved = os.environ.get("TRAITLENS_HOME")
+    os.environ["TRAITLENS_HOME"] = str(home)
+    yield home
+    if saved is None:
+        os.environ.pop("TRAITLENS_HOME", None)
+    else:
+        os.environ["TRAITLENS_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return make_model("llama", tmp_path_factory.mktemp("llama"))

@@ -74,9 +74,13 @@ def test_locked_store_exit_3(tmp_path, tiny_gpt2):
     run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")
     from traitlens.testing import lock_held_elsewhere
 
+    grown = write_corpus(tmp_path / "c2.jsonl", 5)
     with lock_held_elsewhere(s, "someone else"):
-        r = run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")
+        r = run("--store", s, "ingest", grown, "--model", tiny_gpt2, "--quiet")  # has prompts to write
+        same = run("--store", s, "ingest", c, "--model", tiny_gpt2, "--quiet")  # nothing to write
     assert r.exit_code == 3 and "someone else" in r.output
+    # a rerun with nothing new is read-only: its receipt answers it, the writer's lock does not matter
+    assert same.exit_code == 0 and "model was not loaded" in same.output, same.output
 
 
 def test_missing_store_and_uncached_model_errors(tmp_path, monkeypatch):

@@ -68,6 +68,26 @@ def test_rerun_is_idempotent(planted_store):
         assert ra["vector"] == rb["vector"]
 
 
+def test_row_stream_serves_the_stored_rows_on_every_pass_within_its_cache(planted_store):
+    """Cached or read again, as a slice or as scattered rows: every pass yields exactly the rows
+    asked for, and the cache never holds more than its budget."""
+    from traitlens.pipeline.extract.streaming import RowStream
+
+    store, _ = planted_store
+    arr = store.layer_array(KEY, 1)
+    full = np.asarray(arr[:], dtype=np.float32)
+    rng = np.random.default_rng(0)
+    for rows in (np.arange(5, 590), np.sort(rng.choice(600, 40, replace=False))):  # dense, sparse
+        pos = rng.random(len(rows)) < 0.5
+        for cache in (0, 10 * 24 * 2 * 64, 1 << 30):
+            stream = RowStream(arr, rows, pos, block_rows=64, cache_bytes=cache)
+            for _ in range(3):
+                X = np.concatenate([b for b, _ in stream()])
+                np.testing.assert_array_equal(X, full[rows])
+                assert np.concatenate([p for _, p in stream()]).tolist() == pos.tolist()
+            assert stream.cached <= cache and (cache < 1 << 30 or len(stream.cache) == -(-len(rows) // 64))
+
+
 def test_out_of_core_matches_in_memory(planted_store):
     store, _ = planted_store
     full = extract(store.root, "planted", cfg=ExtractConfig(n_boot=0), skip_unchanged=False)
@@ -184,3 +204,36 @@ def test_extract_honours_the_methods_of_its_config(tmp_path):
     store, _ = synthetic_store(tmp_path / "s", n=200, d=8, layers=(0,), sep=4.0)
     res = extract(store.root, "planted", cfg=ExtractConfig(methods=["mean_diff"], n_boot=0))
     assert res.methods == ["mean_diff"] and {r["method"] for r in res.records} == {"mean_diff"}
+
+
+def test_contrastive_set_matches_a_plain_construction_and_refuses_disagreeing_labels(tmp_path):
+    """The column-wise set equals the obvious loop over records: a second dataset's records of
+    the same prompts (the last one's split wins), label-0 and other-trait records left out, a
+    prompt-id restriction, and the fingerprint over the sorted (prompt, label, split) lines."""
+    import hashlib
+
+    from traitlens.pipeline.extract.contrastive import contrastive_set
+    from traitlens.pipeline.extract.methods import ExtractionError
+
+    store, _ = synthetic_store(tmp_path / "s", n=120, d=8, layers=(0,))
+    base = store.prompts().to_pylist()
+    extra = [{**p, "dataset": "second", "split": "test", "source": "second:1"} for p in base[:30]]
+    extra += [{**p, "dataset": "third", "trait": "other", "label": -p["label"]} for p in base[30:40]]
+    extra += [{**p, "dataset": "neutral", "label": 0} for p in base[40:50]]
+    store.add_prompts(extra)
+    only = {p["prompt_id"] for p in base[::2]}
+    for ids in (None, only):
+        labels = {}
+        for p in store.prompts().to_pylist():  # table order: the last record of a prompt wins
+            if p["trait"] == "planted" and p["label"] != 0 and (ids is None or p["prompt_id"] in ids):
+                labels[p["prompt_id"]] = (p["label"], p["split"])
+        rows = {r["prompt_id"]: r["row"] for r in store.group_rows(KEY).to_pylist()}
+        cs = contrastive_set(store, KEY, "planted", held_split="test", prompt_ids=ids)
+        for split, got_rows, got_pos in (("train", cs.train_rows, cs.train_pos), ("test", cs.held_rows, cs.held_pos)):
+            want = sorted((rows[pid], lab > 0) for pid, (lab, sp) in labels.items() if sp == split)
+            assert got_rows.tolist() == [r for r, _ in want] and got_pos.tolist() == [p for _, p in want]
+        lines = "".join(f"{pid}\t{lab}\t{sp}\n" for pid, (lab, sp) in sorted(labels.items()))
+        assert cs.fingerprint == hashlib.sha256(lines.encode()).hexdigest()[:16]
+    store.add_prompts([{**base[5], "dataset": "fourth", "label": -base[5]["label"]}])
+    with pytest.raises(ExtractionError, match="two datasets disagree"):
+        contrastive_set(store, KEY, "planted")

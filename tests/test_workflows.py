@@ -80,7 +80,8 @@ def test_spec_validation(tmp_path):
     assert r.exit_code == 2 and "did you mean 'methods'" in r.output
 
 
-def test_run_then_refresh_is_a_no_op_then_growth_recomputes_only_the_affected_trait(tmp_path, tiny_llama):
+def test_run_then_refresh_is_a_no_op_then_growth_recomputes_only_the_affected_trait(tmp_path, tiny_llama,
+                                                                                    monkeypatch):
     spec = make_spec(tmp_path, tiny_llama)
     r = run_cli("run", spec, "--quiet")
     assert r.exit_code == 0, r.output
@@ -92,9 +93,23 @@ def test_run_then_refresh_is_a_no_op_then_growth_recomputes_only_the_affected_tr
     assert n_vectors == 2 * 3 * 3  # traits x layers x methods
 
     before = files_of(tmp_path)
-    r = run_cli("refresh", spec, "--quiet")
-    assert r.exit_code == 0 and "nothing to do" in r.output
+    import traitlens.workflows.runner as runner
+
+    def no_model(*a, **k):
+        raise AssertionError("a refresh with nothing new loaded the model")
+
+    with monkeypatch.context() as m:  # every corpus is answered by its receipt: no model is loaded
+        m.setattr(runner, "_load_model", no_model)
+        r = run_cli("refresh", spec, "--quiet")
+    assert r.exit_code == 0 and "nothing to do" in r.output, r.output
     assert files_of(tmp_path) == before  # not a byte written
+    import traitlens.pipeline.extract.jobs as jobs
+
+    with monkeypatch.context() as m:  # the spec, corpora, model and store as the last run left them:
+        m.setattr(runner, "_load_model", no_model)  # answered without even checking the vectors
+        m.setattr(jobs, "extract", lambda *a, **k: (_ for _ in ()).throw(AssertionError("extract ran")))
+        r = run_cli("refresh", spec, "--quiet")
+    assert r.exit_code == 0 and "nothing to do" in r.output, r.output
 
     write_corpus(tmp_path / "corpus" / "kind.jsonl", 132, trait="kindness")  # +10% kindness prompts
     r = run_cli("refresh", spec, "--quiet")

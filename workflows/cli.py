@@ -93,17 +93,26 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
            max_length, device, dtype, text_field, label_field, trait, label, dataset, split, zero_is_negative,
            scheduler, quiet):
     """Capture activations of CORPUS files/folders into the store (only what is missing)."""
+    from traitlens.pipeline.capture import receipts
     from traitlens.pipeline.capture.corpus import ReadOptions
-    from traitlens.pipeline.capture.ingest import IngestConfig
-    from traitlens.pipeline.capture.ingest import ingest as run_ingest
+    from traitlens.pipeline.capture.settings import IngestConfig
 
-    if quiet:
-        _quiet_libraries()
     opts = ReadOptions(text_field=text_field, label_field=label_field, trait=trait, label=label, dataset=dataset,
                        split=split, zero_is_negative=zero_is_negative)
     cfg = IngestConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
                        on_long=on_long, max_length=max_length, device=device, dtype=dtype)
+    seen = receipts.check(ctx.obj["store"], list(corpus), opts, cfg)  # before torch is imported
+    if seen is not None:
+        click.echo(f"ingest done: 0 prompts captured, {seen.distinct_prompts} already stored, 0 new prompt records, "
+                   f"{seen.duplicates} duplicates skipped; model {seen.model_key} ({seen.fmt}); nothing new since run "
+                   f"{seen.run_id or '(unrecorded)'}: the corpus and the store are as it left them, so the model was "
+                   "not loaded")
+        return
+    from traitlens.pipeline.capture.ingest import ingest as run_ingest
+
+    if quiet:
+        _quiet_libraries()
     log = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
     from traitlens.pipeline.runtime.cluster import dask_client
 

@@ -102,11 +102,12 @@ def cli(ctx, store_path):
 
 
 def _quiet_libraries() -> None:
+    """Silence transformers and the hub's progress bars. Through the environment they read at
+    import: importing transformers here (a second) would cost every run that needs no model."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported: tell it directly
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except Exception:
-        pass

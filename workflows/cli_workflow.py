@@ -16,8 +16,8 @@ def _run_spec(spec_path, refresh: bool, quiet: bool, scheduler: str | None):
     from .runner import run
     from .spec import SpecError, load_spec
 
-    try:
-        spec = load_spec(spec_path)
+    try:  # values are checked by the run itself, unless a receipt answers a refresh first
+        spec = load_spec(spec_path, check_values=not refresh)
     except SpecError as e:
         _fail(str(e), EXIT_INPUT)
     if quiet:
@@ -27,7 +27,7 @@ def _run_spec(spec_path, refresh: bool, quiet: bool, scheduler: str | None):
         return run(spec, refresh=refresh, progress=not quiet, log=log, scheduler=scheduler)
     except StoreLocked:
         raise
-    except (CorpusError, ValueError) as e:
+    except (CorpusError, SpecError, ValueError) as e:
         _fail(str(e), EXIT_INPUT)
 
 

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from traitlens.pipeline.capture.corpus import ReadOptions
-from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.model.layers import format_layers
-from traitlens.pipeline.capture.ingest import ingest
 from traitlens.store import Store
 from traitlens.store.store import new_run_id
 
@@ -60,30 +58,52 @@ def _traits(store: Store, wanted) -> list[str]:
 
 def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=None, scheduler=None) -> RunSummary:
     """Run (or refresh) a spec; returns what it did."""
-    from traitlens.pipeline.model.loading import load_model
+    from traitlens.pipeline.capture import receipts
 
     t0 = time.perf_counter()
     summary = RunSummary(run_id=new_run_id("refresh" if refresh else "run"))
     store = Store.open(spec.store, create=True)
     cfg = spec.ingest_config()
-    xcfg = spec.extract_config()
     from traitlens.pipeline.runtime.cluster import dask_client
 
     stage = "refresh" if refresh else "run"
     # capture shards and extraction tasks both run on a Dask cluster when one is named
     with store.lock(stage), dask_client(scheduler or spec.scheduler) as client, \
             store.run("workflow", {"spec": str(spec.path), "refresh": refresh}, summary.run_id, start=False) as run:
-        lm = lm or load_model(spec.model, cfg.device, cfg.dtype, log=log)
-        for corpus in spec.corpora:
-            opts = ReadOptions(**corpus.options)
-            res = ingest(spec.store, corpus.paths, opts, cfg, lm=lm, progress=progress, log=log, client=client)
-            summary.captured += res.n_captured
-            summary.already_stored += res.n_skipped
-            if res.n_captured or res.n_new_prompts or res.n_relabelled:
-                run.start()  # the workflow changed the store: it is recorded, however it ends
+        model_key, digests = (None if lm is None else lm.key), None
+        if lm is None:  # every corpus answered by its receipt: nothing to capture, no model to load
+            seen = [receipts.check(spec.store, c.paths, ReadOptions(**c.options), cfg) for c in spec.corpora]
+            if seen and all(seen) and len({r.model_key for r in seen}) == 1:
+                model_key, digests = seen[0].model_key, [r.digest for r in seen]
+                summary.already_stored += sum(r.distinct_prompts for r in seen)
+                if refresh and receipts.workflow_current(store, receipts.workflow_key(spec.path, model_key, digests)):
+                    summary.seconds = time.perf_counter() - t0  # every vector current, as the last one left it
+                    return summary
+        xcfg = spec.check_values().extract_config()  # every value checked before anything is captured
+        if model_key is None or lm is not None:
+            from traitlens.pipeline.capture.ingest import ingest
+
+            lm = lm or _load_model(spec, cfg, log)
+            model_key = lm.key
+            results = []
+            for corpus in spec.corpora:
+                opts = ReadOptions(**corpus.options)
+                res = ingest(spec.store, corpus.paths, opts, cfg, lm=lm, progress=progress, log=log, client=client)
+                results.append(res)
+                summary.captured += res.n_captured
+                summary.already_stored += res.n_skipped
+                if res.n_captured or res.n_new_prompts or res.n_relabelled:
+                    run.start()  # the workflow changed the store: it is recorded, however it ends
+            # a later corpus's parts outdate an earlier one's receipt; re-vouch at the final state
+            # unless a later corpus relabelled prompts (then a rerun must relabel them back)
+            for i, res in enumerate(results):
+                if res.vouch is not None and not any(r.n_relabelled for r in results[i + 1:]):
+                    res.vouch.write(store)
+            digests = [r.vouch.digest for r in results] if all(r.vouch for r in results) else None
+        from traitlens.pipeline.extract.jobs import extract
         ex = spec.extract
         for trait in _traits(store, ex.get("traits", "all")):
-            r = extract(spec.store, trait, xcfg.methods, ex.get("layers", "all"), model=lm.key,
+            r = extract(spec.store, trait, xcfg.methods, ex.get("layers", "all"), model=model_key,
                         site=ex.get("site", "resid"), pooling=ex.get("pooling", "last"), cfg=xcfg,
                         scheduler=client, progress=progress)
             summary.vectors_new += r.n_new
@@ -92,14 +112,24 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
         if summary.changed or not refresh:
             run.start()
             if spec.evaluate.get("steering"):
+                lm = lm or _load_model(spec, cfg, log)
                 _evaluate(spec, store, lm, summary)
             from .report import write_report
 
-            summary.report = write_report(spec, store, lm.key, summary)
+            summary.report = write_report(spec, store, model_key, summary)
             run.counts = {"captured": summary.captured, "vectors_new": summary.vectors_new,
                           "computed": summary.computed}
+        if digests is not None:  # every vector of this spec is current now: a refresh may skip it all
+            receipts.vouch_workflow(store, receipts.workflow_key(spec.path, model_key, digests))
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _load_model(spec: Spec, cfg, log):
+    """The spec's model; imported here, so a run that needs none never imports torch."""
+    from traitlens.pipeline.model.loading import load_model
+
+    return load_model(spec.model, cfg.device, cfg.dtype, log=log)
 
 
 def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:

@@ -84,10 +84,18 @@ class Spec:
     evaluate: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     scheduler: str | None = None
+    values_checked: bool = False
+
+    def check_values(self) -> "Spec":
+        """Check every value the way the commands will use it (once)."""
+        if not self.values_checked:
+            _check_values(self)
+            self.values_checked = True
+        return self
 
     def ingest_config(self):
         """The capture settings as an :class:`~traitlens.pipeline.capture.ingest.IngestConfig` (validated)."""
-        from traitlens.pipeline.capture.ingest import IngestConfig
+        from traitlens.pipeline.capture.settings import IngestConfig
 
         c = dict(self.capture)
         c.setdefault("poolings", ["last", "mean"])
@@ -154,8 +162,12 @@ def _read(path: Path) -> dict:
     return data
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec; corpus globs are expanded against the spec's folder."""
+def load_spec(path: str | Path, check_values: bool = True) -> Spec:
+    """Read and validate a spec; corpus globs are expanded against the spec's folder.
+
+    ``check_values=False`` checks the structure only and leaves the values (which import the
+    estimators, ~1.5 s of scikit-learn) to :meth:`Spec.check_values`: a refresh answered by its
+    receipt never needs them (the receipt was written by a run that checked these very bytes)."""
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: no such spec file")
@@ -201,7 +213,8 @@ def load_spec(path: str | Path) -> Spec:
                 model=None if model in (None, "default") else model, corpora=corpora,
                 capture=data.get("capture", {}), extract=data.get("extract", {}), evaluate=data.get("evaluate", {}),
                 report=data.get("report", {}), scheduler=data.get("scheduler"))
-    _check_values(spec)
+    if check_values:
+        spec.check_values()
     return spec
 
 

@@ -14,85 +14,25 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group, require_group
 from traitlens.store.errors import InputError
-from traitlens.store.layout import POOLINGS, StoreError
+from traitlens.store.layout import StoreError
 from traitlens.store.verify import clean_temporaries
 from traitlens.store.runs import interrupt_reason
 from traitlens.store.store import committed_everywhere
 
+from traitlens.pipeline.capture import receipts
 from traitlens.pipeline.capture.batching import length_batches
 from traitlens.pipeline.capture.capturer import Capturer
 from traitlens.pipeline.capture.corpus import PromptRecord, ReadOptions, read_corpus
 from traitlens.pipeline.model.encode import encode, uses_chat
 from traitlens.pipeline.runtime.interrupts import interrupt_exit_code
-from traitlens.pipeline.model.loading import DTYPES, LoadedModel, check_device, load_model
+from traitlens.pipeline.capture.settings import IngestConfig
+from traitlens.pipeline.model.loading import LoadedModel, load_model
 from traitlens.pipeline.model.sites import parse_layers, resolve_sites
-
-
-@dataclass
-class IngestConfig:
-    """Capture settings; the CLI's options map one to one."""
-
-    model: str | None = None  # None: the default model
-    sites: list[str] = field(default_factory=lambda: ["resid"])
-    layers: str = "all"
-    poolings: list[str] = field(default_factory=lambda: ["last", "mean"])
-    chat: bool | None = None  # None: chat when the tokenizer has a template
-    generate: int = 0  # tokens to generate per prompt (response_mean)
-    batch_size: int = 32
-    max_tokens: int = 16384  # padded tokens per batch
-    padding_side: str = "right"
-    on_long: str = "truncate"  # truncate | fail
-    max_length: int | None = None  # None: the model's context
-    device: str = "auto"
-    dtype: str = "auto"
-    chunk_rows: int = 256
-    window: int = 4096  # prompts tokenised and length-sorted at a time
-    commit_seconds: float = 60.0
-
-    def validate(self) -> "IngestConfig":
-        """Check every setting before anything is loaded or written; de-duplicates the site and
-        pooling lists (a repeated pooling would commit every row twice). Raises
-        :class:`InputError` (a ``ValueError``) naming the option and what it accepts."""
-        def positive(name, value, zero_ok=False):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (0 if zero_ok else 1):
-                raise InputError(f"--{name.replace('_', '-')} {value!r}: must be "
-                                 + ("0 or more" if zero_ok else "a positive number"))
-
-        self.sites = list(dict.fromkeys(s.strip() for s in self.sites if str(s).strip()))
-        if not self.sites:
-            raise InputError("--site: give at least one site (resid, attn_out, mlp_out or a dotted module path)")
-        self.poolings = list(dict.fromkeys(p.strip() for p in self.poolings if str(p).strip()))
-        if not self.poolings:
-            raise InputError(f"--pooling: give at least one of {', '.join(POOLINGS)}")
-        bad = [p for p in self.poolings if p not in POOLINGS]
-        if bad:
-            raise InputError(f"--pooling {','.join(bad)}: unknown; use a comma list of {', '.join(POOLINGS)}")
-        if isinstance(self.layers, str) and not self.layers.strip():
-            raise InputError("--layers '': give layers (all, 0-15, 3,7,11 or -1)")
-        for name in ("batch_size", "max_tokens", "chunk_rows", "window"):
-            positive(name, getattr(self, name))
-        positive("generate", self.generate, zero_ok=True)
-        positive("commit_seconds", self.commit_seconds)
-        if self.max_length is not None:
-            positive("max_length", self.max_length)
-            if self.max_length <= self.generate:
-                raise InputError(f"--max-length {self.max_length} leaves no room for the prompt after "
-                                 f"--generate {self.generate}")
-        if "response_mean" in self.poolings and self.generate <= 0:
-            raise InputError("--pooling response_mean needs --generate N (tokens to generate per prompt)")
-        if self.padding_side not in ("right", "left"):
-            raise InputError(f"--padding-side {self.padding_side!r}: use right or left")
-        if self.on_long not in ("truncate", "fail"):
-            raise InputError(f"--on-long {self.on_long!r}: use truncate or fail")
-        if self.dtype not in DTYPES:
-            raise InputError(f"--dtype {self.dtype!r}: use {', '.join(DTYPES)}")
-        check_device(self.device)
-        return self
 
 
 @dataclass
@@ -111,6 +51,7 @@ class IngestResult:
     tokens: int
     promoted: list[str]
     status: str
+    vouch: receipts.Vouch | None = None  # what a later caller may re-vouch for (see receipts)
 
     @property
     def prompts_per_s(self) -> float:
@@ -178,6 +119,7 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     ``client``: a ``dask.distributed.Client`` to shard the forward passes across its workers
     (each loads the model once); this process still commits every result itself."""
     cfg = (cfg or IngestConfig()).validate()
+    digest = receipts.corpus_digest(corpus_paths, read_opts)  # before reading: what the receipt vouches for
     records, n_dups = read_corpus(corpus_paths, read_opts)
     if not records:
         raise InputError(f"no prompts found in {', '.join(map(str, corpus_paths))}")
@@ -254,12 +196,18 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
                 bar.close()
             counts["committed"] = writer.n_committed
             counts["promoted_to_float32"] = writer.promoted
+        vouch = None
+        if interrupted_by is None:  # every prompt of this corpus is committed (still under our lock)
+            vouch = receipts.Vouch(receipts.Plan(lm.key, fmt, groups, layers_by_site, max_length), cfg, digest,
+                                   {"records": len(records), "distinct_prompts": n_distinct, "duplicates": n_dups,
+                                    "run_id": run.run_id})
+            vouch.write(store)
     seconds = time.perf_counter() - t_cap
     res = IngestResult(run_id=run.run_id, model_key=lm.key, fmt=fmt, n_records=len(records), n_new_prompts=n_new_prompts,
                        n_relabelled=n_relabelled,
                        n_captured=writer.n_committed, n_skipped=n_distinct - len(todo), n_truncated=counts["truncated"],
                        n_duplicates=n_dups, seconds=seconds, tokens=counts["tokens"], promoted=writer.promoted,
-                       status=run.status)
+                       status=run.status, vouch=vouch)
     if interrupted_by is not None:
         raise IngestInterrupted(res, interrupt_exit_code(interrupted_by))
     return res

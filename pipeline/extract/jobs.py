@@ -31,12 +31,15 @@ from traitlens.pipeline.runtime.cluster import LOCAL, dask_client
 from traitlens.pipeline.extract.contrastive import ContrastiveSet
 from traitlens.pipeline.extract.methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
 from traitlens.pipeline.extract.metrics import cosine, projection_metrics
+from traitlens.pipeline.extract.resample import stability
+from traitlens.pipeline.extract.streaming import RowStream
 
 DEFAULT_METHODS = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
 # An in-memory fit holds its rows about this many times over (the float64 read, a standardised
 # copy, a bootstrap resample, solver workspace): budgets are divided by it. Measured: with
 # fewer, a 1 GB budget peaked at 1.6 GB RSS in bench/bench_out_of_core.py.
 WORKING_COPIES = 8
+CACHE_SHARE_NUM = 2  # eighths of an out-of-core task's budget that cache rows between passes
 
 
 @dataclass
@@ -132,21 +135,24 @@ def read_rows(arr, rows: np.ndarray) -> np.ndarray:
     return read_rows_checked(arr, rows).astype(np.float64, copy=False)
 
 
-def iter_blocks(arr, rows: np.ndarray, mask: np.ndarray, block_rows: int):
-    """Yield ``(X [m, d] float64, pos [m])`` for the selected rows, one row block at a time."""
-    for s in range(0, len(rows), block_rows):
-        r = rows[s:s + block_rows]
-        yield read_rows(arr, r), mask[s:s + block_rows]
-
-
 # -- one layer ---------------------------------------------------------------------------------
 def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None, sample=None):
-    """Fit every method in memory (X, pos) or from streaming inputs; returns {name: estimator}."""
+    """Fit every method in memory (X, pos) or from streaming inputs; returns {name: estimator}.
+
+    In memory the class statistics are computed once and shared: every method but the probe
+    needs them, and their Gram matrix is the costly part of a fit."""
     out = {}
+    if X is not None and stats is None:
+        stats = ClassStats.empty(X.shape[1]).update(X, pos)
     for name in methods:
         est = make_method(name, **method_params(cfg, name))
         if X is not None:
-            est.fit(X, np.where(pos, 1, -1))
+            if isinstance(est, ICADirection):
+                est.fit_with_stats(X, pos, stats)
+            elif est.needs_rows:
+                est.fit(X, np.where(pos, 1, -1))
+            else:
+                est.fit_stats(stats)
         elif isinstance(est, ICADirection):
             mean, W, Z, zpos = ica_Z
             est.fit_reduced(Z, zpos, W, stats)
@@ -161,31 +167,13 @@ def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None
     return out
 
 
-def _stability(methods, cfg, X, pos, fitted, rng) -> dict[str, float]:
-    """Mean cosine between each vector and its refits on ``cfg.n_boot`` bootstrap resamples.
-
-    Refits warm-start from the full fit (``fitted``) where a method can (probe, gradient),
-    which changes how fast they converge, not where: each resample's optimum is compared."""
-    vectors = {m: e.vector_ for m, e in fitted.items()}
-    if cfg.n_boot <= 0:
-        return {m: float("nan") for m in methods}
-    cos = {m: [] for m in methods}
-    p_idx, n_idx = np.flatnonzero(pos), np.flatnonzero(~pos)
-    for b in range(cfg.n_boot):
-        idx = np.concatenate([rng.choice(p_idx, len(p_idx)), rng.choice(n_idx, len(n_idx))])
-        Xb, pb = X[idx], pos[idx]
-        stats = ClassStats.empty(X.shape[1]).update(Xb, pb)
-        for name in methods:
-            params = method_params(cfg, name)
-            if name == "random":  # a fresh random direction per resample: stability's floor (~0)
-                params["seed"] = params.get("seed", 0) + b + 1
-            est = make_method(name, **params)
-            if est.needs_rows:
-                est.fit(Xb, np.where(pb, 1, -1), init=fitted[name])
-            else:
-                est.fit_stats(stats, init=fitted[name])
-            cos[name].append(cosine(est.vector_, vectors[name]))
-    return {m: float(np.mean(c)) for m, c in cos.items()}
+def refit_estimator(cfg: ExtractConfig, name: str, b: int):
+    """A fresh estimator for bootstrap resample ``b``: the configured one, except that the
+    random floor draws a new direction per resample (its stability is then ~0)."""
+    params = method_params(cfg, name)
+    if name == "random":
+        params["seed"] = params.get("seed", 0) + b + 1
+    return make_method(name, **params)
 
 
 def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: ExtractConfig, task_budget: int,
@@ -218,7 +206,7 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
         if not np.isfinite(np.concatenate(list(p_held.values()))).all():
             raise ExtractionError(f"held-out rows of {cset.key.path} layer {layer} hold NaN or inf; run `traitlens verify`")
         vectors = {m: e.vector_ for m, e in ests.items()}
-        stab = _stability(cfg.methods, cfg, Xs, ps, ests, rng)
+        stab = stability(ests, lambda name, b: refit_estimator(cfg, name, b), Xs, ps, cfg.n_boot, rng)
     records = []
     for m, e in ests.items():
         metrics = projection_metrics(p_train[m], cset.train_pos, p_held[m], cset.held_pos)
@@ -250,31 +238,39 @@ def _agreement(method: str, vectors: dict[str, np.ndarray]) -> float:
 
 def _extract_streaming(arr, cset, cfg, block, budget, rng):
     """Out-of-core fits for one layer; returns (estimators, train projections, held projections,
-    (X, pos) subsample for stability)."""
+    (X, pos) subsample for stability).
+
+    One pass gathers the class statistics (the [d, d] moments only when a method needs them)
+    and a class-balanced random subsample that fits the budget (the probe's warm start and the
+    rows stability is estimated on); ICA takes a second pass for its reduced data, the probe one
+    per L-BFGS step. Most of the budget caches the rows as stored, so those later passes read
+    memory rather than the store."""
     rows, pos = cset.train_rows, cset.train_pos
     d = arr.shape[1]
-    stats = ClassStats.empty(d)
-    for X, p in iter_blocks(arr, rows, pos, block):
+    stream = RowStream(arr, rows, pos, block, cache_bytes=budget * CACHE_SHARE_NUM // 8)
+    stats = ClassStats.empty(d, means_only=not any(METHODS[m].needs_outer for m in cfg.methods))
+    per_class = max(2, budget // (d * 8 * WORKING_COPIES) // 2)
+    pick = np.sort(np.concatenate([rng.choice(idx, min(per_class, len(idx)), replace=False)
+                                   for idx in (np.flatnonzero(pos), np.flatnonzero(~pos))]))
+    picked = []
+    for X, p, start in stream.blocks():
         if not np.isfinite(X).all():
             raise ExtractionError("training rows hold NaN or inf; run `traitlens verify`")
         stats.update(X, p)
+        lo, hi = np.searchsorted(pick, [start, start + len(X)])
+        picked.append(X[pick[lo:hi] - start].astype(np.float64))
+    sample = (np.concatenate(picked), pos[pick])
     ica_Z = None
     if "ica" in cfg.methods:
         ica = make_method("ica", **method_params(cfg, "ica"))
         mean, W = ica.whitening(stats)
-        Z = np.concatenate([(X - mean) @ W.T for X, _ in iter_blocks(arr, rows, pos, block)])
+        Z = np.concatenate([(X - mean) @ W.T for X, _ in stream()])
         ica_Z = (mean, W, Z, pos)
-    chunks = lambda: iter_blocks(arr, rows, pos, block)  # noqa: E731
-    # a class-balanced random subsample that fits the budget: probe warm start and stability
-    per_class = max(2, budget // (d * 8 * WORKING_COPIES) // 2)
-    pick = np.sort(np.concatenate([rng.choice(idx, min(per_class, len(idx)), replace=False)
-                                   for idx in (np.flatnonzero(pos), np.flatnonzero(~pos))]))
-    sample = (read_rows(arr, rows[pick]), pos[pick])
-    ests = _fit_all(cfg.methods, cfg, stats=stats, chunks=chunks, ica_Z=ica_Z, sample=sample)
+    ests = _fit_all(cfg.methods, cfg, stats=stats, chunks=stream, ica_Z=ica_Z, sample=sample)
     V = np.stack([e.vector_ for e in ests.values()], axis=1)  # [d, n_methods]
-    pt = np.concatenate([X @ V for X, _ in iter_blocks(arr, rows, pos, block)])
-    ph = np.concatenate([X @ V for X, _ in iter_blocks(arr, cset.held_rows, cset.held_pos, block)]) \
-        if len(cset.held_rows) else np.zeros((0, V.shape[1]))
+    pt = np.concatenate([X @ V for X, _ in stream()])
+    held = RowStream(arr, cset.held_rows, cset.held_pos, block)
+    ph = np.concatenate([X @ V for X, _ in held()]) if len(cset.held_rows) else np.zeros((0, V.shape[1]))
     names = list(ests)
     p_train = {m: pt[:, i] for i, m in enumerate(names)}
     p_held = {m: ph[:, i] for i, m in enumerate(names)}
@@ -322,9 +318,16 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
                               f"{sorted(stored) or 'none'} (ingest them with --layers)")
     with dask_client(scheduler) as client:
         n_workers = (sum(client.nthreads().values()) if client is not None else os.cpu_count() or 1)
-        task_budget = max(cfg.memory_budget // max(n_workers, 1), 1)
+        # the budget is shared by the tasks that run at once: one layer alone may use all of it
+        concurrent = max(1, min(n_workers, len(layers)))
+        task_budget = max(cfg.memory_budget // concurrent, 1)
         root = str(store.root)
-        blas = 1 if client is not None else None
+        local = scheduler if scheduler in LOCAL else "threads"
+        # one BLAS pool sized to the cores: concurrent tasks x BLAS threads never oversubscribe
+        # them. Threads share this process's pool (capped around the run); worker processes
+        # cap their own inside each task.
+        blas_per_task = max(1, (os.cpu_count() or 1) // concurrent)
+        blas = 1 if client is not None else (blas_per_task if local == "processes" else None)
         tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, blas,
                                                         dask_key_name=f"extract-L{l}") for l in layers]
         if client is not None:
@@ -338,9 +341,7 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
             from threadpoolctl import threadpool_limits
             from tqdm.dask import TqdmCallback
 
-            local = scheduler if scheduler in LOCAL else "threads"
-            # one BLAS thread per concurrent task: n tasks x n BLAS threads would oversubscribe the cores
-            with threadpool_limits(max(1, (os.cpu_count() or 1) // n_workers)), (
+            with threadpool_limits(blas_per_task), (
                     TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
                 results = dask.compute(*tasks, scheduler=local, num_workers=n_workers)
     return [rec for layer_recs in results for rec in layer_recs]

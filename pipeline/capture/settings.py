@@ -1,0 +1,73 @@
+"""Capture settings (``IngestConfig``) and their checks, torch-free: the CLI and the workflow
+runner validate them, and may answer a rerun from its receipt, before torch is imported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from traitlens.store.errors import InputError
+from traitlens.store.layout import POOLINGS
+
+from traitlens.pipeline.model.options import DTYPES, check_device
+
+
+@dataclass
+class IngestConfig:
+    """Capture settings; the CLI's options map one to one."""
+
+    model: str | None = None  # None: the default model
+    sites: list[str] = field(default_factory=lambda: ["resid"])
+    layers: str = "all"
+    poolings: list[str] = field(default_factory=lambda: ["last", "mean"])
+    chat: bool | None = None  # None: chat when the tokenizer has a template
+    generate: int = 0  # tokens to generate per prompt (response_mean)
+    batch_size: int = 32
+    max_tokens: int = 16384  # padded tokens per batch
+    padding_side: str = "right"
+    on_long: str = "truncate"  # truncate | fail
+    max_length: int | None = None  # None: the model's context
+    device: str = "auto"
+    dtype: str = "auto"
+    chunk_rows: int = 256
+    window: int = 4096  # prompts tokenised and length-sorted at a time
+    commit_seconds: float = 60.0
+
+    def validate(self) -> "IngestConfig":
+        """Check every setting before anything is loaded or written; de-duplicates the site and
+        pooling lists (a repeated pooling would commit every row twice). Raises
+        :class:`InputError` (a ``ValueError``) naming the option and what it accepts."""
+        def positive(name, value, zero_ok=False):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (0 if zero_ok else 1):
+                raise InputError(f"--{name.replace('_', '-')} {value!r}: must be "
+                                 + ("0 or more" if zero_ok else "a positive number"))
+
+        self.sites = list(dict.fromkeys(s.strip() for s in self.sites if str(s).strip()))
+        if not self.sites:
+            raise InputError("--site: give at least one site (resid, attn_out, mlp_out or a dotted module path)")
+        self.poolings = list(dict.fromkeys(p.strip() for p in self.poolings if str(p).strip()))
+        if not self.poolings:
+            raise InputError(f"--pooling: give at least one of {', '.join(POOLINGS)}")
+        bad = [p for p in self.poolings if p not in POOLINGS]
+        if bad:
+            raise InputError(f"--pooling {','.join(bad)}: unknown; use a comma list of {', '.join(POOLINGS)}")
+        if isinstance(self.layers, str) and not self.layers.strip():
+            raise InputError("--layers '': give layers (all, 0-15, 3,7,11 or -1)")
+        for name in ("batch_size", "max_tokens", "chunk_rows", "window"):
+            positive(name, getattr(self, name))
+        positive("generate", self.generate, zero_ok=True)
+        positive("commit_seconds", self.commit_seconds)
+        if self.max_length is not None:
+            positive("max_length", self.max_length)
+            if self.max_length <= self.generate:
+                raise InputError(f"--max-length {self.max_length} leaves no room for the prompt after "
+                                 f"--generate {self.generate}")
+        if "response_mean" in self.poolings and self.generate <= 0:
+            raise InputError("--pooling response_mean needs --generate N (tokens to generate per prompt)")
+        if self.padding_side not in ("right", "left"):
+            raise InputError(f"--padding-side {self.padding_side!r}: use right or left")
+        if self.on_long not in ("truncate", "fail"):
+            raise InputError(f"--on-long {self.on_long!r}: use truncate or fail")
+        if self.dtype not in DTYPES:
+            raise InputError(f"--dtype {self.dtype!r}: use {', '.join(DTYPES)}")
+        check_device(self.device)
+        return self

@@ -1,0 +1,122 @@
+"""What identifies a checkpoint, known without loading it (and without importing torch).
+
+Loading a model only to learn its store key costs seconds (torch, transformers, the weights);
+a run that finds nothing new should not pay that. After every load, :func:`remember` caches the
+key and the facts a run checks (layers, width, context length, chat template) in
+``$TRAITLENS_HOME/identities.json``, keyed by the checkpoint's files: their names, sizes and
+modification times. Any changed, added or removed file changes that fingerprint, so a stale
+entry is never used; :func:`known` returns None and the caller loads the model as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+MAX_ENTRIES = 256  # the cache keeps the newest identities; older ones are simply recomputed
+
+
+def traitlens_home() -> Path:
+    return Path(os.environ.get("TRAITLENS_HOME", Path.home() / ".cache" / "traitlens")).expanduser()
+
+
+def default_model_dir() -> Path:
+    return traitlens_home() / "models" / DEFAULT_MODEL
+
+
+def is_default(spec: str | None) -> bool:
+    return spec in (None, "", "default", DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}")
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache folder of ``repo_id``'s main revision, if it is there."""
+    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    repo = Path(hub).expanduser() / ("models--" + repo_id.replace("/", "--"))
+    try:
+        commit = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    snap = repo / "snapshots" / commit
+    return snap if (snap / "config.json").exists() else None
+
+
+def checkpoint_folder(spec: str | None) -> Path | None:
+    """The folder holding ``spec``'s files (the default model's converted copy, a local folder
+    or a hub id's cached snapshot), or None when it is not on this machine yet."""
+    if is_default(spec):
+        folder = default_model_dir()
+        return folder if (folder / "config.json").exists() and (folder / "model.safetensors").exists() else None
+    p = Path(spec).expanduser()
+    if p.exists():
+        return p if (p / "config.json").exists() else None
+    return _hub_snapshot(spec)
+
+
+def files_fingerprint(folder: Path) -> str:
+    """Hash of the folder's path and every file's relative name, size and mtime (no file is read)."""
+    h = hashlib.sha256(str(folder.resolve()).encode())
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            st = f.stat()  # follows the hub cache's symlinks to the blobs
+            h.update(f"{f.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a run needs to know about a checkpoint before deciding whether to load it."""
+
+    key: str  # the store's model_key: name + weight fingerprint
+    name: str
+    n_layers: int
+    d_model: int
+    max_length: int
+    chat_template: bool
+
+
+def _cache_path() -> Path:
+    return traitlens_home() / "identities.json"
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(_cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or damaged: a cache, rebuilt by the next load
+
+
+def remember(spec: str | None, ident: ModelIdentity) -> None:
+    """Cache ``ident`` under the current fingerprint of ``spec``'s files (best effort: a cache
+    that cannot be written only costs the next run a model load)."""
+    folder = checkpoint_folder(spec)
+    if folder is None:
+        return
+    cache = _read_cache()
+    cache[files_fingerprint(folder)] = asdict(ident)
+    cache = dict(list(cache.items())[-MAX_ENTRIES:])
+    path = _cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+    except OSError:
+        pass
+
+
+def known(spec: str | None) -> ModelIdentity | None:
+    """The cached identity of ``spec`` if its files are exactly as when it was last loaded."""
+    folder = checkpoint_folder(spec)
+    if folder is None:
+        return None
+    entry = _read_cache().get(files_fingerprint(folder))
+    try:
+        return ModelIdentity(**entry) if entry else None
+    except TypeError:  # an entry from another version of this cache
+        return None

@@ -1,0 +1,104 @@
+"""A rerun that finds nothing new is answered from its receipt, without torch or the model;
+anything that could change the outcome falls through to a normal ingest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from traitlens.pipeline.capture import receipts
+from traitlens.pipeline.capture.corpus import ReadOptions
+from traitlens.pipeline.capture.settings import IngestConfig
+from traitlens.testing import write_corpus
+from traitlens.workflows.cli import cli
+
+# the CLI in a fresh interpreter, reporting whether it imported torch
+PROBE = ("import sys\nfrom traitlens.workflows.cli import cli\n"
+         "try:\n    cli.main(sys.argv[1:], prog_name='traitlens')\nexcept SystemExit as e:\n    code = e.code\n"
+         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+
+
+def ingest_cli(store, corpus, model, *extra):
+    r = CliRunner().invoke(cli, ["--store", str(store), "ingest", str(corpus), "--model", str(model), "-q", *extra],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def fresh_cli(store, corpus, model):
+    out = subprocess.run([sys.executable, "-c", PROBE, "--store", str(store), "ingest", str(corpus), "--model",
+                          str(model), "-q"], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_an_unchanged_rerun_is_answered_without_torch_and_reports_what_a_full_rerun_does(tmp_path, tiny_llama):
+    corpus = write_corpus(tmp_path / "c.jsonl", 30)
+    store = tmp_path / "s"
+    ingest_cli(store, corpus, tiny_llama)
+    out = fresh_cli(store, corpus, tiny_llama)
+    assert "model was not loaded" in out and out.strip().endswith("NO-TORCH"), out
+    assert "0 prompts captured, 30 already stored" in out
+    before = sorted(p.name for p in (store / "tables" / "runs").iterdir())
+    fresh_cli(store, corpus, tiny_llama)
+    assert sorted(p.name for p in (store / "tables" / "runs").iterdir()) == before  # a no-op writes nothing
+
+
+def test_a_changed_byte_another_corpus_or_touched_model_files_fall_through(tmp_path, tiny_llama):
+    corpus = write_corpus(tmp_path / "c.jsonl", 20)
+    store = tmp_path / "s"
+    ingest_cli(store, corpus, tiny_llama)
+    cfg, opts = IngestConfig(model=str(tiny_llama)), ReadOptions()
+    assert receipts.check(store, [corpus], opts, cfg) is not None
+    # one more prompt: the digest changes, so the normal path runs and captures it
+    write_corpus(corpus, 21)
+    assert receipts.check(store, [corpus], opts, cfg) is None
+    assert ": 1 prompts captured" in ingest_cli(store, corpus, tiny_llama)
+    assert receipts.check(store, [corpus], opts, cfg) is not None
+    # someone else's ingest adds parts to the store (it could relabel these prompts): no shortcut
+    other = write_corpus(tmp_path / "other.jsonl", 5, start=100, trait="other")
+    ingest_cli(store, other, tiny_llama)
+    assert receipts.check(store, [corpus], opts, cfg) is None
+    assert ": 0 prompts captured" in ingest_cli(store, corpus, tiny_llama)  # the normal path, which renews the receipt
+    assert receipts.check(store, [corpus], opts, cfg) is not None
+    # different settings (another layer set) are another request
+    assert receipts.check(store, [corpus], opts, IngestConfig(model=str(tiny_llama), layers="0")) is None
+    # a model file rewritten: the cached identity no longer applies
+    cfg_file = tiny_llama / "config.json"
+    st = cfg_file.stat()
+    os.utime(cfg_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    try:
+        assert receipts.check(store, [corpus], opts, cfg) is None
+    finally:
+        os.utime(cfg_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert receipts.check(store, [corpus], opts, cfg) is not None
+
+
+def test_a_receipt_never_hides_a_repair(tmp_path, tiny_llama):
+    """Rows moved to quarantine change the rows table: the rerun must capture them again."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 20)
+    store = tmp_path / "s"
+    ingest_cli(store, corpus, tiny_llama)
+    parts = sorted((store / "tables" / "rows").glob("part-*.parquet"))
+    parts[-1].write_bytes(b"not parquet")  # damaged: verify --repair quarantines it
+    r = CliRunner().invoke(cli, ["--store", str(store), "verify", "--repair", "-q"], catch_exceptions=False)
+    assert "quarantine" in r.output.lower(), r.output
+    assert receipts.check(store, [corpus], ReadOptions(), IngestConfig(model=str(tiny_llama))) is None
+    assert ": 20 prompts captured" in ingest_cli(store, corpus, tiny_llama)  # captured again
+
+
+def test_receipts_are_a_cache_outside_the_store(tmp_path, tiny_llama):
+    corpus = write_corpus(tmp_path / "c.jsonl", 10)
+    store = tmp_path / "s"
+    ingest_cli(store, corpus, tiny_llama)
+    files = list((receipts.traitlens_home() / "receipts").glob("*.json"))
+    assert files and all(json.loads(f.read_text()) for f in files)
+    assert not any("receipt" in p.name for p in store.rglob("*"))
+    for f in files:  # deleting them costs only speed
+        f.unlink()
+    assert receipts.check(store, [corpus], ReadOptions(), IngestConfig(model=str(tiny_llama))) is None
+    assert "0 prompts captured, 10 already stored" in ingest_cli(store, corpus, tiny_llama)
