@@ -18,7 +18,8 @@ from .selection import latest_cells_sql, order_by
 
 __all__ = ["RANK_BY", "latest_cells_sql", "rank", "grid", "heatmap"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
-           "stability", "agreement", "steer_shift", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "vector_id")
+           "stability", "agreement", "steer_shift", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
+           "floor_dataset", "vector_id")
 
 
 def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.Table, pa.Table]:

@@ -111,6 +111,8 @@ VECTORS_SCHEMA = pa.schema(
         ("train_auroc", pa.float64()),
         ("stability", pa.float64()),
         ("agreement", pa.float64()),  # mean cosine to the other non-random methods at the same layer
+        ("floor_length", pa.float64()),  # held-out AUROC of token count alone (pipeline/extract/floors.py)
+        ("floor_dataset", pa.float64()),  # held-out AUROC of the source dataset alone (several datasets only)
         ("cosines", pa.string()),  # JSON {other method: cosine} at the same layer
         ("info", pa.string()),  # JSON method extras (bias, train accuracy, chosen component, ...)
         ("run_id", pa.string()),

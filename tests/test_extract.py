@@ -237,3 +237,95 @@ def test_contrastive_set_matches_a_plain_construction_and_refuses_disagreeing_la
     store.add_prompts([{**base[5], "dataset": "fourth", "label": -base[5]["label"]}])
     with pytest.raises(ExtractionError, match="two datasets disagree"):
         contrastive_set(store, KEY, "planted")
+
+
+def confounded_store(path, n=400, d=16, seed=0):
+    """Labels that are prompt length in disguise: positives are the long prompts, and the
+    activations carry length (as a real model's do) but nothing else about the label. Two
+    datasets, one holding most of the positives."""
+    from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+    from traitlens.store import PendingBatch, Store
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, 60, n).astype(np.int32)
+    labels = np.where(tokens > np.median(tokens), 1, -1)
+    ids = [prompt_id_for(f"confounded {i}", None) for i in range(n)]
+    datasets = ["long-file" if (labels[i] > 0) == (rng.random() < 0.8) else "short-file" for i in range(n)]
+    store = Store.open(path, create=True)
+    store.add_prompts([{"prompt_id": p, "text": f"confounded {i}", "dataset": datasets[i], "trait": "wordy",
+                        "label": int(labels[i]), "split": hash_split(p)} for i, p in enumerate(ids)])
+    u = rng.standard_normal(d)
+    X = (rng.standard_normal((n, d)) + np.outer((tokens - tokens.mean()) / tokens.std(), u)).astype(np.float32)
+    w = store.writer([KEY], [0], d, "confounded", chunk_rows=64)
+    w.add(PendingBatch(ids, tokens, np.zeros(n, np.int32), [None] * n, {("resid", "last"): {0: X}}))
+    w.commit()
+    return store, tokens, labels, datasets, ids
+
+
+def test_nuisance_floors_catch_a_length_confound_and_match_an_independent_computation(tmp_path):
+    from click.testing import CliRunner
+    from sklearn.metrics import roc_auc_score
+
+    from traitlens.pipeline.extract.contrastive import contrastive_set
+    from traitlens.workflows.cli import cli
+
+    store, tokens, labels, datasets, ids = confounded_store(tmp_path / "s")
+    res = extract(store.root, "wordy", methods="mean_diff,probe,random", cfg=ExtractConfig(n_boot=0))
+    rec = res.records[0]
+    # independently: orient length on train, score it on the held-out rows; the dataset floor
+    # from each dataset's (smoothed) share of positives among the train rows
+    cs = contrastive_set(store, KEY, "wordy")
+    row_of = {r["prompt_id"]: r["row"] for r in store.group_rows(KEY).to_pylist()}
+    by_row = {row_of[p]: i for i, p in enumerate(ids)}
+    tr, he = [by_row[r] for r in cs.train_rows], [by_row[r] for r in cs.held_rows]
+    sign = 1 if roc_auc_score(labels[tr] > 0, tokens[tr]) >= 0.5 else -1
+    assert np.isclose(rec["floor_length"], roc_auc_score(labels[he] > 0, sign * tokens[he]))
+    assert rec["floor_length"] > 0.95  # the label is length
+    share = {}
+    for ds in set(datasets):
+        members = [i for i in tr if datasets[i] == ds]
+        share[ds] = (sum(labels[i] > 0 for i in members) + 1) / (len(members) + 2)
+    assert np.isclose(rec["floor_dataset"], roc_auc_score(labels[he] > 0, [share[datasets[i]] for i in he]))
+    assert 0.65 < rec["floor_dataset"] < 0.95
+    # the vectors classify well, and are flagged: they do not beat the length floor
+    out = CliRunner().invoke(cli, ["--store", str(store.root), "rank", "--trait", "wordy"])
+    assert out.exit_code == 0, out.output
+    assert "token count" in out.output and "flag:" in out.output and "may read the token count" in out.output
+
+
+def test_an_honest_trait_clears_its_floors(planted_store):
+    from traitlens.pipeline.extract.floors import floor_flag
+
+    store, _ = planted_store
+    res = extract(store.root, "planted", methods="mean_diff,random", layers="1", cfg=ExtractConfig(n_boot=0))
+    md = next(r for r in res.records if r["method"] == "mean_diff")
+    rnd = next(r for r in res.records if r["method"] == "random")
+    assert md["floor_length"] == 0.5 and md["floor_dataset"] is None  # one length, one dataset: no signal
+    assert floor_flag(md, rnd["auroc"]) is None and md["auroc"] > 0.9
+
+
+def test_audit_finds_planted_flipped_labels(tmp_path):
+    """Ten train prompts relabelled to the other side of a clearly separated trait: the audit
+    lists exactly them first (with overlapping classes genuine tail rows mix in, as they should)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from traitlens.pipeline.extract.contrastive import contrastive_set
+    from traitlens.workflows.cli import cli
+
+    store, _ = synthetic_store(tmp_path / "s", n=400, d=16, layers=(0,), sep=12.0)
+    train = [p for p in store.prompts().to_pylist() if p["split"] == "train"]
+    flipped = train[:10]
+    store.add_prompts([{**p, "label": -p["label"]} for p in flipped])  # the newest record wins
+    assert contrastive_set(store, KEY, "planted").n_pos > 0
+    extract(store.root, "planted", methods="mean_diff", cfg=ExtractConfig(n_boot=0))
+    r = CliRunner().invoke(cli, ["--store", str(store.root), "audit", "--trait", "planted", "--top", "10",
+                                 "--format", "json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)["rows"]
+    assert {g["prompt_id"] for g in got} == {p["prompt_id"] for p in flipped}
+    assert all(g["depth"] < -1 for g in got) and [g["depth"] for g in got] == sorted(g["depth"] for g in got)
+    assert all(g["label"] == -p["label"] for g in got for p in flipped if p["prompt_id"] == g["prompt_id"])
+    table = CliRunner().invoke(cli, ["--store", str(store.root), "audit", "--trait", "planted", "--top", "3"])
+    assert table.exit_code == 0 and table.output.count("synthetic prompt") == 3, table.output

@@ -154,19 +154,35 @@ def rank(ctx, trait, by, top, fmt_, plot):
     with StoreSQL(ctx.obj["store"]) as q:
         best, floor = run_rank(q, trait, by, top)
         f = floor.to_pylist()[0] if floor.num_rows else None
+        from traitlens.pipeline.extract.floors import floor_flag
+
+        rows = best.to_pylist()
+        random_auroc = f["auroc"] if f is not None else None
+        flags = {r["vector_id"]: floor_flag(r, random_auroc) for r in rows}
         if fmt_ == "json":
             from traitlens.queries.selection import RULE
 
-            click.echo(json.dumps({"trait": trait, "by": by, "order": RULE.format(by=by), "rows": best.to_pylist(),
+            for r in rows:
+                r["below_floor"] = flags[r["vector_id"]]
+            click.echo(json.dumps({"trait": trait, "by": by, "order": RULE.format(by=by), "rows": rows,
                                    "floor": f}, default=str))
         else:
             from traitlens.queries.selection import RULE, tie_note
 
-            rows = best.to_pylist()
-            _print_table(best.drop_columns(["model_key", "fmt", "n_held_pos", "n_held_neg"]))
+            _print_table(best.drop_columns(["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length",
+                                            "floor_dataset"]))
             click.echo(f"order: {RULE.format(by=by)}")
             if f is not None:
                 click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
+            nuisance = [(name, rows[0][col]) for name, col in (("token count", "floor_length"),
+                                                               ("dataset", "floor_dataset"))
+                        if rows[0][col] is not None]
+            if nuisance:
+                click.echo("floors (not the trait, fitted on train, held-out AUROC): "
+                           + ", ".join(f"{name} {v:.3f}" for name, v in nuisance))
+            for r in rows:
+                if flags[r["vector_id"]]:
+                    click.echo(f"flag: {r['method']} L{r['layer']}: {flags[r['vector_id']]}")
             note = tie_note(rows, by, (rows[0]["n_held_pos"] or 0) + (rows[0]["n_held_neg"] or 0))
             if note:
                 click.echo(f"note: {note}")

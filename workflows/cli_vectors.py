@@ -78,18 +78,25 @@ def vectors(ctx, trait, method, fmt_):
 
     rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)
     cols = ["vector_id", "trait", "model_key", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy",
-            "cohens_d", "stability", "n_pos", "n_neg"]
+            "cohens_d", "stability", "n_pos", "n_neg", "floor_length", "floor_dataset"]
     if fmt_ == "json":
         click.echo(json.dumps([{c: r[c] for c in cols} for r in rows], indent=1, default=str))
         return
     if not rows:
         click.echo("no vectors stored (run `traitlens extract --trait T`)")
         return
-    click.echo(f"{'vector_id':<16} {'trait':<16} {'layer':>5} {'method':<9} {'AUROC':>6} {'bal.acc':>7} {'d':>6} {'stab':>5}  group")
+    def floor(v):  # vectors stored before 0.2.0 have no nuisance floors
+        return f"{v:>6.3f}" if v is not None else f"{'-':>6}"
+
+    click.echo(f"{'vector_id':<16} {'trait':<16} {'layer':>5} {'method':<9} {'AUROC':>6} {'bal.acc':>7} {'d':>6} "
+               f"{'stab':>5} {'f.len':>6} {'f.data':>6}  group")
     for r in sorted(rows, key=lambda r: (r["trait"], r["model_key"], r["layer"], r["method"])):
         click.echo(f"{r['vector_id']:<16} {r['trait'][:16]:<16} {r['layer']:>5} {r['method']:<9} {r['auroc']:>6.3f} "
-                   f"{r['balanced_accuracy']:>7.3f} {r['cohens_d']:>6.2f} {r['stability']:>5.2f}  "
+                   f"{r['balanced_accuracy']:>7.3f} {r['cohens_d']:>6.2f} {r['stability']:>5.2f} "
+                   f"{floor(r['floor_length'])} {floor(r['floor_dataset'])}  "
                    f"{r['model_key']}/{r['fmt']}/{r['site']}/{r['pooling']}")
+    click.echo("f.len / f.data: held-out AUROC of token count / source dataset alone (fitted on train): the floors "
+               "a vector must clear")
 
 
 @cli.command()
@@ -129,3 +136,30 @@ def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
     else:
         to_safetensors(rows, out, scale)
     click.echo(f"wrote {out} ({len(rows)} layers, {method}, scale {scale})")
+
+
+@cli.command()
+@click.option("--trait", required=True)
+@click.option("--vector-id", default=None, help="Audit against this vector [default: the one `rank` lists first].")
+@click.option("--top", default=20, show_default=True, type=click.IntRange(min=1), help="Rows to list.")
+@click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def audit(ctx, trait, vector_id, top, fmt_):
+    """Training prompts deep on the wrong side of a trait's vector: label noise or mixed prompts."""
+    from traitlens.pipeline.extract.audit import wrong_side
+    from traitlens.store import Store
+
+    vec, rows = wrong_side(Store.open(ctx.obj["store"]), trait, vector_id, top)
+    if fmt_ == "json":
+        click.echo(json.dumps({"vector_id": vec["vector_id"], "layer": vec["layer"], "method": vec["method"],
+                               "rows": rows}, default=str))
+        return
+    click.echo(f"audit of {trait!r} against {vec['method']} L{vec['layer']} ({vec['vector_id']}): train rows on the "
+               f"wrong side of its threshold, deepest first (depth in within-class sd)")
+    if not rows:
+        click.echo("none: every train row sits on its label's side")
+        return
+    click.echo(f"{'depth':>6} {'label':>5} {'dataset':<14} text")
+    for r in rows:
+        text = " ".join(str(r["text"] or "").split())
+        click.echo(f"{r['depth']:>6.2f} {r['label']:>+5d} {str(r['dataset'])[:14]:<14} {text[:90]}")

@@ -29,6 +29,9 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
     lines = [f"# traitlens report — {spec.path.name}", "",
              f"{utc_stamp()} · run `{summary.run_id}` · store `{spec.store}` · model `{model_key}`", "",
              "## This run", ""] + [f"- {line}" for line in summary.lines() if not line.startswith("report:")] + [""]
+    from traitlens.pipeline.extract.audit import wrong_side
+    from traitlens.pipeline.extract.floors import floor_flag
+
     with StoreSQL(store) as q:
         for trait in summary.computed:
             best, floor = rank(q, trait, "auroc", top)
@@ -39,9 +42,24 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
             lines += [f"| {r['layer']} | {r['method']} | {r['site']} | {r['pooling']} | {fmt(r['auroc'])} | "
                       f"{fmt(r['balanced_accuracy'])} | {fmt(r['cohens_d'])} | {fmt(r['stability'])} | "
                       f"{fmt(r['agreement'])} |" for r in rows]
+            random_auroc = None
             if floor.num_rows:
                 f = floor.to_pylist()[0]
+                random_auroc = f["auroc"]
                 lines += ["", f"Floor: a random direction reaches AUROC {f['auroc']:.3f} (layer {f['layer']})."]
+            if rows and rows[0]["floor_length"] is not None:
+                ds = rows[0]["floor_dataset"]
+                lines += [f"Floors of what is not the trait (fitted on train, held-out AUROC): token count "
+                          f"{rows[0]['floor_length']:.3f}" + (f", source dataset {ds:.3f}" if ds is not None else "")
+                          + "."]
+            flagged = [(r, why) for r in rows if (why := floor_flag(r, random_auroc))]
+            lines += [f"**Flag**: {r['method']} at layer {r['layer']}: {why}." for r, why in flagged]
+            if rows:  # the label audit against the pick (`traitlens audit` lists more)
+                _, wrong = wrong_side(store, trait, rows[0]["vector_id"], top=1000)
+                lines += ["", f"Label audit: {len(wrong)} train prompts sit on the wrong side of the pick's threshold"
+                          + (":" if wrong else ".")]
+                lines += [f"- depth {w['depth']:.2f}, label {w['label']:+d}: " + " ".join(str(w["text"]).split())[:120]
+                          for w in wrong[:3]]
             if rep.get("plots", True) and rows:
                 png = path.parent / f"{file_stem(trait, 'trait')}-auroc.png"  # trait names come from corpora
                 heatmap(q, trait, "auroc", rows[0], png)

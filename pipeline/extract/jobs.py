@@ -452,6 +452,12 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
         run.counts = {"layers": todo}
         run.message = "no vector of this run was stored"  # what an interrupted or failed run reports
         records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
+        if records:  # what is not the trait, scored like a vector: one set of floors per contrastive set
+            from traitlens.pipeline.extract.floors import nuisance_floors
+
+            floors = nuisance_floors(store, cset)
+            for r in records:
+                r.update(floors)
         with store.lock("extract") if todo else nullcontext():
             n_new, n_old = save_vectors(store, records, run.run_id)
         n_old += len(reused)
