@@ -139,6 +139,9 @@ class StoreSQL:
                              f"FROM vectors_all WHERE d = {int(d)}")
         self._table_view("steering")
         self._table_view("trajectories")
+        # scores with their percentile among every prompt scored on the same vector (computed
+        # here, so it is never stale as more prompts are scored)
+        self._table_view("scores", "*, percent_rank() OVER (PARTITION BY vector_id ORDER BY score) AS percentile")
         # the best causal shift measured for each vector (NULL until `traitlens evaluate --steering`);
         # the loose first-token refusal measure never outranks the strict ones
         self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift FROM vectors_all v "

@@ -5,7 +5,7 @@ A store is a folder::
     <root>/store.json                                   format name and version
     <root>/activations.zarr/<model_key>/<fmt>/<site>/<pooling>/L<layer>   [n_rows, d_model]
     <root>/activations.zarr/<model_key>/<fmt>/<site>/tokens/token_ids     [n_tokens] (tokens pooling)
-    <root>/tables/{prompts,rows,runs,vectors,steering,trajectories}/part-*.parquet   append-only parts
+    <root>/tables/{prompts,rows,runs,vectors,steering,trajectories,scores}/part-*.parquet   append-only parts
 
 ``fmt`` is how prompts were rendered for the model (``chat`` or ``raw``): the same text gives
 different activations with and without a chat template, so the two never share an array.
@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 
 ZARR_DIR = "activations.zarr"
 TABLES_DIR = "tables"
-TABLE_NAMES = ("prompts", "rows", "runs", "vectors", "steering", "trajectories")
+TABLE_NAMES = ("prompts", "rows", "runs", "vectors", "steering", "trajectories", "scores")
 POOLINGS = ("last", "mean", "response_mean", "tokens")
 FORMATS = ("chat", "raw")
 

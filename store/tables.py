@@ -158,8 +158,21 @@ TRAJECTORIES_SCHEMA = pa.schema(
     ]
 )
 
+SCORES_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("vector_id", pa.string()),
+        ("trait", pa.string()),
+        ("layer", pa.int32()),
+        ("score", pa.float64()),  # projection of the prompt's stored activation onto the unit vector
+        ("calibrated", pa.float64()),  # 0 = the held-out negatives' mean score, 1 = the positives'
+        ("run_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
 SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, "vectors": VECTORS_SCHEMA,
-           "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA}
+           "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA, "scores": SCORES_SCHEMA}
 
 
 def _fsync_dir(path: Path) -> None:

@@ -329,3 +329,58 @@ def test_audit_finds_planted_flipped_labels(tmp_path):
     assert all(g["label"] == -p["label"] for g in got for p in flipped if p["prompt_id"] == g["prompt_id"])
     table = CliRunner().invoke(cli, ["--store", str(store.root), "audit", "--trait", "planted", "--top", "3"])
     assert table.exit_code == 0 and table.output.count("synthetic prompt") == 3, table.output
+
+
+def test_score_projects_every_stored_prompt_once_and_calibrates_on_the_held_out_means(tmp_path):
+    from click.testing import CliRunner
+
+    from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+    from traitlens.pipeline.extract.contrastive import contrastive_set
+    from traitlens.queries import StoreSQL
+    from traitlens.store import PendingBatch
+    from traitlens.workflows.cli import cli
+
+    def cli_run(*args):
+        r = CliRunner().invoke(cli, ["--store", str(tmp_path / "s"), *map(str, args)])
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    store, _ = synthetic_store(tmp_path / "s", n=300, d=12, layers=(0, 1), sep=4.0)
+    extract(store.root, "planted", methods="mean_diff,probe", cfg=ExtractConfig(n_boot=0))
+    out = cli_run("score", "--trait", "planted", "--top", "3")
+    assert "300 prompts scored, 0 already scored" in out
+    with StoreSQL(store) as q:
+        got = q.query("SELECT prompt_id, vector_id, layer, score, calibrated, percentile FROM scores").to_pylist()
+        vec = q.query("SELECT * FROM vectors WHERE vector_id = ?", [got[0]["vector_id"]]).to_pylist()[0]
+    # independently: the stored rows times the unit vector
+    rows = {r["prompt_id"]: r["row"] for r in store.group_rows(KEY).to_pylist()}
+    X = store.activations(KEY, vec["layer"]).astype(np.float64)
+    v = np.asarray(vec["vector"], np.float64)
+    assert len(got) == 300 and len({g["prompt_id"] for g in got}) == 300
+    for g in got:
+        assert np.isclose(g["score"], X[rows[g["prompt_id"]]] @ v, rtol=1e-5, atol=1e-5)
+        assert 0.0 <= g["percentile"] <= 1.0
+    assert max(got, key=lambda g: g["score"])["percentile"] == 1.0
+    cs = contrastive_set(store, KEY, "planted", held_split=vec["held_split"])
+    by_row = {rows[g["prompt_id"]]: g["calibrated"] for g in got}
+    assert np.isclose(np.mean([by_row[r] for r in cs.held_rows[cs.held_pos]]), 1.0)
+    assert np.isclose(np.mean([by_row[r] for r in cs.held_rows[~cs.held_pos]]), 0.0, atol=1e-9)
+    # a rerun writes nothing
+    parts = sorted((tmp_path / "s" / "tables" / "scores").iterdir())
+    assert "0 prompts scored, 300 already scored" in cli_run("score", "--trait", "planted")
+    assert sorted((tmp_path / "s" / "tables" / "scores").iterdir()) == parts
+    # the store grows by 20 prompts: only they are scored
+    ids = [prompt_id_for(f"new prompt {i}", None) for i in range(20)]
+    store.add_prompts([{"prompt_id": p, "text": f"new prompt {i}", "dataset": "late", "trait": "planted", "label": 1,
+                        "split": hash_split(p)} for i, p in enumerate(ids)])
+    w = store.writer([KEY], [0, 1], 12, "grow", chunk_rows=32)
+    rng = np.random.default_rng(5)
+    w.add(PendingBatch(ids, np.full(20, 5, np.int32), np.zeros(20, np.int32), [None] * 20,
+                       {("resid", "last"): {0: rng.standard_normal((20, 12)).astype(np.float32),
+                                            1: rng.standard_normal((20, 12)).astype(np.float32)}}))
+    w.commit()
+    assert "20 prompts scored, 300 already scored" in cli_run("score", "--trait", "planted",
+                                                              "--vector-id", vec["vector_id"])
+    assert "0 prompts scored, 2 already scored" in cli_run("score", "--trait", "planted", "--vector-id",
+                                                          vec["vector_id"], "--where",
+                                                          f"prompt_id IN ('{ids[0]}', '{ids[1]}')")

@@ -163,3 +163,49 @@ def audit(ctx, trait, vector_id, top, fmt_):
     for r in rows:
         text = " ".join(str(r["text"] or "").split())
         click.echo(f"{r['depth']:>6.2f} {r['label']:>+5d} {str(r['dataset'])[:14]:<14} {text[:90]}")
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, type=click.Path(exists=True))
+@click.option("--trait", required=True, help="The trait whose vector scores the prompts.")
+@click.option("--vector-id", default=None, help="Score with this vector [default: the one `rank` lists first].")
+@click.option("--where", default=None, help="SQL condition over the prompts columns: score only those.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Highest scores to print.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the --top highest-scoring prompts here as JSONL (text, trait, label, score, ...).")
+@click.pass_context
+def score(ctx, corpus, trait, vector_id, where, top, output):
+    """Score stored prompts (all of the vector's group, those of CORPUS files, or --where) on a trait
+    vector; each (prompt, vector) is scored once, into the `scores` table."""
+    from traitlens.pipeline.capture.corpus import read_corpus
+    from traitlens.pipeline.extract.scoring import score as run_score
+    from traitlens.queries import StoreSQL
+
+    ids = None
+    if corpus:
+        records, _ = read_corpus(list(corpus))
+        ids = {r.prompt_id for r in records}
+    if output:
+        _output(ctx, output, "-o")
+    res = run_score(ctx.obj["store"], trait, vector_id, ids, where)
+    v = res.vector
+    click.echo(f"score: {res.n_scored} prompts scored, {res.n_already} already scored, on {v['method']} L{v['layer']} "
+               f"({v['vector_id']}) of {trait!r}" + (f"; run {res.run_id}" if res.run_id else ""))
+    if res.n_missing:
+        click.echo(f"note: {res.n_missing} prompts asked for are not captured for {v['model_key']}; run "
+                   f"`traitlens ingest` on them with that model first", err=True)
+    if top:
+        with StoreSQL(ctx.obj["store"]) as q:
+            best = q.query("SELECT s.prompt_id, s.score, s.calibrated, s.percentile, p.text, p.trait, p.label FROM scores s "
+                           "JOIN (SELECT * FROM prompts QUALIFY row_number() OVER (PARTITION BY prompt_id "
+                           "ORDER BY added_at DESC) = 1) p USING (prompt_id) WHERE s.vector_id = ? "
+                           "ORDER BY s.score DESC LIMIT ?", [v["vector_id"], top]).to_pylist()
+        if best:
+            click.echo(f"{'calib.':>7} {'pctile':>6}  text (highest scores; calibrated: 0 = held-out negatives' mean, "
+                       "1 = positives')")
+        for r in best:
+            text = " ".join(str(r["text"] or "").split())
+            click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}  {text[:90]}")
+        if output:
+            Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
+            click.echo(f"wrote {output} ({len(best)} prompts)")
