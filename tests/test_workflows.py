@@ -226,3 +226,22 @@ def test_spec_chat_accepts_only_true_false_or_auto(tmp_path):
         else:
             with pytest.raises(SpecError, match="capture.chat"):
                 load_spec(p)
+
+
+def test_score_section_scores_every_stored_prompt_and_refresh_only_the_new_ones(tmp_path, tiny_llama):
+    spec = make_spec(tmp_path, tiny_llama)
+    text = spec.read_text() + '\n[score]\ntraits = ["kindness"]\n'
+    spec.write_text(text)
+    r = run_cli("run", spec, "--quiet")
+    assert r.exit_code == 0 and "kindness: scored 240 prompts" in r.output, r.output  # both corpora's prompts
+    store = Store.open(tmp_path / "store")
+    n = store.table("scores").num_rows
+    assert n == 240
+    r = run_cli("refresh", spec, "--quiet")
+    assert r.exit_code == 0 and "nothing to do" in r.output, r.output
+    assert Store.open(tmp_path / "store").table("scores").num_rows == n
+    # 12 more politeness prompts: kindness's pick is unchanged, so only they are scored on it
+    write_corpus(tmp_path / "corpus" / "polite.jsonl", 132, start=1000, trait="politeness")
+    r = run_cli("refresh", spec, "--quiet")
+    assert r.exit_code == 0 and "kindness: scored 12 prompts" in r.output, r.output
+    assert Store.open(tmp_path / "store").table("scores").num_rows == n + 12

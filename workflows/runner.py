@@ -28,17 +28,19 @@ class RunSummary:
     vectors_new: int = 0
     vectors_unchanged: int = 0
     computed: dict[str, list[int]] = field(default_factory=dict)  # trait -> layers recomputed
+    scored: dict[str, int] = field(default_factory=dict)  # trait -> prompts scored ([score] section)
     report: Path | None = None
     seconds: float = 0.0
 
     @property
     def changed(self) -> bool:
-        return bool(self.captured or self.vectors_new)
+        return bool(self.captured or self.vectors_new or any(self.scored.values()))
 
     def lines(self) -> list[str]:
         out = [f"captured {self.captured} new prompts ({self.already_stored} already stored)",
                f"vectors: {self.vectors_new} new, {self.vectors_unchanged} unchanged"]
         out += [f"  {t}: recomputed layers {format_layers(ls)}" for t, ls in self.computed.items() if ls]
+        out += [f"  {t}: scored {n} prompts" for t, n in self.scored.items() if n]
         out.append(f"report: {self.report}" if self.report else "report: unchanged (nothing new)")
         return out
 
@@ -109,6 +111,14 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
             summary.vectors_new += r.n_new
             summary.vectors_unchanged += r.n_existing
             summary.computed[trait] = r.computed_layers
+        if spec.score:  # score every stored prompt not yet scored on each trait's pick
+            from traitlens.pipeline.extract.scoring import score
+
+            for trait in _traits(store, spec.score.get("traits", "all")):
+                res = score(spec.store, trait, where=spec.score.get("where"))
+                summary.scored[trait] = res.n_scored
+                if res.n_scored:
+                    run.start()
         if summary.changed or not refresh:
             run.start()
             if spec.evaluate.get("steering"):

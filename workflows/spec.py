@@ -50,7 +50,7 @@ def short_repr(value) -> str:
 
 SCHEMA: dict[str, dict] = {
     "": {"store": str, "model": str, "corpora": list, "capture": dict, "extract": dict, "evaluate": dict,
-         "report": dict, "scheduler": str},
+         "score": dict, "report": dict, "scheduler": str},
     "corpora": {"paths": (list, str), "trait": str, "label": (str, int), "split": str, "dataset": str,
                 "text_field": str, "label_field": str, "zero_is_negative": bool},
     "capture": {"sites": list, "layers": (str, int, list), "poolings": list, "chat": (bool, str), "generate": int,
@@ -59,6 +59,7 @@ SCHEMA: dict[str, dict] = {
     "extract": {"traits": (str, list), "methods": (str, list), "layers": (str, int, list), "n_boot": int,
                 "seed": int, "memory": (str, int), "site": str, "pooling": str, "params": dict},
     "evaluate": {"steering": bool, "kind": str, "alphas": list, "n": int, "norm": str},
+    "score": {"traits": (str, list), "where": str},
     "report": {"path": str, "top": int, "plots": bool},
 }
 
@@ -82,6 +83,7 @@ class Spec:
     capture: dict = field(default_factory=dict)
     extract: dict = field(default_factory=dict)
     evaluate: dict = field(default_factory=dict)
+    score: dict = field(default_factory=dict)  # traits whose pick scores every stored prompt (refresh: the new ones)
     report: dict = field(default_factory=dict)
     scheduler: str | None = None
     values_checked: bool = False
@@ -173,7 +175,7 @@ def load_spec(path: str | Path, check_values: bool = True) -> Spec:
         raise SpecError(f"{path}: no such spec file")
     data = _read(path)
     _check_table(path, "", data, SCHEMA[""])
-    for section in ("capture", "extract", "evaluate", "report"):
+    for section in ("capture", "extract", "evaluate", "score", "report"):
         _check_table(path, f"{section}.", data.get(section, {}), SCHEMA[section])
     if "store" not in data:
         raise SpecError(f"{path}: 'store' is required (the store folder, relative to the spec)")
@@ -212,7 +214,7 @@ def load_spec(path: str | Path, check_values: bool = True) -> Spec:
     spec = Spec(path=path, store=store,
                 model=None if model in (None, "default") else model, corpora=corpora,
                 capture=data.get("capture", {}), extract=data.get("extract", {}), evaluate=data.get("evaluate", {}),
-                report=data.get("report", {}), scheduler=data.get("scheduler"))
+                score=data.get("score", {}), report=data.get("report", {}), scheduler=data.get("scheduler"))
     if check_values:
         spec.check_values()
     return spec
