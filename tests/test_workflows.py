@@ -234,6 +234,9 @@ def test_score_section_scores_every_stored_prompt_and_refresh_only_the_new_ones(
     spec.write_text(text)
     r = run_cli("run", spec, "--quiet")
     assert r.exit_code == 0 and "kindness: scored 240 prompts" in r.output, r.output  # both corpora's prompts
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Scores on kindness" in report and "| kind | 120 |" in report and "| polite | 120 |" in report
+    assert (tmp_path / "out" / "kindness-scores.png").read_bytes()[:4] == b"\x89PNG"
     store = Store.open(tmp_path / "store")
     n = store.table("scores").num_rows
     assert n == 240

@@ -65,5 +65,47 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
                 heatmap(q, trait, "auroc", rows[0], png)
                 lines += ["", f"![{trait}: held-out AUROC by layer and method]({png.name})"]
             lines.append("")
+        for trait in (summary.scored if spec.score else {}):
+            lines += _scores_section(q, trait, path.parent, rep.get("plots", True))
     path.write_text("\n".join(lines))
     return path
+
+
+def _scores_section(q: StoreSQL, trait: str, folder: Path, plots: bool) -> list[str]:
+    """The ``[score]`` section's results for one trait: how many prompts each dataset has scored
+    on the trait's pick, their calibrated scores (0 = held-out negatives' mean, 1 = positives'),
+    and a histogram per dataset."""
+    t = q.query("SELECT s.calibrated, p.dataset FROM scores s JOIN (SELECT prompt_id, dataset FROM prompts QUALIFY "
+                "row_number() OVER (PARTITION BY prompt_id ORDER BY added_at DESC) = 1) p USING (prompt_id) "
+                "WHERE s.vector_id = (SELECT vector_id FROM scores WHERE trait = ? ORDER BY created_at DESC LIMIT 1)",
+                [trait]).to_pylist()
+    if not t:
+        return []
+    by_ds: dict[str, list[float]] = {}
+    for r in t:
+        by_ds.setdefault(str(r["dataset"]), []).append(r["calibrated"])
+    lines = [f"## Scores on {trait}", "", "| dataset | prompts scored | median calibrated score | share above 0.5 |",
+             "|---|---|---|---|"]
+    for ds, vals in sorted(by_ds.items()):
+        v = sorted(vals)
+        lines.append(f"| {ds} | {len(v)} | {v[len(v) // 2]:.2f} | {sum(x > 0.5 for x in v) / len(v):.2f} |")
+    if plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        png = folder / f"{file_stem(trait, 'trait')}-scores.png"
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for ds, vals in sorted(by_ds.items()):
+            ax.hist(vals, bins=40, alpha=0.5, density=True, label=f"{ds} ({len(vals)})")
+        for x in (0, 1):
+            ax.axvline(x, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel(f"calibrated {trait} score (0: held-out negatives' mean, 1: positives')")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        lines += ["", f"![{trait} scores by dataset]({png.name})"]
+    return lines + [""]
