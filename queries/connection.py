@@ -6,6 +6,8 @@ Views:
   and ``array_inner_product`` work (with several widths d in one store, ``vectors`` keeps
   ``FLOAT[]`` lists and ``vectors_d<d>`` views hold the fixed-size ones);
 - ``metrics``: the vectors table without the vector column;
+- ``steering``, ``trajectories``, ``scores`` (with each score's ``percentile`` among the prompts
+  scored on its vector) and ``scored`` (scores beside the prompt's text, dataset, trait, label);
 - ``act_L<layer>`` (and ``act_<n>_L<layer>`` for group n of ``groups``): one layer's committed
   activations as ``(row, prompt_id, vector FLOAT[d])``, streamed from Zarr as Arrow batches
   each time a statement names it;
@@ -142,6 +144,11 @@ class StoreSQL:
         # scores with their percentile among every prompt scored on the same vector (computed
         # here, so it is never stale as more prompts are scored)
         self._table_view("scores", "*, percent_rank() OVER (PARTITION BY vector_id ORDER BY score) AS percentile")
+        # each score beside its prompt's newest record (text, dataset, the trait and label it carries)
+        self.con.execute("CREATE VIEW scored AS SELECT s.*, p.text, p.dataset, p.trait AS prompt_trait, p.label "
+                         "FROM scores s LEFT JOIN (SELECT prompt_id, text, dataset, trait, label FROM prompts "
+                         "QUALIFY row_number() OVER (PARTITION BY prompt_id ORDER BY added_at DESC) = 1) p "
+                         "USING (prompt_id)")
         # the best causal shift measured for each vector (NULL until `traitlens evaluate --steering`);
         # the loose first-token refusal measure never outranks the strict ones
         self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift FROM vectors_all v "
@@ -290,10 +297,13 @@ def _raise_stopped(why: str, timeout: float | None):
     raise KeyboardInterrupt("query interrupted") from None
 
 
-def select_prompt_ids(store: Store, trait: str, where: str) -> set[str]:
-    """Prompt ids of ``trait`` that a SQL WHERE clause over ``prompts`` selects."""
+def select_prompt_ids(store: Store, trait: str | None, where: str) -> set[str]:
+    """Prompt ids of ``trait`` (None: of any trait) that a SQL WHERE clause over ``prompts`` selects."""
     with StoreSQL(store) as q:
-        t = q.query(f"SELECT DISTINCT prompt_id FROM prompts WHERE trait = ? AND ({where})", [trait])
+        if trait is None:
+            t = q.query(f"SELECT DISTINCT prompt_id FROM prompts WHERE {where}")
+        else:
+            t = q.query(f"SELECT DISTINCT prompt_id FROM prompts WHERE trait = ? AND ({where})", [trait])
     return set(t["prompt_id"].to_pylist())
 
 

@@ -64,6 +64,15 @@ def best_vector(q: StoreSQL, trait: str, model_key: str | None = None, layer: in
     return rows[0] if rows else None
 
 
+def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filters) -> dict | None:
+    """The vector with ``vector_id``; else the one :func:`best_vector` picks for ``trait``
+    (``filters``: its model_key / layer / method). None when there is none."""
+    if vector_id:
+        rows = q.query("SELECT * FROM vectors WHERE vector_id = ?", [vector_id]).to_pylist()
+        return rows[0] if rows else None
+    return best_vector(q, trait, **filters)
+
+
 def best_per_method(records: list[dict], by: str = "auroc") -> dict[str, dict]:
     """``{method: the record the rule picks among that method's layers}`` for records in memory."""
     best: dict[str, dict] = {}

@@ -13,19 +13,14 @@ def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: s
     """The vector to use: by id; else the one :mod:`traitlens.queries.selection`'s rule picks
     (within ``layer`` / ``method`` when given) — the same one ``rank`` lists first."""
     from traitlens.queries import StoreSQL
-    from traitlens.queries.selection import best_vector
+    from traitlens.queries.selection import chosen_vector
 
     with StoreSQL(store) as q:
-        if vector_id:
-            rows = q.query("SELECT * FROM vectors WHERE vector_id = ?", [vector_id]).to_pylist()
-        else:
-            best = best_vector(q, trait, model_key=model_key, layer=layer, method=method)
-            rows = [best] if best else []
-    if not rows:
+        v = chosen_vector(q, trait, vector_id, model_key=model_key, layer=layer, method=method)
+    if v is None:
         _fail(f"no vector for trait {trait!r} on model {model_key}" + (f" at layer {layer}" if layer is not None else "")
               + (f" by {method}" if method else "") + f"; run `traitlens extract --trait {trait}` with this --model",
               EXIT_INPUT)
-    v = rows[0]
     if v["model_key"] != model_key:
         _fail(f"vector {v['vector_id']} was extracted on {v['model_key']}, not {model_key}; pass the matching --model",
               EXIT_INPUT)

@@ -196,10 +196,9 @@ def score(ctx, corpus, trait, vector_id, where, top, output):
                    f"`traitlens ingest` on them with that model first", err=True)
     if top:
         with StoreSQL(ctx.obj["store"]) as q:
-            best = q.query("SELECT s.prompt_id, s.score, s.calibrated, s.percentile, p.text, p.trait, p.label FROM scores s "
-                           "JOIN (SELECT * FROM prompts QUALIFY row_number() OVER (PARTITION BY prompt_id "
-                           "ORDER BY added_at DESC) = 1) p USING (prompt_id) WHERE s.vector_id = ? "
-                           "ORDER BY s.score DESC LIMIT ?", [v["vector_id"], top]).to_pylist()
+            best = q.query("SELECT prompt_id, score, calibrated, percentile, text, prompt_trait AS trait, label "
+                           "FROM scored WHERE vector_id = ? ORDER BY score DESC LIMIT ?",
+                           [v["vector_id"], top]).to_pylist()
         if best:
             click.echo(f"{'calib.':>7} {'pctile':>6}  text (highest scores; calibrated: 0 = held-out negatives' mean, "
                        "1 = positives')")

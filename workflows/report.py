@@ -75,10 +75,8 @@ def _scores_section(q: StoreSQL, trait: str, folder: Path, plots: bool) -> list[
     """The ``[score]`` section's results for one trait: how many prompts each dataset has scored
     on the trait's pick, their calibrated scores (0 = held-out negatives' mean, 1 = positives'),
     and a histogram per dataset."""
-    t = q.query("SELECT s.calibrated, p.dataset FROM scores s JOIN (SELECT prompt_id, dataset FROM prompts QUALIFY "
-                "row_number() OVER (PARTITION BY prompt_id ORDER BY added_at DESC) = 1) p USING (prompt_id) "
-                "WHERE s.vector_id = (SELECT vector_id FROM scores WHERE trait = ? ORDER BY created_at DESC LIMIT 1)",
-                [trait]).to_pylist()
+    t = q.query("SELECT calibrated, dataset FROM scored WHERE vector_id = "
+                "(SELECT vector_id FROM scores WHERE trait = ? ORDER BY created_at DESC LIMIT 1)", [trait]).to_pylist()
     if not t:
         return []
     by_ds: dict[str, list[float]] = {}

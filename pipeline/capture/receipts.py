@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from traitlens.store.tables import part_files
 
 from traitlens.pipeline.capture.corpus import ReadOptions
 from traitlens.pipeline.capture.settings import IngestConfig
-from traitlens.pipeline.model.identity import known, traitlens_home
+from traitlens.pipeline.model.identity import cache_put, known, read_cache, traitlens_home
 from traitlens.pipeline.model.layers import parse_layers
 
 NAMED_SITES = ("resid", "attn_out", "mlp_out")
@@ -105,11 +103,7 @@ def _file(store: Store) -> Path:
 
 
 def _read(store: Store) -> dict:
-    try:
-        data = json.loads(_file(store).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_cache(_file(store))
 
 
 @dataclass
@@ -143,18 +137,7 @@ class Vouch:
 
 
 def _remember(store: Store, key: str, entry: dict) -> None:
-    data = _read(store)
-    data.pop(key, None)  # re-insert: newest last
-    data[key] = entry
-    data = dict(list(data.items())[-MAX_RECEIPTS:])
-    path = _file(store)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    cache_put(_file(store), key, entry, MAX_RECEIPTS)
 
 
 # -- whole workflows: a refresh whose spec, corpora, model and store are as the last one left them

@@ -19,22 +19,16 @@ from traitlens.store import GroupKey, Store
 
 from traitlens.pipeline.extract.contrastive import contrastive_set
 from traitlens.pipeline.extract.methods import ExtractionError
-from traitlens.pipeline.extract.streaming import RowStream
-
-BLOCK_ROWS = 16384  # rows read at a time: the audit of a million-row store stays in bounded memory
+from traitlens.pipeline.extract.streaming import BLOCK_ROWS, RowStream
 
 
 def chosen_vector(store: Store, trait: str, vector_id: str | None = None) -> dict:
-    """The vector with ``vector_id``, else the one the selection rule picks for ``trait``."""
+    """:func:`traitlens.queries.selection.chosen_vector`, or an error that says what to run."""
     from traitlens.queries import StoreSQL
-    from traitlens.queries.selection import best_vector
+    from traitlens.queries.selection import chosen_vector as pick
 
     with StoreSQL(store) as q:
-        if vector_id:
-            rows = q.query("SELECT * FROM vectors WHERE vector_id = ?", [vector_id]).to_pylist()
-            vec = rows[0] if rows else None
-        else:
-            vec = best_vector(q, trait)
+        vec = pick(q, trait, vector_id)
     if vec is None:
         raise ExtractionError(f"no vector {vector_id!r}" if vector_id else
                               f"no vector for trait {trait!r}; run `traitlens extract --trait {trait}` first")
@@ -50,9 +44,7 @@ def wrong_side(store: Store, trait: str, vector_id: str | None = None, top: int 
     vec = chosen_vector(store, trait, vector_id)
     key = GroupKey(vec["model_key"], vec["fmt"], vec["site"], vec["pooling"])
     cs = contrastive_set(store, key, trait, held_split=vec["held_split"])
-    v = np.asarray(vec["vector"], dtype=np.float32)
-    stream = RowStream(store.layer_array(key, vec["layer"]), cs.train_rows, cs.train_pos, BLOCK_ROWS)
-    p = np.concatenate([X @ v for X, _ in stream()]).astype(np.float64)  # memory: one block at a time
+    p = RowStream(store.layer_array(key, vec["layer"]), cs.train_rows, cs.train_pos, BLOCK_ROWS).project(vec["vector"])
     pos = cs.train_pos
     # robust spread (MAD): the mislabelled rows being looked for would inflate a plain std
     mad = [1.4826 * np.median(np.abs(x - np.median(x))) for x in (p[pos], p[~pos])]

@@ -24,9 +24,7 @@ from traitlens.store import GroupKey, Store
 from traitlens.pipeline.extract.audit import chosen_vector
 from traitlens.pipeline.extract.contrastive import contrastive_set
 from traitlens.pipeline.extract.methods import ExtractionError
-from traitlens.pipeline.extract.streaming import RowStream
-
-BLOCK_ROWS = 16384
+from traitlens.pipeline.extract.streaming import BLOCK_ROWS, RowStream
 
 
 @dataclass
@@ -41,9 +39,7 @@ class ScoreResult:
 def calibration(store: Store, key: GroupKey, vec: dict) -> tuple[float, float]:
     """(mean score of the held-out negatives, of the held-out positives) of the vector's trait."""
     cs = contrastive_set(store, key, vec["trait"], held_split=vec["held_split"])
-    v = np.asarray(vec["vector"], dtype=np.float32)
-    stream = RowStream(store.layer_array(key, vec["layer"]), cs.held_rows, cs.held_pos, BLOCK_ROWS)
-    p = np.concatenate([X @ v for X, _ in stream()]).astype(np.float64)
+    p = RowStream(store.layer_array(key, vec["layer"]), cs.held_rows, cs.held_pos, BLOCK_ROWS).project(vec["vector"])
     return float(p[~cs.held_pos].mean()), float(p[cs.held_pos].mean())
 
 
@@ -56,10 +52,9 @@ def score(store_path, trait: str, vector_id: str | None = None, prompt_ids: set[
     vec = chosen_vector(store, trait, vector_id)
     key = GroupKey(vec["model_key"], vec["fmt"], vec["site"], vec["pooling"])
     if where is not None:
-        from traitlens.queries import StoreSQL
+        from traitlens.queries import select_prompt_ids
 
-        with StoreSQL(store) as q:  # any prompt the condition picks, whatever its trait
-            chosen = {r["prompt_id"] for r in q.query(f"SELECT DISTINCT prompt_id FROM prompts WHERE {where}").to_pylist()}
+        chosen = select_prompt_ids(store, None, where)  # any prompt the condition picks, whatever its trait
         prompt_ids = chosen if prompt_ids is None else prompt_ids & chosen
     rows = store.group_rows(key).select(["row", "prompt_id"])
     stored = dict(zip(rows["prompt_id"].to_pylist(), rows["row"].to_pylist()))

@@ -19,6 +19,8 @@ from traitlens.store.arrays import read_rows_checked
 
 # read a block as a slice when at least this share of the rows it spans is selected
 SLICE_DENSITY = 0.25
+# rows a one-pass reader (audit, scoring) holds at a time: memory does not grow with the store
+BLOCK_ROWS = 16384
 
 
 def read_block(arr, rows: np.ndarray) -> np.ndarray:
@@ -41,12 +43,10 @@ class RowStream:
         self.cache_bytes = cache_bytes
         self.cache: dict[int, np.ndarray] = {}
         self.cached = 0
-        self.passes = 0
 
     def blocks(self):
         """Yield ``(X float32 [m, d], pos [m], start)`` for one pass. (Reading the next block on
         a second thread was measured: no faster, the zarr read and the cast hold the GIL.)"""
-        self.passes += 1
         for start in range(0, len(self.rows), self.block_rows):
             X = self._load(start)
             yield X, self.pos[start:start + len(X)], start
@@ -60,6 +60,13 @@ class RowStream:
                 self.cache[start] = raw
                 self.cached += raw.nbytes
         return raw.astype(np.float32, copy=False)
+
+    def project(self, vector) -> np.ndarray:
+        """One pass: every selected row's projection onto ``vector`` ``[d]``, float64 ``[n]``."""
+        v = np.asarray(vector, dtype=np.float32)
+        if not len(self.rows):
+            return np.zeros(0)
+        return np.concatenate([X @ v for X, _, _ in self.blocks()]).astype(np.float64)
 
     def __call__(self):
         """``(X, pos)`` pairs for one pass: the ``chunks()`` factory the streaming fits take."""

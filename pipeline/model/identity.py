@@ -83,31 +83,38 @@ def _cache_path() -> Path:
     return traitlens_home() / "identities.json"
 
 
-def _read_cache() -> dict:
+def read_cache(path: Path) -> dict:
+    """A JSON cache file under ``$TRAITLENS_HOME`` as a dict; {} when missing or damaged (a
+    cache is rebuilt by the next run that writes it)."""
     try:
-        data = json.loads(_cache_path().read_text())
+        data = json.loads(path.read_text())
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
-        return {}  # missing or damaged: a cache, rebuilt by the next load
+        return {}
 
 
-def remember(spec: str | None, ident: ModelIdentity) -> None:
-    """Cache ``ident`` under the current fingerprint of ``spec``'s files (best effort: a cache
-    that cannot be written only costs the next run a model load)."""
-    folder = checkpoint_folder(spec)
-    if folder is None:
-        return
-    cache = _read_cache()
-    cache[files_fingerprint(folder)] = asdict(ident)
-    cache = dict(list(cache.items())[-MAX_ENTRIES:])
-    path = _cache_path()
+def cache_put(path: Path, key: str, entry: dict, keep: int) -> None:
+    """Set ``key`` (as the newest entry) in the JSON cache at ``path``, keeping the ``keep``
+    newest, and replace the file atomically so concurrent runs never read half of one. Best
+    effort: a cache that cannot be written only costs a later run its shortcut."""
+    data = read_cache(path)
+    data.pop(key, None)  # re-insert: newest last
+    data[key] = entry
+    data = dict(list(data.items())[-keep:])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
     except OSError:
         pass
+
+
+def remember(spec: str | None, ident: ModelIdentity) -> None:
+    """Cache ``ident`` under the current fingerprint of ``spec``'s files."""
+    folder = checkpoint_folder(spec)
+    if folder is not None:
+        cache_put(_cache_path(), files_fingerprint(folder), asdict(ident), MAX_ENTRIES)
 
 
 def known(spec: str | None) -> ModelIdentity | None:
@@ -115,7 +122,7 @@ def known(spec: str | None) -> ModelIdentity | None:
     folder = checkpoint_folder(spec)
     if folder is None:
         return None
-    entry = _read_cache().get(files_fingerprint(folder))
+    entry = read_cache(_cache_path()).get(files_fingerprint(folder))
     try:
         return ModelIdentity(**entry) if entry else None
     except TypeError:  # an entry from another version of this cache
