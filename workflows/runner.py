@@ -115,10 +115,7 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
             from traitlens.pipeline.extract.scoring import score
 
             for trait in _traits(store, spec.score.get("traits", "all")):
-                res = score(spec.store, trait, where=spec.score.get("where"))
-                summary.scored[trait] = res.n_scored
-                if res.n_scored:
-                    run.start()
+                summary.scored[trait] = score(spec.store, trait, where=spec.score.get("where")).n_scored
         if summary.changed or not refresh:
             run.start()
             if spec.evaluate.get("steering"):
