@@ -32,6 +32,12 @@ class ContrastiveSet:
     held_split: str
     fingerprint: str
     where_sql: str | None = None
+    # what is not the trait, per row in the same order (the nuisance floors read these):
+    train_tokens: np.ndarray | None = None  # int [n_train] tokens the model saw
+    held_tokens: np.ndarray | None = None  # int [n_held]
+    train_datasets: np.ndarray | None = None  # int [n_train] codes into ``datasets``
+    held_datasets: np.ndarray | None = None  # int [n_held]
+    datasets: list[str] | None = None
 
     @property
     def n_pos(self) -> int:
@@ -73,7 +79,7 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    prompts = store.table("prompts", columns=["prompt_id", "trait", "label", "split"])
+    prompts = store.table("prompts", columns=["prompt_id", "trait", "label", "split", "dataset"])
     traits = sorted(set(pc.unique(prompts["trait"]).to_pylist()))
     if trait not in traits:
         raise ExtractionError(f"trait {trait!r} is not in the store; traits: {', '.join(traits) or 'none'}")
@@ -86,6 +92,8 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
     label = mine["label"].to_numpy().astype(np.int64)
     splits = mine["split"].combine_chunks().dictionary_encode()
     split_names, split_code = splits.dictionary.to_pylist(), splits.indices.to_numpy().astype(np.int64)
+    ds = mine["dataset"].combine_chunks().dictionary_encode()
+    ds_names, ds_code = ds.dictionary.to_pylist(), ds.indices.to_numpy().astype(np.int64)
     # one (label, split) per prompt: the last record wins, as it always has; two labels is an error
     lo = np.full(len(uniq), 2, np.int64)
     hi = np.full(len(uniq), -2, np.int64)
@@ -97,32 +105,35 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
                               f"for trait {trait!r} (two datasets disagree); fix the corpora")
     last = np.zeros(len(uniq), np.int64)
     np.maximum.at(last, inverse, np.arange(len(label)))
-    u_label, u_split = label[last], split_code[last]
-    rows = store.group_rows(key).select(["row", "prompt_id"])
+    u_label, u_split, u_ds = label[last], split_code[last], ds_code[last]  # dataset: of that same record
+    rows = store.group_rows(key).select(["row", "prompt_id", "token_count"])
     if rows.num_rows == 0:
         raise ExtractionError(f"nothing is stored for {key.path}; run `traitlens ingest` first")
     at = pc.index_in(rows["prompt_id"], value_set=uniq)
     found = pc.is_valid(at)
     idx = pc.filter(at, found).to_numpy().astype(np.int64)
     row_no = pc.filter(rows["row"], found).to_numpy().astype(np.int64)
-    r_pos, r_split = u_label[idx] > 0, u_split[idx]
+    r_pos, r_split, r_ds = u_label[idx] > 0, u_split[idx], u_ds[idx]
+    r_tok = pc.filter(rows["token_count"], found).to_numpy(zero_copy_only=False).astype(np.int64)
     used_splits = pc.take(pa.array(split_names, pa.string()), pa.array(r_split))
     fp = fingerprint(pc.filter(rows["prompt_id"], found), u_label[idx], used_splits)
-    by_split = {name: (row_no[r_split == code], r_pos[r_split == code]) for code, name in enumerate(split_names)}
+    by_split = {name: tuple(a[r_split == code] for a in (row_no, r_pos, r_tok, r_ds))
+                for code, name in enumerate(split_names)}
+    empty = (np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64))
     for name in ("train", "val", "test"):
-        by_split.setdefault(name, (np.zeros(0, np.int64), np.zeros(0, bool)))
+        by_split.setdefault(name, empty)
     if held_split == "auto":
         held_split = "val" if len(by_split["val"][0]) else "test"
     if held_split == train_split:
         raise ExtractionError("the held-out split must differ from the training split")
 
-    def arrays(split):  # ascending array rows
-        r, p = by_split.get(split, (np.zeros(0, np.int64), np.zeros(0, bool)))
+    def arrays(split):  # (rows, pos, tokens, dataset codes), ascending array rows
+        r, p, t, d = by_split.get(split, empty)
         order = np.argsort(r, kind="stable")
-        return r[order], p[order].astype(bool)
+        return r[order], p[order].astype(bool), t[order], d[order]
 
-    tr, trp = arrays(train_split)
-    he, hep = arrays(held_split)
+    tr, trp, tr_tok, tr_ds = arrays(train_split)
+    he, hep, he_tok, he_ds = arrays(held_split)
     for name, r_, p_ in (("train", tr, trp), (held_split, he, hep)):
         n_pos, n_neg = int(p_.sum()), int((~p_).sum())
         if n_pos < MIN_PER_CLASS or n_neg < MIN_PER_CLASS:
@@ -130,4 +141,5 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
                 f"trait {trait!r} in {key.path}, split {name!r}: {n_pos} positive and {n_neg} negative rows; "
                 f"need at least {MIN_PER_CLASS} of each. Ingest labelled prompts of both sides "
                 "(+1 and -1), or give the corpus a split column")
-    return ContrastiveSet(key, trait, tr, trp, he, hep, held_split, fp, where_sql)
+    return ContrastiveSet(key, trait, tr, trp, he, hep, held_split, fp, where_sql, tr_tok, he_tok, tr_ds, he_ds,
+                          ds_names)

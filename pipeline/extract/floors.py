@@ -17,48 +17,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from traitlens.store import Store
-
 from traitlens.pipeline.extract.contrastive import ContrastiveSet
 from traitlens.pipeline.extract.metrics import auroc
 
 FLOOR_MARGIN = 0.05  # AUROC a vector must clear above its highest floor
 
 
-def _lookup(rows_sorted: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    return values[np.searchsorted(rows_sorted, wanted)]
-
-
-def nuisance_floors(store: Store, cset: ContrastiveSet) -> dict[str, float | None]:
-    """``{"floor_length": AUROC, "floor_dataset": AUROC or None}`` for one contrastive set."""
-    import pyarrow.compute as pc
-
-    rows = store.group_rows(cset.key).select(["row", "prompt_id", "token_count"])
-    row_no = rows["row"].to_numpy().astype(np.int64)
-    order = np.argsort(row_no)
-    row_sorted = row_no[order]
-    tokens = rows["token_count"].to_numpy(zero_copy_only=False).astype(np.float64)[order]
+def nuisance_floors(cset: ContrastiveSet) -> dict[str, float | None]:
+    """``{"floor_length": AUROC, "floor_dataset": AUROC or None}`` for one contrastive set, from
+    the token counts and datasets it read with its rows (no I/O of its own)."""
     out: dict[str, float | None] = {"floor_length": None, "floor_dataset": None}
-    tr_len, he_len = _lookup(row_sorted, tokens, cset.train_rows), _lookup(row_sorted, tokens, cset.held_rows)
+    tr_len, he_len = cset.train_tokens.astype(np.float64), cset.held_tokens.astype(np.float64)
     sign = 1.0 if auroc(tr_len, cset.train_pos) >= 0.5 else -1.0
     out["floor_length"] = auroc(sign * he_len, cset.held_pos)
-
-    # each prompt's dataset for this trait (its newest record, as its label is)
-    prompts = store.table("prompts", columns=["prompt_id", "trait", "dataset", "label"])
-    mine = prompts.filter(pc.and_(pc.equal(prompts["trait"], cset.trait), pc.not_equal(prompts["label"], 0)))
-    dataset_of = dict(zip(mine["prompt_id"].to_pylist(), mine["dataset"].to_pylist()))
-    pids = np.asarray(rows["prompt_id"].to_pylist(), dtype=object)[order]
-    tr_ds = [dataset_of.get(p) for p in _lookup(row_sorted, pids, cset.train_rows)]
-    he_ds = [dataset_of.get(p) for p in _lookup(row_sorted, pids, cset.held_rows)]
-    if len(set(tr_ds) | set(he_ds)) > 1:
+    tr_ds, he_ds = cset.train_datasets, cset.held_datasets
+    if len(np.union1d(tr_ds, he_ds)) > 1:
         overall = (cset.train_pos.sum() + 1) / (len(tr_ds) + 2)
-        counts: dict[str, list[int]] = {}
-        for ds, p in zip(tr_ds, cset.train_pos):
-            c = counts.setdefault(ds, [0, 0])
-            c[0] += int(p)
-            c[1] += 1
-        share = {ds: (c[0] + 1) / (c[1] + 2) for ds, c in counts.items()}
-        out["floor_dataset"] = auroc(np.array([share.get(ds, overall) for ds in he_ds]), cset.held_pos)
+        n = np.bincount(tr_ds, minlength=len(cset.datasets))
+        k = np.bincount(tr_ds, weights=cset.train_pos, minlength=len(cset.datasets))
+        share = np.where(n > 0, (k + 1) / (n + 2), overall)  # a dataset unseen in train: the overall share
+        out["floor_dataset"] = auroc(share[he_ds], cset.held_pos)
     return out
 
 

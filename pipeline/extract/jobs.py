@@ -455,7 +455,7 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
         if records:  # what is not the trait, scored like a vector: one set of floors per contrastive set
             from traitlens.pipeline.extract.floors import nuisance_floors
 
-            floors = nuisance_floors(store, cset)
+            floors = nuisance_floors(cset)
             for r in records:
                 r.update(floors)
         with store.lock("extract") if todo else nullcontext():
