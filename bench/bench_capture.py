@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from peak_rss import PeakRSS
 
-from traitlens.pipeline.capture.corpus import ReadOptions, read_corpus
+from traitlens.pipeline.capture.corpus import ReadOptions
+from traitlens.pipeline.capture.plan import read_corpus
 from traitlens.pipeline.model.encode import encode
 from traitlens.pipeline.model.hooks import pad_token_id
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest

@@ -249,6 +249,10 @@ class StoreSQL:
                     _raise_stopped(stopped_by[0], timeout)
                 if self._reader_error is not None:  # an activation stream hit damage: say that, in one line
                     raise self._reader_error from None
+                if isinstance(e, duckdb.IOException) and any(w in str(e) for w in ("No such file", "No files found")):
+                    raise QueryError(f"{str(e).splitlines()[0]}: a compaction replaced this table's files after "
+                                     "this connection listed them (and their grace ran out); run the query again")\
+                        from None
                 if isinstance(e, duckdb.Error):
                     raise QueryError(str(e)) from None
                 raise

@@ -14,6 +14,7 @@ the array, never as a codec traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,11 @@ def checked_layer(group: zarr.Group, name: str, n_rows: int, where: str) -> zarr
 def stored_chunk_keys(array: zarr.Array) -> set[str]:
     """Keys (``c/3/0``) of the chunks present in storage, from one listing of the array's prefix."""
     prefix = array.store_path.path.rstrip("/") + "/"
+    store = array.store_path.store
+    if isinstance(store, zarr.storage.LocalStore):  # a walk of the folder: ~4x faster than zarr's async listing
+        base = os.path.join(str(store.root), prefix)
+        return {os.path.relpath(os.path.join(top, f), base).replace(os.sep, "/")
+                for top, _, files in os.walk(base) for f in files}
     return {k[len(prefix):] for k in _listing(array, "list_prefix", prefix)}
 
 

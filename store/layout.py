@@ -6,6 +6,7 @@ A store is a folder::
     <root>/activations.zarr/<model_key>/<fmt>/<site>/<pooling>/L<layer>   [n_rows, d_model]
     <root>/activations.zarr/<model_key>/<fmt>/<site>/tokens/token_ids     [n_tokens] (tokens pooling)
     <root>/tables/{prompts,rows,runs,vectors,steering,trajectories,scores}/part-*.parquet   append-only parts
+    <root>/tables/<table>/base-*.parquet, _manifest.json   compacted parts and which are live (manifest.py)
 
 ``fmt`` is how prompts were rendered for the model (``chat`` or ``raw``): the same text gives
 different activations with and without a chat template, so the two never share an array.
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from .errors import TraitlensError
 
 FORMAT_NAME = "traitlens-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tables may be compacted (a manifest and base-* parts; see manifest.py)
+READABLE_VERSIONS = (1, 2)  # a version-1 store is read as it is and becomes version 2 when first compacted
 
 ZARR_DIR = "activations.zarr"
 TABLES_DIR = "tables"

@@ -54,6 +54,38 @@ def write_bytes_whole(path, data: bytes) -> None:
     path.fs.pipe_file(path.path, data)
 
 
+def write_atomically(path, write) -> None:
+    """Create or replace the file ``path`` whole or not at all: ``write(f)`` fills a binary file
+    object. Local: a hidden temporary beside it, fsync, rename, fsync of the folder (a crash
+    leaves the old file or the new one, plus at most a ``.tmp-*`` that ``verify --repair``
+    removes). Object storage: one PUT of the whole object."""
+    if is_remote(path):
+        import io
+
+        buf = io.BytesIO()
+        write(buf)
+        write_bytes_whole(path, buf.getvalue())
+        return
+    import os
+    import uuid
+
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}-{path.name}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def remove_tree(path) -> None:
     """Delete a folder and everything under it (missing is fine)."""
     if is_remote(path):

@@ -49,7 +49,7 @@ def write_lock(root: Path, what: str = "write"):
     """
     path = root / ".lock"
     key = str(path) if is_remote(root) else str(path.resolve())
-    if _held.get(key):
+    if _held.get(key):  # (holds_lock below reads the same key)
         _held[key] += 1
         try:
             yield
@@ -89,6 +89,12 @@ def write_lock(root: Path, what: str = "write"):
             _held.pop(key, None)
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def holds_lock(root) -> bool:
+    """True while this process holds the store's writer lock."""
+    path = root / ".lock"
+    return bool(_held.get(str(path) if is_remote(root) else str(path.resolve())))
 
 
 def lease_seconds() -> float:

@@ -31,10 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from . import arrays, tables
+from . import arrays, compaction, tables
 from .layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     TABLE_NAMES,
     TABLES_DIR,
     ZARR_DIR,
@@ -44,7 +45,8 @@ from .layout import (
     layer_name,
     parse_layer_name,
 )
-from .location import is_remote, store_path
+from .location import is_remote, store_path, write_atomically
+from .idset import IdSet
 from .lock import write_lock
 from .runs import code_version, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
 
@@ -79,12 +81,9 @@ class Store:
             root.mkdir(parents=True, exist_ok=True)
             meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "created_at": now_utc().isoformat(),
                     "dtype_policy": "float16, float32 for a layer that overflows"}
-            if is_remote(root):
-                meta_path.write_text(json.dumps(meta, indent=2))  # one PUT: atomic on object stores
-            else:
-                tmp = root / ".store.json.tmp"
-                tmp.write_text(json.dumps(meta, indent=2))
-                tmp.replace(meta_path)
+            data = json.dumps(meta, indent=2).encode()
+            write_atomically(meta_path, lambda f: f.write(data))
+            if not is_remote(root):
                 for name in TABLE_NAMES:  # object stores have no folders: a part's key makes its own
                     (root / TABLES_DIR / name).mkdir(parents=True, exist_ok=True)
             arrays.open_root(root / ZARR_DIR, mode="a")
@@ -94,11 +93,11 @@ class Store:
             raise StoreError(f"{meta_path} is not valid JSON ({e}); restore it from a backup") from None
         if meta.get("format") != FORMAT_NAME:
             raise StoreError(f"{meta_path}: format {meta.get('format')!r} is not a traitlens store")
-        if meta.get("version") != FORMAT_VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise StoreError(
                 f"{meta_path}: store format version {meta.get('version')} but this traitlens "
-                f"({code_version()}) reads version {FORMAT_VERSION}; use a matching traitlens release "
-                "or ingest into a new --store"
+                f"({code_version()}) reads versions {format_layer_list(READABLE_VERSIONS)}; use a matching traitlens "
+                "release or ingest into a new --store"
             )
         return cls(root)
 
@@ -159,11 +158,16 @@ class Store:
         if not records:
             return 0, 0
         new, changed = self.prompt_changes(records)
+        self.write_prompts(new, changed)
+        return len(new), len(changed)
+
+    def write_prompts(self, new: list[dict], changed: list[dict]) -> None:
+        """Append prompt records in one atomic part: ``new`` keys keep their ``added_at`` (if
+        any), ``changed`` ones (a corrected label or split) are stamped now, so they win."""
         if new or changed:
             stamp = now_utc()
             rows = [{**r, "added_at": r.get("added_at") or stamp} for r in new] + [{**r, "added_at": stamp} for r in changed]
             self.append("prompts", rows)
-        return len(new), len(changed)
 
     def append(self, table: str, rows: list[dict]):
         """Add ``rows`` (dicts; missing fields are null) to a table as one atomic part; returns the
@@ -171,7 +175,13 @@ class Store:
         if not rows:
             return None
         schema = tables.SCHEMAS[table]
-        return tables.write_part(self.tables_path / table, tables.rows_to_table(rows, schema), schema)
+        part = tables.write_part(self.tables_path / table, tables.rows_to_table(rows, schema), schema)
+        compaction.maybe_compact(self, table)  # merges small parts once enough have piled up
+        return part
+
+    def compact(self, names=None, full: bool = True, grace: float | None = None, log=None):
+        """Merge the tables' parts now (see :mod:`.compaction`); takes the writer lock."""
+        return compaction.compact(self, names, full, grace, log)
 
     def record_run(self, run: dict) -> None:
         """Append a run record (a later record of the same run_id supersedes it)."""
@@ -184,30 +194,33 @@ class Store:
     # -- groups and arrays -----------------------------------------------------------------
     def groups(self) -> list[GroupKey]:
         """Every group with at least one committed row."""
+        return list(self.group_counts())
+
+    def group_counts(self) -> dict[GroupKey, int]:
+        """Committed prompts per group, from one aggregate over the rows table (no per-prompt work)."""
         t = self.table("rows", columns=["model_key", "fmt", "site", "pooling"])
         if t.num_rows == 0:
-            return []
-        uniq = t.group_by(["model_key", "fmt", "site", "pooling"]).aggregate([])
-        return sorted(GroupKey(*r.values()) for r in uniq.to_pylist())
+            return {}
+        agg = t.group_by(["model_key", "fmt", "site", "pooling"]).aggregate([([], "count_all")])
+        return dict(sorted((GroupKey(r["model_key"], r["fmt"], r["site"], r["pooling"]), r["count_all"])
+                           for r in agg.to_pylist()))
 
-    def group_rows(self, key: GroupKey) -> pa.Table:
-        """Committed rows of one group, sorted by row."""
+    def group_rows(self, key: GroupKey, columns: list[str] | None = None) -> pa.Table:
+        """Committed rows of one group, sorted by row (``columns``: only these, ``row`` among them)."""
         f = ((pc.field("model_key") == key.model_key) & (pc.field("fmt") == key.fmt)
              & (pc.field("site") == key.site) & (pc.field("pooling") == key.pooling))
-        t = self.table("rows", filter=f)
-        return t.sort_by("row")
+        return by_row(self.table("rows", columns=columns, filter=f))
 
     def committed(self, key: GroupKey) -> "GroupState":
         """How far a group is committed: prompts, rows and array rows."""
-        t = self.group_rows(key)
+        t = self.group_rows(key, ["row", "prompt_id", "token_start", "token_count"])
         n = t.num_rows
         rows_end = int(pc.max(t["row"]).as_py()) + 1 if n else 0
         if key.pooling == "tokens" and n:
             array_rows = int(pc.max(pc.add(t["token_start"], pc.cast(t["token_count"], pa.int64()))).as_py())
         else:
             array_rows = rows_end  # past the highest committed row, even where a lost part left a gap below it
-        return GroupState(n_prompts=n, array_rows=array_rows, prompt_ids=set(t["prompt_id"].to_pylist()),
-                          rows_end=rows_end)
+        return GroupState(n_prompts=n, array_rows=array_rows, prompt_ids=IdSet(t["prompt_id"]), rows_end=rows_end)
 
     def zarr_root(self, mode: str = "r") -> zarr.Group:
         return arrays.open_root(self.zarr_path, mode=mode)
@@ -306,6 +319,12 @@ COMMITTED_ATTR = "committed"  # {"prompts": n, "array_rows": m}: the high-water 
 PROMPT_KEY = ("prompt_id", "dataset", "trait")
 
 
+def by_row(t: pa.Table) -> pa.Table:
+    """Rows of one group in row order (already so when its parts were written in order: then no copy)."""
+    rows = t["row"].to_numpy() if t.num_rows else None
+    return t if rows is None or bool(np.all(rows[1:] > rows[:-1])) else t.sort_by("row")
+
+
 def array_layers(group: zarr.Group) -> list[int]:
     """Layers that have an array in ``group``, ascending (from a listing: metadata not parsed)."""
     return sorted(l for l in (parse_layer_name(n) for n in arrays.member_names(group)) if l is not None)
@@ -327,7 +346,7 @@ def committed_mark(group: zarr.Group | None) -> dict | None:
 
 def committed_everywhere(states: dict) -> set[str]:
     """Prompt ids committed in every group of ``{group: GroupState}`` (none when there is no group)."""
-    sets = [st.prompt_ids for st in states.values()]
+    sets = [st.prompt_ids.to_set() for st in states.values()]
     return set.intersection(*sets) if sets else set()
 
 
@@ -335,7 +354,7 @@ def committed_everywhere(states: dict) -> set[str]:
 class GroupState:
     n_prompts: int
     array_rows: int
-    prompt_ids: set[str] = field(default_factory=set)
+    prompt_ids: IdSet = field(default_factory=IdSet)  # compact: bytes per id, not an object
     rows_end: int = 0  # highest committed row + 1; above n_prompts only where a lost part left a gap
 
     @property
@@ -482,7 +501,7 @@ class CommitWriter:
             st = self.state[g]
             st.n_prompts += len(mine)
             st.array_rows += sum(r["token_count"] for r in mine) if g.pooling == "tokens" else len(mine)
-            st.prompt_ids.update(r["prompt_id"] for r in mine)
+            st.prompt_ids.add_all(r["prompt_id"] for r in mine)
             # the mark lets verify tell a crash's tail (above it) from rows whose part was lost (below it)
             arrays.require_group(self.root, g.path).attrs.update(
                 {COMMITTED_ATTR: {"prompts": st.n_prompts, "array_rows": st.array_rows}})

@@ -1,9 +1,10 @@
-"""Append-only Parquet tables: each commit adds one part file, written atomically.
+"""Append-only Parquet tables: each commit adds one part file, written atomically;
+compaction (:mod:`.compaction`, its file set in :mod:`.manifest`) merges them later.
 
 On a local disk a part is written to a hidden temporary name in the table's folder, flushed
-and fsynced, then renamed to ``part-<time_ns>-<rand>.parquet``. Readers list only
-``part-*.parquet``, so a crash leaves either the whole part or none of it (plus a ``.tmp-*``
-file that ``verify --repair`` removes). On object storage (an fsspec URL) the part is uploaded
+and fsynced, then renamed to ``part-<time_ns>-<rand>.parquet``. Readers read only the live
+files (:func:`part_files`), so a crash leaves either the whole part or none of it (plus a
+``.tmp-*`` file that ``verify --repair`` removes). On object storage (an fsspec URL) the part is uploaded
 in one PUT under its final name: an object is visible only once complete, so the same holds
 without a rename. Schemas are fixed per table so every part unifies.
 
@@ -15,8 +16,6 @@ to the store's quarantine.
 
 from __future__ import annotations
 
-import io
-import os
 import time
 import uuid
 from pathlib import Path
@@ -27,8 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from . import manifest
 from .layout import StoreError
-from .location import arrow_files, is_remote, write_bytes_whole
+from .location import arrow_files, is_remote, write_atomically
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -175,19 +175,10 @@ SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, 
            "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA, "scores": SCORES_SCHEMA}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def part_files(table_dir: Path) -> list[Path]:
-    """Committed parts of one table, oldest first."""
-    if not table_dir.exists():
-        return []
-    return sorted(table_dir.glob("part-*.parquet"))
+    """The live files of one table in row order: its compacted bases, then the parts appended
+    since (see :mod:`.manifest`)."""
+    return manifest.snapshot(table_dir).live
 
 
 WRITE_OPTIONS = {"compression": "zstd", "write_page_checksum": True}
@@ -196,26 +187,10 @@ WRITE_OPTIONS = {"compression": "zstd", "write_page_checksum": True}
 def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
     """Atomically add ``table`` (cast to ``schema``) as a new part of ``table_dir``."""
     table = table.select(schema.names).cast(schema)
-    token = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-    if is_remote(table_dir):
-        buf = io.BytesIO()
-        pq.write_table(table, buf, **WRITE_OPTIONS)
-        final = table_dir / f"part-{token}.parquet"
-        write_bytes_whole(final, buf.getvalue())
-        return final
-    table_dir.mkdir(parents=True, exist_ok=True)
-    tmp = table_dir / f".tmp-{token}.parquet"
-    final = table_dir / f"part-{token}.parquet"
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, **WRITE_OPTIONS)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(table_dir)
+    if not is_remote(table_dir):
+        table_dir.mkdir(parents=True, exist_ok=True)
+    final = table_dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    write_atomically(final, lambda f: pq.write_table(table, f, **WRITE_OPTIONS))
     return final
 
 
@@ -262,13 +237,19 @@ def damaged_error(table_dir: Path, schema: pa.Schema, cause: BaseException) -> S
 def read_table(table_dir: Path, schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
     """Read every committed part of a table as one Arrow table (empty with ``schema`` if none).
 
-    A damaged part raises :class:`StoreError` naming it (never an Arrow traceback)."""
-    try:
-        return read_parts(part_files(table_dir), schema, columns, filter)
-    except (pa.ArrowException, OSError) as e:
-        if isinstance(e, OSError) and e.errno is not None:  # disk or permission error, not damage
-            raise
-        raise damaged_error(table_dir, schema, e) from None
+    A damaged part raises :class:`StoreError` naming it (never an Arrow traceback). A part that
+    vanished between the listing and the read (a compaction deleted what it had retired long
+    enough ago) means a newer snapshot exists: the read starts again from it."""
+    for attempt in range(3):
+        try:
+            return read_parts(part_files(table_dir), schema, columns, filter)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, OSError) and e.errno is not None:  # disk or permission error, not damage
+                raise
+            raise damaged_error(table_dir, schema, e) from None
 
 
 def read_parts(parts: list, schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
@@ -276,8 +257,16 @@ def read_parts(parts: list, schema: pa.Schema, columns: list[str] | None = None,
     if not parts:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
+    return parts_dataset(parts, schema).to_table(columns=columns, filter=filter)
+
+
+def parts_dataset(parts: list, schema: pa.Schema):
+    """These parts as one lazily scanned ``pyarrow.dataset`` (local or object storage); a table
+    with no part is an in-memory empty one. DuckDB scans it without loading it whole."""
+    if not parts:
+        return ds.dataset(schema.empty_table())
     fs, files = arrow_files(parts)
-    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs).to_table(columns=columns, filter=filter)
+    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs)
 
 
 def latest_prompts(t: pa.Table) -> pa.Table:

@@ -1,7 +1,10 @@
 """Check every invariant of a store against the data itself, and repair what a crash leaves.
 
 What is checked (every finding is one line naming the file or array, never a traceback):
-- tables: every part of every table parses (the footer; with values, every page and its CRC);
+- tables: every live part of every table parses (the footer; with values, every page and its
+  CRC); each compaction manifest reads, every compacted part it lists exists with the row count
+  it recorded, and no compaction was left half done (an orphan base, retired parts past their
+  grace);
 - prompts: no (prompt_id, dataset, trait) recorded twice at the same time;
 - per group (model_key, fmt, site, pooling): rows numbered 0..n-1, no prompt twice, no row
   whose prompt is missing; token ranges contiguous (tokens pooling);
@@ -21,18 +24,19 @@ shorter than its commits, missing chunks, non-finite values) stays an error for 
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import arrays, tables
+from . import arrays, compaction, manifest, tables
+from .location import is_remote
 from .layout import TABLE_NAMES, GroupKey, StoreError, format_layer_list, layer_name
 from .quarantine import Quarantine
-from .store import COMMITTED_ATTR, Store, array_layers, committed_mark, fixed_layers
+from .store import COMMITTED_ATTR, Store, array_layers, by_row, committed_mark, fixed_layers
 
 
 @dataclass
@@ -48,19 +52,31 @@ class Report:
         return not self.errors and not self.tails
 
 
-def _temporaries(store: Store) -> list[Path]:
+def _zarr_leftovers(store: Store) -> tuple[list, list]:
+    """``(temporary chunk files, folders of interrupted float32 promotions)`` under
+    ``activations.zarr``, from one walk of the tree (it holds a folder per chunk row)."""
+    if not store.zarr_path.exists():
+        return [], []
+    if is_remote(store.zarr_path):
+        partial = list(store.zarr_path.rglob("*.partial"))
+        folders = [p for pat in ("*.old", "*.f32tmp") for p in store.zarr_path.rglob(pat)]
+    else:
+        partial, folders = [], []
+        for top, dirs, files in os.walk(store.zarr_path):
+            partial += [Path(top) / f for f in files if f.endswith(".partial")]
+            folders += [Path(top) / d for d in dirs if d.endswith((".old", ".f32tmp"))]
+    # promotions rename whole array folders: match names first (cheap on object stores), then folders
+    return partial, sorted(p for p in set(folders) if (p / "zarr.json").exists())
+
+
+def _temporaries(store: Store, partial: list | None = None) -> list[Path]:
     found = [p for p in store.tables_path.rglob(".tmp-*")] if store.tables_path.exists() else []
-    if store.zarr_path.exists():
-        found += list(store.zarr_path.rglob("*.partial"))
-    return found
+    found += list(store.root.glob(".tmp-*"))  # a store.json rewrite (format upgrade) cut short
+    return found + (_zarr_leftovers(store)[0] if partial is None else partial)
 
 
 def _interrupted_promotions(store: Store) -> list[Path]:
-    if not store.zarr_path.exists():
-        return []
-    # promotions rename whole array folders: match names first (cheap on object stores), then folders
-    hits = {p for pat in ("*.old", "*.f32tmp") for p in store.zarr_path.rglob(pat)}
-    return sorted(p for p in hits if (p / "zarr.json").exists())
+    return _zarr_leftovers(store)[1]
 
 
 def clean_temporaries(store: Store) -> list[str]:
@@ -69,9 +85,10 @@ def clean_temporaries(store: Store) -> list[str]:
     Call only while holding the store's writer lock: a live writer's temporaries look alike.
     """
     done = []
-    for p in _interrupted_promotions(store):
+    partial, promotions = _zarr_leftovers(store)
+    for p in promotions:
         done += arrays.restore_interrupted_promotions(p.parent)
-    for p in _temporaries(store):
+    for p in _temporaries(store, partial):
         p.unlink(missing_ok=True)
         done.append(str(p))
     return done
@@ -89,21 +106,74 @@ class _Verifier:
 
     # -- tables --------------------------------------------------------------------------------
     def table(self, name: str) -> pa.Table:
-        """Check every part of a table; returns the rows of the parts that read."""
+        """Check a table's manifest and every live part; returns the rows of the parts that read."""
         schema = tables.SCHEMAS[name]
         table_dir = self.store.tables_path / name
-        bad = dict(tables.damaged_parts(table_dir, schema, full=self.values))
+        snap = self.manifest(name, table_dir)
+        if snap is None:
+            return schema.empty_table()
+        bad = {p: why for p in snap.live if (why := tables.part_problem(p, schema, self.values)) is not None}
+        dropped = []
         for part, why in bad.items():
             rel = f"tables/{name}/{part.name}"
             if self.repair:
                 dest = self.quarantine.move_part(part, name, why)
                 self._moved(f"{rel}: damaged ({why}); moved to {dest.relative_to(self.store.root)}; "
                             "re-ingest the corpus to restore what it held")
+                dropped.append(part.name)
             else:
                 self.rep.errors.append(f"{rel}: damaged Parquet part ({why}); --repair moves it to quarantine/")
-        good = [p for p in tables.part_files(table_dir) if p not in bad]
+        good = [p for p in snap.live if p not in bad]
+        if dropped:
+            compaction.drop_bases(table_dir, snap.manifest, dropped)
         self.rep.checked[f"{name}_parts"] = len(good)
         return tables.read_parts(good, schema)
+
+    def manifest(self, name: str, table_dir):
+        """Check a table's compaction state (see :mod:`.manifest`); returns its snapshot, None
+        where it cannot be read even after repair (reported)."""
+        rel = f"tables/{name}"
+        try:
+            snap = manifest.snapshot(table_dir)
+        except StoreError as e:
+            if not self.repair:
+                self.rep.errors.append(str(e))
+                return None
+            rebuilt = manifest.rebuild(table_dir, name, compaction.footer)
+            manifest.write_manifest(table_dir, rebuilt)
+            self.rep.tails.append(f"{e} -> rebuilt from the footers of {len(rebuilt.bases)} compacted part(s)")
+            snap = manifest.snapshot(table_dir)
+        for p in snap.orphans:
+            self.rep.tails.append(f"{rel}/{p.name}: output of an interrupted compaction (not in the manifest); "
+                                  "--repair deletes it (the compaction is rolled back)")
+            if self.repair:
+                p.unlink(missing_ok=True)
+                self.rep.repaired.append(f"removed {rel}/{p.name} (compaction rolled back)")
+        late = snap.retired_present(manifest.retire_grace())
+        if late:
+            self.rep.tails.append(f"{rel}: {len(late)} part(s) a compaction retired await deletion; --repair deletes "
+                                  "them (the compaction is finished)")
+            if self.repair:
+                compaction.delete_retired(table_dir, snap)
+                self.rep.repaired.append(f"{rel}: deleted {len(late)} retired part(s)")
+        listed = set(snap.listed)
+        missing = [b for b in (snap.manifest.bases if snap.manifest else []) if b["name"] not in listed]
+        for b in missing:
+            msg = (f"{rel}/{b['name']}: a compacted part the manifest lists ({b['rows']} rows) is missing; its rows "
+                   "are lost unless you restore the file from a backup")
+            if self.repair:
+                self._moved(msg + "; dropped from the manifest: re-ingest the corpus to restore what it held")
+            else:
+                self.rep.errors.append(msg + "; --repair drops it from the manifest")
+        if missing and self.repair:
+            compaction.drop_bases(table_dir, snap.manifest, [b["name"] for b in missing])
+            snap = manifest.snapshot(table_dir)
+        for b in snap.manifest.bases if snap.manifest else []:
+            meta, rows = compaction.footer(table_dir / b["name"])
+            if meta is not None and rows != b["rows"]:
+                self.rep.errors.append(f"{rel}/{b['name']}: holds {rows} rows but the manifest recorded {b['rows']}: "
+                                       "the file was replaced; restore it from a backup")
+        return snap
 
     # -- arrays --------------------------------------------------------------------------------
     def zarr_groups(self, root) -> dict[str, object]:
@@ -128,28 +198,35 @@ class _Verifier:
         walk(root, "", 0)
         return found
 
-    def group(self, key: GroupKey, grp, t: pa.Table, prompt_ids: set[str]) -> int:
+    def group(self, key: GroupKey, grp, t: pa.Table, prompt_ids: pa.Array) -> int:
         """Check one group's rows and arrays; returns its committed row count."""
         rep, path = self.rep, key.path
-        t = t.sort_by("row")
+        t = by_row(t)
         n = t.num_rows
         rows = t["row"].to_numpy() if n else np.zeros(0, np.int64)
         contiguous = np.array_equal(rows, np.arange(n))
         if not contiguous:
-            dups = [r for r, c in Counter(rows.tolist()).items() if c > 1]
-            gaps = sorted(set(range(int(rows.max()) + 1)) - set(rows.tolist())) if n else []
-            where = f"rows {gaps[0]}-{gaps[-1]} have no record" if gaps else f"duplicated rows {dups[:5]}"
+            present = np.zeros(int(rows.max()) + 1, bool)
+            present[rows] = True
+            gaps = np.flatnonzero(~present)
+            uniq, counts = np.unique(rows, return_counts=True)
+            dups = uniq[counts > 1][:5].tolist()
+            where = f"rows {gaps[0]}-{gaps[-1]} have no record" if len(gaps) else f"duplicated rows {dups}"
             rep.errors.append(f"{path}: row numbers are not 0..{n - 1} ({where}): a rows part from the middle was "
                               "lost or copied. The arrays are left as they are (nothing is truncated around a gap); "
                               "restore the part from quarantine/ or a backup, or re-ingest into a new --store")
-        ids = t["prompt_id"].to_pylist()
-        dup_ids = [p for p, c in Counter(ids).items() if c > 1]
-        if dup_ids:
-            rep.errors.append(f"{path}: {len(dup_ids)} prompts stored more than once, e.g. {dup_ids[0]}")
-        orphans = [p for p in set(ids) if p not in prompt_ids]
-        if orphans:
+        # one hash lookup per row answers both: which prompt each row is (None: an orphan) and repeats
+        idx = pc.index_in(t["prompt_id"], value_set=prompt_ids) if n else pa.array([], pa.int32())
+        known = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False)
+        counts = np.bincount(known[known >= 0], minlength=len(prompt_ids)) if n else np.zeros(0, np.int64)
+        repeated = np.flatnonzero(counts > 1)
+        if len(repeated):
+            rep.errors.append(f"{path}: {len(repeated)} prompts stored more than once, e.g. "
+                              f"{prompt_ids[int(repeated[0])].as_py()}")
+        orphans = pc.unique(t["prompt_id"].filter(pc.is_null(idx))) if n else pa.array([], pa.string())
+        if len(orphans):
             rep.errors.append(f"{path}: {len(orphans)} rows point at prompts missing from the prompts table, e.g. "
-                              f"{orphans[0]}; re-ingest their corpus to restore the prompt records")
+                              f"{orphans[0].as_py()}; re-ingest their corpus to restore the prompt records")
         array_rows = int(rows.max()) + 1 if n else 0  # past the highest committed row, gaps or not
         if key.pooling == "tokens" and n:
             starts, counts = t["token_start"].to_numpy(), t["token_count"].to_numpy().astype(np.int64)
@@ -291,26 +368,36 @@ class _Verifier:
     # -- the whole store -----------------------------------------------------------------------
     def run(self) -> Report:
         store, rep = self.store, self.rep
-        rep.tails += [f"interrupted float32 promotion left {p.relative_to(store.root)}"
-                      for p in _interrupted_promotions(store)]
-        rep.tails += [f"temporary file {p.relative_to(store.root)}" for p in _temporaries(store)]
-        if self.repair:
+        partial, promotions = _zarr_leftovers(store)
+        rep.tails += [f"interrupted float32 promotion left {p.relative_to(store.root)}" for p in promotions]
+        rep.tails += [f"temporary file {p.relative_to(store.root)}" for p in _temporaries(store, partial)]
+        if self.repair and (partial or promotions or rep.tails):
             rep.repaired += [f"removed {p}" for p in clean_temporaries(store)]
         read = {name: self.table(name) for name in TABLE_NAMES}
 
         prompts = read["prompts"]
-        keys = zip(*(prompts[c].to_pylist() for c in ("prompt_id", "dataset", "trait", "added_at")))
-        dup_keys = [k for k, c in Counter(keys).items() if c > 1]
-        if dup_keys:
-            rep.errors.append(f"prompts table holds {len(dup_keys)} (prompt_id, dataset, trait) keys recorded twice "
-                              f"at the same time, e.g. {dup_keys[0][:3]}")
-        prompt_ids = set(prompts["prompt_id"].to_pylist())
-        rep.checked["prompts"] = len(set(zip(*(prompts[c].to_pylist() for c in ("prompt_id", "dataset", "trait")))))
+        # aggregates in Arrow, not Python loops: a 1M-prompt store is checked in a fraction of a second
+        prompt_ids = pc.unique(prompts["prompt_id"]) if prompts.num_rows else pa.array([], pa.string())
+        if len(prompt_ids) == prompts.num_rows:  # each id once (the common case): no key can repeat
+            rep.checked["prompts"] = prompts.num_rows
+        else:
+            keys = prompts.group_by(["prompt_id", "dataset", "trait"]).aggregate(
+                [("added_at", "count_distinct", pc.CountOptions(mode="all")), ([], "count_all")])
+            twice = keys.filter(pc.greater(keys["count_all"], keys["added_at_count_distinct"]))
+            if twice.num_rows:
+                first = twice.slice(0, 1).to_pylist()[0]
+                rep.errors.append(f"prompts table holds {twice.num_rows} (prompt_id, dataset, trait) keys recorded "
+                                  f"twice at the same time, e.g. {(first['prompt_id'], first['dataset'], first['trait'])}")
+            rep.checked["prompts"] = keys.num_rows
 
         rows = read["rows"]
         by_group: dict[GroupKey, pa.Table] = {}
-        if rows.num_rows:
-            for g in rows.group_by(["model_key", "fmt", "site", "pooling"]).aggregate([]).to_pylist():
+        group_keys = rows.select(["model_key", "fmt", "site", "pooling"]).group_by(
+            ["model_key", "fmt", "site", "pooling"]).aggregate([]).to_pylist() if rows.num_rows else []
+        if len(group_keys) == 1:  # one group (the common case): no need to filter a copy out
+            by_group[GroupKey(**group_keys[0])] = rows
+        else:
+            for g in group_keys:
                 key = GroupKey(g["model_key"], g["fmt"], g["site"], g["pooling"])
                 f = ((pc.field("model_key") == key.model_key) & (pc.field("fmt") == key.fmt)
                      & (pc.field("site") == key.site) & (pc.field("pooling") == key.pooling))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from traitlens.pipeline.capture.corpus import read_corpus
+from traitlens.pipeline.capture.plan import read_corpus
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.store import GroupKey, Store

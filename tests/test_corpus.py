@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, hash_split, prompt_id_for, read_corpus
+from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, hash_split, prompt_id_for
+from traitlens.pipeline.capture.plan import read_corpus
 
 
 def test_jsonl_with_persona_style_labels(tmp_path):

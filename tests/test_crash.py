@@ -65,7 +65,9 @@ def test_kill_9_mid_ingest_then_rerun_is_clean_and_equal_to_uninterrupted(tmp_pa
     runs = store.runs().to_pylist()
     # a killed run stays visible as never finished (unless the kill landed after its last record)
     assert sum(r["status"] == "running" for r in runs) <= kills, runs
-    assert runs[-1]["status"] == "done"
+    # the rerun ends done, unless a killed run had committed everything just before its kill
+    # (then the rerun has nothing to do and, as every no-op, writes no record)
+    assert runs[-1]["status"] == "done" or ": 0 prompts captured" in done.stdout, (runs, done.stdout)
     for key in refstore.groups():
         ids = store.group_rows(key)["prompt_id"].to_pylist()
         assert len(ids) == len(set(ids)) == 900

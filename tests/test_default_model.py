@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from traitlens.testing import SHARED_DATA
-from traitlens.pipeline.capture.corpus import read_corpus
+from traitlens.pipeline.capture.plan import read_corpus
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.pipeline.model.loading import gguf_path

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from traitlens.pipeline.capture.corpus import CorpusError, read_corpus
+from traitlens.pipeline.capture.corpus import CorpusError
+from traitlens.pipeline.capture.plan import read_corpus
 from traitlens.workflows.spec import SpecError, load_spec
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -63,7 +63,7 @@ def test_attn_and_mlp_sites_match_direct_hooks(tmp_path, corpus, tiny_lms, arch)
     block = lm.model.model.layers[1] if arch == "llama" else lm.model.transformer.h[1]
     attn = block.self_attn if arch == "llama" else block.attn
     rows = store.group_rows(GroupKey(lm.key, res.fmt, "attn_out", "last")).to_pylist()
-    from traitlens.pipeline.capture.corpus import read_corpus
+    from traitlens.pipeline.capture.plan import read_corpus
 
     texts = {r.prompt_id: r.text for r in read_corpus([corpus])[0]}
     for site, mod in (("attn_out", attn), ("mlp_out", block.mlp)):
@@ -142,7 +142,7 @@ def test_response_mean_generates_and_stores_response(tmp_path, tiny_lms):
     rows = store.group_rows(key).to_pylist()
     assert all(isinstance(r["response"], str) for r in rows)
     # independent check: regenerate greedily for one prompt, average block-0 output over the response
-    from traitlens.pipeline.capture.corpus import read_corpus
+    from traitlens.pipeline.capture.plan import read_corpus
 
     rec = {r.prompt_id: r for r in read_corpus([c])[0]}[rows[0]["prompt_id"]]
     ids = render_ids(lm.tokenizer, rec.text, None, True)

@@ -275,7 +275,7 @@ def test_corrected_labels_win_are_counted_and_make_vectors_stale(store, good, ti
     assert r.exit_code == 0 and "20 relabelled" in r.output, r.output
     s = Store.open(store)
     got = {p["prompt_id"]: p["label"] for p in s.prompts().to_pylist()}
-    from traitlens.pipeline.capture.corpus import read_corpus
+    from traitlens.pipeline.capture.plan import read_corpus
 
     want = {rec.prompt_id: rec.label for rec in read_corpus([fixed])[0]}
     assert got == want  # the newest label, for every prompt, once

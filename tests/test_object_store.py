@@ -223,3 +223,25 @@ def test_lost_rows_part_and_damaged_part_on_object_storage(tmp_path, tiny_lms, u
     assert ingest(url, [c], cfg=cfg, lm=lm, progress=False).n_captured == 40 - n
     assert verify(s).clean
     np.testing.assert_allclose(s.activations(key, 1), original, rtol=1e-3, atol=1e-3)
+
+
+def test_compaction_on_object_storage(url):
+    """The same atomic switch without renames: the base is one whole PUT, then the manifest."""
+    s = Store.open(url, create=True)
+    for i in range(70):
+        s.append("runs", [{"run_id": f"r{i:02d}", "stage": "x", "status": "done"}])  # no lock held: not merged yet
+    table_dir = s.root / "tables" / "runs"
+    assert len(list(table_dir.glob("part-*"))) == 70
+    want = s.table("runs")
+    with s.lock("test"):
+        s.append("runs", [{"run_id": "r70", "stage": "x", "status": "done"}])  # the 71st append merges all of them
+    names = sorted(p.name for p in table_dir.iterdir())
+    assert any(n.startswith("base-") for n in names) and "_manifest.json" in names
+    got = s.table("runs")
+    assert got.slice(0, 70).equals(want) and got.num_rows == 71
+    s.compact(grace=0)
+    assert len([p for p in table_dir.iterdir() if p.name.startswith("base-")]) == 1
+    assert not list(table_dir.glob("part-*"))
+    with StoreSQL(url) as q:
+        assert q.query("SELECT count(DISTINCT run_id) AS n FROM runs")["n"][0].as_py() == 71
+    assert verify(s).clean

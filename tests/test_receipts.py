@@ -102,3 +102,22 @@ def test_receipts_are_a_cache_outside_the_store(tmp_path, tiny_llama):
         f.unlink()
     assert receipts.check(store, [corpus], ReadOptions(), IngestConfig(model=str(tiny_llama))) is None
     assert "0 prompts captured, 10 already stored" in ingest_cli(store, corpus, tiny_llama)
+
+
+def test_compaction_keeps_a_receipt_and_a_lost_compacted_part_breaks_it(tmp_path, tiny_llama):
+    """A receipt vouches for which rows the tables hold, not for their file names: merging the
+    parts changes nothing it vouches for; losing a compacted part does."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 40)
+    store = tmp_path / "s"
+    from traitlens.pipeline.capture.ingest import ingest
+
+    cfg, opts = IngestConfig(model=str(tiny_llama)), ReadOptions()
+    ingest(store, [corpus], opts, IngestConfig(model=str(tiny_llama), chunk_rows=8, batch_size=8), progress=False,
+           log=lambda *a: None)  # a commit per 8 prompts: five rows parts
+    assert receipts.check(store, [corpus], opts, cfg) is not None
+    r = CliRunner().invoke(cli, ["--store", str(store), "compact", "--grace", "0"], catch_exceptions=False)
+    assert r.exit_code == 0 and "tables/rows: 5 -> 1 files" in r.output, r.output
+    assert receipts.check(store, [corpus], opts, cfg) is not None
+    base = next((store / "tables" / "rows").glob("base-*.parquet"))
+    base.unlink()
+    assert receipts.check(store, [corpus], opts, cfg) is None

@@ -217,3 +217,26 @@ def test_every_run_records_how_it_ended(tmp_path):
     assert runs["b"]["status"] == "failed" and runs["b"]["message"] == "ValueError: bad value; nothing was kept"
     assert runs["c"]["status"] == "interrupted" and runs["c"]["message"].startswith("interrupted (Ctrl-C)")
     assert runs["d"]["status"] == "interrupted" and runs["d"]["message"].startswith("terminated (SIGTERM)")
+
+
+def test_idset_agrees_with_a_python_set(monkeypatch):
+    """The writer's compact id set answers exactly as a plain set would, across merges."""
+    import random
+
+    import pyarrow as pa
+
+    from traitlens.store import idset
+
+    monkeypatch.setattr(idset, "MERGE_AT", 50)
+    rng = random.Random(3)
+    hexes = [f"{rng.getrandbits(96):024x}" for _ in range(400)]
+    odd = ["p1", "prompt-ü", "x" * 40]  # other lengths and non-ASCII: the slow path
+    s = idset.IdSet(pa.array(hexes[:200]))
+    plain = set(hexes[:200])
+    for chunk in (hexes[200:260], hexes[260:300], odd, hexes[300:390]):
+        s.add_all(chunk)
+        plain.update(chunk)
+    probes = hexes + odd + [f"{rng.getrandbits(96):024x}" for _ in range(100)] + ["p", "x" * 41]
+    assert [p in s for p in probes] == [p in plain for p in probes]
+    assert len(s) == len(plain) and s.to_set() == plain
+    assert idset.IdSet(pa.array(odd)).to_set() == set(odd)

@@ -15,6 +15,7 @@ import click
 
 from . import cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
 from .cli_base import EXIT_FAIL, EXIT_INPUT, _fail, _quiet_libraries, cli, own_process
+from traitlens.store.layout import TABLE_NAMES
 
 @cli.command()
 @click.pass_context
@@ -22,7 +23,7 @@ def info(ctx):
     """Versions, paths, default-model status, and what the store holds."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from traitlens.pipeline.model.loading import default_model_status, traitlens_home
+    from traitlens.pipeline.model.identity import default_model_status, traitlens_home
     from traitlens.store.location import is_remote
 
     def v(pkg):
@@ -49,11 +50,10 @@ def info(ctx):
 
     store = Store.open(store_path)
     click.echo(f"  prompts: {store.table('prompts', columns=['prompt_id']).num_rows}")
-    for g in store.groups():
-        st_ = store.committed(g)
+    for g, n in store.group_counts().items():
         layers = store.layers(g)
         span = f"L{layers[0]}-L{layers[-1]}" if layers else "-"
-        click.echo(f"  {g.path}: {st_.n_prompts} prompts, {len(layers)} layers ({span})")
+        click.echo(f"  {g.path}: {n} prompts, {len(layers)} layers ({span})")
 
 
 def _poolings(value: str) -> list[str]:
@@ -181,6 +181,30 @@ def verify(ctx, repair, no_values, as_json, quiet):
                        "the lost prompts again", err=True)
     if rep.errors or (rep.tails and not repair) or rep.quarantined:
         sys.exit(EXIT_FAIL)
+
+
+@cli.command()
+@click.option("--table", "names", multiple=True, type=click.Choice(TABLE_NAMES),
+              help="Compact only this table (repeatable); default: every table.")
+@click.option("--grace", type=click.FloatRange(min=0), default=None, show_default="600, or $TRAITLENS_COMPACT_GRACE",
+              help="Seconds the replaced parts stay on disk for readers that listed them before the switch.")
+@click.pass_context
+def compact(ctx, names, grace):
+    """Merge each table's parts into one compacted part (atomic; readers never see a mix).
+
+    Ingest, extract and the other writers already compact a table once it holds 64 new parts;
+    run this after a large ingest, or before copying a store, to leave one file per table."""
+    from traitlens.store import Store
+
+    store = Store.open(ctx.obj["store"])
+
+    def log(c):
+        click.echo(f"tables/{c.table}: {c.files_before} -> {c.files_after} files, {c.rows:,} rows rewritten, "
+                   f"{c.deleted} replaced files deleted, {c.seconds:.1f} s")
+
+    done = store.compact(list(names) or None, full=True, grace=grace, log=log)
+    if not done:
+        click.echo("nothing to compact: every table is already one file")
 
 
 def main() -> None:

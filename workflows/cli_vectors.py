@@ -177,7 +177,7 @@ def audit(ctx, trait, vector_id, top, fmt_):
 def score(ctx, corpus, trait, vector_id, where, top, output):
     """Score stored prompts (all of the vector's group, those of CORPUS files, or --where) on a trait
     vector; each (prompt, vector) is scored once, into the `scores` table."""
-    from traitlens.pipeline.capture.corpus import read_corpus
+    from traitlens.pipeline.capture.plan import read_corpus
     from traitlens.pipeline.extract.scoring import score as run_score
     from traitlens.queries import StoreSQL
 

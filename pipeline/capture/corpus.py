@@ -2,8 +2,10 @@
 
 Every record becomes a :class:`PromptRecord` with a content-hash ``prompt_id``, a trait, a
 label (+1 trait present, -1 its opposite, 0 unlabelled) and a split. Bad input raises
-:class:`CorpusError` naming the file, line and field, and how to fix it; nothing is read
-half-way: a corpus either loads whole or not at all.
+:class:`CorpusError` naming the file, line and field, and how to fix it. Files are read one
+line at a time (``.json`` arrays excepted: they are parsed whole), so :func:`iter_records`
+streams a corpus of any length; :mod:`.plan` validates it whole in one streaming pass before
+anything is written.
 
 Accepted shapes:
 - ``*.jsonl``: one JSON object a line; ``*.json``: a JSON array of objects;
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,16 +179,17 @@ def record_from_object(obj, path: Path, line: int, opts: ReadOptions, default_na
 
 
 def _decode_lines(path: Path):
-    """Yield (line_number, text) with a clear error on bad UTF-8."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for i, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            yield i, raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as e:
-            raise CorpusError(path, i, None, f"not valid UTF-8 (byte {e.start + 1} of the line)",
-                              "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+    """Yield (line_number, text) one line at a time (a 10M-line corpus is never held whole),
+    with a clear error on bad UTF-8."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield i, raw.decode("utf-8").rstrip("\n").rstrip("\r")
+            except UnicodeDecodeError as e:
+                raise CorpusError(path, i, None, f"not valid UTF-8 (byte {e.start + 1} of the line)",
+                                  "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
 
 
 def _read_jsonl(path, opts):
@@ -224,8 +226,9 @@ def _read_json(path, opts):
 
 
 def _read_csv(path, opts, delimiter):
-    text = "\n".join(line for _, line in _decode_lines(path))
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, strict=True)
+    # the csv module pulls lines as it needs them (a quoted field may span several), so the
+    # file streams; reader.line_num counts the lines read, i.e. the record's last line
+    reader = csv.DictReader((line + "\n" for _, line in _decode_lines(path)), delimiter=delimiter, strict=True)
     try:
         if not reader.fieldnames:
             raise CorpusError(path, 1, None, "empty file or no header row", "the first line must name the columns")
@@ -281,26 +284,3 @@ def iter_records(path: str | Path, opts: ReadOptions | None = None):
     else:
         raise CorpusError(path, None, None, f"unknown corpus type {suffix!r}",
                           "use .jsonl, .json, .csv, .tsv, .txt or a folder of positive.txt/negative.txt")
-
-
-def read_corpus(paths, opts: ReadOptions | None = None) -> tuple[list[PromptRecord], int]:
-    """Read every path; returns (records, duplicates skipped).
-
-    The same prompt with the same (dataset, trait) twice is kept once; with a different
-    label it is an error naming both places.
-    """
-    seen: dict[tuple[str, str, str], PromptRecord] = {}
-    dups = 0
-    for p in paths:
-        for rec in iter_records(p, opts):
-            key = (rec.prompt_id, rec.dataset, rec.trait)
-            first = seen.get(key)
-            if first is None:
-                seen[key] = rec
-            elif first.label != rec.label:
-                raise CorpusError(rec.source.rsplit(":", 1)[0], int(rec.source.rsplit(":", 1)[1]), "label",
-                                  f"same prompt as {first.source} but label {rec.label:+d} vs {first.label:+d}",
-                                  "remove one of them")
-            else:
-                dups += 1
-    return list(seen.values()), dups

@@ -3,16 +3,16 @@
 Every option, every corpus record and the store's own invariants (a group's fixed layer set,
 its width, its capture policy) are checked before the store is touched; with ``--on-long
 fail`` every prompt to capture is tokenised first, so a too-long one fails before anything is
-written. Prompts already
-committed for this model/format/site/pooling are skipped, so rerunning on the same or a
-grown corpus captures only what is missing. Capture of batch k+1 overlaps the commit of
-batch k (a one-thread writer); memory is bounded by the encode window and batch size, not
-by the corpus.
+written. Prompts already committed for this model/format/site/pooling are skipped, so
+rerunning on the same or a grown corpus captures only what is missing. Capture of batch k+1
+overlaps the commit of batch k (a one-thread writer); memory is bounded by the window and
+batch size, not by the corpus (the corpus streams twice: :mod:`.plan`).
 """
 
 from __future__ import annotations
 
 import time
+from itertools import islice
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -22,12 +22,12 @@ from traitlens.store.errors import InputError
 from traitlens.store.layout import StoreError
 from traitlens.store.verify import clean_temporaries
 from traitlens.store.runs import interrupt_reason
-from traitlens.store.store import committed_everywhere
 
 from traitlens.pipeline.capture import receipts
 from traitlens.pipeline.capture.batching import length_batches
 from traitlens.pipeline.capture.capturer import Capturer
-from traitlens.pipeline.capture.corpus import PromptRecord, ReadOptions, read_corpus
+from traitlens.pipeline.capture.corpus import PromptRecord, ReadOptions
+from traitlens.pipeline.capture.plan import CAPTURE, NEW, RELABELLED, scan_corpus
 from traitlens.pipeline.model.encode import encode, uses_chat
 from traitlens.pipeline.runtime.interrupts import interrupt_exit_code
 from traitlens.pipeline.capture.settings import IngestConfig
@@ -105,7 +105,7 @@ def _record_group_config(store: Store, groups: list[GroupKey], settings: dict) -
             grp.attrs["capture"] = _capture_policy(g, settings)
 
 
-def _check_lengths(records: list[PromptRecord], lm: LoadedModel, chat: bool, max_length: int) -> None:
+def _check_lengths(records, lm: LoadedModel, chat: bool, max_length: int) -> None:
     """With ``--on-long fail``: tokenise every prompt to capture now, so a too-long one stops the
     run before the store is touched (not half-way, after other batches were committed)."""
     for r in records:
@@ -120,8 +120,15 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     (each loads the model once); this process still commits every result itself."""
     cfg = (cfg or IngestConfig()).validate()
     digest = receipts.corpus_digest(corpus_paths, read_opts)  # before reading: what the receipt vouches for
-    records, n_dups = read_corpus(corpus_paths, read_opts)
-    if not records:
+    scan = scan_corpus(corpus_paths, read_opts)  # pass 1: every record validated, nothing written
+    try:
+        return _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, client)
+    finally:
+        scan.close()
+
+
+def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, client) -> IngestResult:
+    if not scan.n_read:
         raise InputError(f"no prompts found in {', '.join(map(str, corpus_paths))}")
     lm = lm or load_model(cfg.model, cfg.device, cfg.dtype, log=log)
     layers = parse_layers(cfg.layers, lm.n_layers)
@@ -141,35 +148,36 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
 
     # everything that can refuse this run does so here, before the store is created or written
     existing = Store.open(store_path) if Store.exists(store_path) else None
-    states = {}
     if existing is not None:
-        states = existing.check_extend(groups, layers_by_site, lm.d_model)
+        existing.check_extend(groups, layers_by_site, lm.d_model)
         _check_group_config(existing, groups, settings)
     if cfg.on_long == "fail":
-        _check_lengths([records[i] for i in still_to_capture(records, committed_everywhere(states))], lm, chat,
-                       max_length)
+        scan.decide(existing, groups)
+        _check_lengths((r for w in scan.windows(cfg.window) for r, f in w if f & CAPTURE), lm, chat, max_length)
 
     store = existing or Store.open(store_path, create=True)
     capturer = Capturer(lm, points, cfg.poolings, cfg.padding_side, cfg.generate)
     with store.lock("ingest"), capturer, store.run("ingest", settings, start=False) as run:
         clean_temporaries(store)  # left by a run that was killed; we hold the lock, so none is live
-        # the writer checks the groups again under the lock (another run may have written since)
+        # the writer checks the groups again under the lock (another run may have written since),
+        # and so does the plan: which records are new, relabelled, or still to capture
         writer = store.writer(groups, layers_by_site, lm.d_model, run.run_id, cfg.chunk_rows)
-        n_new_prompts, n_relabelled = store.add_prompts([r.as_row() for r in records])
+        scan.decide(store, groups)
         _record_group_config(store, groups, settings)
-        todo: list[PromptRecord] = [records[i] for i in still_to_capture(records, writer.done_prompt_ids())]
-        n_distinct = len({r.prompt_id for r in records})
-        if todo or n_new_prompts or n_relabelled:  # a rerun with nothing new writes nothing at all
+        n_new_prompts, n_relabelled, n_todo = scan.count(NEW), scan.count(RELABELLED), scan.count(CAPTURE)
+        if n_todo or n_new_prompts or n_relabelled:  # a rerun with nothing new writes nothing at all
             run.start()
-        counts = run.counts = {"records": len(records), "distinct_prompts": n_distinct, "relabelled": n_relabelled,
-                               "to_capture": len(todo), "already_stored": n_distinct - len(todo), "captured": 0,
+        n_distinct = scan.n_distinct
+        counts = run.counts = {"records": scan.n_records, "distinct_prompts": n_distinct, "relabelled": n_relabelled,
+                               "to_capture": n_todo, "already_stored": n_distinct - n_todo, "captured": 0,
                                "truncated": 0, "tokens": 0}
         interrupted_by = None
-        bar = _progress(len(todo), progress)
+        bar = _progress(n_todo, progress)
         pending: list[Future] = []
         t_cap = time.perf_counter()
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="traitlens-writer") as pool:
+                todo = _recorded_windows(store, scan, cfg.window)
                 for enc, batch in _captured(todo, lm, capturer, chat, max_length, cfg, all_layers, client):
                     pending.append(pool.submit(writer.add, batch, cfg.commit_seconds))
                     while len(pending) > 1:  # at most one batch in flight behind the model
@@ -199,24 +207,34 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
         vouch = None
         if interrupted_by is None:  # every prompt of this corpus is committed (still under our lock)
             vouch = receipts.Vouch(receipts.Plan(lm.key, fmt, groups, layers_by_site, max_length), cfg, digest,
-                                   {"records": len(records), "distinct_prompts": n_distinct, "duplicates": n_dups,
-                                    "run_id": run.run_id})
+                                   {"records": scan.n_records, "distinct_prompts": n_distinct,
+                                    "duplicates": scan.n_duplicates, "run_id": run.run_id})
             vouch.write(store)
     seconds = time.perf_counter() - t_cap
-    res = IngestResult(run_id=run.run_id, model_key=lm.key, fmt=fmt, n_records=len(records), n_new_prompts=n_new_prompts,
-                       n_relabelled=n_relabelled,
-                       n_captured=writer.n_committed, n_skipped=n_distinct - len(todo), n_truncated=counts["truncated"],
-                       n_duplicates=n_dups, seconds=seconds, tokens=counts["tokens"], promoted=writer.promoted,
-                       status=run.status, vouch=vouch)
+    res = IngestResult(run_id=run.run_id, model_key=lm.key, fmt=fmt, n_records=scan.n_records,
+                       n_new_prompts=n_new_prompts, n_relabelled=n_relabelled,
+                       n_captured=writer.n_committed, n_skipped=n_distinct - n_todo, n_truncated=counts["truncated"],
+                       n_duplicates=scan.n_duplicates, seconds=seconds, tokens=counts["tokens"],
+                       promoted=writer.promoted, status=run.status, vouch=vouch)
     if interrupted_by is not None:
         raise IngestInterrupted(res, interrupt_exit_code(interrupted_by))
     return res
 
 
+def _recorded_windows(store: Store, scan, window: int):
+    """Pass 2: the records to capture, in corpus order. Each window's new and relabelled prompt
+    records are written (one part) before any of its prompts is captured: a prompt is recorded
+    before its rows, as the commit protocol requires."""
+    for w in scan.windows(window):
+        store.write_prompts([r.as_row() for r, f in w if f & NEW], [r.as_row() for r, f in w if f & RELABELLED])
+        yield from (r for r, f in w if f & CAPTURE)
+
+
 def _encoded_batches(todo, lm, chat, max_length, cfg):
-    """Length-sorted batches of encoded prompts, one encode window at a time (bounded memory)."""
-    for w0 in range(0, len(todo), cfg.window):
-        window = [encode(lm.tokenizer, r, chat, max_length, cfg.on_long) for r in todo[w0:w0 + cfg.window]]
+    """Length-sorted batches of encoded prompts, one encode window at a time (bounded memory);
+    ``todo`` is any iterable of records."""
+    it = iter(todo)
+    while window := [encode(lm.tokenizer, r, chat, max_length, cfg.on_long) for r in islice(it, cfg.window)]:
         for idx in length_batches([len(e.ids) for e in window], cfg.batch_size, cfg.max_tokens):
             yield [window[i] for i in idx]
 

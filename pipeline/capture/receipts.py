@@ -21,7 +21,7 @@ from pathlib import Path
 
 from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group
-from traitlens.store.tables import part_files
+from traitlens.store.manifest import snapshot
 
 from traitlens.pipeline.capture.corpus import ReadOptions
 from traitlens.pipeline.capture.settings import IngestConfig
@@ -86,8 +86,9 @@ def plan_from_identity(cfg: IngestConfig) -> Plan | None:
 
 
 def store_state(store: Store, groups: list[GroupKey], tables=("prompts", "rows")) -> dict:
-    """What a rerun's outcome depends on in the store: table part names and commit marks."""
-    state = {t: sorted(f.name for f in part_files(store.tables_path / t)) for t in tables}
+    """What a rerun's outcome depends on in the store: which parts' rows each table holds (a
+    digest that compaction keeps and any append or lost part changes) and the commit marks."""
+    state = {t: snapshot(store.tables_path / t).digest() for t in tables}
     root = store.zarr_root() if store.zarr_path.exists() else None
     marks = {}
     for g in groups:

