@@ -171,14 +171,15 @@ def needs_float32(values: np.ndarray) -> bool:
     return finite.size > 0 and float(np.abs(finite).max()) > FLOAT16_MAX
 
 
-def write_rows(array: zarr.Array, start: int, values: np.ndarray) -> None:
+def write_rows(array: zarr.Array, start: int, values: np.ndarray, shrink: bool = True) -> None:
     """Write ``values`` [n, ...] at rows ``[start, start + n)``, resizing the array to end there.
 
-    Anything past ``start`` (an uncommitted tail left by a crash) is overwritten or dropped.
+    Anything past ``start`` (an uncommitted tail left by a crash) is overwritten or dropped;
+    ``shrink=False`` keeps what lies past the write (rows reserved for other writers).
     Works for layer arrays [n, d] and for 1-D ones (token ids).
     """
     stop = start + values.shape[0]
-    if array.shape[0] != stop:
+    if array.shape[0] < stop or (shrink and array.shape[0] != stop):
         array.resize((stop,) + tuple(array.shape[1:]))
     if values.shape[0]:
         array[start:stop] = values.astype(array.dtype, copy=False)

@@ -78,7 +78,7 @@ def write_lock(root: Path, what: str = "write"):
                 f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}, {holder.get('what', '?')} "
                 f"since {holder.get('since', '?')}); wait for it to finish, or use another --store"
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "what": what, "token": uuid.uuid4().hex,
                 "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv[:6]}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -89,6 +89,14 @@ def write_lock(root: Path, what: str = "write"):
             _held.pop(key, None)
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def holder_token(root) -> str | None:
+    """The token of the run that holds (or last held) the writer lock: a Dask worker writing on
+    a run's behalf checks it right before each write, so a task that outlived its run (its
+    driver died and another run took the lock) writes nothing."""
+    info = _read_lease(root / ".lock")
+    return info.get("token") if info else None
 
 
 def holds_lock(root) -> bool:

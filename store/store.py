@@ -376,6 +376,14 @@ class PendingBatch:
     responses: list[str | None]
     pooled: dict[tuple[str, str], dict[int, np.ndarray]]
     token_ids: np.ndarray | None = None  # int32 [sum(token_counts)]
+    written: bool = False  # its rows are already in the arrays (a worker wrote them; ``pooled`` is empty)
+
+    def nbytes(self) -> int:
+        """What this batch weighs in transit: its arrays and strings (what a Dask worker sends back)."""
+        arrays_ = [self.token_counts, self.truncated, self.token_ids] + [
+            v for per in self.pooled.values() for v in per.values()]
+        return (sum(a.nbytes for a in arrays_ if a is not None) + sum(len(p) for p in self.prompt_ids)
+                + sum(len(r) for r in self.responses if r))
 
 
 class CommitWriter:
@@ -401,6 +409,7 @@ class CommitWriter:
         self.promoted: list[str] = []
         self.last_commit = time.monotonic()
         self.broken: BaseException | None = None  # after a failed commit nothing more is written
+        self.reserved_end: int | None = None  # rows handed to workers up to here (see reserve)
         for g in groups:
             grp = arrays.require_group(self.root, g.path)
             if not self.state[g].n_prompts:  # a new group: its layer set is this writer's
@@ -418,6 +427,59 @@ class CommitWriter:
                 self.token_id_arrays[g] = (grp["token_ids"] if "token_ids" in grp else
                                            grp.create_array("token_ids", shape=(0,), chunks=(chunk_rows * 16,),
                                                             dtype="int32", fill_value=0))
+
+    # -- rows that workers write themselves ------------------------------------------------
+    def can_delegate(self) -> bool:
+        """Whether Dask workers may write this writer's arrays themselves: pooled groups only (a
+        tokens group's rows per prompt are only known after capture) that all stand at the same
+        row, with nothing buffered here."""
+        return (all(g.pooling != "tokens" for g in self.groups) and not self.pending
+                and len({self.state[g].n_prompts for g in self.groups}) == 1)
+
+    @property
+    def next_row(self) -> int:
+        """The row the next commit records (every group's, when delegating)."""
+        return self.state[self.groups[0]].n_prompts
+
+    def next_range(self) -> int:
+        """Prompts in the next range to hand out: up to the next chunk boundary, so that no two
+        ranges (no two writers) ever share a chunk."""
+        end = self.next_row if self.reserved_end is None else self.reserved_end
+        return self.chunk_rows - end % self.chunk_rows
+
+    def reserve(self, n: int) -> int:
+        """Hand out the next ``n`` rows of every group to a worker; returns the first. The arrays
+        grow ahead of the workers (one metadata write per 64 chunks), so a worker only writes
+        chunks, never an array's metadata."""
+        self._check_usable()
+        start = self.next_row if self.reserved_end is None else self.reserved_end
+        self.reserved_end = start + n
+        for arr in self.arrays.values():
+            if arr.shape[0] < self.reserved_end:
+                arr.resize((max(self.reserved_end, arr.shape[0] + 64 * self.chunk_rows),) + tuple(arr.shape[1:]))
+        return start
+
+    def end_delegation(self) -> None:
+        """After the last range: trim the arrays' reserved growth back to the committed rows."""
+        if self.reserved_end is None:
+            return
+        for (g, _), arr in self.arrays.items():
+            arrays.truncate_rows(arr, self.state[g].array_rows)
+        self.reserved_end = None
+
+    def commit_delegated(self, start: int, batch: PendingBatch) -> int:
+        """Record the range at ``start``: its rows part, then the marks. Ranges are committed in
+        order. A ``batch.written`` range is in the arrays already; otherwise (a worker met a
+        value past float16 and wrote nothing) this writer writes it, after the caller has let
+        every worker finish (a promotion to float32 rewrites the whole array)."""
+        self._check_usable()
+        if start != self.next_row:
+            raise StoreError(f"range at row {start} committed out of order (next is {self.next_row})")
+        try:
+            return self._commit_batches([batch], written=batch.written)
+        except BaseException as e:
+            self.broken = e
+            raise
 
     def done_prompt_ids(self) -> set[str]:
         """Prompts committed in every group this writer covers (the rest still need capture)."""
@@ -454,8 +516,12 @@ class CommitWriter:
                              "nothing more is written by this run") from self.broken
 
     def _commit(self) -> int:
-        batches, self.pending, n = self.pending, [], self.n_pending
+        batches, self.pending = self.pending, []
         self.n_pending = 0
+        return self._commit_batches(batches)
+
+    def _commit_batches(self, batches: list[PendingBatch], written: bool = False) -> int:
+        n = sum(len(b.prompt_ids) for b in batches)
         prompt_ids = [p for b in batches for p in b.prompt_ids]
         counts = np.concatenate([b.token_counts for b in batches]).astype(np.int64)
         truncated = np.concatenate([b.truncated for b in batches])
@@ -473,8 +539,11 @@ class CommitWriter:
             if not keep:
                 continue
             everything = len(keep) == len(prompt_ids)
+            if written and not everything:
+                raise StoreError(f"{g.path}: a worker wrote rows for prompts this group already holds; nothing of "
+                                 "that range is recorded (its rows are an uncommitted tail)")
             start = st.array_rows
-            for layer in self.layers_of[g]:
+            for layer in ([] if written else self.layers_of[g]):
                 values = np.concatenate([b.pooled[(g.site, g.pooling)][layer] for b in batches])
                 if not everything:
                     values = (np.concatenate([values[offs[i]:offs[i + 1]] for i in keep]) if g.pooling == "tokens"
@@ -511,10 +580,12 @@ class CommitWriter:
 
     def _write(self, g: GroupKey, layer: int, start: int, values: np.ndarray) -> None:
         arr = self.arrays[(g, layer)]
+        # rows workers hold reservations for are kept (by a promotion and by the write)
+        keep = max(self.state[g].array_rows, self.reserved_end or 0)
         if arr.dtype == np.float16 and arrays.needs_float32(values):
             grp = arrays.require_group(self.root, g.path)
-            arr = arrays.promote_to_float32(grp, self.store.zarr_path / g.path, layer_name(layer),
-                                            self.state[g].array_rows, self.chunk_rows)
+            arr = arrays.promote_to_float32(grp, self.store.zarr_path / g.path, layer_name(layer), keep,
+                                            self.chunk_rows)
             self.arrays[(g, layer)] = arr
             self.promoted.append(f"{g.path}/{layer_name(layer)}")
-        arrays.write_rows(arr, start, values)
+        arrays.write_rows(arr, start, values, shrink=self.reserved_end is None)

@@ -45,6 +45,7 @@ class Report:
     tails: list[str] = field(default_factory=list)  # uncommitted leftovers: --repair removes them
     repaired: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)  # what --repair moved aside (see quarantine/)
+    notes: list[str] = field(default_factory=list)  # harmless, said for the record (the store is clean)
     checked: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -151,8 +152,9 @@ class _Verifier:
                 self.rep.repaired.append(f"removed {rel}/{p.name} (compaction rolled back)")
         late = snap.retired_present(manifest.retire_grace())
         if late:
-            self.rep.tails.append(f"{rel}: {len(late)} part(s) a compaction retired await deletion; --repair deletes "
-                                  "them (the compaction is finished)")
+            # harmless (no reader reads them): the next write to the table, or --repair, deletes them
+            self.rep.notes.append(f"{rel}: {len(late)} part(s) a compaction replaced await deletion (the next write "
+                                  "to the table or --repair deletes them)")
             if self.repair:
                 compaction.delete_retired(table_dir, snap)
                 self.rep.repaired.append(f"{rel}: deleted {len(late)} retired part(s)")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -171,8 +174,18 @@ def test_capture_sharded_on_a_local_cluster_equals_local_capture(tmp_path, tiny_
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         res = ingest(tmp_path / "dist", [c], cfg=cfg, lm=lm, progress=False, client=client)
+        old_way = replace(cfg, workers_write=False)
+        ingest(tmp_path / "driver-writes", [c], cfg=old_way, lm=lm, progress=False, client=client)
     assert res.n_captured == 50
     a, b = Store.open(tmp_path / "local"), Store.open(tmp_path / "dist")
+    # the workers wrote their chunks: what came back to the driver is metadata, not activations
+    counts = json.loads(b.runs().to_pylist()[-1]["counts"])
+    assert counts["workers_write"] is True
+    floats = 2 * lm.n_layers * lm.d_model * 4  # what one prompt's values would weigh as float32
+    assert 0 < counts["bytes_received"] / 50 < floats / 4, counts
+    driver = json.loads(Store.open(tmp_path / "driver-writes").runs().to_pylist()[-1]["counts"])
+    # the fallback sends values, in the store's float16: half of float32
+    assert driver["workers_write"] is False and floats / 2 <= driver["bytes_received"] / 50 < floats, driver
     for pooling in ("last", "mean"):
         key = GroupKey(lm.key, "raw", "resid", pooling)
         for layer in (0, 2):
@@ -180,6 +193,6 @@ def test_capture_sharded_on_a_local_cluster_equals_local_capture(tmp_path, tiny_
             rb = {r["prompt_id"]: r["row"] for r in b.group_rows(key).to_pylist()}
             assert ra.keys() == rb.keys()
             xa, xb = a.activations(key, layer), b.activations(key, layer)
-            for pid in ra:
-                np.testing.assert_allclose(xa[ra[pid]], xb[rb[pid]], rtol=2e-3, atol=2e-3)
+            order_a, order_b = [ra[p] for p in sorted(ra)], [rb[p] for p in sorted(ra)]
+            np.testing.assert_array_equal(xa[order_a], xb[order_b])  # value for value
     assert verify(b).clean

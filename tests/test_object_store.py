@@ -191,6 +191,8 @@ def test_s3_store_on_a_local_cluster_gives_the_local_vectors(tmp_path, tiny_llam
         np.testing.assert_allclose(a[k]["vector"], b[k]["vector"], atol=1e-6)
     s = Store.open(url)
     assert verify(s).clean and not (s.root / ".lock").exists()
+    ingest_run = next(r for r in s.runs().to_pylist() if r["stage"] == "ingest")
+    assert json.loads(ingest_run["counts"])["workers_write"] is True  # the workers wrote their chunks to S3
     r = run_cli("refresh", make_spec(remote, tiny_llama, store=url), "--quiet")
     assert r.exit_code == 0 and "nothing to do" in r.output
 

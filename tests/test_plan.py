@@ -19,19 +19,23 @@ def test_an_ingest_holds_one_window_of_records_whatever_the_corpus_length(tmp_pa
     """Every record the readers yield is watched through a weak reference: at no point are more
     than a few windows' worth alive, although the corpus is 25 windows long."""
     live, peak = [0], [0]
-    real = plan.iter_records
+    real_reader, real_record = plan.iter_records, plan.PromptRecord
 
     def gone():
         live[0] -= 1
 
-    def watched(path, opts=None):
-        for rec in real(path, opts):
-            live[0] += 1
-            weakref.finalize(rec, gone)  # runs when the record is freed
-            peak[0] = max(peak[0], live[0])
-            yield rec
+    def watch(rec):
+        live[0] += 1
+        weakref.finalize(rec, gone)  # runs when the record is freed
+        peak[0] = max(peak[0], live[0])
+        return rec
 
-    monkeypatch.setattr(plan, "iter_records", watched)
+    def read(path, opts=None):  # pass 1's records
+        for rec in real_reader(path, opts):
+            yield watch(rec)
+
+    monkeypatch.setattr(plan, "iter_records", read)
+    monkeypatch.setattr(plan, "PromptRecord", lambda *a, **k: watch(real_record(*a, **k)))  # pass 2's
     lm = tiny_lms["llama"]
     n, window = 2500, 100
     c = write_corpus(tmp_path / "c.jsonl", n)

@@ -240,3 +240,39 @@ def test_idset_agrees_with_a_python_set(monkeypatch):
     assert [p in s for p in probes] == [p in plain for p in probes]
     assert len(s) == len(plain) and s.to_set() == plain
     assert idset.IdSet(pa.array(odd)).to_set() == set(odd)
+
+
+def test_delegated_ranges_commit_in_order_and_a_float16_overflow_keeps_every_reserved_row(tmp_path):
+    """What the Dask path does, without Dask: ranges handed out on chunk boundaries, written by
+    "workers" (here: direct array writes), committed strictly in order; a range that overflows
+    float16 comes back with values, and its promotion to float32 keeps the rows a later range
+    already wrote but has not committed yet."""
+    ids = [f"p{i}" for i in range(12)]
+    s = new_store(tmp_path, ids)
+    w = s.writer([KEY], [0, 1], 8, "run", chunk_rows=4)
+    assert w.can_delegate() and w.next_range() == 4
+    ranges = [(w.reserve(4), ids[0:4], 1.0), (w.reserve(4), ids[4:8], 1e6), (w.reserve(4), ids[8:12], 1.0)]
+    assert [r[0] for r in ranges] == [0, 4, 8]
+    batches = {}
+    for start, part, scale in ranges:
+        b = batch(part, scale=scale, seed=start)
+        batches[start] = b
+        if scale == 1.0:  # the "worker" writes its own rows and returns metadata only
+            for layer, v in b.pooled[("resid", "last")].items():
+                w.arrays[(KEY, layer)][start:start + 4] = v.astype(np.float16)
+    with pytest.raises(StoreError, match="out of order"):
+        w.commit_delegated(8, PendingBatch(ids[8:12], np.full(4, 3, np.int32), np.zeros(4, np.int32), [None] * 4, {},
+                                           written=True))
+    for start in (0, 4, 8):
+        b = batches[start]
+        meta = b if start == 4 else PendingBatch(b.prompt_ids, b.token_counts, b.truncated, b.responses, {},
+                                                 written=True)
+        w.commit_delegated(start, meta)
+    w.end_delegation()
+    got = s.activations(KEY, 0)
+    assert s.layer_array(KEY, 0).dtype == np.float32  # promoted for the overflowing range
+    for start in (0, 8):
+        np.testing.assert_array_equal(got[start:start + 4],
+                                      batches[start].pooled[("resid", "last")][0].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(got[4:8], batches[4].pooled[("resid", "last")][0])
+    assert s.group_rows(KEY)["prompt_id"].to_pylist() == ids and verify(s).clean

@@ -86,12 +86,16 @@ def _poolings(value: str) -> list[str]:
 @click.option("--split", default=None, help="train | val | test for every record [default: the record's, else by hash].")
 @click.option("--zero-is-negative", is_flag=True, help="Read label 0 as negative (1/0 labels) instead of unlabelled.")
 @click.option("--scheduler", default=None,
-              help="Dask scheduler address: shard forward passes across its workers (this process commits).")
+              help="Dask scheduler address: shard forward passes across its workers; they write their own "
+                   "chunks, this process commits.")
+@click.option("--workers-write/--no-workers-write", default=True, show_default=True,
+              help="With --scheduler: workers write their chunks into the store (they need its credentials); "
+                   "--no-workers-write sends every activation to this process to write.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary line (for cron).")
 @click.pass_context
 def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_size, max_tokens, padding_side, on_long,
            max_length, device, dtype, text_field, label_field, trait, label, dataset, split, zero_is_negative,
-           scheduler, quiet):
+           scheduler, workers_write, quiet):
     """Capture activations of CORPUS files/folders into the store (only what is missing)."""
     from traitlens.pipeline.capture import receipts
     from traitlens.pipeline.capture.corpus import ReadOptions
@@ -101,7 +105,7 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
                        split=split, zero_is_negative=zero_is_negative)
     cfg = IngestConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
-                       on_long=on_long, max_length=max_length, device=device, dtype=dtype)
+                       on_long=on_long, max_length=max_length, device=device, dtype=dtype, workers_write=workers_write)
     seen = receipts.check(ctx.obj["store"], list(corpus), opts, cfg)  # before torch is imported
     if seen is not None:
         click.echo(f"ingest done: 0 prompts captured, {seen.distinct_prompts} already stored, 0 new prompt records, "
@@ -169,6 +173,8 @@ def verify(ctx, repair, no_values, as_json, quiet):
             click.echo(f"{'fixed ' if repair else 'TAIL  '} {t}")
         for q in rep.quarantined:
             click.echo(f"MOVED  {q}")
+        for n in rep.notes:
+            click.echo(f"NOTE   {n}")
         c = rep.checked
         state = "clean" if (rep.clean or (repair and not rep.errors)) else "NOT clean"
         fixable = rep.tails or any("--repair" in e for e in rep.errors)

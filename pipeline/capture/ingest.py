@@ -178,8 +178,10 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="traitlens-writer") as pool:
                 todo = _recorded_windows(store, scan, cfg.window)
-                for enc, batch in _captured(todo, lm, capturer, chat, max_length, cfg, all_layers, client):
-                    pending.append(pool.submit(writer.add, batch, cfg.commit_seconds))
+                for enc, batch in _captured(todo, lm, capturer, chat, max_length, cfg, all_layers, client, writer,
+                                            store, counts):
+                    if not batch.written:  # (a range a worker wrote is committed already)
+                        pending.append(pool.submit(writer.add, batch, cfg.commit_seconds))
                     while len(pending) > 1:  # at most one batch in flight behind the model
                         pending.pop(0).result()
                     counts["captured"] += len(enc)
@@ -239,16 +241,22 @@ def _encoded_batches(todo, lm, chat, max_length, cfg):
             yield [window[i] for i in idx]
 
 
-def _captured(todo, lm, capturer, chat, max_length, cfg, layers, client):
-    """``(encoded batch, PendingBatch)`` pairs: captured here, or on the client's workers."""
+def _captured(todo, lm, capturer, chat, max_length, cfg, layers, client, writer, store, counts):
+    """``(encoded batch, PendingBatch)`` pairs: captured here, or on the client's workers (who
+    write their ranges themselves where the groups allow it: the batch comes back ``written``)."""
     batches = _encoded_batches(todo, lm, chat, max_length, cfg)
     if client is None:
         for enc in batches:
             yield enc, capturer.capture(enc)
         return
-    from traitlens.pipeline.capture.distributed import iter_captured
+    from traitlens.pipeline.capture import distributed
 
-    yield from iter_captured(client, batches, lm.path, cfg, layers, lm.key)
+    counts["workers_write"] = cfg.workers_write and writer.can_delegate()
+    if counts["workers_write"]:
+        yield from distributed.iter_written(client, (e for b in batches for e in b), writer, store, lm.path, cfg,
+                                            layers, lm.key, counts)
+        return
+    yield from distributed.iter_captured(client, batches, lm.path, cfg, layers, lm.key, counts)
 
 
 class IngestInterrupted(KeyboardInterrupt):

@@ -2,19 +2,20 @@
 
 1. :func:`scan_corpus` reads every record once and validates it (a bad one raises
    :class:`CorpusError` naming file:line, before anything is written; so does the same
-   (prompt_id, dataset, trait) with two labels, naming both places). It keeps one small row per
-   record in a private temporary Parquet file — ``(ordinal, prompt_id, dataset, trait, label,
-   split, source)`` — and never more than one row group of them in memory.
-2. :meth:`CorpusScan.decide` answers, in DuckDB under a memory limit (it spills to its private
-   temporary folder), what the rest of the run needs, as one byte per record:
+   (prompt_id, dataset, trait) with two labels, naming both places). It keeps each record as one
+   row of a private temporary Parquet file (keys, label, split, source, text, messages, extra),
+   never more than one row group of them in memory.
+2. :meth:`CorpusScan.decide` answers, in DuckDB under a memory limit (:func:`memory_limit`; past
+   it DuckDB spills to its private temporary folder), what the rest of the run needs, as one
+   byte per record:
 
    - ``KEEP``: the first record of its (prompt_id, dataset, trait); the others are duplicates;
    - ``NEW`` / ``RELABELLED``: a kept record whose key the store lacks, or holds with another
      label or split (its newest record, as everywhere);
    - ``CAPTURE``: the first kept record of its prompt, when the prompt is not committed in every
      group this run writes.
-3. :meth:`CorpusScan.windows` reads the corpus again and yields the kept records ``window`` at
-   a time with their flags.
+3. :meth:`CorpusScan.windows` reads the scan back and yields the kept records ``window`` at a
+   time with their flags (the corpus is parsed once).
 
 So an ingest holds one window of records in Python, whatever the corpus's length: a 10M-line
 corpus costs a flag byte per line in memory, and the rest on disk.
@@ -22,6 +23,8 @@ corpus costs a flag byte per line in memory, and the rest on disk.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -39,12 +42,18 @@ from traitlens.pipeline.capture.corpus import CorpusError, PromptRecord, ReadOpt
 KEEP, NEW, RELABELLED, CAPTURE = 1, 2, 4, 8
 SCAN_SCHEMA = pa.schema([("ordinal", pa.int64()), ("prompt_id", pa.string()), ("dataset", pa.string()),
                          ("trait", pa.string()), ("label", pa.int8()), ("split", pa.string()),
-                         ("source", pa.string())])
+                         ("source", pa.string()), ("text", pa.string()), ("messages", pa.string()),
+                         ("extra", pa.string())])  # messages and extra as JSON
 ROW_GROUP = 65_536
 MEMORY_LIMIT = "2GB"  # DuckDB's share while deciding; past it, it spills to disk
 
 
-def _records(paths, opts):
+def memory_limit() -> str:
+    """DuckDB's memory limit for the plan (``TRAITLENS_PLAN_MEMORY`` overrides :data:`MEMORY_LIMIT`)."""
+    return os.environ.get("TRAITLENS_PLAN_MEMORY", MEMORY_LIMIT)
+
+
+def _records(paths, opts):  # every record of every path, in order
     for p in paths:
         yield from iter_records(p, opts)
 
@@ -111,10 +120,11 @@ class CorpusScan:
         import duckdb
 
         con = duckdb.connect(":memory:")
-        con.execute(f"SET memory_limit='{MEMORY_LIMIT}'")
+        con.execute("SET memory_limit = ?", [memory_limit()])
         con.execute(f"SET temp_directory='{self.folder / 'spill'}'")
         con.execute("SET preserve_insertion_order=false")
-        con.register("scan", tables.parts_dataset([self.folder / "scan.parquet"], SCAN_SCHEMA))
+        # DuckDB's own reader for its own temporary file: its buffers count against its memory limit
+        con.execute(f"CREATE VIEW scan AS SELECT * FROM read_parquet('{self.folder / 'scan.parquet'}')")
         con.execute("CREATE TEMP TABLE kept AS SELECT prompt_id, dataset, trait, min(ordinal) AS ordinal, "
                     "arg_min(label, ordinal) AS label, arg_min(split, ordinal) AS split, "
                     "count(DISTINCT label) AS labels FROM scan GROUP BY prompt_id, dataset, trait")
@@ -140,15 +150,26 @@ class CorpusScan:
                 flags[batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)] |= flag
 
     def windows(self, size: int):
-        """Pass 2: the kept records, ``size`` at a time, each as ``(record, flags)``, in corpus order."""
+        """Pass 2: the kept records, ``size`` at a time, each as ``(record, flags)``, in corpus order.
+        They are read back from the scan (not from the corpus again: what pass 1 validated is what
+        is captured, even if a corpus file changes meanwhile), one batch of rows at a time."""
         out = []
-        for i, rec in enumerate(_records(self.paths, self.opts)):
-            f = int(self.flags[i]) if i < self.n_read else 0
-            if f & KEEP:
-                out.append((rec, f))
-                if len(out) >= size:
-                    yield out
-                    out = []
+        with open(self.folder / "scan.parquet", "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=size):
+                ordinals = batch.column(0).to_numpy()
+                flags = self.flags[ordinals]
+                picked = np.flatnonzero(flags & KEEP)
+                if not len(picked):
+                    continue
+                rows = batch.take(pa.array(picked)).to_pylist()
+                for r, fl in zip(rows, flags[picked]):
+                    out.append((PromptRecord(r["prompt_id"], r["text"],
+                                             json.loads(r["messages"]) if r["messages"] is not None else None,
+                                             r["dataset"], r["trait"], r["label"], r["split"], r["source"],
+                                             json.loads(r["extra"]) if r["extra"] else {}), int(fl)))
+                    if len(out) >= size:
+                        yield out
+                        out = []
         if out:
             yield out
 
@@ -171,8 +192,10 @@ def scan_corpus(paths, opts: ReadOptions | None = None) -> CorpusScan:
     try:
         with pq.ParquetWriter(scan.folder / "scan.parquet", SCAN_SCHEMA, compression="zstd") as w:
             for rec in _records(scan.paths, opts):
+                row = rec.as_row()
                 for name, value in zip(SCAN_SCHEMA.names, (n, rec.prompt_id, rec.dataset, rec.trait, rec.label,
-                                                           rec.split, rec.source)):
+                                                           rec.split, rec.source, rec.text, row["messages"],
+                                                           row["extra"] if rec.extra else None)):
                     cols[name].append(value)
                 n += 1
                 if len(cols["ordinal"]) >= ROW_GROUP:

@@ -31,6 +31,7 @@ class IngestConfig:
     chunk_rows: int = 256
     window: int = 4096  # prompts tokenised and length-sorted at a time
     commit_seconds: float = 60.0
+    workers_write: bool = True  # with a Dask cluster: workers write their own chunks (False: the driver writes)
 
     def validate(self) -> "IngestConfig":
         """Check every setting before anything is loaded or written; de-duplicates the site and
