@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from traitlens.testing import lock_held_elsewhere, write_corpus
-from traitlens.store import Store
+from traitlens.store import Store, verify
 from traitlens.workflows.cli import cli
 from traitlens.workflows.spec import SpecError, load_spec
 
@@ -248,3 +248,27 @@ def test_score_section_scores_every_stored_prompt_and_refresh_only_the_new_ones(
     r = run_cli("refresh", spec, "--quiet")
     assert r.exit_code == 0 and "kindness: scored 12 prompts" in r.output, r.output
     assert Store.open(tmp_path / "store").table("scores").num_rows == n + 12
+
+
+def test_score_captures_corpus_prompts_the_store_lacks_once_then_scores_them(tmp_path, tiny_llama):
+    """`score CORPUS` on prompts never ingested: they are captured into the vector's group only
+    (its layers and policy), scored, and a rerun captures and scores nothing."""
+    spec = make_spec(tmp_path, tiny_llama)
+    assert run_cli("run", spec, "--quiet").exit_code == 0
+    store_path = tmp_path / "store"
+    new = write_corpus(tmp_path / "incoming.jsonl", 25, start=5000, trait="incoming")
+    args = ["--store", store_path, "score", new, "--trait", "kindness", "--top", "0"]
+    r = run_cli(*args)
+    assert r.exit_code == 2 and "pass --model" in r.output, r.output  # which model captured the vector's rows?
+    r = run_cli(*args, "--model", tiny_llama)
+    assert r.exit_code == 0 and "captured 25 CORPUS prompts" in r.output and "score: 25 prompts scored" in r.output, \
+        r.output
+    from traitlens.pipeline.capture.plan import read_corpus
+
+    store = Store.open(store_path)
+    ids = {rec.prompt_id for rec in read_corpus([new])[0]}
+    assert ids <= {s["prompt_id"] for s in store.table("scores").to_pylist()}
+    assert list(store.group_counts().values()) == [265]  # into the vector's group, which keeps its layer set
+    r = run_cli(*args, "--model", tiny_llama)
+    assert r.exit_code == 0 and "captured" not in r.output and "score: 0 prompts scored, 25 already scored" in r.output
+    assert verify(store).clean

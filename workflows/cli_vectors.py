@@ -173,20 +173,25 @@ def audit(ctx, trait, vector_id, top, fmt_):
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Highest scores to print.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the --top highest-scoring prompts here as JSONL (text, trait, label, score, ...).")
+@click.option("--model", default=None,
+              help="The model that captured the vector's rows, to capture CORPUS prompts the store lacks "
+                   "[default: the default model, when the vector is its].")
 @click.pass_context
-def score(ctx, corpus, trait, vector_id, where, top, output):
-    """Score stored prompts (all of the vector's group, those of CORPUS files, or --where) on a trait
-    vector; each (prompt, vector) is scored once, into the `scores` table."""
+def score(ctx, corpus, trait, vector_id, where, top, output, model):
+    """Score prompts on a trait vector: all of the vector's group, those of CORPUS files (captured
+    first where the store lacks them, with the vector's model, site, pooling and layers), or
+    --where; each (prompt, vector) is scored once, into the `scores` table."""
     from traitlens.pipeline.capture.plan import read_corpus
     from traitlens.pipeline.extract.scoring import score as run_score
     from traitlens.queries import StoreSQL
 
     ids = None
+    if output:
+        _output(ctx, output, "-o")
     if corpus:
         records, _ = read_corpus(list(corpus))
         ids = {r.prompt_id for r in records}
-    if output:
-        _output(ctx, output, "-o")
+        _capture_missing(ctx, trait, vector_id, list(corpus), ids, model)
     res = run_score(ctx.obj["store"], trait, vector_id, ids, where)
     v = res.vector
     click.echo(f"score: {res.n_scored} prompts scored, {res.n_already} already scored, on {v['method']} L{v['layer']} "
@@ -208,3 +213,41 @@ def score(ctx, corpus, trait, vector_id, where, top, output):
         if output:
             Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
             click.echo(f"wrote {output} ({len(best)} prompts)")
+
+
+def _capture_missing(ctx, trait, vector_id, corpus, ids, model) -> None:
+    """Capture the CORPUS prompts the vector's group lacks, into that group only (its layers and
+    capture policy), so they can be scored; prompts already captured are never captured again."""
+    from traitlens.pipeline.model.identity import is_default, known
+    from traitlens.pipeline.extract.audit import chosen_vector
+    from traitlens.store import GroupKey, Store
+    from traitlens.store.layout import format_layer_list
+
+    store = Store.open(ctx.obj["store"])
+    vec = chosen_vector(store, trait, vector_id)
+    key = GroupKey(vec["model_key"], vec["fmt"], vec["site"], vec["pooling"])
+    have = set(store.group_rows(key, ["row", "prompt_id"])["prompt_id"].to_pylist())
+    if ids <= have:
+        return
+    ident = known(model)
+    if model is None and not (ident is not None and ident.key == vec["model_key"]):
+        _fail(f"{len(ids - have)} CORPUS prompts are not captured for {vec['model_key']}, the model of the vector; "
+              "pass --model with that model so score can capture them (or `traitlens ingest` them first)",
+              EXIT_INPUT)
+    if ident is not None and ident.key != vec["model_key"]:
+        _fail(f"--model {model or 'default'} is {ident.key}, but the vector was fitted on {vec['model_key']}",
+              EXIT_INPUT)
+    from traitlens.pipeline.capture.ingest import ingest
+    from traitlens.pipeline.capture.settings import IngestConfig
+    from traitlens.store.arrays import get_group
+
+    grp = get_group(store.zarr_root(), key.path)
+    policy = dict(grp.attrs).get("capture", {}) if grp is not None else {}
+    cfg = IngestConfig(model=None if is_default(model) else model, sites=[key.site], poolings=[key.pooling],
+                       layers=format_layer_list(store.layers(key)), chat=key.fmt == "chat",
+                       max_length=policy.get("max_length"))
+    res = ingest(ctx.obj["store"], corpus, cfg=cfg, progress=False, log=lambda *a: None)
+    if res.model_key != vec["model_key"]:
+        click.echo(f"note: --model captured as {res.model_key}, not the vector's {vec['model_key']}", err=True)
+    click.echo(f"captured {res.n_captured} CORPUS prompts the store lacked ({key.path}, layers "
+               f"{format_layer_list(store.layers(key))}) before scoring")
