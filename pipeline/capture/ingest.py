@@ -117,7 +117,8 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     """Capture every prompt of ``corpus_paths`` that the store lacks; returns what was done.
 
     ``client``: a ``dask.distributed.Client`` to shard the forward passes across its workers
-    (each loads the model once); this process still commits every result itself."""
+    (each loads the model once). Where the groups allow, the workers write their own chunk-aligned
+    ranges (``cfg.workers_write``; see :mod:`.distributed`); this process commits every range."""
     cfg = (cfg or IngestConfig()).validate()
     digest = receipts.corpus_digest(corpus_paths, read_opts)  # before reading: what the receipt vouches for
     scan = scan_corpus(corpus_paths, read_opts)  # pass 1: every record validated, nothing written

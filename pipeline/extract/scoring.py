@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from traitlens.store import GroupKey, Store
 
@@ -46,8 +48,6 @@ def calibration(store: Store, key: GroupKey, vec: dict) -> tuple[float, float]:
 def score(store_path, trait: str, vector_id: str | None = None, prompt_ids: set[str] | None = None,
           where: str | None = None, block_rows: int = BLOCK_ROWS) -> ScoreResult:
     """Score the group's stored prompts (``prompt_ids`` / ``where`` narrow them) on one vector."""
-    import pyarrow.compute as pc
-
     store = Store.open(store_path)
     vec = chosen_vector(store, trait, vector_id)
     key = GroupKey(vec["model_key"], vec["fmt"], vec["site"], vec["pooling"])
@@ -56,25 +56,33 @@ def score(store_path, trait: str, vector_id: str | None = None, prompt_ids: set[
 
         chosen = select_prompt_ids(store, None, where)  # any prompt the condition picks, whatever its trait
         prompt_ids = chosen if prompt_ids is None else prompt_ids & chosen
-    rows = store.group_rows(key).select(["row", "prompt_id"])
-    stored = dict(zip(rows["prompt_id"].to_pylist(), rows["row"].to_pylist()))
-    wanted = set(stored) if prompt_ids is None else set(prompt_ids)
-    missing = len(wanted - set(stored))
+    # the bookkeeping is Arrow arrays and numpy masks over the group's rows, not Python objects per prompt
+    rows = store.group_rows(key, ["row", "prompt_id"])
+    ids = rows["prompt_id"].combine_chunks()
+    if prompt_ids is None:
+        wanted, missing = np.ones(len(ids), bool), 0
+    else:
+        asked = pa.array(sorted(prompt_ids), pa.string())
+        wanted = pc.is_in(ids, value_set=asked).to_numpy(zero_copy_only=False)
+        missing = len(asked) - int(np.count_nonzero(pc.is_in(asked, value_set=ids).to_numpy(zero_copy_only=False)))
     v = np.asarray(vec["vector"], dtype=np.float32)
     with store.lock("score"):  # what is already scored is read under the lock: two runs never score twice
         scores = store.table("scores", columns=["prompt_id", "vector_id"])
-        done = set(scores.filter(pc.equal(scores["vector_id"], vec["vector_id"]))["prompt_id"].to_pylist())
-        todo = sorted((stored[p], p) for p in wanted if p in stored and p not in done)
-        already = len([p for p in wanted if p in done])
-        if not todo:
+        done_ids = scores.filter(pc.equal(scores["vector_id"], vec["vector_id"]))["prompt_id"]
+        done = pc.is_in(ids, value_set=done_ids.combine_chunks()).to_numpy(zero_copy_only=False)
+        already = int(np.count_nonzero(wanted & done))
+        pick = np.flatnonzero(wanted & ~done)
+        if not len(pick):
             return ScoreResult(vec, 0, already, missing, None)
+        row_nums = rows["row"].to_numpy()[pick]
+        order = np.argsort(row_nums, kind="stable")  # (group rows come in row order already)
+        row_idx = row_nums[order].astype(np.int64)
+        pids = ids.take(pa.array(pick[order]))
         lo, hi = calibration(store, key, vec)
         if not np.isfinite(hi - lo) or hi == lo:
             raise ExtractionError(f"vector {vec['vector_id']}: its held-out classes score alike; no calibrated scale")
-        row_idx = np.asarray([r for r, _ in todo], dtype=np.int64)
-        pids = [p for _, p in todo]
         stream = RowStream(store.layer_array(key, vec["layer"]), row_idx, np.zeros(len(row_idx), bool), block_rows)
-        config = {"trait": trait, "vector_id": vec["vector_id"], "where": where, "prompts": len(todo)}
+        config = {"trait": trait, "vector_id": vec["vector_id"], "where": where, "prompts": len(row_idx)}
         with store.run("score", config) as run:
             from traitlens.store.runs import now_utc
 
@@ -82,7 +90,8 @@ def score(store_path, trait: str, vector_id: str | None = None, prompt_ids: set[
             for X, _, start in stream.blocks():  # one part per block: a crash keeps the blocks before it
                 s = (X @ v).astype(np.float64)
                 stamp = now_utc()
-                store.append("scores", [{"prompt_id": pids[start + i], "vector_id": vec["vector_id"],
+                block_ids = pids.slice(start, len(s)).to_pylist()
+                store.append("scores", [{"prompt_id": block_ids[i], "vector_id": vec["vector_id"],
                                          "trait": trait, "layer": vec["layer"], "score": float(s[i]),
                                          "calibrated": float((s[i] - lo) / (hi - lo)), "run_id": run.run_id,
                                          "created_at": stamp} for i in range(len(s))])
