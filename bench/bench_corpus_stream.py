@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from old_code import old_code_env
 
 PLAN = ("import sys; from traitlens.pipeline.capture.plan import scan_corpus\n"
         "with scan_corpus([sys.argv[1]]) as s:\n    s.decide()\n    print(s.n_records, s.n_duplicates)")
@@ -43,12 +44,6 @@ def measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
             raise SystemExit(f"{' '.join(cmd)} failed: {(p.stdout + p.stderr)[-2000:]}")
         kb, secs = out.read().split()[-2:]
     return int(kb) / 1024, float(secs)
-
-
-def old_code_env(folder: Path) -> dict:
-    shim = Path(tempfile.mkdtemp(prefix="traitlens-old-code-"))
-    (shim / "traitlens").symlink_to(folder.resolve(), target_is_directory=True)
-    return {**os.environ, "PYTHONPATH": str(shim)}
 
 
 def write_corpus(path: Path, n: int) -> None:

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from old_code import old_code_env
 
 CLI = [sys.executable, "-m", "traitlens.workflows.cli"]
 COMMIT = 256
@@ -69,7 +70,7 @@ def build(path: Path, n: int, lock: bool) -> float:
     rng = np.random.default_rng(0)
     block = {l: rng.standard_normal((COMMIT, D)).astype(np.float32) for l in LAYERS}
     idlist = ids.tolist()
-    with store.lock("bench") if lock else _Nothing():
+    with store.lock("bench") if lock else nullcontext():
         w = store.writer([key], LAYERS, D, "bench-run", chunk_rows=COMMIT)
         for s in range(0, n, COMMIT):
             b = idlist[s:s + COMMIT]
@@ -80,14 +81,6 @@ def build(path: Path, n: int, lock: bool) -> float:
                 print(f"  {s:,} prompts written ({time.perf_counter() - t0:.0f} s)", flush=True)
         w.commit()
     return time.perf_counter() - t0
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def files(store: Path, table: str) -> int:
@@ -102,13 +95,6 @@ def measure(store: Path, env: dict | None = None) -> dict:
             "info": timed(base + ["info"], env),
             "count": timed(base + ["query", "SELECT count(*) FROM rows"], env),
             "verify": timed(base + ["verify", "--no-values", "--quiet"], env)}
-
-
-def old_code_env(folder: Path) -> dict:
-    """An environment in which ``import traitlens`` finds the source in ``folder`` first."""
-    shim = Path(tempfile.mkdtemp(prefix="traitlens-old-code-"))
-    (shim / "traitlens").symlink_to(folder.resolve(), target_is_directory=True)
-    return {**os.environ, "PYTHONPATH": str(shim)}
 
 
 def main() -> None:

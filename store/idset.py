@@ -31,7 +31,7 @@ def _as_bytes(ids) -> np.ndarray:
 
 
 class IdSet:
-    """Membership, ``add_all``, ``len`` and intersection of prompt ids (see the module)."""
+    """Membership, ``add_all`` and ``len`` of prompt ids (see the module); ``to_set`` for the rest."""
 
     def __init__(self, ids=()):
         base = _as_bytes(ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids))
@@ -64,6 +64,3 @@ class IdSet:
     def to_set(self) -> set[str]:
         """Every id as a Python set (for small stores and callers that need one)."""
         return {b.decode() for b in self._base.tolist()} | self._recent
-
-    def __and__(self, other: "IdSet") -> set[str]:
-        return self.to_set() & other.to_set()

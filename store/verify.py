@@ -53,43 +53,37 @@ class Report:
         return not self.errors and not self.tails
 
 
-def _zarr_leftovers(store: Store) -> tuple[list, list]:
-    """``(temporary chunk files, folders of interrupted float32 promotions)`` under
-    ``activations.zarr``, from one walk of the tree (it holds a folder per chunk row)."""
+def leftovers(store: Store) -> tuple[list, list]:
+    """``(temporary files, folders of interrupted float32 promotions)`` that dead writers left:
+    temporaries of parts and of ``store.json``, and under ``activations.zarr`` (from one walk of
+    the tree, which holds a folder per chunk row) temporary chunks and promotion folders."""
+    found = list(store.tables_path.rglob(".tmp-*")) if store.tables_path.exists() else []
+    found += list(store.root.glob(".tmp-*"))  # a store.json rewrite (format upgrade) cut short
     if not store.zarr_path.exists():
-        return [], []
+        return found, []
     if is_remote(store.zarr_path):
-        partial = list(store.zarr_path.rglob("*.partial"))
+        found += list(store.zarr_path.rglob("*.partial"))
         folders = [p for pat in ("*.old", "*.f32tmp") for p in store.zarr_path.rglob(pat)]
     else:
-        partial, folders = [], []
+        folders = []
         for top, dirs, files in os.walk(store.zarr_path):
-            partial += [Path(top) / f for f in files if f.endswith(".partial")]
+            found += [Path(top) / f for f in files if f.endswith(".partial")]
             folders += [Path(top) / d for d in dirs if d.endswith((".old", ".f32tmp"))]
     # promotions rename whole array folders: match names first (cheap on object stores), then folders
-    return partial, sorted(p for p in set(folders) if (p / "zarr.json").exists())
+    return found, sorted(p for p in set(folders) if (p / "zarr.json").exists())
 
 
-def _temporaries(store: Store, partial: list | None = None) -> list[Path]:
-    found = [p for p in store.tables_path.rglob(".tmp-*")] if store.tables_path.exists() else []
-    found += list(store.root.glob(".tmp-*"))  # a store.json rewrite (format upgrade) cut short
-    return found + (_zarr_leftovers(store)[0] if partial is None else partial)
-
-
-def _interrupted_promotions(store: Store) -> list[Path]:
-    return _zarr_leftovers(store)[1]
-
-
-def clean_temporaries(store: Store) -> list[str]:
-    """Remove what dead writers left (temporary parts and chunks, half-done promotions).
+def clean_temporaries(store: Store, found: tuple[list, list] | None = None) -> list[str]:
+    """Remove what dead writers left (temporary parts and chunks, half-done promotions);
+    ``found``: what :func:`leftovers` already listed.
 
     Call only while holding the store's writer lock: a live writer's temporaries look alike.
     """
     done = []
-    partial, promotions = _zarr_leftovers(store)
+    temporaries, promotions = found if found is not None else leftovers(store)
     for p in promotions:
         done += arrays.restore_interrupted_promotions(p.parent)
-    for p in _temporaries(store, partial):
+    for p in temporaries:
         p.unlink(missing_ok=True)
         done.append(str(p))
     return done
@@ -370,11 +364,11 @@ class _Verifier:
     # -- the whole store -----------------------------------------------------------------------
     def run(self) -> Report:
         store, rep = self.store, self.rep
-        partial, promotions = _zarr_leftovers(store)
+        temporaries, promotions = found = leftovers(store)
         rep.tails += [f"interrupted float32 promotion left {p.relative_to(store.root)}" for p in promotions]
-        rep.tails += [f"temporary file {p.relative_to(store.root)}" for p in _temporaries(store, partial)]
-        if self.repair and (partial or promotions or rep.tails):
-            rep.repaired += [f"removed {p}" for p in clean_temporaries(store)]
+        rep.tails += [f"temporary file {p.relative_to(store.root)}" for p in temporaries]
+        if self.repair and (temporaries or promotions):
+            rep.repaired += [f"removed {p}" for p in clean_temporaries(store, found)]
         read = {name: self.table(name) for name in TABLE_NAMES}
 
         prompts = read["prompts"]

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -36,7 +37,7 @@ def small_commits_store(path, n: int, per_commit: int, lock: bool, layers=(0, 1)
     ids = [f"p{i:06d}" for i in range(n)]
     store.add_prompts([{"prompt_id": p, "text": f"prompt {p}", "dataset": "d", "trait": "t", "label": 1 - 2 * (i % 2),
                         "split": "train", "source": f"x:{i}"} for i, p in enumerate(ids)])
-    with store.lock() if lock else _nothing():
+    with store.lock() if lock else nullcontext():
         w = store.writer([KEY], list(layers), D, "run-1", chunk_rows=per_commit)
         for s in range(0, n, per_commit):
             b = ids[s:s + per_commit]
@@ -46,14 +47,6 @@ def small_commits_store(path, n: int, per_commit: int, lock: bool, layers=(0, 1)
                                                            for l in layers}}))
         w.commit()
     return store
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def raw_rows(store: Store, table: str = "rows"):

@@ -83,13 +83,13 @@ def capture_range(model_args: tuple, batch_size: int, max_tokens: int, store_url
         parts.append(capturer.capture([encs[i] for i in idx]))
         order += list(idx)
     inv = np.argsort(np.asarray(order))  # back to the range's order: row start + j is encs[j]
-    batch = PendingBatch(prompt_ids=[encs[j].prompt_id for j in range(len(encs))],
+    responses = [r for p in parts for r in p.responses]
+    batch = PendingBatch(prompt_ids=[e.prompt_id for e in encs],
                          token_counts=np.concatenate([p.token_counts for p in parts])[inv],
                          truncated=np.concatenate([p.truncated for p in parts])[inv],
-                         responses=[r for p in parts for r in p.responses],
+                         responses=[responses[i] for i in inv],
                          pooled={k: {l: np.concatenate([p.pooled[k][l] for p in parts])[inv] for l in parts[0].pooled[k]}
                                  for k in parts[0].pooled})
-    batch.responses = [batch.responses[i] for i in inv]
     root = store_path(store_url) / ZARR_DIR
     opened = [(arrays.open_array(root / path / layer_name(l)), batch.pooled[(site, pooling)][l])
               for path, site, pooling, l in targets]
