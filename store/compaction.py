@@ -154,7 +154,14 @@ def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
         gone = delete_retired(table_dir, snap, grace)
         return Compacted(table, len(snap.live), len(snap.live), 0, time.perf_counter() - t0, gone) if gone else None
     kept, inputs, tier = plan
-    old = snap.manifest or mf.Manifest(table)
+    old = snap.manifest
+    if old is None:
+        # A table's first compaction writes an empty manifest before its base: a kill between
+        # the base and the switch then leaves an orphan (rolled back), not a base without a
+        # manifest, which only a lost manifest may look like. Readers racing it see gen 0.
+        _require_format_2(table_dir.parent.parent)  # releases that ignore manifests must refuse it now
+        old = mf.Manifest(table)
+        mf.write_manifest(table_dir, old)
     gen = old.generation + 1
     name = f"base-{gen:06d}-{uuid.uuid4().hex[:8]}.parquet"
     replaces = [p.name for p in inputs]
@@ -173,7 +180,6 @@ def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
                                                                  for n in replaces]
     new = mf.Manifest(table, gen, kept + [{"name": name, "rows": rows, "tier": tier, "generation": gen,
                                            "digest": digest}], retired)
-    _require_format_2(table_dir.parent.parent)  # releases that ignore manifests must refuse this store now
     mf.write_manifest(table_dir, new)  # the switch: from here readers see the new base
     gone = delete_retired(table_dir, mf.Snapshot(table_dir, new, sorted(listed | {name})), grace)
     return Compacted(table, len(snap.live), len(kept) + 1, rows, time.perf_counter() - t0, gone)
