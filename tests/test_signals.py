@@ -20,6 +20,12 @@ CLI = [sys.executable, "-m", "traitlens.workflows.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+def sigint_default():
+    """Popen's ``preexec_fn``: a job a shell started in the background inherits SIGINT ignored,
+    and Python then never turns Ctrl-C into KeyboardInterrupt; a user's terminal never does that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def rows_parts(store) -> int:
     d = store / "tables" / "rows"
     return len(list(d.glob("part-*.parquet"))) if d.exists() else 0
@@ -60,7 +66,8 @@ def test_sigterm_during_ingest_commits_records_interrupted_and_a_rerun_finishes(
     s = tmp_path / "s"
     cmd = CLI + ["--store", str(s), "ingest", str(corpus), "--model", str(tiny_llama), "--batch-size", "8",
                  "--device", "cpu", "--quiet"]
-    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=sigint_default)
     send_when(p, lambda: rows_parts(s) >= 2, signal.SIGTERM)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 143, (out, err)
@@ -90,7 +97,8 @@ def slow_store(tmp_path_factory):
 def test_extract_stops_within_seconds_of_the_signal_and_stores_nothing_half_done(slow_store, sig, code):
     cmd = CLI + ["--store", str(slow_store), "extract", "--trait", "planted", "--n-boot", "8", "--seed", str(code)]
     ready = once_running(slow_store)
-    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=sigint_default)
     sent = send_when(p, ready, sig)  # inside the fits
     out, err = p.communicate(timeout=120)
     waited = time.monotonic() - sent
@@ -105,7 +113,8 @@ def test_extract_stops_within_seconds_of_the_signal_and_stores_nothing_half_done
 
 def test_ctrl_c_and_timeout_stop_a_long_query(slow_store):
     long_sql = "SELECT sum(a.range * b.range) FROM range(300000) a, range(300000) b"
-    p = subprocess.Popen(CLI + ["--store", str(slow_store), "query", long_sql], env=ENV, stdout=subprocess.PIPE,
+    p = subprocess.Popen(CLI + ["--store", str(slow_store), "query", long_sql], env=ENV, preexec_fn=sigint_default,
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     sent = send_when(p, after(5), signal.SIGINT)  # well past the imports: DuckDB is running
     out, err = p.communicate(timeout=120)
