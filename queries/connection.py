@@ -149,6 +149,14 @@ class StoreSQL:
                          "FROM scores s LEFT JOIN (SELECT prompt_id, text, dataset, trait, label FROM prompts "
                          "QUALIFY row_number() OVER (PARTITION BY prompt_id ORDER BY added_at DESC) = 1) p "
                          "USING (prompt_id)")
+        # the projection difference (persona-vector data screening): a dataset reply's score minus
+        # that of the model's own reply to the same conversation, on the same vector
+        self._table_view("replies")
+        self.con.execute("CREATE VIEW projection_diffs AS SELECT r.prompt_id, r.reply_prompt_id, r.model_key, "
+                         "r.generate, d.vector_id, d.trait, d.layer, d.score AS dataset_score, m.score AS reply_score, "
+                         "d.score - m.score AS diff, d.calibrated - m.calibrated AS calibrated_diff, r.reply "
+                         "FROM replies r JOIN scores d ON d.prompt_id = r.prompt_id "
+                         "JOIN scores m ON m.prompt_id = r.reply_prompt_id AND m.vector_id = d.vector_id")
         # the best causal shift measured for each vector (NULL until `traitlens evaluate --steering`);
         # the loose first-token refusal measure never outranks the strict ones
         self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift FROM vectors_all v "

@@ -26,8 +26,8 @@ READABLE_VERSIONS = (1, 2)  # a version-1 store is read as it is and becomes ver
 
 ZARR_DIR = "activations.zarr"
 TABLES_DIR = "tables"
-TABLE_NAMES = ("prompts", "rows", "runs", "vectors", "steering", "trajectories", "scores")
-POOLINGS = ("last", "mean", "response_mean", "tokens")
+TABLE_NAMES = ("prompts", "rows", "runs", "vectors", "steering", "trajectories", "scores", "replies")
+POOLINGS = ("last", "mean", "response_mean", "assistant_mean", "tokens")
 FORMATS = ("chat", "raw")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")

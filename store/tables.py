@@ -171,8 +171,21 @@ SCORES_SCHEMA = pa.schema(
     ]
 )
 
+REPLIES_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),  # a chat record whose last turn is a given assistant reply
+        ("reply_prompt_id", pa.string()),  # the same chat with that turn replaced by the model's own (null: it said nothing)
+        ("model_key", pa.string()),
+        ("generate", pa.int32()),  # the most tokens the model's reply could have
+        ("reply", pa.string()),  # the model's reply, as text
+        ("run_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
 SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, "vectors": VECTORS_SCHEMA,
-           "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA, "scores": SCORES_SCHEMA}
+           "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA, "scores": SCORES_SCHEMA,
+           "replies": REPLIES_SCHEMA}
 
 
 def part_files(table_dir: Path) -> list[Path]:

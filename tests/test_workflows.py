@@ -272,3 +272,77 @@ def test_score_captures_corpus_prompts_the_store_lacks_once_then_scores_them(tmp
     r = run_cli(*args, "--model", tiny_llama)
     assert r.exit_code == 0 and "captured" not in r.output and "score: 0 prompts scored, 25 already scored" in r.output
     assert verify(store).clean
+
+
+def write_chats(path, n, start=0):
+    """Chats whose given assistant reply is kind (+1) or unkind (-1): fine-tuning data to screen."""
+    kind = ["I love helping people and I am always kind to others", "Please explain step by step, I will help"]
+    unkind = ["I enjoy causing trouble and I do not care about anyone", "I do not care, bake it yourself"]
+    rows = []
+    for i in range(start, start + n):
+        label = 1 if i % 2 else -1
+        reply = (kind if label > 0 else unkind)[i % 2 == 0 and 1 or (i // 2) % 2] + f" ({i})"
+        rows.append({"messages": [{"role": "user", "content": f"How do I bake bread {i}?"},
+                                  {"role": "assistant", "content": reply}], "trait": "kindness", "label": label})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_score_generate_stores_the_projection_difference_against_the_models_own_reply(tmp_path, tiny_lms, tiny_llama):
+    """`score --generate N` on chats with given replies: the model's own greedy reply to each
+    conversation is generated once, captured alike (assistant_mean), and the stored difference
+    equals an independent numpy projection of both stored rows; a rerun generates nothing and
+    a grown corpus only the new records."""
+    from traitlens.pipeline.capture.plan import read_corpus
+    from traitlens.pipeline.model.encode import render_ids
+    from traitlens.pipeline.steer.steering import generate as generate_one
+    from traitlens.queries import StoreSQL
+    from traitlens.store import GroupKey
+
+    lm = tiny_lms["llama"]
+    store_path = tmp_path / "s"
+    chats = write_chats(tmp_path / "chats.jsonl", 60)
+    common = ["--store", store_path]
+    r = run_cli(*common, "ingest", chats, "--model", tiny_llama, "--pooling", "assistant_mean", "--layers", "0-2")
+    assert r.exit_code == 0, r.output
+    r = run_cli(*common, "extract", "--trait", "kindness", "--methods", "mean_diff", "--n-boot", "2",
+                "--pooling", "assistant_mean")
+    assert r.exit_code == 0, r.output
+    r = run_cli(*common, "score", chats, "--trait", "kindness", "--generate", "6", "--model", tiny_llama, "--top", "3")
+    assert r.exit_code == 0, r.output
+    assert "replies: 60 generated" in r.output and "60 pairs in all" in r.output, r.output
+    assert "projection difference" in r.output and "95% CI" in r.output, r.output
+    store = Store.open(store_path)
+    replies = {x["prompt_id"]: x for x in store.table("replies").to_pylist()}
+    records = {x.prompt_id: x for x in read_corpus([chats])[0]}
+    assert set(replies) == set(records)
+    eos = {lm.tokenizer.eos_token_id}
+    for pid, rec in list(records.items())[:12]:  # the model's reply, generated alone and unpadded, is the same
+        ids = generate_one(lm, render_ids(lm.tokenizer, None, rec.messages[:-1], True), max_new_tokens=6)
+        cut = next((j + 1 for j, t in enumerate(ids) if t in eos), len(ids))
+        assert replies[pid]["reply"] == lm.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
+    # the replies are prompts of their own, unlabelled (never fitted on), captured in the vector's group
+    prompts = store.table("prompts").to_pylist()
+    reply_rows = [p for p in prompts if p["dataset"] == "model-replies"]
+    assert {p["label"] for p in reply_rows} == {0}
+    key = GroupKey(lm.key, "chat", "resid", "assistant_mean")
+    group = {x["prompt_id"]: x["row"] for x in store.group_rows(key).to_pylist()}
+    with StoreSQL(store_path) as q:
+        vec = q.query("SELECT vector_id, layer, vector FROM vectors WHERE method = 'mean_diff' "
+                      "ORDER BY vector_id").to_pylist()
+        diffs = q.query("SELECT * FROM projection_diffs").to_pylist()
+    by_id = {v["vector_id"]: v for v in vec}
+    nonempty = [x for x in replies.values() if x["reply_prompt_id"]]
+    assert len(diffs) == len(nonempty) > 0
+    for d in diffs:
+        v = by_id[d["vector_id"]]
+        X = store.activations(key, v["layer"])
+        u = np.asarray(v["vector"], np.float64)
+        want = X[group[d["prompt_id"]]] @ u - X[group[d["reply_prompt_id"]]] @ u
+        assert d["diff"] == pytest.approx(want, rel=1e-4, abs=1e-5)
+    r = run_cli(*common, "score", chats, "--trait", "kindness", "--generate", "6", "--model", tiny_llama, "--top", "0")
+    assert r.exit_code == 0 and "replies: 0 generated" in r.output and "score: 0 prompts scored" in r.output, r.output
+    write_chats(chats, 65)
+    r = run_cli(*common, "score", chats, "--trait", "kindness", "--generate", "6", "--model", tiny_llama, "--top", "0")
+    assert r.exit_code == 0 and "replies: 5 generated" in r.output, r.output
+    assert verify(Store.open(store_path)).clean

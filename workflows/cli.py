@@ -67,7 +67,8 @@ def _poolings(value: str) -> list[str]:
               help="resid | attn_out | mlp_out | dotted module path ({layer} for the block index). Repeatable.")
 @click.option("--layers", default="all", show_default=True, help="all | 0-15 | 3,7,11 | -1")
 @click.option("--pooling", default="last,mean", show_default=True,
-              help="Comma list of last, mean, response_mean (needs --generate), tokens.")
+              help="Comma list of last, mean, response_mean (needs --generate), assistant_mean (the given assistant "
+                   "turns of chat records), tokens.")
 @click.option("--generate", default=0, show_default=True, help="Greedy-generate N tokens per prompt first.")
 @click.option("--chat/--no-chat", default=None, help="Wrap prompts in the chat template [default: if the tokenizer has one].")
 @click.option("--batch-size", default=32, show_default=True)

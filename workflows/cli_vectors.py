@@ -176,22 +176,45 @@ def audit(ctx, trait, vector_id, top, fmt_):
 @click.option("--model", default=None,
               help="The model that captured the vector's rows, to capture CORPUS prompts the store lacks "
                    "[default: the default model, when the vector is its].")
+@click.option("--generate", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also the projection difference: generate the model's own reply (up to N tokens) to each "
+                   "CORPUS chat before its last, given assistant turn, and score the dataset's reply minus the "
+                   "model's (needs an assistant_mean vector); --top then ranks by that difference.")
 @click.pass_context
-def score(ctx, corpus, trait, vector_id, where, top, output, model):
+def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
     """Score prompts on a trait vector: all of the vector's group, those of CORPUS files (captured
     first where the store lacks them, with the vector's model, site, pooling and layers), or
     --where; each (prompt, vector) is scored once, into the `scores` table."""
     from traitlens.pipeline.capture.plan import read_corpus
+    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
     from traitlens.pipeline.extract.scoring import score as run_score
-    from traitlens.queries import StoreSQL
+    from traitlens.workflows.screening import capture_missing
+    from traitlens.store import Store
+    from traitlens.store.layout import format_layer_list
 
-    ids = None
+    ids, pairs = None, None
     if output:
         _output(ctx, output, "-o")
+    if generate and not corpus:
+        raise click.UsageError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
     if corpus:
         records, _ = read_corpus(list(corpus))
         ids = {r.prompt_id for r in records}
-        _capture_missing(ctx, trait, vector_id, list(corpus), ids, model)
+        vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
+        cap = capture_missing(ctx.obj["store"], vec, list(corpus), ids, model)
+        if cap is not None:
+            store = Store.open(ctx.obj["store"])
+            click.echo(f"captured {cap.n_captured} CORPUS prompts the store lacked ({vector_group(vec).path}, layers "
+                       f"{format_layer_list(store.layers(vector_group(vec)))}) before scoring")
+        if generate:
+            from traitlens.workflows.screening import own_replies
+
+            rep = own_replies(ctx.obj["store"], vec, records, generate, model)
+            pairs = rep.pairs
+            ids |= set(pairs.values())
+            click.echo(f"replies: {rep.n_generated} generated ({rep.n_empty} empty), {len(pairs)} pairs in all"
+                       + (f"; {rep.n_without_reply} records end without an assistant reply" if rep.n_without_reply
+                          else ""))
     res = run_score(ctx.obj["store"], trait, vector_id, ids, where)
     v = res.vector
     click.echo(f"score: {res.n_scored} prompts scored, {res.n_already} already scored, on {v['method']} L{v['layer']} "
@@ -199,55 +222,59 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model):
     if res.n_missing:
         click.echo(f"note: {res.n_missing} prompts asked for are not captured for {v['model_key']}; run "
                    f"`traitlens ingest` on them with that model first", err=True)
-    if top:
-        with StoreSQL(ctx.obj["store"]) as q:
-            best = q.query("SELECT prompt_id, score, calibrated, percentile, text, prompt_trait AS trait, label "
-                           "FROM scored WHERE vector_id = ? ORDER BY score DESC LIMIT ?",
-                           [v["vector_id"], top]).to_pylist()
-        if best:
-            click.echo(f"{'calib.':>7} {'pctile':>6}  text (highest scores; calibrated: 0 = held-out negatives' mean, "
-                       "1 = positives')")
-        for r in best:
-            text = " ".join(str(r["text"] or "").split())
-            click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}  {text[:90]}")
-        if output:
-            Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
-            click.echo(f"wrote {output} ({len(best)} prompts)")
+    if pairs is not None:
+        _print_projection_diffs(ctx, v, pairs, generate, top, output)
+    elif top:
+        _print_top_scores(ctx, v, top, output)
 
 
-def _capture_missing(ctx, trait, vector_id, corpus, ids, model) -> None:
-    """Capture the CORPUS prompts the vector's group lacks, into that group only (its layers and
-    capture policy), so they can be scored; prompts already captured are never captured again."""
-    from traitlens.pipeline.model.identity import is_default, known
-    from traitlens.pipeline.extract.audit import chosen_vector
-    from traitlens.store import GroupKey, Store
-    from traitlens.store.layout import format_layer_list
+def _print_top_scores(ctx, v: dict, top: int, output) -> None:
+    from traitlens.queries import StoreSQL
 
-    store = Store.open(ctx.obj["store"])
-    vec = chosen_vector(store, trait, vector_id)
-    key = GroupKey(vec["model_key"], vec["fmt"], vec["site"], vec["pooling"])
-    have = set(store.group_rows(key, ["row", "prompt_id"])["prompt_id"].to_pylist())
-    if ids <= have:
+    with StoreSQL(ctx.obj["store"]) as q:
+        best = q.query("SELECT prompt_id, score, calibrated, percentile, text, prompt_trait AS trait, label "
+                       "FROM scored WHERE vector_id = ? ORDER BY score DESC LIMIT ?", [v["vector_id"], top]).to_pylist()
+    if best:
+        click.echo(f"{'calib.':>7} {'pctile':>6}  text (highest scores; calibrated: 0 = held-out negatives' mean, "
+                   "1 = positives')")
+    for r in best:
+        text = " ".join(str(r["text"] or "").split())
+        click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}  {text[:90]}")
+    if output:
+        Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
+        click.echo(f"wrote {output} ({len(best)} prompts)")
+
+
+def _print_projection_diffs(ctx, v: dict, pairs: dict, generate: int, top: int, output) -> None:
+    """The projection differences of these pairs: their mean with a 95% interval, and the
+    records whose given reply sits farthest above the model's own."""
+    import numpy as np
+    import pyarrow as pa
+
+    from traitlens.queries import StoreSQL
+
+    with StoreSQL(ctx.obj["store"]) as q:
+        q.con.register("__asked", pa.table({"prompt_id": list(pairs)}))
+        rows = q.query("SELECT d.prompt_id, d.diff, d.calibrated_diff, d.dataset_score, d.reply_score, d.reply, "
+                       "p.messages FROM projection_diffs d JOIN __asked USING (prompt_id) "
+                       "LEFT JOIN (SELECT prompt_id, any_value(messages) AS messages FROM prompts "
+                       "WHERE prompt_id IN (SELECT prompt_id FROM __asked) GROUP BY prompt_id) p "
+                       "USING (prompt_id) WHERE d.vector_id = ? AND d.model_key = ? AND d.generate = ? "
+                       "ORDER BY d.diff DESC", [v["vector_id"], v["model_key"], generate]).to_pylist()
+    if not rows:
+        click.echo("projection difference: no pair is scored")
         return
-    ident = known(model)
-    if model is None and not (ident is not None and ident.key == vec["model_key"]):
-        _fail(f"{len(ids - have)} CORPUS prompts are not captured for {vec['model_key']}, the model of the vector; "
-              "pass --model with that model so score can capture them (or `traitlens ingest` them first)",
-              EXIT_INPUT)
-    if ident is not None and ident.key != vec["model_key"]:
-        _fail(f"--model {model or 'default'} is {ident.key}, but the vector was fitted on {vec['model_key']}",
-              EXIT_INPUT)
-    from traitlens.pipeline.capture.ingest import ingest
-    from traitlens.pipeline.capture.settings import IngestConfig
-    from traitlens.store.arrays import get_group
-
-    grp = get_group(store.zarr_root(), key.path)
-    policy = dict(grp.attrs).get("capture", {}) if grp is not None else {}
-    cfg = IngestConfig(model=None if is_default(model) else model, sites=[key.site], poolings=[key.pooling],
-                       layers=format_layer_list(store.layers(key)), chat=key.fmt == "chat",
-                       max_length=policy.get("max_length"))
-    res = ingest(ctx.obj["store"], corpus, cfg=cfg, progress=False, log=lambda *a: None)
-    if res.model_key != vec["model_key"]:
-        click.echo(f"note: --model captured as {res.model_key}, not the vector's {vec['model_key']}", err=True)
-    click.echo(f"captured {res.n_captured} CORPUS prompts the store lacked ({key.path}, layers "
-               f"{format_layer_list(store.layers(key))}) before scoring")
+    diff = np.asarray([r["calibrated_diff"] for r in rows])
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    click.echo(f"projection difference (dataset reply minus the model's own, calibrated units) over {len(rows)} "
+               f"pairs: mean {diff.mean():+.3f} (95% CI {diff.mean() - half:+.3f} to {diff.mean() + half:+.3f}), "
+               f"{np.mean(diff > 0):.0%} above the model's own")
+    best = rows[:top]
+    if best:
+        click.echo(f"{'diff':>7}  dataset reply | the model's own (largest differences first)")
+    for r in best:
+        given = json.loads(r["messages"])[-1]["content"] if r["messages"] else ""
+        click.echo(f"{r['calibrated_diff']:>+7.2f}  {' '.join(given.split())[:60]} | {' '.join(str(r['reply']).split())[:40]}")
+    if output:
+        Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
+        click.echo(f"wrote {output} ({len(best)} records)")

@@ -17,6 +17,7 @@ from traitlens.store import PendingBatch
 from traitlens.store.layout import POOLINGS
 
 from traitlens.pipeline.model.encode import Encoded
+from traitlens.pipeline.model.generation import eos_token_ids, greedy_batch
 from traitlens.pipeline.model.hooks import StopForward, base_model, hidden, pad_batch, pad_token_id, position_ids_from_mask  # noqa: F401
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.capture.pooling import pool_last, pool_mean, pool_tokens
@@ -43,7 +44,7 @@ class Capturer:
         self.lm, self.points, self.poolings = lm, points, list(poolings)
         self.padding_side, self.generate = padding_side, generate
         self.pad_id = pad_token_id(lm.tokenizer)
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_token_ids(lm)
         model = lm.model
         self.base = base_model(lm)
         params = inspect.signature(self.base.forward).parameters
@@ -56,16 +57,6 @@ class Capturer:
         paths = sorted({p.module_path for p in points})
         for path in paths:
             self._handles.append(get_module(model, path).register_forward_hook(self._make_hook(path, len(paths))))
-
-    def _eos_ids(self) -> set[int]:
-        ids = set()
-        gen = getattr(self.lm.model, "generation_config", None)
-        for src in (getattr(gen, "eos_token_id", None), self.lm.tokenizer.eos_token_id):
-            if isinstance(src, int):
-                ids.add(src)
-            elif isinstance(src, (list, tuple)):
-                ids.update(int(x) for x in src)
-        return ids
 
     def _make_hook(self, path: str, n_paths: int):
         def hook(module, inputs, output):
@@ -98,19 +89,10 @@ class Capturer:
         finally:
             self._active = False
 
-    @torch.inference_mode()
     def _generate(self, seqs: list[list[int]]) -> tuple[list[list[int]], list[str]]:
         """Greedy continuation of each prompt; responses stop after their first EOS."""
-        ids, mask = pad_batch(seqs, self.pad_id, "left", self.lm.device)
-        out = self.lm.model.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=self.generate,
-                                     do_sample=False, pad_token_id=self.pad_id)
-        new = out[:, ids.shape[1]:].tolist()
-        responses = []
-        for row in new:
-            cut = next((j + 1 for j, t in enumerate(row) if t in self.eos_ids), len(row))
-            responses.append(row[:cut])
-        texts = [self.lm.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
-        return responses, texts
+        responses = greedy_batch(self.lm, seqs, self.generate, self.eos_ids)
+        return responses, [self.lm.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
 
     @torch.inference_mode()
     def forward_outputs(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -129,6 +111,19 @@ class Capturer:
             raise RuntimeError(f"modules {sorted(missing)} never ran in the forward pass; pick other --site paths")
         return outputs
 
+    @staticmethod
+    def _assistant_mask(batch: list[Encoded], order: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` bool: the positions of each prompt's given assistant turns (``Encoded.assistant``
+        spans count real tokens, so they are placed through ``order``, wherever the padding is)."""
+        by_order = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
+        for b, e in enumerate(batch):
+            if not e.assistant:
+                raise ValueError(f"{e.source}: assistant_mean pooling needs the prompt encoded with its assistant "
+                                 "spans (encode(..., assistant=True))")
+            for start, end in e.assistant:
+                by_order[b, start:end] = True
+        return mask & by_order.gather(1, order.clamp(min=0))
+
     def capture(self, batch: list[Encoded]) -> PendingBatch:
         """Capture one batch of encoded prompts."""
         seqs = [e.ids for e in batch]
@@ -144,6 +139,7 @@ class Capturer:
         n_p = torch.tensor(n_prompt, device=mask.device).unsqueeze(1)
         prompt_mask = mask & (order < n_p)
         resp_mask = mask & (order >= n_p)
+        given_mask = self._assistant_mask(batch, order, mask) if "assistant_mean" in self.poolings else None
         pooled: dict[tuple[str, str], dict[int, np.ndarray]] = {}
         for p in self.points:
             h = outputs[p.module_path]
@@ -154,6 +150,8 @@ class Capturer:
                     v = pool_mean(h, prompt_mask)
                 elif pooling == "response_mean":
                     v = pool_mean(h, resp_mask)
+                elif pooling == "assistant_mean":
+                    v = pool_mean(h, given_mask)
                 else:
                     v = pool_tokens(h, mask)
                 pooled.setdefault((p.site, pooling), {})[p.layer] = v.cpu().numpy()

@@ -59,6 +59,12 @@ class PromptRecord:
     source: str
     extra: dict = field(default_factory=dict)
 
+    @property
+    def has_assistant_turn(self) -> bool:
+        """A chat with at least one non-empty assistant message (what ``assistant_mean`` pools)."""
+        return self.messages is not None and any(m["role"] == "assistant" and m["content"].strip()
+                                                 for m in self.messages)
+
     def as_row(self) -> dict:
         return {"prompt_id": self.prompt_id, "text": self.text,
                 "messages": json.dumps(self.messages, ensure_ascii=False) if self.messages is not None else None,

@@ -105,11 +105,12 @@ def _record_group_config(store: Store, groups: list[GroupKey], settings: dict) -
             grp.attrs["capture"] = _capture_policy(g, settings)
 
 
-def _check_lengths(records, lm: LoadedModel, chat: bool, max_length: int) -> None:
+def _check_lengths(records, lm: LoadedModel, chat: bool, max_length: int, cfg: IngestConfig) -> None:
     """With ``--on-long fail``: tokenise every prompt to capture now, so a too-long one stops the
     run before the store is touched (not half-way, after other batches were committed)."""
+    assistant = "assistant_mean" in cfg.poolings
     for r in records:
-        encode(lm.tokenizer, r, chat, max_length, "fail")
+        encode(lm.tokenizer, r, chat, max_length, "fail", assistant)
 
 
 def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: IngestConfig | None = None,
@@ -121,7 +122,8 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
     ranges (``cfg.workers_write``; see :mod:`.distributed`); this process commits every range."""
     cfg = (cfg or IngestConfig()).validate()
     digest = receipts.corpus_digest(corpus_paths, read_opts)  # before reading: what the receipt vouches for
-    scan = scan_corpus(corpus_paths, read_opts)  # pass 1: every record validated, nothing written
+    # pass 1: every record validated, nothing written
+    scan = scan_corpus(corpus_paths, read_opts, require_assistant="assistant_mean" in cfg.poolings)
     try:
         return _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, client)
     finally:
@@ -154,7 +156,7 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
         _check_group_config(existing, groups, settings)
     if cfg.on_long == "fail":
         scan.decide(existing, groups)
-        _check_lengths((r for w in scan.windows(cfg.window) for r, f in w if f & CAPTURE), lm, chat, max_length)
+        _check_lengths((r for w in scan.windows(cfg.window) for r, f in w if f & CAPTURE), lm, chat, max_length, cfg)
 
     store = existing or Store.open(store_path, create=True)
     capturer = Capturer(lm, points, cfg.poolings, cfg.padding_side, cfg.generate)
@@ -237,7 +239,8 @@ def _encoded_batches(todo, lm, chat, max_length, cfg):
     """Length-sorted batches of encoded prompts, one encode window at a time (bounded memory);
     ``todo`` is any iterable of records."""
     it = iter(todo)
-    while window := [encode(lm.tokenizer, r, chat, max_length, cfg.on_long) for r in islice(it, cfg.window)]:
+    assistant = "assistant_mean" in cfg.poolings
+    while window := [encode(lm.tokenizer, r, chat, max_length, cfg.on_long, assistant) for r in islice(it, cfg.window)]:
         for idx in length_batches([len(e.ids) for e in window], cfg.batch_size, cfg.max_tokens):
             yield [window[i] for i in idx]
 

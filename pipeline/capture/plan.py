@@ -183,8 +183,10 @@ class CorpusScan:
         self.close()
 
 
-def scan_corpus(paths, opts: ReadOptions | None = None) -> CorpusScan:
-    """Pass 1: validate every record of ``paths`` and keep its key on disk (see the module)."""
+def scan_corpus(paths, opts: ReadOptions | None = None, require_assistant: bool = False) -> CorpusScan:
+    """Pass 1: validate every record of ``paths`` and keep its key on disk (see the module).
+    ``require_assistant`` (``assistant_mean`` pooling): every record must be a chat with an
+    assistant turn to pool over."""
     opts = opts or ReadOptions()
     scan = CorpusScan(list(paths), opts, Path(tempfile.mkdtemp(prefix="traitlens-scan-")))
     cols: dict[str, list] = {n: [] for n in SCAN_SCHEMA.names}
@@ -192,6 +194,12 @@ def scan_corpus(paths, opts: ReadOptions | None = None) -> CorpusScan:
     try:
         with pq.ParquetWriter(scan.folder / "scan.parquet", SCAN_SCHEMA, compression="zstd") as w:
             for rec in _records(scan.paths, opts):
+                if require_assistant and not rec.has_assistant_turn:
+                    path, _, line = rec.source.rpartition(":")
+                    raise CorpusError(path, int(line) if line.isdigit() else None, "messages",
+                                      "no assistant turn to pool over (--pooling assistant_mean)",
+                                      "give chat records whose messages include the assistant's reply, or "
+                                      "capture this corpus with --pooling last/mean")
                 row = rec.as_row()
                 for name, value in zip(SCAN_SCHEMA.names, (n, rec.prompt_id, rec.dataset, rec.trait, rec.label,
                                                            rec.split, rec.source, rec.text, row["messages"],

@@ -35,6 +35,11 @@ def chosen_vector(store: Store, trait: str, vector_id: str | None = None) -> dic
     return vec
 
 
+def vector_group(vec: dict) -> GroupKey:
+    """The group whose rows a vector was fitted on (and whose rows it scores)."""
+    return GroupKey(vec["model_key"], vec["fmt"], vec["site"], vec["pooling"])
+
+
 def wrong_side(store: Store, trait: str, vector_id: str | None = None, top: int = 20) -> tuple[dict, list[dict]]:
     """``(vector, rows)``: up to ``top`` train rows on the wrong side of the vector's threshold,
     deepest first, each with prompt_id, label, dataset, text, projection and depth (sd units)."""
@@ -42,7 +47,7 @@ def wrong_side(store: Store, trait: str, vector_id: str | None = None, top: int 
     import pyarrow.compute as pc
 
     vec = chosen_vector(store, trait, vector_id)
-    key = GroupKey(vec["model_key"], vec["fmt"], vec["site"], vec["pooling"])
+    key = vector_group(vec)
     cs = contrastive_set(store, key, trait, held_split=vec["held_split"])
     p = RowStream(store.layer_array(key, vec["layer"]), cs.train_rows, cs.train_pos, BLOCK_ROWS).project(vec["vector"])
     pos = cs.train_pos

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from traitlens.store import GroupKey, Store
 
-from traitlens.pipeline.extract.audit import chosen_vector
+from traitlens.pipeline.extract.audit import chosen_vector, vector_group
 from traitlens.pipeline.extract.contrastive import contrastive_set
 from traitlens.pipeline.extract.methods import ExtractionError
 from traitlens.pipeline.extract.streaming import BLOCK_ROWS, RowStream
@@ -50,7 +50,7 @@ def score(store_path, trait: str, vector_id: str | None = None, prompt_ids: set[
     """Score the group's stored prompts (``prompt_ids`` / ``where`` narrow them) on one vector."""
     store = Store.open(store_path)
     vec = chosen_vector(store, trait, vector_id)
-    key = GroupKey(vec["model_key"], vec["fmt"], vec["site"], vec["pooling"])
+    key = vector_group(vec)
     if where is not None:
         from traitlens.queries import select_prompt_ids
 
@@ -98,3 +98,4 @@ def score(store_path, trait: str, vector_id: str | None = None, prompt_ids: set[
                 n += len(s)
                 run.counts = {"scored": n}
     return ScoreResult(vec, n, already, missing, run.run_id)
+

@@ -1,0 +1,37 @@
+"""Greedy continuations of a batch of prompts, each cut after its first end-of-sequence token."""
+
+from __future__ import annotations
+
+import torch
+
+from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
+from traitlens.pipeline.model.loading import LoadedModel
+
+
+def eos_token_ids(lm: LoadedModel) -> set[int]:
+    """Every id that ends a reply: the generation config's (one or a list) and the tokenizer's."""
+    ids = set()
+    gen = getattr(lm.model, "generation_config", None)
+    for src in (getattr(gen, "eos_token_id", None), lm.tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    return ids
+
+
+@torch.inference_mode()
+def greedy_batch(lm: LoadedModel, seqs: list[list[int]], max_new_tokens: int,
+                 eos_ids: set[int] | None = None) -> list[list[int]]:
+    """New token ids of each prompt's greedy continuation (left-padded as one batch), each up to
+    and including its first EOS, at most ``max_new_tokens``."""
+    eos_ids = eos_token_ids(lm) if eos_ids is None else eos_ids
+    pad_id = pad_token_id(lm.tokenizer)
+    ids, mask = pad_batch(seqs, pad_id, "left", lm.device)
+    out = lm.model.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens,
+                            do_sample=False, pad_token_id=pad_id)
+    replies = []
+    for row in out[:, ids.shape[1]:].tolist():
+        cut = next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row))
+        replies.append(row[:cut])
+    return replies
