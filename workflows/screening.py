@@ -144,9 +144,10 @@ def own_replies(store_path, vec: dict, records: list, generate: int, model: str 
         with store.lock("replies"), store.run("replies", {"vector_id": vec["vector_id"], "generate": generate,
                                                           "records": len(todo)}) as run:
             stamp = now_utc()
+            linked = stored_pairs(store, lm.key, generate)  # under the lock: a concurrent run may have linked some
             store.append("replies", [{"prompt_id": r.prompt_id, "reply_prompt_id": made.get(r.prompt_id, {}).get("id"),
                                       "model_key": lm.key, "generate": generate, "reply": t, "run_id": run.run_id,
-                                      "created_at": stamp} for r, t in zip(todo, texts)])
+                                      "created_at": stamp} for r, t in zip(todo, texts) if r.prompt_id not in linked])
             run.counts = {"generated": len(todo), "empty": len(todo) - len(made)}
         pairs.update({pid: made.get(pid, {}).get("id") for pid in (r.prompt_id for r in todo)})
     n_empty = sum(1 for t in texts if not t.strip())

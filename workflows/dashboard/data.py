@@ -1,0 +1,220 @@
+"""What the dashboard shows, as JSON-ready dicts: every function reads the store, none writes.
+
+Each takes an open :class:`~traitlens.queries.StoreSQL` (the same read-only views and guard as
+``traitlens query``) and returns plain lists and dicts: NaN becomes ``None``, timestamps ISO
+strings. Lists are paged (``page``, ``PAGE`` rows each) and no function reads a whole layer:
+per-token projections read only the token rows of the prompts on the page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from traitlens.queries import StoreSQL
+from traitlens.queries.connection import QueryError
+from traitlens.queries.ranking import RANK_BY, grid, latest_cells_sql, rank
+from traitlens.queries.selection import best_vector
+from traitlens.store import GroupKey
+from traitlens.store.errors import InputError
+
+PAGE = 50
+SQL_ROWS = 1000  # rows of a console result sent to the page (the CSV download has them all)
+METRIC_COLUMNS = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc",
+                  "steer_shift", "p_value", "floor_length", "floor_dataset", "n_pos", "n_neg", "n_held_pos",
+                  "n_held_neg")
+
+
+class NotFound(InputError):
+    """Nothing of that name in the store (the app answers 404)."""
+
+
+def clean(value):
+    """A value as JSON can hold it (NaN and infinities are null)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if isinstance(value, np.generic):
+        return clean(value.item())
+    return value
+
+
+def rows(table: pa.Table, drop=("vector",)) -> list[dict]:
+    return [clean({k: v for k, v in r.items() if k not in drop}) for r in table.to_pylist()]
+
+
+def _page(page: int) -> tuple[int, int]:
+    page = max(int(page), 0)
+    return PAGE, page * PAGE
+
+
+def overview(q: StoreSQL, page: int = 0) -> dict:
+    """Groups with their prompt counts, traits with their labels and vectors, the latest runs."""
+    counts = q.store.group_counts()
+    groups = [{**g.as_dict(), "path": g.path, "prompts": n, "layers": q.store.layers(g)} for g, n in counts.items()]
+    traits = rows(q.query(
+        "SELECT p.trait, count(*) FILTER (WHERE label = 1) AS positive, count(*) FILTER (WHERE label = -1) AS negative, "
+        "count(*) FILTER (WHERE label = 0) AS unlabelled, count(DISTINCT dataset) AS datasets, "
+        "coalesce(any_value(v.n), 0) AS vectors FROM prompts p "
+        "LEFT JOIN (SELECT trait, count(*) AS n FROM vectors_all GROUP BY trait) v USING (trait) "
+        "GROUP BY p.trait ORDER BY p.trait"))
+    return {"store": str(q.store.root), "groups": groups, "traits": traits, "runs": runs(q, page)}
+
+
+def runs(q: StoreSQL, page: int = 0) -> dict:
+    limit, offset = _page(page)
+    total = q.query("SELECT count(*) AS n FROM runs").to_pylist()[0]["n"]
+    items = rows(q.query("SELECT run_id, stage, status, started_at, ended_at, counts, message FROM runs "
+                         "ORDER BY started_at DESC NULLS LAST, run_id LIMIT ? OFFSET ?", [limit, offset]))
+    for r in items:
+        r["counts"] = json.loads(r["counts"]) if r.get("counts") else {}
+    return {"total": total, "page": page, "page_size": limit, "items": items}
+
+
+def trait(q: StoreSQL, name: str, by: str = "auroc") -> dict:
+    """A trait's layers x methods grid per group (every metric per cell), its pick, its floors,
+    its steering measurements and its top scores."""
+    if by not in RANK_BY:
+        raise InputError(f"by={by!r}: one of {', '.join(RANK_BY)}")
+    cells = rows(q.query(f"SELECT model_key, fmt, site, pooling, layer, method, vector_id, "
+                         f"{', '.join(METRIC_COLUMNS)}, created_at FROM ({latest_cells_sql()}) "
+                         "ORDER BY model_key, fmt, site, pooling, layer, method", [name]))
+    if not cells:
+        raise NotFound(f"no vectors for trait {name!r}")
+    groups = []
+    for g in sorted({(c["model_key"], c["fmt"], c["site"], c["pooling"]) for c in cells}):
+        group = dict(zip(("model_key", "fmt", "site", "pooling"), g))
+        layers, methods, _ = grid(q, name, by, group)
+        mine = [c for c in cells if (c["model_key"], c["fmt"], c["site"], c["pooling"]) == g]
+        groups.append({**group, "path": GroupKey(*g).path, "layers": layers, "methods": methods, "cells": mine})
+    pick = best_vector(q, name)
+    best, floor = rank(q, name, by, top=1)
+    steering = rows(q.query("SELECT vector_id, method, layer, alpha, kind, n, unsteered, plus, minus, shift, "
+                            "created_at FROM steering WHERE trait = ? ORDER BY vector_id, kind, alpha", [name]))
+    top = rows(q.query("SELECT prompt_id, score, calibrated, percentile, text, dataset, label FROM scored "
+                       "WHERE vector_id = ? ORDER BY score DESC LIMIT 20", [pick["vector_id"]])) if pick else []
+    random_floor = floor.to_pylist()[0][by] if floor.num_rows else None
+    return clean({"trait": name, "by": by, "groups": groups, "pick": pick and pick["vector_id"],
+                  "floors": {"random": random_floor, "length": best.to_pylist()[0]["floor_length"],
+                             "dataset": best.to_pylist()[0]["floor_dataset"]},
+                  "steering": steering, "top_scores": top})
+
+
+def vector(q: StoreSQL, vector_id: str) -> dict:
+    """One vector: provenance, metrics, nearest vectors, steering rows, its scores' summary."""
+    found = q.query("SELECT * EXCLUDE (vector) FROM vectors_all WHERE vector_id = ?", [vector_id]).to_pylist()
+    if not found:
+        raise NotFound(f"no vector {vector_id!r}")
+    v = clean(found[0])
+    for key in ("params",):
+        if isinstance(v.get(key), str):
+            try:
+                v[key] = json.loads(v[key])
+            except ValueError:
+                pass
+    try:
+        nearest = rows(q.query("SELECT * FROM nearest(?, 10)", [vector_id]))
+    except QueryError:  # several widths: no single FLOAT[d] view, so no macro
+        nearest = []
+    steering = rows(q.query("SELECT alpha, kind, n, scale, unsteered, plus, minus, shift, created_at FROM steering "
+                            "WHERE vector_id = ? ORDER BY kind, alpha", [vector_id]))
+    scores = rows(q.query("SELECT count(*) AS n, avg(score) AS mean, min(score) AS min, max(score) AS max "
+                          "FROM scores WHERE vector_id = ?", [vector_id]))[0]
+    return {"vector": v, "metrics": {k: v.get(k) for k in METRIC_COLUMNS}, "nearest": nearest,
+            "steering": steering, "scores": scores}
+
+
+def vector_values(q: StoreSQL, vector_id: str) -> dict:
+    """The unit vector itself, with what an export needs."""
+    found = q.query("SELECT vector_id, trait, method, layer, model_key, fmt, site, pooling, held_split, vector "
+                    "FROM vectors_all WHERE vector_id = ?", [vector_id]).to_pylist()
+    if not found:
+        raise NotFound(f"no vector {vector_id!r}")
+    return found[0]
+
+
+def trajectories(q: StoreSQL, vector_id: str | None = None, page: int = 0) -> dict:
+    """Stored monitor trajectories (one per run and prompt), each with its tokens' projection,
+    velocity and acceleration and the commitment position; newest first, paged."""
+    limit, offset = _page(page)
+    where, params = ("WHERE vector_id = ?", [vector_id]) if vector_id else ("", [])
+    keys = q.query(f"SELECT run_id, prompt_id, vector_id, layer, max(created_at) AS kept_at, count(*) AS tokens "
+                   f"FROM trajectories {where} GROUP BY run_id, prompt_id, vector_id, layer "
+                   "ORDER BY kept_at DESC, run_id, prompt_id LIMIT ? OFFSET ?", params + [limit, offset]).to_pylist()
+    total = q.query(f"SELECT count(*) AS n FROM (SELECT DISTINCT run_id, prompt_id, vector_id, layer FROM trajectories "
+                    f"{where})", params).to_pylist()[0]["n"]
+    items = []
+    for k in keys:
+        toks = rows(q.query("SELECT position, token, generated, projection, velocity, acceleration, commitment "
+                            "FROM trajectories WHERE run_id = ? AND prompt_id = ? AND vector_id = ? AND layer = ? "
+                            "ORDER BY position", [k["run_id"], k["prompt_id"], k["vector_id"], k["layer"]]))
+        commit = next((t["commitment"] for t in toks if t["commitment"] is not None), None)
+        items.append({**clean(k), "commitment": commit,
+                      "tokens": [{x: t[x] for x in ("position", "token", "generated", "projection", "velocity",
+                                                    "acceleration")} for t in toks]})
+    return {"total": total, "page": page, "page_size": limit, "items": items}
+
+
+def held_out_tokens(q: StoreSQL, vector_id: str, page: int = 0, tokenizer=None) -> dict:
+    """Per-token projections of the vector's held-out prompts, from a ``tokens`` group of the
+    same model, format and site when the store has one (else ``available: false``): only the
+    token rows of the page's prompts are read. Tokens are decoded with ``tokenizer`` if given,
+    else shown as ids."""
+    from traitlens.store.arrays import get_group
+
+    v = vector_values(q, vector_id)
+    key = GroupKey(v["model_key"], v["fmt"], v["site"], "tokens")
+    if key not in q.store.group_counts() or v["layer"] not in q.store.layers(key):
+        return {"available": False, "reason": f"no tokens group {key.path} with layer {v['layer']}: capture the "
+                f"held-out prompts with `traitlens ingest --pooling tokens --layers {v['layer']}` to see them here",
+                "items": [], "total": 0, "page": page, "page_size": PAGE}
+    limit, offset = _page(page)
+    split = v["held_split"] or "test"
+    sel = ("SELECT r.prompt_id, r.token_start, r.token_count, p.text, p.label FROM rows r JOIN prompts p "
+           "USING (prompt_id) WHERE r.model_key = ? AND r.fmt = ? AND r.site = ? AND r.pooling = 'tokens' "
+           "AND p.trait = ? AND p.split = ? AND p.label <> 0")
+    params = [key.model_key, key.fmt, key.site, v["trait"], split]
+    total = q.query(f"SELECT count(*) AS n FROM ({sel})", params).to_pylist()[0]["n"]
+    picked = q.query(f"{sel} ORDER BY p.label DESC, r.prompt_id LIMIT ? OFFSET ?", params + [limit, offset]).to_pylist()
+    grp = get_group(q.store.zarr_root(), key.path)
+    arr = q.store.layer_array(key, v["layer"])
+    ids = grp["token_ids"]
+    unit = np.asarray(v["vector"], np.float64)
+    items = []
+    for r in picked:
+        s, n = int(r["token_start"]), int(r["token_count"])
+        proj = np.asarray(arr[s:s + n], np.float64) @ unit
+        tok = [int(t) for t in np.asarray(ids[s:s + n])]
+        text = [tokenizer.decode([t]) for t in tok] if tokenizer is not None else [f"<{t}>" for t in tok]
+        vel = np.diff(proj, prepend=proj[:1])
+        items.append(clean({"prompt_id": r["prompt_id"], "label": r["label"], "text": r["text"],
+                            "tokens": [{"position": i, "token": text[i], "token_id": tok[i], "projection": float(proj[i]),
+                                        "velocity": float(vel[i])} for i in range(n)]}))
+    return {"available": True, "split": split, "layer": v["layer"], "group": key.path, "total": total, "page": page,
+            "page_size": limit, "items": items}
+
+
+def sql(q: StoreSQL, text: str, timeout: float = 30.0, limit: int = SQL_ROWS) -> dict:
+    """A console statement through the read-only guard: columns and the first ``limit`` rows.
+    A lone SELECT is run with a LIMIT (a million-row answer is never built for a page);
+    ``rows_total`` is then None when there are more (the CSV download has them all)."""
+    q.check(text)
+    statements = q.con.extract_statements(text)
+    lone_select = len(statements) == 1 and statements[0].type.name == "SELECT"
+    body = text.strip().rstrip(";")
+    t = q.query(f"SELECT * FROM ({body}) LIMIT {int(limit) + 1}" if lone_select else text, timeout=timeout)
+    more = t.num_rows > limit
+    return {"columns": t.column_names, "types": [str(f.type) for f in t.schema],
+            "rows_total": None if more and lone_select else t.num_rows, "truncated": more,
+            "rows": rows(t.slice(0, limit), drop=())}
