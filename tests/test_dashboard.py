@@ -34,7 +34,8 @@ def dash_store(tmp_path_factory, tiny_llama):
     run_cli("--store", store, "extract", "--trait", "kindness", "--n-boot", "2")
     run_cli("--store", store, "score", "--trait", "kindness", "--top", "0")
     run_cli("--store", store, "monitor", "I love helping people", "--trait", "kindness", "--model", tiny_llama,
-            "--max-new-tokens", "6", "--keep", "--threshold", "-1000", "--plot", root / "m.png")
+            "--max-new-tokens", "6", "--keep", "--threshold", "-1000", "--velocity-tol", "1e9",
+            "--plot", root / "m.png")  # a threshold and tolerance every token clears: it commits early
     s = Store.open(store)
     with StoreSQL(s) as q:
         vecs = q.query("SELECT vector_id, method, layer FROM metrics WHERE method IN ('probe', 'mean_diff') "
@@ -205,6 +206,12 @@ def test_the_pages_in_a_browser(browser, served, dash_store, tmp_path):
     assert len(cells) == 18  # one per (layer, method): 3 layers x 6 methods
     assert len({(c.get_attribute("data-layer"), c.get_attribute("data-method")) for c in cells}) == 18
     assert browser.find_elements(By.CSS_SELECTOR, "svg.steering circle")  # the steering rows are plotted
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(cells[0]).perform()  # hover: every metric of the cell
+    tip = browser.find_element(By.ID, "tooltip")
+    assert all(m in tip.text for m in ("auroc:", "cohens_d:", "stability:", "floor_length:"))
+    assert cells[0].get_attribute("data-vector-id") in tip.text
     browser.save_screenshot(str(tmp_path / "trait.png"))
     target = next(c for c in cells if c.get_attribute("data-method") == "probe" and c.get_attribute("data-layer") == "2")
     vid = target.get_attribute("data-vector-id")
@@ -213,13 +220,15 @@ def test_the_pages_in_a_browser(browser, served, dash_store, tmp_path):
     assert browser.current_url.endswith(f"#/vector/{vid}") and vid in browser.find_element(By.ID, "provenance").text
     browser.save_screenshot(str(tmp_path / "vector.png"))
 
-    browser.get(served + f"/#/tokens/{vid}")
+    kept = Store.open(dash_store).table("trajectories").to_pylist()
+    tv = kept[0]["vector_id"]  # the vector the monitor run projected on: its page shows both kinds of rows
+    browser.get(served + f"/#/tokens/{tv}")
     spans = _wait(browser, "#held .tok", 3)
     values = [float(s.get_attribute("data-projection")) for s in spans]
     import json
     import urllib.request
 
-    want = json.load(urllib.request.urlopen(f"{served}/api/vectors/{vid}/tokens"))
+    want = json.load(urllib.request.urlopen(f"{served}/api/vectors/{tv}/tokens"))
     assert values == pytest.approx([t["projection"] for i in want["items"] for t in i["tokens"]])
     colours = {s.value_of_css_property("background-color") for s in spans}
     assert len(colours) > 3  # coloured by value, not one colour for all
@@ -228,6 +237,13 @@ def test_the_pages_in_a_browser(browser, served, dash_store, tmp_path):
     rgb = [tuple(int(x) for x in s.value_of_css_property("background-color").split("(")[1].split(")")[0].split(",")[:3])
            for s in (reddest, bluest)]
     assert rgb[0][0] > rgb[0][2] and rgb[1][2] > rgb[1][0]  # toward the trait red, away blue
+    traj = browser.find_elements(By.CSS_SELECTOR, "#traj .tok")
+    assert len(traj) == len(kept)  # the monitor run's tokens, each coloured too
+    commit = kept[0]["commitment"]
+    assert commit is not None  # (the fixture's monitor run commits)
+    marked = browser.find_elements(By.CSS_SELECTOR, "#traj .tok.commit")
+    assert len(marked) == 1 and float(marked[0].get_attribute("data-projection")) == pytest.approx(
+        next(r["projection"] for r in kept if r["position"] == commit))
     browser.save_screenshot(str(tmp_path / "tokens.png"))
 
     browser.get(served + "/#/sql")
