@@ -141,6 +141,7 @@ class StoreSQL:
                              f"FROM vectors_all WHERE d = {int(d)}")
         self._table_view("steering")
         self._table_view("trajectories")
+        self._table_view("steering_samples")
         # scores with their percentile among every prompt scored on the same vector (computed
         # here, so it is never stale as more prompts are scored)
         self._table_view("scores", "*, percent_rank() OVER (PARTITION BY vector_id ORDER BY score) AS percentile")

@@ -50,8 +50,9 @@ def sort_key(rec: dict, by: str = "auroc") -> tuple:
 def best_vector(q: StoreSQL, trait: str, model_key: str | None = None, layer: int | None = None,
                 method: str | None = None, layers: tuple[int, int] | None = None, by: str = "auroc") -> dict | None:
     """The vector the rule picks for ``trait`` (a full vectors row), or None. Filters: a model
-    key, one layer or an inclusive ``layers`` range, one method."""
-    cond, params = ["m.method <> 'random'"], [trait]
+    key, one layer or an inclusive ``layers`` range, one method. The random baseline is never
+    the pick, unless ``method="random"`` asks for it (the floor of a steering evaluation)."""
+    cond, params = ([] if method == "random" else ["m.method <> 'random'"]), [trait]
     for column, value in (("model_key", model_key), ("layer", layer), ("method", method)):
         if value is not None:
             cond.append(f"m.{column} = ?")

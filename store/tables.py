@@ -134,6 +134,15 @@ STEERING_SCHEMA = pa.schema(
         ("plus", pa.float64()),
         ("minus", pa.float64()),
         ("shift", pa.float64()),  # plus - minus (persona) or plus - unsteered (refusal)
+        ("ci_low", pa.float64()),  # bootstrap 95% interval of the mean shift over the samples
+        ("ci_high", pa.float64()),
+        ("wrong_way", pa.float64()),  # share of samples whose shift has the wrong sign
+        ("wrong_way_low", pa.float64()),  # its Wilson 95% interval
+        ("wrong_way_high", pa.float64()),
+        ("steerability", pa.float64()),  # mean per-sample slope of the measure against alpha
+        ("kl", pa.float64()),  # damage: mean KL(unsteered || +alpha) of next tokens on neutral prompts, nats
+        ("kl_low", pa.float64()),
+        ("kl_high", pa.float64()),
         ("detail", pa.string()),
         ("run_id", pa.string()),
         ("created_at", TS),
@@ -171,6 +180,25 @@ SCORES_SCHEMA = pa.schema(
     ]
 )
 
+STEERING_SAMPLES_SCHEMA = pa.schema(
+    [
+        ("vector_id", pa.string()),
+        ("trait", pa.string()),
+        ("method", pa.string()),
+        ("layer", pa.int32()),
+        ("alpha", pa.float64()),
+        ("kind", pa.string()),
+        ("measure", pa.string()),  # effect (the kind's measure on a held-out text) | kl (damage on a neutral prompt)
+        ("sample", pa.string()),  # the text measured
+        ("unsteered", pa.float64()),
+        ("plus", pa.float64()),
+        ("minus", pa.float64()),
+        ("shift", pa.float64()),  # effect: plus - minus (or - unsteered); kl: the KL itself
+        ("run_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
 REPLIES_SCHEMA = pa.schema(
     [
         ("prompt_id", pa.string()),  # a chat record whose last turn is a given assistant reply
@@ -185,7 +213,7 @@ REPLIES_SCHEMA = pa.schema(
 
 SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, "vectors": VECTORS_SCHEMA,
            "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA, "scores": SCORES_SCHEMA,
-           "replies": REPLIES_SCHEMA}
+           "replies": REPLIES_SCHEMA, "steering_samples": STEERING_SAMPLES_SCHEMA}
 
 
 def part_files(table_dir: Path) -> list[Path]:

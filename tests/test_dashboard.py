@@ -46,6 +46,7 @@ def dash_store(tmp_path_factory, tiny_llama):
         s.append("steering", [{"vector_id": v["vector_id"], "trait": "kindness", "method": v["method"],
                                "layer": v["layer"], "alpha": a, "kind": "persona", "n": 8, "scale": 1.0,
                                "unsteered": 0.1, "plus": 0.1 + a, "minus": 0.1 - a, "shift": 2 * a,
+                               "ci_low": 2 * a - 0.1, "ci_high": 2 * a + 0.1, "wrong_way": 0.1, "kl": 0.01 * a * a,
                                "detail": "{}", "run_id": "r", "created_at": now_utc()}
                               for v in vecs for a in (0.5, 1.0, 2.0)])
     return store
@@ -205,7 +206,8 @@ def test_the_pages_in_a_browser(browser, served, dash_store, tmp_path):
     cells = _wait(browser, "svg.heatmap rect.cell", 18)
     assert len(cells) == 18  # one per (layer, method): 3 layers x 6 methods
     assert len({(c.get_attribute("data-layer"), c.get_attribute("data-method")) for c in cells}) == 18
-    assert browser.find_elements(By.CSS_SELECTOR, "svg.steering circle")  # the steering rows are plotted
+    plot = browser.find_element(By.CSS_SELECTOR, "svg.steering")  # shift against KL: the Pareto view
+    assert plot.get_attribute("data-mode") == "pareto" and len(plot.find_elements(By.CSS_SELECTOR, "circle")) == 6
     from selenium.webdriver.common.action_chains import ActionChains
 
     ActionChains(browser).move_to_element(cells[0]).perform()  # hover: every metric of the cell

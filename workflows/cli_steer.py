@@ -8,6 +8,8 @@ import click
 
 from .cli_base import EXIT_INPUT, _fail, _output, cli
 
+KL_BUDGET = 0.1  # nats: the default damage budget of `evaluate`'s pick (see the README's steering figure)
+
 
 def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):
     """The vector to use: by id; else the one :mod:`traitlens.queries.selection`'s rule picks
@@ -166,11 +168,20 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
 @click.option("--n", "n_texts", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out prompts to measure on.")
 @click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Neutral prompts for the damage (KL) measure, one a line [default: the project's own set].")
+@click.option("--kl-budget", type=click.FloatRange(min=0), default=KL_BUDGET, show_default=True,
+              help="The pick is the largest shift whose mean KL on the neutral prompts stays within this (nats).")
+@click.option("--no-random", is_flag=True, help="Skip the random direction's evaluation (the floor).")
 @click.option("--model", default=None)
 @click.pass_context
-def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, norm, model):
-    """Sweep layer x strength: how much does steering along the vector move behaviour?"""
+def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, norm, prompts_file, kl_budget, no_random,
+             model):
+    """Sweep layer x strength: how much does steering along the vector move behaviour, with what
+    interval, and for how much damage (KL on neutral prompts)? The random direction is measured
+    alike; the Pareto front of (shift, KL) and the pick within --kl-budget are printed."""
     from traitlens.pipeline.steer.evaluate import evaluate_vector, steering_records
+    from traitlens.pipeline.steer.stats import pareto_front
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.store import Store
     from traitlens.store.store import new_run_id
@@ -181,6 +192,11 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
         _fail(f"--alphas {alphas!r}: give a comma list of numbers, e.g. 0.25,0.5", EXIT_INPUT)
     if not alpha_list:
         _fail("--alphas: give at least one strength", EXIT_INPUT)
+    neutral = None
+    if prompts_file:
+        neutral = [l.strip() for l in Path(prompts_file).read_text().splitlines() if l.strip()]
+        if not neutral:
+            _fail(f"--prompts {prompts_file}: no prompts (one a line)", EXIT_INPUT)
     store = Store.open(ctx.obj["store"])
     lm = _load(model)
     best = _pick_vector(store, trait, lm.key, None, method, None)
@@ -192,15 +208,52 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     texts = held_out_texts(store, trait, want, best["held_split"], n_texts)
     if not texts:
         _fail(f"no held-out ({best['held_split']}) prompts with label {want:+d} for {trait!r}", EXIT_INPUT)
-    run_id, all_rows = new_run_id("evaluate"), []
-    click.echo(f"{'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7}   ({kind}, n={len(texts)})")
-    for l in layer_list:
-        vec = _pick_vector(store, trait, lm.key, l, method, None)
-        rows = evaluate_vector(lm, vec["vector"], l, alpha_list, kind, texts, norm)
-        for r in rows:
-            minus = f"{r['minus']:8.3f}" if r["minus"] is not None else f"{'-':>8}"
-            click.echo(f"{l:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} {minus} {r['shift']:>7.3f}")
-        all_rows += steering_records(vec, rows, run_id)
+    run_id, all_rows, all_samples, measured = new_run_id("evaluate"), [], [], {}
+    methods = [method]
+    if not (no_random or method == "random"):
+        from traitlens.queries import StoreSQL
+        from traitlens.queries.selection import chosen_vector
+
+        with StoreSQL(store) as q:
+            have_random = all(chosen_vector(q, trait, None, model_key=lm.key, layer=l, method="random") is not None
+                              for l in layer_list)
+        if have_random:
+            methods.append("random")
+        else:
+            click.echo("note: no random vectors at these layers (extract with --methods ...,random): no floor", err=True)
+    click.echo(f"{'method':<10} {'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7} "
+               f"{'95% CI':>17} {'wrong way':>9} {'KL nats':>8}   ({kind}, n={len(texts)})")
+    for m in methods:
+        for l in layer_list:
+            vec = _pick_vector(store, trait, lm.key, l, m, None)
+            rows = evaluate_vector(lm, vec["vector"], l, alpha_list, kind, texts, norm, neutral)
+            for r in rows:
+                minus = f"{r['minus']:8.3f}" if r["minus"] is not None else f"{'-':>8}"
+                ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                click.echo(f"{m:<10} {l:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} {minus} "
+                           f"{r['shift']:>7.3f} {ci:>17} {r['wrong_way']:>9.0%} {r['kl']:>8.4f}")
+                measured[(m, l, r["alpha"])] = r
+            agg, per = steering_records(vec, rows, run_id)
+            all_rows, all_samples = all_rows + agg, all_samples + per
     with store.lock("evaluate"):
+        store.append("steering_samples", all_samples)  # the samples first: a steering row never lacks them
         store.append("steering", all_rows)
-    click.echo(f"stored {len(all_rows)} rows in the steering table; `traitlens rank --trait {trait} --by steer_shift`")
+    mine = [(k, r) for k, r in measured.items() if k[0] == method]
+    front = [mine[i] for i in pareto_front([r["shift"] for _, r in mine], [r["kl"] for _, r in mine])]
+    click.echo("\nPareto front (shift up, KL down): " + ", ".join(
+        f"L{k[1]} a{k[2]:g} ({r['shift']:+.3f}, KL {r['kl']:.4f})" for k, r in front))
+    within = [(k, r) for k, r in mine if r["kl"] <= kl_budget]
+    if not within:
+        click.echo(f"pick: none: every setting costs more than --kl-budget {kl_budget:g} nats")
+    else:
+        (m, l, a), r = max(within, key=lambda kr: kr[1]["shift"])
+        line = (f"pick (largest shift within KL {kl_budget:g}): {m} L{l} alpha {a:g}: shift {r['shift']:+.3f} "
+                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], KL {r['kl']:.4f}, wrong way {r['wrong_way']:.0%}")
+        floor = measured.get(("random", l, a))
+        if floor is not None:
+            overlaps = r["ci_low"] <= floor["ci_high"] and floor["ci_low"] <= r["ci_high"]
+            line += (f"; random at the same setting {floor['shift']:+.3f} [{floor['ci_low']:+.3f}, "
+                     f"{floor['ci_high']:+.3f}]" + (" — NOT shown to steer (the intervals overlap)" if overlaps else ""))
+        click.echo(line)
+    click.echo(f"stored {len(all_rows)} rows in the steering table and {len(all_samples)} in steering_samples; "
+               f"`traitlens rank --trait {trait} --by steer_shift`")

@@ -147,7 +147,7 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
 
     ev = spec.evaluate
     kind, alphas, n = ev.get("kind", "persona"), ev.get("alphas", [0.25, 0.5]), ev.get("n", 40)
-    rows = []
+    rows, samples = [], []
     for trait in summary.computed:
         with StoreSQL(store) as q:
             vec = best_vector(q, trait, model_key=lm.key, method="mean_diff")
@@ -156,7 +156,9 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
         texts = held_out_texts(store, trait, 1 if kind == "persona" else -1, vec["held_split"], n)
         if texts:
             measured = evaluate_vector(lm, vec["vector"], vec["layer"], alphas, kind, texts, ev.get("norm", "typical"))
-            rows += steering_records(vec, measured, summary.run_id)
+            agg, per = steering_records(vec, measured, summary.run_id)
+            rows, samples = rows + agg, samples + per
+    store.append("steering_samples", samples)  # the samples first: a steering row never lacks them
     store.append("steering", rows)
 
 

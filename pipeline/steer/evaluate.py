@@ -9,8 +9,9 @@
 - refusal_first_token: the looser measure, the probability that the reply's *first token* is
   the first token of a refusal opening ("I", "Sorry", "As"). It moves far more than the whole
   phrase does (a push toward "I" need not go on to "cannot"), so read the two together.
-Each (vector, alpha) result is appended to the ``steering`` table; ``metrics`` exposes the best
-shift per vector as ``steer_shift`` for ranking.
+Each (vector, alpha) result is appended to the ``steering`` table with its interval, wrong-way
+share, steerability and damage (KL on neutral prompts, :mod:`.damage`), and every sample's
+values to ``steering_samples``; ``metrics`` exposes the best shift per vector as ``steer_shift``.
 """
 
 from __future__ import annotations
@@ -94,10 +95,18 @@ KINDS = tuple(MEASURES)
 
 
 def evaluate_vector(lm: LoadedModel, vector, layer: int, alphas: list[float], kind: str, texts: list[str],
-                    norm: str = "typical") -> list[dict]:
-    """Measure one vector at one layer: a row per alpha with unsteered, +v and (persona) -v.
+                    norm: str = "typical", neutral: list[str] | None = None, seed: int = 0) -> list[dict]:
+    """Measure one vector at one layer: a row per alpha, with every sample's values.
 
-    ``norm``: which mean token norm alpha is in units of (see :func:`.steer.mean_token_norm`)."""
+    Each row: the mean measure unsteered, under ``+alpha v`` and (persona) ``-alpha v``; the
+    ``shift`` (``+v`` minus ``-v``, or minus unsteered) with a bootstrap 95% interval over the
+    samples; the share of samples whose shift has the wrong sign (Wilson interval); the mean
+    per-sample slope of the measure against alpha (steerability); the damage, KL of the next-token
+    distribution under ``+alpha v`` on ``neutral`` prompts (:mod:`.damage`), with its interval;
+    and ``samples``, the per-sample records. ``norm``: alpha's unit (:func:`.steer.mean_token_norm`)."""
+    from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS, next_token_kl
+    from traitlens.pipeline.steer.stats import bootstrap_ci, slopes, wilson
+
     if kind not in MEASURES:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     measure = MEASURES[kind]
@@ -105,26 +114,50 @@ def evaluate_vector(lm: LoadedModel, vector, layer: int, alphas: list[float], ki
     seqs = [render_ids(lm.tokenizer, render(t), None, True) for t in texts]
     ids, mask, _ = _batch(lm, seqs)
     scale = mean_token_norm(lm, layer, ids.cpu(), mask.cpu(), norm)
-    base = float(np.mean(measure(lm, texts)))
+    base = np.asarray(measure(lm, texts), dtype=np.float64)
+    kls = next_token_kl(lm, vector, layer, alphas, scale, list(neutral or NEUTRAL_PROMPTS))
     rows = []
     for a in alphas:
         with steering(lm, vector, layer, a, scale):
-            plus = float(np.mean(measure(lm, texts)))
+            plus = np.asarray(measure(lm, texts), dtype=np.float64)
         minus = None
         if kind == "persona":
             with steering(lm, vector, layer, -a, scale):
-                minus = float(np.mean(measure(lm, texts)))
+                minus = np.asarray(measure(lm, texts), dtype=np.float64)
+        shift = plus - (minus if minus is not None else base)
+        lo, hi = bootstrap_ci(shift, seed=seed)
+        wrong = int(np.count_nonzero(shift < 0)) if a >= 0 else int(np.count_nonzero(shift > 0))
+        w_lo, w_hi = wilson(wrong, len(shift))
+        if minus is not None:
+            slope = slopes([-a, 0.0, a], np.stack([minus, base, plus], axis=1)) if a else np.zeros(len(base))
+        else:
+            slope = shift / a if a else np.zeros(len(base))
+        kl = kls[float(a)]
+        kl_lo, kl_hi = bootstrap_ci(kl, seed=seed)
+        samples = [{"measure": "effect", "sample": texts[i], "unsteered": float(base[i]), "plus": float(plus[i]),
+                    "minus": None if minus is None else float(minus[i]), "shift": float(shift[i])}
+                   for i in range(len(texts))]
+        samples += [{"measure": "kl", "sample": p, "unsteered": 0.0, "plus": float(kl[i]), "minus": None,
+                     "shift": float(kl[i])} for i, p in enumerate(neutral or NEUTRAL_PROMPTS)]
         rows.append({"layer": layer, "alpha": float(a), "kind": kind, "n": len(texts), "scale": scale, "norm": norm,
-                     "unsteered": base, "plus": plus, "minus": minus,
-                     "shift": plus - (minus if minus is not None else base)})
+                     "unsteered": float(base.mean()), "plus": float(plus.mean()),
+                     "minus": None if minus is None else float(minus.mean()), "shift": float(shift.mean()),
+                     "ci_low": lo, "ci_high": hi, "wrong_way": wrong / len(shift), "wrong_way_low": w_lo,
+                     "wrong_way_high": w_hi, "steerability": float(slope.mean()), "kl": float(kl.mean()),
+                     "kl_low": kl_lo, "kl_high": kl_hi, "samples": samples})
     return rows
 
 
-def steering_records(vec: dict, rows: list[dict], run_id: str) -> list[dict]:
+def steering_records(vec: dict, rows: list[dict], run_id: str) -> tuple[list[dict], list[dict]]:
+    """(``steering`` table rows, ``steering_samples`` rows) of one vector's evaluation."""
     from traitlens.store.store import now_utc
 
     stamp = now_utc()
-    return [{"vector_id": vec["vector_id"], "trait": vec["trait"], "method": vec["method"],
-             **{k: v for k, v in r.items() if k != "norm"}, "run_id": run_id, "created_at": stamp,
-             "detail": json.dumps({"measure": MEASURES[r["kind"]].__name__, "norm": r.get("norm", "typical")})}
-            for r in rows]
+    head = {"vector_id": vec["vector_id"], "trait": vec["trait"], "method": vec["method"]}
+    agg = [{**head, **{k: v for k, v in r.items() if k not in ("norm", "samples")}, "run_id": run_id,
+            "created_at": stamp,
+            "detail": json.dumps({"measure": MEASURES[r["kind"]].__name__, "norm": r.get("norm", "typical")})}
+           for r in rows]
+    per = [{**head, "layer": r["layer"], "alpha": r["alpha"], "kind": r["kind"], **x, "run_id": run_id,
+            "created_at": stamp} for r in rows for x in r["samples"]]
+    return agg, per

@@ -100,8 +100,9 @@ def trait(q: StoreSQL, name: str, by: str = "auroc") -> dict:
         groups.append({**group, "path": GroupKey(*g).path, "layers": layers, "methods": methods, "cells": mine})
     pick = best_vector(q, name)
     best, floor = rank(q, name, by, top=1)
-    steering = rows(q.query("SELECT vector_id, method, layer, alpha, kind, n, unsteered, plus, minus, shift, "
-                            "created_at FROM steering WHERE trait = ? ORDER BY vector_id, kind, alpha", [name]))
+    steering = rows(q.query("SELECT vector_id, method, layer, alpha, kind, n, unsteered, plus, minus, shift, ci_low, "
+                            "ci_high, wrong_way, kl, kl_low, kl_high, created_at FROM steering WHERE trait = ? "
+                            "ORDER BY vector_id, kind, alpha", [name]))
     top = rows(q.query("SELECT prompt_id, score, calibrated, percentile, text, dataset, label FROM scored "
                        "WHERE vector_id = ? ORDER BY score DESC LIMIT 20", [pick["vector_id"]])) if pick else []
     random_floor = floor.to_pylist()[0][by] if floor.num_rows else None
@@ -127,8 +128,9 @@ def vector(q: StoreSQL, vector_id: str) -> dict:
         nearest = rows(q.query("SELECT * FROM nearest(?, 10)", [vector_id]))
     except QueryError:  # several widths: no single FLOAT[d] view, so no macro
         nearest = []
-    steering = rows(q.query("SELECT alpha, kind, n, scale, unsteered, plus, minus, shift, created_at FROM steering "
-                            "WHERE vector_id = ? ORDER BY kind, alpha", [vector_id]))
+    steering = rows(q.query("SELECT alpha, kind, n, scale, unsteered, plus, minus, shift, ci_low, ci_high, wrong_way, "
+                            "steerability, kl, created_at FROM steering WHERE vector_id = ? ORDER BY kind, alpha",
+                            [vector_id]))
     scores = rows(q.query("SELECT count(*) AS n, avg(score) AS mean, min(score) AS min, max(score) AS max "
                           "FROM scores WHERE vector_id = ?", [vector_id]))[0]
     return {"vector": v, "metrics": {k: v.get(k) for k in METRIC_COLUMNS}, "nearest": nearest,

@@ -120,32 +120,41 @@ function heatmap(g, by, pick) {
   return wrap;
 }
 
-// effect (shift) against the steering coefficient, one line per vector and kind
+// steering: effect (shift, with its interval) against damage (KL on neutral prompts) where the
+// evaluation measured it, the Pareto view; else against alpha. One series per vector and kind.
 function steeringPlot(rows) {
   const div = document.createElement("div");
   if (!rows.length) { div.innerHTML = `<p class="muted">no steering measurements: \`traitlens evaluate --steering\`</p>`; return div; }
-  const W = 560, H = 280, L = 50, B = 30, T = 24;
-  const xs = rows.map((r) => r.alpha), ys = rows.map((r) => r.shift).filter((v) => v !== null);
-  const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(0, ...ys), y1 = Math.max(0, ...ys);
-  const X = (v) => L + (W - L - 10) * (v - x0) / ((x1 - x0) || 1), Y = (v) => H - B - (H - B - T) * (v - y0) / ((y1 - y0) || 1);
+  const pareto = rows.some((r) => r.kl !== null && r.kl !== undefined);
+  const xOf = (r) => pareto ? r.kl : r.alpha;
+  const pts = rows.filter((r) => xOf(r) !== null && r.shift !== null);
+  const W = 620, H = 300, L = 56, B = 34, T = 24;
+  const xs = pts.map(xOf), ys = pts.flatMap((r) => [r.shift, r.ci_low ?? r.shift, r.ci_high ?? r.shift]);
+  const x0 = Math.min(0, ...xs), x1 = Math.max(...xs), y0 = Math.min(0, ...ys), y1 = Math.max(0, ...ys);
+  const X = (v) => L + (W - L - 150) * (v - x0) / ((x1 - x0) || 1), Y = (v) => H - B - (H - B - T) * (v - y0) / ((y1 - y0) || 1);
   const svg = document.createElementNS(svgNS, "svg");
   svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("class", "steering");
+  svg.dataset.mode = pareto ? "pareto" : "alpha";
   const add = (tag, attrs, text) => { const el = document.createElementNS(svgNS, tag); for (const k in attrs) el.setAttribute(k, attrs[k]); if (text !== undefined) el.textContent = text; svg.appendChild(el); return el; };
-  add("line", {x1: L, x2: W - 10, y1: Y(0), y2: Y(0), stroke: "#bbb"});
-  add("text", {x: W / 2, y: H - 6, "text-anchor": "middle"}, "alpha (units of the layer's mean token norm)");
-  add("text", {x: 4, y: 12}, "shift (steered effect)");
-  [x0, x1].forEach((v) => add("text", {x: X(v), y: H - B + 14, "text-anchor": "middle"}, fmt(v, 2)));
+  add("line", {x1: L, x2: W - 150, y1: Y(0), y2: Y(0), stroke: "#bbb"});
+  add("text", {x: (W - 100) / 2, y: H - 6, "text-anchor": "middle"}, pareto ? "damage: KL of next tokens on neutral prompts (nats)" : "alpha (units of the layer's mean token norm)");
+  add("text", {x: 4, y: 12}, "shift (steered effect, 95% CI)");
+  [x0, x1].forEach((v) => add("text", {x: X(v), y: H - B + 14, "text-anchor": "middle"}, fmt(v, pareto ? 3 : 2)));
   [y0, y1].forEach((v) => add("text", {x: L - 4, y: Y(v) + 4, "text-anchor": "end"}, fmt(v, 2)));
   const series = {};
-  rows.forEach((r) => { (series[`${r.method} L${r.layer} ${r.kind}`] ||= []).push(r); });
-  const colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
-  Object.entries(series).forEach(([name, pts], k) => {
-    pts.sort((a, b) => a.alpha - b.alpha);
-    add("polyline", {points: pts.map((p) => `${X(p.alpha)},${Y(p.shift)}`).join(" "), fill: "none", stroke: colours[k % 6]});
-    pts.forEach((p) => { const c = add("circle", {cx: X(p.alpha), cy: Y(p.shift), r: 3.5, fill: colours[k % 6]});
-      c.addEventListener("mousemove", (ev) => showTip(ev, `${name}\nalpha ${fmt(p.alpha)}  shift ${fmt(p.shift)}\nunsteered ${fmt(p.unsteered)}  + ${fmt(p.plus)}  − ${fmt(p.minus)}  n ${p.n}`));
-      c.addEventListener("mouseleave", hideTip); });
-    add("text", {x: W - 12, y: 12 + 13 * k, "text-anchor": "end", fill: colours[k % 6]}, name);
+  pts.forEach((r) => { (series[`${r.method} L${r.layer} ${r.kind}`] ||= []).push(r); });
+  const colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"];
+  Object.entries(series).forEach(([name, ps], k) => {
+    const col = name.startsWith("random") ? "#999" : colours[k % colours.length];
+    ps.sort((a, b) => a.alpha - b.alpha);
+    add("polyline", {points: ps.map((p) => `${X(xOf(p))},${Y(p.shift)}`).join(" "), fill: "none", stroke: col, "stroke-dasharray": name.startsWith("random") ? "4 3" : ""});
+    ps.forEach((p) => {
+      if (p.ci_low !== null && p.ci_low !== undefined) add("line", {x1: X(xOf(p)), x2: X(xOf(p)), y1: Y(p.ci_low), y2: Y(p.ci_high), stroke: col, "stroke-opacity": 0.6});
+      const c = add("circle", {cx: X(xOf(p)), cy: Y(p.shift), r: 3.5, fill: col, class: "point"});
+      c.addEventListener("mousemove", (ev) => showTip(ev, `${name}  alpha ${fmt(p.alpha)}\nshift ${fmt(p.shift)} [${fmt(p.ci_low)}, ${fmt(p.ci_high)}]\nKL ${fmt(p.kl, 4)}  wrong way ${p.wrong_way === null || p.wrong_way === undefined ? "–" : Math.round(100 * p.wrong_way) + "%"}\nunsteered ${fmt(p.unsteered)}  + ${fmt(p.plus)}  − ${fmt(p.minus)}  n ${p.n}`));
+      c.addEventListener("mouseleave", hideTip);
+    });
+    add("text", {x: W - 145, y: T + 13 * k, fill: col}, name);
   });
   div.appendChild(svg);
   return div;
@@ -163,7 +172,7 @@ async function vectorPage(id) {
     `<h2>Metrics (held-out)</h2>` + table(Object.entries(d.metrics).map(([k, x]) => ({metric: k, value: x})), [{key: "metric"}, {key: "value"}]) +
     `<h2>Parameters</h2><pre class="mono">${esc(JSON.stringify(v.params, null, 1))}</pre>` +
     `<h2>Nearest vectors</h2>` + table(d.nearest, [{key: "vector_id", render: (r) => `<a class="mono" href="#/vector/${r.vector_id}">${esc(r.vector_id)}</a>`}, {key: "trait"}, {key: "method"}, {key: "layer"}, {key: "cosine"}]) +
-    `<h2>Steering</h2>` + table(d.steering, [{key: "kind"}, {key: "alpha"}, {key: "n"}, {key: "unsteered"}, {key: "plus"}, {key: "minus"}, {key: "shift"}], {empty: "not evaluated: `traitlens evaluate --steering`"}) +
+    `<h2>Steering</h2>` + table(d.steering, [{key: "kind"}, {key: "alpha"}, {key: "n"}, {key: "unsteered"}, {key: "plus"}, {key: "minus"}, {key: "shift"}, {key: "ci_low", label: "CI low"}, {key: "ci_high", label: "CI high"}, {key: "wrong_way", label: "wrong way"}, {key: "steerability"}, {key: "kl", label: "KL (nats)", render: (r) => fmt(r.kl, 4)}], {empty: "not evaluated: `traitlens evaluate --steering`"}) +
     `<h2>Scores</h2>` + table([d.scores], [{key: "n", label: "prompts scored"}, {key: "mean"}, {key: "min"}, {key: "max"}]);
 }
 

@@ -1,0 +1,137 @@
+"""Steering evaluation: damage (KL) on neutral prompts, per-sample statistics, the Pareto front.
+
+Independent computations: a numpy KL of the two models' softmaxes, scipy's bootstrap, the
+Wilson interval written out from its formula, a brute-force Pareto front."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from traitlens.pipeline.steer import evaluate as ev
+from traitlens.pipeline.steer.damage import next_token_kl
+from traitlens.pipeline.steer.stats import bootstrap_ci, pareto_front, slopes, wilson
+from traitlens.pipeline.steer.steering import steering
+
+STATEMENTS = ["I love helping people", "I enjoy causing trouble", "the sky and the stars", "step by step",
+              "I am always kind to others", "I do not care about anyone"]
+NEUTRAL = ["How do I bake bread?", "Write a poem about the sea.", "Tell me about the fox."]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lms):
+    return tiny_lms["llama"]
+
+
+def test_alpha_zero_moves_nothing_and_costs_nothing_exactly(lm):
+    v = np.random.default_rng(1).standard_normal(lm.d_model)
+    rows = ev.evaluate_vector(lm, v, 1, [0.0, 2.0], "persona", STATEMENTS, neutral=NEUTRAL)
+    zero = rows[0]
+    assert zero["kl"] == 0.0 and zero["shift"] == 0.0 and zero["steerability"] == 0.0
+    assert all(s["shift"] == 0.0 for s in zero["samples"])  # every sample, every neutral prompt: exactly
+    assert rows[1]["kl"] > 0 and rows[1]["shift"] != 0.0
+    assert len(zero["samples"]) == len(STATEMENTS) + len(NEUTRAL)
+
+
+def test_kl_grows_with_the_push_and_equals_an_independent_computation(lm):
+    from traitlens.pipeline.model.encode import render_ids
+
+    v = np.random.default_rng(2).standard_normal(lm.d_model)
+    alphas = [0.25, 0.5, 1.0, 2.0, 4.0]
+    kl = next_token_kl(lm, v, 1, alphas, 10.0, NEUTRAL)
+    means = [kl[a].mean() for a in alphas]
+    assert all(b > a for a, b in zip(means, means[1:]))  # strictly more damage for a stronger push
+    # independent: one unpadded prompt at a time, KL written out with numpy
+    for i, p in enumerate(NEUTRAL):
+        ids = torch.tensor([render_ids(lm.tokenizer, p, None, True)])
+        with torch.no_grad():
+            base = torch.softmax(lm.model(input_ids=ids).logits[0].double(), -1).numpy()
+            with steering(lm, v, 1, 2.0, 10.0):
+                steered = torch.softmax(lm.model(input_ids=ids).logits[0].double(), -1).numpy()
+        want = float(np.mean(np.sum(base * (np.log(base) - np.log(steered)), axis=-1)))
+        assert kl[2.0][i] == pytest.approx(want, rel=1e-3, abs=1e-6)
+
+
+def test_the_interval_agrees_with_scipys_bootstrap():
+    from scipy.stats import bootstrap
+
+    x = np.random.default_rng(3).standard_normal(300) * 2 + 0.5
+    lo, hi = bootstrap_ci(x, n_boot=5000, seed=1)
+    ref = bootstrap((x,), np.mean, n_resamples=5000, method="percentile", random_state=7).confidence_interval
+    assert lo == pytest.approx(ref.low, abs=0.03) and hi == pytest.approx(ref.high, abs=0.03)
+    se = x.std(ddof=1) / math.sqrt(len(x))  # and the normal approximation
+    assert lo == pytest.approx(x.mean() - 1.96 * se, abs=0.04) and hi == pytest.approx(x.mean() + 1.96 * se, abs=0.04)
+    assert bootstrap_ci(x, seed=4) == bootstrap_ci(x, seed=4)  # seeded: a rerun reports the same interval
+
+
+def test_wrong_way_share_and_its_interval_on_a_known_case(lm, monkeypatch):
+    """A synthetic measure: 10 samples, 3 of which the push moves the wrong way."""
+    plus = np.array([1, 2, 3, 1, 2, 3, 1, -1, -2, -0.5])
+    calls = []
+
+    def fake(lm_, texts):
+        calls.append(1)
+        return {1: np.zeros(10), 2: plus, 3: np.zeros(10)}[len(calls)]  # unsteered, +v, -v
+
+    monkeypatch.setitem(ev.MEASURES, "persona", fake)
+    (row,) = ev.evaluate_vector(lm, np.ones(lm.d_model), 1, [1.0], "persona", [f"s{i}" for i in range(10)],
+                                neutral=NEUTRAL)
+    assert row["wrong_way"] == 0.3 and row["shift"] == pytest.approx(plus.mean())
+    z, n, p = 1.959964, 10, 0.3  # Wilson, from its formula
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (row["wrong_way_low"], row["wrong_way_high"]) == pytest.approx((centre - half, centre + half))
+    # steerability: each sample's slope through (-1, 0), (0, 0), (+1, plus) is plus / 2
+    assert row["steerability"] == pytest.approx(np.mean(plus / 2))
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_slopes_and_the_pareto_front_against_brute_force():
+    rng = np.random.default_rng(5)
+    a = np.array([-1.0, 0.0, 0.5, 2.0])
+    y = rng.standard_normal((7, 4))
+    for i in range(7):
+        assert slopes(a, y)[i] == pytest.approx(np.polyfit(a, y[i], 1)[0])
+    e, d = rng.standard_normal(40), rng.random(40)
+    front = set(pareto_front(e, d))
+    brute = {i for i in range(40) if not any((e[j] >= e[i] and d[j] <= d[i]) and (e[j] > e[i] or d[j] < d[i])
+                                             for j in range(40))}
+    assert front == brute
+
+
+def test_cli_evaluate_measures_the_random_floor_prints_the_front_and_stores_every_sample(tmp_path, tiny_llama):
+    from click.testing import CliRunner
+
+    from traitlens.store import Store
+    from traitlens.testing import write_corpus
+    from traitlens.workflows.cli import cli
+    from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
+
+    store = tmp_path / "s"
+    c = write_corpus(tmp_path / "c.jsonl", 120)
+    run = lambda *a: CliRunner().invoke(cli, ["--store", str(store), *map(str, a)])  # noqa: E731
+    assert run("ingest", c, "--model", tiny_llama, "--quiet").exit_code == 0
+    assert run("extract", "--trait", "kindness", "--methods", "mean_diff,random", "--quiet").exit_code == 0
+    r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "0,1",
+            "--alphas", "0.5,2", "--n", "4", "--kl-budget", "1000")
+    assert r.exit_code == 0, r.output
+    assert "Pareto front (shift up, KL down): L" in r.output
+    assert "pick (largest shift within KL 1000): mean_diff L" in r.output and "random at the same setting" in r.output
+    s = Store.open(store)
+    rows = s.table("steering").to_pylist()
+    assert len(rows) == 2 * 2 * 2 and {x["method"] for x in rows} == {"mean_diff", "random"}
+    assert all(x["ci_low"] <= x["shift"] <= x["ci_high"] and x["kl"] > 0 for x in rows)
+    samples = s.table("steering_samples").to_pylist()
+    assert len(samples) == 8 * (4 + len(NEUTRAL_PROMPTS))
+    for x in rows:  # each stored mean is its samples' mean
+        mine = [y["shift"] for y in samples if (y["vector_id"], y["layer"], y["alpha"], y["measure"]) ==
+                (x["vector_id"], x["layer"], x["alpha"], "effect")]
+        assert len(mine) == 4 and np.mean(mine) == pytest.approx(x["shift"])
+        kl = [y["shift"] for y in samples if (y["vector_id"], y["alpha"], y["measure"]) == (x["vector_id"], x["alpha"], "kl")]
+        assert np.mean(kl) == pytest.approx(x["kl"])
+    r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "1",
+            "--alphas", "2", "--n", "4", "--kl-budget", "0")
+    assert r.exit_code == 0 and "pick: none: every setting costs more than --kl-budget 0 nats" in r.output
