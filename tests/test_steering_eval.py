@@ -115,17 +115,18 @@ def test_cli_evaluate_measures_the_random_floor_prints_the_front_and_stores_ever
     run = lambda *a: CliRunner().invoke(cli, ["--store", str(store), *map(str, a)])  # noqa: E731
     assert run("ingest", c, "--model", tiny_llama, "--quiet").exit_code == 0
     assert run("extract", "--trait", "kindness", "--methods", "mean_diff,random", "--quiet").exit_code == 0
-    r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "0,1",
+    r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "0-2",
             "--alphas", "0.5,2", "--n", "4", "--kl-budget", "1000")
     assert r.exit_code == 0, r.output
     assert "Pareto front (shift up, KL down): L" in r.output
     assert "pick (largest shift within KL 1000): mean_diff L" in r.output and "random at the same setting" in r.output
+    assert "against steering (best shift) across 3 layers: Spearman" in r.output
     s = Store.open(store)
     rows = s.table("steering").to_pylist()
-    assert len(rows) == 2 * 2 * 2 and {x["method"] for x in rows} == {"mean_diff", "random"}
+    assert len(rows) == 2 * 3 * 2 and {x["method"] for x in rows} == {"mean_diff", "random"}
     assert all(x["ci_low"] <= x["shift"] <= x["ci_high"] and x["kl"] > 0 for x in rows)
     samples = s.table("steering_samples").to_pylist()
-    assert len(samples) == 8 * (4 + len(NEUTRAL_PROMPTS))
+    assert len(samples) == 12 * (4 + len(NEUTRAL_PROMPTS))
     for x in rows:  # each stored mean is its samples' mean
         mine = [y["shift"] for y in samples if (y["vector_id"], y["layer"], y["alpha"], y["measure"]) ==
                 (x["vector_id"], x["layer"], x["alpha"], "effect")]

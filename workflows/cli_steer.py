@@ -208,7 +208,7 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     texts = held_out_texts(store, trait, want, best["held_split"], n_texts)
     if not texts:
         _fail(f"no held-out ({best['held_split']}) prompts with label {want:+d} for {trait!r}", EXIT_INPUT)
-    run_id, all_rows, all_samples, measured = new_run_id("evaluate"), [], [], {}
+    run_id, all_rows, all_samples, measured, detection = new_run_id("evaluate"), [], [], {}, {}
     methods = [method]
     if not (no_random or method == "random"):
         from traitlens.queries import StoreSQL
@@ -226,6 +226,7 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     for m in methods:
         for l in layer_list:
             vec = _pick_vector(store, trait, lm.key, l, m, None)
+            detection[(m, l)] = vec["cohens_d"]
             rows = evaluate_vector(lm, vec["vector"], l, alpha_list, kind, texts, norm, neutral)
             for r in rows:
                 minus = f"{r['minus']:8.3f}" if r["minus"] is not None else f"{'-':>8}"
@@ -242,6 +243,13 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     front = [mine[i] for i in pareto_front([r["shift"] for _, r in mine], [r["kl"] for _, r in mine])]
     click.echo("\nPareto front (shift up, KL down): " + ", ".join(
         f"L{k[1]} a{k[2]:g} ({r['shift']:+.3f}, KL {r['kl']:.4f})" for k, r in front))
+    if len(layer_list) >= 3:  # does the best detector steer best? (AxBench: often not)
+        from scipy.stats import spearmanr
+
+        best_shift = [max(r["shift"] for k, r in mine if k[1] == l) for l in layer_list]
+        rho = spearmanr([detection[(method, l)] for l in layer_list], best_shift).statistic
+        click.echo(f"detection (held-out Cohen's d) against steering (best shift) across {len(layer_list)} layers: "
+                   f"Spearman {rho:+.2f}")
     within = [(k, r) for k, r in mine if r["kl"] <= kl_budget]
     if not within:
         click.echo(f"pick: none: every setting costs more than --kl-budget {kl_budget:g} nats")

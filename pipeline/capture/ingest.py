@@ -146,8 +146,9 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
     groups = [GroupKey(lm.key, fmt, s, pool) for s in sites for pool in cfg.poolings]
     layers_by_site = {s: sorted({p.layer for p in points if p.site == s}) for s in sites}
     all_layers = sorted({l for ls in layers_by_site.values() for l in ls})
-    settings = {**asdict(cfg), "model": lm.name, "model_path": str(lm.path), "model_key": lm.key, "fmt": fmt, "layers": all_layers,
-                "max_length": max_length, "device": str(lm.device), "corpus": [str(p) for p in corpus_paths]}
+    settings = {**asdict(cfg), "model": lm.name, "model_path": str(lm.path), "model_key": lm.key, "fmt": fmt,
+                "layers": all_layers, "max_length": max_length, "device": str(lm.device),
+                "corpus": [str(p) for p in corpus_paths]}
 
     # everything that can refuse this run does so here, before the store is created or written
     existing = Store.open(store_path) if Store.exists(store_path) else None
