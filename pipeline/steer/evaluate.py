@@ -38,13 +38,21 @@ def _batch(lm: LoadedModel, seqs: list[list[int]]):
     return ids, mask.long(), position_ids_from_mask(mask)
 
 
+def _keeps_last_logits(lm: LoadedModel) -> dict:
+    """``logits_to_keep=1`` where the model takes it: the LM head then runs on the last position
+    only (the vocabulary projection of every position is most of a short prompt's forward)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
+
+
 @torch.inference_mode()
 def next_token_logprobs(lm: LoadedModel, seqs: list[list[int]], batch_size: int = 16) -> torch.Tensor:
     """Log-probabilities of the next token after each sequence: ``[n, vocab]`` float32."""
-    out = []
+    out, keep = [], _keeps_last_logits(lm)
     for b in range(0, len(seqs), batch_size):
         ids, mask, pos = _batch(lm, seqs[b:b + batch_size])
-        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].float()
+        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, **keep).logits[:, -1].float()
         out.append(torch.log_softmax(logits, dim=-1).cpu())
     return torch.cat(out)
 
