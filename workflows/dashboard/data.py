@@ -118,12 +118,11 @@ def vector(q: StoreSQL, vector_id: str) -> dict:
     if not found:
         raise NotFound(f"no vector {vector_id!r}")
     v = clean(found[0])
-    for key in ("params",):
-        if isinstance(v.get(key), str):
-            try:
-                v[key] = json.loads(v[key])
-            except ValueError:
-                pass
+    if isinstance(v.get("params"), str):  # stored as JSON text
+        try:
+            v["params"] = json.loads(v["params"])
+        except ValueError:
+            pass
     try:
         nearest = rows(q.query("SELECT * FROM nearest(?, 10)", [vector_id]))
     except QueryError:  # several widths: no single FLOAT[d] view, so no macro
