@@ -136,3 +136,33 @@ def test_cli_evaluate_measures_the_random_floor_prints_the_front_and_stores_ever
     r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "1",
             "--alphas", "2", "--n", "4", "--kl-budget", "0")
     assert r.exit_code == 0 and "pick: none: every setting costs more than --kl-budget 0 nats" in r.output
+    r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--kind", "expression",
+            "--layers", "1", "--alphas", "1", "--n", "8", "--max-new-tokens", "4", "--no-random")
+    assert r.exit_code == 0, r.output
+    assert f"expression: replies of 4 tokens to {len(NEUTRAL_PROMPTS)} neutral prompts, read on" in r.output
+    rows = [x for x in Store.open(store).table("steering").to_pylist() if x["kind"] == "expression"]
+    assert len(rows) == 1 and rows[0]["minus"] is not None and rows[0]["n"] == len(NEUTRAL_PROMPTS)
+
+
+def test_expression_reads_replies_unsteered_and_calibrates_the_held_out_means_to_0_and_1(lm):
+    from traitlens.pipeline.model.hooks import block_outputs
+    from traitlens.pipeline.steer.expression import CALIBRATION_QUESTION, Expression, _reply_ids, read_replies
+
+    u = np.random.default_rng(6).standard_normal(lm.d_model)
+    u /= np.linalg.norm(u)
+    pos, neg = STATEMENTS[::2], STATEMENTS[1::2]
+    e = Expression(u, 1, max_new_tokens=5).calibrate(lm, pos, neg)
+    assert np.mean(e.read(lm, [CALIBRATION_QUESTION] * 3, pos)) == pytest.approx(1.0)
+    assert np.mean(e.read(lm, [CALIBRATION_QUESTION] * 3, neg)) == pytest.approx(0.0, abs=1e-9)
+    # the reading, independently: each conversation alone, unpadded, its reply tokens' mean projection
+    convs = [_reply_ids(lm, p, r, True) for p, r in zip(NEUTRAL, ["I love the sea", "no", "the quick brown fox"])]
+    got = read_replies(lm, u, 1, convs, batch_size=2)
+    for (ids, start), g in zip(convs, got):
+        h = block_outputs(lm, [1], torch.tensor([ids]))[1][0].float().numpy()
+        assert g == pytest.approx(float((h[start:] @ u).mean()), rel=1e-4, abs=1e-6)
+    # steering changes the replies, reading them stays unsteered: alpha 0 moves nothing, exactly
+    rows = ev.evaluate_vector(lm, u, 1, [0.0, 4.0], "expression", NEUTRAL, neutral=NEUTRAL, expression=e)
+    assert rows[0]["shift"] == 0.0 and rows[0]["kl"] == 0.0 and rows[0]["minus"] is not None
+    assert rows[1]["plus"] != rows[1]["unsteered"]
+    with pytest.raises(ValueError, match="expression="):
+        ev.evaluate_vector(lm, u, 1, [1.0], "expression", NEUTRAL)

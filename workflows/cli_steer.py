@@ -159,9 +159,13 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
 @cli.command()
 @click.option("--trait", required=True)
 @click.option("--steering", "do_steering", is_flag=True, required=True, help="Run the causal steering evaluation.")
-@click.option("--kind", type=click.Choice(["persona", "refusal", "refusal_first_token"]), default="persona",
+@click.option("--kind", type=click.Choice(["persona", "refusal", "refusal_first_token", "expression"]), default="persona",
               show_default=True, help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on "
-              "harmless requests; refusal_first_token: P(first reply token starts a refusal opening).")
+              "harmless requests; refusal_first_token: P(first reply token starts a refusal opening); expression "
+              "(any trait): how much replies to neutral prompts express the trait, read by the unsteered model on "
+              "the trait's detection vector, 0 = held-out negatives, 1 = positives.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Reply length for --kind expression.")
 @click.option("--method", default="mean_diff", show_default=True)
 @click.option("--layers", default=None, help="[default: the 5 layers around the method's best layer]")
 @click.option("--alphas", default="0.25,0.5", show_default=True)
@@ -175,8 +179,8 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
 @click.option("--no-random", is_flag=True, help="Skip the random direction's evaluation (the floor).")
 @click.option("--model", default=None)
 @click.pass_context
-def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, norm, prompts_file, kl_budget, no_random,
-             model):
+def evaluate(ctx, trait, do_steering, kind, max_new_tokens, method, layers, alphas, n_texts, norm, prompts_file,
+             kl_budget, no_random, model):
     """Sweep layer x strength: how much does steering along the vector move behaviour, with what
     interval, and for how much damage (KL on neutral prompts)? The random direction is measured
     alike; the Pareto front of (shift, KL) and the pick within --kl-budget are printed."""
@@ -202,12 +206,31 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
     best = _pick_vector(store, trait, lm.key, None, method, None)
     layer_list = (parse_layers(layers, lm.n_layers) if layers else
                   [l for l in range(best["layer"] - 2, best["layer"] + 3) if 0 <= l < lm.n_layers])
-    want = 1 if kind == "persona" else -1  # trait statements, or harmless requests (refusal kinds)
     from traitlens.queries.selection import held_out_texts
 
-    texts = held_out_texts(store, trait, want, best["held_split"], n_texts)
-    if not texts:
-        _fail(f"no held-out ({best['held_split']}) prompts with label {want:+d} for {trait!r}", EXIT_INPUT)
+    expression = None
+    if kind == "expression":  # replies to neutral prompts, read on the trait's detection pick
+        import numpy as np
+
+        from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
+        from traitlens.pipeline.steer.expression import Expression
+
+        detect = _pick_vector(store, trait, lm.key, None, None, None)
+        sides = [held_out_texts(store, trait, s, detect["held_split"], n_texts) for s in (1, -1)]
+        if not all(sides):
+            _fail(f"--kind expression calibrates on held-out ({detect['held_split']}) texts of both labels; "
+                  f"{trait!r} lacks one", EXIT_INPUT)
+        unit = np.asarray(detect["vector"], np.float64)
+        expression = Expression(unit / np.linalg.norm(unit), detect["layer"], max_new_tokens,
+                                chat=detect["fmt"] == "chat").calibrate(lm, *sides)
+        texts = neutral or list(NEUTRAL_PROMPTS)
+        click.echo(f"expression: replies of {max_new_tokens} tokens to {len(texts)} neutral prompts, read on "
+                   f"{detect['method']} L{detect['layer']} ({detect['vector_id']}), calibrated on held-out texts")
+    else:
+        want = 1 if kind == "persona" else -1  # trait statements, or harmless requests (refusal kinds)
+        texts = held_out_texts(store, trait, want, best["held_split"], n_texts)
+        if not texts:
+            _fail(f"no held-out ({best['held_split']}) prompts with label {want:+d} for {trait!r}", EXIT_INPUT)
     run_id, all_rows, all_samples, measured, detection = new_run_id("evaluate"), [], [], {}, {}
     methods = [method]
     if not (no_random or method == "random"):
@@ -227,7 +250,7 @@ def evaluate(ctx, trait, do_steering, kind, method, layers, alphas, n_texts, nor
         for l in layer_list:
             vec = _pick_vector(store, trait, lm.key, l, m, None)
             detection[(m, l)] = vec["cohens_d"]
-            rows = evaluate_vector(lm, vec["vector"], l, alpha_list, kind, texts, norm, neutral)
+            rows = evaluate_vector(lm, vec["vector"], l, alpha_list, kind, texts, norm, neutral, expression=expression)
             for r in rows:
                 minus = f"{r['minus']:8.3f}" if r["minus"] is not None else f"{'-':>8}"
                 ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"

@@ -99,11 +99,13 @@ def refusal_first_token_probability(lm: LoadedModel, requests: list[str]) -> np.
 
 MEASURES = {"persona": yes_no_logodds, "refusal": refusal_probability,
             "refusal_first_token": refusal_first_token_probability}
-KINDS = tuple(MEASURES)
+KINDS = tuple(MEASURES) + ("expression",)  # expression: any trait (see :mod:`.expression`)
+SYMMETRIC = ("persona", "expression")  # measured under -v too: the shift is +v minus -v
 
 
 def evaluate_vector(lm: LoadedModel, vector, layer: int, alphas: list[float], kind: str, texts: list[str],
-                    norm: str = "typical", neutral: list[str] | None = None, seed: int = 0) -> list[dict]:
+                    norm: str = "typical", neutral: list[str] | None = None, seed: int = 0,
+                    expression=None) -> list[dict]:
     """Measure one vector at one layer: a row per alpha, with every sample's values.
 
     Each row: the mean measure unsteered, under ``+alpha v`` and (persona) ``-alpha v``; the
@@ -111,27 +113,33 @@ def evaluate_vector(lm: LoadedModel, vector, layer: int, alphas: list[float], ki
     samples; the share of samples whose shift has the wrong sign (Wilson interval); the mean
     per-sample slope of the measure against alpha (steerability); the damage, KL of the next-token
     distribution under ``+alpha v`` on ``neutral`` prompts (:mod:`.damage`), with its interval;
-    and ``samples``, the per-sample records. ``norm``: alpha's unit (:func:`.steer.mean_token_norm`)."""
+    and ``samples``, the per-sample records. ``norm``: alpha's unit (:func:`.steer.mean_token_norm`).
+    ``kind="expression"`` takes a calibrated :class:`.expression.Expression` and ``texts`` are the
+    prompts replied to."""
     from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS, next_token_kl
     from traitlens.pipeline.steer.stats import bootstrap_ci, slopes, wilson
 
-    if kind not in MEASURES:
+    if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-    measure = MEASURES[kind]
+    if kind == "expression" and expression is None:
+        raise ValueError("kind expression needs expression= (a calibrated Expression)")
     render = (lambda s: QUESTION.format(statement=s)) if kind == "persona" else (lambda s: s)
     seqs = [render_ids(lm.tokenizer, render(t), None, True) for t in texts]
     ids, mask, _ = _batch(lm, seqs)
     scale = mean_token_norm(lm, layer, ids.cpu(), mask.cpu(), norm)
-    base = np.asarray(measure(lm, texts), dtype=np.float64)
+
+    def measured(alpha: float) -> np.ndarray:
+        """The measure under ``alpha`` (0: unsteered); expression reads its replies unsteered."""
+        with steering(lm, vector, layer, alpha, scale):
+            out = expression.steered(lm, texts) if kind == "expression" else MEASURES[kind](lm, texts)
+        return np.asarray(expression.read(lm, texts, out) if kind == "expression" else out, dtype=np.float64)
+
+    base = measured(0.0)
     kls = next_token_kl(lm, vector, layer, alphas, scale, list(neutral or NEUTRAL_PROMPTS))
     rows = []
     for a in alphas:
-        with steering(lm, vector, layer, a, scale):
-            plus = np.asarray(measure(lm, texts), dtype=np.float64)
-        minus = None
-        if kind == "persona":
-            with steering(lm, vector, layer, -a, scale):
-                minus = np.asarray(measure(lm, texts), dtype=np.float64)
+        plus = measured(a)
+        minus = measured(-a) if kind in SYMMETRIC else None
         shift = plus - (minus if minus is not None else base)
         lo, hi = bootstrap_ci(shift, seed=seed)
         wrong = int(np.count_nonzero(shift < 0)) if a >= 0 else int(np.count_nonzero(shift > 0))
@@ -164,7 +172,8 @@ def steering_records(vec: dict, rows: list[dict], run_id: str) -> tuple[list[dic
     head = {"vector_id": vec["vector_id"], "trait": vec["trait"], "method": vec["method"]}
     agg = [{**head, **{k: v for k, v in r.items() if k not in ("norm", "samples")}, "run_id": run_id,
             "created_at": stamp,
-            "detail": json.dumps({"measure": MEASURES[r["kind"]].__name__, "norm": r.get("norm", "typical")})}
+            "detail": json.dumps({"measure": MEASURES[r["kind"]].__name__ if r["kind"] in MEASURES else r["kind"],
+                                  "norm": r.get("norm", "typical")})}
            for r in rows]
     per = [{**head, "layer": r["layer"], "alpha": r["alpha"], "kind": r["kind"], **x, "run_id": run_id,
             "created_at": stamp} for r in rows for x in r["samples"]]
