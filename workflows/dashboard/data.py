@@ -101,8 +101,13 @@ def trait(q: StoreSQL, name: str, by: str = "auroc") -> dict:
     pick = best_vector(q, name)
     best, floor = rank(q, name, by, top=1)
     steering = rows(q.query("SELECT vector_id, method, layer, alpha, kind, n, unsteered, plus, minus, shift, ci_low, "
-                            "ci_high, wrong_way, kl, kl_low, kl_high, created_at FROM steering WHERE trait = ? "
-                            "ORDER BY vector_id, kind, alpha", [name]))
+                            "ci_high, wrong_way, kl, kl_low, kl_high, detail, run_id, created_at FROM steering "
+                            "WHERE trait = ? ORDER BY vector_id, kind, alpha", [name]))
+    for r in steering:  # alpha's unit (the norm) tells two sweeps of one vector apart
+        try:
+            r["norm"] = json.loads(r.pop("detail") or "{}").get("norm", "typical")
+        except ValueError:
+            r["norm"] = "typical"
     top = rows(q.query("SELECT prompt_id, score, calibrated, percentile, text, dataset, label FROM scored "
                        "WHERE vector_id = ? ORDER BY score DESC LIMIT 20", [pick["vector_id"]])) if pick else []
     random_floor = floor.to_pylist()[0][by] if floor.num_rows else None

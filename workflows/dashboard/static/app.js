@@ -126,23 +126,27 @@ function steeringPlot(rows) {
   const div = document.createElement("div");
   if (!rows.length) { div.innerHTML = `<p class="muted">no steering measurements: \`traitlens evaluate --steering\`</p>`; return div; }
   const pareto = rows.some((r) => r.kl !== null && r.kl !== undefined);
-  const xOf = (r) => pareto ? r.kl : r.alpha;
-  const pts = rows.filter((r) => xOf(r) !== null && r.shift !== null);
-  const W = 620, H = 300, L = 56, B = 34, T = 24;
+  const raw = (r) => pareto ? r.kl : r.alpha;
+  const pts = rows.filter((r) => raw(r) !== null && raw(r) !== undefined && r.shift !== null);
+  // KL spans decades (0.01 to 10 nats): a log axis then, clamped at 1e-4
+  const logx = pareto && pts.some((r) => r.kl > 0) && Math.max(...pts.map(raw)) / Math.max(1e-4, Math.min(...pts.map(raw).filter((v) => v > 0))) > 50;
+  const xOf = (r) => logx ? Math.log10(Math.max(1e-4, raw(r))) : raw(r);
+  const W = 780, H = 320, L = 56, B = 34, T = 24, R = 215;  // R: the legend's width
   const xs = pts.map(xOf), ys = pts.flatMap((r) => [r.shift, r.ci_low ?? r.shift, r.ci_high ?? r.shift]);
-  const x0 = Math.min(0, ...xs), x1 = Math.max(...xs), y0 = Math.min(0, ...ys), y1 = Math.max(0, ...ys);
-  const X = (v) => L + (W - L - 150) * (v - x0) / ((x1 - x0) || 1), Y = (v) => H - B - (H - B - T) * (v - y0) / ((y1 - y0) || 1);
+  const x0 = logx ? Math.min(...xs) : Math.min(0, ...xs), x1 = Math.max(...xs), y0 = Math.min(0, ...ys), y1 = Math.max(0, ...ys);
+  const X = (v) => L + (W - L - R) * (v - x0) / ((x1 - x0) || 1), Y = (v) => H - B - (H - B - T) * (v - y0) / ((y1 - y0) || 1);
   const svg = document.createElementNS(svgNS, "svg");
   svg.setAttribute("width", W); svg.setAttribute("height", H); svg.setAttribute("class", "steering");
   svg.dataset.mode = pareto ? "pareto" : "alpha";
   const add = (tag, attrs, text) => { const el = document.createElementNS(svgNS, tag); for (const k in attrs) el.setAttribute(k, attrs[k]); if (text !== undefined) el.textContent = text; svg.appendChild(el); return el; };
-  add("line", {x1: L, x2: W - 150, y1: Y(0), y2: Y(0), stroke: "#bbb"});
-  add("text", {x: (W - 100) / 2, y: H - 6, "text-anchor": "middle"}, pareto ? "damage: KL of next tokens on neutral prompts (nats)" : "alpha (units of the layer's mean token norm)");
+  add("line", {x1: L, x2: W - R, y1: Y(0), y2: Y(0), stroke: "#bbb"});
+  add("text", {x: (W - R + L) / 2, y: H - 6, "text-anchor": "middle"}, pareto ? `damage: KL of next tokens on neutral prompts (nats${logx ? ", log scale" : ""})` : "alpha (units of the layer's mean token norm)");
   add("text", {x: 4, y: 12}, "shift (steered effect, 95% CI)");
-  [x0, x1].forEach((v) => add("text", {x: X(v), y: H - B + 14, "text-anchor": "middle"}, fmt(v, pareto ? 3 : 2)));
+  if (logx) for (let e = Math.ceil(x0); e <= Math.floor(x1); e++) add("text", {x: X(e), y: H - B + 14, "text-anchor": "middle"}, String(10 ** e >= 1 ? 10 ** e : (10 ** e).toFixed(-e)));
+  else [x0, x1].forEach((v) => add("text", {x: X(v), y: H - B + 14, "text-anchor": "middle"}, fmt(v, pareto ? 3 : 2)));
   [y0, y1].forEach((v) => add("text", {x: L - 4, y: Y(v) + 4, "text-anchor": "end"}, fmt(v, 2)));
   const series = {};
-  pts.forEach((r) => { (series[`${r.method} L${r.layer} ${r.kind}`] ||= []).push(r); });
+  pts.forEach((r) => { (series[`${r.method} L${r.layer} ${r.kind}${r.norm && r.norm !== "typical" ? " (norm " + r.norm + ")" : ""}`] ||= []).push(r); });
   const colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"];
   Object.entries(series).forEach(([name, ps], k) => {
     const col = name.startsWith("random") ? "#999" : colours[k % colours.length];
@@ -154,7 +158,7 @@ function steeringPlot(rows) {
       c.addEventListener("mousemove", (ev) => showTip(ev, `${name}  alpha ${fmt(p.alpha)}\nshift ${fmt(p.shift)} [${fmt(p.ci_low)}, ${fmt(p.ci_high)}]\nKL ${fmt(p.kl, 4)}  wrong way ${p.wrong_way === null || p.wrong_way === undefined ? "–" : Math.round(100 * p.wrong_way) + "%"}\nunsteered ${fmt(p.unsteered)}  + ${fmt(p.plus)}  − ${fmt(p.minus)}  n ${p.n}`));
       c.addEventListener("mouseleave", hideTip);
     });
-    add("text", {x: W - 145, y: T + 13 * k, fill: col}, name);
+    add("text", {x: W - R + 8, y: T + 13 * k, fill: col}, name);
   });
   div.appendChild(svg);
   return div;
