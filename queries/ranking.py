@@ -16,7 +16,7 @@ from .connection import QueryError, StoreSQL
 from .selection import METRICS as RANK_BY
 from .selection import latest_cells_sql, order_by
 
-__all__ = ["RANK_BY", "latest_cells_sql", "rank", "grid", "heatmap"]
+__all__ = ["RANK_BY", "METHOD_ORDER", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
            "stability", "agreement", "steer_shift", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
            "floor_dataset", "vector_id")
@@ -37,14 +37,21 @@ def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.
     return best, floor
 
 
+METHOD_ORDER = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")  # columns of every grid
+
+
+def in_method_order(methods) -> list[str]:
+    """``methods`` as grids show them: the built-in ones in :data:`METHOD_ORDER`, then any other."""
+    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+
+
 def grid(q: StoreSQL, trait: str, by: str, group: dict) -> tuple[list[int], list[str], list[list[float]]]:
     """``by`` for every (layer, method) of one group: (layers, methods, values[layer][method])."""
     t = q.query(f"SELECT layer, method, {by} AS v FROM ({latest_cells_sql()}) WHERE model_key = ? AND fmt = ? "
                 "AND site = ? AND pooling = ? ORDER BY layer, method",
                 [trait, group["model_key"], group["fmt"], group["site"], group["pooling"]]).to_pylist()
     layers = sorted({r["layer"] for r in t})
-    order = ["mean_diff", "pca_diff", "ica", "probe", "gradient", "random"]
-    methods = sorted({r["method"] for r in t}, key=lambda m: order.index(m) if m in order else 99)
+    methods = in_method_order({r["method"] for r in t})
     vals = {(r["layer"], r["method"]): r["v"] for r in t}
     return layers, methods, [[vals.get((l, m), float("nan")) for m in methods] for l in layers]
 

@@ -81,6 +81,13 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def left_padded(lm, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``input_ids``, long ``attention_mask`` and ``position_ids`` ``[B, T]`` of a left-padded
+    batch: every prompt ends at the last position, so one next-token read serves the batch."""
+    ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "left", lm.device)
+    return ids, mask.long(), position_ids_from_mask(mask)
+
+
 def base_model(lm):
     """The model without its LM head (what capture and block reads call)."""
     return getattr(lm.model, lm.model.base_model_prefix, lm.model)

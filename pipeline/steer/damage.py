@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from traitlens.pipeline.model.encode import render_ids
-from traitlens.pipeline.model.hooks import pad_batch, pad_token_id, position_ids_from_mask
+from traitlens.pipeline.model.hooks import left_padded
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import steering
 
@@ -63,8 +63,8 @@ def next_token_kl(lm: LoadedModel, vector, layer: int, alphas: list[float], scal
     seqs = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
     out = {float(a): np.zeros(len(seqs)) for a in alphas}
     for b in range(0, len(seqs), batch_size):
-        ids, mask = pad_batch(seqs[b:b + batch_size], pad_token_id(lm.tokenizer), "left", lm.device)
-        kw = {"input_ids": ids, "attention_mask": mask.long(), "position_ids": position_ids_from_mask(mask)}
+        ids, mask, pos = left_padded(lm, seqs[b:b + batch_size])
+        kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
         base = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
         p = base.exp()
         m = mask.float()

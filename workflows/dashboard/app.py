@@ -101,9 +101,7 @@ def create_app(store_path, token: str | None = None, tokenizer_model: str | None
         return _tokenizer(store_path, model_key, tokenizer_model)
 
     def held_out(q, r):
-        vid = r.path_params["vector_id"]
-        v = data.vector_values(q, vid)
-        return data.held_out_tokens(q, vid, page(r), tokenizer(v["model_key"]))
+        return data.held_out_tokens(q, r.path_params["vector_id"], page(r), tokenizer)
 
     def sql_csv(request: Request):
         import pyarrow.csv as pacsv

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from traitlens.queries import StoreSQL
 from traitlens.queries.connection import QueryError
-from traitlens.queries.ranking import RANK_BY, grid, latest_cells_sql, rank
+from traitlens.queries.ranking import RANK_BY, in_method_order, latest_cells_sql, rank
 from traitlens.queries.selection import best_vector
 from traitlens.store import GroupKey
 from traitlens.store.errors import InputError
@@ -94,12 +94,13 @@ def trait(q: StoreSQL, name: str, by: str = "auroc") -> dict:
         raise NotFound(f"no vectors for trait {name!r}")
     groups = []
     for g in sorted({(c["model_key"], c["fmt"], c["site"], c["pooling"]) for c in cells}):
-        group = dict(zip(("model_key", "fmt", "site", "pooling"), g))
-        layers, methods, _ = grid(q, name, by, group)
         mine = [c for c in cells if (c["model_key"], c["fmt"], c["site"], c["pooling"]) == g]
-        groups.append({**group, "path": GroupKey(*g).path, "layers": layers, "methods": methods, "cells": mine})
+        groups.append({**dict(zip(("model_key", "fmt", "site", "pooling"), g)), "path": GroupKey(*g).path,
+                       "layers": sorted({c["layer"] for c in mine}),
+                       "methods": in_method_order({c["method"] for c in mine}), "cells": mine})
     pick = best_vector(q, name)
     best, floor = rank(q, name, by, top=1)
+    top_cell = best.to_pylist()[0]
     steering = rows(q.query("SELECT vector_id, method, layer, alpha, kind, n, unsteered, plus, minus, shift, ci_low, "
                             "ci_high, wrong_way, kl, kl_low, kl_high, detail, run_id, created_at FROM steering "
                             "WHERE trait = ? ORDER BY vector_id, kind, alpha", [name]))
@@ -112,8 +113,8 @@ def trait(q: StoreSQL, name: str, by: str = "auroc") -> dict:
                        "WHERE vector_id = ? ORDER BY score DESC LIMIT 20", [pick["vector_id"]])) if pick else []
     random_floor = floor.to_pylist()[0][by] if floor.num_rows else None
     return clean({"trait": name, "by": by, "groups": groups, "pick": pick and pick["vector_id"],
-                  "floors": {"random": random_floor, "length": best.to_pylist()[0]["floor_length"],
-                             "dataset": best.to_pylist()[0]["floor_dataset"]},
+                  "floors": {"random": random_floor, "length": top_cell["floor_length"],
+                             "dataset": top_cell["floor_dataset"]},
                   "steering": steering, "top_scores": top})
 
 
@@ -172,11 +173,11 @@ def trajectories(q: StoreSQL, vector_id: str | None = None, page: int = 0) -> di
     return {"total": total, "page": page, "page_size": limit, "items": items}
 
 
-def held_out_tokens(q: StoreSQL, vector_id: str, page: int = 0, tokenizer=None) -> dict:
+def held_out_tokens(q: StoreSQL, vector_id: str, page: int = 0, tokenizer_for=None) -> dict:
     """Per-token projections of the vector's held-out prompts, from a ``tokens`` group of the
     same model, format and site when the store has one (else ``available: false``): only the
-    token rows of the page's prompts are read. Tokens are decoded with ``tokenizer`` if given,
-    else shown as ids."""
+    token rows of the page's prompts are read. Tokens are decoded with ``tokenizer_for(model_key)``
+    when it gives a tokenizer, else shown as ids."""
     from traitlens.store.arrays import get_group
 
     v = vector_values(q, vector_id)
@@ -197,6 +198,7 @@ def held_out_tokens(q: StoreSQL, vector_id: str, page: int = 0, tokenizer=None) 
     arr = q.store.layer_array(key, v["layer"])
     ids = grp["token_ids"]
     unit = np.asarray(v["vector"], np.float64)
+    tokenizer = tokenizer_for(v["model_key"]) if tokenizer_for is not None else None
     items = []
     for r in picked:
         s, n = int(r["token_start"]), int(r["token_count"])
