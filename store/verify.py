@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import arrays, compaction, manifest, tables
-from .location import is_remote
+from .location import is_remote, remove_tree
 from .layout import TABLE_NAMES, GroupKey, StoreError, format_layer_list, layer_name
 from .quarantine import Quarantine
 from .store import COMMITTED_ATTR, Store, array_layers, by_row, committed_mark, fixed_layers
@@ -255,6 +255,12 @@ class _Verifier:
                 rep.errors.append(str(e))
                 continue
             if arr is None:  # its folder is there (listed), its metadata is not
+                if not n:  # no row of the group was ever committed: a writer died creating its arrays
+                    rep.tails.append(f"{path}/{name}: an array folder without zarr.json and no committed row (a "
+                                     "run killed while creating its arrays); --repair removes it")
+                    if self.repair:
+                        remove_tree(self.store.zarr_path / path / name)
+                    continue
                 rep.errors.append(f"{path}/{name}/zarr.json is missing: the array cannot be read; re-ingest into a "
                                   "new --store")
                 continue

@@ -276,3 +276,30 @@ def test_delegated_ranges_commit_in_order_and_a_float16_overflow_keeps_every_res
                                       batches[start].pooled[("resid", "last")][0].astype(np.float16).astype(np.float32))
     np.testing.assert_array_equal(got[4:8], batches[4].pooled[("resid", "last")][0])
     assert s.group_rows(KEY)["prompt_id"].to_pylist() == ids and verify(s).clean
+
+
+def test_a_run_killed_while_creating_its_arrays_leaves_a_tail_not_damage(tmp_path):
+    """zarr writes an array's folder before its zarr.json: a kill -9 in between (CI caught one
+    during a first refresh) leaves a folder without metadata in a group with no committed row.
+    Nothing committed is in it, so verify calls it a tail, repair removes it, and the next run
+    writes the group as if it were new."""
+    ids = [f"p{i}" for i in range(6)]
+    s = new_store(tmp_path, ids)
+    with s.lock():
+        s.writer([KEY], [0, 1], 8, "run-1", chunk_rows=4)  # creates the arrays, then "dies": no commit
+    meta = s.zarr_path / KEY.path / "L1" / "zarr.json"
+    assert meta.exists()
+    meta.unlink()
+    rep = verify(s, check_values=False)
+    assert not rep.errors, rep.errors
+    assert any("L1: an array folder without zarr.json and no committed row" in t for t in rep.tails)
+    verify(s, repair=True)
+    assert not (s.zarr_path / KEY.path / "L1").exists() and verify(s).clean
+    with s.lock():
+        w = s.writer([KEY], [0, 1], 8, "run-2", chunk_rows=4)
+        w.add(batch(ids))
+        w.commit()
+    assert verify(s).clean and s.activations(KEY, 1).shape == (6, 8)
+    # with committed rows, the same loss is damage, never a tail
+    (s.zarr_path / KEY.path / "L1" / "zarr.json").unlink()
+    assert any("L1/zarr.json is missing" in e for e in verify(s, check_values=False).errors)
