@@ -141,9 +141,15 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
             "n_captured": len(keep), "n_skipped": len(records) - len(keep)}
 
 
-def load_directions(path: str | Path) -> dict[int, np.ndarray]:
-    """``{layer: vector [d] float32}`` from a traitlens export (safetensors or GGUF)."""
+def load_directions(path: str | Path, model_key: str | None = None) -> dict[int, np.ndarray]:
+    """``{layer: vector [d] float32}`` from a traitlens export (safetensors or GGUF). With
+    ``model_key`` (the model it will steer), an export whose card names another model is
+    refused with a message naming both."""
+    from traitlens.pipeline.extract.export import check_card, read_card
+
     path = Path(path)
+    if model_key is not None:
+        check_card(read_card(path), model_key, path)
     if path.suffix == ".gguf":
         import gguf
 
@@ -163,10 +169,12 @@ def load_directions(path: str | Path) -> dict[int, np.ndarray]:
     return dict(sorted(out.items()))
 
 
-def to_steering_vector(directions: dict[int, np.ndarray] | str | Path, scale: float = 1.0):
+def to_steering_vector(directions: dict[int, np.ndarray] | str | Path, scale: float = 1.0,
+                       model_key: str | None = None):
     """A ``steering_vectors.SteeringVector`` adding ``scale * v`` at each layer's block output.
 
-    ``directions`` is ``{layer: vector}`` or a file :func:`load_directions` reads. Apply it with
+    ``directions`` is ``{layer: vector}`` or a file :func:`load_directions` reads (checked
+    against ``model_key`` when given). Apply it with
     ``with sv.apply(model): model.generate(...)`` (steering-vectors' own API).
     """
     try:
@@ -174,6 +182,6 @@ def to_steering_vector(directions: dict[int, np.ndarray] | str | Path, scale: fl
     except ImportError:
         raise ImportError("steering-vectors is not installed: pip install steering-vectors") from None
     if not isinstance(directions, dict):
-        directions = load_directions(directions)
+        directions = load_directions(directions, model_key)
     acts = {int(l): torch.as_tensor(np.asarray(v, dtype=np.float32) * scale) for l, v in directions.items()}
     return SteeringVector(layer_activations=acts, layer_type="decoder_block")

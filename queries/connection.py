@@ -142,6 +142,8 @@ class StoreSQL:
         self._table_view("steering")
         self._table_view("trajectories")
         self._table_view("steering_samples")
+        self._table_view("lens")
+        self._table_view("conditions")
         # scores with their percentile among every prompt scored on the same vector (computed
         # here, so it is never stale as more prompts are scored)
         self._table_view("scores", "*, percent_rank() OVER (PARTITION BY vector_id ORDER BY score) AS percentile")
@@ -158,12 +160,15 @@ class StoreSQL:
                          "d.score - m.score AS diff, d.calibrated - m.calibrated AS calibrated_diff, r.reply "
                          "FROM replies r JOIN scores d ON d.prompt_id = r.prompt_id "
                          "JOIN scores m ON m.prompt_id = r.reply_prompt_id AND m.vector_id = d.vector_id")
-        # the best causal shift measured for each vector (NULL until `traitlens evaluate --steering`);
-        # the loose first-token refusal measure never outranks the strict ones
-        self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift FROM vectors_all v "
-                         "LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift FROM steering "
-                         "WHERE kind <> 'refusal_first_token' GROUP BY vector_id) s "
-                         "USING (vector_id)")
+        from .selection import KL_BUDGET
+
+        # the best causal shift measured for each vector within the damage budget, and its KL (NULL
+        # until `traitlens evaluate --steering`; rows stored before damage was measured have no KL
+        # and still count); the loose first-token refusal measure never outranks the strict ones
+        self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift, s.steer_kl "
+                         "FROM vectors_all v LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift, "
+                         "arg_max(kl, shift) AS steer_kl FROM steering WHERE kind <> 'refusal_first_token' "
+                         f"AND (kl IS NULL OR kl <= {float(KL_BUDGET)!r}) GROUP BY vector_id) s USING (vector_id)")
         rows = [(i, *g.as_dict().values()) for i, g in enumerate(self.groups)]
         self.con.register("__groups", pa.table({"n": [r[0] for r in rows], "model_key": [r[1] for r in rows],
                                                 "fmt": [r[2] for r in rows], "site": [r[3] for r in rows],

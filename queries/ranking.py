@@ -3,7 +3,7 @@
 Every (group, layer, method) cell counts once, with its newest vector, ordered by the one rule
 of :mod:`.selection` (so ``rank``'s first row is what ``steer`` and ``monitor`` use). The random
 baseline is ranked apart and printed as the floor. ``heatmap`` draws layers x methods for one
-group and boxes the picked cell.
+group and boxes the picked cell. ``lens_summary`` gives each vector's stored logit-lens tokens.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from .connection import QueryError, StoreSQL
 from .selection import METRICS as RANK_BY
 from .selection import latest_cells_sql, order_by
 
-__all__ = ["RANK_BY", "METHOD_ORDER", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap"]
+__all__ = ["RANK_BY", "METHOD_ORDER", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap", "lens_summary"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
-           "stability", "agreement", "steer_shift", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
+           "stability", "agreement", "steer_shift", "steer_kl", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
            "floor_dataset", "vector_id")
 
 
@@ -32,7 +32,7 @@ def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.
         traits = [r["trait"] for r in q.query("SELECT DISTINCT trait FROM metrics ORDER BY 1").to_pylist()]
         raise QueryError(f"no vectors for trait {trait!r}; traits with vectors: {', '.join(traits) or 'none'} "
                          f"(run `traitlens extract --trait {trait}`)")
-    floor = q.query(f"SELECT {cols} FROM ({base}) WHERE method = 'random' ORDER BY {by} DESC NULLS LAST LIMIT 1",
+    floor = q.query(f"SELECT {cols} FROM ({base}) WHERE method = 'random' ORDER BY {order_by(by)} LIMIT 1",
                     [trait])
     return best, floor
 
@@ -87,3 +87,18 @@ def heatmap(q: StoreSQL, trait: str, by: str, group: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def lens_summary(store) -> dict[str, str]:
+    """``{vector_id: "tok tok tok | tok tok tok"}``: the top 3 promoted and suppressed tokens."""
+    rows = store.table("lens").to_pylist()
+    newest: dict[str, tuple] = {}  # the newest reading of each vector wins
+    for r in rows:
+        if r["vector_id"] not in newest or r["created_at"] > newest[r["vector_id"]][0]:
+            newest[r["vector_id"]] = (r["created_at"], r["run_id"])
+    latest = {v: run for v, (_, run) in newest.items()}
+    out: dict[str, dict[str, list[str]]] = {}
+    for r in sorted(rows, key=lambda r: r["rank"]):
+        if r["run_id"] == latest[r["vector_id"]] and r["rank"] < 3:
+            out.setdefault(r["vector_id"], {"promotes": [], "suppresses": []})[r["direction"]].append(repr(r["token"]))
+    return {v: " ".join(d["promotes"]) + " | " + " ".join(d["suppresses"]) for v, d in out.items()}

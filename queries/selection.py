@@ -17,9 +17,13 @@ import math
 from .connection import QueryError, StoreSQL
 
 TIE_BREAK = ("cohens_d", "stability")
+# nats: the damage budget of a steering pick, mean next-token KL on neutral prompts (the README's
+# steering figures show the sweeps it was chosen from); `evaluate --kl-budget` overrides it
+KL_BUDGET = 0.1
 RULE = "held-out {by}, ties broken by held-out Cohen's d, then stability"
 METRICS = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc",
-           "steer_shift")
+           "steer_shift", "steering")
+ALIASES = {"steering": "steer_shift"}  # `rank --by steering`: the best shift within the KL budget
 
 
 def latest_cells_sql() -> str:
@@ -28,11 +32,17 @@ def latest_cells_sql() -> str:
             "pooling, layer, method ORDER BY created_at DESC) = 1")
 
 
+def metric_column(by: str) -> str:
+    """The ``metrics`` column a ``--by`` name sorts on (``steering`` is ``steer_shift``)."""
+    return ALIASES.get(by, by)
+
+
 def order_by(by: str = "auroc", prefix: str = "") -> str:
     """The SQL ORDER BY of the rule, for a metric from :data:`METRICS` (``prefix``: a table alias
     with its dot)."""
     if by not in METRICS:
         raise QueryError(f"--by {by!r}: rank by one of {', '.join(METRICS)}")
+    by = metric_column(by)
     keys = [by] + [k for k in TIE_BREAK if k != by]
     return ", ".join(f"{prefix}{k} DESC NULLS LAST" for k in keys) + f", {prefix}layer"
 
@@ -43,6 +53,7 @@ def sort_key(rec: dict, by: str = "auroc") -> tuple:
     def neg(v):
         return math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else -float(v)
 
+    by = metric_column(by)
     keys = [by] + [k for k in TIE_BREAK if k != by]
     return tuple(neg(rec.get(k)) for k in keys) + (rec["layer"],)
 

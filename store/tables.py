@@ -143,6 +143,15 @@ STEERING_SCHEMA = pa.schema(
         ("kl", pa.float64()),  # damage: mean KL(unsteered || +alpha) of next tokens on neutral prompts, nats
         ("kl_low", pa.float64()),
         ("kl_high", pa.float64()),
+        ("perplexity", pa.float64()),  # median perplexity of the steered replies to neutral prompts (unsteered model)
+        ("perplexity_unsteered", pa.float64()),  # the same of the unsteered replies
+        ("distinct2", pa.float64()),  # mean share of distinct token bigrams in the steered replies (1: no repeats)
+        ("distinct2_unsteered", pa.float64()),
+        ("judge", pa.float64()),  # mean judge score 0-100 of the steered replies (null: no --judge)
+        ("judge_low", pa.float64()),
+        ("judge_high", pa.float64()),
+        ("judge_unsteered", pa.float64()),
+        ("judge_rejected", pa.float64()),  # share of the judge's answers rejected as holding no 0-100 score
         ("detail", pa.string()),
         ("run_id", pa.string()),
         ("created_at", TS),
@@ -188,12 +197,14 @@ STEERING_SAMPLES_SCHEMA = pa.schema(
         ("layer", pa.int32()),
         ("alpha", pa.float64()),
         ("kind", pa.string()),
-        ("measure", pa.string()),  # effect (the kind's measure on a held-out text) | kl (damage on a neutral prompt)
+        # effect (the kind's measure on a held-out text) | kl | perplexity | distinct2 | judge (on a neutral prompt)
+        ("measure", pa.string()),
         ("sample", pa.string()),  # the text measured
         ("unsteered", pa.float64()),
         ("plus", pa.float64()),
         ("minus", pa.float64()),
-        ("shift", pa.float64()),  # effect: plus - minus (or - unsteered); kl: the KL itself
+        ("shift", pa.float64()),  # effect: plus - minus (or - unsteered); kl: the KL itself; else plus - unsteered
+        ("reply", pa.string()),  # perplexity / distinct2 / judge: the steered reply read
         ("run_id", pa.string()),
         ("created_at", TS),
     ]
@@ -211,9 +222,42 @@ REPLIES_SCHEMA = pa.schema(
     ]
 )
 
+LENS_SCHEMA = pa.schema(
+    [
+        ("vector_id", pa.string()),
+        ("model_key", pa.string()),  # the model whose final norm and unembedding read the vector
+        ("direction", pa.string()),  # promotes | suppresses
+        ("rank", pa.int32()),  # 0: the strongest
+        ("token_id", pa.int64()),
+        ("token", pa.string()),
+        ("logit", pa.float64()),
+        ("run_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+CONDITIONS_SCHEMA = pa.schema(
+    [
+        ("vector_id", pa.string()),  # the condition vector
+        ("trait", pa.string()),
+        ("layer", pa.int32()),
+        ("pooling", pa.string()),  # how a prompt's state is pooled before it is projected
+        ("threshold", pa.float64()),  # a prompt passes when its projection is above this
+        ("f1", pa.float64()),  # of the threshold on the held-out split
+        ("precision", pa.float64()),
+        ("recall", pa.float64()),
+        ("split", pa.string()),
+        ("n_pos", pa.int32()),
+        ("n_neg", pa.int32()),
+        ("run_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
 SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, "vectors": VECTORS_SCHEMA,
            "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA, "scores": SCORES_SCHEMA,
-           "replies": REPLIES_SCHEMA, "steering_samples": STEERING_SAMPLES_SCHEMA}
+           "replies": REPLIES_SCHEMA, "steering_samples": STEERING_SAMPLES_SCHEMA,
+           "lens": LENS_SCHEMA, "conditions": CONDITIONS_SCHEMA}
 
 
 def part_files(table_dir: Path) -> list[Path]:

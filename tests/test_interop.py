@@ -132,3 +132,44 @@ def test_steering_vectors_applies_the_same_push_as_traitlens(tiny_lms):
             theirs = lm.model(input_ids=ids).logits
     assert not torch.allclose(ours, plain, atol=1e-3)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_exports_carry_their_card_and_refuse_another_model(tmp_path):
+    from click.testing import CliRunner
+
+    from traitlens.pipeline.extract.export import read_card
+    from traitlens.testing import KEY
+    from traitlens.workflows.cli import cli
+
+    store, _ = synthetic_store(tmp_path / "s", n=200, d=16, layers=(0, 1, 2), sep=4.0)
+    extract(store.root, "planted", ["mean_diff"], cfg=ExtractConfig(n_boot=0))
+    rows = {r["layer"]: r for r in Store.open(store.root).table("vectors").to_pylist()}
+    from traitlens.store import tables  # a steering pick for layer 1, as `evaluate --steering` stores it
+
+    tables.write_part(store.tables_path / "steering", tables.rows_to_table(
+        [{"vector_id": rows[1]["vector_id"], "trait": "planted", "method": "mean_diff", "layer": 1, "alpha": 0.1,
+          "kind": "persona", "n": 4, "shift": 0.9, "ci_low": 0.8, "ci_high": 1.0, "kl": 0.05}], tables.STEERING_SCHEMA),
+        tables.STEERING_SCHEMA)
+    run = lambda *a: CliRunner().invoke(cli, ["--store", str(store.root), *map(str, a)])  # noqa: E731
+    for fmt, name in (("safetensors", "v.safetensors"), ("gguf", "v.gguf"), ("easysteer", "e.gguf")):
+        r = run("export", "--trait", "planted", "--format", fmt, "-o", tmp_path / name)
+        assert r.exit_code == 0 and "steering picks of 1 layers" in r.output, r.output
+        card = read_card(tmp_path / name)
+        assert card["model_key"] == KEY.model_key and card["site"] == "resid" and card["pooling"] == "last"
+        assert card["method"] == "mean_diff" and card["code_version"] and "block N" in card["layer_convention"]
+        layer1 = card["layers"]["1"]
+        assert layer1["vector_id"] == rows[1]["vector_id"] and layer1["fingerprint"] == rows[1]["fingerprint"]
+        assert layer1["auroc"] == pytest.approx(rows[1]["auroc"]) and layer1["steering"]["shift"] == 0.9
+        assert "steering" not in card["layers"]["2"]
+        assert sorted(load_directions(tmp_path / name, KEY.model_key)) == ([1, 2] if fmt == "gguf" else [0, 1, 2])
+        with pytest.raises(ValueError, match=f"holds vectors of model {KEY.model_key}, not of SmolLM2-other"):
+            load_directions(tmp_path / name, "SmolLM2-other")
+    import gguf  # EasySteer's reader: controlvector arch, model_hint, method, a direction.<layer> per layer
+
+    reader = gguf.GGUFReader(str(tmp_path / "e.gguf"))
+    text = lambda k: bytes(reader.get_field(k).parts[-1]).decode()  # noqa: E731
+    assert text("general.architecture") == "controlvector" and text("controlvector.method") == "mean_diff"
+    assert int(reader.get_field("controlvector.layer_count").parts[-1][0]) == 3
+    assert sorted(t.name for t in reader.tensors) == ["direction.0", "direction.1", "direction.2"]
+    with pytest.raises(ValueError, match="not of other-model"):
+        to_steering_vector(tmp_path / "v.safetensors", model_key="other-model")

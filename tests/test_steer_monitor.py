@@ -147,7 +147,7 @@ def test_cli_monitor_steer_evaluate_and_rank_by_shift(tmp_path, tiny_llama):
     r = run("steer", "--trait", "kindness", "--model", tiny_llama, "--alpha", "2", "--max-new-tokens", "5", "hello")
     assert r.exit_code == 0 and "--- steered ---" in r.output
     r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "0,1", "--alphas",
-            "0.5", "--n", "4")
+            "0.5", "--n", "4", "--plot", tmp_path / "e.png")
     assert r.exit_code == 0, r.output
     r = run("rank", "--trait", "kindness", "--by", "steer_shift")
     assert r.exit_code == 0 and "steer_shift" in r.output

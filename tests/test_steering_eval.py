@@ -33,7 +33,9 @@ def test_alpha_zero_moves_nothing_and_costs_nothing_exactly(lm):
     assert zero["kl"] == 0.0 and zero["shift"] == 0.0 and zero["steerability"] == 0.0
     assert all(s["shift"] == 0.0 for s in zero["samples"])  # every sample, every neutral prompt: exactly
     assert rows[1]["kl"] > 0 and rows[1]["shift"] != 0.0
-    assert len(zero["samples"]) == len(STATEMENTS) + len(NEUTRAL)
+    # the effect per statement; KL, reply perplexity and distinct-2 per neutral prompt
+    assert len(zero["samples"]) == len(STATEMENTS) + 3 * len(NEUTRAL)
+    assert zero["perplexity"] == zero["perplexity_unsteered"] and zero["distinct2"] == zero["distinct2_unsteered"]
 
 
 def test_kl_grows_with_the_push_and_equals_an_independent_computation(lm):
@@ -116,28 +118,41 @@ def test_cli_evaluate_measures_the_random_floor_prints_the_front_and_stores_ever
     assert run("ingest", c, "--model", tiny_llama, "--quiet").exit_code == 0
     assert run("extract", "--trait", "kindness", "--methods", "mean_diff,random", "--quiet").exit_code == 0
     r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "0-2",
-            "--alphas", "0.5,2", "--n", "4", "--kl-budget", "1000")
+            "--alphas", "0.5,2", "--n", "4", "--kl-budget", "1000", "--reply-tokens", "3", "--plot", tmp_path / "e.png")
     assert r.exit_code == 0, r.output
-    assert "Pareto front (shift up, KL down): L" in r.output
-    assert "pick (largest shift within KL 1000): mean_diff L" in r.output and "random at the same setting" in r.output
-    assert "against steering (best shift) across 3 layers: Spearman" in r.output
+    assert "Pareto front (shift up, KL down): mean_diff L" in r.output
+    assert "steering pick (persona, largest shift within KL 1000): mean_diff L" in r.output
+    assert "random at the same setting" in r.output and "detection pick: mean_diff L" in r.output
+    assert "against steering (best shift within KL 1000) across 3 (method, layer) cells: Spearman" in r.output
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
     s = Store.open(store)
     rows = s.table("steering").to_pylist()
-    assert len(rows) == 2 * 3 * 2 and {x["method"] for x in rows} == {"mean_diff", "random"}
+    own = [x for x in rows if x["method"] == "mean_diff"]
+    floor = [x for x in rows if x["method"] == "random"]
+    assert len(own) == 3 * 2 and {x["method"] for x in rows} == {"mean_diff", "random"}
+    # the floor is measured where it decides something: at every setting of the front and at the pick
+    from traitlens.pipeline.steer.sweep import front, pick
+
+    wanted = {(x["layer"], x["alpha"]) for x in front(own) + [pick(own, 1000)]}
+    assert {(x["layer"], x["alpha"]) for x in floor} == wanted
     assert all(x["ci_low"] <= x["shift"] <= x["ci_high"] and x["kl"] > 0 for x in rows)
+    assert all(x["perplexity"] > 1 and 0 < x["distinct2"] <= 1 for x in rows)
     samples = s.table("steering_samples").to_pylist()
-    assert len(samples) == 12 * (4 + len(NEUTRAL_PROMPTS))
-    for x in rows:  # each stored mean is its samples' mean
-        mine = [y["shift"] for y in samples if (y["vector_id"], y["layer"], y["alpha"], y["measure"]) ==
-                (x["vector_id"], x["layer"], x["alpha"], "effect")]
-        assert len(mine) == 4 and np.mean(mine) == pytest.approx(x["shift"])
-        kl = [y["shift"] for y in samples if (y["vector_id"], y["alpha"], y["measure"]) == (x["vector_id"], x["alpha"], "kl")]
-        assert np.mean(kl) == pytest.approx(x["kl"])
+    assert len(samples) == len(rows) * (4 + 3 * len(NEUTRAL_PROMPTS))
+    for x in rows:  # each stored mean is its samples' mean (the perplexity column is their median)
+        def mine(measure, key="vector_id"):
+            return [y["shift"] if measure in ("effect", "kl") else y["plus"] for y in samples
+                    if (y[key], y["layer"], y["alpha"], y["measure"]) == (x[key], x["layer"], x["alpha"], measure)]
+        assert len(mine("effect")) == 4 and np.mean(mine("effect")) == pytest.approx(x["shift"])
+        assert np.mean(mine("kl")) == pytest.approx(x["kl"])
+        assert np.median(mine("perplexity")) == pytest.approx(x["perplexity"])
+        assert np.mean(mine("distinct2")) == pytest.approx(x["distinct2"])
     r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--layers", "1",
-            "--alphas", "2", "--n", "4", "--kl-budget", "0")
-    assert r.exit_code == 0 and "pick: none: every setting costs more than --kl-budget 0 nats" in r.output
+            "--alphas", "2", "--n", "4", "--kl-budget", "0", "--reply-tokens", "0", "--plot", tmp_path / "e.png")
+    assert r.exit_code == 0 and "pick: none: every setting costs more than the KL budget of 0 nats" in r.output
     r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--kind", "expression",
-            "--layers", "1", "--alphas", "1", "--n", "8", "--max-new-tokens", "4", "--no-random")
+            "--layers", "1", "--alphas", "1", "--n", "8", "--max-new-tokens", "4", "--no-random", "--plot",
+            tmp_path / "x.png")
     assert r.exit_code == 0, r.output
     assert f"expression: replies of 4 tokens to {len(NEUTRAL_PROMPTS)} neutral prompts, read on" in r.output
     rows = [x for x in Store.open(store).table("steering").to_pylist() if x["kind"] == "expression"]

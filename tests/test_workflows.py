@@ -346,3 +346,27 @@ def test_score_generate_stores_the_projection_difference_against_the_models_own_
     r = run_cli(*common, "score", chats, "--trait", "kindness", "--generate", "6", "--model", tiny_llama, "--top", "0")
     assert r.exit_code == 0 and "replies: 5 generated" in r.output, r.output
     assert verify(Store.open(store_path)).clean
+
+
+def test_evaluate_section_sweeps_reports_and_refresh_evaluates_only_changed_vectors(tmp_path, tiny_llama):
+    spec = make_spec(tmp_path, tiny_llama, extra="")
+    spec.write_text(spec.read_text() + '\n[evaluate]\nsteering = true\nkind = "expression"\nmethods = ["mean_diff"]\n'
+                    'layers = "0-1"\nalphas = [0.5, 2.0]\nn = 4\nmax_new_tokens = 3\nkl_budget = 1000\n')
+    r = run_cli("run", spec, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "kindness: evaluated" in r.output and "politeness: evaluated" in r.output
+    rows = Store.open(tmp_path / "store").table("steering").to_pylist()
+    own = [x for x in rows if x["method"] == "mean_diff"]
+    assert len(own) == 2 * 2 * 2 and {x["kind"] for x in rows} == {"expression"}  # traits x layers x alphas
+    assert any(x["method"] == "random" for x in rows)  # the floor at the front and the pick
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "### Steering (expression" in report and "steering pick (expression, largest shift within KL 1000)" in report
+    assert "Pareto front (shift up, KL down): mean_diff L" in report
+    assert (tmp_path / "out" / "kindness-steering.png").read_bytes()[:4] == b"\x89PNG"
+    write_corpus(tmp_path / "corpus" / "polite.jsonl", 132, start=1000, trait="politeness")
+    r = run_cli("refresh", spec, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "politeness: evaluated" in r.output and "kindness: evaluated" not in r.output  # its vectors did not change
+    with pytest.raises(SpecError, match="evaluate.kl_budget must be 0 or more"):
+        spec.write_text(spec.read_text().replace("kl_budget = 1000", "kl_budget = -1"))
+        load_spec(spec)

@@ -136,7 +136,8 @@ def sql(ctx):
 @cli.command()
 @click.option("--trait", required=True)
 @click.option("--by", default="auroc", show_default=True,
-              help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc")
+              help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc | steering "
+                   "(the best causal shift within the KL budget, from `traitlens evaluate --steering`)")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="json: {\"by\", \"rows\": [...], \"floor\": {...} or null}.")
@@ -167,13 +168,15 @@ def rank(ctx, trait, by, top, fmt_, plot):
             click.echo(json.dumps({"trait": trait, "by": by, "order": RULE.format(by=by), "rows": rows,
                                    "floor": f}, default=str))
         else:
-            from traitlens.queries.selection import RULE, tie_note
+            from traitlens.queries.selection import RULE, metric_column, tie_note
 
             _print_table(best.drop_columns(["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length",
                                             "floor_dataset"]))
             click.echo(f"order: {RULE.format(by=by)}")
             if f is not None:
-                click.echo(f"floor (random direction, best layer {f['layer']}): {by} {f[by]:.3f}")
+                value = f[metric_column(by)]
+                click.echo(f"floor (random direction, best layer {f['layer']}): {by} "
+                           + ("not measured" if value is None else f"{value:.3f}"))
             nuisance = [(name, rows[0][col]) for name, col in (("token count", "floor_length"),
                                                                ("dataset", "floor_dataset"))
                         if rows[0][col] is not None]
@@ -183,10 +186,25 @@ def rank(ctx, trait, by, top, fmt_, plot):
             for r in rows:
                 if flags[r["vector_id"]]:
                     click.echo(f"flag: {r['method']} L{r['layer']}: {flags[r['vector_id']]}")
-            note = tie_note(rows, by, (rows[0]["n_held_pos"] or 0) + (rows[0]["n_held_neg"] or 0))
+            note = tie_note(rows, metric_column(by), (rows[0]["n_held_pos"] or 0) + (rows[0]["n_held_neg"] or 0))
             if note:
                 click.echo(f"note: {note}")
+            for line in _detection_and_steering(q, trait):
+                click.echo(line)
+            from traitlens.queries.ranking import lens_summary
+
+            said = lens_summary(q.store).get(rows[0]["vector_id"])
+            if said:
+                click.echo(f"logit lens of the first row (promotes | suppresses): {said}")
         if plot:
             heatmap(q, trait, by, best.to_pylist()[0], Path(plot))
             if fmt_ != "json":
                 click.echo(f"heatmap: {plot}")
+
+
+def _detection_and_steering(q, trait: str) -> list[str]:
+    """The detection and steering picks side by side (nothing before `evaluate --steering` ran)."""
+    from traitlens.pipeline.steer.sweep import stored_rows, summary_lines
+
+    kind, rows, _ = stored_rows(q, trait)
+    return summary_lines(q, trait, kind, rows) if rows else []

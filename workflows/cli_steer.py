@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from traitlens.pipeline.steer.sweep import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
+from traitlens.queries.selection import KL_BUDGET
 
-KL_BUDGET = 0.1  # nats: the default damage budget of `evaluate`'s pick (see the README's steering figure)
+from .cli_base import EXIT_INPUT, _fail, _output, cli
 
 
 def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):
@@ -58,16 +59,21 @@ def _prompt_ids(lm, text: str, chat: bool | None):
               help="|velocity| counted as settled [default: half the generated tokens' velocity std].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG [default: monitor-<trait>.png].")
 @click.option("--keep", is_flag=True, help="Append the trajectories to the store's trajectories table (SQL).")
+@click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
+              help="Steer while monitoring: a push (as `steer --add`); repeat for several.")
+@click.option("--alpha", type=float, default=0.25, show_default=True, help="The strength of an --add without one.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Greedy --file prompts run as batches of this many (the same trajectories as one at a time).")
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
 def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_tokens, sample, seed, smooth, threshold,
-            velocity_tol, plot, keep, chat):
+            velocity_tol, plot, keep, adds, alpha, batch_size, chat):
     """Generate while projecting every token's state onto a trait vector; table + PNG."""
     import numpy as np
 
     from traitlens.pipeline.capture.corpus import prompt_id_for
     from traitlens.pipeline.steer.monitor import plot as draw
-    from traitlens.pipeline.steer.monitor import trajectory
+    from traitlens.pipeline.steer.monitor import trajectories, trajectory
     from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id, now_utc
 
@@ -80,10 +86,19 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
     lm = _load(model)
     vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
     run_id, records = new_run_id("monitor"), []
-    for k, text in enumerate(prompts):
-        tr = trajectory(lm, _prompt_ids(lm, text, chat), vec["vector"], vec["layer"], max_new_tokens, sample, seed,
-                        threshold=vec["threshold"] if threshold is None else threshold, velocity_tol=velocity_tol,
-                        smooth_window=smooth)
+    seqs = [_prompt_ids(lm, text, chat) for text in prompts]
+    items = (_pushes_for(store, lm, list(adds), None, None, None, None, alpha, "typical", "resid", "all", seqs)
+             if adds else [])
+    if items:
+        click.echo("steering while monitoring: " + "; ".join(p.describe() for p in items))
+    thr = vec["threshold"] if threshold is None else threshold
+    if sample:
+        trs = [trajectory(lm, s, vec["vector"], vec["layer"], max_new_tokens, True, seed, threshold=thr,
+                          velocity_tol=velocity_tol, smooth_window=smooth, items=items) for s in seqs]
+    else:
+        trs = trajectories(lm, seqs, vec["vector"], vec["layer"], max_new_tokens, thr, velocity_tol, smooth, items,
+                           batch_size)
+    for k, (text, tr) in enumerate(zip(prompts, trs)):
         click.echo(f"\n{text!r} -> {tr.response!r}")
         click.echo(f"vector {vec['vector_id']} ({vec['method']}, layer {vec['layer']}, held-out AUROC "
                    f"{vec['auroc']:.3f}); threshold {tr.threshold:.3f}")
@@ -111,49 +126,154 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
         click.echo(f"kept {len(records)} token rows in the trajectories table (run {run_id})")
 
 
+def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, alpha, norm, site, positions,
+                seqs: list[list[int]]) -> list:
+    """The pushes ``steer`` applies: one per ``--add TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]]``, else the
+    one ``--trait`` / ``--vector-id`` names. Each push's scale is the mean token norm of its
+    layer over every prompt of the run (one unit for the whole batch)."""
+    import torch
+
+    from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
+    from traitlens.pipeline.steer.steering import Push, mean_token_norm
+    from traitlens.queries import StoreSQL
+
+    wanted = []
+    for spec in specs:
+        parts = spec.split(":")
+        try:
+            if len(parts) > 3 or not parts[0]:
+                raise ValueError
+            at = int(parts[1]) if len(parts) > 1 and parts[1] else None
+            a = float(parts[2]) if len(parts) > 2 and parts[2] else alpha
+        except ValueError:
+            _fail(f"--add {spec!r}: use TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]], e.g. agreeableness:16:0.1", EXIT_INPUT)
+        with StoreSQL(store) as q:
+            is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [parts[0]]).to_pylist()[0]["n"]
+        vec = (_pick_vector(store, None, lm.key, None, None, parts[0]) if is_id
+               else _pick_vector(store, parts[0], lm.key, at, method, None))
+        wanted.append((vec, vec["layer"] if at is None else at, a))
+    if not specs:
+        if not (trait or vector_id):
+            _fail("give --trait, --vector-id or one --add per vector", EXIT_INPUT)
+        vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
+        wanted.append((vec, vec["layer"] if layer is None else layer, alpha))
+    ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "right", torch.device("cpu"))
+    out = []
+    for vec, at, a in wanted:
+        if not 0 <= at < lm.n_layers:
+            _fail(f"layer {at} of {vec['trait']}: the model has layers 0-{lm.n_layers - 1}", EXIT_INPUT)
+        scale = mean_token_norm(lm, at, ids, mask, norm)
+        out.append(Push(vec["vector"], at, a, scale, site, positions,
+                        label=f"{vec['trait']} {vec['method']} ({vec['vector_id']}, extracted at L{vec['layer']})"))
+    return out
+
+
+def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[int]], prompts: list[str]) -> list[bool]:
+    """Which prompts pass the condition vector ``name`` (a trait's pick or a vector id): their
+    projection, pooled as the vector's rows were, above the threshold (learned on held-out data
+    unless given). Prints the condition and each prompt's projection."""
+    from traitlens.pipeline.extract.conditions import condition_threshold
+    from traitlens.pipeline.steer.steering import condition_scores
+    from traitlens.queries import StoreSQL
+
+    with StoreSQL(store) as q:
+        is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [name]).to_pylist()[0]["n"]
+    vec = _pick_vector(store, None, lm.key, None, None, name) if is_id else _pick_vector(store, name, lm.key, None, None,
+                                                                                         None)
+    if threshold is None:
+        c = condition_threshold(store, vec)
+        threshold = c["threshold"]
+        how = (f"learned on {c['split']} ({c['n_pos']} positives, {c['n_neg']} negatives): best F1 {c['f1']:.3f}, "
+               f"precision {c['precision']:.3f}, recall {c['recall']:.3f}")
+    else:
+        how = "given"
+    try:
+        scores = condition_scores(lm, vec["vector"], vec["layer"], vec["pooling"], seqs)
+    except ValueError as e:
+        _fail(f"--condition {name}: {e}", EXIT_INPUT)
+    click.echo(f"condition: {vec['trait']} {vec['method']} L{vec['layer']} ({vec['vector_id']}, {vec['pooling']} "
+               f"pooling), threshold {threshold:.4f} ({how})")
+    for p, s in zip(prompts, scores):
+        click.echo(f"  {s:+.4f} {'>' if s > threshold else '<='} threshold: {'steer' if s > threshold else 'leave'} "
+                   f"{p[:70]!r}")
+    return [bool(s > threshold) for s in scores]
+
+
 @cli.command()
-@click.argument("prompt")
-@click.option("--trait", required=True)
+@click.argument("prompt", required=False)
+@click.option("--trait", default=None, help="The vector's trait (its best-ranked vector) [or --add / --vector-id].")
+@click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
+              help="A push; repeat for several at once (they add up). LAYER defaults to the vector's, ALPHA to --alpha.")
 @click.option("--alpha", type=float, default=0.25, show_default=True,
               help="Strength in units of the layer's mean token norm; negative pushes away.")
+@click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
+              help="One prompt a line, generated as left-padded batches (the same replies as one at a time).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--model", default=None)
 @click.option("--layer", type=click.IntRange(min=0), default=None)
 @click.option("--method", default=None)
 @click.option("--vector-id", default=None)
-@click.option("--positions", type=click.Choice(["all", "generated"]), default="all", show_default=True)
+@click.option("--site", type=click.Choice(["resid", "attn_out", "mlp_out"]), default="resid", show_default=True,
+              help="Where the push is added (or the direction ablated): the block's output or its attention / MLP "
+                   "sub-module's.")
+@click.option("--positions", default="all", show_default=True,
+              help="all | generated | prompt | last-prompt | A:B (token positions A to B-1 of each sequence).")
 @click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
+@click.option("--condition", default=None, metavar="TRAIT_OR_ID",
+              help="Conditional steering: push only prompts whose projection on this vector passes its threshold.")
+@click.option("--condition-threshold", type=float, default=None,
+              help="[default: learned on the condition trait's held-out split, best F1; stored in `conditions`]")
 @click.option("--ablate", is_flag=True, help="Project the direction out instead of adding it.")
 @click.option("--all-layers", is_flag=True, help="With --ablate: at every block, not only the vector's layer.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
-def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions, norm, ablate, all_layers,
-          max_new_tokens, chat):
-    """Generate with and without the vector and print both."""
-    import torch
-
-    from traitlens.pipeline.steer.steering import ablation, generate, mean_token_norm, steering
+def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, method, vector_id, site, positions, norm,
+          condition, condition_threshold, ablate, all_layers, max_new_tokens, chat):
+    """Generate with and without the vector(s) and print both."""
+    from traitlens.pipeline.model.generation import greedy_batch
+    from traitlens.pipeline.steer.steering import ablation, check_positions, generate_batch
     from traitlens.store import Store
 
+    try:
+        check_positions(positions)
+    except ValueError as e:
+        _fail(f"--positions: {e}", EXIT_INPUT)
+    prompts = [prompt] if prompt else []
+    if file_:
+        prompts += [l for l in Path(file_).read_text().splitlines() if l.strip()]
+    if not prompts:
+        _fail("give a PROMPT or --file", EXIT_INPUT)
     store = Store.open(ctx.obj["store"])
     lm = _load(model)
-    vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
-    ids = _prompt_ids(lm, prompt, chat)
-    plain = generate(lm, ids, max_new_tokens)
-    t = torch.tensor([ids])
-    if ablate:
-        with ablation(lm, vec["vector"], None if all_layers else [vec["layer"]]):
-            steered = generate(lm, ids, max_new_tokens)
-        how = f"ablated at {'every layer' if all_layers else 'layer ' + str(vec['layer'])}"
-    else:
-        scale = mean_token_norm(lm, vec["layer"], t, torch.ones_like(t), norm)
-        with steering(lm, vec["vector"], vec["layer"], alpha, scale, positions):
-            steered = generate(lm, ids, max_new_tokens)
-        how = f"alpha {alpha:+g} x mean norm ({norm}) {scale:.1f} at layer {vec['layer']} ({positions} positions)"
+    seqs = [_prompt_ids(lm, p, chat) for p in prompts]
     dec = lambda x: lm.tokenizer.decode(x, skip_special_tokens=True)  # noqa: E731
-    click.echo(f"vector {vec['vector_id']} ({trait}, {vec['method']}, layer {vec['layer']}); {how}")
-    click.echo(f"\n--- unsteered ---\n{dec(plain)}\n\n--- steered ---\n{dec(steered)}")
+    if ablate:
+        if adds or condition:
+            _fail("--ablate takes one vector (--trait or --vector-id), without --add or --condition", EXIT_INPUT)
+        vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
+        where = None if all_layers else [vec["layer"] if layer is None else layer]
+        click.echo(f"vector {vec['vector_id']} ({vec['trait']}, {vec['method']}): ablated at {site} of "
+                   + ("every layer" if all_layers else f"layer {where[0]}"))
+    else:
+        items = _pushes_for(store, lm, list(adds), trait, layer, method, vector_id, alpha, norm, site, positions, seqs)
+        click.echo("applied " + "; ".join(p.describe() for p in items))
+    passes = [True] * len(seqs)
+    if condition:
+        passes = _condition(store, lm, condition, condition_threshold, seqs, prompts)
+    for b in range(0, len(seqs), batch_size):
+        chunk = seqs[b:b + batch_size]
+        plain = greedy_batch(lm, chunk, max_new_tokens)
+        if ablate:
+            with ablation(lm, vec["vector"], where, site):
+                steered = greedy_batch(lm, chunk, max_new_tokens)
+        else:
+            steered = generate_batch(lm, chunk, [p.only(passes[b:b + len(chunk)]) for p in items], max_new_tokens)
+        for k, (u, st) in enumerate(zip(plain, steered)):
+            head = f"\n=== {prompts[b + k]!r} ===" if len(prompts) > 1 else ""
+            click.echo(f"{head}\n--- unsteered ---\n{dec(u)}\n\n--- steered"
+                       + ("" if passes[b + k] else " (condition not met: unsteered)") + f" ---\n{dec(st)}")
 
 
 @cli.command()
@@ -166,34 +286,49 @@ def steer(ctx, prompt, trait, alpha, model, layer, method, vector_id, positions,
               "the trait's detection vector, 0 = held-out negatives, 1 = positives.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
               help="Reply length for --kind expression.")
-@click.option("--method", default="mean_diff", show_default=True)
-@click.option("--layers", default=None, help="[default: the 5 layers around the method's best layer]")
-@click.option("--alphas", default="0.25,0.5", show_default=True)
+@click.option("--methods", "--method", "methods", default="mean_diff", show_default=True,
+              help="Comma list of methods to sweep, or all (every stored method but random).")
+@click.option("--layers", default=None, help="[default: the 5 layers around the detection pick's layer]; all or 8-16,20")
+@click.option("--alphas", default="0.05,0.1,0.25,0.5", show_default=True,
+              help="Strengths, in units of the layer's mean token norm (--norm).")
 @click.option("--n", "n_texts", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out prompts to measure on.")
 @click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Neutral prompts for the damage (KL) measure, one a line [default: the project's own set].")
+              help="Neutral prompts for the damage measures (KL, replies), one a line [default: the project's own set].")
 @click.option("--kl-budget", type=click.FloatRange(min=0), default=KL_BUDGET, show_default=True,
               help="The pick is the largest shift whose mean KL on the neutral prompts stays within this (nats).")
+@click.option("--trials", type=click.IntRange(min=1), default=TRIALS, show_default=True,
+              help=f"Settings Optuna measures when the grid has more than {GRID_MAX}.")
+@click.option("--reply-tokens", type=click.IntRange(min=0), default=REPLY_TOKENS, show_default=True,
+              help="Length of the steered replies to neutral prompts whose perplexity and distinct-2 are measured "
+                   "(0: skip; --kind expression reads its own replies).")
+@click.option("--judge", "judge_model", default=None,
+              help="A local chat model (path, or default) that rates each steered reply for the trait, 0-100.")
+@click.option("--description", default=None, help="The trait in words, for the judge's rubric [default: its name].")
 @click.option("--no-random", is_flag=True, help="Skip the random direction's evaluation (the floor).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="PNG of the Pareto plot, effect against alpha and steerability [default: evaluate-<trait>.png].")
 @click.option("--model", default=None)
 @click.pass_context
-def evaluate(ctx, trait, do_steering, kind, max_new_tokens, method, layers, alphas, n_texts, norm, prompts_file,
-             kl_budget, no_random, model):
-    """Sweep layer x strength: how much does steering along the vector move behaviour, with what
-    interval, and for how much damage (KL on neutral prompts)? The random direction is measured
-    alike; the Pareto front of (shift, KL) and the pick within --kl-budget are printed."""
-    from traitlens.pipeline.steer.evaluate import evaluate_vector, steering_records
-    from traitlens.pipeline.steer.stats import pareto_front
+def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alphas, n_texts, norm, prompts_file,
+             kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, model):
+    """Sweep method x layer x strength: how much does steering along each vector move behaviour,
+    with what interval, and for how much damage (KL on neutral prompts, the steered replies'
+    perplexity and repetition)? Small grids run whole, larger ones through Optuna; the random
+    direction is measured at the front and the pick; the Pareto front of (shift, KL) and the pick
+    within --kl-budget are printed and plotted."""
     from traitlens.pipeline.model.layers import parse_layers
-    from traitlens.store import Store
+    from traitlens.pipeline.steer.plots import steering_figure
+    from traitlens.pipeline.steer.sweep import evaluator_for, front_line, summary_lines, sweep
+    from traitlens.queries import StoreSQL
+    from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id
 
     try:
         alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
     except ValueError:
-        _fail(f"--alphas {alphas!r}: give a comma list of numbers, e.g. 0.25,0.5", EXIT_INPUT)
+        _fail(f"--alphas {alphas!r}: give a comma list of numbers, e.g. 0.1,0.25", EXIT_INPUT)
     if not alpha_list:
         _fail("--alphas: give at least one strength", EXIT_INPUT)
     neutral = None
@@ -201,90 +336,60 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, method, layers, alph
         neutral = [l.strip() for l in Path(prompts_file).read_text().splitlines() if l.strip()]
         if not neutral:
             _fail(f"--prompts {prompts_file}: no prompts (one a line)", EXIT_INPUT)
+    out_png = Path(_output(ctx, plot or f"evaluate-{file_stem(trait, 'trait')}.png", "--plot"))
     store = Store.open(ctx.obj["store"])
     lm = _load(model)
-    best = _pick_vector(store, trait, lm.key, None, method, None)
+    with StoreSQL(store) as q:
+        stored = [r["method"] for r in q.query("SELECT DISTINCT method FROM metrics WHERE trait = ? AND model_key = ? "
+                                               "AND method <> 'random' ORDER BY 1", [trait, lm.key]).to_pylist()]
+    method_list = stored if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in method_list if m not in stored]
+    if unknown or not method_list:
+        _fail(f"--methods {methods!r}: {trait!r} has no {', '.join(unknown) or 'methods'} vectors on {lm.key}; "
+              f"stored: {', '.join(stored) or 'none'}", EXIT_INPUT)
+    judge = None
+    if judge_model:
+        from traitlens.pipeline.steer.judge import Judge
+
+        same = judge_model == (model or "default") or judge_model == lm.path  # rated outside any steering
+        judge = Judge(lm if same else _load(judge_model), trait, description)
+    evaluator, what = evaluator_for(store, lm, trait, kind, n_texts, norm, neutral, max_new_tokens, judge, reply_tokens)
+    click.echo(what)
+    first = _pick_vector(store, trait, lm.key, None, method_list[0], None)
     layer_list = (parse_layers(layers, lm.n_layers) if layers else
-                  [l for l in range(best["layer"] - 2, best["layer"] + 3) if 0 <= l < lm.n_layers])
-    from traitlens.queries.selection import held_out_texts
+                  [l for l in range(first["layer"] - 2, first["layer"] + 3) if 0 <= l < lm.n_layers])
+    res = sweep(store, trait, evaluator, method_list, layer_list, alpha_list, kl_budget, trials,
+                random_floor=not (no_random or "random" in method_list), log=lambda m: click.echo(m, err=True))
+    run_id = new_run_id("evaluate")
+    stored, samples = res.save(store, run_id)
+    _print_sweep(res, kind, len(evaluator.texts), bool(judge))
+    if evaluator.rejected:
+        click.echo(f"judge: {len(evaluator.rejected)} answers rejected, e.g. {evaluator.rejected[0]}", err=True)
+    click.echo("\n" + front_line(res.rows))
+    with StoreSQL(store) as q:
+        for line in summary_lines(q, trait, kind, res.rows, kl_budget):
+            click.echo(line)
+    click.echo(f"search: {res.search}")
+    steering_figure(res.rows, samples, trait, out_png, kl_budget, kind)
+    click.echo(f"plot: {out_png}")
+    click.echo(f"stored {len(stored)} rows in the steering table and {len(samples)} in steering_samples (run {run_id}); "
+               f"`traitlens rank --trait {trait} --by steering`")
 
-    expression = None
-    if kind == "expression":  # replies to neutral prompts, read on the trait's detection pick
-        import numpy as np
 
-        from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
-        from traitlens.pipeline.steer.expression import Expression
-
-        detect = _pick_vector(store, trait, lm.key, None, None, None)
-        sides = [held_out_texts(store, trait, s, detect["held_split"], n_texts) for s in (1, -1)]
-        if not all(sides):
-            _fail(f"--kind expression calibrates on held-out ({detect['held_split']}) texts of both labels; "
-                  f"{trait!r} lacks one", EXIT_INPUT)
-        unit = np.asarray(detect["vector"], np.float64)
-        expression = Expression(unit / np.linalg.norm(unit), detect["layer"], max_new_tokens,
-                                chat=detect["fmt"] == "chat").calibrate(lm, *sides)
-        texts = neutral or list(NEUTRAL_PROMPTS)
-        click.echo(f"expression: replies of {max_new_tokens} tokens to {len(texts)} neutral prompts, read on "
-                   f"{detect['method']} L{detect['layer']} ({detect['vector_id']}), calibrated on held-out texts")
-    else:
-        want = 1 if kind == "persona" else -1  # trait statements, or harmless requests (refusal kinds)
-        texts = held_out_texts(store, trait, want, best["held_split"], n_texts)
-        if not texts:
-            _fail(f"no held-out ({best['held_split']}) prompts with label {want:+d} for {trait!r}", EXIT_INPUT)
-    run_id, all_rows, all_samples, measured, detection = new_run_id("evaluate"), [], [], {}, {}
-    methods = [method]
-    if not (no_random or method == "random"):
-        from traitlens.queries import StoreSQL
-        from traitlens.queries.selection import chosen_vector
-
-        with StoreSQL(store) as q:
-            have_random = all(chosen_vector(q, trait, None, model_key=lm.key, layer=l, method="random") is not None
-                              for l in layer_list)
-        if have_random:
-            methods.append("random")
-        else:
-            click.echo("note: no random vectors at these layers (extract with --methods ...,random): no floor", err=True)
+def _print_sweep(res, kind: str, n: int, judged: bool) -> None:
+    """One line per measured setting, the trait's rows then the floor's."""
     click.echo(f"{'method':<10} {'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7} "
-               f"{'95% CI':>17} {'wrong way':>9} {'KL nats':>8}   ({kind}, n={len(texts)})")
-    for m in methods:
-        for l in layer_list:
-            vec = _pick_vector(store, trait, lm.key, l, m, None)
-            detection[(m, l)] = vec["cohens_d"]
-            rows = evaluate_vector(lm, vec["vector"], l, alpha_list, kind, texts, norm, neutral, expression=expression)
-            for r in rows:
-                minus = f"{r['minus']:8.3f}" if r["minus"] is not None else f"{'-':>8}"
-                ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-                click.echo(f"{m:<10} {l:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} {minus} "
-                           f"{r['shift']:>7.3f} {ci:>17} {r['wrong_way']:>9.0%} {r['kl']:>8.4f}")
-                measured[(m, l, r["alpha"])] = r
-            agg, per = steering_records(vec, rows, run_id)
-            all_rows, all_samples = all_rows + agg, all_samples + per
-    with store.lock("evaluate"):
-        store.append("steering_samples", all_samples)  # the samples first: a steering row never lacks them
-        store.append("steering", all_rows)
-    mine = [(k, r) for k, r in measured.items() if k[0] == method]
-    front = [mine[i] for i in pareto_front([r["shift"] for _, r in mine], [r["kl"] for _, r in mine])]
-    click.echo("\nPareto front (shift up, KL down): " + ", ".join(
-        f"L{k[1]} a{k[2]:g} ({r['shift']:+.3f}, KL {r['kl']:.4f})" for k, r in front))
-    if len(layer_list) >= 3:  # does the best detector steer best? (AxBench: often not)
-        from scipy.stats import spearmanr
-
-        best_shift = [max(r["shift"] for k, r in mine if k[1] == l) for l in layer_list]
-        rho = spearmanr([detection[(method, l)] for l in layer_list], best_shift).statistic
-        click.echo(f"detection (held-out Cohen's d) against steering (best shift) across {len(layer_list)} layers: "
-                   f"Spearman {rho:+.2f}")
-    within = [(k, r) for k, r in mine if r["kl"] <= kl_budget]
-    if not within:
-        click.echo(f"pick: none: every setting costs more than --kl-budget {kl_budget:g} nats")
-    else:
-        (m, l, a), r = max(within, key=lambda kr: kr[1]["shift"])
-        line = (f"pick (largest shift within KL {kl_budget:g}): {m} L{l} alpha {a:g}: shift {r['shift']:+.3f} "
-                f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], KL {r['kl']:.4f}, wrong way {r['wrong_way']:.0%}")
-        floor = measured.get(("random", l, a))
-        if floor is not None:
-            overlaps = r["ci_low"] <= floor["ci_high"] and floor["ci_low"] <= r["ci_high"]
-            line += (f"; random at the same setting {floor['shift']:+.3f} [{floor['ci_low']:+.3f}, "
-                     f"{floor['ci_high']:+.3f}]" + (" — NOT shown to steer (the intervals overlap)" if overlaps else ""))
-        click.echo(line)
-    click.echo(f"stored {len(all_rows)} rows in the steering table and {len(all_samples)} in steering_samples; "
-               f"`traitlens rank --trait {trait} --by steer_shift`")
+               f"{'95% CI':>17} {'wrong way':>9} {'KL nats':>8} {'ppl':>7} {'dist-2':>6}"
+               + (f" {'judge':>6}" if judged else "") + f"   ({kind}, n={n})")
+    num = lambda x, w, f: f"{'-':>{w}}" if x is None else f"{x:>{w}{f}}"  # noqa: E731
+    for r in sorted(res.rows, key=lambda r: (r["method"] == "random", r["method"], r["layer"], r["alpha"])):
+        ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        click.echo(f"{r['method']:<10} {r['layer']:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} "
+                   f"{num(r['minus'], 8, '.3f')} {r['shift']:>7.3f} {ci:>17} {r['wrong_way']:>9.0%} {r['kl']:>8.4f} "
+                   f"{num(r.get('perplexity'), 7, '.1f')} {num(r.get('distinct2'), 6, '.2f')}"
+                   + (f" {num(r.get('judge'), 6, '.1f')}" if judged else ""))
+    if res.rows and res.rows[0].get("perplexity_unsteered") is not None:
+        u = res.rows[0]
+        click.echo(f"unsteered replies: perplexity {u['perplexity_unsteered']:.1f}, distinct-2 "
+                   f"{u['distinct2_unsteered']:.2f}" + (f", judge {u['judge_unsteered']:.1f}"
+                                                        if judged and u.get("judge_unsteered") is not None else ""))

@@ -67,36 +67,109 @@ def _vector_rows(store, trait=None, method=None):
     return rows
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--trait", default=None)
 @click.option("--method", default=None)
 @click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def vectors(ctx, trait, method, fmt_):
-    """List stored vectors with their held-out metrics."""
+    """List stored vectors with their held-out metrics (and logit-lens tokens once `vectors lens`
+    has read them); `vectors combine` makes new ones from others."""
+    if ctx.invoked_subcommand is not None:
+        return
     from traitlens.store import Store
 
-    rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)
+    store = Store.open(ctx.obj["store"])
+    rows = _vector_rows(store, trait, method)
+    from traitlens.queries.ranking import lens_summary
+
+    lens = lens_summary(store)
     cols = ["vector_id", "trait", "model_key", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy",
-            "cohens_d", "stability", "n_pos", "n_neg", "floor_length", "floor_dataset"]
+            "cohens_d", "stability", "n_pos", "n_neg", "floor_length", "floor_dataset", "params"]
     if fmt_ == "json":
-        click.echo(json.dumps([{c: r[c] for c in cols} for r in rows], indent=1, default=str))
+        click.echo(json.dumps([{**{c: r[c] for c in cols}, "lens": lens.get(r["vector_id"])} for r in rows], indent=1,
+                              default=str))
         return
     if not rows:
         click.echo("no vectors stored (run `traitlens extract --trait T`)")
         return
-    def floor(v):  # vectors stored before 0.2.0 have no nuisance floors
-        return f"{v:>6.3f}" if v is not None else f"{'-':>6}"
+    def num(v, w=6, f=".3f"):  # vectors stored before 0.2.0 have no nuisance floors; combined ones no stability
+        return f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"
 
     click.echo(f"{'vector_id':<16} {'trait':<16} {'layer':>5} {'method':<9} {'AUROC':>6} {'bal.acc':>7} {'d':>6} "
-               f"{'stab':>5} {'f.len':>6} {'f.data':>6}  group")
+               f"{'stab':>5} {'f.len':>6} {'f.data':>6}  group" + ("  promotes | suppresses" if lens else ""))
     for r in sorted(rows, key=lambda r: (r["trait"], r["model_key"], r["layer"], r["method"])):
         click.echo(f"{r['vector_id']:<16} {r['trait'][:16]:<16} {r['layer']:>5} {r['method']:<9} {r['auroc']:>6.3f} "
-                   f"{r['balanced_accuracy']:>7.3f} {r['cohens_d']:>6.2f} {r['stability']:>5.2f} "
-                   f"{floor(r['floor_length'])} {floor(r['floor_dataset'])}  "
-                   f"{r['model_key']}/{r['fmt']}/{r['site']}/{r['pooling']}")
+                   f"{r['balanced_accuracy']:>7.3f} {r['cohens_d']:>6.2f} {num(r['stability'], 5, '.2f')} "
+                   f"{num(r['floor_length'])} {num(r['floor_dataset'])}  "
+                   f"{r['model_key']}/{r['fmt']}/{r['site']}/{r['pooling']}"
+                   + (f"  {lens[r['vector_id']]}" if r["vector_id"] in lens else ""))
     click.echo("f.len / f.data: held-out AUROC of token count / source dataset alone (fitted on train): the floors "
                "a vector must clear")
+
+
+@vectors.command("combine")
+@click.argument("formula")
+@click.option("--layer", type=click.IntRange(min=0), required=True, help="The layer of every vector in the formula.")
+@click.option("--name", required=True, help="The new vector's method name (how rank, evaluate and export call it).")
+@click.option("--orthogonal-to", multiple=True, help="Remove the part along this vector (trait or id); repeatable.")
+@click.option("--score-trait", default=None, help="The trait whose held-out rows score it [default: the first term's].")
+@click.option("--model", default=None, help="Model key when vectors of several models exist.")
+@click.pass_context
+def combine(ctx, formula, layer, name, orthogonal_to, score_trait, model):
+    """Store a vector made from others: FORMULA like "agreeableness - 0.5*neuroticism" (trait names
+    or vector ids; terms separated by ' + ' or ' - ' with spaces), unit parents, with provenance."""
+    from traitlens.pipeline.extract.combine import combine as run_combine
+
+    rec = run_combine(ctx.obj["store"], formula, layer, name, list(orthogonal_to), score_trait, model)
+    params = json.loads(rec["params"])
+    click.echo(f"stored {rec['vector_id']}: {rec['trait']} {name} L{layer} = {formula}"
+               + (f", orthogonal to {', '.join(orthogonal_to)}" if orthogonal_to else ""))
+    click.echo(f"parents: {', '.join(params['parents'])}; cosines {rec['cosines']}")
+    click.echo(f"held-out ({rec['held_split']}) on {rec['trait']}: AUROC {rec['auroc']:.3f}, Cohen's d "
+               f"{rec['cohens_d']:.2f}; `traitlens rank --trait {rec['trait']}` lists it as method {name}")
+
+
+@vectors.command("lens")
+@click.option("--trait", required=True)
+@click.option("--method", default=None, help="[default: every method]")
+@click.option("--layers", default="all", show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--model", default=None, help="[default: SmolLM2-135M-Instruct]; must be the vectors' model")
+@click.pass_context
+def lens(ctx, trait, method, layers, top, model):
+    """Read each of a trait's current vectors through the model's final norm and unembedding: the
+    tokens it promotes and suppresses (stored in the `lens` table; `vectors` and `rank` show them)."""
+    from traitlens.pipeline.model.layers import parse_layers
+    from traitlens.pipeline.model.loading import load_model
+    from traitlens.pipeline.steer.lens import lens_records
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.selection import latest_cells_sql
+    from traitlens.store import Store
+    from traitlens.store.store import new_run_id
+
+    store = Store.open(ctx.obj["store"])
+    lm = load_model(model, log=lambda m: click.echo(m, err=True))
+    with StoreSQL(store) as q:
+        cells = q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) WHERE "
+                        "m.model_key = ? AND m.method <> 'random' ORDER BY m.layer, m.method", [trait, lm.key]).to_pylist()
+    if method:
+        cells = [c for c in cells if c["method"] == method]
+    if layers != "all":
+        keep = set(parse_layers(layers, lm.n_layers))
+        cells = [c for c in cells if c["layer"] in keep]
+    if not cells:
+        _fail(f"no vectors of {trait!r} on {lm.key}" + (f" by {method}" if method else "") + "; run `traitlens "
+              f"extract --trait {trait}` with this model", EXIT_INPUT)
+    run_id, rows = new_run_id("lens"), []
+    for c in cells:
+        recs = lens_records(lm, c, top, run_id)
+        rows += recs
+        show = lambda d: " ".join(repr(r["token"]) for r in recs if r["direction"] == d)  # noqa: E731
+        click.echo(f"{c['method']:<10} L{c['layer']:<3} promotes {show('promotes')}\n{'':<15}suppresses {show('suppresses')}")
+    with store.lock("vectors lens"):
+        store.append("lens", rows)
+    click.echo(f"stored {len(rows)} rows in the lens table (run {run_id})")
 
 
 @cli.command()
@@ -104,14 +177,18 @@ def vectors(ctx, trait, method, fmt_):
 @click.option("--method", default="mean_diff", show_default=True)
 @click.option("--layers", default="all", show_default=True)
 @click.option("--model", default=None, help="Model key (or prefix) when vectors of several models exist.")
-@click.option("--format", "fmt_", type=click.Choice(["safetensors", "gguf"]), default="safetensors", show_default=True)
+@click.option("--format", "fmt_", type=click.Choice(["safetensors", "gguf", "easysteer"]), default="safetensors",
+              show_default=True, help="gguf: llama.cpp / repeng control vector (no layer 0); easysteer: EasySteer's "
+              "layer-keyed GGUF (every layer).")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the unit vectors by this.")
 @click.option("--model-hint", default="llama", show_default=True, help="GGUF controlvector.model_hint.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
 @click.pass_context
 def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
-    """Write one trait's vectors (one per layer) to safetensors or a llama.cpp GGUF control vector."""
-    from traitlens.pipeline.extract.export import latest_per_layer, to_gguf, to_safetensors
+    """Write one trait's vectors (one per layer) to safetensors or a GGUF control vector (llama.cpp,
+    repeng, EasySteer), with the vector card: model, layer convention, site, pooling, method,
+    fingerprints, held-out and steering metrics, code version."""
+    from traitlens.pipeline.extract.export import latest_per_layer, to_gguf, to_safetensors, vector_card
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.store import Store
 
@@ -130,12 +207,31 @@ def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
     from traitlens.store import file_stem
 
     out = Path(_output(ctx, output or f"{file_stem(trait, 'trait')}-{file_stem(method, 'method')}."
-                       f"{'gguf' if fmt_ == 'gguf' else 'safetensors'}", "-o"))
-    if fmt_ == "gguf":
-        to_gguf(rows, out, model_hint, scale)
+                       f"{'safetensors' if fmt_ == 'safetensors' else 'gguf'}", "-o"))
+    card = vector_card(rows, scale, _steering_picks(ctx.obj["store"], trait, {r["vector_id"] for r in rows}))
+    if fmt_ == "safetensors":
+        to_safetensors(rows, out, scale, card)
     else:
-        to_safetensors(rows, out, scale)
-    click.echo(f"wrote {out} ({len(rows)} layers, {method}, scale {scale})")
+        to_gguf(rows, out, model_hint, scale, card, easysteer=fmt_ == "easysteer")
+    evaluated = sum("steering" in v for v in card["layers"].values())
+    click.echo(f"wrote {out} ({len(rows)} layers, {method}, scale {scale}); card: model {card['model_key']}, "
+               f"{card['site']}/{card['pooling']}, held-out metrics" + (f", steering picks of {evaluated} layers"
+                                                                         if evaluated else ""))
+
+
+def _steering_picks(store_path, trait: str, vector_ids: set[str]) -> dict[str, dict]:
+    """``{vector_id: its steering pick}`` (largest shift within the KL budget) for evaluated vectors."""
+    from traitlens.pipeline.steer.sweep import pick
+    from traitlens.queries import StoreSQL
+
+    with StoreSQL(store_path) as q:
+        rows = q.query("SELECT * FROM steering WHERE trait = ? AND kind <> 'refusal_first_token'", [trait]).to_pylist()
+    out = {}
+    for vid in vector_ids:
+        p = pick([r for r in rows if r["vector_id"] == vid])
+        if p is not None:
+            out[vid] = p
+    return out
 
 
 @cli.command()

@@ -3,8 +3,9 @@
 Write the demo corpus and a workflow spec beside it, then run the project's own demo workflow
 on SmolLM2-135M-Instruct: ingest (all 30 layers, last and mean pooling), extract every method
 at every layer for each demo trait, rank, write the report (Markdown + heatmaps); verify the
-store; export one vector; monitor one prompt token by token (PNG) and steer one prompt; add
-both to the report and print where everything is.
+store; export one vector; monitor one prompt token by token (PNG) and steer one prompt; sweep
+the sentiment vector's steering effect against its damage (the Pareto plot); add them to the
+report and print where everything is.
 """
 
 from __future__ import annotations
@@ -85,6 +86,31 @@ def _monitor_and_steer(lm, vec: dict, folder: Path) -> list[str]:
             f"- unsteered: {plain!r}", f"- steered: {pushed!r}", ""]
 
 
+def _steering_sweep(lm, store: Store, folder: Path) -> list[str]:
+    """A small steering sweep of the sentiment trait with the generic ``expression`` measure
+    (replies to 12 neutral prompts, read on the trait's detection vector): the Pareto plot of
+    shift against KL, effect against alpha, steerability. ``traitlens evaluate --steering``
+    runs the full one."""
+    from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
+    from traitlens.pipeline.steer.plots import steering_figure
+    from traitlens.pipeline.steer.sweep import describe, evaluator_for, front_line, pick_line, sweep
+    from traitlens.queries.selection import KL_BUDGET
+    from traitlens.store.store import new_run_id
+
+    ev, what = evaluator_for(store, lm, "sentiment", "expression", neutral=list(NEUTRAL_PROMPTS[:12]),
+                             max_new_tokens=16)
+    layers, alphas = [14, 16], [0.1, 0.2, 0.35]
+    print(f"\nsteering sweep (sentiment, mean_diff, layers {layers}, alphas {alphas}): {what}")
+    res = sweep(store, "sentiment", ev, ["mean_diff"], layers, alphas, KL_BUDGET)
+    _, samples = res.save(store, new_run_id("demo-evaluate"))
+    png = steering_figure(res.rows, samples, "sentiment", folder / "sentiment-steering.png", KL_BUDGET, "expression")
+    lines = ["## Steering sweep (sentiment, expression measure)", "", what + ".", ""]
+    lines += [f"- {describe(r)}" for r in sorted(res.rows, key=lambda r: (r["method"], r["layer"], r["alpha"]))]
+    lines += [f"- {front_line(res.rows)}", f"- {pick_line(res.rows, KL_BUDGET, 'expression')}"]
+    print("\n".join(lines[4:]) + f"\n  plot: {png}")
+    return lines + ["", f"![sentiment: shift against KL, against alpha, steerability]({png.name})", ""]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="demo-out", help="folder for the corpus, spec, store and report")
@@ -109,8 +135,6 @@ def main(argv=None) -> None:
     for line in summary.lines():
         print(f"  {line}")
     store = Store.open(spec.store)
-    rep = verify(store)
-    print(f"verify: {'clean' if rep.clean else 'NOT clean: ' + '; '.join(rep.errors + rep.tails)}")
 
     print("\nbest vectors per trait (held-out AUROC; `traitlens rank --trait T`):")
     with StoreSQL(store) as q:
@@ -127,7 +151,10 @@ def main(argv=None) -> None:
 
     report = Path(summary.report) if summary.report else out / "report" / "report.md"
     extra = _monitor_and_steer(lm, _best_harmful_vector(store), report.parent)
+    extra += _steering_sweep(lm, store, report.parent)
     report.write_text(report.read_text() + "\n" + "\n".join(extra))
+    rep = verify(store)  # after every write of the demo
+    print(f"verify: {'clean' if rep.clean else 'NOT clean: ' + '; '.join(rep.errors + rep.tails)}")
     print(f"\nreport: {report.resolve()}")
     print(f"store:  {Path(spec.store).resolve()}  ({time.perf_counter() - t0:.0f} s in all)")
     print(f"try:    .venv/bin/traitlens --store {spec.store} rank --trait harmful")

@@ -32,6 +32,8 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
     from traitlens.pipeline.extract.audit import wrong_side
     from traitlens.pipeline.extract.floors import floor_flag
 
+    from traitlens.queries.ranking import lens_summary
+
     with StoreSQL(store) as q:
         for trait in summary.computed:
             best, floor = rank(q, trait, "auroc", top)
@@ -54,6 +56,9 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
                           + "."]
             flagged = [(r, why) for r in rows if (why := floor_flag(r, random_auroc))]
             lines += [f"**Flag**: {r['method']} at layer {r['layer']}: {why}." for r, why in flagged]
+            said = lens_summary(store).get(rows[0]["vector_id"]) if rows else None
+            if said:  # `traitlens vectors lens` has read the pick through the unembedding
+                lines += ["", f"Logit lens of the pick (promotes | suppresses): {said}"]
             if rows:  # the label audit against the pick (`traitlens audit` lists more)
                 _, wrong = wrong_side(store, trait, rows[0]["vector_id"], top=1000)
                 lines += ["", f"Label audit: {len(wrong)} train prompts sit on the wrong side of the pick's threshold"
@@ -64,11 +69,35 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
                 png = path.parent / f"{file_stem(trait, 'trait')}-auroc.png"  # trait names come from corpora
                 heatmap(q, trait, "auroc", rows[0], png)
                 lines += ["", f"![{trait}: held-out AUROC by layer and method]({png.name})"]
+            lines += _steering_section(q, trait, path.parent, rep.get("plots", True),
+                                       spec.evaluate.get("kind"), spec.evaluate.get("kl_budget"))
             lines.append("")
         for trait in (summary.scored if spec.score else {}):
             lines += _scores_section(q, trait, path.parent, rep.get("plots", True))
     path.write_text("\n".join(lines))
     return path
+
+
+def _steering_section(q: StoreSQL, trait: str, folder: Path, plots: bool, kind: str | None,
+                      kl_budget: float | None) -> list[str]:
+    """The steering evaluation of one trait (``[evaluate]``, or `traitlens evaluate --steering`):
+    the detection and steering picks, the Pareto front, and the three-panel figure."""
+    from traitlens.pipeline.steer.plots import steering_figure
+    from traitlens.pipeline.steer.sweep import front_line, stored_rows, summary_lines
+    from traitlens.queries.selection import KL_BUDGET
+
+    budget = KL_BUDGET if kl_budget is None else kl_budget
+    kind, rows, samples = stored_rows(q, trait, kind, samples=plots)
+    if not rows:
+        return []
+    lines = ["", f"### Steering ({kind}, {len(rows)} settings measured)", ""]
+    lines += [f"- {line}" for line in summary_lines(q, trait, kind, rows, budget)]
+    lines.append(f"- {front_line(rows)}")
+    if plots:
+        png = steering_figure(rows, samples, trait, folder / f"{file_stem(trait, 'trait')}-steering.png", budget, kind)
+        lines += ["", f"![{trait}: steering effect against damage, against alpha, and per-sample steerability]"
+                      f"({png.name})"]
+    return lines
 
 
 def _scores_section(q: StoreSQL, trait: str, folder: Path, plots: bool) -> list[str]:

@@ -29,6 +29,7 @@ class RunSummary:
     vectors_unchanged: int = 0
     computed: dict[str, list[int]] = field(default_factory=dict)  # trait -> layers recomputed
     scored: dict[str, int] = field(default_factory=dict)  # trait -> prompts scored ([score] section)
+    evaluated: dict[str, int] = field(default_factory=dict)  # trait -> steering settings measured ([evaluate])
     report: Path | None = None
     seconds: float = 0.0
 
@@ -41,6 +42,7 @@ class RunSummary:
                f"vectors: {self.vectors_new} new, {self.vectors_unchanged} unchanged"]
         out += [f"  {t}: recomputed layers {format_layers(ls)}" for t, ls in self.computed.items() if ls]
         out += [f"  {t}: scored {n} prompts" for t, n in self.scored.items() if n]
+        out += [f"  {t}: evaluated {n} steering settings" for t, n in self.evaluated.items() if n]
         out.append(f"report: {self.report}" if self.report else "report: unchanged (nothing new)")
         return out
 
@@ -120,7 +122,7 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
             run.start()
             if spec.evaluate.get("steering"):
                 lm = lm or _load_model(spec, cfg, log)
-                _evaluate(spec, store, lm, summary)
+                _evaluate(spec, store, lm, summary, log)
             from .report import write_report
 
             summary.report = write_report(spec, store, model_key, summary)
@@ -139,27 +141,40 @@ def _load_model(spec: Spec, cfg, log):
     return load_model(spec.model, cfg.device, cfg.dtype, log=log)
 
 
-def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary) -> None:
-    """Causal check of each trait's best mean-difference vector (see `traitlens evaluate`)."""
-    from traitlens.pipeline.steer.evaluate import evaluate_vector, steering_records
+def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> None:
+    """The ``[evaluate]`` section: each trait's steering sweep (``traitlens evaluate --steering``:
+    method x layer x alpha, random floor at the front and pick). Vectors already evaluated with
+    this measure are not measured again, so a refresh evaluates only what changed; the report
+    reads every stored row."""
+    from traitlens.pipeline.model.layers import parse_layers
+    from traitlens.pipeline.steer.sweep import REPLY_TOKENS, around, evaluator_for, sweep
     from traitlens.queries import StoreSQL
-    from traitlens.queries.selection import best_vector, held_out_texts
+    from traitlens.queries.selection import KL_BUDGET, best_vector
 
     ev = spec.evaluate
-    kind, alphas, n = ev.get("kind", "persona"), ev.get("alphas", [0.25, 0.5]), ev.get("n", 40)
-    rows, samples = [], []
+    kind, alphas = ev.get("kind", "persona"), ev.get("alphas", [0.05, 0.1, 0.25, 0.5])
     for trait in summary.computed:
         with StoreSQL(store) as q:
-            vec = best_vector(q, trait, model_key=lm.key, method="mean_diff")
-        if vec is None:
+            pick = best_vector(q, trait, model_key=lm.key)
+            stored = {r["method"] for r in q.query("SELECT DISTINCT method FROM metrics WHERE trait = ? AND model_key = ? "
+                                                    "AND method <> 'random'", [trait, lm.key]).to_pylist()}
+            done = {r["vector_id"] for r in q.query("SELECT DISTINCT vector_id FROM steering WHERE trait = ? AND kind = ?",
+                                                     [trait, kind]).to_pylist()}
+        if pick is None:
             continue
-        texts = held_out_texts(store, trait, 1 if kind == "persona" else -1, vec["held_split"], n)
-        if texts:
-            measured = evaluate_vector(lm, vec["vector"], vec["layer"], alphas, kind, texts, ev.get("norm", "typical"))
-            agg, per = steering_records(vec, measured, summary.run_id)
-            rows, samples = rows + agg, samples + per
-    store.append("steering_samples", samples)  # the samples first: a steering row never lacks them
-    store.append("steering", rows)
+        wanted = ev.get("methods", ["mean_diff"])
+        methods = sorted(stored) if wanted == "all" else [m for m in ([wanted] if isinstance(wanted, str) else wanted)
+                                                           if m in stored]
+        layers = parse_layers(ev["layers"], lm.n_layers) if "layers" in ev else around(pick["layer"], lm.n_layers)
+        evaluator, what = evaluator_for(store, lm, trait, kind, ev.get("n", 40), ev.get("norm", "typical"),
+                                        max_new_tokens=ev.get("max_new_tokens", 32),
+                                        reply_tokens=ev.get("reply_tokens", REPLY_TOKENS))
+        res = sweep(store, trait, evaluator, methods, layers, alphas, ev.get("kl_budget", KL_BUDGET), ev.get("trials"),
+                    skip=done, log=log)
+        if res.rows:
+            n_rows = len(res.save(store, summary.run_id, lock=False)[0])  # the run holds the store's lock
+            summary.evaluated[trait] = n_rows
+            log(f"evaluate {trait}: {what}; {n_rows} settings measured ({res.search})")
 
 
 def parse_every(text: str) -> float:

@@ -58,7 +58,9 @@ SCHEMA: dict[str, dict] = {
                 "dtype": str},
     "extract": {"traits": (str, list), "methods": (str, list), "layers": (str, int, list), "n_boot": int,
                 "seed": int, "memory": (str, int), "site": str, "pooling": str, "params": dict},
-    "evaluate": {"steering": bool, "kind": str, "alphas": list, "n": int, "norm": str},
+    "evaluate": {"steering": bool, "kind": str, "alphas": list, "n": int, "norm": str, "methods": (str, list),
+                 "layers": (str, int, list), "kl_budget": (int, float), "trials": int, "reply_tokens": int,
+                 "max_new_tokens": int},
     "score": {"traits": (str, list), "where": str},
     "report": {"path": str, "top": int, "plots": bool},
 }
@@ -203,8 +205,8 @@ def load_spec(path: str | Path, check_values: bool = True) -> Spec:
     for key, allowed in (("on_long", ("truncate", "fail")), ("padding_side", ("left", "right"))):
         if data.get("capture", {}).get(key) not in (None, *allowed):
             raise SpecError(f"{path}: capture.{key} must be one of {allowed}")
-    if data.get("evaluate", {}).get("kind") not in (None, "persona", "refusal", "refusal_first_token"):
-        raise SpecError(f"{path}: evaluate.kind must be persona, refusal or refusal_first_token")
+    if data.get("evaluate", {}).get("kind") not in (None, "persona", "refusal", "refusal_first_token", "expression"):
+        raise SpecError(f"{path}: evaluate.kind must be persona, refusal, refusal_first_token or expression")
     if data.get("evaluate", {}).get("norm") not in (None, "typical", "all"):
         raise SpecError(f"{path}: evaluate.norm must be typical or all (alpha's unit; see `traitlens steer --help`)")
     store = store_path(data["store"])  # a folder (relative to the spec) or an fsspec URL
@@ -261,7 +263,19 @@ def _check_values(spec: Spec) -> None:
     alphas = ev.get("alphas", [])
     if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
         raise SpecError(f"{path}: evaluate.alphas must be a list of numbers, got {short_repr(alphas)}")
-    for section, key in (("evaluate", "n"), ("report", "top")):
+    if ev.get("kl_budget", 0) < 0:
+        raise SpecError(f"{path}: evaluate.kl_budget must be 0 or more nats, got {ev['kl_budget']}")
+    if ev.get("reply_tokens", 0) < 0:
+        raise SpecError(f"{path}: evaluate.reply_tokens must be 0 (skip) or more, got {ev['reply_tokens']}")
+    if "layers" in ev:
+        try:
+            parse_layers(ev["layers"], 100_000)
+        except SiteError as e:
+            raise SpecError(f"{path}: evaluate.layers: {e}") from None
+    methods = ev.get("methods")
+    if isinstance(methods, list) and not all(isinstance(m, str) and m for m in methods):
+        raise SpecError(f"{path}: evaluate.methods must be \"all\" or a list of method names, got {short_repr(methods)}")
+    for section, key in (("evaluate", "n"), ("evaluate", "trials"), ("evaluate", "max_new_tokens"), ("report", "top")):
         v = getattr(spec, section).get(key)
         if v is not None and v < 1:
             raise SpecError(f"{path}: {section}.{key} must be at least 1, got {v}")

@@ -1,10 +1,18 @@
-"""Export stored vectors: safetensors (never pickle) and GGUF control vectors for llama.cpp.
+"""Export stored vectors: safetensors (never pickle) and GGUF control vectors for llama.cpp,
+repeng and EasySteer, each carrying its vector card.
 
-Both files hold one direction per layer, keyed like repeng writes them: ``direction.{layer}``
-where ``layer`` is the 0-based index of the block whose output the vector lives on. llama.cpp
-applies ``direction.N`` to block N's output and cannot steer block 0, so GGUF export skips
-layer 0. Vectors are unit norm; ``scale`` multiplies them (llama.cpp's
-``--control-vector-scaled FILE S`` scales again at load time).
+Every file holds one direction per layer, keyed like repeng writes them: ``direction.{layer}``
+where ``layer`` is the 0-based index of the block whose output the vector lives on
+(:data:`LAYER_CONVENTION`). llama.cpp applies ``direction.N`` to block N's output and cannot
+steer block 0, so the llama.cpp GGUF skips layer 0; EasySteer's layer-keyed GGUF keeps every
+layer and names the method (``controlvector.method``). Vectors are unit norm; ``scale``
+multiplies them (llama.cpp's ``--control-vector-scaled FILE S`` scales again at load time).
+
+The card (:func:`vector_card`, JSON under the ``traitlens.card`` metadata key of safetensors
+and key-value of GGUF) says what the file is: model key, layer convention, site, pooling,
+method, trait, per layer the vector id, the rows' fingerprint, the held-out metrics and, once
+evaluated, the steering pick's metrics, and the code version. :func:`read_card` reads it back;
+loading an export for another model is refused (:func:`check_card`).
 """
 
 from __future__ import annotations
@@ -32,26 +40,67 @@ def _by_layer(records: list[dict]) -> dict[int, np.ndarray]:
     return dict(sorted(out.items()))
 
 
-def to_safetensors(records: list[dict], path: Path, scale: float = 1.0) -> Path:
+LAYER_CONVENTION = ("direction.N is added to the output of decoder block N (0-based): Hugging Face "
+                    "hidden_states[N + 1], TransformerLens blocks.N.hook_resid_post, repeng and steering-vectors layer N")
+CARD_KEY = "traitlens.card"
+HELD_OUT = ("auroc", "balanced_accuracy", "cohens_d", "stability", "threshold", "held_split", "n_held_pos", "n_held_neg")
+STEERING = ("kind", "alpha", "shift", "ci_low", "ci_high", "kl", "norm")
+
+
+def vector_card(records: list[dict], scale: float = 1.0, steering: dict[str, dict] | None = None) -> dict:
+    """What an export holds, for whoever loads it. ``steering``: ``{vector_id: its steering pick
+    row}`` (the largest shift within the KL budget) where a vector was evaluated."""
+    from traitlens.store.store import code_version
+
+    head = records[0]
+    layers = {}
+    for r in records:
+        entry = {"vector_id": r["vector_id"], "fingerprint": r.get("fingerprint"),
+                 **{k: r.get(k) for k in HELD_OUT}}
+        s = (steering or {}).get(r["vector_id"])
+        if s is not None:
+            entry["steering"] = {k: s.get(k) for k in STEERING if k in s}
+        layers[str(r["layer"])] = entry
+    return {"format": "traitlens vector card 1", "model_key": head["model_key"], "fmt": head["fmt"],
+            "site": head["site"], "pooling": head["pooling"], "trait": head["trait"], "method": head["method"],
+            "layer_convention": LAYER_CONVENTION, "scale": scale, "unit_norm": True, "layers": layers,
+            "code_version": code_version()}
+
+
+def check_card(card: dict | None, model_key: str, where) -> None:
+    """Refuse an export made for another model (ValueError naming both)."""
+    if card is not None and card.get("model_key") != model_key:
+        raise ValueError(f"{where} holds vectors of model {card.get('model_key')}, not of {model_key}: a direction of "
+                         "one model means nothing in another's activations; export from a store of this model")
+
+
+def to_safetensors(records: list[dict], path: Path, scale: float = 1.0, card: dict | None = None) -> Path:
     from safetensors.numpy import save_file
 
     vecs = _by_layer(records)
     meta = {k: str(records[0][k]) for k in ("model_key", "fmt", "site", "pooling", "trait", "method")}
     meta["vector_ids"] = json.dumps({str(r["layer"]): r["vector_id"] for r in records})
     meta["scale"] = str(scale)
+    meta[CARD_KEY] = json.dumps(card or vector_card(records, scale), default=str)
     save_file({f"direction.{l}": v * scale for l, v in vecs.items()}, str(path), metadata=meta)
     return path
 
 
-def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: float = 1.0) -> Path:
+def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: float = 1.0, card: dict | None = None,
+            easysteer: bool = False) -> Path:
+    """A control-vector GGUF: llama.cpp's and repeng's (layer 0 left out: llama.cpp cannot steer
+    it), or with ``easysteer`` EasySteer's layer-keyed one (every layer, ``controlvector.method``)."""
     import gguf
 
-    vecs = {l: v for l, v in _by_layer(records).items() if l > 0}
+    vecs = {l: v for l, v in _by_layer(records).items() if easysteer or l > 0}
     if not vecs:
         raise ValueError("llama.cpp cannot steer layer 0; export at least one layer >= 1")
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", model_hint)
     writer.add_uint32("controlvector.layer_count", len(vecs))
+    if easysteer:
+        writer.add_string("controlvector.method", str(records[0]["method"]))
+    writer.add_string(CARD_KEY, json.dumps(card or vector_card(records, scale), default=str))
     for layer, v in vecs.items():
         writer.add_tensor(f"direction.{layer}", (v * scale).astype(np.float32))
     writer.write_header_to_file()
@@ -59,3 +108,18 @@ def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: f
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def read_card(path) -> dict | None:
+    """The vector card of an export (None for a file written before cards, or by another tool)."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        import gguf
+
+        field = gguf.GGUFReader(str(path)).get_field(CARD_KEY)
+        return json.loads(bytes(field.parts[-1]).decode()) if field is not None else None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "numpy") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta[CARD_KEY]) if CARD_KEY in meta else None

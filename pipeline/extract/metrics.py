@@ -35,6 +35,26 @@ def best_threshold(p: np.ndarray, pos: np.ndarray) -> float:
     return float((ps[i] + ps[i + 1]) / 2) if i + 1 < len(ps) else float(ps[i])
 
 
+def best_f1_threshold(p: np.ndarray, pos: np.ndarray) -> tuple[float, float, float, float]:
+    """(threshold, F1, precision, recall) of the cut ``p > threshold`` with the best F1 for the
+    positives: the threshold sits halfway between the cut's two neighbouring projections."""
+    order = np.argsort(p)
+    ps, ys = p[order], pos[order]
+    n_pos = int(ys.sum())
+    tp = n_pos - np.cumsum(ys)  # positives strictly above cut i (between ps[i] and ps[i + 1])
+    predicted = len(ps) - np.arange(1, len(ps) + 1)
+    f1 = np.where(predicted + n_pos > 0, 2 * tp / np.maximum(predicted + n_pos, 1), 0.0)
+    f1 = np.concatenate([[2 * n_pos / (len(ps) + n_pos)], f1[:-1]])  # cut -1: everything predicted positive
+    i = int(np.argmax(f1))  # i = 0: below the lowest; else between ps[i - 1] and ps[i]
+    thr = float(ps[0] - 1e-9) if i == 0 else float((ps[i - 1] + ps[i]) / 2)
+    pred = p > thr
+    tp_i = int((pred & pos).sum())
+    precision = tp_i / max(int(pred.sum()), 1)
+    recall = tp_i / max(n_pos, 1)
+    actual = 2 * tp_i / max(int(pred.sum()) + n_pos, 1)  # (equal projections fall on one side together)
+    return thr, float(actual), float(precision), float(recall)
+
+
 def balanced_accuracy(p: np.ndarray, pos: np.ndarray, threshold: float) -> float:
     pred = p > threshold
     tpr = (pred & pos).sum() / max(pos.sum(), 1)

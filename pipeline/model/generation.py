@@ -1,9 +1,11 @@
-"""Greedy continuations of a batch of prompts, each cut after its first end-of-sequence token."""
+"""Greedy continuations of a batch of prompts, each cut after its first end-of-sequence token;
+and greedy replies to plain-text prompts (what steering evaluations generate and read)."""
 
 from __future__ import annotations
 
 import torch
 
+from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
 from traitlens.pipeline.model.loading import LoadedModel
 
@@ -35,3 +37,14 @@ def greedy_batch(lm: LoadedModel, seqs: list[list[int]], max_new_tokens: int,
         cut = next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row))
         replies.append(row[:cut])
     return replies
+
+
+def greedy_replies(lm: LoadedModel, prompts: list[str], max_new_tokens: int, chat: bool = True,
+                   batch_size: int = 8) -> list[list[int]]:
+    """Each prompt's greedy reply (the prompt rendered in the chat template when ``chat``), as
+    token ids without its end-of-sequence token, at most ``max_new_tokens``; batched, left-padded."""
+    seqs = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
+    eos, out = eos_token_ids(lm), []
+    for b in range(0, len(seqs), batch_size):
+        out += [[t for t in r if t not in eos] for r in greedy_batch(lm, seqs[b:b + batch_size], max_new_tokens, eos)]
+    return out

@@ -1,21 +1,28 @@
-"""What a steering push costs: KL divergence of the next-token distribution on neutral prompts.
+"""What a steering push costs, measured on neutral prompts.
 
-The measure abliteration tools minimise: for each neutral prompt, the mean over its positions of
-``KL(P_unsteered || P_steered)`` (nats), the unsteered forward computed once per batch and
-reused for every alpha. At ``alpha = 0`` the steered forward is the unsteered one, so the KL is
-exactly 0. The prompts are open-ended questions written for this project (:data:`NEUTRAL_PROMPTS`),
-or the user's own.
+- :func:`next_token_kl`: the measure abliteration tools minimise. For each neutral prompt, the
+  mean over its positions of ``KL(P_unsteered || P_steered)`` (nats), the unsteered forward
+  computed once per batch and reused for every alpha. At ``alpha = 0`` the steered forward is
+  the unsteered one, so the KL is exactly 0.
+- :func:`reply_perplexity`: how surprising the steered model's reply is to the *unsteered*
+  model (derailed text is improbable text);
+- :func:`distinct_n`: the share of a reply's token n-grams that are distinct (repetition loops
+  score low), so derailment shows without reading the replies.
+The prompts are open-ended questions written for this project (:data:`NEUTRAL_PROMPTS`), or the
+user's own.
 
-Shapes: logits ``[B, T, vocab]``; the result is ``[n_prompts]`` per alpha.
+Shapes: logits ``[B, T, vocab]``; each result is ``[n_prompts]`` (per alpha for the KL).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 from traitlens.pipeline.model.encode import render_ids
-from traitlens.pipeline.model.hooks import left_padded
+from traitlens.pipeline.model.hooks import left_padded, pad_batch, pad_token_id
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import steering
 
@@ -74,3 +81,32 @@ def next_token_kl(lm: LoadedModel, vector, layer: int, alphas: list[float], scal
             kl = (p * (base - steered)).sum(-1).clamp_min(0.0)  # [B, T]; tiny negatives are rounding
             out[float(a)][b:b + len(ids)] = ((kl * m).sum(1) / m.sum(1)).cpu().numpy()
     return out
+
+
+@torch.inference_mode()
+def reply_perplexity(lm: LoadedModel, prompts: list[str], replies: list[list[int]], chat: bool = True,
+                     batch_size: int = 8) -> np.ndarray:
+    """Perplexity of each reply (token ids) given its prompt under ``lm`` as it is now (call it
+    unsteered): ``exp`` of the reply tokens' mean negative log-likelihood, ``[n]``; NaN for an
+    empty reply."""
+    heads = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
+    out = np.full(len(prompts), math.nan)
+    for b in range(0, len(prompts), batch_size):
+        idx = [i for i in range(b, min(b + batch_size, len(prompts))) if replies[i]]
+        if not idx:
+            continue
+        ids, mask = pad_batch([heads[i] + list(replies[i]) for i in idx], pad_token_id(lm.tokenizer), "right", lm.device)
+        lp = torch.log_softmax(lm.model(input_ids=ids, attention_mask=mask.long()).logits.float(), dim=-1)
+        for j, i in enumerate(idx):
+            start, end = len(heads[i]), len(heads[i]) + len(replies[i])
+            tok = ids[j, start:end]
+            nll = -lp[j, start - 1:end - 1].gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # position t predicts t+1
+            out[i] = float(torch.exp(nll.mean()))
+    return out
+
+
+def distinct_n(tokens, n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of one token sequence (1.0: no n-gram repeats); NaN
+    when it has fewer than ``n`` tokens."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else math.nan

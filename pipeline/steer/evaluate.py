@@ -25,6 +25,7 @@ from traitlens.pipeline.model.hooks import left_padded
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import mean_token_norm, steering
+from traitlens.pipeline.steer.sweep import REPLY_TOKENS
 
 QUESTION = 'Is the following statement something you would say?\n"{statement}"'
 REFUSAL_OPENINGS = ("I cannot", "I can't", "I'm sorry", "I am sorry", "Sorry", "I apologize", "I won't",
@@ -96,66 +97,164 @@ KINDS = tuple(MEASURES) + ("expression",)  # expression: any trait (see :mod:`.e
 SYMMETRIC = ("persona", "expression")  # measured under -v too: the shift is +v minus -v
 
 
+class Evaluator:
+    """One trait's causal measure, set up once and applied to any (vector, layer, alphas).
+
+    What does not depend on the push is computed once and reused by every vector a sweep tries:
+    the unsteered measure, the unsteered replies' perplexity / distinct-2 / judge scores, and
+    each layer's norm scale. ``kind="expression"`` takes a calibrated
+    :class:`.expression.Expression`; its ``texts`` are the neutral prompts replied to, so its
+    steered replies are also the ones the reply damage reads. ``judge``: a :class:`.judge.Judge`
+    rating the steered replies (optional). ``reply_tokens=0`` skips the reply damage."""
+
+    def __init__(self, lm: LoadedModel, kind: str, texts: list[str], norm: str = "typical",
+                 neutral: list[str] | None = None, seed: int = 0, expression=None, judge=None,
+                 reply_tokens: int = REPLY_TOKENS):
+        from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
+
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+        if kind == "expression" and expression is None:
+            raise ValueError("kind expression needs expression= (a calibrated Expression)")
+        self.lm, self.kind, self.texts, self.norm, self.seed = lm, kind, list(texts), norm, seed
+        self.expression, self.judge = expression, judge
+        self.neutral = list(texts) if kind == "expression" else list(neutral or NEUTRAL_PROMPTS)
+        self.reply_tokens = expression.max_new_tokens if kind == "expression" else reply_tokens
+        self.chat = expression.chat if kind == "expression" else True
+        render = (lambda s: QUESTION.format(statement=s)) if kind == "persona" else (lambda s: s)
+        self._ids, self._mask, _ = left_padded(lm, [render_ids(lm.tokenizer, render(t), None, True) for t in self.texts])
+        self._scales: dict[int, float] = {}
+        self._base: np.ndarray | None = None
+        self._base_replies: dict | None = None
+        self.rejected: list[str] = []  # the judge's rejected answers, every call
+
+    def scale(self, layer: int) -> float:
+        """Alpha's unit at ``layer``: the mean token norm of the measured prompts (:func:`.mean_token_norm`)."""
+        if layer not in self._scales:
+            self._scales[layer] = mean_token_norm(self.lm, layer, self._ids.cpu(), self._mask.cpu(), self.norm)
+        return self._scales[layer]
+
+    def _measure(self, vector, layer: int, alpha: float) -> tuple[np.ndarray, list[list[int]] | None]:
+        """(the measure ``[n]`` under ``alpha``, the replies generated under it for expression)."""
+        from traitlens.pipeline.model.generation import greedy_replies
+
+        with steering(self.lm, vector, layer, alpha, self.scale(layer)):
+            if self.kind != "expression":
+                return np.asarray(MEASURES[self.kind](self.lm, self.texts), dtype=np.float64), None
+            replies = greedy_replies(self.lm, self.texts, self.expression.max_new_tokens, self.expression.chat)
+        decoded = [self.lm.tokenizer.decode(r, skip_special_tokens=True) for r in replies]
+        return np.asarray(self.expression.read(self.lm, self.texts, decoded), dtype=np.float64), replies
+
+    def _read_replies(self, replies: list[list[int]]) -> dict[str, np.ndarray]:
+        """Perplexity (under the unsteered model), distinct-2 and the judge's scores of replies to
+        the neutral prompts: ``{name: [n_neutral]}``."""
+        from traitlens.pipeline.steer.damage import distinct_n, reply_perplexity
+
+        out = {"perplexity": reply_perplexity(self.lm, self.neutral, replies, self.chat),
+               "distinct2": np.array([distinct_n(r, 2) for r in replies])}
+        if self.judge is not None:
+            texts = [self.lm.tokenizer.decode(r, skip_special_tokens=True) for r in replies]
+            out["judge"], rejected = self.judge.rate(self.neutral, texts)
+            self.rejected += rejected
+        return out
+
+    def _steered_replies(self, vector, layer: int, alpha: float, plus_replies) -> list[list[int]]:
+        from traitlens.pipeline.model.generation import greedy_replies
+
+        if plus_replies is not None:  # expression: its +v replies are the replies to the neutral prompts
+            return plus_replies
+        with steering(self.lm, vector, layer, alpha, self.scale(layer)):
+            return greedy_replies(self.lm, self.neutral, self.reply_tokens, self.chat)
+
+    def at(self, vector, layer: int, alphas: list[float]) -> list[dict]:
+        """Measure ``vector`` at block ``layer``: a row per alpha, with every sample's values.
+
+        Each row: the mean measure unsteered, under ``+alpha v`` and (persona, expression)
+        ``-alpha v``; the ``shift`` (``+v`` minus ``-v``, or minus unsteered) with a bootstrap 95%
+        interval over the samples; the share of samples whose shift has the wrong sign (Wilson
+        interval); the mean per-sample slope of the measure against alpha (steerability); the
+        damage: KL of the next-token distribution under ``+alpha v`` on the neutral prompts
+        (:mod:`.damage`) with its interval, and the steered replies' perplexity and distinct-2
+        beside the unsteered replies'; the judge's mean score when there is a judge; and
+        ``samples``, the per-sample records."""
+        from traitlens.pipeline.steer.damage import next_token_kl
+        from traitlens.pipeline.steer.stats import bootstrap_ci, slopes, wilson
+
+        if self._base is None:
+            self._base, base_replies = self._measure(vector, layer, 0.0)
+            if self.reply_tokens:
+                self._base_replies = self._read_replies(self._steered_replies(vector, layer, 0.0, base_replies))
+        base, seed, texts = self._base, self.seed, self.texts
+        kls = next_token_kl(self.lm, vector, layer, alphas, self.scale(layer), self.neutral)
+        rows = []
+        for a in alphas:
+            plus, plus_replies = self._measure(vector, layer, a)
+            minus = self._measure(vector, layer, -a)[0] if self.kind in SYMMETRIC else None
+            shift = plus - (minus if minus is not None else base)
+            lo, hi = bootstrap_ci(shift, seed=seed)
+            wrong = int(np.count_nonzero(shift < 0)) if a >= 0 else int(np.count_nonzero(shift > 0))
+            w_lo, w_hi = wilson(wrong, len(shift))
+            if minus is not None:
+                slope = slopes([-a, 0.0, a], np.stack([minus, base, plus], axis=1)) if a else np.zeros(len(base))
+            else:
+                slope = shift / a if a else np.zeros(len(base))
+            kl = kls[float(a)]
+            kl_lo, kl_hi = bootstrap_ci(kl, seed=seed)
+            samples = [{"measure": "effect", "sample": texts[i], "unsteered": float(base[i]), "plus": float(plus[i]),
+                        "minus": None if minus is None else float(minus[i]), "shift": float(shift[i])}
+                       for i in range(len(texts))]
+            samples += [{"measure": "kl", "sample": p, "unsteered": 0.0, "plus": float(kl[i]), "minus": None,
+                         "shift": float(kl[i])} for i, p in enumerate(self.neutral)]
+            row = {"layer": layer, "alpha": float(a), "kind": self.kind, "n": len(texts), "scale": self.scale(layer),
+                   "norm": self.norm, "unsteered": float(base.mean()), "plus": float(plus.mean()),
+                   "minus": None if minus is None else float(minus.mean()), "shift": float(shift.mean()),
+                   "ci_low": lo, "ci_high": hi, "wrong_way": wrong / len(shift), "wrong_way_low": w_lo,
+                   "wrong_way_high": w_hi, "steerability": float(slope.mean()), "kl": float(kl.mean()),
+                   "kl_low": kl_lo, "kl_high": kl_hi}
+            if self.reply_tokens:
+                replies = self._steered_replies(vector, layer, a, plus_replies)
+                read, text = self._read_replies(replies), [self.lm.tokenizer.decode(r, skip_special_tokens=True)
+                                                           for r in replies]
+                for name, values in read.items():
+                    before = self._base_replies[name]
+                    samples += [{"measure": name, "sample": p, "unsteered": _num(before[i]), "plus": _num(values[i]),
+                                 "minus": None, "shift": _num(values[i] - before[i]), "reply": text[i]}
+                                for i, p in enumerate(self.neutral)]
+                row.update(_reply_columns(read, self._base_replies, seed))
+            rows.append({**row, "samples": samples})
+        return rows
+
+
+def _num(x) -> float | None:
+    """A float for a table cell, None for NaN (an empty reply has no perplexity)."""
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def _reply_columns(read: dict[str, np.ndarray], base: dict[str, np.ndarray], seed: int) -> dict:
+    """The steering row's reply-damage columns: medians of perplexity (its mean is ruled by one
+    derailed reply), means of distinct-2 and the judge's score (with its interval and the share
+    of rejected answers), each beside the unsteered replies'."""
+    from traitlens.pipeline.steer.stats import bootstrap_ci
+
+    med = lambda x: _num(np.nanmedian(x)) if np.isfinite(x).any() else None  # noqa: E731
+    mean = lambda x: _num(np.nanmean(x)) if np.isfinite(x).any() else None  # noqa: E731
+    out = {"perplexity": med(read["perplexity"]), "perplexity_unsteered": med(base["perplexity"]),
+           "distinct2": mean(read["distinct2"]), "distinct2_unsteered": mean(base["distinct2"])}
+    if "judge" in read:
+        ok = read["judge"][np.isfinite(read["judge"])]
+        lo, hi = bootstrap_ci(ok, seed=seed)
+        out.update({"judge": mean(read["judge"]), "judge_low": _num(lo), "judge_high": _num(hi),
+                    "judge_unsteered": mean(base["judge"]),
+                    "judge_rejected": float(np.mean(~np.isfinite(read["judge"])))})
+    return out
+
+
 def evaluate_vector(lm: LoadedModel, vector, layer: int, alphas: list[float], kind: str, texts: list[str],
                     norm: str = "typical", neutral: list[str] | None = None, seed: int = 0,
-                    expression=None) -> list[dict]:
-    """Measure one vector at one layer: a row per alpha, with every sample's values.
-
-    Each row: the mean measure unsteered, under ``+alpha v`` and (persona) ``-alpha v``; the
-    ``shift`` (``+v`` minus ``-v``, or minus unsteered) with a bootstrap 95% interval over the
-    samples; the share of samples whose shift has the wrong sign (Wilson interval); the mean
-    per-sample slope of the measure against alpha (steerability); the damage, KL of the next-token
-    distribution under ``+alpha v`` on ``neutral`` prompts (:mod:`.damage`), with its interval;
-    and ``samples``, the per-sample records. ``norm``: alpha's unit (:func:`.steer.mean_token_norm`).
-    ``kind="expression"`` takes a calibrated :class:`.expression.Expression` and ``texts`` are the
-    prompts replied to."""
-    from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS, next_token_kl
-    from traitlens.pipeline.steer.stats import bootstrap_ci, slopes, wilson
-
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
-    if kind == "expression" and expression is None:
-        raise ValueError("kind expression needs expression= (a calibrated Expression)")
-    neutral = list(neutral or NEUTRAL_PROMPTS)
-    render = (lambda s: QUESTION.format(statement=s)) if kind == "persona" else (lambda s: s)
-    seqs = [render_ids(lm.tokenizer, render(t), None, True) for t in texts]
-    ids, mask, _ = left_padded(lm, seqs)
-    scale = mean_token_norm(lm, layer, ids.cpu(), mask.cpu(), norm)
-
-    def measured(alpha: float) -> np.ndarray:
-        """The measure under ``alpha`` (0: unsteered); expression reads its replies unsteered."""
-        with steering(lm, vector, layer, alpha, scale):
-            out = expression.steered(lm, texts) if kind == "expression" else MEASURES[kind](lm, texts)
-        return np.asarray(expression.read(lm, texts, out) if kind == "expression" else out, dtype=np.float64)
-
-    base = measured(0.0)
-    kls = next_token_kl(lm, vector, layer, alphas, scale, neutral)
-    rows = []
-    for a in alphas:
-        plus = measured(a)
-        minus = measured(-a) if kind in SYMMETRIC else None
-        shift = plus - (minus if minus is not None else base)
-        lo, hi = bootstrap_ci(shift, seed=seed)
-        wrong = int(np.count_nonzero(shift < 0)) if a >= 0 else int(np.count_nonzero(shift > 0))
-        w_lo, w_hi = wilson(wrong, len(shift))
-        if minus is not None:
-            slope = slopes([-a, 0.0, a], np.stack([minus, base, plus], axis=1)) if a else np.zeros(len(base))
-        else:
-            slope = shift / a if a else np.zeros(len(base))
-        kl = kls[float(a)]
-        kl_lo, kl_hi = bootstrap_ci(kl, seed=seed)
-        samples = [{"measure": "effect", "sample": texts[i], "unsteered": float(base[i]), "plus": float(plus[i]),
-                    "minus": None if minus is None else float(minus[i]), "shift": float(shift[i])}
-                   for i in range(len(texts))]
-        samples += [{"measure": "kl", "sample": p, "unsteered": 0.0, "plus": float(kl[i]), "minus": None,
-                     "shift": float(kl[i])} for i, p in enumerate(neutral)]
-        rows.append({"layer": layer, "alpha": float(a), "kind": kind, "n": len(texts), "scale": scale, "norm": norm,
-                     "unsteered": float(base.mean()), "plus": float(plus.mean()),
-                     "minus": None if minus is None else float(minus.mean()), "shift": float(shift.mean()),
-                     "ci_low": lo, "ci_high": hi, "wrong_way": wrong / len(shift), "wrong_way_low": w_lo,
-                     "wrong_way_high": w_hi, "steerability": float(slope.mean()), "kl": float(kl.mean()),
-                     "kl_low": kl_lo, "kl_high": kl_hi, "samples": samples})
-    return rows
+                    expression=None, judge=None, reply_tokens: int = REPLY_TOKENS) -> list[dict]:
+    """One vector at one layer, a row per alpha: :meth:`Evaluator.at` (see there for the columns).
+    ``norm``: alpha's unit (:func:`.steer.mean_token_norm`)."""
+    return Evaluator(lm, kind, texts, norm, neutral, seed, expression, judge, reply_tokens).at(vector, layer, alphas)
 
 
 def steering_records(vec: dict, rows: list[dict], run_id: str) -> tuple[list[dict], list[dict]]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from traitlens.pipeline.model.encode import render_ids
-from traitlens.pipeline.model.generation import eos_token_ids, greedy_batch
+from traitlens.pipeline.model.generation import greedy_replies
 from traitlens.pipeline.model.hooks import block_outputs, pad_batch, pad_token_id
 from traitlens.pipeline.model.loading import LoadedModel
 
@@ -75,12 +75,8 @@ class Expression:
         return self
 
     def steered(self, lm: LoadedModel, prompts: list[str], batch_size: int = 8) -> list[str]:
-        seqs = [render_ids(lm.tokenizer, p, None, self.chat) for p in prompts]
-        eos, replies = eos_token_ids(lm), []
-        for b in range(0, len(seqs), batch_size):
-            for r in greedy_batch(lm, seqs[b:b + batch_size], self.max_new_tokens, eos):
-                replies.append(lm.tokenizer.decode([t for t in r if t not in eos], skip_special_tokens=True))
-        return replies
+        return [lm.tokenizer.decode(r, skip_special_tokens=True)
+                for r in greedy_replies(lm, prompts, self.max_new_tokens, self.chat, batch_size)]
 
     def read(self, lm: LoadedModel, prompts: list[str], replies: list[str]) -> np.ndarray:
         raw = read_replies(lm, self.unit, self.layer, [_reply_ids(lm, p, r, self.chat) for p, r in zip(prompts, replies)])

@@ -1,8 +1,9 @@
 """Watch a trait move token by token while the model generates.
 
-``trajectory(lm, prompt_ids, vector, layer)`` generates (greedy, or sampled with a seed), then
-reads block ``layer``'s output at every prompt and generated position in one causal forward
-pass (the same states generation computed) and projects them onto the vector. The result
+``trajectory(lm, prompt_ids, vector, layer)`` generates (greedy, or sampled with a seed; under
+steering pushes if given), then reads block ``layer``'s output at every prompt and generated
+position in one causal forward pass (the same states generation computed) and projects them
+onto the vector. ``trajectories`` does many prompts as batches, with the same results. The result
 holds per-token projection, velocity, acceleration and the commitment point
 (:mod:`traitlens.pipeline.steer.temporal` defines each).
 """
@@ -17,8 +18,8 @@ import torch
 
 from traitlens.pipeline.steer import temporal
 from traitlens.pipeline.model.loading import LoadedModel
-from traitlens.pipeline.model.hooks import block_outputs
-from traitlens.pipeline.steer.steering import generate
+from traitlens.pipeline.model.hooks import block_outputs, pad_batch, pad_token_id
+from traitlens.pipeline.steer.steering import generate, generate_batch, pushes
 
 
 @dataclass
@@ -46,13 +47,19 @@ def hidden_states(lm: LoadedModel, ids: list[int], layer: int) -> np.ndarray:
     return block_outputs(lm, [layer], torch.tensor([ids]))[layer][0].double().cpu().numpy()
 
 
-def trajectory(lm: LoadedModel, prompt_ids: list[int], vector, layer: int, max_new_tokens: int = 40,
-               sample: bool = False, seed: int = 0, threshold: float | None = None,
-               velocity_tol: float | None = None, smooth_window: int = 1) -> Trajectory:
-    """Generate and project every token's state at ``layer`` onto ``vector`` (unit-normalised)."""
-    new = generate(lm, prompt_ids, max_new_tokens, sample=sample, seed=seed)
-    ids = list(prompt_ids) + new
-    H = hidden_states(lm, ids, layer)
+def read_states(lm: LoadedModel, seqs: list[list[int]], layer: int, n_prompt: list[int], items=()) -> list[np.ndarray]:
+    """Block ``layer``'s output for each full sequence (prompt + reply) in one right-padded
+    pass, under the pushes generation ran with (their positions counted from each prompt's
+    length ``n_prompt``): ``[T_i, d]`` float64 each."""
+    ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "right", lm.device)
+    with pushes(lm, list(items), prompt_len=torch.tensor(n_prompt)):
+        h = block_outputs(lm, [layer], ids, mask)[layer].double().cpu().numpy()
+    return [h[i, :len(s)] for i, s in enumerate(seqs)]
+
+
+def analyse(lm: LoadedModel, ids: list[int], n_prompt: int, H: np.ndarray, vector, layer: int,
+            threshold: float | None = None, velocity_tol: float | None = None, smooth_window: int = 1) -> Trajectory:
+    """The trajectory of one generated sequence from its states ``H`` ``[T, d]``."""
     p = temporal.projection(H, vector)
     if smooth_window > 1:
         p = temporal.smooth(p, smooth_window)
@@ -60,16 +67,46 @@ def trajectory(lm: LoadedModel, prompt_ids: list[int], vector, layer: int, max_n
     acc = temporal.derivative(p, order=2)
     thr = float(threshold) if threshold is not None else 0.0  # callers pass the vector's learned threshold
     gen = np.zeros(len(ids), dtype=bool)
-    gen[len(prompt_ids):] = True
+    gen[n_prompt:] = True
     # "near zero" velocity, by default: half the generated tokens' typical token-to-token change
     # (prompt tokens are left out: chat-template tokens swing far more than text does)
     tol = velocity_tol if velocity_tol is not None else 0.5 * float(np.nanstd(vel[gen]) if gen.sum() > 1 else 1.0)
     direction = "above" if (p[gen].mean() if gen.any() else 0) >= thr else "below"
     com = temporal.commitment_point(np.where(gen, p, np.nan), thr, tol, mask=gen, direction=direction)
     toks = [lm.tokenizer.decode([t]) for t in ids]
-    return Trajectory(toks, ids, len(prompt_ids), layer, p, vel, acc, thr, com,
-                      lm.tokenizer.decode(new, skip_special_tokens=True),
+    return Trajectory(toks, list(ids), n_prompt, layer, p, vel, acc, thr, com,
+                      lm.tokenizer.decode(ids[n_prompt:], skip_special_tokens=True),
                       {"velocity_tol": tol, "direction": direction})
+
+
+def trajectory(lm: LoadedModel, prompt_ids: list[int], vector, layer: int, max_new_tokens: int = 40,
+               sample: bool = False, seed: int = 0, threshold: float | None = None,
+               velocity_tol: float | None = None, smooth_window: int = 1, items=()) -> Trajectory:
+    """Generate (under the pushes ``items``, if any) and project every token's state at
+    ``layer`` onto ``vector`` (unit-normalised)."""
+    if sample:
+        with pushes(lm, list(items)):
+            new = generate(lm, prompt_ids, max_new_tokens, sample=True, seed=seed)
+    else:
+        new = generate_batch(lm, [list(prompt_ids)], list(items), max_new_tokens)[0]
+    ids = list(prompt_ids) + new
+    H = read_states(lm, [ids], layer, [len(prompt_ids)], items)[0]
+    return analyse(lm, ids, len(prompt_ids), H, vector, layer, threshold, velocity_tol, smooth_window)
+
+
+def trajectories(lm: LoadedModel, prompts: list[list[int]], vector, layer: int, max_new_tokens: int = 40,
+                 threshold: float | None = None, velocity_tol: float | None = None, smooth_window: int = 1,
+                 items=(), batch_size: int = 8) -> list[Trajectory]:
+    """:func:`trajectory` (greedy) of many prompts, generated and read as batches: the same
+    trajectories as one at a time."""
+    out = []
+    for b in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[b:b + batch_size]]
+        full = [p + n for p, n in zip(chunk, generate_batch(lm, chunk, list(items), max_new_tokens))]
+        states = read_states(lm, full, layer, [len(p) for p in chunk], items)
+        out += [analyse(lm, ids, len(p), H, vector, layer, threshold, velocity_tol, smooth_window)
+                for p, ids, H in zip(chunk, full, states)]
+    return out
 
 
 def plot(traj: Trajectory, path: Path, title: str = "") -> Path:
