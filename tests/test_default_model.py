@@ -95,3 +95,18 @@ def test_persona_probe_separates_held_out_statements(tmp_path, smol):
         top, floor = rank(q, "agreeableness", "auroc", 3)
     assert top.to_pylist()[0]["auroc"] == max(best["probe"], best["mean_diff"])
     assert floor.to_pylist()[0]["method"] == "random"
+
+
+def test_the_default_model_judges_replies(smol):
+    """The judge path with the default model as judge: weak, but the real code path. Each
+    answer is a score from 0 to 100 or a rejection that names the reply."""
+    from traitlens.pipeline.steer.judge import Judge
+
+    replies = ["I would love to help you, friend! You are wonderful.", "Go away. I do not care about you."]
+    judge = Judge(smol, "agreeableness", "kind, warm and cooperative")
+    answers = judge.answers(["Can you help me?"] * 2, replies)
+    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
+    scores, rejected = judge.rate(["Can you help me?"] * 2, replies)
+    assert len(rejected) + int(np.isfinite(scores).sum()) == 2
+    assert all(0 <= s <= 100 for s in scores[np.isfinite(scores)])
+    assert all("the judge's answer for reply" in r for r in rejected)

@@ -211,25 +211,13 @@ def test_the_judge_path_scores_replies_and_counts_rejections(tiny_lms, monkeypat
 
 def test_the_judge_runs_the_real_generation_path_on_the_tiny_model(tiny_lms):
     """A random-weight judge writes no numbers: every answer is rejected, saying so (the code path
-    the default-model test below runs for real)."""
+    tests/test_default_model.py runs with the default model as judge)."""
     from traitlens.pipeline.steer.judge import Judge
 
     scores, rejected = Judge(tiny_lms["llama"], "kindness", max_new_tokens=3).rate(["Hi?", "Why?"], ["Hello", "no"])
     assert len(scores) == 2
     assert all(math.isnan(s) for s in scores) == (len(rejected) == 2)
     assert all(0 <= s <= 100 for s in scores if not math.isnan(s))
-
-
-@pytest.mark.integration
-def test_the_default_model_judges_replies(default_lm):
-    from traitlens.pipeline.steer.judge import Judge
-
-    replies = ["I would love to help you, friend! You are wonderful.", "Go away. I do not care about you."]
-    answers = Judge(default_lm, "agreeableness", "kind, warm and cooperative").answers(["Can you help me?"] * 2, replies)
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
-    scores, rejected = Judge(default_lm, "agreeableness").rate(["Can you help me?"] * 2, replies)
-    assert len(rejected) + int(np.isfinite(scores).sum()) == 2  # each answer is a score or a named rejection
-    assert all(0 <= s <= 100 for s in scores[np.isfinite(scores)])
 
 
 # -- reply damage ---------------------------------------------------------------------------------
