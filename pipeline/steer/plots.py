@@ -61,7 +61,7 @@ def steering_figure(rows: list[dict], samples: list[dict], trait: str, path: Pat
     layers = sorted({r["layer"] for r in own})
     cmap = plt.get_cmap("viridis")
     colour = {l: cmap(i / max(1, len(layers) - 1)) for i, l in enumerate(layers)}
-    markers = dict(zip(sorted({r["method"] for r in own}), "osD^vP*X"))
+    markers = {m: "osD^vP*X"[i % 8] for i, m in enumerate(sorted({r["method"] for r in own}))}  # combined vectors add methods
     floor_kl = 1e-5  # KL axis is logarithmic; alpha-0 rows (KL exactly 0) sit on its floor
 
     ax = axes[0]
