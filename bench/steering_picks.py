@@ -23,7 +23,7 @@ import time
 
 from traitlens.pipeline.model.loading import load_model
 from traitlens.pipeline.steer.evaluate import Evaluator
-from traitlens.pipeline.steer.sweep import evaluator_for, floor_at, sweep
+from traitlens.pipeline.steer.sweep import evaluator_for, floor_at, stored_methods, sweep
 from traitlens.queries import StoreSQL
 from traitlens.queries.selection import KL_BUDGET, held_out_texts
 from traitlens.store import Store
@@ -51,13 +51,12 @@ def main() -> None:
         store = Store.open(path)
         with StoreSQL(store) as q:
             traits = [r["trait"] for r in q.query("SELECT DISTINCT trait FROM metrics ORDER BY 1").to_pylist()]
-            methods = [r["method"] for r in q.query("SELECT DISTINCT method FROM metrics WHERE method <> 'random' "
-                                                    "ORDER BY 1").to_pylist()]
+            methods = {t: stored_methods(q, t, lm.key) for t in traits}
         for trait in traits if args.traits is None else [t for t in traits if t in args.traits.split(",")]:
             t0 = time.perf_counter()
             kind = "refusal" if trait == "refusal" else "persona"
             ev, what = evaluator_for(store, lm, trait, kind, args.n, reply_tokens=args.reply_tokens)
-            res = sweep(store, trait, ev, methods, list(range(lm.n_layers)), alphas, KL_BUDGET, args.trials,
+            res = sweep(store, trait, ev, methods[trait], list(range(lm.n_layers)), alphas, KL_BUDGET, args.trials,
                         progress=False)
             res.save(store, new_run_id("bench-steering"))
             rho, cells = res.correlation()

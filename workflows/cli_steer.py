@@ -30,6 +30,17 @@ def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: s
     return v
 
 
+def _named_vector(store, model_key: str, name: str, layer: int | None = None, method: str | None = None):
+    """The vector ``name`` names: a stored vector id, else that trait's pick (within ``layer`` /
+    ``method``), as :func:`_pick_vector` checks it."""
+    from traitlens.queries import StoreSQL
+
+    with StoreSQL(store) as q:
+        is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [name]).to_pylist()[0]["n"]
+    return (_pick_vector(store, None, model_key, None, None, name) if is_id
+            else _pick_vector(store, name, model_key, layer, method, None))
+
+
 def _load(model, quiet=False):
     from traitlens.pipeline.model.loading import load_model
 
@@ -135,7 +146,6 @@ def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, al
 
     from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
     from traitlens.pipeline.steer.steering import Push, mean_token_norm
-    from traitlens.queries import StoreSQL
 
     wanted = []
     for spec in specs:
@@ -147,10 +157,7 @@ def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, al
             a = float(parts[2]) if len(parts) > 2 and parts[2] else alpha
         except ValueError:
             _fail(f"--add {spec!r}: use TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]], e.g. agreeableness:16:0.1", EXIT_INPUT)
-        with StoreSQL(store) as q:
-            is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [parts[0]]).to_pylist()[0]["n"]
-        vec = (_pick_vector(store, None, lm.key, None, None, parts[0]) if is_id
-               else _pick_vector(store, parts[0], lm.key, at, method, None))
+        vec = _named_vector(store, lm.key, parts[0], at, method)
         wanted.append((vec, vec["layer"] if at is None else at, a))
     if not specs:
         if not (trait or vector_id):
@@ -174,12 +181,8 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
     unless given). Prints the condition and each prompt's projection."""
     from traitlens.pipeline.extract.conditions import condition_threshold
     from traitlens.pipeline.steer.steering import condition_scores
-    from traitlens.queries import StoreSQL
 
-    with StoreSQL(store) as q:
-        is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [name]).to_pylist()[0]["n"]
-    vec = _pick_vector(store, None, lm.key, None, None, name) if is_id else _pick_vector(store, name, lm.key, None, None,
-                                                                                         None)
+    vec = _named_vector(store, lm.key, name)
     if threshold is None:
         c = condition_threshold(store, vec)
         threshold = c["threshold"]
@@ -320,7 +323,7 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
     within --kl-budget are printed and plotted."""
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.sweep import evaluator_for, front_line, summary_lines, sweep
+    from traitlens.pipeline.steer.sweep import around, evaluator_for, front_line, stored_methods, summary_lines, sweep
     from traitlens.queries import StoreSQL
     from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id
@@ -340,8 +343,7 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
     store = Store.open(ctx.obj["store"])
     lm = _load(model)
     with StoreSQL(store) as q:
-        stored = [r["method"] for r in q.query("SELECT DISTINCT method FROM metrics WHERE trait = ? AND model_key = ? "
-                                               "AND method <> 'random' ORDER BY 1", [trait, lm.key]).to_pylist()]
+        stored = stored_methods(q, trait, lm.key)
     method_list = stored if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in method_list if m not in stored]
     if unknown or not method_list:
@@ -355,9 +357,8 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
         judge = Judge(lm if same else _load(judge_model), trait, description)
     evaluator, what = evaluator_for(store, lm, trait, kind, n_texts, norm, neutral, max_new_tokens, judge, reply_tokens)
     click.echo(what)
-    first = _pick_vector(store, trait, lm.key, None, method_list[0], None)
     layer_list = (parse_layers(layers, lm.n_layers) if layers else
-                  [l for l in range(first["layer"] - 2, first["layer"] + 3) if 0 <= l < lm.n_layers])
+                  around(_pick_vector(store, trait, lm.key, None, None, None)["layer"], lm.n_layers))
     res = sweep(store, trait, evaluator, method_list, layer_list, alpha_list, kl_budget, trials,
                 random_floor=not (no_random or "random" in method_list), log=lambda m: click.echo(m, err=True))
     run_id = new_run_id("evaluate")

@@ -147,7 +147,7 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> N
     this measure are not measured again, so a refresh evaluates only what changed; the report
     reads every stored row."""
     from traitlens.pipeline.model.layers import parse_layers
-    from traitlens.pipeline.steer.sweep import REPLY_TOKENS, around, evaluator_for, sweep
+    from traitlens.pipeline.steer.sweep import REPLY_TOKENS, around, evaluator_for, stored_methods, sweep
     from traitlens.queries import StoreSQL
     from traitlens.queries.selection import KL_BUDGET, best_vector
 
@@ -156,14 +156,13 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> N
     for trait in summary.computed:
         with StoreSQL(store) as q:
             pick = best_vector(q, trait, model_key=lm.key)
-            stored = {r["method"] for r in q.query("SELECT DISTINCT method FROM metrics WHERE trait = ? AND model_key = ? "
-                                                    "AND method <> 'random'", [trait, lm.key]).to_pylist()}
+            stored = stored_methods(q, trait, lm.key)
             done = {r["vector_id"] for r in q.query("SELECT DISTINCT vector_id FROM steering WHERE trait = ? AND kind = ?",
                                                      [trait, kind]).to_pylist()}
         if pick is None:
             continue
         wanted = ev.get("methods", ["mean_diff"])
-        methods = sorted(stored) if wanted == "all" else [m for m in ([wanted] if isinstance(wanted, str) else wanted)
+        methods = stored if wanted == "all" else [m for m in ([wanted] if isinstance(wanted, str) else wanted)
                                                            if m in stored]
         layers = parse_layers(ev["layers"], lm.n_layers) if "layers" in ev else around(pick["layer"], lm.n_layers)
         evaluator, what = evaluator_for(store, lm, trait, kind, ev.get("n", 40), ev.get("norm", "typical"),

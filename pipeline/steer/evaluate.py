@@ -142,18 +142,19 @@ class Evaluator:
             if self.kind != "expression":
                 return np.asarray(MEASURES[self.kind](self.lm, self.texts), dtype=np.float64), None
             replies = greedy_replies(self.lm, self.texts, self.expression.max_new_tokens, self.expression.chat)
-        decoded = [self.lm.tokenizer.decode(r, skip_special_tokens=True) for r in replies]
-        return np.asarray(self.expression.read(self.lm, self.texts, decoded), dtype=np.float64), replies
+        return np.asarray(self.expression.read(self.lm, self.texts, self._decode(replies)), dtype=np.float64), replies
 
-    def _read_replies(self, replies: list[list[int]]) -> dict[str, np.ndarray]:
-        """Perplexity (under the unsteered model), distinct-2 and the judge's scores of replies to
-        the neutral prompts: ``{name: [n_neutral]}``."""
+    def _decode(self, replies: list[list[int]]) -> list[str]:
+        return [self.lm.tokenizer.decode(r, skip_special_tokens=True) for r in replies]
+
+    def _read_replies(self, replies: list[list[int]], texts: list[str]) -> dict[str, np.ndarray]:
+        """Perplexity (under the unsteered model), distinct-2 and the judge's scores of replies
+        (token ids, and ``texts`` decoded) to the neutral prompts: ``{name: [n_neutral]}``."""
         from traitlens.pipeline.steer.damage import distinct_n, reply_perplexity
 
         out = {"perplexity": reply_perplexity(self.lm, self.neutral, replies, self.chat),
                "distinct2": np.array([distinct_n(r, 2) for r in replies])}
         if self.judge is not None:
-            texts = [self.lm.tokenizer.decode(r, skip_special_tokens=True) for r in replies]
             out["judge"], rejected = self.judge.rate(self.neutral, texts)
             self.rejected += rejected
         return out
@@ -183,7 +184,8 @@ class Evaluator:
         if self._base is None:
             self._base, base_replies = self._measure(vector, layer, 0.0)
             if self.reply_tokens:
-                self._base_replies = self._read_replies(self._steered_replies(vector, layer, 0.0, base_replies))
+                replies = self._steered_replies(vector, layer, 0.0, base_replies)
+                self._base_replies = self._read_replies(replies, self._decode(replies))
         base, seed, texts = self._base, self.seed, self.texts
         kls = next_token_kl(self.lm, vector, layer, alphas, self.scale(layer), self.neutral)
         rows = []
@@ -213,8 +215,8 @@ class Evaluator:
                    "kl_low": kl_lo, "kl_high": kl_hi}
             if self.reply_tokens:
                 replies = self._steered_replies(vector, layer, a, plus_replies)
-                read, text = self._read_replies(replies), [self.lm.tokenizer.decode(r, skip_special_tokens=True)
-                                                           for r in replies]
+                text = self._decode(replies)
+                read = self._read_replies(replies, text)
                 for name, values in read.items():
                     before = self._base_replies[name]
                     samples += [{"measure": name, "sample": p, "unsteered": _num(before[i]), "plus": _num(values[i]),

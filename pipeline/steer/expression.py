@@ -7,8 +7,8 @@ is calibrated on held-out texts of the trait, each read the same way as a reply 
 question, so that 0 is the negative texts' mean and 1 the positive texts' mean.
 
 Unlike the persona and refusal measures, this one needs no question format: any trait with a
-detection vector has it. Its two phases (:class:`Expression`) split what runs under steering
-(the generation) from what must not (the reading).
+detection vector has it. The evaluator runs the generation under steering; :class:`Expression`
+holds what must not be steered (the reading and its calibration).
 
 Shapes: block outputs ``[B, T, d]``; a reading is ``[n]``.
 """
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from traitlens.pipeline.model.encode import render_ids
-from traitlens.pipeline.model.generation import greedy_replies
 from traitlens.pipeline.model.hooks import block_outputs, pad_batch, pad_token_id
 from traitlens.pipeline.model.loading import LoadedModel
 
@@ -56,8 +55,9 @@ def read_replies(lm: LoadedModel, unit: np.ndarray, layer: int, convs: list[tupl
 
 @dataclass
 class Expression:
-    """The measure: ``steered(lm, prompts)`` generates (call it under steering), ``read(lm,
-    prompts, replies)`` reads them unsteered and calibrated. ``calibrate`` sets the scale."""
+    """The measure's reading: ``read(lm, prompts, replies)`` reads replies unsteered and
+    calibrated (the evaluator generates them under steering, ``max_new_tokens`` long);
+    ``calibrate`` sets the scale."""
 
     unit: np.ndarray  # [d] the detection vector, unit length
     layer: int
@@ -73,10 +73,6 @@ class Expression:
         if not np.isfinite(self.hi - self.lo) or self.hi == self.lo:
             raise ValueError("the held-out positives and negatives read alike: no calibrated scale")
         return self
-
-    def steered(self, lm: LoadedModel, prompts: list[str], batch_size: int = 8) -> list[str]:
-        return [lm.tokenizer.decode(r, skip_special_tokens=True)
-                for r in greedy_replies(lm, prompts, self.max_new_tokens, self.chat, batch_size)]
 
     def read(self, lm: LoadedModel, prompts: list[str], replies: list[str]) -> np.ndarray:
         raw = read_replies(lm, self.unit, self.layer, [_reply_ids(lm, p, r, self.chat) for p, r in zip(prompts, replies)])

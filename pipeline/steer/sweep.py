@@ -131,6 +131,12 @@ class SweepResult:
         return agg, per
 
 
+def stored_methods(q: StoreSQL, trait: str, model_key: str) -> list[str]:
+    """The methods with stored vectors of ``trait`` on ``model_key``, random left out, sorted."""
+    return [r["method"] for r in q.query("SELECT DISTINCT method FROM metrics WHERE trait = ? AND model_key = ? "
+                                         "AND method <> 'random' ORDER BY 1", [trait, model_key]).to_pylist()]
+
+
 def around(layer: int, n_layers: int, width: int = 2) -> list[int]:
     """The default layers of a sweep: ``layer`` and ``width`` on each side, inside the model."""
     return [l for l in range(layer - width, layer + width + 1) if 0 <= l < n_layers]
