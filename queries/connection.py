@@ -6,7 +6,7 @@ Views:
   and ``array_inner_product`` work (with several widths d in one store, ``vectors`` keeps
   ``FLOAT[]`` lists and ``vectors_d<d>`` views hold the fixed-size ones);
 - ``metrics``: the vectors table without the vector column;
-- ``steering``, ``trajectories``, ``scores`` (with each score's ``percentile`` among the prompts
+- ``steering``, ``steering_together`` (pushes measured at once), ``trajectories``, ``scores`` (with each score's ``percentile`` among the prompts
   scored on its vector) and ``scored`` (scores beside the prompt's text, dataset, trait, label);
 - ``act_L<layer>`` (and ``act_<n>_L<layer>`` for group n of ``groups``): one layer's committed
   activations as ``(row, prompt_id, vector FLOAT[d])``, streamed from Zarr as Arrow batches
@@ -144,6 +144,7 @@ class StoreSQL:
         self._table_view("steering_samples")
         self._table_view("lens")
         self._table_view("conditions")
+        self._table_view("steering_together")
         # scores with their percentile among every prompt scored on the same vector (computed
         # here, so it is never stale as more prompts are scored)
         self._table_view("scores", "*, percent_rank() OVER (PARTITION BY vector_id ORDER BY score) AS percentile")

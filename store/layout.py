@@ -27,7 +27,7 @@ READABLE_VERSIONS = (1, 2)  # a version-1 store is read as it is and becomes ver
 ZARR_DIR = "activations.zarr"
 TABLES_DIR = "tables"
 TABLE_NAMES = ("prompts", "rows", "runs", "vectors", "steering", "trajectories", "scores", "replies",
-               "steering_samples", "lens", "conditions")
+               "steering_samples", "lens", "conditions", "steering_together")
 POOLINGS = ("last", "mean", "response_mean", "assistant_mean", "tokens")
 FORMATS = ("chat", "raw")
 

@@ -254,10 +254,40 @@ CONDITIONS_SCHEMA = pa.schema(
     ]
 )
 
+STEERING_TOGETHER_SCHEMA = pa.schema(
+    [
+        ("combination_id", pa.string()),  # one set of pushes measured together (`evaluate --add ... --add ...`)
+        ("trait", pa.string()),  # whose measure was read
+        ("kind", pa.string()),
+        ("part", pa.string()),  # together | alone (one push of the set) | random (random directions, same pushes)
+        ("pushes", pa.string()),  # JSON list: vector_id, trait, method, layer, alpha, scale, site, positions
+        ("n", pa.int32()),
+        ("unsteered", pa.float64()),
+        ("plus", pa.float64()),
+        ("minus", pa.float64()),
+        ("shift", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("wrong_way", pa.float64()),
+        ("kl", pa.float64()),
+        ("kl_low", pa.float64()),
+        ("kl_high", pa.float64()),
+        ("perplexity", pa.float64()),
+        ("perplexity_unsteered", pa.float64()),
+        ("distinct2", pa.float64()),
+        ("distinct2_unsteered", pa.float64()),
+        ("judge", pa.float64()),
+        ("judge_unsteered", pa.float64()),
+        ("run_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
 SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, "vectors": VECTORS_SCHEMA,
            "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA, "scores": SCORES_SCHEMA,
            "replies": REPLIES_SCHEMA, "steering_samples": STEERING_SAMPLES_SCHEMA,
-           "lens": LENS_SCHEMA, "conditions": CONDITIONS_SCHEMA}
+           "lens": LENS_SCHEMA, "conditions": CONDITIONS_SCHEMA,
+           "steering_together": STEERING_TOGETHER_SCHEMA}
 
 
 def part_files(table_dir: Path) -> list[Path]:

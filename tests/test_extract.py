@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -121,6 +124,25 @@ def test_threads_and_local_cluster_of_processes_agree(planted_store):
     for k in a:
         np.testing.assert_allclose(a[k]["vector"], b[k]["vector"], atol=1e-6)
         assert np.isclose(a[k]["stability"], b[k]["stability"])
+
+
+def test_forked_processes_give_the_threads_records_and_are_the_default_for_long_runs(tmp_path):
+    """The default local scheduler over several layers is forked processes (the fits and refits
+    hold the GIL); they give the threaded run's vectors and stability exactly."""
+    from traitlens.pipeline.extract.jobs import default_local_scheduler
+
+    store, _ = synthetic_store(tmp_path / "s", n=200, d=16, layers=(0, 1, 2, 3))
+    kw = dict(methods="all", cfg=ExtractConfig(n_boot=3), skip_unchanged=False)
+    threads = extract(store.root, "planted", scheduler="threads", **kw)
+    procs = extract(store.root, "planted", scheduler="processes", **kw)
+    a, b = by_layer_method(threads.records), by_layer_method(procs.records)
+    assert a.keys() == b.keys() and len(a) == 4 * 6
+    for k in a:
+        np.testing.assert_array_equal(a[k]["vector"], b[k]["vector"])
+        assert a[k]["stability"] == b[k]["stability"] and a[k]["auroc"] == b[k]["auroc"]
+    forks = sys.platform.startswith("linux") and (os.cpu_count() or 1) > 1
+    assert default_local_scheduler(30) == ("processes" if forks else "threads")
+    assert default_local_scheduler(2) == "threads"  # too little to share out
 
 
 def test_bad_requests_fail_clearly_and_write_nothing(tmp_path):

@@ -198,3 +198,41 @@ def test_every_method_is_a_scikit_learn_estimator(name):
     v = est.vector_
     assert np.isclose(np.linalg.norm(v), 1.0) and (X[y == 1] @ v).mean() > (X[y == -1] @ v).mean()
     np.testing.assert_allclose(make_method(name).fit(X, y).vector_, v, atol=1e-6)
+
+
+def test_the_fastica_loop_is_scikit_learns_step_for_step():
+    """traitlens's FastICA (symmetric, logcosh, on whitened data) against scikit-learn's own
+    FastICA(whiten=False): the same unmixing and iteration count, cold (seeded) and warm."""
+    from sklearn.decomposition import FastICA
+
+    from traitlens.pipeline.extract.methods import fastica_symmetric
+
+    rng = np.random.default_rng(5)
+    S = np.c_[rng.laplace(size=(600, 4)), rng.uniform(-1, 1, size=(600, 4))]  # non-Gaussian: well posed
+    S = (S - S.mean(0)) / S.std(0)
+    Z = S @ np.linalg.qr(rng.standard_normal((8, 8)))[0]  # white: unit-variance sources, rotated
+    for w_init in (np.random.RandomState(3).normal(size=(8, 8)), rng.standard_normal((8, 8))):
+        ref = FastICA(whiten=False, fun="logcosh", max_iter=200, tol=1e-4, w_init=w_init).fit(Z)
+        W, n_iter = fastica_symmetric(Z, w_init, 200, 1e-4)
+        assert n_iter == ref.n_iter_ and n_iter < 200
+        np.testing.assert_allclose(W, ref.components_, atol=1e-8)
+    # the estimator's cold start is scikit-learn's with random_state=seed
+    ica = make_method("ica", seed=3, n_components=8)
+    mean, Wh = ica.whitening(ClassStats.of(Z, np.r_[np.ones(300), -np.ones(300)]))
+    Zw = (Z - mean) @ Wh.T
+    ref = FastICA(whiten=False, fun="logcosh", max_iter=ica.max_iter, tol=ica.tol, random_state=3).fit(Zw)
+    ica.fit_reduced(Zw, np.r_[np.ones(300, bool), np.zeros(300, bool)], Wh, ClassStats.of(Z, np.r_[np.ones(300), -np.ones(300)]))
+    np.testing.assert_allclose(ica.info_["unmixing"], ref.components_, atol=1e-8)
+
+
+def test_auroc_is_scikit_learns_with_ties_and_refuses_one_class():
+    from sklearn.metrics import roc_auc_score
+
+    from traitlens.pipeline.extract.metrics import auroc
+
+    rng = np.random.default_rng(2)
+    for p in (rng.standard_normal(300), np.round(rng.standard_normal(300), 1)):  # the second has many ties
+        pos = rng.random(300) < 0.4
+        assert auroc(p, pos) == pytest.approx(roc_auc_score(pos, p), abs=1e-12)
+    with pytest.raises(ValueError, match="both classes"):
+        auroc(np.arange(4.0), np.ones(4, bool))

@@ -137,6 +137,28 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
         click.echo(f"kept {len(records)} token rows in the trajectories table (run {run_id})")
 
 
+def _parse_add(store, lm, spec: str, alpha: float, method: str | None) -> tuple[dict, int, float]:
+    """(vector, layer, alpha) of one ``--add TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]]``: LAYER defaults
+    to the vector's, ALPHA to ``alpha``; a layer the model lacks is an input error."""
+    parts = spec.split(":")
+    try:
+        if len(parts) > 3 or not parts[0]:
+            raise ValueError
+        at = int(parts[1]) if len(parts) > 1 and parts[1] else None
+        a = float(parts[2]) if len(parts) > 2 and parts[2] else alpha
+    except ValueError:
+        _fail(f"--add {spec!r}: use TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]], e.g. agreeableness:16:0.1", EXIT_INPUT)
+    vec = _named_vector(store, lm.key, parts[0], at, method)
+    at = vec["layer"] if at is None else at
+    if not 0 <= at < lm.n_layers:
+        _fail(f"--add {spec!r}: layer {at}; the model has layers 0-{lm.n_layers - 1}", EXIT_INPUT)
+    return vec, at, a
+
+
+def _label(vec: dict) -> str:
+    return f"{vec['trait']} {vec['method']} ({vec['vector_id']}, extracted at L{vec['layer']})"
+
+
 def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, alpha, norm, site, positions,
                 seqs: list[list[int]]) -> list:
     """The pushes ``steer`` applies: one per ``--add TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]]``, else the
@@ -147,18 +169,7 @@ def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, al
     from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
     from traitlens.pipeline.steer.steering import Push, mean_token_norm
 
-    wanted = []
-    for spec in specs:
-        parts = spec.split(":")
-        try:
-            if len(parts) > 3 or not parts[0]:
-                raise ValueError
-            at = int(parts[1]) if len(parts) > 1 and parts[1] else None
-            a = float(parts[2]) if len(parts) > 2 and parts[2] else alpha
-        except ValueError:
-            _fail(f"--add {spec!r}: use TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]], e.g. agreeableness:16:0.1", EXIT_INPUT)
-        vec = _named_vector(store, lm.key, parts[0], at, method)
-        wanted.append((vec, vec["layer"] if at is None else at, a))
+    wanted = [_parse_add(store, lm, spec, alpha, method) for spec in specs]
     if not specs:
         if not (trait or vector_id):
             _fail("give --trait, --vector-id or one --add per vector", EXIT_INPUT)
@@ -170,8 +181,7 @@ def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, al
         if not 0 <= at < lm.n_layers:
             _fail(f"layer {at} of {vec['trait']}: the model has layers 0-{lm.n_layers - 1}", EXIT_INPUT)
         scale = mean_token_norm(lm, at, ids, mask, norm)
-        out.append(Push(vec["vector"], at, a, scale, site, positions,
-                        label=f"{vec['trait']} {vec['method']} ({vec['vector_id']}, extracted at L{vec['layer']})"))
+        out.append(Push(vec["vector"], at, a, scale, site, positions, label=_label(vec)))
     return out
 
 
@@ -312,15 +322,23 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.option("--no-random", is_flag=True, help="Skip the random direction's evaluation (the floor).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="PNG of the Pareto plot, effect against alpha and steerability [default: evaluate-<trait>.png].")
+@click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
+              help="Instead of a sweep, measure these pushes applied together (repeat for several; ALPHA defaults "
+                   "to 0.25), each alone and as random directions; stored in steering_together.")
+@click.option("--site", type=click.Choice(["resid", "attn_out", "mlp_out"]), default="resid", show_default=True,
+              help="With --add: where the pushes are added.")
+@click.option("--positions", default="all", show_default=True,
+              help="With --add: all | generated | prompt | last-prompt | A:B.")
 @click.option("--model", default=None)
 @click.pass_context
 def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alphas, n_texts, norm, prompts_file,
-             kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, model):
+             kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, adds, site, positions, model):
     """Sweep method x layer x strength: how much does steering along each vector move behaviour,
     with what interval, and for how much damage (KL on neutral prompts, the steered replies'
     perplexity and repetition)? Small grids run whole, larger ones through Optuna; the random
     direction is measured at the front and the pick; the Pareto front of (shift, KL) and the pick
-    within --kl-budget are printed and plotted."""
+    within --kl-budget are printed and plotted. With --add, the given pushes are measured
+    together instead (each alone beside them, and the random floor)."""
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.plots import steering_figure
     from traitlens.pipeline.steer.sweep import around, evaluator_for, front_line, stored_methods, summary_lines, sweep
@@ -357,6 +375,10 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
         judge = Judge(lm if same else _load(judge_model), trait, description)
     evaluator, what = evaluator_for(store, lm, trait, kind, n_texts, norm, neutral, max_new_tokens, judge, reply_tokens)
     click.echo(what)
+    if adds:
+        if layers or methods != "mean_diff":
+            _fail("--add measures the given pushes; leave out --layers and --methods (they choose a sweep)", EXIT_INPUT)
+        return _evaluate_together(store, lm, trait, evaluator, list(adds), site, positions, not no_random, out_png)
     layer_list = (parse_layers(layers, lm.n_layers) if layers else
                   around(_pick_vector(store, trait, lm.key, None, None, None)["layer"], lm.n_layers))
     res = sweep(store, trait, evaluator, method_list, layer_list, alpha_list, kl_budget, trials,
@@ -375,6 +397,52 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
     click.echo(f"plot: {out_png}")
     click.echo(f"stored {len(stored)} rows in the steering table and {len(samples)} in steering_samples (run {run_id}); "
                f"`traitlens rank --trait {trait} --by steering`")
+
+
+def _evaluate_together(store, lm, trait, evaluator, specs, site, positions, random_floor, out_png) -> None:
+    """``evaluate --add ...``: the pushes measured together, alone and as random directions;
+    printed, plotted and stored in ``steering_together``."""
+    from traitlens.pipeline.steer.plots import together_figure
+    from traitlens.pipeline.steer.steering import check_positions
+    from traitlens.pipeline.steer.together import additivity_line, floor_line, measure_together, together_records
+    from traitlens.store.store import new_run_id
+
+    try:
+        check_positions(positions)
+    except ValueError as e:
+        _fail(f"--positions: {e}", EXIT_INPUT)
+    wanted = [_parse_add(store, lm, spec, 0.25, None) for spec in specs]
+    items = [evaluator.push(vec["vector"], at, a, site, positions, _label(vec)) for vec, at, a in wanted]
+    click.echo("measuring together: " + "; ".join(p.describe() for p in items))
+    rows = measure_together(evaluator, items, random_floor, log=lambda m: click.echo(m, err=True))
+    short = [f"{v['trait']} L{at} {a:+g}" for v, at, a in wanted]
+    names = {"together": " + ".join(short), "random": " + ".join(f"random L{at} {a:+g}" for _, at, a in wanted)}
+    alone = iter(short)
+    width = max(len(n) for n in names.values())
+    click.echo(f"{'part':<9} {'pushes':<{width}} {'shift':>7} {'95% CI':>17} {'wrong way':>9} {'KL nats':>8} "
+               f"{'ppl':>6} {'dist-2':>6}   ({evaluator.kind}, n={len(evaluator.texts)})")
+    num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    labels = []
+    for r in rows:
+        what = names.get(r["part"]) or next(alone)
+        labels.append(f"{r['part']}: {what}")
+        click.echo(f"{r['part']:<9} {what:<{width}} {r['shift']:>+7.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
+                   f"{r['wrong_way']:>9.0%} {r['kl']:>8.4f} {num(r.get('perplexity'), '.1f'):>6} "
+                   f"{num(r.get('distinct2'), '.2f'):>6}")
+    if rows[0].get("perplexity_unsteered") is not None:
+        click.echo(f"unsteered replies: perplexity {rows[0]['perplexity_unsteered']:.1f}, distinct-2 "
+                   f"{rows[0]['distinct2_unsteered']:.2f}")
+    for line in (additivity_line(rows), floor_line(rows)):
+        if line:
+            click.echo(line)
+    run_id = new_run_id("evaluate")
+    records = together_records(trait, rows, items, [v for v, _, _ in wanted], run_id)
+    with store.lock("evaluate --add"):
+        store.append("steering_together", records)
+    together_figure(rows, trait, out_png, evaluator.kind, labels)
+    click.echo(f"plot: {out_png}")
+    click.echo(f"stored {len(records)} rows in steering_together (combination {records[0]['combination_id']}, "
+               f"run {run_id})")
 
 
 def _print_sweep(res, kind: str, n: int, judged: bool) -> None:

@@ -34,7 +34,9 @@ def _group_options(f):
               help="Memory budget for the whole run; layers that do not fit stream out of core.")
 @click.option("--C", "probe_c", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Probe inverse regularisation.")
 @click.option("--penalty", default="l2", type=click.Choice(["l2", "l1"]), show_default=True, help="Probe penalty.")
-@click.option("--scheduler", default=None, help="Dask scheduler address [default: $DASK_SCHEDULER_ADDRESS, else local threads].")
+@click.option("--scheduler", default=None,
+              help="Dask scheduler address, or threads | processes [default: $DASK_SCHEDULER_ADDRESS, else "
+                   "forked local processes for 4+ layers, threads below].")
 @click.option("--quiet", "-q", is_flag=True)
 @click.pass_context
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,

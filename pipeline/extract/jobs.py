@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import nullcontext
+import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -322,7 +323,7 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
         concurrent = max(1, min(n_workers, len(layers)))
         task_budget = max(cfg.memory_budget // concurrent, 1)
         root = str(store.root)
-        local = scheduler if scheduler in LOCAL else "threads"
+        local = scheduler if scheduler in LOCAL else default_local_scheduler(len(layers))
         # one BLAS pool sized to the cores: concurrent tasks x BLAS threads never oversubscribe
         # them. Threads share this process's pool (capped around the run); worker processes
         # cap their own inside each task.
@@ -341,10 +342,56 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
             from threadpoolctl import threadpool_limits
             from tqdm.dask import TqdmCallback
 
-            with threadpool_limits(blas_per_task), (
+            with threadpool_limits(blas_per_task), _local_pool(local, n_workers) as pool, (
                     TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
-                results = dask.compute(*tasks, scheduler=local, num_workers=n_workers)
+                extra = {"pool": pool, "chunksize": 1} if pool is not None else {}
+                results = dask.compute(*tasks, scheduler=local, num_workers=n_workers, **extra)
     return [rec for layer_recs in results for rec in layer_recs]
+
+
+def default_local_scheduler(n_layers: int) -> str:
+    """Dask's local scheduler for a run given none: ``processes`` for four or more layers on a
+    Linux machine with more than one core, else ``threads``. The fits and bootstrap refits are
+    small NumPy and SciPy steps that hold the GIL, so threads barely overlap them (README,
+    Figures: extraction speed); a forked worker costs a few milliseconds. (macOS forbids fork
+    after its frameworks start threads, so there it stays on threads.)"""
+    forks = sys.platform.startswith("linux")
+    return "processes" if forks and (os.cpu_count() or 1) > 1 and n_layers >= 4 else "threads"
+
+
+@contextmanager
+def _local_pool(local: str, n_workers: int):
+    """The worker pool of Dask's ``processes`` scheduler (None for the others): forked workers
+    (a spawned one first imports NumPy, SciPy and scikit-learn again, ~2.6 s; the store's Zarr
+    resets its event loop after a fork), given to Dask with one task per submission (it batches
+    six by default, so a few layers could sit behind one busy worker). On Ctrl-C or SIGTERM the
+    workers are ended at once rather than left to finish their layers."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if local != "processes" or not sys.platform.startswith("linux"):  # elsewhere: Dask's own (spawned) pool
+        yield None
+        return
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_worker_leaves_on_ctrl_c)
+    try:
+        yield pool
+    except BaseException:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _worker_leaves_on_ctrl_c() -> None:
+    """In a forked worker: Ctrl-C or SIGTERM (a terminal sends Ctrl-C to the whole process
+    group) ends it at once and quietly; the parent reports the interrupt, and nothing is lost,
+    since vectors are saved only after every layer is done."""
+    import signal
+
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
 
 
 def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, int]:

@@ -15,18 +15,12 @@ a norm penalty); a seeded random direction as the floor every metric is read aga
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
 from traitlens.store.errors import InputError
-
-# FastICA's non-convergence is recorded per vector (info_["converged"]); the per-fit warning
-# would otherwise repeat for every layer and resample (catch_warnings alone is not thread-safe)
-warnings.filterwarnings("ignore", message="FastICA did not converge")
-
 
 class ExtractionError(InputError):
     """The contrastive set cannot be used (no positives, non-finite rows, ...)."""
@@ -71,6 +65,9 @@ class ClassStats:
     sum: np.ndarray
     outer: np.ndarray | None
     sumsq: np.ndarray | None = None
+    # covariances derived once and shared by the methods that read them (pca-diff, gradient and
+    # ICA's whitening on one resample); emptied by every update. Never modify what they return.
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls, d: int, means_only: bool = False) -> "ClassStats":
@@ -80,6 +77,7 @@ class ClassStats:
         """Add rows ``X`` [m, d] with labels ``pos`` [m]; ``weights`` [m] counts each row that
         many times (a row drawn twice by a bootstrap counts twice)."""
         X = np.asarray(X, dtype=np.float64)
+        self._derived.clear()
         for c, m in ((0, ~pos), (1, pos)):
             Xc = X[m]
             if weights is None:
@@ -118,13 +116,18 @@ class ClassStats:
     @property
     def covs(self) -> np.ndarray:
         """Per-class covariance (maximum likelihood) ``[2, d, d]``."""
-        mu = self.means
-        return self.outer / self.n[:, None, None] - mu[:, :, None] * mu[:, None, :]
+        if "covs" not in self._derived:
+            mu = self.means
+            self._derived["covs"] = self.outer / self.n[:, None, None] - mu[:, :, None] * mu[:, None, :]
+        return self._derived["covs"]
 
     @property
     def pooled_cov(self) -> np.ndarray:
-        mu = self.sum.sum(0) / self.n.sum()
-        return self.outer.sum(0) / self.n.sum() - np.outer(mu, mu)
+        """Covariance of both classes together (maximum likelihood) ``[d, d]``."""
+        if "pooled_cov" not in self._derived:
+            mu = self.sum.sum(0) / self.n.sum()
+            self._derived["pooled_cov"] = self.outer.sum(0) / self.n.sum() - np.outer(mu, mu)
+        return self._derived["pooled_cov"]
 
 
 def top_eigh(M: np.ndarray, k: int, lanczos: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -339,27 +342,21 @@ class ICADirection(Direction):
         ``init`` (a fit on all rows, when this is a bootstrap refit): FastICA starts from its
         components carried into this fit's whitened basis, so a resample is compared with the
         nearest solution rather than with whichever local optimum a cold start lands on."""
-        from sklearn.decomposition import FastICA
-
         w_init = None
         if init is not None and init.info_["components"].shape[0] == W.shape[0]:
             # components C [k, d] = U W  =>  U = C W^+, with W^+ = W^T (W W^T)^-1
             w_init = init.info_["components"] @ W.T @ np.linalg.inv(W @ W.T)
-        ica = FastICA(whiten=False, random_state=self.seed, max_iter=self.max_iter, tol=self.tol, w_init=w_init,
-                      fun=_logcosh)
-        with warnings.catch_warnings():  # non-convergence is recorded in info_, not warned per layer
-            warnings.simplefilter("ignore", category=UserWarning)
-            warnings.filterwarnings("ignore", message="FastICA did not converge")
-            ica.fit(Z)
-        S = Z @ ica.components_.T  # sources [n, k]
+        if w_init is None:  # scikit-learn's cold start: a normal [k, k] from the seed
+            w_init = np.random.RandomState(self.seed).normal(size=(Z.shape[1], Z.shape[1]))
+        unmixing, n_iter = fastica_symmetric(Z, w_init, self.max_iter, self.tol)
+        S = Z @ unmixing.T  # sources [n, k]
         d = (S[pos].mean(0) - S[~pos].mean(0)) / np.sqrt(0.5 * (S[pos].var(0) + S[~pos].var(0)) + 1e-12)
         best = int(np.argmax(np.abs(d)))
-        v = ica.components_[best] @ W  # direction in the input space
+        v = unmixing[best] @ W  # direction in the input space
         mu = stats.means
         _finish(self, v, mu[1], mu[0])
-        self.info_ = {"components": ica.components_ @ W, "separation_scores": d, "chosen": best,
-                      "unmixing": ica.components_, "iterations": int(ica.n_iter_),
-                      "converged": bool(ica.n_iter_ < self.max_iter)}
+        self.info_ = {"components": unmixing @ W, "separation_scores": d, "chosen": best,
+                      "unmixing": unmixing, "iterations": n_iter, "converged": bool(n_iter < self.max_iter)}
         return self
 
     def fit(self, X, y, init=None):
@@ -380,11 +377,45 @@ class ICADirection(Direction):
                                 init=init)
 
 
-def _logcosh(x: np.ndarray, fun_args=None) -> tuple[np.ndarray, np.ndarray]:
-    """FastICA's default contrast (logcosh, alpha 1) in one vectorised pass: the same values as
-    scikit-learn's own, without its Python loop over components (FastICA calls it every step)."""
-    gx = np.tanh(x)
-    return gx, (1 - gx ** 2).mean(axis=-1)
+def _sym_decorrelation(W: np.ndarray) -> np.ndarray:
+    """``(W W^T)^{-1/2} W`` [k, k]: the nearest matrix with orthonormal rows. scikit-learn's
+    arithmetic, with the LAPACK call its ``scipy.linalg.eigh`` makes (``dsyevr``, lower, the
+    same workspace) made directly, so a fit that does not converge wanders exactly as it did."""
+    from scipy.linalg import lapack
+
+    k = W.shape[0]
+    if k not in _SYEVR_WORK:
+        lw, liw, info = lapack.dsyevr_lwork(k, lower=1)
+        _SYEVR_WORK[k] = {"lwork": int(lw), "liwork": int(liw)}
+    s, u, _, _, info = lapack.dsyevr(np.dot(W, W.T), compute_v=1, lower=1, **_SYEVR_WORK[k])
+    if info != 0:
+        raise np.linalg.LinAlgError(f"dsyevr failed in FastICA's decorrelation (info {info})")
+    s = np.maximum(s, _TINY)  # scikit-learn's clip, without its overhead
+    return np.dot(u * (1.0 / np.sqrt(s)), np.dot(u.T, W))  # the order multi_dot picks for square factors
+
+
+_SYEVR_WORK: dict[int, dict] = {}  # LAPACK workspace sizes per k, as scipy computes them
+_TINY = np.finfo(np.float64).tiny
+
+
+def fastica_symmetric(Z: np.ndarray, w_init: np.ndarray, max_iter: int = 200, tol: float = 1e-3
+                      ) -> tuple[np.ndarray, int]:
+    """Symmetric (parallel) FastICA with the logcosh contrast on already-whitened ``Z`` [n, k]:
+    (unmixing [k, k], iterations). scikit-learn's ``FastICA(whiten=False, fun="logcosh")``
+    iteration, operation for operation (tested equal), without its per-call validation: a
+    bootstrap refit runs it per layer and resample, ~100 steps of [k, n] arithmetic whose
+    overhead was most of the time."""
+    X = np.asarray(Z, dtype=np.float64).T  # [k, n], a view as scikit-learn's (the same BLAS path)
+    p = float(X.shape[1])
+    W = _sym_decorrelation(np.asarray(w_init, dtype=np.float64))
+    for it in range(1, max_iter + 1):
+        g = np.tanh(np.dot(W, X))
+        W1 = _sym_decorrelation(np.dot(g, X.T) / p - (1 - g ** 2).mean(axis=-1)[:, np.newaxis] * W)
+        lim = max(abs(abs(np.einsum("ij,ij->i", W1, W)) - 1))
+        W = W1
+        if lim < tol:
+            return W, it
+    return W, max_iter
 
 
 class LogisticProbe(Direction):

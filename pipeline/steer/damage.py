@@ -24,7 +24,7 @@ import torch
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.hooks import left_padded, pad_batch, pad_token_id
 from traitlens.pipeline.model.loading import LoadedModel
-from traitlens.pipeline.steer.steering import steering
+from traitlens.pipeline.steer.steering import Push, pushes
 
 NEUTRAL_PROMPTS = (
     "What is a good way to spend a quiet afternoon?",
@@ -62,24 +62,32 @@ NEUTRAL_PROMPTS = (
 )
 
 
-@torch.inference_mode()
 def next_token_kl(lm: LoadedModel, vector, layer: int, alphas: list[float], scale: float,
                   prompts: list[str] = NEUTRAL_PROMPTS, chat: bool = True, batch_size: int = 8) -> dict[float, np.ndarray]:
     """Per prompt, the mean over its real positions of KL(unsteered || steered) in nats, for each
     alpha (``{alpha: [n_prompts]}``); the push is ``alpha * scale * v`` at block ``layer``."""
+    settings = {float(a): [Push(vector, layer, float(a), scale)] for a in alphas}
+    return next_token_kl_under(lm, settings, prompts, chat, batch_size)
+
+
+@torch.inference_mode()
+def next_token_kl_under(lm: LoadedModel, settings: dict, prompts: list[str] = NEUTRAL_PROMPTS, chat: bool = True,
+                        batch_size: int = 8) -> dict:
+    """:func:`next_token_kl` of any pushes: ``settings`` maps a key to the :class:`.Push` es
+    applied together; returns ``{key: [n_prompts]}``, the unsteered forward run once per batch."""
     seqs = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
-    out = {float(a): np.zeros(len(seqs)) for a in alphas}
+    out = {k: np.zeros(len(seqs)) for k in settings}
     for b in range(0, len(seqs), batch_size):
         ids, mask, pos = left_padded(lm, seqs[b:b + batch_size])
         kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
         base = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
         p = base.exp()
         m = mask.float()
-        for a in alphas:  # (alpha 0 adds exactly nothing: the same forward, KL exactly 0)
-            with steering(lm, vector, layer, float(a), scale):
+        for k, items in settings.items():  # (alpha 0 adds exactly nothing: the same forward, KL exactly 0)
+            with pushes(lm, items):
                 steered = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
             kl = (p * (base - steered)).sum(-1).clamp_min(0.0)  # [B, T]; tiny negatives are rounding
-            out[float(a)][b:b + len(ids)] = ((kl * m).sum(1) / m.sum(1)).cpu().numpy()
+            out[k][b:b + len(ids)] = ((kl * m).sum(1) / m.sum(1)).cpu().numpy()
     return out
 
 

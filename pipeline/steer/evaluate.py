@@ -12,6 +12,7 @@
 Each (vector, alpha) result is appended to the ``steering`` table with its interval, wrong-way
 share, steerability and damage (KL on neutral prompts, :mod:`.damage`), and every sample's
 values to ``steering_samples``; ``metrics`` exposes the best shift per vector as ``steer_shift``.
+:meth:`Evaluator.together` measures several pushes at once the same way (:mod:`.together`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from traitlens.pipeline.model.hooks import left_padded
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.loading import LoadedModel
-from traitlens.pipeline.steer.steering import mean_token_norm, steering
+from traitlens.pipeline.steer.steering import Push, mean_token_norm, pushes
 from traitlens.pipeline.steer.sweep import REPLY_TOKENS
 
 QUESTION = 'Is the following statement something you would say?\n"{statement}"'
@@ -134,11 +135,16 @@ class Evaluator:
             self._scales[layer] = mean_token_norm(self.lm, layer, self._ids.cpu(), self._mask.cpu(), self.norm)
         return self._scales[layer]
 
-    def _measure(self, vector, layer: int, alpha: float) -> tuple[np.ndarray, list[list[int]] | None]:
-        """(the measure ``[n]`` under ``alpha``, the replies generated under it for expression)."""
+    def push(self, vector, layer: int, alpha: float, site: str = "resid", positions: str = "all",
+             label: str = "") -> Push:
+        """A :class:`.Push` of ``vector`` at ``layer`` whose alpha is in this evaluator's unit there."""
+        return Push(vector, layer, float(alpha), self.scale(layer), site, positions, label)
+
+    def _measure(self, items: list[Push]) -> tuple[np.ndarray, list[list[int]] | None]:
+        """(the measure ``[n]`` under the pushes, the replies generated under them for expression)."""
         from traitlens.pipeline.model.generation import greedy_replies
 
-        with steering(self.lm, vector, layer, alpha, self.scale(layer)):
+        with pushes(self.lm, items):
             if self.kind != "expression":
                 return np.asarray(MEASURES[self.kind](self.lm, self.texts), dtype=np.float64), None
             replies = greedy_replies(self.lm, self.texts, self.expression.max_new_tokens, self.expression.chat)
@@ -159,12 +165,12 @@ class Evaluator:
             self.rejected += rejected
         return out
 
-    def _steered_replies(self, vector, layer: int, alpha: float, plus_replies) -> list[list[int]]:
+    def _steered_replies(self, items: list[Push], plus_replies) -> list[list[int]]:
         from traitlens.pipeline.model.generation import greedy_replies
 
         if plus_replies is not None:  # expression: its +v replies are the replies to the neutral prompts
             return plus_replies
-        with steering(self.lm, vector, layer, alpha, self.scale(layer)):
+        with pushes(self.lm, items):
             return greedy_replies(self.lm, self.neutral, self.reply_tokens, self.chat)
 
     def at(self, vector, layer: int, alphas: list[float]) -> list[dict]:
@@ -178,50 +184,73 @@ class Evaluator:
         (:mod:`.damage`) with its interval, and the steered replies' perplexity and distinct-2
         beside the unsteered replies'; the judge's mean score when there is a judge; and
         ``samples``, the per-sample records."""
-        from traitlens.pipeline.steer.damage import next_token_kl
+        settings = [({"layer": layer, "alpha": float(a), "scale": self.scale(layer)}, [self.push(vector, layer, a)])
+                    for a in alphas]
+        return self._rows(settings)
+
+    def together(self, items: list[Push]) -> dict:
+        """Measure several pushes applied at once (each at its own layer, alpha, site and
+        positions; they add up) as one intervention: a row as :meth:`at` gives, where ``+v`` is
+        every push, ``-v`` every push negated, and ``alpha`` 1 (the pushes at their own strength).
+        A set may be meant to lower the measure, so its wrong-way share counts the samples that
+        move against its mean shift. ``layer`` is the first push's; ``pushes`` describes them all."""
+        head = {"layer": items[0].layer, "alpha": 1.0, "scale": items[0].scale,
+                "pushes": [p.describe() for p in items], "_against_mean": True}
+        (row,) = self._rows([(head, list(items))])
+        return row
+
+    def _rows(self, settings: list[tuple[dict, list[Push]]]) -> list[dict]:
+        """A row per (head fields, pushes): the pushes measured against unsteered; ``alpha`` in
+        the head is the strength the slope and the wrong-way sign are taken against."""
+        from dataclasses import replace
+
+        from traitlens.pipeline.steer.damage import next_token_kl_under
         from traitlens.pipeline.steer.stats import bootstrap_ci, slopes, wilson
 
         if self._base is None:
-            self._base, base_replies = self._measure(vector, layer, 0.0)
+            self._base, base_replies = self._measure([])
             if self.reply_tokens:
-                replies = self._steered_replies(vector, layer, 0.0, base_replies)
+                replies = self._steered_replies([], base_replies)
                 self._base_replies = self._read_replies(replies, self._decode(replies))
         base, seed, texts = self._base, self.seed, self.texts
-        kls = next_token_kl(self.lm, vector, layer, alphas, self.scale(layer), self.neutral)
+        kls = next_token_kl_under(self.lm, {i: items for i, (_, items) in enumerate(settings)}, self.neutral)
         rows = []
-        for a in alphas:
-            plus, plus_replies = self._measure(vector, layer, a)
-            minus = self._measure(vector, layer, -a)[0] if self.kind in SYMMETRIC else None
+        for i, (head, items) in enumerate(settings):
+            a = head["alpha"]
+            plus, plus_replies = self._measure(items)
+            minus = (self._measure([replace(p, alpha=-p.alpha) for p in items])[0] if self.kind in SYMMETRIC
+                     else None)
             shift = plus - (minus if minus is not None else base)
             lo, hi = bootstrap_ci(shift, seed=seed)
-            wrong = int(np.count_nonzero(shift < 0)) if a >= 0 else int(np.count_nonzero(shift > 0))
+            up = shift.mean() >= 0 if head.get("_against_mean") else a >= 0  # the way the push is meant to move
+            wrong = int(np.count_nonzero(shift < 0)) if up else int(np.count_nonzero(shift > 0))
+            head = {k: v for k, v in head.items() if k != "_against_mean"}
             w_lo, w_hi = wilson(wrong, len(shift))
             if minus is not None:
                 slope = slopes([-a, 0.0, a], np.stack([minus, base, plus], axis=1)) if a else np.zeros(len(base))
             else:
                 slope = shift / a if a else np.zeros(len(base))
-            kl = kls[float(a)]
+            kl = kls[i]
             kl_lo, kl_hi = bootstrap_ci(kl, seed=seed)
-            samples = [{"measure": "effect", "sample": texts[i], "unsteered": float(base[i]), "plus": float(plus[i]),
-                        "minus": None if minus is None else float(minus[i]), "shift": float(shift[i])}
-                       for i in range(len(texts))]
-            samples += [{"measure": "kl", "sample": p, "unsteered": 0.0, "plus": float(kl[i]), "minus": None,
-                         "shift": float(kl[i])} for i, p in enumerate(self.neutral)]
-            row = {"layer": layer, "alpha": float(a), "kind": self.kind, "n": len(texts), "scale": self.scale(layer),
-                   "norm": self.norm, "unsteered": float(base.mean()), "plus": float(plus.mean()),
-                   "minus": None if minus is None else float(minus.mean()), "shift": float(shift.mean()),
-                   "ci_low": lo, "ci_high": hi, "wrong_way": wrong / len(shift), "wrong_way_low": w_lo,
-                   "wrong_way_high": w_hi, "steerability": float(slope.mean()), "kl": float(kl.mean()),
-                   "kl_low": kl_lo, "kl_high": kl_hi}
+            samples = [{"measure": "effect", "sample": texts[j], "unsteered": float(base[j]), "plus": float(plus[j]),
+                        "minus": None if minus is None else float(minus[j]), "shift": float(shift[j])}
+                       for j in range(len(texts))]
+            samples += [{"measure": "kl", "sample": p, "unsteered": 0.0, "plus": float(kl[j]), "minus": None,
+                         "shift": float(kl[j])} for j, p in enumerate(self.neutral)]
+            row = {**head, "kind": self.kind, "n": len(texts), "norm": self.norm, "unsteered": float(base.mean()),
+                   "plus": float(plus.mean()), "minus": None if minus is None else float(minus.mean()),
+                   "shift": float(shift.mean()), "ci_low": lo, "ci_high": hi, "wrong_way": wrong / len(shift),
+                   "wrong_way_low": w_lo, "wrong_way_high": w_hi, "steerability": float(slope.mean()),
+                   "kl": float(kl.mean()), "kl_low": kl_lo, "kl_high": kl_hi}
             if self.reply_tokens:
-                replies = self._steered_replies(vector, layer, a, plus_replies)
+                replies = self._steered_replies(items, plus_replies)
                 text = self._decode(replies)
                 read = self._read_replies(replies, text)
                 for name, values in read.items():
                     before = self._base_replies[name]
-                    samples += [{"measure": name, "sample": p, "unsteered": _num(before[i]), "plus": _num(values[i]),
-                                 "minus": None, "shift": _num(values[i] - before[i]), "reply": text[i]}
-                                for i, p in enumerate(self.neutral)]
+                    samples += [{"measure": name, "sample": p, "unsteered": _num(before[j]), "plus": _num(values[j]),
+                                 "minus": None, "shift": _num(values[j] - before[j]), "reply": text[j]}
+                                for j, p in enumerate(self.neutral)]
                 row.update(_reply_columns(read, self._base_replies, seed))
             rows.append({**row, "samples": samples})
         return rows

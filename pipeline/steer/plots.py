@@ -10,6 +10,7 @@
 
 Works on steering rows and sample rows as :class:`.sweep.SweepResult` holds them or as the
 ``steering`` / ``steering_samples`` tables return them (dicts with the same keys).
+:func:`together_figure` draws pushes measured at once (``evaluate --add``).
 """
 
 from __future__ import annotations
@@ -141,3 +142,45 @@ def _yerr(r: dict) -> np.ndarray:
     if r.get("ci_low") is None or r.get("ci_high") is None:
         return np.zeros((2, 1))
     return np.array([[max(0.0, r["shift"] - r["ci_low"])], [max(0.0, r["ci_high"] - r["shift"])]])
+
+
+def together_figure(rows: list[dict], trait: str, path: Path, kind: str = "", names: list[str] | None = None
+                    ) -> Path:
+    """PNG of pushes measured together (:mod:`.together`): each part's shift with its 95% interval
+    (the sum of the pushes alone marked beside the whole) and its KL on neutral prompts.
+    ``names``: a label per row [default: its part and its first push's label]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    names = [n[:60] for n in names] if names else [
+        ("together" if r["part"] == "together" else "random twin" if r["part"] == "random"
+         else "alone: " + r["pushes"][0].split(" (")[0])[:48] for r in rows]
+    colours = ["C3" if r["part"] == "together" else "grey" if r["part"] == "random" else "C0" for r in rows]
+    y = np.arange(len(rows))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.45 * len(rows)), sharey=True)
+    ax = axes[0]
+    for yi, r, c in zip(y, rows, colours):
+        ax.errorbar(r["shift"], yi, xerr=np.array(_yerr(r)), fmt="o", color=c, capsize=3)
+    parts = [r for r in rows if r["part"] == "alone"]
+    if parts:
+        ax.plot(sum(r["shift"] for r in parts), y[0], marker="|", ms=18, color="black", ls="none",
+                label="sum of the pushes alone")
+        ax.legend(fontsize=7, loc="best")
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_yticks(y, names, fontsize=7)
+    ax.set_xlabel(f"shift ({kind}), 95% interval" if kind else "shift, 95% interval")
+    ax.set_title(f"{trait}: pushes together and alone", fontsize=9)
+    ax = axes[1]
+    for yi, r, c in zip(y, rows, colours):
+        err = np.array([[max(0.0, r["kl"] - (r.get("kl_low") or r["kl"]))], [max(0.0, (r.get("kl_high") or r["kl"]) - r["kl"])]])
+        ax.errorbar(r["kl"], yi, xerr=err, fmt="s", color=c, capsize=3)
+    ax.set_xlabel("KL on neutral prompts (nats), 95% interval")
+    ax.set_title("damage", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
