@@ -345,7 +345,7 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
             with threadpool_limits(blas_per_task), _local_pool(local, n_workers) as pool, (
                     TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
                 extra = {"pool": pool, "chunksize": 1} if pool is not None else {}
-                results = dask.compute(*tasks, scheduler=local, num_workers=n_workers, **extra)
+                results = dask.compute(*tasks, scheduler=_local_get(local), num_workers=n_workers, **extra)
     return [rec for layer_recs in results for rec in layer_recs]
 
 
@@ -357,6 +357,16 @@ def default_local_scheduler(n_layers: int) -> str:
     after its frameworks start threads, so there it stays on threads.)"""
     forks = sys.platform.startswith("linux")
     return "processes" if forks and (os.cpu_count() or 1) > 1 and n_layers >= 4 else "threads"
+
+
+def _local_get(local: str):
+    """Dask's ``get`` for a local scheduler name. Passing the function rather than its name
+    skips Dask's check for a distributed Client, which imports ``distributed`` (0.4 s)."""
+    import dask.local
+    import dask.multiprocessing
+    import dask.threaded
+
+    return {"threads": dask.threaded.get, "processes": dask.multiprocessing.get}.get(local, dask.local.get_sync)
 
 
 @contextmanager
