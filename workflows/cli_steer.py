@@ -155,6 +155,16 @@ def _parse_add(store, lm, spec: str, alpha: float, method: str | None) -> tuple[
     return vec, at, a
 
 
+def _check_positions(positions: str) -> None:
+    """``--positions``, or an input error saying what is accepted."""
+    from traitlens.pipeline.steer.steering import check_positions
+
+    try:
+        check_positions(positions)
+    except ValueError as e:
+        _fail(f"--positions: {e}", EXIT_INPUT)
+
+
 def _label(vec: dict) -> str:
     return f"{vec['trait']} {vec['method']} ({vec['vector_id']}, extracted at L{vec['layer']})"
 
@@ -246,13 +256,10 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
           condition, condition_threshold, ablate, all_layers, max_new_tokens, chat):
     """Generate with and without the vector(s) and print both."""
     from traitlens.pipeline.model.generation import greedy_batch
-    from traitlens.pipeline.steer.steering import ablation, check_positions, generate_batch
+    from traitlens.pipeline.steer.steering import ablation, generate_batch
     from traitlens.store import Store
 
-    try:
-        check_positions(positions)
-    except ValueError as e:
-        _fail(f"--positions: {e}", EXIT_INPUT)
+    _check_positions(positions)
     prompts = [prompt] if prompt else []
     if file_:
         prompts += [l for l in Path(file_).read_text().splitlines() if l.strip()]
@@ -403,29 +410,22 @@ def _evaluate_together(store, lm, trait, evaluator, specs, site, positions, rand
     """``evaluate --add ...``: the pushes measured together, alone and as random directions;
     printed, plotted and stored in ``steering_together``."""
     from traitlens.pipeline.steer.plots import together_figure
-    from traitlens.pipeline.steer.steering import check_positions
     from traitlens.pipeline.steer.together import additivity_line, floor_line, measure_together, together_records
     from traitlens.store.store import new_run_id
 
-    try:
-        check_positions(positions)
-    except ValueError as e:
-        _fail(f"--positions: {e}", EXIT_INPUT)
+    _check_positions(positions)
     wanted = [_parse_add(store, lm, spec, 0.25, None) for spec in specs]
     items = [evaluator.push(vec["vector"], at, a, site, positions, _label(vec)) for vec, at, a in wanted]
     click.echo("measuring together: " + "; ".join(p.describe() for p in items))
     rows = measure_together(evaluator, items, random_floor, log=lambda m: click.echo(m, err=True))
     short = [f"{v['trait']} L{at} {a:+g}" for v, at, a in wanted]
-    names = {"together": " + ".join(short), "random": " + ".join(f"random L{at} {a:+g}" for _, at, a in wanted)}
-    alone = iter(short)
-    width = max(len(n) for n in names.values())
+    names = ([" + ".join(short)] + (short if len(short) > 1 else [])  # the parts in measure_together's order
+             + ([" + ".join(f"random L{at} {a:+g}" for _, at, a in wanted)] if random_floor else []))
+    width = max(len(n) for n in names)
     click.echo(f"{'part':<9} {'pushes':<{width}} {'shift':>7} {'95% CI':>17} {'wrong way':>9} {'KL nats':>8} "
                f"{'ppl':>6} {'dist-2':>6}   ({evaluator.kind}, n={len(evaluator.texts)})")
     num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-    labels = []
-    for r in rows:
-        what = names.get(r["part"]) or next(alone)
-        labels.append(f"{r['part']}: {what}")
+    for r, what in zip(rows, names):
         click.echo(f"{r['part']:<9} {what:<{width}} {r['shift']:>+7.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
                    f"{r['wrong_way']:>9.0%} {r['kl']:>8.4f} {num(r.get('perplexity'), '.1f'):>6} "
                    f"{num(r.get('distinct2'), '.2f'):>6}")
@@ -439,7 +439,7 @@ def _evaluate_together(store, lm, trait, evaluator, specs, site, positions, rand
     records = together_records(trait, rows, items, [v for v, _, _ in wanted], run_id)
     with store.lock("evaluate --add"):
         store.append("steering_together", records)
-    together_figure(rows, trait, out_png, evaluator.kind, labels)
+    together_figure(rows, trait, out_png, evaluator.kind, [f"{r['part']}: {n}" for r, n in zip(rows, names)])
     click.echo(f"plot: {out_png}")
     click.echo(f"stored {len(records)} rows in steering_together (combination {records[0]['combination_id']}, "
                f"run {run_id})")

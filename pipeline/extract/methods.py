@@ -385,7 +385,7 @@ def _sym_decorrelation(W: np.ndarray) -> np.ndarray:
 
     k = W.shape[0]
     if k not in _SYEVR_WORK:
-        lw, liw, info = lapack.dsyevr_lwork(k, lower=1)
+        lw, liw, _ = lapack.dsyevr_lwork(k, lower=1)
         _SYEVR_WORK[k] = {"lwork": int(lw), "liwork": int(liw)}
     s, u, _, _, info = lapack.dsyevr(np.dot(W, W.T), compute_v=1, lower=1, **_SYEVR_WORK[k])
     if info != 0:

@@ -195,13 +195,14 @@ class Evaluator:
         A set may be meant to lower the measure, so its wrong-way share counts the samples that
         move against its mean shift. ``layer`` is the first push's; ``pushes`` describes them all."""
         head = {"layer": items[0].layer, "alpha": 1.0, "scale": items[0].scale,
-                "pushes": [p.describe() for p in items], "_against_mean": True}
-        (row,) = self._rows([(head, list(items))])
+                "pushes": [p.describe() for p in items]}
+        (row,) = self._rows([(head, list(items))], against_mean=True)
         return row
 
-    def _rows(self, settings: list[tuple[dict, list[Push]]]) -> list[dict]:
+    def _rows(self, settings: list[tuple[dict, list[Push]]], against_mean: bool = False) -> list[dict]:
         """A row per (head fields, pushes): the pushes measured against unsteered; ``alpha`` in
-        the head is the strength the slope and the wrong-way sign are taken against."""
+        the head is the strength the slope is taken against, and its sign the way the push is
+        meant to move (``against_mean``: the sign of the mean shift instead)."""
         from dataclasses import replace
 
         from traitlens.pipeline.steer.damage import next_token_kl_under
@@ -222,9 +223,8 @@ class Evaluator:
                      else None)
             shift = plus - (minus if minus is not None else base)
             lo, hi = bootstrap_ci(shift, seed=seed)
-            up = shift.mean() >= 0 if head.get("_against_mean") else a >= 0  # the way the push is meant to move
+            up = shift.mean() >= 0 if against_mean else a >= 0
             wrong = int(np.count_nonzero(shift < 0)) if up else int(np.count_nonzero(shift > 0))
-            head = {k: v for k, v in head.items() if k != "_against_mean"}
             w_lo, w_hi = wilson(wrong, len(shift))
             if minus is not None:
                 slope = slopes([-a, 0.0, a], np.stack([minus, base, plus], axis=1)) if a else np.zeros(len(base))

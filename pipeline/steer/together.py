@@ -56,8 +56,7 @@ def combination_id(records: list[dict]) -> str:
     return "combo-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
-def together_records(trait: str, rows: list[dict], items: list, vecs: list[dict], run_id: str,
-                     seed: int = 0) -> list[dict]:
+def together_records(trait: str, rows: list[dict], items: list, vecs: list[dict], run_id: str) -> list[dict]:
     """``steering_together`` rows of :func:`measure_together`'s result; ``vecs``: the stored
     vector behind each of ``items``."""
     from traitlens.store.store import now_utc
@@ -72,7 +71,7 @@ def together_records(trait: str, rows: list[dict], items: list, vecs: list[dict]
         elif r["part"] == "alone":
             pushes = [next(alone)]
         else:
-            pushes = [push_record(p, None) for p in random_twin(items, seed)]
+            pushes = [push_record(p, None) for p in items]  # the twin differs only in its directions
         out.append({"combination_id": cid, "trait": trait, "kind": r["kind"], "part": r["part"],
                     "pushes": json.dumps(pushes), **{k: r.get(k) for k in _MEASURED}, "run_id": run_id,
                     "created_at": stamp})
