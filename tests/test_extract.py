@@ -71,10 +71,17 @@ def test_rerun_is_idempotent(planted_store):
         assert ra["vector"] == rb["vector"]
 
 
-def test_row_stream_serves_the_stored_rows_on_every_pass_within_its_cache(planted_store):
-    """Cached or read again, as a slice or as scattered rows: every pass yields exactly the rows
-    asked for, and the cache never holds more than its budget."""
+@pytest.mark.parametrize("with_torch", [True, False])
+def test_row_stream_serves_the_stored_rows_on_every_pass_within_its_cache(planted_store, monkeypatch, with_torch):
+    """Cached or read again, as a slice or as scattered rows, converted by torch or by NumPy:
+    every pass yields exactly the rows asked for (each block copied before the next, since the
+    stream reuses its buffer), and the cache never holds more than its budget."""
+    import torch  # noqa: F401
+
     from traitlens.pipeline.extract.streaming import RowStream
+
+    if not with_torch:
+        monkeypatch.delitem(sys.modules, "torch")
 
     store, _ = planted_store
     arr = store.layer_array(KEY, 1)
@@ -85,10 +92,28 @@ def test_row_stream_serves_the_stored_rows_on_every_pass_within_its_cache(plante
         for cache in (0, 10 * 24 * 2 * 64, 1 << 30):
             stream = RowStream(arr, rows, pos, block_rows=64, cache_bytes=cache)
             for _ in range(3):
-                X = np.concatenate([b for b, _ in stream()])
+                X = np.concatenate([b.copy() for b, _ in stream()])
                 np.testing.assert_array_equal(X, full[rows])
                 assert np.concatenate([p for _, p in stream()]).tolist() == pos.tolist()
             assert stream.cached <= cache and (cache < 1 << 30 or len(stream.cache) == -(-len(rows) // 64))
+
+
+def test_float16_to_float32_by_torch_and_numpy_is_exact(monkeypatch):
+    """Every float16 value (subnormals, infinities, NaN included) converts to the float32 NumPy
+    gives it, by either converter; float32 passes through uncopied."""
+    import torch  # noqa: F401
+
+    from traitlens.pipeline.extract.streaming import as_float32
+
+    every = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    want = every.astype(np.float32)
+    out = np.empty((300, 256), np.float32)
+    np.testing.assert_array_equal(as_float32(every.copy(), out), want)  # (array_equal: NaN == NaN)
+    monkeypatch.delitem(sys.modules, "torch")
+    out[:] = 0
+    np.testing.assert_array_equal(as_float32(every.copy(), out), want)
+    f32 = want.copy()
+    assert as_float32(f32, out) is f32
 
 
 def test_out_of_core_matches_in_memory(planted_store):
@@ -143,6 +168,37 @@ def test_forked_processes_give_the_threads_records_and_are_the_default_for_long_
     forks = sys.platform.startswith("linux") and (os.cpu_count() or 1) > 1
     assert default_local_scheduler(30) == ("processes" if forks else "threads")
     assert default_local_scheduler(2) == "threads"  # too little to share out
+
+
+def test_streamed_layers_convert_alike_in_forked_workers_after_the_parent_used_torch(tmp_path, monkeypatch):
+    """Out of core, float16 rows are converted by torch once it is loaded. Forked workers inherit
+    a parent whose torch already ran its OpenMP pool (ingest then extract in one process); they
+    must neither hang (each task caps the pool to its BLAS share) nor differ: the same records as
+    threads converting with NumPy."""
+    import faulthandler
+
+    import torch
+
+    import traitlens.pipeline.extract.streaming as streaming
+
+    torch.ones(1 << 20).mul(2).sum()  # the parent's OpenMP pool is up
+    store, _ = synthetic_store(tmp_path / "s", n=300, d=16, layers=(0, 1, 2, 3))
+    kw = dict(methods="mean_diff,probe", cfg=ExtractConfig(n_boot=2, memory_budget=16 * 8 * 8 * 60, chunk_rows=40),
+              skip_unchanged=False)
+    monkeypatch.setattr(streaming, "TORCH_CAST_VALUES", 0)
+    faulthandler.dump_traceback_later(300, exit=True)  # a hung fork fails the run instead of stalling CI
+    try:
+        procs = extract(store.root, "planted", scheduler="processes", **kw)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(streaming, "TORCH_CAST_VALUES", 1 << 62)  # (and never import it again)
+    threads = extract(store.root, "planted", scheduler="threads", **kw)
+    assert all(r["out_of_core"] for r in procs.records) and len(procs.records) == 4 * 2
+    a, b = by_layer_method(threads.records), by_layer_method(procs.records)
+    for k in a:
+        np.testing.assert_array_equal(a[k]["vector"], b[k]["vector"])
+        assert a[k]["auroc"] == b[k]["auroc"]
 
 
 def test_bad_requests_fail_clearly_and_write_nothing(tmp_path):

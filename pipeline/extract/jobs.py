@@ -29,18 +29,20 @@ from traitlens.store.arrays import read_rows_checked
 from traitlens.store.layout import StoreError
 
 from traitlens.pipeline.runtime.cluster import LOCAL, dask_client
+from traitlens.pipeline.runtime.memory import give_back_freed_memory
 from traitlens.pipeline.extract.contrastive import ContrastiveSet
 from traitlens.pipeline.extract.methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
 from traitlens.pipeline.extract.metrics import cosine, projection_metrics
 from traitlens.pipeline.extract.resample import stability
-from traitlens.pipeline.extract.streaming import RowStream
+from traitlens.pipeline.extract.streaming import RowStream, load_fast_cast
 
 DEFAULT_METHODS = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
 # An in-memory fit holds its rows about this many times over (the float64 read, a standardised
 # copy, a bootstrap resample, solver workspace): budgets are divided by it. Measured: with
 # fewer, a 1 GB budget peaked at 1.6 GB RSS in bench/bench_out_of_core.py.
 WORKING_COPIES = 8
-CACHE_SHARE_NUM = 2  # eighths of an out-of-core task's budget that cache rows between passes
+CACHE_SHARE_NUM = 6  # eighths of an out-of-core task's budget that cache rows between passes
+PROBE_PASSES = 8  # the streamed probe's L-BFGS steps from its warm start (bench_out_of_core: 7-9)
 
 
 @dataclass
@@ -137,8 +139,9 @@ def read_rows(arr, rows: np.ndarray) -> np.ndarray:
 
 
 # -- one layer ---------------------------------------------------------------------------------
-def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None, sample=None):
+def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None, probe_start=None):
     """Fit every method in memory (X, pos) or from streaming inputs; returns {name: estimator}.
+    ``probe_start``: the streamed probe's warm start (:func:`_probe_warm_start`).
 
     In memory the class statistics are computed once and shared: every method but the probe
     needs them, and their Gram matrix is the costly part of a fit."""
@@ -158,10 +161,7 @@ def _fit_all(methods, cfg, X=None, pos=None, stats=None, chunks=None, ica_Z=None
             mean, W, Z, zpos = ica_Z
             est.fit_reduced(Z, zpos, W, stats)
         elif isinstance(est, LogisticProbe):
-            start = None
-            if sample is not None and est.penalty == "l2":  # warm start from a subsample that fits
-                start = make_method(name, **method_params(cfg, name)).fit(sample[0], np.where(sample[1], 1, -1))
-            est.fit_streaming(chunks, stats, init=start)
+            est.fit_streaming(chunks, stats, init=probe_start)
         else:
             est.fit_stats(stats)
         out[name] = est
@@ -188,9 +188,8 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
 
     arr = _layer_array(store_root, cset, layer)
     d = arr.shape[1]
-    n_sel = len(cset.train_rows) + len(cset.held_rows)
     row_bytes = d * 8 * WORKING_COPIES
-    in_core = n_sel * row_bytes <= task_budget
+    in_core = fits_in_core(cset, d, task_budget)
     block = cfg.chunk_rows or max(arr.chunks[0], min(arr.chunks[0] * 16, task_budget // row_bytes or 1))
     rng = np.random.default_rng(cfg.seed + layer)
     with threadpool_limits(blas_threads) if blas_threads else nullcontext():
@@ -230,6 +229,12 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
     return records
 
 
+def fits_in_core(cset: ContrastiveSet, d: int, task_budget: int) -> bool:
+    """Whether a layer's selected rows (train and held) fit a task's budget as float64 with
+    their working copies; if not, the task streams them."""
+    return (len(cset.train_rows) + len(cset.held_rows)) * d * 8 * WORKING_COPIES <= task_budget
+
+
 def _agreement(method: str, vectors: dict[str, np.ndarray]) -> float:
     """Mean cosine of one method's vector to the other real methods' at the same layer (NaN
     when it is the only one). The random baseline is left out: it agrees with nothing."""
@@ -244,11 +249,13 @@ def _extract_streaming(arr, cset, cfg, block, budget, rng):
     One pass gathers the class statistics (the [d, d] moments only when a method needs them)
     and a class-balanced random subsample that fits the budget (the probe's warm start and the
     rows stability is estimated on); ICA takes a second pass for its reduced data, the probe one
-    per L-BFGS step. Most of the budget caches the rows as stored, so those later passes read
+    per L-BFGS step. Once the warm start is fitted (its working copies are the largest thing
+    this task holds), most of the budget caches the rows as stored, so the later passes read
     memory rather than the store."""
     rows, pos = cset.train_rows, cset.train_pos
     d = arr.shape[1]
-    stream = RowStream(arr, rows, pos, block, cache_bytes=budget * CACHE_SHARE_NUM // 8)
+    stream = RowStream(arr, rows, pos, block)
+    load_fast_cast(len(rows) * d * (PROBE_PASSES + 3 if "probe" in cfg.methods else 3))
     stats = ClassStats.empty(d, means_only=not any(METHODS[m].needs_outer for m in cfg.methods))
     per_class = max(2, budget // (d * 8 * WORKING_COPIES) // 2)
     pick = np.sort(np.concatenate([rng.choice(idx, min(per_class, len(idx)), replace=False)
@@ -261,21 +268,35 @@ def _extract_streaming(arr, cset, cfg, block, budget, rng):
         lo, hi = np.searchsorted(pick, [start, start + len(X)])
         picked.append(X[pick[lo:hi] - start].astype(np.float64))
     sample = (np.concatenate(picked), pos[pick])
+    del picked  # (its copy would sit beside the cache)
+    probe_start = _probe_warm_start(cfg, sample) if "probe" in cfg.methods else None
+    stream.cache_bytes = budget * CACHE_SHARE_NUM // 8
     ica_Z = None
     if "ica" in cfg.methods:
         ica = make_method("ica", **method_params(cfg, "ica"))
         mean, W = ica.whitening(stats)
         Z = np.concatenate([(X - mean) @ W.T for X, _ in stream()])
         ica_Z = (mean, W, Z, pos)
-    ests = _fit_all(cfg.methods, cfg, stats=stats, chunks=stream, ica_Z=ica_Z, sample=sample)
-    V = np.stack([e.vector_ for e in ests.values()], axis=1)  # [d, n_methods]
-    pt = np.concatenate([X @ V for X, _ in stream()])
+    ests = _fit_all(cfg.methods, cfg, stats=stats, chunks=stream, ica_Z=ica_Z, probe_start=probe_start)
+    V = np.stack([e.vector_ for e in ests.values()], axis=1).astype(np.float32)  # [d, n_methods]
+    pt = np.concatenate([X @ V for X, _ in stream()]).astype(np.float64)
+    del stream  # frees the cache before the held rows are read
     held = RowStream(arr, cset.held_rows, cset.held_pos, block)
-    ph = np.concatenate([X @ V for X, _ in held()]) if len(cset.held_rows) else np.zeros((0, V.shape[1]))
+    ph = (np.concatenate([X @ V for X, _ in held()]).astype(np.float64) if len(cset.held_rows)
+          else np.zeros((0, V.shape[1])))
     names = list(ests)
     p_train = {m: pt[:, i] for i, m in enumerate(names)}
     p_held = {m: ph[:, i] for i, m in enumerate(names)}
     return ests, p_train, p_held, sample
+
+
+def _probe_warm_start(cfg, sample):
+    """The probe fitted in memory on the subsample ``(X [m, d], pos [m])``: the streamed fit
+    starts from it (None for an L1 probe, which streams from zero)."""
+    probe = make_method("probe", **method_params(cfg, "probe"))
+    if probe.penalty != "l2":
+        return None
+    return probe.fit(sample[0], np.where(sample[1], 1, -1))
 
 
 def _jsonable(v):
@@ -326,8 +347,10 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
         local = scheduler if scheduler in LOCAL else default_local_scheduler(len(layers))
         # one BLAS pool sized to the cores: concurrent tasks x BLAS threads never oversubscribe
         # them. Threads share this process's pool (capped around the run); worker processes
-        # cap their own inside each task.
-        blas_per_task = max(1, (os.cpu_count() or 1) // concurrent)
+        # cap their own inside each task. A streamed layer reads its next block on a thread of
+        # its own, so it leaves that a core (measured: a probe pass 0.68 s against 0.96 s).
+        streams = not fits_in_core(cset, _layer_array(root, cset, layers[0]).shape[1], task_budget)
+        blas_per_task = max(1, (os.cpu_count() or 1) // concurrent - streams)
         blas = 1 if client is not None else (blas_per_task if local == "processes" else None)
         tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, blas,
                                                         dask_key_name=f"extract-L{l}") for l in layers]
@@ -508,6 +531,7 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     with store.run("extract", config, lock=True, start=bool(todo)) as run:
         run.counts = {"layers": todo}
         run.message = "no vector of this run was stored"  # what an interrupted or failed run reports
+        give_back_freed_memory()  # what building the set left in the allocators: the layers' budget
         records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
         if records:  # what is not the trait, scored like a vector: one set of floors per contrastive set
             from traitlens.pipeline.extract.floors import nuisance_floors

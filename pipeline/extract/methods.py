@@ -22,6 +22,11 @@ from sklearn.base import BaseEstimator
 
 from traitlens.store.errors import InputError
 
+# rows ClassStats.update converts to float64 at a time: 2,048 x d=576 is 9 MB, under glibc's
+# mmap threshold, so each part reuses the last one's memory instead of faulting in fresh pages
+UPDATE_ROWS = 2048
+
+
 class ExtractionError(InputError):
     """The contrastive set cannot be used (no positives, non-finite rows, ...)."""
 
@@ -53,7 +58,7 @@ def check_xy(X, y) -> tuple[np.ndarray, np.ndarray]:
 class ClassStats:
     """Sufficient statistics of one contrastive set, built in one streaming pass.
 
-    ``n`` [2], ``sum`` [2, d], ``sumsq`` [2, d] (per-feature sums of squares) and ``outer``
+    ``n`` [2], ``sum`` [2, d], ``sumsq`` [d] (per-feature sums of squares, both classes) and ``outer``
     [2, d, d] for (negative, positive): enough for the mean difference, pca-diff, gradient, the
     probe's standardisation and ICA's whitening, in or out of core alike. ``outer`` costs
     O(n d^2) and is None for statistics built ``means_only`` (mean difference, random, probe
@@ -71,38 +76,39 @@ class ClassStats:
 
     @classmethod
     def empty(cls, d: int, means_only: bool = False) -> "ClassStats":
-        return cls(np.zeros(2), np.zeros((2, d)), None if means_only else np.zeros((2, d, d)), np.zeros((2, d)))
+        return cls(np.zeros(2), np.zeros((2, d)), None if means_only else np.zeros((2, d, d)), np.zeros(d))
 
     def update(self, X: np.ndarray, pos: np.ndarray, weights: np.ndarray | None = None) -> "ClassStats":
         """Add rows ``X`` [m, d] with labels ``pos`` [m]; ``weights`` [m] counts each row that
-        many times (a row drawn twice by a bootstrap counts twice)."""
-        X = np.asarray(X, dtype=np.float64)
+        many times (a row drawn twice by a bootstrap counts twice). Runs over ``UPDATE_ROWS``
+        rows at a time: their float64 copies stay small enough to reuse the same memory."""
         self._derived.clear()
-        for c, m in ((0, ~pos), (1, pos)):
-            Xc = X[m]
-            if weights is None:
-                self.n[c] += Xc.shape[0]
-                self.sum[c] += Xc.sum(axis=0)
-                self.sumsq[c] += np.einsum("ij,ij->j", Xc, Xc)
-                if self.outer is not None:
-                    self.outer[c] += Xc.T @ Xc
-            else:
-                wc = np.asarray(weights, dtype=np.float64)[m]
-                self.n[c] += wc.sum()
-                self.sum[c] += wc @ Xc
-                self.sumsq[c] += wc @ (Xc * Xc)
-                if self.outer is not None:  # sum_i w_i x_i x_i^T = A^T A with A = sqrt(w) x (rows w=0 dropped)
-                    drawn = wc > 0
-                    A = Xc[drawn] * np.sqrt(wc[drawn])[:, None]
-                    self.outer[c] += A.T @ A
+        w = np.ones(len(pos)) if weights is None else np.asarray(weights, dtype=np.float64)
+        for i in range(0, len(pos), UPDATE_ROWS):
+            part = slice(i, i + UPDATE_ROWS)
+            self._add(np.asarray(X[part], dtype=np.float64), pos[part], w[part], weights is None)
         return self
+
+    def _add(self, X: np.ndarray, pos: np.ndarray, w: np.ndarray, unweighted: bool) -> None:
+        coef = np.stack([~pos, pos]) * w  # [2, m]: each row's weight in each class
+        self.n += coef.sum(1)
+        self.sum += coef @ X  # one product for both classes: no per-class copies
+        self.sumsq += np.einsum("ij,ij->j", X, X) if unweighted else np.einsum("i,ij,ij->j", w, X, X)
+        if self.outer is not None:
+            for c, m in ((0, ~pos), (1, pos)):
+                if unweighted:
+                    Xc = X[m]
+                else:  # sum_i w_i x_i x_i^T = A^T A with A = sqrt(w) x (rows w=0 dropped)
+                    drawn = m & (w > 0)
+                    Xc = X[drawn] * np.sqrt(w[drawn])[:, None]
+                self.outer[c] += Xc.T @ Xc
 
     @property
     def sd(self) -> np.ndarray:
         """Per-feature standard deviation over both classes (maximum likelihood) ``[d]``."""
         n = self.n.sum()
         mu = self.sum.sum(0) / n
-        return np.sqrt(np.clip(self.sumsq.sum(0) / n - mu ** 2, 0, None))
+        return np.sqrt(np.clip(self.sumsq / n - mu ** 2, 0, None))
 
     @classmethod
     def of(cls, X, y) -> "ClassStats":
