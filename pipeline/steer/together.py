@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
+
 def random_twin(items: list, seed: int = 0) -> list:
     """The same pushes (layer, alpha, scale, site, positions) along seeded random unit directions."""
     rng = np.random.default_rng(seed)
