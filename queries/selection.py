@@ -8,6 +8,13 @@ ordered by the held-out metric asked for (AUROC by default), ties broken by held
 — which keeps separating candidates after AUROC saturates at 1.000 — then by stability, and only
 then by layer (so that the order is total; never by layer alone). The random baseline is never
 picked. :data:`RULE` says this in words; ``rank`` prints it.
+
+A candidate must be usable (:func:`usable_sql`, :func:`usable`): its values finite and not all
+zero (the ``metrics`` view's ``vector_ok``), and its held-out AUROC and Cohen's d not NaN or
+infinite (a vector whose projections are not numbers scores NaN). Such a vector, stored by an
+older traitlens, is never picked, and naming it by id is refused (:func:`chosen_vector`). A NaN
+or infinite sort key (the agreement of a method with no other, the stability of ``--n-boot 0``)
+sorts as NULL: last, never first (DuckDB sorts NaN above every number).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import math
 from .connection import QueryError, StoreSQL
 
 TIE_BREAK = ("cohens_d", "stability")
+CORE_METRICS = ("auroc", "cohens_d")  # measured for every vector: NaN or infinite there means garbage
 # nats: the damage budget of a steering pick, mean next-token KL on neutral prompts (the README's
 # steering figures show the sweeps it was chosen from); `evaluate --kl-budget` overrides it
 KL_BUDGET = 0.1
@@ -44,14 +52,31 @@ def order_by(by: str = "auroc", prefix: str = "") -> str:
         raise QueryError(f"--by {by!r}: rank by one of {', '.join(METRICS)}")
     by = metric_column(by)
     keys = [by] + [k for k in TIE_BREAK if k != by]
-    return ", ".join(f"{prefix}{k} DESC NULLS LAST" for k in keys) + f", {prefix}layer"
+    return (", ".join(f"CASE WHEN isfinite({prefix}{k}) THEN {prefix}{k} END DESC NULLS LAST" for k in keys)
+            + f", {prefix}layer")
+
+
+def usable_sql(prefix: str = "") -> str:
+    """The SQL condition a candidate meets (over ``metrics`` columns; ``prefix``: a table alias
+    with its dot): finite, non-zero values and finite core metrics (NULL, not measured, is fine)."""
+    core = " AND ".join(f"({prefix}{k} IS NULL OR isfinite({prefix}{k}))" for k in CORE_METRICS)
+    return f"coalesce({prefix}vector_ok, false) AND {core}"
+
+
+def usable(rec: dict) -> bool:
+    """:func:`usable_sql` for a record in memory: a vectors row (its ``vector``) or a metrics
+    row (its ``vector_ok``)."""
+    from traitlens.store.finite import vector_problem
+
+    ok = vector_problem(rec["vector"]) is None if rec.get("vector") is not None else bool(rec.get("vector_ok"))
+    return ok and all(rec.get(k) is None or math.isfinite(rec[k]) for k in CORE_METRICS)
 
 
 def sort_key(rec: dict, by: str = "auroc") -> tuple:
     """The rule as a Python sort key (ascending sorts best first), for records in memory; the
     same order as :func:`order_by` (a test holds them together)."""
     def neg(v):
-        return math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else -float(v)
+        return math.inf if v is None or not math.isfinite(v) else -float(v)
 
     by = metric_column(by)
     keys = [by] + [k for k in TIE_BREAK if k != by]
@@ -63,7 +88,7 @@ def best_vector(q: StoreSQL, trait: str, model_key: str | None = None, layer: in
     """The vector the rule picks for ``trait`` (a full vectors row), or None. Filters: a model
     key, one layer or an inclusive ``layers`` range, one method. The random baseline is never
     the pick, unless ``method="random"`` asks for it (the floor of a steering evaluation)."""
-    cond, params = ([] if method == "random" else ["m.method <> 'random'"]), [trait]
+    cond, params = [usable_sql("m.")] + ([] if method == "random" else ["m.method <> 'random'"]), [trait]
     for column, value in (("model_key", model_key), ("layer", layer), ("method", method)):
         if value is not None:
             cond.append(f"m.{column} = ?")
@@ -81,6 +106,11 @@ def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filte
     (``filters``: its model_key / layer / method). None when there is none."""
     if vector_id:
         rows = q.query("SELECT * FROM vectors WHERE vector_id = ?", [vector_id]).to_pylist()
+        if rows and not usable(rows[0]):
+            v = rows[0]
+            raise QueryError(f"vector {vector_id} ({v['trait']} {v['method']} L{v['layer']}) holds NaN, infinite or "
+                             "all-zero values, or NaN held-out metrics (an older traitlens stored it): it cannot be "
+                             f"used; `traitlens rank --trait {v['trait']}` lists the usable ones")
         return rows[0] if rows else None
     return best_vector(q, trait, **filters)
 
@@ -88,7 +118,7 @@ def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filte
 def best_per_method(records: list[dict], by: str = "auroc") -> dict[str, dict]:
     """``{method: the record the rule picks among that method's layers}`` for records in memory."""
     best: dict[str, dict] = {}
-    for r in sorted(records, key=lambda r: sort_key(r, by)):
+    for r in sorted(filter(usable, records), key=lambda r: sort_key(r, by)):
         best.setdefault(r["method"], r)
     return best
 

@@ -10,12 +10,17 @@ the few places where object storage differs branch on :func:`is_remote`:
 - the writer lock is a lease object renewed by a heartbeat (see :mod:`.lock`);
 - Zarr goes through ``zarr.storage.FsspecStore``; DuckDB reads parts through pyarrow datasets.
 
-``file://`` URLs are plain local paths. Credentials come the fsspec way (environment, config
-files, or ``storage_options`` on a :class:`UPath` passed in directly).
+``file:///abs/path`` URLs are plain local paths (``file://relative/path`` names a host, not a
+folder, and is refused). A name that looks like a URL but is not one (``s3:/bucket``,
+``s3:bucket``) is refused rather than taken for a local folder called ``s3:``. Credentials come
+the fsspec way (environment, config files, or ``storage_options`` on a :class:`UPath` passed in
+directly). ``memory://`` lives as long as the process: fine for the Python API and tests, and
+refused by the command line (:func:`check_lasting`), whose process ends with the command.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Union
 
@@ -31,8 +36,21 @@ def store_path(root) -> StorePath:
     if isinstance(root, (Path, UPath)):
         return root
     text = str(root)
+    if not text.strip():
+        raise InputError("the store path is empty: give a folder or a URL (s3://bucket/store)")
     if text.startswith("file://"):
-        return Path(text[len("file://"):]).expanduser()
+        rest = text[len("file://"):]
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if not rest.startswith("/"):
+            raise InputError(f"{text}: a file:// URL takes an absolute path, file:///abs/path (three slashes; "
+                             f"file://{rest.split('/')[0]}/... would name a host); for a folder relative to here, "
+                             "give the path itself")
+        return Path(rest)
+    scheme = _SCHEME.match(text)
+    if scheme and "://" not in text and "::" not in text:
+        raise InputError(f"{text}: a malformed URL ({scheme.group(1)}:// takes two slashes): write "
+                         f"{scheme.group(1)}://bucket/path, or ./{text} for a local folder of that name")
     if "://" in text or "::" in text:
         try:
             p = UPath(text)
@@ -42,6 +60,19 @@ def store_path(root) -> StorePath:
                              f"{text.split('://')[0]!r}, e.g. s3fs, gcsfs or adlfs)") from None
         return p
     return Path(text).expanduser()
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")  # two letters at least: C:/ is a Windows drive
+
+
+def check_lasting(path, option: str = "--store") -> None:
+    """Refuse a ``memory://`` store where it would vanish with the process (the command line):
+    an :class:`InputError` naming the option."""
+    if is_remote(path) and "memory" in (path.fs.protocol if isinstance(path.fs.protocol, tuple)
+                                        else (path.fs.protocol,)):
+        raise InputError(f"{option} {path}: a memory:// store lives only as long as its process, and this command's "
+                         "process ends with it (everything written would be lost); use a folder or an object store "
+                         "URL (memory:// is for the Python API and tests)")
 
 
 def is_remote(path) -> bool:
@@ -110,6 +141,19 @@ def arrow_files(paths: list) -> tuple[object | None, list[str]]:
     if not paths or not is_remote(paths[0]):
         return None, [str(p) for p in paths]
     return paths[0].fs, [p.path for p in paths]
+
+
+def check_output_path(output, root, option: str = "-o") -> None:
+    """An output file a command will write: outside the store (:func:`check_outside_store`), in a
+    folder that exists, and not itself a folder; else an :class:`InputError` naming the option."""
+    check_outside_store(output, root, option)
+    if output is None or "://" in str(output):
+        return
+    out = Path(output).expanduser()
+    if out.is_dir():
+        raise InputError(f"{option} {output}: that is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise InputError(f"{option} {output}: no such folder {out.parent}; create it first or write somewhere else")
 
 
 def check_outside_store(output, root, option: str = "-o") -> None:

@@ -13,7 +13,8 @@ What is checked (every finding is one line naming the file or array, never a tra
   missing chunk reads as zeros); with values, every such chunk decodes and holds finite values;
 - commit marks: rows a group's high-water mark vouches for but no rows part records (a part
   was lost) are reported, never taken for a crash's tail;
-- leftovers: temporary parts and chunks, interrupted float32 promotions.
+- leftovers: temporary parts and chunks, interrupted float32 promotions;
+- vectors: every stored vector's values are finite and not all zero.
 
 ``repair=True`` deletes only what it can prove uncommitted — a tail above the high-water mark,
 temporaries — and moves everything else it must take out of the way (damaged parts, rows whose
@@ -367,6 +368,33 @@ class _Verifier:
         if bad_rows:
             self.rep.errors.append(f"{where}: {bad_rows} committed rows hold NaN or inf")
 
+    # -- vectors -------------------------------------------------------------------------------
+    def vectors(self, t: pa.Table) -> None:
+        """Every stored vector is finite and not all zero (vectorised over the flattened values:
+        a store holds thousands of vectors of thousands of values)."""
+        if t.num_rows == 0:
+            return
+        col = t["vector"].combine_chunks()
+        offsets = col.offsets.to_numpy()
+        offsets = offsets - offsets[0]
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        def per_row(mask):  # count of True per vector
+            c = np.concatenate([[0], np.cumsum(mask)])
+            return c[offsets[1:]] - c[offsets[:-1]]
+        nonfinite, nonzero = per_row(~np.isfinite(flat)), per_row(flat != 0)
+        bad = np.flatnonzero((nonfinite > 0) | (nonzero == 0))
+        if len(bad) == 0:
+            return
+        rows = t.take(pa.array(bad)).select(["vector_id", "trait", "method", "layer", "run_id"]).to_pylist()
+        listing = "; ".join(f"{r['vector_id']} ({r['trait']} {r['method']} L{r['layer']}, run {r['run_id']}: "
+                            + (f"{int(nonfinite[i])} NaN or infinite values" if nonfinite[i] else "all zeros") + ")"
+                            for r, i in zip(rows[:5], bad[:5]))
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        self.rep.errors.append(f"tables/vectors: {len(bad)} stored vector(s) hold NaN, infinite or all-zero values: "
+                               f"{listing}{more}. An older traitlens stored them (it now refuses to); no command "
+                               "picks, scores, steers with or exports them, and no command deletes stored vectors, so "
+                               "this stays reported: extract or combine again for usable ones")
+
     # -- the whole store -----------------------------------------------------------------------
     def run(self) -> Report:
         store, rep = self.store, self.rep
@@ -376,6 +404,7 @@ class _Verifier:
         if self.repair and (temporaries or promotions):
             rep.repaired += [f"removed {p}" for p in clean_temporaries(store, found)]
         read = {name: self.table(name) for name in TABLE_NAMES}
+        self.vectors(read["vectors"])
 
         prompts = read["prompts"]
         # aggregates in Arrow, not Python loops: a 1M-prompt store is checked in a fraction of a second

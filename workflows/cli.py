@@ -7,7 +7,6 @@ below.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -15,7 +14,7 @@ import sys
 import click
 
 from . import cli_serve, cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
-from .cli_base import EXIT_FAIL, EXIT_INPUT, _fail, _quiet_libraries, cli, own_process
+from .cli_base import EXIT_FAIL, EXIT_INPUT, FiniteFloat, _fail, _quiet_libraries, cli, own_process
 from traitlens.store.layout import TABLE_NAMES
 
 @cli.command()
@@ -150,7 +149,7 @@ def verify(ctx, repair, no_values, as_json, quiet):
     """Check every store invariant against the data itself; exit 1 if anything is wrong."""
     from contextlib import nullcontext
 
-    from traitlens.store import Store
+    from traitlens.store import Store, strict_json
     from traitlens.store import verify as run_verify
 
     store = Store.open(ctx.obj["store"])
@@ -167,7 +166,7 @@ def verify(ctx, repair, no_values, as_json, quiet):
             if bar is not None:
                 bar.close()
     if as_json:
-        click.echo(json.dumps({"clean": rep.clean, **rep.__dict__}, indent=2))
+        click.echo(strict_json.dumps({"clean": rep.clean, **rep.__dict__}, indent=2))
     else:
         for e in rep.errors:
             click.echo(f"ERROR  {e}")
@@ -194,7 +193,7 @@ def verify(ctx, repair, no_values, as_json, quiet):
 @cli.command()
 @click.option("--table", "names", multiple=True, type=click.Choice(TABLE_NAMES),
               help="Compact only this table (repeatable); default: every table.")
-@click.option("--grace", type=click.FloatRange(min=0), default=None, show_default="600, or $TRAITLENS_COMPACT_GRACE",
+@click.option("--grace", type=FiniteFloat(min=0), default=None, show_default="600, or $TRAITLENS_COMPACT_GRACE",
               help="Seconds the replaced parts stay on disk for readers that listed them before the switch.")
 @click.pass_context
 def compact(ctx, names, grace):

@@ -8,8 +8,9 @@ import click
 
 from traitlens.pipeline.steer.sweep import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
 from traitlens.queries.selection import KL_BUDGET
+from traitlens.store.finite import check_float
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from .cli_base import EXIT_INPUT, FiniteFloat, FiniteFloats, _fail, _output, cli
 
 
 def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):
@@ -20,6 +21,9 @@ def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: s
 
     with StoreSQL(store) as q:
         v = chosen_vector(q, trait, vector_id, model_key=model_key, layer=layer, method=method)
+    if v is None and vector_id:
+        _fail(f"--vector-id {vector_id}: no vector has that id; `traitlens vectors` lists the stored ids (with their "
+              "trait, layer and method)", EXIT_INPUT)
     if v is None:
         _fail(f"no vector for trait {trait!r} on model {model_key}" + (f" at layer {layer}" if layer is not None else "")
               + (f" by {method}" if method else "") + f"; run `traitlens extract --trait {trait}` with this --model",
@@ -41,10 +45,10 @@ def _named_vector(store, model_key: str, name: str, layer: int | None = None, me
             else _pick_vector(store, name, model_key, layer, method, None))
 
 
-def _load(model, quiet=False):
+def _load(model, quiet=False, option: str = "--model"):
     from traitlens.pipeline.model.loading import load_model
 
-    return load_model(model, log=(lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)))
+    return load_model(model, log=(lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)), option=option)
 
 
 def _prompt_ids(lm, text: str, chat: bool | None):
@@ -65,14 +69,14 @@ def _prompt_ids(lm, text: str, chat: bool | None):
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True, help="Moving-average window over tokens.")
-@click.option("--threshold", type=float, default=None, help="Commitment threshold [default: the vector's, learned on train].")
-@click.option("--velocity-tol", type=float, default=None,
+@click.option("--threshold", type=FiniteFloat(), default=None, help="Commitment threshold [default: the vector's, learned on train].")
+@click.option("--velocity-tol", type=FiniteFloat(min=0), default=None,
               help="|velocity| counted as settled [default: half the generated tokens' velocity std].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG [default: monitor-<trait>.png].")
 @click.option("--keep", is_flag=True, help="Append the trajectories to the store's trajectories table (SQL).")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="Steer while monitoring: a push (as `steer --add`); repeat for several.")
-@click.option("--alpha", type=float, default=0.25, show_default=True, help="The strength of an --add without one.")
+@click.option("--alpha", type=FiniteFloat(float32=True), default=0.25, show_default=True, help="The strength of an --add without one.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Greedy --file prompts run as batches of this many (the same trajectories as one at a time).")
 @click.option("--chat/--no-chat", default=None)
@@ -145,9 +149,10 @@ def _parse_add(store, lm, spec: str, alpha: float, method: str | None) -> tuple[
         if len(parts) > 3 or not parts[0]:
             raise ValueError
         at = int(parts[1]) if len(parts) > 1 and parts[1] else None
-        a = float(parts[2]) if len(parts) > 2 and parts[2] else alpha
+        a = parts[2] if len(parts) > 2 and parts[2] else alpha
     except ValueError:
         _fail(f"--add {spec!r}: use TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]], e.g. agreeableness:16:0.1", EXIT_INPUT)
+    a = check_float(a, f"--add {spec!r}: ALPHA", float32=True)  # the rule of every float option
     vec = _named_vector(store, lm.key, parts[0], at, method)
     at = vec["layer"] if at is None else at
     if not 0 <= at < lm.n_layers:
@@ -227,7 +232,7 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
 @click.option("--trait", default=None, help="The vector's trait (its best-ranked vector) [or --add / --vector-id].")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="A push; repeat for several at once (they add up). LAYER defaults to the vector's, ALPHA to --alpha.")
-@click.option("--alpha", type=float, default=0.25, show_default=True,
+@click.option("--alpha", type=FiniteFloat(float32=True), default=0.25, show_default=True,
               help="Strength in units of the layer's mean token norm; negative pushes away.")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
               help="One prompt a line, generated as left-padded batches (the same replies as one at a time).")
@@ -245,7 +250,7 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--condition", default=None, metavar="TRAIT_OR_ID",
               help="Conditional steering: push only prompts whose projection on this vector passes its threshold.")
-@click.option("--condition-threshold", type=float, default=None,
+@click.option("--condition-threshold", type=FiniteFloat(), default=None,
               help="[default: learned on the condition trait's held-out split, best F1; stored in `conditions`]")
 @click.option("--ablate", is_flag=True, help="Project the direction out instead of adding it.")
 @click.option("--all-layers", is_flag=True, help="With --ablate: at every block, not only the vector's layer.")
@@ -309,14 +314,14 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.option("--methods", "--method", "methods", default="mean_diff", show_default=True,
               help="Comma list of methods to sweep, or all (every stored method but random).")
 @click.option("--layers", default=None, help="[default: the 5 layers around the detection pick's layer]; all or 8-16,20")
-@click.option("--alphas", default="0.05,0.1,0.25,0.5", show_default=True,
+@click.option("--alphas", type=FiniteFloats(float32=True), default="0.05,0.1,0.25,0.5", show_default=True,
               help="Strengths, in units of the layer's mean token norm (--norm).")
 @click.option("--n", "n_texts", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out prompts to measure on.")
 @click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Neutral prompts for the damage measures (KL, replies), one a line [default: the project's own set].")
-@click.option("--kl-budget", type=click.FloatRange(min=0), default=KL_BUDGET, show_default=True,
+@click.option("--kl-budget", type=FiniteFloat(min=0), default=KL_BUDGET, show_default=True,
               help="The pick is the largest shift whose mean KL on the neutral prompts stays within this (nats).")
 @click.option("--trials", type=click.IntRange(min=1), default=TRIALS, show_default=True,
               help=f"Settings Optuna measures when the grid has more than {GRID_MAX}.")
@@ -353,12 +358,6 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
     from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id
 
-    try:
-        alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
-    except ValueError:
-        _fail(f"--alphas {alphas!r}: give a comma list of numbers, e.g. 0.1,0.25", EXIT_INPUT)
-    if not alpha_list:
-        _fail("--alphas: give at least one strength", EXIT_INPUT)
     neutral = None
     if prompts_file:
         neutral = [l.strip() for l in Path(prompts_file).read_text().splitlines() if l.strip()]
@@ -379,7 +378,7 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
         from traitlens.pipeline.steer.judge import Judge
 
         same = judge_model == (model or "default") or judge_model == lm.path  # rated outside any steering
-        judge = Judge(lm if same else _load(judge_model), trait, description)
+        judge = Judge(lm if same else _load(judge_model, option="--judge"), trait, description)
     evaluator, what = evaluator_for(store, lm, trait, kind, n_texts, norm, neutral, max_new_tokens, judge, reply_tokens)
     click.echo(what)
     if adds:
@@ -388,7 +387,7 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
         return _evaluate_together(store, lm, trait, evaluator, list(adds), site, positions, not no_random, out_png)
     layer_list = (parse_layers(layers, lm.n_layers) if layers else
                   around(_pick_vector(store, trait, lm.key, None, None, None)["layer"], lm.n_layers))
-    res = sweep(store, trait, evaluator, method_list, layer_list, alpha_list, kl_budget, trials,
+    res = sweep(store, trait, evaluator, method_list, layer_list, alphas, kl_budget, trials,
                 random_floor=not (no_random or "random" in method_list), log=lambda m: click.echo(m, err=True))
     run_id = new_run_id("evaluate")
     stored, samples = res.save(store, run_id)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from traitlens.store import strict_json
+
+from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli, write_text_atomically
 
 
 def _group_options(f):
@@ -32,7 +34,7 @@ def _group_options(f):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--memory", "memory", default="1GB", show_default=True,
               help="Memory budget for the whole run; layers that do not fit stream out of core.")
-@click.option("--C", "probe_c", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Probe inverse regularisation.")
+@click.option("--C", "probe_c", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True, help="Probe inverse regularisation.")
 @click.option("--penalty", default="l2", type=click.Choice(["l2", "l1"]), show_default=True, help="Probe penalty.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address, or threads | processes [default: $DASK_SCHEDULER_ADDRESS, else "
@@ -54,7 +56,7 @@ def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train
     best = best_per_method(res.records)  # the rule `rank` uses: AUROC, then Cohen's d, then stability
     if not quiet:
         click.echo(f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}  (held-out: {res.records[0]['held_split']})")
-        for m in res.methods:
+        for m in (m for m in res.methods if m in best):  # (a method with no usable vector has no line)
             r = best[m]
             click.echo(f"{m:<10} {r['layer']:>10} {r['auroc']:>7.3f} {r['balanced_accuracy']:>7.3f} "
                        f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}")
@@ -89,8 +91,8 @@ def vectors(ctx, trait, method, fmt_):
     cols = ["vector_id", "trait", "model_key", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy",
             "cohens_d", "stability", "n_pos", "n_neg", "floor_length", "floor_dataset", "params"]
     if fmt_ == "json":
-        click.echo(json.dumps([{**{c: r[c] for c in cols}, "lens": lens.get(r["vector_id"])} for r in rows], indent=1,
-                              default=str))
+        click.echo(strict_json.dumps([{**{c: r[c] for c in cols}, "lens": lens.get(r["vector_id"])} for r in rows],
+                                     indent=1, default=str))
         return
     if not rows:
         click.echo("no vectors stored (run `traitlens extract --trait T`)")
@@ -182,7 +184,8 @@ def lens(ctx, trait, method, layers, top, model):
 @click.option("--format", "fmt_", type=click.Choice(["safetensors", "gguf", "easysteer"]), default="safetensors",
               show_default=True, help="gguf: llama.cpp / repeng control vector (no layer 0); easysteer: EasySteer's "
               "layer-keyed GGUF (every layer).")
-@click.option("--scale", default=1.0, show_default=True, help="Multiply the unit vectors by this.")
+@click.option("--scale", type=FiniteFloat(nonzero=True, float32=True), default=1.0, show_default=True,
+              help="Multiply the unit vectors by this.")
 @click.option("--model-hint", default="llama", show_default=True, help="GGUF controlvector.model_hint.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
 @click.pass_context
@@ -206,6 +209,14 @@ def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
         keep = set(parse_layers(layers, max(r["layer"] for r in rows) + 1))
         rows = [r for r in rows if r["layer"] in keep]
     rows = latest_per_layer(rows)
+    if fmt_ == "gguf":
+        from traitlens.pipeline.extract.export import gguf_layers
+
+        kept = gguf_layers(rows)  # an InputError when layer 0 is all there is
+        if len(kept) < len(rows):
+            click.echo("note: layer 0 left out: llama.cpp's control vectors have no layer 0 (--format easysteer "
+                       "keeps it)", err=True)
+        rows = kept
     from traitlens.store import file_stem
 
     out = Path(_output(ctx, output or f"{file_stem(trait, 'trait')}-{file_stem(method, 'method')}."
@@ -249,8 +260,8 @@ def audit(ctx, trait, vector_id, top, fmt_):
 
     vec, rows = wrong_side(Store.open(ctx.obj["store"]), trait, vector_id, top)
     if fmt_ == "json":
-        click.echo(json.dumps({"vector_id": vec["vector_id"], "layer": vec["layer"], "method": vec["method"],
-                               "rows": rows}, default=str))
+        click.echo(strict_json.dumps({"vector_id": vec["vector_id"], "layer": vec["layer"], "method": vec["method"],
+                                      "rows": rows}, default=str))
         return
     click.echo(f"audit of {trait!r} against {vec['method']} L{vec['layer']} ({vec['vector_id']}): train rows on the "
                f"wrong side of its threshold, deepest first (depth in within-class sd)")
@@ -339,7 +350,7 @@ def _print_top_scores(ctx, v: dict, top: int, output) -> None:
         text = " ".join(str(r["text"] or "").split())
         click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}  {text[:90]}")
     if output:
-        Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
+        write_text_atomically(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in best))
         click.echo(f"wrote {output} ({len(best)} prompts)")
 
 
@@ -374,5 +385,5 @@ def _print_projection_diffs(ctx, v: dict, pairs: dict, generate: int, top: int, 
         given = json.loads(r["messages"])[-1]["content"] if r["messages"] else ""
         click.echo(f"{r['calibrated_diff']:>+7.2f}  {' '.join(given.split())[:60]} | {' '.join(str(r['reply']).split())[:40]}")
     if output:
-        Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
+        write_text_atomically(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in best))
         click.echo(f"wrote {output} ({len(best)} records)")

@@ -23,7 +23,7 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group
 from traitlens.store.manifest import snapshot
 
-from traitlens.pipeline.capture.corpus import ReadOptions
+from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions
 from traitlens.pipeline.capture.settings import IngestConfig
 from traitlens.pipeline.model.identity import cache_put, known, read_cache, traitlens_home
 from traitlens.pipeline.model.layers import parse_layers
@@ -37,6 +37,8 @@ def corpus_digest(paths, opts: ReadOptions | None) -> str:
     files in sorted order, by relative name). Hashes at disk speed; parses nothing."""
     h = hashlib.sha256(json.dumps(asdict(opts or ReadOptions()), sort_keys=True).encode())
     for p in map(Path, paths):
+        if not p.exists():  # bad input (exit 2), not an I/O failure of the store
+            raise CorpusError(p, None, None, "no such corpus file or folder")
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             h.update(f"\0{f.relative_to(p) if p.is_dir() else f.name}\0".encode())

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from traitlens.store import strict_json
+from traitlens.store.errors import InputError
+from traitlens.store.finite import FLOAT32_MAX, vector_problem
+
 
 def latest_per_layer(records: list[dict]) -> list[dict]:
     """The newest vector of each layer (records of one trait, method and group)."""
@@ -31,13 +35,35 @@ def latest_per_layer(records: list[dict]) -> list[dict]:
     return [latest[l] for l in sorted(latest)]
 
 
-def _by_layer(records: list[dict]) -> dict[int, np.ndarray]:
+def _by_layer(records: list[dict], scale: float = 1.0) -> dict[int, np.ndarray]:
+    """``{layer: vector * scale}`` as float32; a vector that is not finite, or whose scaled
+    values overflow float32, is refused (an :class:`InputError` naming it)."""
     out = {}
     for r in records:
         if r["layer"] in out:
-            raise ValueError(f"two vectors for layer {r['layer']}: pass one --method")
-        out[int(r["layer"])] = np.asarray(r["vector"], dtype=np.float32)
+            raise InputError(f"two vectors for layer {r['layer']}: pass one --method")
+        why = vector_problem(r["vector"])
+        if why is not None:
+            raise InputError(f"vector {r['vector_id']} ({r['trait']} {r['method']} L{r['layer']}) cannot be exported: "
+                             f"{why} (an older traitlens stored it)")
+        with np.errstate(over="ignore"):
+            v = np.asarray(r["vector"], dtype=np.float64) * float(scale)
+        if not np.isfinite(v.astype(np.float32)).all():
+            raise InputError(f"--scale {scale:g}: the scaled vector of layer {r['layer']} overflows float32 (values "
+                             f"above {FLOAT32_MAX:.3g}); use a smaller scale")
+        out[int(r["layer"])] = v.astype(np.float32)
     return dict(sorted(out.items()))
+
+
+def gguf_layers(records: list[dict], easysteer: bool = False) -> list[dict]:
+    """The records a GGUF holds: llama.cpp's and repeng's control vectors have no layer 0 (they
+    add ``direction.N`` to block N's output for N >= 1), so it is left out of those; EasySteer's
+    keeps every layer. Refused (an :class:`InputError` saying so) when nothing is left."""
+    kept = [r for r in records if easysteer or int(r["layer"]) > 0]
+    if not kept:
+        raise InputError("llama.cpp's control vectors have no layer 0 (it steers the outputs of blocks 1 and up): "
+                         "export layers >= 1 (--layers 1-), or --format easysteer or safetensors, which keep layer 0")
+    return kept
 
 
 LAYER_CONVENTION = ("direction.N is added to the output of decoder block N (0-based): Hugging Face "
@@ -77,12 +103,12 @@ def check_card(card: dict | None, model_key: str, where) -> None:
 def to_safetensors(records: list[dict], path: Path, scale: float = 1.0, card: dict | None = None) -> Path:
     from safetensors.numpy import save_file
 
-    vecs = _by_layer(records)
+    vecs = _by_layer(records, scale)
     meta = {k: str(records[0][k]) for k in ("model_key", "fmt", "site", "pooling", "trait", "method")}
     meta["vector_ids"] = json.dumps({str(r["layer"]): r["vector_id"] for r in records})
     meta["scale"] = str(scale)
-    meta[CARD_KEY] = json.dumps(card or vector_card(records, scale), default=str)
-    save_file({f"direction.{l}": v * scale for l, v in vecs.items()}, str(path), metadata=meta)
+    meta[CARD_KEY] = strict_json.dumps(card or vector_card(records, scale), default=str)
+    save_file({f"direction.{l}": v for l, v in vecs.items()}, str(path), metadata=meta)
     return path
 
 
@@ -92,17 +118,15 @@ def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: f
     it), or with ``easysteer`` EasySteer's layer-keyed one (every layer, ``controlvector.method``)."""
     import gguf
 
-    vecs = {l: v for l, v in _by_layer(records).items() if easysteer or l > 0}
-    if not vecs:
-        raise ValueError("llama.cpp cannot steer layer 0; export at least one layer >= 1")
+    vecs = _by_layer(gguf_layers(records, easysteer), scale)
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", model_hint)
     writer.add_uint32("controlvector.layer_count", len(vecs))
     if easysteer:
         writer.add_string("controlvector.method", str(records[0]["method"]))
-    writer.add_string(CARD_KEY, json.dumps(card or vector_card(records, scale), default=str))
+    writer.add_string(CARD_KEY, strict_json.dumps(card or vector_card(records, scale), default=str))
     for layer, v in vecs.items():
-        writer.add_tensor(f"direction.{layer}", (v * scale).astype(np.float32))
+        writer.add_tensor(f"direction.{layer}", v)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -34,7 +34,7 @@ from traitlens.pipeline.runtime.memory import give_back_freed_memory
 from traitlens.pipeline.extract.contrastive import ContrastiveSet
 from traitlens.pipeline.extract.methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
 from traitlens.pipeline.extract.metrics import cosine, projection_metrics
-from traitlens.pipeline.extract.resample import stability
+from traitlens.pipeline.extract.resample import N_BOOT_MAX, stability
 from traitlens.pipeline.extract.streaming import RowStream, load_fast_cast
 
 DEFAULT_METHODS = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
@@ -62,6 +62,9 @@ class ExtractConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 opt = {"memory_budget": "--memory", "n_boot": "--n-boot", "seed": "--seed"}[name]
                 raise ExtractionError(f"{opt} {v!r}: must be an integer of at least {lo}")
+        if self.n_boot > N_BOOT_MAX:
+            raise ExtractionError(f"--n-boot {self.n_boot}: at most {N_BOOT_MAX} bootstrap resamples (each refits "
+                                  "every method; 8 to 100 are typical)")
         if self.chunk_rows is not None and (not isinstance(self.chunk_rows, int) or self.chunk_rows < 1):
             raise ExtractionError(f"chunk_rows {self.chunk_rows!r}: must be a positive integer")
         self.methods = parse_methods(self.methods)
@@ -111,7 +114,7 @@ def parse_size(text: str | int) -> int:
     t = str(text).strip().lower().rstrip("b")
     try:
         return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 1e400GB (inf) has no integer
         raise ExtractionError(f"memory {text!r}: use bytes or a size like 512MB, 2GB") from None
 
 
@@ -435,12 +438,18 @@ def _worker_leaves_on_ctrl_c() -> None:
 
 def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, int]:
     """Append records not already in the vectors table (same vector_id); returns (new, existing)."""
+    from traitlens.store.finite import vector_problem
     from traitlens.store.store import code_version, now_utc
 
     cv = code_version()
     have = set(store.table("vectors", columns=["vector_id"])["vector_id"].to_pylist())
     stamp = now_utc()
     new = []
+    for r in records:  # a NaN, infinite or zero direction is never stored (nothing of the run is)
+        why = vector_problem(r["vector"])
+        if why is not None:
+            raise ExtractionError(f"the {r['method']} vector of {r['trait']!r} at layer {r['layer']} cannot be stored: "
+                                  f"{why}; nothing of this run was stored")
     for r in records:
         vid = r["vector_id"] = vector_id(r, cv)  # the caller's records carry their ids too
         if vid not in have:

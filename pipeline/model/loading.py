@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from traitlens.store.errors import TraitlensError
+from traitlens.store.errors import InputError, TraitlensError
 from traitlens.store.layout import safe_name
 
 from traitlens.pipeline.model.identity import DEFAULT_MODEL, ModelIdentity, default_model_dir, is_default, remember
@@ -144,23 +144,57 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ModelError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
-def resolve_model_path(spec: str | None, log=print) -> tuple[str, str]:
-    """(path or hub id to load, display name) for a --model value."""
+def resolve_model_path(spec: str | None, log=print, option: str = "--model") -> tuple[str, str]:
+    """(path or hub id to load, display name) for a --model value (``option`` names it in errors)."""
+    if spec is not None and not str(spec).strip():
+        raise InputError(f"{option} '': give a Hugging Face id or a local model folder, or leave {option} out for the "
+                         "default model")
     if is_default(spec):
         return str(provision_default_model(log)), DEFAULT_MODEL
     p = Path(spec).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
-            raise ModelError(f"--model {spec}: folder has no config.json; pass a Hugging Face model folder")
+            raise ModelError(f"{option} {spec}: folder has no config.json; pass a Hugging Face model folder")
         return str(p), p.resolve().name
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:  # a path, not a hub id (org/name)
+        raise InputError(f"{option} {spec}: no such model folder ({p.resolve()})")
     return spec, spec.rstrip("/").split("/")[-1]
 
 
-def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto", log=print) -> LoadedModel:
-    """Load tokenizer and causal LM for ``spec`` (None = the default model), in eval mode."""
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: not when ``HF_HUB_OFFLINE`` is set, nor
+    when its host (``HF_ENDPOINT``, default huggingface.co) does not answer a TCP connection
+    within ``timeout`` seconds. Without this, a download of an unknown id spends ~50 s in the
+    hub client's retries on a machine with no network."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http"
+                                                                                      else 443)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _not_here(spec: str, option: str) -> str:
+    """Where a model id was looked for on this machine, for an error message."""
+    from traitlens.pipeline.model.identity import hub_cache_dir
+
+    return (f"{option} {spec}: not on this machine: no folder {Path(spec).expanduser().resolve()}, and not in the "
+            f"local Hugging Face cache ({hub_cache_dir() / ('models--' + spec.replace('/', '--'))})")
+
+
+def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto", log=print,
+               option: str = "--model") -> LoadedModel:
+    """Load tokenizer and causal LM for ``spec`` (None = the default model), in eval mode.
+    ``option``: the option that named it (``--model``, ``--judge``), for error messages."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, name = resolve_model_path(spec, log)
+    path, name = resolve_model_path(spec, log, option)
     dev = pick_device(device)
     tdtype = pick_dtype(dtype, dev)
     is_folder = Path(path).exists()
@@ -172,18 +206,19 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
         model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype, local_files_only=True)
     except (OSError, ValueError) as first:
         if is_folder:
-            raise ModelError(f"--model {spec}: cannot load the folder {path}: {first}") from None
+            raise ModelError(f"{option} {spec}: cannot load the folder {path}: {first}") from None
+        how = (f"On a machine with network run `huggingface-cli download {spec}` and copy the cache "
+               "(~/.cache/huggingface), or pass a local model folder")
+        if not hub_reachable():  # fail at once: no download can work, and the hub client would retry for ~50 s
+            offline = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+                       in ("1", "true", "yes", "on") else "the Hugging Face hub cannot be reached")
+            raise ModelError(f"{_not_here(spec, option)}; {offline}, so it was not downloaded. {how}") from None
         try:
-            if os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise first
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype)
-        except Exception as e:  # no network, unknown id, gated repo...
-            raise ModelError(
-                f"--model {spec}: not in the local Hugging Face cache and could not be downloaded "
-                f"({type(e).__name__}). On a machine with network run `huggingface-cli download {spec}` and copy "
-                "the cache (~/.cache/huggingface), or pass a local model folder"
-            ) from None
+        except Exception as e:  # unknown id, gated repo, network lost...
+            raise ModelError(f"{_not_here(spec, option)}, and it could not be downloaded ({type(e).__name__}). {how}")\
+                from None
     model.to(dev).eval()
     key = f"{safe_name(name, 'model name')}-{model_fingerprint(model)}"
     lm = LoadedModel(model=model, tokenizer=tok, name=name, key=key, device=dev, path=path)

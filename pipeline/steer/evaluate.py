@@ -22,6 +22,8 @@ import json
 import numpy as np
 import torch
 
+from traitlens.store.errors import InputError
+
 from traitlens.pipeline.model.hooks import left_padded
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.loading import LoadedModel
@@ -221,6 +223,7 @@ class Evaluator:
             plus, plus_replies = self._measure(items)
             minus = (self._measure([replace(p, alpha=-p.alpha) for p in items])[0] if self.kind in SYMMETRIC
                      else None)
+            _check_finite(head, [plus, kls[i]] + ([minus] if minus is not None else []))
             shift = plus - (minus if minus is not None else base)
             lo, hi = bootstrap_ci(shift, seed=seed)
             up = shift.mean() >= 0 if against_mean else a >= 0
@@ -254,6 +257,16 @@ class Evaluator:
                 row.update(_reply_columns(read, self._base_replies, seed))
             rows.append({**row, "samples": samples})
         return rows
+
+
+def _check_finite(head: dict, measures: list[np.ndarray]) -> None:
+    """A setting whose measures are NaN or infinite (the push overflowed the model's activations:
+    float16 holds at most 65,504) is refused before anything is stored, never stored as NaN rows."""
+    if all(np.isfinite(m).all() for m in measures):
+        return
+    what = "; ".join(head["pushes"]) if "pushes" in head else f"alpha {head['alpha']:g} at layer {head['layer']}"
+    raise InputError(f"{what}: the steered model's outputs are NaN or infinite (the push overflowed its activations); "
+                     "nothing was stored: use smaller strengths")
 
 
 def _num(x) -> float | None:

@@ -14,12 +14,16 @@ plain mean over every token, which in SmolLM2 is about five times larger from la
 
 from __future__ import annotations
 
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from traitlens.store.errors import InputError
+from traitlens.store.finite import FLOAT32_MAX
 
 from traitlens.pipeline.model.hooks import block_outputs, forward_hooks, hidden, pad_token_id, with_hidden
 from traitlens.pipeline.model.loading import LoadedModel
@@ -111,6 +115,12 @@ class Push:
     positions: str = "all"
     label: str = ""
     rows: tuple | None = None  # which rows of the batch it applies to (conditional steering); None: all
+
+    def __post_init__(self):  # the push itself must be a number float32 can hold (NaN would pass silently)
+        size = float(self.alpha) * float(self.scale)
+        if not math.isfinite(size) or abs(size) > FLOAT32_MAX:
+            raise InputError(f"alpha {self.alpha:g} x the layer's norm {self.scale:g} is not a finite float32 "
+                             f"number{f' ({self.label})' if self.label else ''}: use a smaller strength")
 
     def describe(self) -> str:
         return (f"{self.label + ': ' if self.label else ''}alpha {self.alpha:+g} x {self.scale:.1f} at {self.site} "
