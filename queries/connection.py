@@ -49,6 +49,8 @@ from traitlens.store.errors import InputError, Terminated
 from traitlens.store.layout import layer_name
 from traitlens.store.location import arrow_files, is_remote
 
+from .budget import KL_BUDGET
+
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 ACT_NAME = re.compile(r"\bact_(?:(\d+)_)?L(\d+)\b", re.IGNORECASE)
 BATCH_ROWS = 8192
@@ -161,8 +163,6 @@ class StoreSQL:
                          "d.score - m.score AS diff, d.calibrated - m.calibrated AS calibrated_diff, r.reply "
                          "FROM replies r JOIN scores d ON d.prompt_id = r.prompt_id "
                          "JOIN scores m ON m.prompt_id = r.reply_prompt_id AND m.vector_id = d.vector_id")
-        from .selection import KL_BUDGET
-
         # the best causal shift measured for each vector within the damage budget, and its KL (NULL
         # until `traitlens evaluate --steering`; rows stored before damage was measured have no KL
         # and still count); the loose first-token refusal measure never outranks the strict ones

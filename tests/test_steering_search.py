@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from traitlens.pipeline.extract.jobs import ExtractConfig, extract
-from traitlens.pipeline.steer import sweep as sw
+from traitlens.pipeline.steer import rule
+from traitlens.pipeline.steer import search as sw
 from traitlens.testing import KEY, synthetic_store
 
 LAYERS = (0, 1, 2, 3)
@@ -80,7 +81,7 @@ def test_a_small_grid_is_measured_whole_and_the_pick_is_the_best_shift_within_th
     # the floor: random at exactly the front's and the pick's (layer, alpha)
     floor = {(c[1], c[2]) for c in fake.calls if c[0] == "random"}
     assert floor == {(r["layer"], r["alpha"]) for r in res.front} | {(p["layer"], p["alpha"])}
-    assert sw.shown_to_steer(p, sw.floor_at(res.rows, p)) is True
+    assert rule.shown_to_steer(p, rule.floor_at(res.rows, p)) is True
     # the front against brute force over the trait's settings
     pts = {s: FakeEvaluator.truth(*s) for s in trait_calls}
     brute = {s for s, (e, d) in pts.items()
@@ -135,7 +136,7 @@ def test_rank_by_steering_prints_detection_and_steering_side_by_side(swept):
     header = r.output.splitlines()[0].split()
     assert "steer_shift" in header and "steer_kl" in header and "auroc" in header
     # the first row is the best shift within the metrics view's budget (KL_BUDGET), as computed here
-    from traitlens.queries.selection import KL_BUDGET
+    from traitlens.queries.budget import KL_BUDGET
 
     within = [(m, l, a) for m in ("mean_diff", "probe") for l in LAYERS for a in (0.25, 0.5)
               if FakeEvaluator.truth(m, l, a)[1] <= KL_BUDGET]

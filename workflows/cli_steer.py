@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from traitlens.pipeline.steer.sweep import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
-from traitlens.queries.selection import KL_BUDGET
+from traitlens.pipeline.steer.settings import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
+from traitlens.queries.budget import KL_BUDGET
 
 from .cli_base import EXIT_INPUT, _fail, _output, cli
 
@@ -348,7 +348,8 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
     together instead (each alone beside them, and the random floor)."""
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.sweep import around, evaluator_for, front_line, stored_methods, summary_lines, sweep
+    from traitlens.pipeline.steer.records import front_line, summary_lines
+    from traitlens.pipeline.steer.search import around, evaluator_for, stored_methods, sweep
     from traitlens.queries import StoreSQL
     from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id

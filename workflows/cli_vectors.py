@@ -223,7 +223,7 @@ def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
 
 def _steering_picks(store_path, trait: str, vector_ids: set[str]) -> dict[str, dict]:
     """``{vector_id: its steering pick}`` (largest shift within the KL budget) for evaluated vectors."""
-    from traitlens.pipeline.steer.sweep import pick
+    from traitlens.pipeline.steer.rule import pick
     from traitlens.queries import StoreSQL
 
     with StoreSQL(store_path) as q:

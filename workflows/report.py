@@ -83,8 +83,8 @@ def _steering_section(q: StoreSQL, trait: str, folder: Path, plots: bool, kind: 
     """The steering evaluation of one trait (``[evaluate]``, or `traitlens evaluate --steering`):
     the detection and steering picks, the Pareto front, and the three-panel figure."""
     from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.sweep import front_line, stored_rows, summary_lines
-    from traitlens.queries.selection import KL_BUDGET
+    from traitlens.pipeline.steer.records import front_line, stored_rows, summary_lines
+    from traitlens.queries.budget import KL_BUDGET
 
     budget = KL_BUDGET if kl_budget is None else kl_budget
     kind, rows, samples = stored_rows(q, trait, kind, samples=plots)

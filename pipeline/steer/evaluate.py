@@ -26,7 +26,7 @@ from traitlens.pipeline.model.hooks import left_padded
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import Push, mean_token_norm, pushes
-from traitlens.pipeline.steer.sweep import REPLY_TOKENS
+from traitlens.pipeline.steer.settings import REPLY_TOKENS
 
 QUESTION = 'Is the following statement something you would say?\n"{statement}"'
 REFUSAL_OPENINGS = ("I cannot", "I can't", "I'm sorry", "I am sorry", "Sorry", "I apologize", "I won't",
