@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from traitlens.pipeline.extract.contrastive import contrastive_set
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract, read_rows
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.fitting import read_rows
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.capture.ingest import ingest
 from traitlens.pipeline.extract.metrics import auroc
 from traitlens.queries import StoreSQL

@@ -76,7 +76,8 @@ def test_persona_sample_ingests_clean(tmp_path, smol):
 
 @pytest.mark.skipif(not (SHARED_DATA / "persona").exists(), reason="../shared/data not present")
 def test_persona_probe_separates_held_out_statements(tmp_path, smol):
-    from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+    from traitlens.pipeline.extract.config import ExtractConfig
+    from traitlens.pipeline.extract.jobs import extract
 
     src = SHARED_DATA / "persona" / "agreeableness.jsonl"
     sample = tmp_path / "agreeableness.jsonl"

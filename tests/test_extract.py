@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from traitlens.testing import KEY, store_copy, synthetic_store
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.extract.methods import ExtractionError
 
 

@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from traitlens.testing import write_corpus
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.queries import StoreSQL
 from traitlens.store import GroupKey, PendingBatch, Store, StoreLocked, verify

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.steer import rule
 from traitlens.pipeline.steer import search as sw
 from traitlens.testing import KEY, synthetic_store

@@ -42,7 +42,7 @@ def _group_options(f):
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
             memory, probe_c, penalty, scheduler, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
-    from traitlens.pipeline.extract.jobs import ExtractConfig, parse_size
+    from traitlens.pipeline.extract.config import ExtractConfig, parse_size
     from traitlens.pipeline.extract.jobs import extract as run_extract
 
     cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=parse_size(memory),

@@ -112,8 +112,8 @@ class Spec:
         return IngestConfig(model=self.model, **c).validate()
 
     def extract_config(self):
-        """The extraction settings as an :class:`~traitlens.pipeline.extract.jobs.ExtractConfig` (validated)."""
-        from traitlens.pipeline.extract.jobs import ExtractConfig, parse_size
+        """The extraction settings as an :class:`~traitlens.pipeline.extract.config.ExtractConfig` (validated)."""
+        from traitlens.pipeline.extract.config import ExtractConfig, parse_size
 
         ex = self.extract
         cfg = ExtractConfig(n_boot=ex.get("n_boot", 8), seed=ex.get("seed", 0), params=ex.get("params", {}))

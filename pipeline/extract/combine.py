@@ -68,7 +68,8 @@ def combine(store_path, expr: str, layer: int, name: str, orthogonal_to: list[st
             model_key: str | None = None) -> dict:
     """Store the combined vector; returns its vectors row (with ``vector_id``)."""
     from traitlens.pipeline.extract.contrastive import contrastive_set
-    from traitlens.pipeline.extract.jobs import read_rows, save_vectors
+    from traitlens.pipeline.extract.fitting import read_rows
+    from traitlens.pipeline.extract.jobs import save_vectors
     from traitlens.pipeline.extract.metrics import cosine, projection_metrics
     from traitlens.store.store import new_run_id
 
