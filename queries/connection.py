@@ -48,6 +48,7 @@ from traitlens.store.arrays import read_rows_checked
 from traitlens.store.errors import InputError, Terminated
 from traitlens.store.layout import layer_name
 from traitlens.store.location import arrow_files, is_remote
+from traitlens.store.vocabulary import LOOSE_KIND
 
 from .budget import KL_BUDGET
 
@@ -168,7 +169,7 @@ class StoreSQL:
         # and still count); the loose first-token refusal measure never outranks the strict ones
         self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift, s.steer_kl "
                          "FROM vectors_all v LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift, "
-                         "arg_max(kl, shift) AS steer_kl FROM steering WHERE kind <> 'refusal_first_token' "
+                         f"arg_max(kl, shift) AS steer_kl FROM steering WHERE kind <> '{LOOSE_KIND}' "
                          f"AND (kl IS NULL OR kl <= {float(KL_BUDGET)!r}) GROUP BY vector_id) s USING (vector_id)")
         rows = [(i, *g.as_dict().values()) for i, g in enumerate(self.groups)]
         self.con.register("__groups", pa.table({"n": [r[0] for r in rows], "model_key": [r[1] for r in rows],

@@ -214,8 +214,8 @@ def maybe_compact(store, table: str) -> Compacted | None:
 
 def compact(store, names=None, full: bool = True, grace: float | None = None, log=None) -> list[Compacted]:
     """Compact the store's tables (all, or ``names``), taking the writer lock."""
-    from .layout import TABLE_NAMES
     from .tables import SCHEMAS
+    from .vocabulary import TABLE_NAMES
 
     done = []
     with store.lock("compact"):

@@ -36,7 +36,6 @@ from .layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
     READABLE_VERSIONS,
-    TABLE_NAMES,
     TABLES_DIR,
     ZARR_DIR,
     GroupKey,
@@ -48,6 +47,7 @@ from .layout import (
 from .location import is_remote, store_path, write_atomically
 from .idset import IdSet
 from .lock import write_lock
+from .vocabulary import TABLE_NAMES
 from .runs import code_version, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
 
 

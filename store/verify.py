@@ -34,9 +34,10 @@ import pyarrow.compute as pc
 
 from . import arrays, compaction, manifest, tables
 from .location import is_remote, remove_tree
-from .layout import TABLE_NAMES, GroupKey, StoreError, format_layer_list, layer_name
+from .layout import GroupKey, StoreError, format_layer_list, layer_name
 from .quarantine import Quarantine
 from .store import COMMITTED_ATTR, Store, array_layers, by_row, committed_mark, fixed_layers
+from .vocabulary import TABLE_NAMES
 
 
 @dataclass

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from traitlens.store.vocabulary import EXPORT_FORMATS, FORMATS, LOOSE_KIND, METHOD_NAMES
+
 from .cli_base import EXIT_INPUT, _fail, _output, cli
 
 
 def _group_options(f):
     f = click.option("--model", default=None, help="Model key (or its prefix) when the store holds several.")(f)
-    f = click.option("--fmt", type=click.Choice(["chat", "raw"]), default=None, help="Prompt format, if both are stored.")(f)
+    f = click.option("--fmt", type=click.Choice(FORMATS), default=None, help="Prompt format, if both are stored.")(f)
     f = click.option("--site", default="resid", show_default=True)(f)
     f = click.option("--pooling", default="last", show_default=True)(f)
     return f
@@ -21,7 +23,7 @@ def _group_options(f):
 @cli.command()
 @click.option("--trait", required=True, help="Trait to extract (as in the prompts table).")
 @click.option("--methods", default="all", show_default=True,
-              help="Comma list of mean_diff, pca_diff, ica, probe, gradient, random; or all.")
+              help=f"Comma list of {', '.join(METHOD_NAMES)}; or all.")
 @click.option("--layers", default="all", show_default=True, help="all | 0-15 | 3,7,11 (stored layers only).")
 @_group_options
 @click.option("--where", default=None, help="SQL condition over prompts columns choosing the contrastive rows, "
@@ -179,7 +181,7 @@ def lens(ctx, trait, method, layers, top, model):
 @click.option("--method", default="mean_diff", show_default=True)
 @click.option("--layers", default="all", show_default=True)
 @click.option("--model", default=None, help="Model key (or prefix) when vectors of several models exist.")
-@click.option("--format", "fmt_", type=click.Choice(["safetensors", "gguf", "easysteer"]), default="safetensors",
+@click.option("--format", "fmt_", type=click.Choice(EXPORT_FORMATS), default="safetensors",
               show_default=True, help="gguf: llama.cpp / repeng control vector (no layer 0); easysteer: EasySteer's "
               "layer-keyed GGUF (every layer).")
 @click.option("--scale", default=1.0, show_default=True, help="Multiply the unit vectors by this.")
@@ -227,7 +229,7 @@ def _steering_picks(store_path, trait: str, vector_ids: set[str]) -> dict[str, d
     from traitlens.queries import StoreSQL
 
     with StoreSQL(store_path) as q:
-        rows = q.query("SELECT * FROM steering WHERE trait = ? AND kind <> 'refusal_first_token'", [trait]).to_pylist()
+        rows = q.query("SELECT * FROM steering WHERE trait = ? AND kind <> ?", [trait, LOOSE_KIND]).to_pylist()
     out = {}
     for vid in vector_ids:
         p = pick([r for r in rows if r["vector_id"] == vid])

@@ -22,13 +22,13 @@ from pathlib import Path
 from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group
 from traitlens.store.manifest import snapshot
+from traitlens.store.vocabulary import NAMED_SITES
 
 from traitlens.pipeline.capture.corpus import ReadOptions
 from traitlens.pipeline.capture.settings import IngestConfig
 from traitlens.pipeline.model.identity import cache_put, known, read_cache, traitlens_home
 from traitlens.pipeline.model.layers import parse_layers
 
-NAMED_SITES = ("resid", "attn_out", "mlp_out")
 MAX_RECEIPTS = 512  # per store; the oldest are dropped
 
 

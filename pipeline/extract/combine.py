@@ -23,8 +23,8 @@ from traitlens.pipeline.extract.methods import ExtractionError
 from traitlens.queries import StoreSQL
 from traitlens.queries.selection import best_vector
 from traitlens.store import Store
+from traitlens.store.vocabulary import METHOD_NAMES
 
-BUILT_IN = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
 
 
 def parse_formula(expr: str) -> list[tuple[float, str]]:
@@ -73,9 +73,9 @@ def combine(store_path, expr: str, layer: int, name: str, orthogonal_to: list[st
     from traitlens.pipeline.extract.metrics import cosine, projection_metrics
     from traitlens.store.store import new_run_id
 
-    if name in BUILT_IN or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+    if name in METHOD_NAMES or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise ExtractionError(f"--name {name!r}: give a new method name (letters, digits, - _ .), not one of "
-                              f"{', '.join(BUILT_IN)}")
+                              f"{', '.join(METHOD_NAMES)}")
     store = Store.open(store_path)
     terms = parse_formula(expr)
     with StoreSQL(store) as q:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from traitlens.pipeline.extract.methods import METHODS, ExtractionError, make_method
+from traitlens.store.vocabulary import METHOD_NAMES
 
-DEFAULT_METHODS = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
+from traitlens.pipeline.extract.methods import METHODS, ExtractionError, make_method
 
 
 @dataclass
 class ExtractConfig:
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES))
     params: dict[str, dict] = field(default_factory=dict)  # method -> constructor params
     n_boot: int = 8
     seed: int = 0
@@ -83,7 +83,7 @@ def parse_size(text: str | int) -> int:
 def parse_methods(spec: str | list[str]) -> list[str]:
     items = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
     if items == ["all"] or not items:
-        return list(DEFAULT_METHODS)
+        return list(METHOD_NAMES)
     bad = [m for m in items if m not in METHODS]
     if bad:
         raise ExtractionError(f"unknown method(s) {bad}; use {', '.join(METHODS)} or all")

@@ -27,6 +27,7 @@ from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import Push, mean_token_norm, pushes
 from traitlens.pipeline.steer.settings import REPLY_TOKENS
+from traitlens.store.vocabulary import EVALUATION_KINDS
 
 QUESTION = 'Is the following statement something you would say?\n"{statement}"'
 REFUSAL_OPENINGS = ("I cannot", "I can't", "I'm sorry", "I am sorry", "Sorry", "I apologize", "I won't",
@@ -94,7 +95,7 @@ def refusal_first_token_probability(lm: LoadedModel, requests: list[str]) -> np.
 
 MEASURES = {"persona": yes_no_logodds, "refusal": refusal_probability,
             "refusal_first_token": refusal_first_token_probability}
-KINDS = tuple(MEASURES) + ("expression",)  # expression: any trait (see :mod:`.expression`)
+# EVALUATION_KINDS: these, and expression (any trait, see :mod:`.expression`)
 SYMMETRIC = ("persona", "expression")  # measured under -v too: the shift is +v minus -v
 
 
@@ -113,8 +114,8 @@ class Evaluator:
                  reply_tokens: int = REPLY_TOKENS):
         from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
 
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+        if kind not in EVALUATION_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(EVALUATION_KINDS)}")
         if kind == "expression" and expression is None:
             raise ValueError("kind expression needs expression= (a calibrated Expression)")
         self.lm, self.kind, self.texts, self.norm, self.seed = lm, kind, list(texts), norm, seed

@@ -12,6 +12,7 @@ from traitlens.pipeline.steer.rule import detection_vs_steering, floor_at, front
 from traitlens.queries import StoreSQL
 from traitlens.queries.budget import KL_BUDGET
 from traitlens.queries.selection import best_vector, latest_cells_sql
+from traitlens.store.vocabulary import LOOSE_KIND
 
 
 def stored_rows(q: StoreSQL, trait: str, kind: str | None = None, samples: bool = False
@@ -26,7 +27,7 @@ def stored_rows(q: StoreSQL, trait: str, kind: str | None = None, samples: bool 
     if kind is None:
         counts: dict[str, int] = {}
         for r in rows:
-            if r["kind"] != "refusal_first_token":
+            if r["kind"] != LOOSE_KIND:
                 counts[r["kind"]] = counts.get(r["kind"], 0) + 1
         kind = max(counts, key=counts.get) if counts else None
     rows = [r for r in rows if r["kind"] == kind]

@@ -24,6 +24,7 @@ import torch
 from traitlens.pipeline.model.hooks import block_outputs, forward_hooks, hidden, pad_token_id, with_hidden
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.model.sites import find_blocks
+from traitlens.store.vocabulary import NAMED_SITES, NORMS, POSITIONS, PROMPT_POOLINGS
 
 
 def _unit(vector) -> torch.Tensor:
@@ -39,7 +40,6 @@ def block_output(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attention
 
 
 MASSIVE = 10.0  # a token whose norm is this many times the median is a "massive activation"
-NORMS = ("typical", "all")
 
 
 @torch.inference_mode()
@@ -59,15 +59,12 @@ def mean_token_norm(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attent
     return float(norms[norms <= MASSIVE * norms.median()].mean())
 
 
-POSITIONS = ("all", "generated", "prompt", "last-prompt")  # or "A:B", absolute positions A <= p < B
-
-
 def check_positions(spec: str) -> str:
     """``spec`` if it is a position selector: one of :data:`POSITIONS` or ``A:B`` (either end may
     be left out: ``:5``, ``3:``); else ValueError saying what is accepted."""
     if spec in POSITIONS or re.fullmatch(r"\d*:\d*", spec or ""):
         return spec
-    raise ValueError(f"positions {spec!r}: use all, generated, prompt, last-prompt or A:B (token positions A to B-1)")
+    raise ValueError(f"positions {spec!r}: use {', '.join(POSITIONS)} or A:B (token positions A to B-1)")
 
 
 def position_mask(spec: str, start: int, width: int, prompt_len: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -127,8 +124,8 @@ def site_module(lm: LoadedModel, site: str, layer: int) -> torch.nn.Module:
     """The module whose output ``site`` names at block ``layer`` (resid, attn_out, mlp_out)."""
     from traitlens.pipeline.model.sites import get_module, resolve_sites
 
-    if site not in ("resid", "attn_out", "mlp_out"):
-        raise ValueError(f"site {site!r}: steer at resid, attn_out or mlp_out")
+    if site not in NAMED_SITES:
+        raise ValueError(f"site {site!r}: steer at {', '.join(NAMED_SITES[:-1])} or {NAMED_SITES[-1]}")
     (point,) = resolve_sites(lm.model, [site], [layer])
     return get_module(lm.model, point.module_path)
 
@@ -232,9 +229,9 @@ def condition_scores(lm: LoadedModel, vector, layer: int, pooling: str, seqs: li
     rows were (``last``: the last token; ``mean``: the mean over its tokens): ``[n]``, unsteered."""
     from traitlens.pipeline.model.hooks import pad_batch
 
-    if pooling not in ("last", "mean"):
+    if pooling not in PROMPT_POOLINGS:
         raise ValueError(f"a condition vector of {pooling} pooling cannot be read from a prompt alone; use one of "
-                         "last or mean pooling")
+                         f"{' or '.join(PROMPT_POOLINGS)} pooling")
     ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "right", lm.device)
     h = block_output(lm, layer, ids, mask).float()  # [B, T, d]
     m = mask.float().unsqueeze(-1)
