@@ -26,7 +26,7 @@ def info(ctx):
     from importlib.metadata import PackageNotFoundError, version
 
     from traitlens.pipeline.model.identity import default_model_status, traitlens_home
-    from traitlens.store.location import is_remote
+    from traitlens.store.location import shown
 
     def v(pkg):
         try:
@@ -44,7 +44,7 @@ def info(ctx):
     click.echo(f"  converted copy: {st['cache']} ({'ready' if st['converted'] else 'made on first use, ~20 s'})")
     click.echo(f"  status: {'ready' if st['ready'] else 'NOT READY'}")
     store_path = ctx.obj["store"]
-    click.echo(f"store: {store_path if is_remote(store_path) else store_path.resolve()}")
+    click.echo(f"store: {shown(store_path)}")
     if not (store_path / "store.json").exists():
         click.echo("  (no store yet: `traitlens ingest` creates it)")
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import heatmap, rank
 from traitlens.store import Store, file_stem
-from traitlens.store.location import is_remote
+from traitlens.store.location import capabilities
 
 
 def utc_stamp() -> str:
@@ -20,7 +20,7 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
     """Write ``report.path`` (default ``<store>/report/report.md``, or ``report/report.md`` beside the
     spec when the store is on object storage) and its PNGs; return its path."""
     rep = spec.report
-    home = spec.path.parent if is_remote(spec.store) else spec.store
+    home = spec.store if capabilities(spec.store).local_files else spec.path.parent
     path = Path(rep["path"]) if "path" in rep else home / "report" / "report.md"
     if not path.is_absolute() and "path" in rep:
         path = spec.path.parent / path

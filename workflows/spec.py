@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from traitlens.store.errors import InputError
-from traitlens.store.location import check_outside_store, is_remote, store_path
+from traitlens.store.location import capabilities, check_outside_store, store_path
 from traitlens.store.vocabulary import DEFAULT_POOLINGS, EVALUATION_KINDS, NORMS
 
 _short = reprlib.Repr()
@@ -211,7 +211,7 @@ def load_spec(path: str | Path, check_values: bool = True) -> Spec:
     if data.get("evaluate", {}).get("norm") not in (None, *NORMS):
         raise SpecError(f"{path}: evaluate.norm must be {' or '.join(NORMS)} (alpha's unit; see `traitlens steer --help`)")
     store = store_path(data["store"])  # a folder (relative to the spec) or an fsspec URL
-    if not is_remote(store) and not store.is_absolute():
+    if capabilities(store).local_files and not store.is_absolute():
         store = base / store
     model = data.get("model")
     spec = Spec(path=path, store=store,
