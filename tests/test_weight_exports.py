@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM
 
 from traitlens.store import Store
 from traitlens.testing import make_model, write_corpus
+from traitlens.testing.hand import typical_norm
 from traitlens.workflows.cli import cli
 
 pytest.importorskip("peft")
@@ -98,26 +99,6 @@ def _states(model, tok, texts):
     handle.remove()
     mask = enc["attention_mask"].bool()
     return [h[mask] for h in out.hidden_states[:-1]] + [seen["last"][mask]]  # [tokens, d] each
-
-
-def typical_norm(folder, layer: int) -> float:
-    """alpha's unit, computed here with plain torch: the mean norm of block ``layer``'s output over
-    the real tokens of the neutral prompts in the chat template, tokens above 10x the median left out."""
-    from transformers import AutoTokenizer
-
-    from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    norms = []
-    for p in NEUTRAL_PROMPTS:
-        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) \
-            if tok.chat_template else p
-        ids = tok(text, add_special_tokens=not tok.chat_template, return_tensors="pt")
-        with torch.no_grad():
-            norms.append(model(**ids, output_hidden_states=True).hidden_states[layer + 1][0].norm(dim=-1))
-    n = torch.cat(norms)
-    return float(n[n <= 10 * n.median()].mean())
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -66,14 +66,16 @@ def vector_card(records: list[dict], scale: float = 1.0, steering: dict[str, dic
     from traitlens.store.store import code_version
 
     head = records[0]
+    notes = dict(notes or {})
+    if norms is None:
+        notes.setdefault("norm", "not measured: the export was written without loading the model")
     layers = {}
     for r in records:
         entry = {"vector_id": r["vector_id"], "fingerprint": r.get("fingerprint"),
                  **{k: r.get(k) for k in HELD_OUT}}
-        if norms is not None:
-            entry["norm"] = norms.get(int(r["layer"]))
-            if alpha is not None and entry["norm"] is not None:
-                entry["llama_cpp_strength"] = alpha * entry["norm"] / scale
+        entry["norm"] = None if norms is None else norms.get(int(r["layer"]))
+        if alpha is not None and entry["norm"] is not None:
+            entry["llama_cpp_strength"] = alpha * entry["norm"] / scale
         s = (steering or {}).get(r["vector_id"])
         if s is not None:
             entry["steering"] = {k: s.get(k) for k in STEERING if k in s}
@@ -81,7 +83,7 @@ def vector_card(records: list[dict], scale: float = 1.0, steering: dict[str, dic
     return {"format": "traitlens vector card 1", "model_key": head["model_key"], "fmt": head["fmt"],
             "site": head["site"], "pooling": head["pooling"], "trait": head["trait"], "method": head["method"],
             "layer_convention": LAYER_CONVENTION, "scale": scale, "unit_norm": True, "alpha": alpha,
-            "strength": STRENGTH, "layers": layers, "notes": dict(notes or {}), "code_version": code_version()}
+            "strength": STRENGTH, "layers": layers, "notes": notes, "code_version": code_version()}
 
 
 STRENGTH = ("the push at layer L is alpha * norm_L * unit(v) (traitlens's alpha, norm_L the layer's mean token "
