@@ -1,4 +1,4 @@
-"""CLI verbs for vectors: ``extract``, ``vectors``, ``export``."""
+"""CLI verbs for vectors: ``extract``, ``vectors``, ``export``, ``import``."""
 
 from __future__ import annotations
 
@@ -418,6 +418,50 @@ def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operat
                    f"the input embeddings (KL {card['check']['kl_unmerged']:.3g} nats from the hook)")
     click.echo(f"wrote {out} ({fmt_}: {'a Hugging Face model folder' if fmt_ == 'merged' else 'a peft LoRA adapter'}"
                f"; card {out / 'traitlens-export.json'})")
+
+
+@cli.command("import")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--trait", required=True, help="The trait the vectors are of: its held-out prompts score them, and "
+              "rank / evaluate / steer list them under it.")
+@click.option("--model", required=True, help="The stored model the vectors were made on (a model key or its prefix; "
+              "`traitlens info` lists them): their width must be its width.")
+@click.option("--fmt", type=click.Choice(["chat", "raw"]), default=None, help="Prompt format, if both are stored.")
+@click.option("--site", default="resid", show_default=True)
+@click.option("--pooling", default="last", show_default=True, help="The group whose held-out rows score them.")
+@click.option("--name", default=None, help="Their method name [default: the source format: gguf, steering-vectors, "
+              "persona-vectors, safetensors].")
+@click.option("--layers", default=None, help="Only these layers (traitlens's: block N's output) [default: every layer "
+              "the file holds that the store holds].")
+@click.option("--format", "file_format", type=click.Choice(["auto", "gguf", "steering-vectors", "persona-vectors",
+                                                            "safetensors"]), default="auto", show_default=True)
+@click.option("--convention", type=click.Choice(["auto", "blocks", "hidden-states"]), default="auto",
+              show_default=True, help="What a file's layer index means: blocks (N = block N's output: repeng, "
+              "llama.cpp, steering-vectors) or hidden-states (N = hidden_states[N]: persona_vectors) [default: the "
+              "format's own].")
+@click.pass_context
+def import_(ctx, source, trait, model, fmt, site, pooling, name, layers, file_format, convention):
+    """Import vectors made by other tools (repeng / llama.cpp GGUF control vectors, steering-vectors and
+    persona_vectors .pt, safetensors) from SOURCE, a file or a folder of them, made on the stored model
+    --model. They enter the vectors table with their provenance (format, file hash, model) and held-out
+    metrics, beside traitlens's own; a bad file is refused and nothing is written."""
+    from traitlens.pipeline.extract.imported import import_vectors
+
+    res = import_vectors(ctx.obj["store"], source, trait, model, fmt, site, pooling, name, layers, file_format,
+                         convention)
+    params = [json.loads(r["params"])["source"] for r in res["records"]]
+    click.echo(f"{'vector_id':<16} {'layer':>5} {'method':<16} {'AUROC':>6} {'d':>6}  source")
+    for r, p in zip(res["records"], params):
+        click.echo(f"{r['vector_id']:<16} {r['layer']:>5} {r['method']:<16} {r['auroc']:>6.3f} {r['cohens_d']:>6.2f}  "
+                   f"{p['file']} {p['tensor']} ({p['format']}, {p['convention']}, sha256 {p['sha256'][:12]})")
+    for f, ls in res["skipped"].items():
+        click.echo(f"note: {f}: layer(s) {ls} left out: not stored for {res['key'].path}")
+    if any(r["auroc"] < 0.5 for r in res["records"]):
+        click.echo("note: a held-out AUROC below 0.5 means the vector points toward the negatives of "
+                   f"{trait!r}: its sign is the other tool's", err=True)
+    click.echo(f"imported {res['n_new']} vectors ({res['n_existing']} already stored) for {trait!r} on "
+               f"{res['key'].path}; run {res['run_id']}. `traitlens rank --trait {trait}` and `evaluate` compare them "
+               "with the store's own")
 
 
 def _steering_picks(store_path, trait: str, vector_ids: set[str]) -> dict[str, dict]:
