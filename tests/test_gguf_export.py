@@ -149,9 +149,12 @@ def test_llama_cpp_applies_the_export_as_traitlens_steers_at_the_same_layer(tmp_
         n = int(name.split(".")[1])
         buf[(n - 1) * d:n * d] += float(strength) * v.astype(np.float32)
 
+    apply = (getattr(llama_cpp, "llama_set_adapter_cvec", None) or getattr(llama_cpp, "llama_apply_adapter_cvec", None)
+             or llama_cpp.llama_control_vector_apply)  # (its name across llama-cpp-python versions)
+
     def cpp(ids, steer: bool) -> np.ndarray:
         ptr = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float)) if steer else None
-        llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, buf.size if steer else 0, d, L if steer else 0, L if steer else 0)
+        apply(llm.ctx, ptr, buf.size if steer else 0, d, L if steer else 0, L if steer else 0)
         llm.reset()
         llm.eval(ids)
         x = np.asarray(llm.scores[len(ids) - 1], np.float64)

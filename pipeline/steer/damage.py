@@ -98,22 +98,23 @@ def _mean_kl(logp: torch.Tensor, logq: torch.Tensor, mask: torch.Tensor) -> np.n
 
 
 @torch.inference_mode()
-def next_token_kl_between(lm: LoadedModel, reference, other: LoadedModel, prompts: list[str] = NEUTRAL_PROMPTS,
-                          chat: bool = True, batch_size: int = 8) -> np.ndarray:
-    """Per prompt, the mean over its real positions of KL(P_reference || P_other) in nats:
-    ``reference`` is a function returning a fresh context manager (the hooks that steer
-    ``lm``), ``other`` another model with the same tokenizer (an exported copy), run on the
-    very same token ids: ``[n_prompts]``."""
+def next_token_kl_between(lm: LoadedModel, reference, others: list[LoadedModel], prompts: list[str] = NEUTRAL_PROMPTS,
+                          chat: bool = True, batch_size: int = 8) -> list[np.ndarray]:
+    """Per prompt, the mean over its real positions of KL(P_reference || P_other) in nats, for
+    each of ``others`` (models with the same tokenizer: exported copies, run on the very same
+    token ids): ``[n_prompts]`` each. ``reference`` is a function returning a fresh context
+    manager (the hooks that steer ``lm``), run once per batch."""
     seqs = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
-    out = np.zeros(len(seqs))
+    out = [np.zeros(len(seqs)) for _ in others]
     for b in range(0, len(seqs), batch_size):
         ids, mask, pos = left_padded(lm, seqs[b:b + batch_size])
         kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
         with reference():
             ref = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
-        dev = {k: v.to(other.device) for k, v in kw.items()}
-        theirs = torch.log_softmax(other.model(**dev).logits.float(), dim=-1)
-        out[b:b + len(ids)] = _mean_kl(ref, theirs, mask.float())
+        for k, other in enumerate(others):
+            theirs = torch.log_softmax(other.model(**{n: v.to(other.device) for n, v in kw.items()}).logits.float(),
+                                       dim=-1)
+            out[k][b:b + len(ids)] = _mean_kl(ref, theirs, mask.float())
     return out
 
 

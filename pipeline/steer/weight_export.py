@@ -210,13 +210,17 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
         del edited
         prompts, chat, _, _ = _neutral_batch(lm)
         log(f"wrote the {fmt} export; checking it against traitlens's hook on {len(prompts)} neutral prompts...")
-        exported = _load_export(lm, tmp, fmt)
+        with weights.quiet_peft():
+            exported = _load_export(lm, tmp, fmt)
         check = {"prompts": len(prompts), "loaded_with": "transformers AutoModelForCausalLM.from_pretrained(folder)"
                  if fmt == "merged" else "peft PeftModel.from_pretrained(base, folder).merge_and_unload()"}
-        if fmt == "peft":  # as applied, then merged (they differ only where the embeddings are tied: see .weights)
-            check["kl_unmerged"] = float(next_token_kl_between(lm, reference, exported, prompts, chat).mean())
-            exported = replace(exported, model=exported.model.merge_and_unload())
-        kl = next_token_kl_between(lm, reference, exported, prompts, chat)
+        if fmt == "peft":  # as applied, and merged (they differ only where the embeddings are tied: see .weights)
+            with weights.quiet_peft():
+                merged = replace(exported, model=_load_export(lm, tmp, fmt).model.merge_and_unload())
+            unmerged, kl = next_token_kl_between(lm, reference, [exported, merged], prompts, chat)
+            check["kl_unmerged"], exported = float(unmerged.mean()), merged
+        else:
+            (kl,) = next_token_kl_between(lm, reference, [exported], prompts, chat)
         check.update({"kl": float(kl.mean()), "kl_max": float(kl.max()), "kl_tolerance": KL_TOLERANCE})
         traits = sorted({r["trait"] for r in rows})
         check["effects"] = _effects(store, lm, traits, reference, exported, check_kind, check_n, norm)

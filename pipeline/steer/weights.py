@@ -31,6 +31,7 @@ model stays as it was (the self-check steers it with the hook).
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -160,6 +161,17 @@ def save_merged(model: torch.nn.Module, lm: LoadedModel, folder) -> None:
     lm.tokenizer.save_pretrained(str(folder))
 
 
+@contextmanager
+def quiet_peft():
+    """Within the block, peft's warnings are silenced: it warns at length when an adapter touches
+    tied embeddings, and the export says what matters there (apply it merged) once."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"peft(\.|$)")
+        yield
+
+
 @torch.no_grad()
 def save_peft(lm: LoadedModel, factors: dict[str, dict[str, torch.Tensor]], folder) -> None:
     """A peft LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``) holding
@@ -176,7 +188,8 @@ def save_peft(lm: LoadedModel, factors: dict[str, dict[str, torch.Tensor]], fold
     config = LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=sorted(factors),
                         fan_in_fan_out=arch.conv1d, bias="lora_only" if any("bias" in f for f in factors.values())
                         else "none", base_model_name_or_path=lm.path or None)
-    peft_model = get_peft_model(copy.deepcopy(lm.model), config)
+    with quiet_peft():
+        peft_model = get_peft_model(copy.deepcopy(lm.model), config)
     for name, f in factors.items():
         layer = peft_model.base_model.model.get_submodule(name)
         if "default" in getattr(layer, "lora_embedding_A", {}):
@@ -188,4 +201,5 @@ def save_peft(lm: LoadedModel, factors: dict[str, dict[str, torch.Tensor]], fold
         if "bias" in f:
             bias = layer.get_base_layer().bias
             bias.copy_(f["bias"].to(bias.dtype))
-    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
+    with quiet_peft():
+        peft_model.save_pretrained(str(folder), save_embedding_layers=False)
