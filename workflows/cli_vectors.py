@@ -380,6 +380,8 @@ def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operat
         embeddings = "embed" in parts
         rest = ",".join(p for p in parts if p != "embed")
         blocks = parse_layers(rest, lm.n_layers) if rest else []
+        if not (blocks or embeddings):
+            _fail(f"--ablate-blocks {ablate_blocks!r} edits nothing: give all, blocks (0-11), embed, or both", EXIT_INPUT)
     rows = []
     for vid in vector_ids:
         found = [r for r in everything if r["vector_id"] == vid]

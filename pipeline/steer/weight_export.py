@@ -146,14 +146,12 @@ def _effects(store, lm: LoadedModel, traits: list[str], reference, exported: Loa
 
 def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operation: str, fmt: str = "merged",
                    alpha: float | None = None, blocks: list[int] | None = None, embeddings: bool = True,
-                   norm: str = "typical", check_kind: str = "persona", check_n: int = 16, log=print,
-                   _edit=None) -> dict:
+                   norm: str = "typical", check_kind: str = "persona", check_n: int = 16, log=print) -> dict:
     """Write, check and (if it steers like the hook) keep the export; returns its card.
 
     ``rows``: vectors rows (each pushed at, or ablated from, its own layer's direction);
     ``operation`` add (``alpha`` required) or ablate (``blocks``: the blocks edited, all if
-    None; ``embeddings``: the embeddings too). ``_edit`` replaces the weight edit (tests: a
-    wrong edit must be refused)."""
+    None; ``embeddings``: the embeddings too)."""
     from traitlens.pipeline.model.writers import architecture, ties_embeddings
     from traitlens.pipeline.steer import weights
     from traitlens.pipeline.steer.damage import next_token_kl_between
@@ -185,14 +183,12 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
         for v, p in zip(vectors, items):
             v.update({"alpha": float(alpha), "norm": p.scale, "push_norm": abs(p.alpha) * p.scale})
         reference = lambda: pushes(lm, items)  # noqa: E731
-        edit = _edit or (lambda: weights.with_pushes(lm, items))
+        edit = lambda: weights.with_pushes(lm, items)  # noqa: E731
     else:
         directions = [r["vector"] for r in rows]
         unembedding = tied and embeddings  # the shared matrix is the head too (see .weights)
         reference = lambda: directional_ablation(lm, directions, blocks, embeddings, unembedding)  # noqa: E731
-        if _edit is not None:
-            edit = _edit
-        elif fmt == "merged":
+        if fmt == "merged":
             edit = lambda: weights.orthogonalised(lm, directions, blocks, embeddings)  # noqa: E731
         else:
             edit = lambda: (weights.lora_factors(lm, directions, blocks, embeddings), None)  # noqa: E731
