@@ -46,4 +46,4 @@ NORMS = ("typical", "all")
 POSITIONS = ("all", "generated", "prompt", "last-prompt")
 
 # `traitlens export --format`
-EXPORT_FORMATS = ("safetensors", "gguf", "easysteer")
+EXPORT_FORMATS = ("safetensors", "gguf", "easysteer", "merged", "peft")

@@ -179,20 +179,64 @@ def steering(lm: LoadedModel, vector, layer: int, alpha: float, scale: float = 1
         yield states[0]
 
 
-@contextmanager
-def ablation(lm: LoadedModel, vector, layers: list[int] | None = None, site: str = "resid"):
-    """Within the block, the direction is projected out of the outputs of ``site`` (resid: the
-    block; attn_out / mlp_out: its sub-module) at the given blocks (all if None)."""
-    _, blocks = find_blocks(lm.model)
-    v = _unit(vector).to(lm.device)
-
+def _projecting_out(v: torch.Tensor):
+    """A forward hook that projects the unit ``v`` out of a module's output: ``x - (x . v) v``."""
     def hook(module, inputs, output):
         x = hidden(output)
         vv = v.to(x.dtype)
         return with_hidden(output, x - (x @ vv).unsqueeze(-1) * vv)
 
+    return hook
+
+
+@contextmanager
+def ablation(lm: LoadedModel, vector, layers: list[int] | None = None, site: str = "resid"):
+    """Within the block, the direction is projected out of the outputs of ``site`` (resid: the
+    block; attn_out / mlp_out: its sub-module) at the given blocks (all if None)."""
+    _, blocks = find_blocks(lm.model)
+    hook = _projecting_out(_unit(vector).to(lm.device))
     chosen = layers if layers is not None else range(len(blocks))
     with forward_hooks([(site_module(lm, site, l), hook) for l in chosen]):
+        yield
+
+
+def orthonormal(vectors) -> np.ndarray:
+    """An orthonormal basis ``[d, k]`` of the span of ``vectors`` (Gram-Schmidt in their order;
+    a vector already in the span of those before it adds nothing)."""
+    basis: list[np.ndarray] = []
+    for v in vectors:
+        u = np.asarray(v, dtype=np.float64)
+        u = u / np.linalg.norm(u)
+        for b in basis:
+            u = u - (u @ b) * b
+        if np.linalg.norm(u) > 1e-6:
+            basis.append(u / np.linalg.norm(u))
+    return np.stack(basis, axis=1)
+
+
+@contextmanager
+def directional_ablation(lm: LoadedModel, vectors, blocks: list[int] | None = None, embeddings: bool = True,
+                         unembedding: bool = False):
+    """Directional ablation as Arditi et al. define it, as hooks: the span of ``vectors`` is
+    projected out of every write into the residual stream, so no residual state holds a
+    component in it: the embeddings' outputs (``embeddings``) and the attention and MLP outputs
+    of the chosen blocks (all if None; :func:`ablation` at ``attn_out`` and ``mlp_out``, one
+    orthonormal direction at a time, which together project out the span). ``unembedding``:
+    also out of the final norm's output, the LM head's input. This is what orthogonalising
+    those modules' weights computes (:mod:`.weights`), tied unembedding included."""
+    from contextlib import ExitStack
+
+    from traitlens.pipeline.model.writers import architecture, root_module
+
+    arch = architecture(lm.model)
+    basis = orthonormal(vectors).T  # [k, d]
+    stack_paths = (arch.embeddings if embeddings else ()) + ((arch.final_norm,) if unembedding else ())
+    with ExitStack() as stack:
+        for u in basis:
+            for site in ("attn_out", "mlp_out"):
+                stack.enter_context(ablation(lm, u, blocks, site))
+            hook = _projecting_out(torch.as_tensor(u, dtype=torch.float32).to(lm.device))
+            stack.enter_context(forward_hooks([(root_module(lm.model, p), hook) for p in stack_paths]))
         yield
 
 
