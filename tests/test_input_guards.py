@@ -85,7 +85,7 @@ def test_gguf_export_of_layer_0_says_llama_cpp_has_none(planted, tmp_path):
                  "-o", out), 2, "no layer 0", "easysteer")
     assert not out.exists()
     r = run("--store", planted.root, "export", "--trait", "planted", "--format", "gguf", "-o", out)
-    assert r.exit_code == 0 and "layer 0 left out" in r.output and "(2 layers" in r.output, r.output
+    assert r.exit_code == 0 and "layer 0 is left out" in r.output and "(2 layers" in r.output, r.output
     assert run("--store", planted.root, "export", "--trait", "planted", "--layers", "0", "--format", "easysteer",
                "-o", tmp_path / "e.gguf").exit_code == 0
 

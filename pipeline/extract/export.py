@@ -3,16 +3,25 @@ repeng and EasySteer, each carrying its vector card.
 
 Every file holds one direction per layer, keyed like repeng writes them: ``direction.{layer}``
 where ``layer`` is the 0-based index of the block whose output the vector lives on
-(:data:`LAYER_CONVENTION`). llama.cpp applies ``direction.N`` to block N's output and cannot
-steer block 0, so the llama.cpp GGUF skips layer 0; EasySteer's layer-keyed GGUF keeps every
-layer and names the method (``controlvector.method``). Vectors are unit norm; ``scale``
-multiplies them (llama.cpp's ``--control-vector-scaled FILE S`` scales again at load time).
+(:data:`LAYER_CONVENTION`). llama.cpp applies ``direction.N`` to block N's output (its loader
+puts ``direction.N`` at row N-1 of a buffer whose row il-1 block il reads) and refuses
+``direction.0``, so the llama.cpp GGUF leaves layer 0 out (:func:`gguf_records`); EasySteer's
+layer-keyed GGUF keeps every layer and names the method (``controlvector.method``). Vectors are
+unit norm; ``scale`` multiplies them.
+
+Strength. traitlens's ``alpha`` is in units of the layer's mean token norm: the push is
+``alpha * norm_L * unit(v)``. A file of unit vectors needs llama.cpp strength
+``alpha * norm_L / scale`` at layer L (``--control-vector-scaled FILE:STRENGTH``, one argument,
+with ``--control-vector-layer-range L L``); the card carries ``norm_L`` per layer and, for a
+given alpha, that strength (:func:`llama_cpp_lines` prints the commands).
 
 The card (:func:`vector_card`, JSON under the ``traitlens.card`` metadata key of safetensors
 and key-value of GGUF) says what the file is: model key, layer convention, site, pooling,
-method, trait, per layer the vector id, the rows' fingerprint, the held-out metrics and, once
-evaluated, the steering pick's metrics, and the code version. :func:`read_card` reads it back;
-loading an export for another model is refused (:func:`check_card`).
+method, trait, per layer (exactly the layers in the file) the vector id, the rows' fingerprint,
+the held-out metrics, its norm and strength and, once evaluated, the steering pick's metrics,
+and the code version. It is strict JSON (:mod:`traitlens.store.strict_json`: a value that is not a
+finite number is null, and its object's ``null_reasons`` says what it was). :func:`read_card` reads it back; loading an export for another
+model is refused (:func:`check_card`).
 """
 
 from __future__ import annotations
@@ -55,17 +64,6 @@ def _by_layer(records: list[dict], scale: float = 1.0) -> dict[int, np.ndarray]:
     return dict(sorted(out.items()))
 
 
-def gguf_layers(records: list[dict], easysteer: bool = False) -> list[dict]:
-    """The records a GGUF holds: llama.cpp's and repeng's control vectors have no layer 0 (they
-    add ``direction.N`` to block N's output for N >= 1), so it is left out of those; EasySteer's
-    keeps every layer. Refused (an :class:`InputError` saying so) when nothing is left."""
-    kept = [r for r in records if easysteer or int(r["layer"]) > 0]
-    if not kept:
-        raise InputError("llama.cpp's control vectors have no layer 0 (it steers the outputs of blocks 1 and up): "
-                         "export layers >= 1 (--layers 1-), or --format easysteer or safetensors, which keep layer 0")
-    return kept
-
-
 LAYER_CONVENTION = ("direction.N is added to the output of decoder block N (0-based): Hugging Face "
                     "hidden_states[N + 1], TransformerLens blocks.N.hook_resid_post, repeng and steering-vectors layer N")
 CARD_KEY = "traitlens.card"
@@ -73,24 +71,69 @@ HELD_OUT = ("auroc", "balanced_accuracy", "cohens_d", "stability", "threshold", 
 STEERING = ("kind", "alpha", "shift", "ci_low", "ci_high", "kl", "norm")
 
 
-def vector_card(records: list[dict], scale: float = 1.0, steering: dict[str, dict] | None = None) -> dict:
-    """What an export holds, for whoever loads it. ``steering``: ``{vector_id: its steering pick
-    row}`` (the largest shift within the KL budget) where a vector was evaluated."""
+def vector_card(records: list[dict], scale: float = 1.0, steering: dict[str, dict] | None = None,
+                norms: dict[int, float] | None = None, alpha: float | None = None, notes: dict | None = None) -> dict:
+    """What an export holds, for whoever loads it: one entry per record, so pass exactly the
+    records written. ``steering``: ``{vector_id: its steering pick row}`` (the largest shift
+    within the KL budget) where a vector was evaluated; ``norms``: ``{layer: mean token norm}``
+    (alpha's unit, measured by the caller); with ``alpha``, each layer's llama.cpp strength
+    ``alpha * norm / scale``; ``notes``: what the file leaves out and why (``{field: reason}``)."""
     from traitlens.store.store import code_version
 
     head = records[0]
+    notes = dict(notes or {})
+    if norms is None:
+        notes.setdefault("norm", "not measured: the export was written without loading the model")
     layers = {}
     for r in records:
         entry = {"vector_id": r["vector_id"], "fingerprint": r.get("fingerprint"),
                  **{k: r.get(k) for k in HELD_OUT}}
+        entry["norm"] = None if norms is None else norms.get(int(r["layer"]))
+        if alpha is not None and entry["norm"] is not None:
+            entry["llama_cpp_strength"] = alpha * entry["norm"] / scale
         s = (steering or {}).get(r["vector_id"])
         if s is not None:
             entry["steering"] = {k: s.get(k) for k in STEERING if k in s}
         layers[str(r["layer"])] = entry
     return {"format": "traitlens vector card 1", "model_key": head["model_key"], "fmt": head["fmt"],
             "site": head["site"], "pooling": head["pooling"], "trait": head["trait"], "method": head["method"],
-            "layer_convention": LAYER_CONVENTION, "scale": scale, "unit_norm": True, "layers": layers,
-            "code_version": code_version()}
+            "layer_convention": LAYER_CONVENTION, "scale": scale, "unit_norm": True, "alpha": alpha,
+            "strength": STRENGTH, "layers": layers, "notes": notes, "code_version": code_version()}
+
+
+STRENGTH = ("the push at layer L is alpha * norm_L * unit(v) (traitlens's alpha, norm_L the layer's mean token "
+            "norm); this file holds scale * unit(v), so llama.cpp's strength is alpha * norm_L / scale "
+            "(llama_cpp_strength), steering-vectors' multiplier the same")
+
+
+LAYER0_NOTE = ("layer 0 is left out: llama.cpp cannot steer block 0 (its control-vector loader refuses direction.0); "
+               "the EasySteer format keeps it")
+
+
+NO_LAYER_ABOVE_0 = ("llama.cpp's control vectors have no layer 0 (it steers the outputs of blocks 1 and up): export "
+                    "layers >= 1 (--layers 1-), or --format easysteer or safetensors, which keep layer 0")
+
+
+def gguf_records(records: list[dict], easysteer: bool = False) -> tuple[list[dict], bool]:
+    """(the records a GGUF file holds, whether layer 0 was left out): llama.cpp's and repeng's
+    leave layer 0 out, EasySteer's keeps every layer. An :class:`InputError`
+    (:data:`NO_LAYER_ABOVE_0`) when nothing is left."""
+    kept = [r for r in records if easysteer or int(r["layer"]) > 0]
+    if not kept:
+        raise InputError(NO_LAYER_ABOVE_0)
+    return kept, len(kept) < len(records)
+
+
+def llama_cpp_lines(path, card: dict) -> list[str]:
+    """Copy-pasteable llama.cpp arguments, one line per layer of the card that has a strength:
+    ``--control-vector-scaled FILE:STRENGTH --control-vector-layer-range L L`` (current llama.cpp
+    reads FILE:SCALE as one argument)."""
+    lines = []
+    for layer, entry in card["layers"].items():
+        s = entry.get("llama_cpp_strength")
+        if s is not None:
+            lines.append(f"--control-vector-scaled {path}:{s:.6g} --control-vector-layer-range {layer} {layer}")
+    return lines
 
 
 def check_card(card: dict | None, model_key: str, where) -> None:
@@ -115,10 +158,16 @@ def to_safetensors(records: list[dict], path: Path, scale: float = 1.0, card: di
 def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: float = 1.0, card: dict | None = None,
             easysteer: bool = False) -> Path:
     """A control-vector GGUF: llama.cpp's and repeng's (layer 0 left out: llama.cpp cannot steer
-    it), or with ``easysteer`` EasySteer's layer-keyed one (every layer, ``controlvector.method``)."""
+    it), or with ``easysteer`` EasySteer's layer-keyed one (every layer, ``controlvector.method``).
+    ``model_hint``: the model's ``config.model_type``, as repeng writes it (llama.cpp's loader
+    reads no metadata key; repeng's and vLLM's importers require this one). The card, when
+    given, must describe the records written (:func:`gguf_records`)."""
     import gguf
 
-    vecs = _by_layer(gguf_layers(records, easysteer), scale)
+    records, _ = gguf_records(records, easysteer)  # an InputError when only layer 0 was given
+    vecs = _by_layer(records, scale)
+    if card is not None and sorted(card["layers"], key=int) != [str(l) for l in vecs]:
+        raise ValueError(f"the card lists layers {sorted(card['layers'], key=int)}, the file holds {list(vecs)}")
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", model_hint)
     writer.add_uint32("controlvector.layer_count", len(vecs))
