@@ -138,3 +138,8 @@ def test_every_dashboard_answer_is_strict(nan_store):
         r = c.get(p)
         assert r.status_code == 200, (p, r.text)
         strict(r.text)
+    v1 = next(v for v in Store.open(nan_store).table("vectors").to_pylist() if v["method"] == "mean_diff"
+              and v["layer"] == 1)
+    metrics = strict(c.get(f"/api/vectors/{v1['vector_id']}").text)["metrics"]  # null, with what it was beside it
+    assert metrics["stability"] is None and metrics["null_reasons"] == {"stability": "NaN", "agreement": "NaN"}
+    assert metrics["auroc"] == pytest.approx(v1["auroc"])

@@ -22,7 +22,7 @@ import numpy as np
 from traitlens.pipeline.extract.methods import ExtractionError
 from traitlens.queries import StoreSQL
 from traitlens.queries.selection import best_vector, chosen_vector
-from traitlens.store import Store
+from traitlens.store import Store, strict_json
 from traitlens.store.finite import check_float
 from traitlens.store.vocabulary import METHOD_NAMES
 
@@ -128,7 +128,7 @@ def combine(store_path, expr: str, layer: int, name: str, orthogonal_to: list[st
            "method": name, "params": json.dumps(params, sort_keys=True), "raw_norm": norm,
            "cosines": json.dumps({p["vector_id"]: round(cosine(vec, np.asarray(p["vector"])), 6)
                                   for p in parents + others}),
-           "info": json.dumps({"combined": True, **params})}
+           "info": strict_json.dumps({"combined": True, **params})}
     with store.lock("vectors combine"):
         save_vectors(store, [rec], new_run_id("combine"))
     return rec

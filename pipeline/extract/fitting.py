@@ -21,7 +21,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from traitlens.store import Store
+from traitlens.store import Store, strict_json
 from traitlens.store.arrays import read_rows_checked
 
 from traitlens.pipeline.extract.config import ExtractConfig, method_params
@@ -139,7 +139,7 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
             "vector": e.vector_.astype(np.float32).tolist(), **metrics, "stability": stab[m],
             "agreement": _agreement(m, vectors),
             "cosines": json.dumps({o: round(cosine(e.vector_, vectors[o]), 6) for o in vectors if o != m}),
-            "info": json.dumps(info, default=str),
+            "info": strict_json.dumps(info, default=str),  # (a stored JSON column is strict JSON too)
         })
     return records
 

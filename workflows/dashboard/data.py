@@ -150,7 +150,8 @@ def vector(q: StoreSQL, vector_id: str) -> dict:
     found = q.query("SELECT * EXCLUDE (vector) FROM vectors_all WHERE vector_id = ?", [vector_id]).to_pylist()
     if not found:
         raise NotFound(f"no vector {vector_id!r}")
-    v = clean(found[0])
+    raw = found[0]
+    v = clean(raw)
     if isinstance(v.get("params"), str):  # stored as JSON text
         try:
             v["params"] = json.loads(v["params"])
@@ -165,7 +166,7 @@ def vector(q: StoreSQL, vector_id: str) -> dict:
                             [vector_id]))
     scores = rows(q.query("SELECT count(*) AS n, avg(score) AS mean, min(score) AS min, max(score) AS max "
                           "FROM scores WHERE vector_id = ?", [vector_id]))[0]
-    return {"vector": v, "metrics": {k: v.get(k) for k in METRIC_COLUMNS}, "nearest": nearest,
+    return {"vector": v, "metrics": clean({k: raw.get(k) for k in METRIC_COLUMNS}), "nearest": nearest,
             "steering": steering, "scores": scores}
 
 

@@ -174,7 +174,7 @@ async function vectorPage(id) {
     ${v.layer > 0 ? `<a id="export-gguf" href="/api/vectors/${id}/export?format=gguf">GGUF control vector</a>`
       : `<a id="export-gguf" href="/api/vectors/${id}/export?format=easysteer">EasySteer GGUF</a> <span class="muted">(llama.cpp's control vectors have no layer 0)</span>`}</p>
     <h2>Provenance</h2>` + table(prov.filter((k) => k in v).map((k) => ({field: k, value: v[k]})), [{key: "field"}, {key: "value", render: (r) => `<span class="mono">${fmt(r.value)}</span>`}], {id: "provenance"}) +
-    `<h2>Metrics (held-out)</h2>` + table(Object.entries(d.metrics).map(([k, x]) => ({metric: k, value: x})), [{key: "metric"}, {key: "value"}]) +
+    `<h2>Metrics (held-out)</h2>` + table(Object.entries(d.metrics).filter(([k]) => k !== "null_reasons").map(([k, x]) => ({metric: k, value: x === null && d.metrics.null_reasons && d.metrics.null_reasons[k] ? d.metrics.null_reasons[k] : x})), [{key: "metric"}, {key: "value"}]) +
     `<h2>Parameters</h2><pre class="mono">${esc(JSON.stringify(v.params, null, 1))}</pre>` +
     `<h2>Nearest vectors</h2>` + table(d.nearest, [{key: "vector_id", render: (r) => `<a class="mono" href="#/vector/${r.vector_id}">${esc(r.vector_id)}</a>`}, {key: "trait"}, {key: "method"}, {key: "layer"}, {key: "cosine"}]) +
     `<h2>Steering</h2>` + table(d.steering, [{key: "kind"}, {key: "alpha"}, {key: "n"}, {key: "unsteered"}, {key: "plus"}, {key: "minus"}, {key: "shift"}, {key: "ci_low", label: "CI low"}, {key: "ci_high", label: "CI high"}, {key: "wrong_way", label: "wrong way"}, {key: "steerability"}, {key: "kl", label: "KL (nats)", render: (r) => fmt(r.kl, 4)}], {empty: "not evaluated: `traitlens evaluate --steering`"}) +
