@@ -16,20 +16,12 @@ from click.testing import CliRunner
 
 from traitlens.pipeline.extract.jobs import ExtractConfig, extract
 from traitlens.store import Store
-from traitlens.testing import store_copy, synthetic_store, write_corpus
+from traitlens.testing import cli_error, store_copy, synthetic_store, write_corpus
 from traitlens.workflows.cli import cli
 
 
 def run(*args, **kw):
     return CliRunner().invoke(cli, [str(a) for a in args], **kw)
-
-
-def one_line(r, code=2, *words):
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output and "error" in r.output.lower(), r.output
-    for w in words:
-        assert w in r.output, (w, r.output)
-    return r.output
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +49,14 @@ def model_store(tmp_path_factory, tiny_llama):
 
 # -- tracebacks ----------------------------------------------------------------------------------
 def test_extract_c_nan_is_an_input_error(planted):
-    one_line(run("--store", planted.root, "extract", "--trait", "planted", "--C", "nan"), 2, "--C", "finite")
+    cli_error(run("--store", planted.root, "extract", "--trait", "planted", "--C", "nan"), 2, "--C", "finite")
 
 
 def test_extract_n_boot_is_bounded_before_anything_is_allocated(planted):
     from traitlens.pipeline.extract.resample import N_BOOT_MAX
 
     before = planted.table("vectors").num_rows
-    out = one_line(run("--store", planted.root, "extract", "--trait", "planted", "--n-boot", "99999999999"), 2,
+    out = cli_error(run("--store", planted.root, "extract", "--trait", "planted", "--n-boot", "99999999999"), 2,
                    "--n-boot", f"at most {N_BOOT_MAX}")
     assert "99999999999" in out and Store.open(planted.root).table("vectors").num_rows == before
     # the largest allowed count runs the usual way (one resample at a time, never all drawn at once)
@@ -81,7 +73,7 @@ def test_extract_n_boot_is_bounded_before_anything_is_allocated(planted):
 
 def test_gguf_export_of_layer_0_says_llama_cpp_has_none(planted, tmp_path):
     out = tmp_path / "v.gguf"
-    one_line(run("--store", planted.root, "export", "--trait", "planted", "--layers", "0", "--format", "gguf",
+    cli_error(run("--store", planted.root, "export", "--trait", "planted", "--layers", "0", "--format", "gguf",
                  "-o", out), 2, "no layer 0", "easysteer")
     assert not out.exists()
     r = run("--store", planted.root, "export", "--trait", "planted", "--format", "gguf", "-o", out)
@@ -94,7 +86,7 @@ def test_gguf_export_of_layer_0_says_llama_cpp_has_none(planted, tmp_path):
                                   ("query", "SELECT 1 AS x", "--format", "json", "-o"),
                                   ("rank", "--trait", "planted", "--plot")])
 def test_an_output_in_a_missing_folder_is_refused_naming_the_option(planted, verb):
-    one_line(run("--store", planted.root, *verb, "/nonexistent_dir/x.out"), 2, verb[-1], "no such folder /nonexistent_dir")
+    cli_error(run("--store", planted.root, *verb, "/nonexistent_dir/x.out"), 2, verb[-1], "no such folder /nonexistent_dir")
 
 
 def write_spec(tmp_path, text: str, name="w.toml"):
@@ -109,7 +101,7 @@ def write_spec(tmp_path, text: str, name="w.toml"):
                                            ('layers = [1, "x"]', "capture.layers[1]")])
 def test_spec_list_items_of_the_wrong_type_name_the_field(tmp_path, capture, field):
     spec = write_spec(tmp_path, f'store = "s"\n[[corpora]]\npaths = ["c.jsonl"]\n[capture]\n{capture}\n')
-    one_line(run("run", spec), 2, "w.toml", field)
+    cli_error(run("run", spec), 2, "w.toml", field)
     assert not (tmp_path / "s").exists()
 
 
@@ -124,7 +116,7 @@ def yaml_bomb(levels: int = 9) -> list[str]:
 def test_a_yaml_bomb_behind_capture_layers_is_a_short_error(tmp_path):
     spec = write_spec(tmp_path, "\n".join(["store: s", "corpora:", "  - paths: [c.jsonl]", "capture:", "  layers:"]
                                           + yaml_bomb()) + "\n", "bomb.yaml")
-    out = one_line(run("run", spec), 2, "capture.layers[0]")
+    out = cli_error(run("run", spec), 2, "capture.layers[0]")
     assert len(out) < 500  # the value is shown bounded, never expanded
 
 
@@ -134,7 +126,7 @@ def test_a_spec_is_bounded_in_what_it_may_expand_to(tmp_path):
     spec = write_spec(tmp_path, "\n".join(["store: s", "corpora:", "  - paths: [c.jsonl]", "extract:", "  params:",
                                            "    probe:", "      junk:"] + ["  " + l for l in yaml_bomb()]) + "\n",
                       "bomb.yaml")
-    out = one_line(run("run", spec), 2, f"more than {MAX_VALUES:,} values")
+    out = cli_error(run("run", spec), 2, f"more than {MAX_VALUES:,} values")
     assert len(out) < 500
 
 
@@ -152,7 +144,7 @@ def test_a_memory_store_is_refused_by_the_command(tmp_path, tiny_llama):
 def test_malformed_store_urls_are_refused_and_create_nothing(tmp_path, monkeypatch, tiny_llama, name, words):
     monkeypatch.chdir(tmp_path)
     c = write_corpus(tmp_path / "c.jsonl", 4)
-    one_line(run("--store", name, "ingest", c, "--model", tiny_llama, "--quiet"), 2, "--store", *words)
+    cli_error(run("--store", name, "ingest", c, "--model", tiny_llama, "--quiet"), 2, "--store", *words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
 
 
@@ -165,31 +157,31 @@ def test_file_urls_with_an_absolute_path_still_work(tmp_path, tiny_llama):
 
 def test_an_empty_model_name_is_refused_not_read_as_the_default(tmp_path):
     c = write_corpus(tmp_path / "c.jsonl", 4)
-    one_line(run("--store", tmp_path / "s", "ingest", c, "--model", "", "--quiet"), 2, "--model ''")
+    cli_error(run("--store", tmp_path / "s", "ingest", c, "--model", "", "--quiet"), 2, "--model ''")
     assert not (tmp_path / "s").exists()
 
 
 def test_an_empty_model_name_is_refused_by_every_verb_that_loads_one(model_store):
-    one_line(run("--store", model_store, "steer", "hi", "--trait", "kindness", "--model", ""), 2, "--model ''")
+    cli_error(run("--store", model_store, "steer", "hi", "--trait", "kindness", "--model", ""), 2, "--model ''")
 
 
 # -- misleading words and leftovers ------------------------------------------------------------------
 def test_a_missing_corpus_file_is_bad_input_not_an_io_failure(model_store, tiny_llama, tmp_path):
     for store in (model_store, tmp_path / "new"):
-        out = one_line(run("--store", store, "ingest", tmp_path / "nope.jsonl", "--model", tiny_llama), 2,
+        out = cli_error(run("--store", store, "ingest", tmp_path / "nope.jsonl", "--model", tiny_llama), 2,
                        "nope.jsonl", "no such corpus file")
         assert "verify --repair" not in out and "I/O error" not in out
     assert not (tmp_path / "new").exists()
 
 
 def test_steer_with_an_unknown_vector_id_says_so(model_store, tiny_llama):
-    out = one_line(run("--store", model_store, "steer", "hi", "--vector-id", "deadbeef", "--model", tiny_llama), 2,
+    out = cli_error(run("--store", model_store, "steer", "hi", "--vector-id", "deadbeef", "--model", tiny_llama), 2,
                    "deadbeef", "traitlens vectors")
     assert "None" not in out
 
 
 def test_evaluate_names_judge_for_a_missing_judge_folder(model_store, tiny_llama, tmp_path):
-    out = one_line(run("--store", model_store, "evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama,
+    out = cli_error(run("--store", model_store, "evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama,
                        "--judge", tmp_path / "no-judge", "--plot", tmp_path / "e.png"), 2, "--judge", "no-judge")
     assert "--model" not in out
 
@@ -205,14 +197,14 @@ def test_a_failed_query_output_leaves_no_file(planted, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq, "write_table", disk_full)
     out = tmp_path / "q.parquet"
-    one_line(run("--store", planted.root, "query", "SELECT * FROM prompts", "--format", "parquet", "-o", out), 1,
+    cli_error(run("--store", planted.root, "query", "SELECT * FROM prompts", "--format", "parquet", "-o", out), 1,
              "disk is full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no file, no temporary
 
 
 def test_a_query_parquet_cannot_hold_is_an_input_error_and_leaves_no_file(planted, tmp_path):
     out = tmp_path / "q.parquet"
-    one_line(run("--store", planted.root, "query", "SELECT INTERVAL 1 DAY AS i", "--format", "parquet", "-o", out), 2,
+    cli_error(run("--store", planted.root, "query", "SELECT INTERVAL 1 DAY AS i", "--format", "parquet", "-o", out), 2,
              "--format parquet", "csv or json")
     assert not out.exists()
 
@@ -236,7 +228,7 @@ def test_an_unknown_hub_id_fails_at_once_without_asking_the_network(tmp_path, mo
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     c = write_corpus(tmp_path / "c.jsonl", 3)
-    out = one_line(run("--store", tmp_path / "s", "ingest", c, "--model", "no-such-org/no-such-model-xyz"), 1,
+    out = cli_error(run("--store", tmp_path / "s", "ingest", c, "--model", "no-such-org/no-such-model-xyz"), 1,
                    "no-such-org/no-such-model-xyz", "cannot be reached", str(tmp_path / "hf"), "huggingface-cli download")
     assert asked == [], asked
     assert "no folder" in out
