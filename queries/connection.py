@@ -5,8 +5,7 @@ Views:
 - ``vectors``: one row per vector, ``vector`` cast to ``FLOAT[d]`` so ``array_cosine_similarity``
   and ``array_inner_product`` work (with several widths d in one store, ``vectors`` keeps
   ``FLOAT[]`` lists and ``vectors_d<d>`` views hold the fixed-size ones);
-- ``metrics``: the vectors table without the vector column, plus ``vector_ok`` (its values are
-  finite and not all zero) and the steering pick's ``steer_shift`` / ``steer_kl``;
+- ``metrics``: the vectors table without the vector column;
 - ``steering``, ``steering_together`` (pushes measured at once), ``trajectories``, ``scores`` (with each score's ``percentile`` among the prompts
   scored on its vector) and ``scored`` (scores beside the prompt's text, dataset, trait, label);
 - ``act_L<layer>`` (and ``act_<n>_L<layer>`` for group n of ``groups``): one layer's committed
@@ -168,10 +167,7 @@ class StoreSQL:
         # the best causal shift measured for each vector within the damage budget, and its KL (NULL
         # until `traitlens evaluate --steering`; rows stored before damage was measured have no KL
         # and still count); the loose first-token refusal measure never outranks the strict ones
-        # vector_ok: every value finite and not all zero (the selection rule skips the others)
-        self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift, s.steer_kl, "
-                         "list_bool_and(list_transform(v.vector, lambda x: isfinite(x))) "
-                         "AND list_bool_or(list_transform(v.vector, lambda x: x <> 0)) AS vector_ok "
+        self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift, s.steer_kl "
                          "FROM vectors_all v LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift, "
                          f"arg_max(kl, shift) AS steer_kl FROM steering WHERE kind <> '{LOOSE_KIND}' "
                          f"AND (kl IS NULL OR kl <= {float(KL_BUDGET)!r}) GROUP BY vector_id) s USING (vector_id)")

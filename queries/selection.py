@@ -9,12 +9,17 @@ ordered by the held-out metric asked for (AUROC by default), ties broken by held
 then by layer (so that the order is total; never by layer alone). The random baseline is never
 picked. :data:`RULE` says this in words; ``rank`` prints it.
 
-A candidate must be usable (:func:`usable_sql`, :func:`usable`): its values finite and not all
-zero (the ``metrics`` view's ``vector_ok``), and its held-out AUROC and Cohen's d not NaN or
-infinite (a vector whose projections are not numbers scores NaN). Such a vector, stored by an
-older traitlens, is never picked, and naming it by id is refused (:func:`chosen_vector`). A NaN
-or infinite sort key (the agreement of a method with no other, the stability of ``--n-boot 0``)
-sorts as NULL: last, never first (DuckDB sorts NaN above every number).
+A candidate must be usable. Cheaply, from its scalar columns (:func:`usable_sql`): its held-out
+AUROC and Cohen's d and its raw norm finite, the norm above 0 — a vector whose values are not
+numbers scores NaN, and an overflowed or cancelled combination has an infinite or zero norm; this
+is all ``rank`` asks (reading every vector's values would cost it ~20x on a store of thousands of
+wide vectors). Wherever the values themselves are read — the pick (:func:`best_vector`), a vector
+named by id (:func:`chosen_vector`), records in memory (:func:`usable`) — they must be finite and
+not all zero too. traitlens no longer stores any other kind (see
+:mod:`traitlens.store.finite`); one an older traitlens stored is named by ``verify``, never
+picked, and naming it by id is refused. A NaN or infinite sort key (the agreement of a method
+with no other, the stability of ``--n-boot 0``) sorts as NULL: last, never first (DuckDB sorts
+NaN above every number).
 """
 
 from __future__ import annotations
@@ -54,19 +59,23 @@ def order_by(by: str = "auroc", prefix: str = "") -> str:
 
 
 def usable_sql(prefix: str = "") -> str:
-    """The SQL condition a candidate meets (over ``metrics`` columns; ``prefix``: a table alias
-    with its dot): finite, non-zero values and finite core metrics (NULL, not measured, is fine)."""
+    """The SQL condition a candidate's scalar columns meet (over ``metrics`` columns; ``prefix``:
+    a table alias with its dot): finite core metrics and a finite, positive raw norm (NULL, not
+    measured, is fine). Reads no vector values."""
     core = " AND ".join(f"({prefix}{k} IS NULL OR isfinite({prefix}{k}))" for k in CORE_METRICS)
-    return f"coalesce({prefix}vector_ok, false) AND {core}"
+    return f"{core} AND ({prefix}raw_norm IS NULL OR (isfinite({prefix}raw_norm) AND {prefix}raw_norm > 0))"
 
 
 def usable(rec: dict) -> bool:
-    """:func:`usable_sql` for a record in memory: a vectors row (its ``vector``) or a metrics
-    row (its ``vector_ok``)."""
+    """:func:`usable_sql` for a record in memory and, where it carries its ``vector``, its values:
+    finite and not all zero (:func:`traitlens.store.finite.vector_problem`)."""
     from traitlens.store.finite import vector_problem
 
-    ok = vector_problem(rec["vector"]) is None if rec.get("vector") is not None else bool(rec.get("vector_ok"))
-    return ok and all(rec.get(k) is None or math.isfinite(rec[k]) for k in CORE_METRICS)
+    if rec.get("vector") is not None and vector_problem(rec["vector"]) is not None:
+        return False
+    norm = rec.get("raw_norm")
+    return (all(rec.get(k) is None or math.isfinite(rec[k]) for k in CORE_METRICS)
+            and (norm is None or (math.isfinite(norm) and norm > 0)))
 
 
 def sort_key(rec: dict, by: str = "auroc") -> tuple:
@@ -93,9 +102,15 @@ def best_vector(q: StoreSQL, trait: str, model_key: str | None = None, layer: in
     if layers is not None:
         cond.append("m.layer BETWEEN ? AND ?")
         params += [int(layers[0]), int(layers[1])]
-    rows = q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) WHERE "
-                   + " AND ".join(cond) + f" ORDER BY {order_by(by, 'm.')} LIMIT 1", params).to_pylist()
-    return rows[0] if rows else None
+    skipped: list[str] = []  # candidates whose values are not finite (checked here, on the one row read)
+    while True:
+        skip = [f"m.vector_id NOT IN ({', '.join('?' * len(skipped))})"] if skipped else []
+        rows = q.query(f"SELECT v.* FROM ({latest_cells_sql()}) m JOIN vectors v USING (vector_id) WHERE "
+                       + " AND ".join(cond + skip) + f" ORDER BY {order_by(by, 'm.')} LIMIT 1",
+                       params + skipped).to_pylist()
+        if not rows or usable(rows[0]):
+            return rows[0] if rows else None
+        skipped.append(rows[0]["vector_id"])
 
 
 def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filters) -> dict | None:
@@ -106,7 +121,7 @@ def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filte
         if rows and not usable(rows[0]):
             v = rows[0]
             raise QueryError(f"vector {vector_id} ({v['trait']} {v['method']} L{v['layer']}) holds NaN, infinite or "
-                             "all-zero values, or NaN held-out metrics (an older traitlens stored it): it cannot be "
+                             "all-zero values, or a NaN held-out metric or norm (an older traitlens stored it): it cannot be "
                              f"used; `traitlens rank --trait {v['trait']}` lists the usable ones")
         return rows[0] if rows else None
     return best_vector(q, trait, **filters)

@@ -182,12 +182,17 @@ def plant(store, method: str, values, **metrics) -> str:
 
 @pytest.fixture
 def poisoned(store):
-    """The store with three vectors no picker may take: NaN values under perfect metrics, NaN
-    metrics, all zeros; and one usable vector whose stability is NaN (``--n-boot 0``)."""
+    """The store with four vectors no picker may take, as an older traitlens (or a hand) stored
+    them: ``legacy``, what `vectors combine "1e400*planted"` stored (NaN values, AUROC NaN,
+    Cohen's d and norm infinite); ``nanmetric`` (finite values, NaN metrics); ``zeros`` (a
+    cancelled combination: zero values and norm under perfect metrics); ``nanvec`` (NaN values
+    under perfect metrics and a finite norm: only a hand-edited store holds one). And one usable
+    vector whose stability is NaN (``--n-boot 0``)."""
     d = store.table("vectors").to_pylist()[0]["d"]
-    ids = {"nanvec": plant(store, "nanvec", [math.nan] * d, auroc=1.0, balanced_accuracy=1.0, cohens_d=99.0),
+    ids = {"legacy": plant(store, "legacy", [math.nan] * d, auroc=math.nan, cohens_d=math.inf, raw_norm=math.inf),
            "nanmetric": plant(store, "nanmetric", np.ones(d) / np.sqrt(d), auroc=math.nan, cohens_d=math.nan),
-           "zeros": plant(store, "zeros", [0.0] * d, auroc=1.0, cohens_d=98.0)}
+           "zeros": plant(store, "zeros", [0.0] * d, auroc=1.0, cohens_d=98.0, raw_norm=0.0),
+           "nanvec": plant(store, "nanvec", [math.nan] * d, auroc=1.0, balanced_accuracy=1.0, cohens_d=99.0)}
     top = max((r for r in store.table("vectors").to_pylist() if r["method"] in ("mean_diff", "probe")),
               key=lambda r: (r["auroc"], r["cohens_d"]))
     ids["nanstab"] = plant(store, "nanstab", top["vector"], auroc=top["auroc"], cohens_d=top["cohens_d"],
@@ -201,7 +206,7 @@ def test_no_picker_takes_a_vector_with_nan_values_or_metrics(poisoned):
     from traitlens.workflows.cli_steer import _pick_vector
 
     store, ids = poisoned
-    bad = {ids["nanvec"], ids["nanmetric"], ids["zeros"]}
+    bad = {ids[k] for k in ("legacy", "nanmetric", "zeros", "nanvec")}
     records = store.table("vectors").to_pylist()
     want = sorted((r for r in records if r["method"] != "random" and r["vector_id"] not in bad), key=sort_key)
     with StoreSQL(store) as q:
@@ -210,28 +215,33 @@ def test_no_picker_takes_a_vector_with_nan_values_or_metrics(poisoned):
         ordered = [r["vector_id"] for r in q.query(
             f"SELECT * FROM metrics WHERE trait = 'planted' AND method <> 'random' AND {usable_sql()} "
             f"ORDER BY {order_by()}").to_pylist()]
-    assert not bad & set(listed) and picked["vector_id"] not in bad
-    assert picked["vector_id"] == listed[0] == want[0]["vector_id"]
-    assert ordered == [r["vector_id"] for r in want]  # SQL and Python say the same rule, NaN keys included
+    # rank reads metrics and norms only: garbage there is never listed (the forged nanvec is,
+    # first, but the pick reads the values and skips it)
+    assert not {ids["legacy"], ids["nanmetric"], ids["zeros"]} & set(listed) and listed[0] == ids["nanvec"]
+    assert picked["vector_id"] == listed[1] == want[0]["vector_id"]
+    scalars = [r for r in records if r["method"] != "random" and usable({**r, "vector": None})]
+    assert ordered == [r["vector_id"] for r in sorted(scalars, key=sort_key)]  # SQL and Python: one rule, NaN keys too
     # the NaN stability sorts as not measured: after the vector it ties with on AUROC and d, never before
     assert ordered.index(ids["nanstab"]) > ordered.index(next(r["vector_id"] for r in want if r["method"] != "nanstab"
                                                                and r["auroc"] == want[0]["auroc"]))
     assert not any(usable(r) for r in records if r["vector_id"] in bad)
     assert {m for m in best_per_method(records)} == {"mean_diff", "probe", "random", "nanstab"}
     assert _pick_vector(store, "planted", KEY.model_key, None, None, None)["vector_id"] == picked["vector_id"]
+    with StoreSQL(store) as q:  # asked for the forged method alone: nothing, not the NaN vector
+        assert best_vector(q, "planted", method="nanvec") is None
 
 
 def test_rank_lists_no_nan_vector_and_verify_names_them(poisoned):
     store, ids = poisoned
     r = run("--store", store.root, "rank", "--trait", "planted", "--top", "50")
     assert r.exit_code == 0, r.output
-    assert not any(ids[k] in r.output for k in ("nanvec", "nanmetric", "zeros"))
+    assert not any(ids[k] in r.output for k in ("legacy", "nanmetric", "zeros"))
     rep = verify(Store.open(store.root))
     assert not rep.clean
     (err,) = [e for e in rep.errors if "tables/vectors" in e]
-    assert ids["nanvec"] in err and ids["zeros"] in err and ids["nanmetric"] not in err  # values, not metrics
+    assert all(ids[k] in err for k in ("legacy", "nanvec", "zeros")) and ids["nanmetric"] not in err  # values
     v = run("--store", store.root, "verify")
-    assert v.exit_code == 1 and ids["nanvec"] in v.output and "NaN" in v.output
+    assert v.exit_code == 1 and ids["legacy"] in v.output and "NaN" in v.output
 
 
 @pytest.mark.parametrize("verb", [("score", "--trait", "planted"), ("audit", "--trait", "planted")])
