@@ -14,8 +14,8 @@ are parsed whole), plain or compressed (``.gz``, ``.zst``):
 - a folder holding ``positive.txt`` / ``negative.txt`` (trait = folder name), or sub-folders
   that each do (trait = sub-folder name).
 Parquet, Arrow and ``datasets`` folders, globs and folders of files, and the fast JSONL path
-live in :mod:`.readers`; :func:`iter_records` dispatches to them. :mod:`.plan` validates a
-corpus whole in one streaming pass before anything is written.
+live in :mod:`.readers` (:func:`.readers.batches.source_attempts` picks the reader of a file).
+:mod:`.plan` validates a corpus whole in one streaming pass before anything is written.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 from traitlens.store.errors import InputError
 
+from traitlens.pipeline.capture.errors import CorpusError  # (re-exported: where callers import it from)
 from traitlens.pipeline.capture.readers.streams import open_bytes, stem
 
 TEXT_FIELDS = ("text", "prompt", "statement", "instruction", "question", "input")
@@ -38,16 +39,6 @@ POSITIVE = {"1", "+1", "pos", "positive", "true", "yes", "y", "t"}
 NEGATIVE = {"-1", "neg", "negative", "false", "no", "n", "f"}
 NEUTRAL = {"0", "neutral", "none", "unlabelled", "unlabeled", ""}
 SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; the rest is test
-
-
-class CorpusError(InputError):
-    """A corpus file cannot be read; ``str(e)`` is ``file:line: field: problem (fix)``."""
-
-    def __init__(self, path, line: int | None, field: str | None, problem: str, fix: str = ""):
-        self.path, self.line, self.field = str(path), line, field
-        where = self.path + (f":{line}" if line else "")
-        what = f" field {field!r}:" if field else ""
-        super().__init__(f"{where}:{what} {problem}" + (f" ({fix})" if fix else ""))
 
 
 @dataclass
@@ -319,15 +310,6 @@ def read_lines(path: Path, kind: str, name: str, opts: ReadOptions):
         yield from _read_txt(path, opts, name=name)
     else:
         raise ValueError(f"no line reader for {kind!r}")
-
-
-def iter_records(path: str | Path, opts: ReadOptions | None = None):
-    """Yield the records of one corpus argument (a file of any accepted format, a folder, a
-    glob), one batch of records alive at a time."""
-    from traitlens.pipeline.capture.readers.batches import corpus_batches
-
-    for batch in corpus_batches([path], opts or ReadOptions()):
-        yield from records_of(batch)
 
 
 def records_of(batch) -> list[PromptRecord]:

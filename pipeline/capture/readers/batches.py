@@ -4,7 +4,7 @@
 the fast one first (Arrow's JSON parser for JSON lines), then the definition (the line reader).
 Only the last never raises :class:`~.normalise.NotExact`; a caller that stored a source's
 batches drops them when an attempt gives way (:mod:`..plan` writes each source to its own
-part for that). :func:`corpus_batches` does this for callers that hold the records.
+part for that).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from traitlens.pipeline.capture.corpus import ReadOptions, read_lines
 from .columnar import arrow_batches, parquet_batches
 from .jsonl import jsonl_batches
 from .normalise import COLUMNS, NotExact
-from .sources import Source, expand
+from .sources import Source
 
 LINE_BATCH = 65_536  # records of the line readers gathered per batch
 
@@ -55,22 +55,3 @@ def line_batches(src: Source, opts: ReadOptions, size: int | None = None):
             cols = {c: [] for c in COLUMNS.names}
     if cols["source"]:
         yield pa.RecordBatch.from_pydict(cols, schema=COLUMNS)
-
-
-def corpus_batches(paths, opts: ReadOptions):
-    """Every normalised batch of the corpus arguments, in order. A fast attempt that gives way
-    after yielding is not possible here: each source's batches are held until it is read
-    through (for whole-corpus streaming, :mod:`..plan` writes them to disk instead)."""
-    for src in expand(paths):
-        attempts = source_attempts(src, opts)
-        for i, attempt in enumerate(attempts):
-            held = []
-            try:
-                for b in attempt():
-                    held.append(b)
-            except NotExact:
-                if i == len(attempts) - 1:
-                    raise
-                continue
-            yield from held
-            break

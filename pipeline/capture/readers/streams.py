@@ -2,7 +2,7 @@
 
 Arrow's own codecs do the work (gzip through zlib, zstd built into every pyarrow wheel), so no
 extra package is needed. A damaged or truncated compressed file raises
-:class:`~traitlens.pipeline.capture.corpus.CorpusError` naming the file, at the read that meets
+:class:`~traitlens.pipeline.capture.errors.CorpusError` naming the file, at the read that meets
 the damage, whoever reads (the line readers, the Arrow JSON reader).
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+
+from traitlens.pipeline.capture.errors import CorpusError
 
 COMPRESSIONS = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 
@@ -60,9 +62,7 @@ class _Decompressed(io.RawIOBase):
         super().close()
 
 
-def damaged(path: Path, codec: str, cause: BaseException):
-    from traitlens.pipeline.capture.corpus import CorpusError
-
+def damaged(path: Path, codec: str, cause: BaseException) -> CorpusError:
     return CorpusError(path, None, None, f"cannot decompress this {codec} file ({str(cause).splitlines()[0]})",
                        "it is damaged or truncated: copy or compress it again")
 
