@@ -130,3 +130,24 @@ def test_read_corpus_and_the_plan_agree_with_a_plain_reading(tmp_path):
     records, dups = plan.read_corpus([a])
     assert dups == 7 and len(records) == 50
     assert [r.source for r in records] == [f"{a}:{i}" for i in range(1, 51)]
+
+
+def test_a_key_is_relabelled_only_when_its_newest_stored_record_differs(tmp_path):
+    """The plan compares the corpus with each key's newest stored record, whatever the history
+    before it: a label corrected and corrected back is not a relabel, a stale old record that
+    agrees with the corpus does not hide a newer one that does not."""
+    c = write_corpus(tmp_path / "c.jsonl", 4)  # labels neg, pos, neg, pos
+    records, _ = plan.read_corpus([c])
+    rows = [r.as_row() for r in records]
+    flipped = [{**r, "label": -r["label"]} for r in rows]
+    store = Store.open(tmp_path / "s", create=True)
+    store.add_prompts(rows[:3])  # the fourth is new to the store
+    store.add_prompts([flipped[1]])  # corrected...
+    store.add_prompts([rows[1]])  # ...and corrected back: its newest record is the corpus's again
+    store.add_prompts([flipped[2]])  # its old record agrees with the corpus, its newest does not
+    store.add_prompts([{**rows[0], "split": "test" if rows[0]["split"] != "test" else "train"}])  # a new split
+    with plan.scan_corpus([c]) as scan:
+        scan.decide(store)
+        flags = scan.flags
+    assert [bool(f & plan.NEW) for f in flags] == [False, False, False, True]
+    assert [bool(f & plan.RELABELLED) for f in flags] == [True, False, True, False]

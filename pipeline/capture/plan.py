@@ -68,6 +68,7 @@ class CorpusScan:
     n_keys: int = 0  # distinct (prompt_id, dataset, trait) read, before any --sample
     n_distinct: int = 0  # distinct prompts among the kept records (set by decide)
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # uint8 [n_read]
+    _con: object = field(default=None, repr=False)  # DuckDB, while deciding (see _connection)
 
     @property
     def n_records(self) -> int:
@@ -87,63 +88,110 @@ class CorpusScan:
         return int(np.count_nonzero(self.flags & flag))
 
     def decide(self, store=None, groups: list[GroupKey] = ()) -> "CorpusScan":
-        """Set every record's flags against ``store`` (None: a store that does not exist yet)."""
-        con = self._connect()
-        try:
-            self.n_distinct = con.execute("SELECT count(DISTINCT prompt_id) FROM kept").fetchall()[0][0]
-            flags = np.zeros(self.n_read, np.uint8)
+        """Set every record's flags against ``store`` (None: a store that does not exist yet).
+
+        Each flag is one join of the corpus's keys with a store table, never an aggregation of
+        the store's tables: a rerun with nothing new costs one hash join with ``prompts`` and
+        one per group with ``rows``; the newest stored record of a key is looked up only for
+        the keys with a stored record that differs from the corpus's."""
+        con = self._connection()
+        self.n_distinct = con.execute("SELECT count(DISTINCT prompt_id) FROM kept").fetchall()[0][0]
+        flags = np.zeros(self.n_read, np.uint8)
+        if self.opts.sample is None and self.n_keys == self.n_read:
+            flags |= KEEP  # no duplicate: every record is the first of its key
+        else:
             self._mark(con, "SELECT ordinal FROM kept", flags, KEEP)
-            if store is not None:
-                con.register("store_prompts", store.tables["prompts"].dataset())
-                con.execute("CREATE TEMP TABLE stored AS SELECT prompt_id, dataset, trait, label, split "
-                            "FROM store_prompts QUALIFY row_number() OVER (PARTITION BY prompt_id, dataset, trait "
-                            "ORDER BY added_at DESC NULLS LAST) = 1")
-                self._mark(con, "SELECT k.ordinal FROM kept k ANTI JOIN stored s USING (prompt_id, dataset, trait)",
-                           flags, NEW)
-                self._mark(con, "SELECT k.ordinal FROM kept k JOIN stored s USING (prompt_id, dataset, trait) "
-                           "WHERE k.label <> s.label OR k.split IS DISTINCT FROM s.split", flags, RELABELLED)
-            else:
-                flags[(flags & KEEP) > 0] |= NEW
-            done = "SELECT NULL::VARCHAR AS prompt_id WHERE false"
-            if store is not None and groups:
-                con.register("store_rows", store.tables["rows"].dataset())
-                keys = pa.table({c: [getattr(g, c) for g in groups] for c in ("model_key", "fmt", "site", "pooling")})
-                con.register("run_groups", keys)
-                done = (f"SELECT prompt_id FROM store_rows JOIN run_groups USING (model_key, fmt, site, pooling) "
-                        f"GROUP BY prompt_id HAVING count(DISTINCT (model_key, fmt, site, pooling)) = {len(groups)}")
-            self._mark(con, f"SELECT min(k.ordinal) FROM kept k ANTI JOIN ({done}) d USING (prompt_id) "
-                       "GROUP BY k.prompt_id", flags, CAPTURE)
-            self.flags = flags
-        finally:
-            con.close()
+        if store is not None:
+            con.register("store_prompts", store.tables["prompts"].dataset())
+            try:
+                # one join: the kept keys the store lacks, and those with a stored record that differs
+                con.execute("CREATE OR REPLACE TEMP TABLE unlike AS SELECT k.ordinal, k.prompt_id, k.dataset, "
+                            "k.trait, k.label, k.split, s.prompt_id IS NULL AS new FROM kept k "
+                            "LEFT JOIN store_prompts s USING (prompt_id, dataset, trait) WHERE s.prompt_id IS NULL "
+                            "OR s.label <> k.label OR s.split IS DISTINCT FROM k.split")
+                self._mark(con, "SELECT ordinal FROM unlike WHERE new", flags, NEW)
+                # relabelled: the key's newest stored record differs (looked up for those keys only)
+                if con.execute("SELECT count(*) FROM unlike WHERE NOT new").fetchall()[0][0]:
+                    self._mark(con, """
+                        WITH newest AS (
+                            SELECT prompt_id, dataset, trait, label, split FROM store_prompts
+                            SEMI JOIN (SELECT * FROM unlike WHERE NOT new) USING (prompt_id, dataset, trait)
+                            QUALIFY row_number() OVER (PARTITION BY prompt_id, dataset, trait
+                                                       ORDER BY added_at DESC NULLS LAST) = 1)
+                        SELECT DISTINCT u.ordinal FROM unlike u JOIN newest s USING (prompt_id, dataset, trait)
+                        WHERE NOT u.new AND (u.label <> s.label OR u.split IS DISTINCT FROM s.split)""",
+                               flags, RELABELLED)
+            finally:
+                con.execute("DROP TABLE IF EXISTS unlike")
+                con.unregister("store_prompts")
+        else:
+            flags[(flags & KEEP) > 0] |= NEW
+        if store is not None and groups:
+            # a prompt to capture lacks a row in at least one group: one anti join per group
+            con.register("store_rows", store.tables["rows"].dataset())
+            missing = " UNION ".join(["SELECT k.prompt_id FROM kept k ANTI JOIN (SELECT prompt_id FROM store_rows "
+                                      "WHERE model_key = ? AND fmt = ? AND site = ? AND pooling = ?) r "
+                                      "USING (prompt_id)"] * len(groups))
+            try:
+                self._mark(con, f"SELECT min(ordinal) FROM kept WHERE prompt_id IN ({missing}) GROUP BY prompt_id",
+                           flags, CAPTURE, [v for g in groups for v in (g.model_key, g.fmt, g.site, g.pooling)])
+            finally:
+                con.unregister("store_rows")
+        else:  # in no group yet: the first record of every prompt
+            self._mark(con, "SELECT min(ordinal) FROM kept GROUP BY prompt_id", flags, CAPTURE)
+        self.flags = flags
         return self
 
-    def _connect(self, sampled: bool = True):
-        """A private DuckDB connection over the scan, with its ``kept`` table (one row per key;
-        ``sampled``: only the ``--sample``'s keys)."""
+    def _connection(self):
+        """The scan's private DuckDB connection, made once (pass 1's checks and every
+        :meth:`decide` share it; :meth:`windows` lets it go): ``scan``, a view of the scan's
+        Parquet parts; ``keys``, one row per (prompt_id, dataset, trait) read with its first
+        record's ordinal, label and split; ``kept``, the keys the run keeps (the ``--sample``'s,
+        or all of them)."""
+        if self._con is not None:
+            return self._con
         import duckdb
 
         con = duckdb.connect(":memory:")
-        con.execute("SET memory_limit = ?", [memory_limit()])
-        con.execute(f"SET temp_directory='{self.folder / 'spill'}'")
-        con.execute("SET preserve_insertion_order=false")
-        # DuckDB's own reader for its own temporary files: its buffers count against its memory limit
-        con.execute(f"CREATE VIEW scan AS SELECT * FROM read_parquet('{self.folder / 'scan' / '*.parquet'}')")
-        con.execute("CREATE TEMP TABLE kept AS SELECT prompt_id, dataset, trait, min(ordinal) AS ordinal, "
-                    "arg_min(label, ordinal) AS label, arg_min(split, ordinal) AS split, "
-                    "count(DISTINCT label) AS labels FROM scan GROUP BY prompt_id, dataset, trait")
-        if sampled and self.opts.sample is not None:
-            con.execute("CREATE TEMP TABLE sampled AS SELECT * FROM kept ORDER BY "
-                        "sha256(? || ':' || prompt_id || ':' || dataset || ':' || trait) LIMIT ?",
-                        [str(self.opts.seed), int(self.opts.sample)])
-            con.execute("DROP TABLE kept")
-            con.execute("ALTER TABLE sampled RENAME TO kept")
+        try:
+            con.execute("SET memory_limit = ?", [memory_limit()])
+            con.execute(f"SET temp_directory='{self.folder / 'spill'}'")
+            con.execute("SET preserve_insertion_order=false")
+            # DuckDB's own reader for its own temporary files: its buffers count against its memory limit
+            con.execute(f"CREATE VIEW scan AS SELECT * FROM read_parquet('{self.folder / 'scan' / '*.parquet'}')")
+            n_keys = con.execute("SELECT count(*) FROM (SELECT DISTINCT prompt_id, dataset, trait FROM scan)"
+                                 ).fetchall()[0][0]
+            if n_keys == self.n_read:  # no duplicate (the usual corpus): each record is its key's first
+                con.execute("CREATE TEMP TABLE keys AS SELECT prompt_id, dataset, trait, ordinal, label, split, "
+                            "label AS lowest, label AS highest FROM scan")
+            else:
+                con.execute("CREATE TEMP TABLE keys AS SELECT prompt_id, dataset, trait, min(ordinal) AS ordinal, "
+                            "arg_min(label, ordinal) AS label, arg_min(split, ordinal) AS split, "
+                            "min(label) AS lowest, max(label) AS highest FROM scan GROUP BY prompt_id, dataset, trait")
+            if self.opts.sample is not None:
+                con.execute("CREATE TEMP TABLE kept AS SELECT * FROM keys ORDER BY "
+                            "sha256(? || ':' || prompt_id || ':' || dataset || ':' || trait) LIMIT ?",
+                            [str(self.opts.seed), int(self.opts.sample)])
+            else:
+                con.execute("CREATE VIEW kept AS SELECT * FROM keys")
+            self.n_keys = n_keys
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
         return con
+
+    def _release(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     def _refuse_conflicts(self, con) -> None:
         """The same (prompt_id, dataset, trait) with two labels: name the first such pair."""
-        rows = con.execute("SELECT k.ordinal, min(s.ordinal) AS second FROM kept k JOIN scan s "
-                          "USING (prompt_id, dataset, trait) WHERE k.labels > 1 AND s.label <> k.label "
+        if self.n_keys == self.n_read:
+            return  # no key read twice
+        rows = con.execute("SELECT k.ordinal, min(s.ordinal) AS second FROM keys k JOIN scan s "
+                          "USING (prompt_id, dataset, trait) WHERE k.lowest < k.highest AND s.label <> k.label "
                           "GROUP BY k.ordinal ORDER BY second LIMIT 1").fetchall()
         if not rows:
             return
@@ -154,8 +202,8 @@ class CorpusScan:
                           f"same prompt as {first[0]} but label {second[1]:+d} vs {first[1]:+d}", "remove one of them")
 
     @staticmethod
-    def _mark(con, sql: str, flags: np.ndarray, flag: int) -> None:
-        with con.sql(sql).to_arrow_reader(batch_size=1_000_000) as reader:  # streamed, a batch at a time
+    def _mark(con, sql: str, flags: np.ndarray, flag: int, params=None) -> None:
+        with con.sql(sql, params=params).to_arrow_reader(1_000_000) as reader:  # streamed, a batch at a time
             for batch in reader:
                 flags[batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)] |= flag
 
@@ -163,7 +211,8 @@ class CorpusScan:
         """Pass 2: the kept records, ``size`` at a time, each as ``(record, flags)``, in corpus order
         (``want``: only those with one of these flags). They are read back from the scan (not from
         the corpus again: what pass 1 validated is what is captured, even if a corpus file changes
-        meanwhile), one batch of rows at a time."""
+        meanwhile), one batch of rows at a time. DuckDB's memory is let go first."""
+        self._release()
         out = []
         for batch in self._scan_batches(size):
             flags = self.flags[batch.column(0).to_numpy()]
@@ -184,6 +233,7 @@ class CorpusScan:
                 yield from pq.ParquetFile(f).iter_batches(batch_size=size)
 
     def close(self) -> None:
+        self._release()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self):
@@ -216,12 +266,7 @@ def scan_corpus(paths, opts: ReadOptions | None = None, require_assistant: bool 
                         raise
         if not any((scan.folder / "scan").iterdir()):
             pq.write_table(SCAN_SCHEMA.empty_table(), scan.folder / "scan" / "empty.parquet")
-        con = scan._connect(sampled=False)
-        try:
-            scan._refuse_conflicts(con)  # part of validation: before anything is written
-            scan.n_keys = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
-        finally:
-            con.close()
+        scan._refuse_conflicts(scan._connection())  # part of validation: before anything is written
     except BaseException:
         scan.close()
         raise

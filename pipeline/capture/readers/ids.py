@@ -9,6 +9,8 @@ function (their payload is Python's ``json.dumps``).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 
@@ -18,10 +20,16 @@ _HEX = np.full(256, 255, np.uint8)
 _HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
 
 
-def _connection():
-    import duckdb
+_LOCAL = threading.local()  # one in-memory DuckDB per thread: making one costs ~30 ms, a batch's hashing less
 
-    return duckdb.connect(":memory:")
+
+def _connection():
+    con = getattr(_LOCAL, "con", None)
+    if con is None:
+        import duckdb
+
+        con = _LOCAL.con = duckdb.connect(":memory:")
+    return con
 
 
 def text_ids_and_splits(texts: pa.Array, fractions=SPLIT_FRACTIONS) -> tuple[pa.Array, np.ndarray]:
@@ -34,7 +42,7 @@ def text_ids_and_splits(texts: pa.Array, fractions=SPLIT_FRACTIONS) -> tuple[pa.
         out = con.sql("SELECT pid, substr(sha256('split:' || pid), 1, 8) AS h FROM "
                       "(SELECT substr(sha256('t:' || text), 1, 24) AS pid FROM texts)").to_arrow_table()
     finally:
-        con.close()
+        con.unregister("texts")
     return out.column("pid").combine_chunks(), splits_from_hex(out.column("h"), fractions)
 
 
@@ -55,14 +63,3 @@ def splits_from_hex(hex8, fractions=SPLIT_FRACTIONS) -> np.ndarray:
         value = (value << np.uint64(4)) | nibbles[:, j]
     u = value.astype(np.float64) / 2**32  # exact: below 2**32, divided by a power of two
     return np.where(u < fractions[0], "train", np.where(u < fractions[0] + fractions[1], "val", "test")).astype(object)
-
-
-def hash_splits(prompt_ids: pa.Array, fractions=SPLIT_FRACTIONS) -> np.ndarray:
-    """train/val/test of each prompt id (a string array [n]), as ``hash_split`` gives them."""
-    con = _connection()
-    try:
-        con.register("ids", pa.table({"pid": prompt_ids}))
-        h = con.sql("SELECT substr(sha256('split:' || pid), 1, 8) AS h FROM ids").to_arrow_table().column("h")
-    finally:
-        con.close()
-    return splits_from_hex(h, fractions)

@@ -50,8 +50,8 @@ def jsonl_batches(path: Path, name: str, opts: ReadOptions, block_bytes: int | N
                 block, carry = data, b""
             if block:
                 table, rows = _parse(block, lines_before)
-                if table.num_rows:
-                    for batch in table.to_batches():
+                if table.num_rows:  # one batch a block (Arrow parses it in chunks of ~1 MB)
+                    for batch in table.combine_chunks().to_batches():
                         n = batch.num_rows
                         yield normalise(batch, rows[:n], path, name, opts, json_source=True)
                         rows = rows[n:]
