@@ -511,3 +511,26 @@ def test_the_columnar_readers_records_are_the_rules_records(tmp_path_factory, ob
         assert got[0] == "error"  # (a missing text column is refused for the file, before its rows)
     else:
         assert got == definition
+
+
+def test_a_spec_takes_the_same_corpus_options_and_refuses_bad_ones(tmp_path):
+    from traitlens.store.errors import InputError
+    from traitlens.workflows.spec import SpecError, load_spec
+
+    pq.write_table(pa.table({"body": ["a", "b"], "y": [1, 0]}), tmp_path / "c.parquet")
+
+    def spec(corpus: str):
+        path = tmp_path / "s.toml"
+        path.write_text(f'store = "s.store"\n[[corpora]]\npaths = ["c.parquet"]\n{corpus}\n')
+        return load_spec(path, check_values=True)
+
+    (c,) = spec('text_column = "body"\nlabel_column = "y"\nsample = 1\nseed = 7\nlimit = 2').corpora
+    opts = ReadOptions.from_options(c.options)
+    assert (opts.text_column, opts.label_column, opts.sample, opts.seed, opts.limit) == ("body", "y", 1, 7, 2)
+    assert ReadOptions.from_options(spec('text_field = "body"').corpora[0].options).text_column == "body"  # old name
+    with pytest.raises(SpecError, match=r"corpora\[0\]\.sample must be at least 1"):
+        spec("sample = 0")
+    with pytest.raises(SpecError, match="text_column is given twice"):
+        spec('text_column = "body"\ntext_field = "other"')
+    with pytest.raises(InputError, match="given twice"):
+        ReadOptions.from_options({"label_column": "y", "label_field": "z"})
