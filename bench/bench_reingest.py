@@ -24,8 +24,13 @@ its capture policy and caches the model's identity. The remaining prompts are wr
 model: the plan's own scan of the corpus decides which records are new, their ``prompts`` rows
 are written as an ingest writes them, and their activation rows are zeros committed through the
 store's writer (``Store.writer``), so ``rows``, the arrays and the commit marks are all a real
-store's; only the activation values are not a model's, and a no-op re-ingest never reads them.
-The store is then compacted (``traitlens compact``), as the issue's figures were measured.
+store's (``traitlens verify --no-values`` passes); only the activation values are random, not a
+model's, and a no-op re-ingest never reads them. The store is then compacted (``traitlens
+compact``), as the issue's figures were measured.
+
+Each figure is wall seconds and, beside it, the CPU seconds (user + system, all threads) of the
+process: on a shared machine the wall time moves with the other processes' load (printed before
+and after), the CPU time much less.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "traitlens.workflows.cli"]
@@ -83,34 +90,51 @@ def build_store(store: Path, corpus: Path, model: Path, n: int) -> None:
     s = Store.open(store)
     (group,) = s.groups()
     d = s.layer_array(group, 0).shape[1]
-    with s.lock("bench fill"), scan_corpus([corpus]) as scan, s.run("bench-fill", {"note": "zeros, no model"}) as run:
+    with s.lock("bench fill"), scan_corpus([corpus]) as scan, s.run("bench-fill", {"note": "no model"}) as run:
         scan.decide(s, [group])
         w = s.writer([group], {"resid": [0]}, d, run.run_id, chunk_rows=4096)
+        rng = np.random.default_rng(0)
         for window in scan.windows(65_536, want=NEW | CAPTURE):
             s.write_prompts([r.as_row() for r, f in window if f & NEW], [])
             ids = [r.prompt_id for r, f in window if f & CAPTURE]
             k = len(ids)
             w.add(PendingBatch(ids, np.full(k, 8, np.int32), np.zeros(k, np.int32), [None] * k,
-                               {("resid", "last"): {0: np.zeros((k, d), np.float32)}}), max_seconds=1e9)
+                               {("resid", "last"): {0: rng.standard_normal((k, d), np.float32)}}), max_seconds=1e9)
         w.commit()
     subprocess.run(CLI + ["--store", str(store), "compact", "--grace", "0"], check=True, capture_output=True)
+    check = subprocess.run(CLI + ["--store", str(store), "verify", "--no-values", "-q"], capture_output=True, text=True)
+    if check.returncode:
+        raise SystemExit(f"the bench's store is not clean: {check.stdout[-2000:]}")
 
 
-def timed(cmd: list[str], before=None) -> tuple[float, str]:
+def timed(cmd: list[str], before=None) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, last output line) of one process."""
     if before:
         before()
-    t = time.perf_counter()
+    r0, t = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
-    secs = time.perf_counter() - t
+    secs, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed: {(p.stdout + p.stderr)[-2000:]}")
-    return secs, (p.stdout.strip().splitlines() or [""])[-1]
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return secs, cpu, (p.stdout.strip().splitlines() or [""])[-1]
 
 
-def median_of(repeats: int, cmd: list[str], before=None) -> tuple[float, list[float], str]:
+@dataclass
+class Figure:
+    wall: float  # median
+    cpu: float  # median
+    walls: list[float]
+    last: str
+
+    def __str__(self) -> str:
+        return f"{self.wall:.2f} ({self.cpu:.2f})"
+
+
+def median_of(repeats: int, cmd: list[str], before=None) -> Figure:
     runs = [timed(cmd, before) for _ in range(repeats)]
-    secs = [s for s, _ in runs]
-    return statistics.median(secs), secs, runs[-1][1]
+    return Figure(statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
+                  [round(r[0], 2) for r in runs], runs[-1][2])
 
 
 def main() -> None:
@@ -135,6 +159,7 @@ def main() -> None:
         model = root / "tiny-llama"
         if not (model / "config.json").exists():
             make_model("llama", model)
+        load_before = os.getloadavg()
         startup = median_of(args.repeats, [sys.executable, "-c", "import traitlens.workflows.cli"])
         for n in sizes:
             corpus, store = root / f"c{n}.jsonl", root / f"s{n}.store"
@@ -148,27 +173,31 @@ def main() -> None:
             read = median_of(args.repeats, [sys.executable, "-c", READ, str(corpus)])
             plan = median_of(args.repeats, [sys.executable, "-c", PLAN, str(corpus), str(store)])
             cold = median_of(args.repeats, cmd, before=drop_receipts)
-            assert "model was not loaded" in cold[2] and f"{n:,}".replace(",", "") in cold[2], cold[2]
+            assert "model was not loaded" in cold.last and f" {n} already stored" in cold.last, cold.last
             warm = median_of(args.repeats, cmd)
+            assert "nothing new since run" in warm.last, warm.last
             rows.append((n, corpus.stat().st_size, read, plan, cold, warm))
-            print(f"{n:,}: {cold[2]}", flush=True)
+            print(f"{n:,}: {cold.last}", flush=True)
+        load_after = os.getloadavg()
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-          f"median of {args.repeats} whole processes; start-up (import traitlens.workflows.cli) "
-          f"{startup[0]:.2f} s\n")
-    print("| prompts | corpus MB | read the corpus (pyarrow) s | plan s | ingest, no receipt s | "
-          "x read | ingest, receipt s |")
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
+          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; median of {args.repeats} whole processes, wall "
+          f"seconds (CPU seconds); start-up (import traitlens.workflows.cli) {startup}\n")
+    print("| prompts | corpus MB | read the corpus (pyarrow) | plan | ingest, no receipt | no receipt / read "
+          "| ingest, receipt |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n, size, read, plan, cold, warm in rows:
-        print(f"| {n:,} | {size / 1e6:.1f} | {read[0]:.2f} | {plan[0]:.2f} | {cold[0]:.2f} | "
-              f"{cold[0] / read[0]:.2f} | {warm[0]:.2f} |")
+        print(f"| {n:,} | {size / 1e6:.1f} | {read} | {plan} | {cold} | {cold.wall / read.wall:.1f}x | {warm} |")
     if len(rows) > 1:
-        print(f"\ngrowth of the no-receipt ingest from {rows[0][0]:,} to {rows[-1][0]:,} prompts: "
-              f"{rows[-1][4][0] - rows[0][4][0]:.2f} s (reading the corpus: {rows[-1][2][0] - rows[0][2][0]:.2f} s)")
+        (n0, _, read0, _, cold0, _), (n1, _, read1, _, cold1, _) = rows[0], rows[-1]
+        print(f"\ngrowth from {n0:,} to {n1:,} prompts: ingest without its receipt {cold1.wall - cold0.wall:+.2f} s "
+              f"wall ({cold1.cpu - cold0.cpu:+.2f} s CPU); reading the corpus {read1.wall - read0.wall:+.2f} s wall "
+              f"({read1.cpu - read0.cpu:+.2f} s CPU)")
     for n, _, read, plan, cold, warm in rows:
-        print(f"runs at {n:,}: read {read[1]}, plan {plan[1]}, no receipt {cold[1]}, receipt {warm[1]}")
+        print(f"wall seconds of each run at {n:,}: read {read.walls}, plan {plan.walls}, no receipt {cold.walls}, "
+              f"receipt {warm.walls}")
 
 
 if __name__ == "__main__":
