@@ -1,6 +1,6 @@
 """A re-ingest that finds nothing new, without its receipt, beside reading the corpus it has to read.
 
-    python bench/bench_reingest.py [--sizes 1000,1000000] [--repeats 3] [--keep DIR]
+    python bench/bench_reingest.py [--sizes 1000,1000000] [--repeats 3] [--keep DIR] [--before-code DIR]
 
 Receipts (``pipeline/capture/receipts.py``) answer an unchanged rerun by hashing the corpus; but
 they are a cache in ``$TRAITLENS_HOME``: a cron job on another machine or user, a cleared home,
@@ -15,7 +15,9 @@ processes (what cron runs), each the median of ``--repeats``:
   validate and hash every record, then one DuckDB join against the store's tables;
 - ``ingest, no receipt``: ``traitlens ingest CORPUS --model M`` with the receipt deleted before
   each run: the plan, the store's refusals under its lock, and no model load (no torch);
-- ``ingest, receipt``: the same rerun answered from its receipt (hashing the corpus bytes).
+- ``ingest, receipt``: the same rerun answered from its receipt (hashing the corpus bytes);
+- with ``--before-code DIR`` (an earlier release's source, e.g. ``git archive 9ff0073 | tar -x
+  -C DIR``): that code's rerun without its receipt, once per size, on the same store.
 
 The store. The corpus is ``--sizes`` JSONL lines of ~80 bytes (``{"text", "label", "trait", "dataset"}``).
 The first 1,000 prompts are captured by a real ``ingest`` with a tiny random-weight model
@@ -48,6 +50,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from old_code import old_code_env
 
 CLI = [sys.executable, "-m", "traitlens.workflows.cli"]
 SEED = 1_000  # prompts captured with the model; the rest are filled without it
@@ -107,12 +111,12 @@ def build_store(store: Path, corpus: Path, model: Path, n: int) -> None:
         raise SystemExit(f"the bench's store is not clean: {check.stdout[-2000:]}")
 
 
-def timed(cmd: list[str], before=None) -> tuple[float, float, str]:
+def timed(cmd: list[str], before=None, env=None) -> tuple[float, float, str]:
     """(wall seconds, CPU seconds, last output line) of one process."""
     if before:
         before()
     r0, t = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     secs, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed: {(p.stdout + p.stderr)[-2000:]}")
@@ -131,8 +135,8 @@ class Figure:
         return f"{self.wall:.2f} ({self.cpu:.2f})"
 
 
-def median_of(repeats: int, cmd: list[str], before=None) -> Figure:
-    runs = [timed(cmd, before) for _ in range(repeats)]
+def median_of(repeats: int, cmd: list[str], before=None, env=None) -> Figure:
+    runs = [timed(cmd, before, env) for _ in range(repeats)]
     return Figure(statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
                   [round(r[0], 2) for r in runs], runs[-1][2])
 
@@ -142,6 +146,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,1000000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--keep", default=None, help="build (or reuse) the corpora, stores and model here")
+    ap.add_argument("--before-code", default=None,
+                    help="an earlier release's source folder (git archive REV | tar -x -C DIR): its no-receipt "
+                         "ingest, once per size, side by side")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="traitlens-bench-reingest-"))
@@ -153,7 +160,7 @@ def main() -> None:
     def drop_receipts():
         shutil.rmtree(receipts.traitlens_home() / "receipts", ignore_errors=True)
 
-    rows = []
+    rows, befores = [], []
     try:
         root.mkdir(parents=True, exist_ok=True)
         model = root / "tiny-llama"
@@ -176,6 +183,10 @@ def main() -> None:
             assert "model was not loaded" in cold.last and f" {n} already stored" in cold.last, cold.last
             warm = median_of(args.repeats, cmd)
             assert "nothing new since run" in warm.last, warm.last
+            if args.before_code:
+                old = median_of(1, cmd, before=drop_receipts, env=old_code_env(Path(args.before_code)))
+                assert "0 prompts captured" in old.last, old.last
+                befores.append((n, old))
             rows.append((n, corpus.stat().st_size, read, plan, cold, warm))
             print(f"{n:,}: {cold.last}", flush=True)
         load_after = os.getloadavg()
@@ -195,6 +206,8 @@ def main() -> None:
         print(f"\ngrowth from {n0:,} to {n1:,} prompts: ingest without its receipt {cold1.wall - cold0.wall:+.2f} s "
               f"wall ({cold1.cpu - cold0.cpu:+.2f} s CPU); reading the corpus {read1.wall - read0.wall:+.2f} s wall "
               f"({read1.cpu - read0.cpu:+.2f} s CPU)")
+    for n, old in befores:
+        print(f"the code in {args.before_code} at {n:,} prompts, the same rerun without its receipt (one run): {old}")
     for n, _, read, plan, cold, warm in rows:
         print(f"wall seconds of each run at {n:,}: read {read.walls}, plan {plan.walls}, no receipt {cold.walls}, "
               f"receipt {warm.walls}")
