@@ -84,12 +84,12 @@ def _poolings(value: str) -> list[str]:
 @click.option("--max-length", type=int, default=None, help="Token limit per prompt [default: the model's context].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps")
 @click.option("--dtype", default="auto", show_default=True, help="auto | float32 | bfloat16 | float16")
-@click.option("--text-column", default=None,
+# (--text-field, --label-field: the spellings before 0.3, kept for old scripts)
+@click.option("--text-column", "--text-field", "text_column", default=None,
               help="Column (field) holding the prompt [default: text, prompt, statement, instruction, question, "
                    "input].")
-@click.option("--label-column", default=None, help="Column holding the label [default: label, answer_matching_behavior].")
-@click.option("--text-field", hidden=True, default=None)  # the spellings before 0.3, kept for old scripts
-@click.option("--label-field", hidden=True, default=None)
+@click.option("--label-column", "--label-field", "label_column", default=None,
+              help="Column holding the label [default: label, answer_matching_behavior].")
 @click.option("--messages-column", default=None,
               help="Column holding chat turns, a list of {role, content} [default: messages].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Read only the first N records.")
@@ -110,8 +110,8 @@ def _poolings(value: str) -> list[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary line (for cron).")
 @click.pass_context
 def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_size, max_tokens, padding_side, on_long,
-           max_length, device, dtype, text_column, label_column, text_field, label_field, messages_column, limit, sample,
-           seed, trait, label, dataset, split, zero_is_negative, scheduler, workers_write, quiet):
+           max_length, device, dtype, text_column, label_column, messages_column, limit, sample, seed, trait, label,
+           dataset, split, zero_is_negative, scheduler, workers_write, quiet):
     """Capture activations of CORPUS files, folders or globs into the store (only what is missing).
 
     CORPUS: .jsonl, .json, .csv, .tsv, .txt (each also .gz or .zst), .parquet, .arrow/.feather, a
@@ -122,10 +122,9 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
     from traitlens.pipeline.capture.corpus import ReadOptions
     from traitlens.pipeline.capture.settings import IngestConfig
 
-    opts = ReadOptions.from_options(dict(
-        text_column=text_column, label_column=label_column, messages_column=messages_column, trait=trait, label=label,
-        dataset=dataset, split=split, zero_is_negative=zero_is_negative, limit=limit, sample=sample, seed=seed,
-        **{k: v for k, v in (("text_field", text_field), ("label_field", label_field)) if v is not None}))
+    opts = ReadOptions(text_column=text_column, label_column=label_column, messages_column=messages_column,
+                       trait=trait, label=label, dataset=dataset, split=split, zero_is_negative=zero_is_negative,
+                       limit=limit, sample=sample, seed=seed)
     cfg = IngestConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
                        on_long=on_long, max_length=max_length, device=device, dtype=dtype, workers_write=workers_write)
