@@ -181,10 +181,12 @@ class Capability:
         import lm_eval
 
         self.model.use(intervention, describe or "unsteered", positions)
-        with _quiet_lm_eval():
-            out = lm_eval.simple_evaluate(model=self.model, tasks=self.tasks, task_manager=self.manager,
-                                          limit=self.limit, log_samples=True, bootstrap_iters=BOOTSTRAP_ITERS)
-        self.model.use(None, "unsteered")
+        try:
+            with _quiet_lm_eval():
+                out = lm_eval.simple_evaluate(model=self.model, tasks=self.tasks, task_manager=self.manager,
+                                              limit=self.limit, log_samples=True, bootstrap_iters=BOOTSTRAP_ITERS)
+        finally:
+            self.model.use(None, "unsteered")  # the next run starts from the plain model, whatever happened
         self.runs += 1
         return results_of(out)
 
