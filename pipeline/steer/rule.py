@@ -8,7 +8,7 @@ add, or none recorded); ablation rows are reported beside them, never picked:
 - :func:`front`: the settings no other beats on both shift and KL (and on the capability fall,
   the third objective, where every setting has one);
 - :func:`pick`: the largest shift whose mean KL stays within the budget
-  (:data:`~traitlens.queries.budget.KL_BUDGET` by default; the README shows the sweeps
+  (:data:`~traitlens.queries.budget.KL_BUDGET` by default; docs/steering.md shows the sweeps
   it was chosen from), and whose capability fall stays within ``capability_budget`` when one is
   given;
 - :func:`shown_to_steer`: the pick's interval lies above the random direction's at the same
