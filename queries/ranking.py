@@ -20,7 +20,7 @@ from .selection import latest_cells_sql, order_by
 
 __all__ = ["RANK_BY", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap", "lens_summary"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
-           "stability", "agreement", "steer_shift", "steer_kl", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
+           "stability", "agreement", "steer_shift", "steer_kl", "steer_capability", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
            "floor_dataset", "vector_id")
 
 

@@ -82,6 +82,16 @@ def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filte
     return best_vector(q, trait, **filters)
 
 
+def named_vector(q: StoreSQL, name: str, model_key: str | None = None, layer: int | None = None,
+                 method: str | None = None) -> dict | None:
+    """The vector ``name`` names: a stored vector id, else the pick of the trait ``name`` (within
+    ``model_key`` / ``layer`` / ``method``). None when there is none."""
+    is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [name]).to_pylist()[0]["n"]
+    if is_id:
+        return chosen_vector(q, None, name)
+    return best_vector(q, name, model_key=model_key, layer=layer, method=method)
+
+
 def best_per_method(records: list[dict], by: str = "auroc") -> dict[str, dict]:
     """``{method: the record the rule picks among that method's layers}`` for records in memory."""
     best: dict[str, dict] = {}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from traitlens.store.vocabulary import EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, LOOSE_KIND, METHOD_NAMES, NORMS
+from traitlens.store.vocabulary import (EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, LOOSE_KIND, METHOD_NAMES, NORMS,
+                                        OPERATIONS)
 
 from .cli_base import EXIT_INPUT, _fail, _output, cli
 
@@ -190,7 +191,7 @@ def lens(ctx, trait, method, layers, top, model):
               help="gguf: llama.cpp / repeng control vector (no layer 0); easysteer: EasySteer's layer-keyed GGUF "
                    "(every layer); merged: a Hugging Face model folder with the steering in its weights; peft: the "
                    "ablation as a LoRA adapter.")
-@click.option("--operation", type=click.Choice(["add", "ablate"]), default=None,
+@click.option("--operation", type=click.Choice(OPERATIONS), default=None,
               help="merged/peft: add the push (a bias on the block's output) or ablate the direction (weight "
                    "orthogonalisation).")
 @click.option("--alpha", type=float, default=None,
