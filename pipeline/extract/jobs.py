@@ -247,7 +247,8 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     todo = [l for l in layer_list if not all(v in have for v in planned[l])]
     reused = [have[v] for l in layer_list if l not in todo for v in planned[l]]
     config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
-              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where}
+              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where,
+              "train_split": train_split, "held_split": cset.held_split}
     # the fits run without the writer lock (minutes, and readers need none); each run record takes it briefly
     with store.run("extract", config, lock=True, start=bool(todo)) as run:
         run.counts = {"layers": todo}
