@@ -48,9 +48,9 @@ def vector_id(rec: dict, code_version: str) -> str:
 # -- scheduling --------------------------------------------------------------------------------
 # BLAS threads per fit. One, always: OpenBLAS splits a product's sums differently on two threads
 # than on one (a weighted Gram matrix moves by 1e-14), and FastICA's iterations carry that into
-# the vector (0.04 on a 256-wide layer), so a thread count taken from the cores made the same
-# store and config give other vectors on another machine or scheduler. The layers run in
-# parallel instead; a streamed layer's reader thread has the other core (docs/extraction.md).
+# the vector (up to 0.017 apart, cosine 0.9989, on a 256-wide layer), so a thread count taken
+# from the cores made the same store and config give other vectors on another machine or
+# scheduler. The layers run in parallel instead; a streamed layer's reader thread has a core.
 FIT_BLAS_THREADS = 1
 
 def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: ExtractConfig, scheduler=None,
