@@ -334,3 +334,14 @@ def test_the_intervals_match_a_bootstrap():
         assert lo < value < hi
         assert (hi - lo) / 2 / 1.96 == pytest.approx(boots[:, k].std(), rel=0.15)
     assert auroc_interval(1.0, 5, 5)[1] == 1.0 and all(np.isnan(auroc_interval(float("nan"), 5, 5)))
+
+
+def test_a_merged_export_from_a_bundle_writes_its_vector_into_the_weights(built, tmp_path):
+    out = tmp_path / "merged"
+    r = built.go("export", "--vector", built.bundle, "--format", "merged", "--operation", "add", "--vector-id",
+                 built.ids[0], "--alpha", "0.5", "--check-n", "4", "-o", out, store=tmp_path / "fresh")
+    assert r.exit_code == 0, r.output
+    card = strict_json((out / "traitlens-export.json").read_text())
+    assert [v["vector_id"] for v in card["vectors"]] == [built.ids[0]] and card["vectors"][0]["layer"] == 1
+    # the bundle's vector joined the store that the self-check read, under its own id
+    assert built.ids[0] in {x["vector_id"] for x in Store.open(tmp_path / "fresh").table("vectors").to_pylist()}
