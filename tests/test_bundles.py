@@ -230,7 +230,7 @@ def test_steer_with_a_bundle_is_steer_with_the_stored_vector(built):
     assert not (built.root / "none").exists()  # steer with a bundle needs no store
     other = make_model("gpt2", built.root / "other-model")
     r = built.go("steer", "--vector", built.bundle, "--model", other, *args, store=built.root / "none")
-    assert r.exit_code == 2 and "was made on" in r.output
+    assert r.exit_code == 2 and "another config or other weights" in r.output
 
 
 def test_score_with_a_bundle_in_a_fresh_store_gives_the_stored_scores(built, tmp_path):
@@ -345,3 +345,19 @@ def test_a_merged_export_from_a_bundle_writes_its_vector_into_the_weights(built,
     assert [v["vector_id"] for v in card["vectors"]] == [built.ids[0]] and card["vectors"][0]["layer"] == 1
     # the bundle's vector joined the store that the self-check read, under its own id
     assert built.ids[0] in {x["vector_id"] for x in Store.open(tmp_path / "fresh").table("vectors").to_pylist()}
+
+
+def test_a_recorded_model_folder_this_machine_lacks_asks_for_model(built, tmp_path):
+    steer = ["steer", "--vector", built.bundle, "hello", "--max-new-tokens", "2"]
+    renamed, elsewhere = built.root / "renamed", built.root / "elsewhere" / built.model.name
+    elsewhere.parent.mkdir()
+    built.model.rename(renamed)
+    try:
+        r = built.go(*steer, store=tmp_path / "none")
+        assert r.exit_code == 2 and "which this machine lacks: pass --model" in r.output
+        r = built.go(*steer, "--model", renamed, store=tmp_path / "none")  # a model's key carries its folder's name
+        assert r.exit_code == 2 and "same config and weights" in r.output and "in a folder named 'model'" in r.output
+        renamed.rename(elsewhere)
+        assert built.go(*steer, "--model", elsewhere, store=tmp_path / "none").exit_code == 0
+    finally:
+        (elsewhere if elsewhere.exists() else renamed).rename(built.model)

@@ -53,9 +53,10 @@ def _bundle_vector(path: str, vector_id: str | None, layer: int | None, method: 
 
 
 def _check_bundle_model(vec: dict, lm) -> None:
+    from traitlens.pipeline.extract.bundle import model_mismatch
+
     if vec["model_key"] != lm.key:
-        _fail(f"the bundle's vector {vec['vector_id']} was made on {vec['model_key']}, not {lm.key} (what --model "
-              "loads): pass --model with the bundle's checkpoint", EXIT_INPUT)
+        _fail(f"vector {vec['vector_id']}: {model_mismatch(vec['model_key'], lm.key)}", EXIT_INPUT)
 
 
 def _load(model, quiet=False):

@@ -125,7 +125,9 @@ def _print_library(folder, trait, method, fmt_) -> None:
     rows = [r for r in library(folder) if (trait is None or r.get("trait") == trait)
             and (method is None or r.get("method") == method)]
     if fmt_ == "json":
-        click.echo(json.dumps(rows, indent=1, default=str, allow_nan=False))
+        from traitlens.pipeline.extract.export import strict
+
+        click.echo(json.dumps(strict({"rows": rows})["rows"], indent=1, default=str, allow_nan=False))
         return
     if not rows:
         click.echo(f"no bundles under {folder} (`traitlens bundle --trait T -o DIR` writes one)")

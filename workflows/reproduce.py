@@ -30,7 +30,7 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.layout import format_layer_list
 from traitlens.store.vocabulary import VERDICTS
 
-from traitlens.pipeline.extract.bundle import Bundle, BundleError, open_bundle
+from traitlens.pipeline.extract.bundle import Bundle, BundleError, model_mismatch, open_bundle
 
 IDENTICAL, WITHIN, DIFFERS = VERDICTS
 # what "within tolerance" allows: the vector's direction, the bounded metrics (absolute), the
@@ -193,15 +193,14 @@ def capture(bundle: Bundle, store_path, model: str | None, device: str | None, n
     if not missing:
         return 0
     settings = rec["capture"]["settings"]
-    spec = model if model is not None else rec["model"].get("spec")
+    spec = model if model is not None else bundle.model_spec()
     dev, note = _device(settings.get("device"), device)
     if note:
         notes.append(note)
     dtype = settings.get("dtype") or "auto"
     lm = load_model(spec, dev, dtype, log=log)
     if lm.key != key.model_key:
-        raise BundleError(f"--model {spec or 'default'} loads {lm.key}, but the bundle's vectors were made on "
-                          f"{key.model_key} (another config or other weights): pass --model with that checkpoint")
+        raise BundleError(model_mismatch(key.model_key, lm.key))
     weights = rec["model"].get("weights")
     if weights:
         from traitlens.workflows.bundles import checkpoint_hashes

@@ -215,8 +215,14 @@ class Bundle:
 
     def model_spec(self) -> str | None:
         """What ``--model`` loads this bundle's model when none is given: the recorded checkpoint
-        (None: the default model)."""
-        return self.reproduce["model"].get("spec")
+        (None: the default model). A recorded folder this machine lacks is a :class:`BundleError`
+        saying to pass ``--model`` (rather than a failed download of a path)."""
+        spec = self.reproduce["model"].get("spec")
+        if spec and not self.reproduce["model"].get("hub_id") and not Path(spec).expanduser().exists():
+            raise BundleError(f"{self.path}: its model was loaded from the folder {spec}, which this machine lacks: "
+                              f"pass --model with that checkpoint (a folder or a Hugging Face id); it must load as "
+                              f"{self.model_key}")
+        return spec
 
     def table(self, name: str) -> pa.Table | None:
         """One evidence table (None when the bundle holds none of that name)."""
@@ -234,6 +240,18 @@ class Bundle:
                                                       ("--method", method)) if v is not None)
             raise BundleError(f"{self.path}: no vector matches {asked}; the bundle holds {held}")
         return found
+
+
+def model_mismatch(bundle_key: str, loaded_key: str) -> str:
+    """Why a loaded model is not a bundle's (keys are ``<folder or id name>-<weights fingerprint>``)."""
+    name, _, fp = bundle_key.rpartition("-")
+    got_name, _, got_fp = loaded_key.rpartition("-")
+    if fp == got_fp:
+        return (f"--model loads {loaded_key}: the same config and weights as the bundle's {bundle_key}, under another "
+                f"name; models are keyed by their folder's (or hub id's) name too: put the checkpoint in a folder "
+                f"named {name!r}")
+    return (f"--model loads {loaded_key}, but the bundle's vectors were made on {bundle_key} (another config or other "
+            "weights): pass --model with the bundle's checkpoint")
 
 
 def open_bundle(folder) -> Bundle:
