@@ -215,8 +215,8 @@ def test_a_refit_that_moves_is_within_tolerance_or_differs_and_differs_exits_1(b
     assert rp.compare(v, {**v, "vector": other}).verdict == "differs"
     # the CLI: differs is exit 1 and says why
     real = rp.refit
-    monkeypatch.setattr(rp, "refit", lambda b, s: {k: {**r, "vector": np.roll(r["vector"], 1)}
-                                                     for k, r in real(b, s).items()})
+    monkeypatch.setattr(rp, "refit", lambda b, s, log: {k: {**r, "vector": np.roll(r["vector"], 1)}
+                                                          for k, r in real(b, s).items()})
     r = CliRunner().invoke(cli, ["reproduce", str(built.bundle), "--store", str(built.store)])
     assert r.exit_code == 1 and "verdict: differs" in r.output and "cosine" in r.output
 
@@ -361,3 +361,29 @@ def test_a_recorded_model_folder_this_machine_lacks_asks_for_model(built, tmp_pa
         assert built.go(*steer, "--model", elsewhere, store=tmp_path / "none").exit_code == 0
     finally:
         (elsewhere if elsewhere.exists() else renamed).rename(built.model)
+
+
+def test_capability_rows_join_the_evidence_where_the_store_has_that_table(built, tmp_path, monkeypatch):
+    """The capability-damage table comes with another change; where a store has it, the vectors'
+    rows go to evidence/capability.parquet and the card counts them (here a stand-in table)."""
+    import pyarrow as pa
+
+    cap = pa.table({"vector_id": [built.ids[0], "someone-else"], "benchmark": ["mmlu", "mmlu"], "drop": [0.01, 0.3]})
+    real_open = Store.open.__func__
+
+    def with_capability(cls, root, create=False):
+        s = real_open(cls, root, create)
+        s.tables = {**s.tables, "capability": None}
+        plain = s.table
+        s.table = lambda name, *a, **k: cap if name == "capability" else plain(name, *a, **k)
+        return s
+
+    monkeypatch.setattr(Store, "open", classmethod(with_capability))
+    out = tmp_path / "with-capability"
+    r = built.go("bundle", "--trait", TRAIT, "--vector", built.ids[0], "-o", out)
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(out / "evidence/capability.parquet").to_pylist() == [
+        {"vector_id": built.ids[0], "benchmark": "mmlu", "drop": 0.01}]
+    assert "1 row in `evidence/capability.parquet`" in (out / "README.md").read_text()
+    monkeypatch.undo()
+    assert CliRunner().invoke(cli, ["steer", "--vector", str(out), "hi", "--max-new-tokens", "2"]).exit_code == 0

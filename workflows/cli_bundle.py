@@ -38,7 +38,7 @@ def bundle(ctx, trait, vector_ids, output, no_prompts, license_):
                       if pick else "  (steering not evaluated)"))
     click.echo(f"wrote {out}: {len(res['records'])} vectors of {trait!r} on {rec['model']['key']}, "
                f"{rec['corpus']['n_prompts']} prompts" + (" (ids and hashes only)" if no_prompts else "")
-               + f", {len(res['files']) + 1} files hashed in reproduce.json; `traitlens reproduce {out}` refits them")
+               + f", {len(res['files'])} files hashed in reproduce.json; `traitlens reproduce {out}` refits them")
 
 
 @cli.command()

@@ -217,13 +217,14 @@ def capture(bundle: Bundle, store_path, model: str | None, device: str | None, n
                        batch_size=settings.get("batch_size") or 32, max_tokens=settings.get("max_tokens") or 16384,
                        padding_side=settings.get("padding_side") or "right", max_length=settings.get("max_length"),
                        device=dev, dtype=dtype)
+    log(f"capturing {len(missing)} prompts with {lm.key} on {lm.device} ({dtype}), layers {format_layer_list(layers)}")
     with tempfile.TemporaryDirectory(prefix="traitlens-reproduce-corpus-") as tmp:
         corpus = _corpus_file(bundle, missing, Path(tmp))
         res = ingest(store_path, [corpus], cfg=cfg, lm=lm, progress=False, log=log)
     return res.n_captured
 
 
-def refit(bundle: Bundle, store_path) -> dict[tuple[str, int], dict]:
+def refit(bundle: Bundle, store_path, log=lambda *a: None) -> dict[tuple[str, int], dict]:
     """Run each extract run that made a bundled vector again with its recorded config, on the
     bundle's prompts at the bundle's layers; ``{(method, layer): refit record}``."""
     from traitlens.pipeline.extract.config import ExtractConfig
@@ -246,6 +247,8 @@ def refit(bundle: Bundle, store_path) -> dict[tuple[str, int], dict]:
                              n_boot=int(cfg.get("n_boot", rec["extract"]["n_boot"])),
                              seed=int(cfg.get("seed", rec["extract"]["seed"])),
                              memory_budget=int(cfg.get("memory_budget") or ExtractConfig().memory_budget))
+        log(f"refitting {', '.join(ecfg.methods)} at layers {format_layer_list({int(v['layer']) for v in vecs})} as "
+            f"run {run_id} did")
         res = extract(store_path, rec["trait"], None, format_layer_list({int(v["layer"]) for v in vecs}),
                       g["model_key"], g["fmt"], g["site"], g["pooling"], cfg.get("train_split") or "train",
                       head["held_split"], prompt_ids=ids, where=cfg.get("where"), cfg=ecfg, skip_unchanged=False)
@@ -277,7 +280,7 @@ def reproduce(bundle_dir, store_path=None, model: str | None = None, device: str
         store_path = tmp / "store"
     try:
         captured = capture(bundle, store_path, model, device, notes, log)
-        refits = refit(bundle, store_path)
+        refits = refit(bundle, store_path, log)
         matches = [compare(v, refits.get((v["method"], int(v["layer"])))) for v in bundle.records]
     finally:
         if tmp is not None:

@@ -126,7 +126,8 @@ def card_body(front: dict, prompts_included: bool, capability_rows: int | None, 
                                                                        if v["steering"] is None)
                       + ": detection is not control (`traitlens evaluate --steering --vector DIR` measures it).")
     limits.append("Capability damage: " + ("not measured (the store had no capability table)." if capability_rows is None
-                                           else f"{capability_rows} rows in `evidence/capability.parquet`."))
+                                           else f"{capability_rows} row{'' if capability_rows == 1 else 's'} in "
+                                           "`evidence/capability.parquet`."))
     if 0 in t["layers"]:
         limits.append("Layer 0 cannot go into a llama.cpp control vector (its loader refuses direction.0).")
     if not prompts_included:
@@ -138,7 +139,8 @@ def card_body(front: dict, prompts_included: bool, capability_rows: int | None, 
               "from safetensors import safe_open", "",
               "with safe_open(\"vectors.safetensors\", \"numpy\") as f:",
               f"    v = f.get_tensor(\"{first['vector_id']}\")  # [d] float32, unit norm", "```", "",
-              "With traitlens (each checks every file's SHA-256 first and refuses a changed bundle):", "", "```sh"]
+              "With traitlens, from the folder that holds the bundle (each command checks every file's SHA-256 "
+              "first and refuses a changed bundle):", "", "```sh"]
     lines += [commands[k] for k in ("steer", "score", "evaluate", "gguf", "merged", "reproduce") if k in commands]
     lines += ["```", "", "Evidence: `evidence/metrics.parquet` (the vectors' rows), `evidence/steering.parquet` "
               "(steering evaluations, the random floor's included), `evidence/prompts.parquet`; `reproduce.json` "
