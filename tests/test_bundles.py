@@ -7,7 +7,6 @@ file; the bundle's vector steers, scores and exports like the stored one; a libr
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -18,17 +17,10 @@ import yaml
 from click.testing import CliRunner
 
 from traitlens.store import Store
-from traitlens.testing import make_model, write_corpus
+from traitlens.testing import make_model, strict_json, write_corpus
 from traitlens.workflows.cli import cli
 
 TRAIT = "kindness"
-
-
-def strict_json(text: str):
-    def no_constants(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=no_constants)
 
 
 class Built:

@@ -74,7 +74,7 @@ def checkpoint_hashes(spec: str | None) -> dict | None:
     folder = checkpoint_folder(spec)
     if folder is None:
         return None
-    from traitlens.pipeline.extract.bundle import sha256_file
+    from traitlens.store.location import sha256_file
 
     files = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
              if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)}
@@ -462,7 +462,7 @@ def adopt(store_path, bundle: Bundle, records: list[dict] | None = None) -> Stor
 
 
 def _reproduce_sha(bundle: Bundle) -> str:
-    from traitlens.pipeline.extract.bundle import sha256_file
+    from traitlens.store.location import sha256_file
     from traitlens.store.vocabulary import BUNDLE_REPRODUCE
 
     return sha256_file(bundle.path / BUNDLE_REPRODUCE)

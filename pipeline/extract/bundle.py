@@ -24,7 +24,6 @@ along with a file passes :func:`verify` (compare its SHA-256 with the one the au
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from traitlens.store.errors import InputError
+from traitlens.store.location import sha256_file
 from traitlens.store.vocabulary import (BUNDLE_CARD, BUNDLE_EVIDENCE, BUNDLE_EVIDENCE_DIR, BUNDLE_REPRODUCE,
                                         BUNDLE_VECTORS)
 
@@ -55,14 +55,6 @@ class BundleError(InputError):
     def __init__(self, message: str, file: str | None = None, problem: str | None = None):
         super().__init__(message)
         self.file, self.problem = file, problem
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def evidence_path(name: str) -> str:
