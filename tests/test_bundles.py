@@ -79,6 +79,7 @@ def test_a_bundle_holds_every_part_and_its_hashes_are_the_files(built):
     (ext,) = rec["extract"]["runs"]
     assert ext["config"]["seed"] == 0 and ext["config"]["n_boot"] == 8 and ext["command"].startswith("traitlens extract")
     assert rec["device"] == "cpu" and rec["dtype"] == "float32"
+    assert rec["capture"]["other_prompts_in_its_runs"] == 0  # its runs captured nothing but the bundle's prompts
 
 
 def test_the_vectors_and_evidence_are_the_stores_own(built):
@@ -379,3 +380,19 @@ def test_capability_rows_join_the_evidence_where_the_store_has_that_table(built,
     assert "1 row in `evidence/capability.parquet`" in (out / "README.md").read_text()
     monkeypatch.undo()
     assert CliRunner().invoke(cli, ["steer", "--vector", str(out), "hi", "--max-new-tokens", "2"]).exit_code == 0
+
+
+def test_prompts_captured_beside_others_are_noted_when_reproduced(built, tmp_path):
+    """A bundle whose prompts shared their ingest run (so their batches) with other prompts: a
+    fresh capture batches them otherwise, and reproduce says so beside its verdict."""
+    corpus = tmp_path / "two.jsonl"
+    corpus.write_text(write_corpus(tmp_path / "a.jsonl", 120).read_text()
+                      + write_corpus(tmp_path / "b.jsonl", 60, start=500, trait="rudeness").read_text())
+    store = tmp_path / "store"
+    assert built.go("ingest", corpus, "--model", built.model, "--quiet", store=store).exit_code == 0
+    assert built.go("extract", "--trait", TRAIT, "--methods", "mean_diff", "--quiet", store=store).exit_code == 0
+    assert built.go("bundle", "--trait", TRAIT, "-o", tmp_path / "b", store=store).exit_code == 0
+    rec = strict_json((tmp_path / "b" / "reproduce.json").read_text())
+    assert rec["capture"]["other_prompts_in_its_runs"] == 60 and rec["corpus"]["n_prompts"] == 120
+    res = strict_json(CliRunner().invoke(cli, ["reproduce", str(tmp_path / "b"), "--format", "json"]).output)
+    assert res["captured"] == 120 and any("captured beside 60 others" in n for n in res["notes"])

@@ -291,13 +291,17 @@ def make_bundle(store_path, trait: str, vector_ids: list[str], out, prompts: boo
     # the runs that made the vectors: the ingest runs that committed their rows, the extract runs that fitted them
     rows = store.group_rows(key, ["row", "prompt_id", "run_id"])
     wanted = pc.is_in(rows["prompt_id"], value_set=prompt_table["prompt_id"].combine_chunks())
-    ingests = run_records(store, sorted(set(rows.filter(wanted)["run_id"].to_pylist())))
+    ingest_ids = sorted(set(rows.filter(wanted)["run_id"].to_pylist()))
+    ingests = run_records(store, ingest_ids)
     extracts = run_records(store, sorted({r["run_id"] for r in records}))
+    # prompts those runs captured beside the bundle's: they may have shared its batches
+    beside = int(pc.sum(pc.and_(pc.invert(wanted), pc.is_in(rows["run_id"], value_set=pa.array(
+        ingest_ids, pa.string())))).as_py() or 0)
     model, notes = recorded_model(ingests, key)
     evidence, picks, capability_rows = gather_evidence(store, trait, records, prompt_table, prompts)
     uses = usage_commands(out.name, records, picks, trait, model["spec"])
     reproduce = reproduce_record(store, trait, key, records, prompt_table, prompts, model, ingests, extracts,
-                                 uses["use"])
+                                 uses["use"], beside)
     front = front_matter(trait, model, {"fmt": key.fmt, "site": key.site, "pooling": key.pooling}, records, picks,
                          random_aurocs(store, records), license_, notes)
     datasets = sorted(set(prompt_table["dataset"].to_pylist()))
@@ -357,9 +361,10 @@ def gather_evidence(store: Store, trait: str, records: list[dict], prompt_table:
 
 
 def reproduce_record(store: Store, trait: str, key: GroupKey, records: list[dict], prompt_table: pa.Table,
-                     prompts: bool, model: dict, ingests: list[dict], extracts: list[dict], uses: dict) -> dict:
+                     prompts: bool, model: dict, ingests: list[dict], extracts: list[dict], uses: dict,
+                     beside: int) -> dict:
     """reproduce.json (less its file hashes): everything a refit needs and everything that decides
-    its numbers."""
+    its numbers. ``beside``: prompts the same ingest runs captured that the bundle leaves out."""
     from traitlens.pipeline.capture.corpus import SPLIT_FRACTIONS
     from traitlens.store.store import code_version, now_utc
 
@@ -380,6 +385,7 @@ def reproduce_record(store: Store, trait: str, key: GroupKey, records: list[dict
                                      f"with train and val fractions {list(SPLIT_FRACTIONS)}",
                              "seed": None, "why": "the split is a hash of each prompt's id: it takes no seed"}},
         "capture": {"settings": _capture_settings(model["capture"], store, key),
+                    "other_prompts_in_its_runs": beside,
                     "runs": [{**r, "command": ingest_command(r["config"]) if r.get("config") else None}
                              for r in ingests]},
         "extract": {**_fit_settings(head), "held_split": head["held_split"],

@@ -65,7 +65,9 @@ def reproduce(ctx, bundle_dir, store_path, model, device, fmt_):
     log = (lambda m: click.echo(m, err=True)) if fmt_ == "table" else (lambda *a: None)
     res = run_reproduce(bundle_dir, store_path, model, device, log=log)
     if fmt_ == "json":
-        click.echo(json.dumps(res.as_dict(), default=str))
+        from traitlens.pipeline.extract.export import strict
+
+        click.echo(json.dumps(strict(res.as_dict()), default=str, allow_nan=False))  # (agreement of a lone method: NaN)
     else:
         click.echo(f"hashes: every file of {res.bundle} matches reproduce.json")
         click.echo(f"store: {res.store} ({'kept' if res.kept else 'temporary, deleted'}); "

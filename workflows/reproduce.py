@@ -280,6 +280,11 @@ def reproduce(bundle_dir, store_path=None, model: str | None = None, device: str
         store_path = tmp / "store"
     try:
         captured = capture(bundle, store_path, model, device, notes, log)
+        beside = rec["capture"].get("other_prompts_in_its_runs")
+        if captured and beside:
+            notes.append(f"the bundle's prompts were captured beside {beside} others in their ingest runs, so their "
+                         "batches held other prompts than here; a batch's shape changes float rounding, so expect "
+                         "within tolerance rather than identical (ICA can move further: docs/bundles.md)")
         refits = refit(bundle, store_path, log)
         matches = [compare(v, refits.get((v["method"], int(v["layer"])))) for v in bundle.records]
     finally:
