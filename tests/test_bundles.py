@@ -396,3 +396,18 @@ def test_prompts_captured_beside_others_are_noted_when_reproduced(built, tmp_pat
     assert rec["capture"]["other_prompts_in_its_runs"] == 60 and rec["corpus"]["n_prompts"] == 120
     res = strict_json(CliRunner().invoke(cli, ["reproduce", str(tmp_path / "b"), "--format", "json"]).output)
     assert res["captured"] == 120 and any("captured beside 60 others" in n for n in res["notes"])
+
+
+@pytest.mark.parametrize("verb", [
+    ["evaluate", "--steering", "--vector", "{b}", "--layers", "1"],
+    ["evaluate", "--steering", "--vector", "{b}", "--plot", "{store}/inside.png"],
+    ["score", "--vector", "{b}", "-o", "{store}/inside.jsonl"],
+    ["export", "--vector", "{b}", "--format", "merged", "-o", "{tmp}/m"],  # no --operation
+    ["export", "--vector", "{b}", "--format", "merged", "--operation", "add", "-o", "{tmp}/m"],  # no --alpha
+])
+def test_a_bad_option_with_a_bundle_is_exit_2_before_it_joins_the_store(built, tmp_path, verb):
+    store = tmp_path / "store"
+    args = [a.format(b=built.bundle, store=store, tmp=tmp_path) for a in verb]
+    r = built.go(*args, store=store)
+    assert r.exit_code == 2, r.output
+    assert not store.exists()  # the bundle's vectors and prompts were not added

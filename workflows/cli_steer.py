@@ -404,7 +404,6 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
         if trait not in (None, bundle.trait):
             _fail(f"--trait {trait}: the bundle {vector_dir} holds vectors of {bundle.trait!r}", EXIT_INPUT)
         trait, model = bundle.trait, model if model is not None else bundle.model_spec()
-        adopt(ctx.obj["store"], bundle)
         cells = {(r["method"], int(r["layer"])): r for r in bundle.records}
     elif not trait:
         _fail("give --trait, or --vector DIR (a bundle)", EXIT_INPUT)
@@ -414,6 +413,8 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
         if not neutral:
             _fail(f"--prompts {prompts_file}: no prompts (one a line)", EXIT_INPUT)
     out_png = Path(_output(ctx, plot or f"evaluate-{file_stem(trait, 'trait')}.png", "--plot"))
+    if cells is not None:  # (once every option is checked)
+        adopt(ctx.obj["store"], bundle)
     store = Store.open(ctx.obj["store"])
     lm = _load(model)
     with StoreSQL(store) as q:

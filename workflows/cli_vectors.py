@@ -264,7 +264,7 @@ def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alph
                                                                         layers, model, fmt_)
     if fmt_ in ("merged", "peft"):
         return _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks,
-                               norm, check_kind, check_n, device, output)
+                               norm, check_kind, check_n, device, output, bundle_rows)
     if operation or vector_ids:
         _fail(f"--operation and --vector-id are for --format merged or peft; --format {fmt_} writes one trait's "
               "directions", EXIT_INPUT)
@@ -276,10 +276,10 @@ def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alph
 
 def _bundle_export(ctx, path, traits, vector_ids, method, layers, model, fmt_):
     """``export --vector DIR``: (the bundle's rows and steering picks for safetensors/gguf, or
-    None for merged/peft, whose vectors join the store and go by id; traits; vector ids; method;
-    model)."""
+    (the bundle, its rows) for merged/peft, whose vectors join the store once the options are
+    checked and go by id; traits; vector ids; method; model)."""
     from traitlens.pipeline.model.layers import parse_layers
-    from traitlens.workflows.bundles import adopt, load, steering_picks
+    from traitlens.workflows.bundles import load, steering_picks
 
     b = load(path)
     if traits and tuple(traits) != (b.trait,):
@@ -297,8 +297,7 @@ def _bundle_export(ctx, path, traits, vector_ids, method, layers, model, fmt_):
               + ", ".join(f"{r['vector_id']} ({r['method']} L{r['layer']})" for r in b.records), EXIT_INPUT)
     model = model if model is not None else b.model_spec()
     if fmt_ in ("merged", "peft"):
-        adopt(ctx.obj["store"], b, rows)
-        return None, (), tuple(r["vector_id"] for r in rows), method, model
+        return (b, rows), (), tuple(r["vector_id"] for r in rows), method, model
     steering = b.table("steering")
     picks = steering_picks(steering.to_pylist() if steering is not None else [], {r["vector_id"] for r in rows})
     return (rows, picks), (b.trait,), (), method, model
@@ -419,8 +418,9 @@ def _load_for_export(model, device):
 
 
 def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm,
-                    check_kind, check_n, device, output):
-    """merged / peft: the pushes or the ablation written into weights, checked against the hook."""
+                    check_kind, check_n, device, output, bundle=None):
+    """merged / peft: the pushes or the ablation written into weights, checked against the hook
+    (``bundle``: (a bundle, its rows to write), added to the store once the options pass)."""
     from traitlens.pipeline.extract.export import latest_per_layer
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.weight_export import export_weights, summary
@@ -443,6 +443,10 @@ def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operat
                        f"{operation}-{fmt_}", "-o"))
     if out.exists():
         _fail(f"-o {out} exists: a weight export writes a new folder and never overwrites one", EXIT_INPUT)
+    if bundle is not None:
+        from traitlens.workflows.bundles import adopt
+
+        adopt(ctx.obj["store"], *bundle)
     store = Store.open(ctx.obj["store"])
     everything = _vector_rows(store)
     lm = _load_for_export(model, device)
@@ -611,6 +615,8 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ve
     from traitlens.store.layout import format_layer_list
 
     ids, pairs = None, None
+    if output:
+        _output(ctx, output, "-o")
     if vector_dir:  # a bundle: its vector, checked, joins the store and scores like a stored one
         from traitlens.workflows.bundles import adopt, load
 
@@ -622,8 +628,6 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ve
         trait, vector_id, model = b.trait, chosen["vector_id"], model if model is not None else b.model_spec()
     elif not trait:
         raise click.UsageError("give --trait, or --vector DIR (a bundle)")
-    if output:
-        _output(ctx, output, "-o")
     if generate and not corpus:
         raise click.UsageError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
     if corpus:
