@@ -54,6 +54,9 @@ EXPORT_FORMATS = ("safetensors", "gguf", "easysteer", "merged", "peft")
 BUNDLE_CARD, BUNDLE_VECTORS, BUNDLE_REPRODUCE, BUNDLE_EVIDENCE_DIR = (
     "README.md", "vectors.safetensors", "reproduce.json", "evidence")
 BUNDLE_EVIDENCE = ("metrics", "steering", "capability", "prompts")
+# the capability-damage table, which another change adds to TABLE_NAMES: bundles take its rows
+# where a store has it
+CAPABILITY_TABLE = "capability"
 
 # what `traitlens reproduce` says of a refit against its bundle (exit 0 for the first two)
 VERDICTS = ("identical", "within tolerance", "differs")

@@ -27,14 +27,13 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.errors import InputError
 from traitlens.store.layout import format_layer_list
 from traitlens.store.tables import STEERING_SCHEMA, VECTORS_SCHEMA
-from traitlens.store.vocabulary import LOOSE_KIND, METHOD_NAMES
+from traitlens.store.vocabulary import CAPABILITY_TABLE, LOOSE_KIND, METHOD_NAMES
 
 from traitlens.pipeline.extract.bundle import FORMAT, Bundle, BundleError, join_front_matter, open_bundle, write_bundle
 from traitlens.pipeline.extract.bundle_card import card_body, front_matter
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "numpy", "scipy", "scikit-learn", "pyarrow",
              "zarr", "dask", "duckdb", "safetensors")
-CAPABILITY = "capability"  # the capability-damage table, where the store has one
 METRICS_SCHEMA = pa.schema([f for f in VECTORS_SCHEMA if f.name != "vector"])
 
 
@@ -350,8 +349,8 @@ def gather_evidence(store: Store, trait: str, records: list[dict], prompt_table:
                                                 schema=METRICS_SCHEMA),
                 "steering": steering}
     capability_rows = None
-    if CAPABILITY in store.tables:  # (the capability-damage table, in stores whose traitlens has it)
-        cap = store.table(CAPABILITY)
+    if CAPABILITY_TABLE in store.tables:  # (in stores whose traitlens has that table)
+        cap = store.table(CAPABILITY_TABLE)
         if "vector_id" in cap.column_names:
             cap = cap.filter(pc.is_in(cap["vector_id"], value_set=pa.array(ids, pa.string())))
         evidence["capability"] = cap
