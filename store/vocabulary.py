@@ -55,3 +55,16 @@ POSITIONS = ("all", "generated", "prompt", "last-prompt")
 
 # `traitlens export --format`
 EXPORT_FORMATS = ("safetensors", "gguf", "easysteer", "merged", "peft")
+
+# a vector bundle (`traitlens bundle`; the format: pipeline/extract/bundle.py): its card, its
+# vectors, its reproduce file, and the Parquet evidence under evidence/ (capability: only where
+# the store has that table)
+BUNDLE_CARD, BUNDLE_VECTORS, BUNDLE_REPRODUCE, BUNDLE_EVIDENCE_DIR = (
+    "README.md", "vectors.safetensors", "reproduce.json", "evidence")
+BUNDLE_EVIDENCE = ("metrics", "steering", "capability", "prompts")
+# the capability-damage table, which another change adds to TABLE_NAMES: bundles take its rows
+# where a store has it
+CAPABILITY_TABLE = "capability"
+
+# what `traitlens reproduce` says of a refit against its bundle (exit 0 for the first two)
+VERDICTS = ("identical", "within tolerance", "differs")

@@ -1,8 +1,8 @@
 """The ``traitlens`` command line: the store verbs (info, ingest, verify) and ``main``.
 
 The group, exit codes and one-line failures are in :mod:`.cli_base`; the other verbs register
-on it from ``cli_vectors``, ``cli_sql``, ``cli_steer``, ``cli_workflow`` and ``cli_serve``, imported
-below.
+on it from ``cli_vectors``, ``cli_sql``, ``cli_steer``, ``cli_workflow``, ``cli_bundle`` and
+``cli_serve``, imported below.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from . import cli_serve, cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
+from . import cli_bundle, cli_serve, cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
 from .cli_base import EXIT_FAIL, EXIT_INPUT, _fail, _quiet_libraries, cli, own_process
 from traitlens.store.vocabulary import DEFAULT_POOLINGS, NAMED_SITES, POOLINGS, TABLE_NAMES
 

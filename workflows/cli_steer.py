@@ -44,6 +44,23 @@ def _named_vector(store, model_key: str, name: str, layer: int | None = None, me
             else _pick_vector(store, name, model_key, layer, method, None))
 
 
+def _bundle_vector(path: str, vector_id: str | None, layer: int | None, method: str | None):
+    """``(bundle, its vector)`` for ``--vector DIR``: every file's hash checked first (exit 2 naming a
+    changed one); among several vectors ``--vector-id`` / ``--layer`` / ``--method`` choose (else
+    the bundle's first, its pick)."""
+    from traitlens.workflows.bundles import load
+
+    b = load(path)
+    return b, b.choose(vector_id, layer, method)[0]
+
+
+def _check_bundle_model(vec: dict, lm) -> None:
+    from traitlens.pipeline.extract.bundle import model_mismatch
+
+    if vec["model_key"] != lm.key:
+        _fail(f"vector {vec['vector_id']}: {model_mismatch(vec['model_key'], lm.key)}", EXIT_INPUT)
+
+
 def _load(model, quiet=False):
     from traitlens.pipeline.model.loading import load_model
 
@@ -173,10 +190,10 @@ def _label(vec: dict) -> str:
 
 
 def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, alpha, norm, site, positions,
-                seqs: list[list[int]]) -> list:
+                seqs: list[list[int]], chosen: dict | None = None) -> list:
     """The pushes ``steer`` applies: one per ``--add TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]]``, else the
-    one ``--trait`` / ``--vector-id`` names. Each push's scale is the mean token norm of its
-    layer over every prompt of the run (one unit for the whole batch)."""
+    one ``--trait`` / ``--vector-id`` names (or ``chosen``: a bundle's vector). Each push's scale
+    is the mean token norm of its layer over every prompt of the run (one unit for the whole batch)."""
     import torch
 
     from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
@@ -184,9 +201,9 @@ def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, al
 
     wanted = [_parse_add(store, lm, spec, alpha, method) for spec in specs]
     if not specs:
-        if not (trait or vector_id):
-            _fail("give --trait, --vector-id or one --add per vector", EXIT_INPUT)
-        vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
+        if not (trait or vector_id or chosen):
+            _fail("give --trait, --vector-id, --vector DIR or one --add per vector", EXIT_INPUT)
+        vec = chosen if chosen is not None else _pick_vector(store, trait, lm.key, layer, method, vector_id)
         wanted.append((vec, vec["layer"] if layer is None else layer, alpha))
     ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "right", torch.device("cpu"))
     out = []
@@ -239,6 +256,9 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
 @click.option("--layer", type=click.IntRange(min=0), default=None)
 @click.option("--method", default=None)
 @click.option("--vector-id", default=None)
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="A bundle (`traitlens bundle`): steer with its vector, its files' hashes checked first "
+                   "(--vector-id / --layer / --method choose among several; --model defaults to the recorded one).")
 @click.option("--site", type=click.Choice(NAMED_SITES), default="resid", show_default=True,
               help="Where the push is added (or the direction ablated): the block's output or its attention / MLP "
                    "sub-module's.")
@@ -256,7 +276,7 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
 def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, method, vector_id, site, positions, norm,
-          condition, condition_threshold, ablate, all_layers, max_new_tokens, chat):
+          condition, condition_threshold, ablate, all_layers, max_new_tokens, chat, vector_dir=None):
     """Generate with and without the vector(s) and print both."""
     from traitlens.pipeline.model.generation import greedy_batch
     from traitlens.pipeline.steer.steering import ablation, generate_batch
@@ -268,19 +288,28 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
         prompts += [l for l in Path(file_).read_text().splitlines() if l.strip()]
     if not prompts:
         _fail("give a PROMPT or --file", EXIT_INPUT)
-    store = Store.open(ctx.obj["store"])
+    chosen = None
+    if vector_dir:  # a bundle: its vector, checked, instead of the store's
+        if adds:
+            _fail("--vector DIR steers with the bundle's vector; leave out --add", EXIT_INPUT)
+        bundle, chosen = _bundle_vector(vector_dir, vector_id, layer, method)
+        model = model if model is not None else bundle.model_spec()
+    store = Store.open(ctx.obj["store"]) if chosen is None or condition else None
     lm = _load(model)
+    if chosen is not None:
+        _check_bundle_model(chosen, lm)
     seqs = [_prompt_ids(lm, p, chat) for p in prompts]
     dec = lambda x: lm.tokenizer.decode(x, skip_special_tokens=True)  # noqa: E731
     if ablate:
         if adds or condition:
             _fail("--ablate takes one vector (--trait or --vector-id), without --add or --condition", EXIT_INPUT)
-        vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
+        vec = chosen if chosen is not None else _pick_vector(store, trait, lm.key, layer, method, vector_id)
         where = None if all_layers else [vec["layer"] if layer is None else layer]
         click.echo(f"vector {vec['vector_id']} ({vec['trait']}, {vec['method']}): ablated at {site} of "
                    + ("every layer" if all_layers else f"layer {where[0]}"))
     else:
-        items = _pushes_for(store, lm, list(adds), trait, layer, method, vector_id, alpha, norm, site, positions, seqs)
+        items = _pushes_for(store, lm, list(adds), trait, layer, method, vector_id, alpha, norm, site, positions, seqs,
+                            chosen)
         click.echo("applied " + "; ".join(p.describe() for p in items))
     passes = [True] * len(seqs)
     if condition:
@@ -300,7 +329,7 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 
 
 @cli.command()
-@click.option("--trait", required=True)
+@click.option("--trait", default=None, help="The trait to evaluate [or --vector DIR: the bundle's].")
 @click.option("--steering", "do_steering", is_flag=True, required=True, help="Run the causal steering evaluation.")
 @click.option("--kind", type=click.Choice(EVALUATION_KINDS), default="persona",
               show_default=True, help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on "
@@ -362,11 +391,14 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.option("--positions", default="all", show_default=True,
               help="With --add: " + " | ".join(POSITIONS) + " | A:B.")
 @click.option("--model", default=None)
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="A bundle (`traitlens bundle`): evaluate its vectors (its hashes checked first; its vectors and "
+                   "prompts are added to the store, created if absent; --model defaults to the recorded one).")
 @click.pass_context
 def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_markers, ablate, capability_tasks,
              capability_include, capability_limit, capability_budget, methods, layers, alphas, n_texts, norm,
              prompts_file, kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, adds, site,
-             positions, model):
+             positions, model, vector_dir=None):
     """Sweep method x layer x strength: how much does steering along each vector move behaviour,
     with what interval, and for how much damage (KL on neutral prompts, the steered replies'
     perplexity and repetition, and with --capability the lm-eval tasks' scores)? Small grids run
@@ -390,17 +422,36 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_
         _fail(f"--alphas {alphas!r}: give a comma list of numbers, e.g. 0.1,0.25", EXIT_INPUT)
     if not alpha_list:
         _fail("--alphas: give at least one strength", EXIT_INPUT)
+    cells = None
+    if vector_dir:  # a bundle: its vectors (and prompts) join the store, and the sweep measures them
+        from traitlens.workflows.bundles import adopt, load
+
+        if adds or layers:
+            _fail("--vector DIR measures the bundle's vectors at their layers; leave out --add and --layers", EXIT_INPUT)
+        bundle = load(vector_dir)
+        if trait not in (None, bundle.trait):
+            _fail(f"--trait {trait}: the bundle {vector_dir} holds vectors of {bundle.trait!r}", EXIT_INPUT)
+        trait, model = bundle.trait, model if model is not None else bundle.model_spec()
+        cells = {(r["method"], int(r["layer"])): r for r in bundle.records}
+    elif not trait:
+        _fail("give --trait, or --vector DIR (a bundle)", EXIT_INPUT)
     neutral = None
     if prompts_file:
         neutral = [l.strip() for l in Path(prompts_file).read_text().splitlines() if l.strip()]
         if not neutral:
             _fail(f"--prompts {prompts_file}: no prompts (one a line)", EXIT_INPUT)
     out_png = Path(_output(ctx, plot or f"evaluate-{file_stem(trait, 'trait')}.png", "--plot"))
+    if cells is not None:  # (once every option is checked)
+        adopt(ctx.obj["store"], bundle)
     store = Store.open(ctx.obj["store"])
     lm = _load(model)
     with StoreSQL(store) as q:
         stored = stored_methods(q, trait, lm.key)
     method_list = stored if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    if cells is not None:
+        _check_bundle_model(next(iter(cells.values())), lm)
+        if ctx.get_parameter_source("methods") == click.core.ParameterSource.DEFAULT:
+            method_list = sorted({m for m, _ in cells})
     unknown = [m for m in method_list if m not in stored]
     if unknown or not method_list:
         _fail(f"--methods {methods!r}: {trait!r} has no {', '.join(unknown) or 'methods'} vectors on {lm.key}; "
@@ -437,11 +488,11 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_
         if layers or methods != "mean_diff":
             _fail("--add measures the given pushes; leave out --layers and --methods (they choose a sweep)", EXIT_INPUT)
         return _evaluate_together(store, lm, trait, evaluator, list(adds), site, positions, not no_random, out_png)
-    layer_list = (parse_layers(layers, lm.n_layers) if layers else
-                  around(_pick_vector(store, trait, lm.key, None, None, None)["layer"], lm.n_layers))
+    layer_list = (sorted({l for _, l in cells}) if cells is not None else parse_layers(layers, lm.n_layers) if layers
+                  else around(_pick_vector(store, trait, lm.key, None, None, None)["layer"], lm.n_layers))
     res = sweep(store, trait, evaluator, method_list, layer_list, alpha_list, kl_budget, trials,
                 random_floor=not (no_random or "random" in method_list), log=lambda m: click.echo(m, err=True),
-                ablate=ablate, capability_budget=capability_budget)
+                ablate=ablate, capability_budget=capability_budget, vectors=cells)
     run_id = new_run_id("evaluate")
     stored, samples = res.save(store, run_id)
     _print_sweep(res, kind, len(evaluator.texts), bool(judge), kl_measure)

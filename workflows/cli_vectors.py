@@ -76,12 +76,18 @@ def _vector_rows(store, trait=None, method=None):
 @click.option("--trait", default=None)
 @click.option("--method", default=None)
 @click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--library", "library_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="List the bundles under DIR instead (`traitlens bundle`): their front matter, each bundle's "
+                   "hashes checked.")
 @click.pass_context
-def vectors(ctx, trait, method, fmt_):
+def vectors(ctx, trait, method, fmt_, library_dir=None):
     """List stored vectors with their held-out metrics (and logit-lens tokens once `vectors lens`
-    has read them); `vectors combine` makes new ones from others."""
+    has read them), or with --library the bundles under a folder; `vectors combine` makes new
+    ones from others."""
     if ctx.invoked_subcommand is not None:
         return
+    if library_dir is not None:
+        return _print_library(library_dir, trait, method, fmt_)
     from traitlens.store import Store
 
     store = Store.open(ctx.obj["store"])
@@ -111,6 +117,32 @@ def vectors(ctx, trait, method, fmt_):
                    + (f"  {lens[r['vector_id']]}" if r["vector_id"] in lens else ""))
     click.echo("f.len / f.data: held-out AUROC of token count / source dataset alone (fitted on train): the floors "
                "a vector must clear")
+
+
+def _print_library(folder, trait, method, fmt_) -> None:
+    """``vectors --library DIR``: one row per bundled vector (trait, model, method, layer, metrics)."""
+    from traitlens.workflows.bundles import library
+
+    rows = [r for r in library(folder) if (trait is None or r.get("trait") == trait)
+            and (method is None or r.get("method") == method)]
+    if fmt_ == "json":
+        from traitlens.pipeline.extract.export import strict
+
+        click.echo(json.dumps(strict({"rows": rows})["rows"], indent=1, default=str, allow_nan=False))
+        return
+    if not rows:
+        click.echo(f"no bundles under {folder} (`traitlens bundle --trait T -o DIR` writes one)")
+        return
+    num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    click.echo(f"{'trait':<16} {'model':<24} {'method':<9} {'layer':>5} {'AUROC':>6} {'95% CI':>13} {'d':>6} "
+               f"{'shift':>7} {'KL':>7}  bundle (status)")
+    for r in rows:
+        ci = r.get("auroc_ci95") or [None, None]
+        ci_text = "-" if None in ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
+        click.echo(f"{str(r.get('trait'))[:16]:<16} {str(r.get('model'))[:24]:<24} {str(r.get('method')):<9} "
+                   f"{num(r.get('layer'), 'd'):>5} {num(r.get('auroc'), '.3f'):>6} {ci_text:>13} "
+                   f"{num(r.get('cohens_d'), '.2f'):>6} {num(r.get('steer_shift'), '+.3f'):>7} "
+                   f"{num(r.get('steer_kl'), '.4f'):>7}  {r['bundle']} ({r['status']})")
 
 
 @vectors.command("combine")
@@ -214,9 +246,12 @@ def lens(ctx, trait, method, layers, top, model):
 @click.option("--device", default="auto", show_default=True, help="Where the model runs: auto | cpu | cuda | mps.")
 @click.option("-o", "--output", type=click.Path(), default=None, help="The file (safetensors, gguf) or new folder "
               "(merged, peft).")
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="Export a bundle's vectors (`traitlens bundle`), its hashes checked first; --model defaults to "
+                   "the recorded one (merged/peft: they join the store, created if absent, for the self-check).")
 @click.pass_context
 def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm, check_kind,
-           check_n, scale, model_hint, device, output):
+           check_n, scale, model_hint, device, output, vector_dir=None):
     """Write vectors for use outside traitlens: safetensors or a GGUF control vector (llama.cpp, repeng,
     EasySteer) with the vector card, or the steering written into weights (--format merged: a Hugging
     Face folder; --format peft: a LoRA adapter), checked against traitlens's own hook before it is kept."""
@@ -224,16 +259,49 @@ def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alph
 
     if alpha is not None and not math.isfinite(alpha):
         _fail(f"--alpha {alpha}: give a finite number", EXIT_INPUT)
+    bundle_rows = None
+    if vector_dir:  # a bundle: its vectors, checked, instead of the store's
+        bundle_rows, traits, vector_ids, method, model = _bundle_export(ctx, vector_dir, traits, vector_ids, method,
+                                                                        layers, model, fmt_)
     if fmt_ in ("merged", "peft"):
         return _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks,
-                               norm, check_kind, check_n, device, output)
+                               norm, check_kind, check_n, device, output, bundle_rows)
     if operation or vector_ids:
         _fail(f"--operation and --vector-id are for --format merged or peft; --format {fmt_} writes one trait's "
               "directions", EXIT_INPUT)
     if len(traits) != 1:
         _fail(f"--format {fmt_} exports one trait's vectors: give one --trait", EXIT_INPUT)
     _export_directions(ctx, traits[0], method, layers or "all", model, fmt_, alpha, norm, scale, model_hint, device,
-                       output)
+                       output, bundle_rows)
+
+
+def _bundle_export(ctx, path, traits, vector_ids, method, layers, model, fmt_):
+    """``export --vector DIR``: (the bundle's rows and steering picks for safetensors/gguf, or
+    (the bundle, its rows) for merged/peft, whose vectors join the store once the options are
+    checked and go by id; traits; vector ids; method; model)."""
+    from traitlens.pipeline.model.layers import parse_layers
+    from traitlens.workflows.bundles import load, steering_picks
+
+    b = load(path)
+    if traits and tuple(traits) != (b.trait,):
+        _fail(f"--trait: the bundle {path} holds vectors of {b.trait!r}", EXIT_INPUT)
+    rows = [r for r in b.records if not vector_ids or r["vector_id"] in vector_ids]
+    if ctx.get_parameter_source("method") != click.core.ParameterSource.DEFAULT:
+        rows = [r for r in rows if r["method"] == method]
+    elif len({r["method"] for r in rows}) == 1:
+        method = rows[0]["method"]
+    if layers and layers != "all":
+        keep = set(parse_layers(layers, max([r["layer"] for r in b.records]) + 1))
+        rows = [r for r in rows if r["layer"] in keep]
+    if not rows:
+        _fail(f"the bundle {path} holds no vector matching --vector-id / --method / --layers: it holds "
+              + ", ".join(f"{r['vector_id']} ({r['method']} L{r['layer']})" for r in b.records), EXIT_INPUT)
+    model = model if model is not None else b.model_spec()
+    if fmt_ in ("merged", "peft"):
+        return (b, rows), (), tuple(r["vector_id"] for r in rows), method, model
+    steering = b.table("steering")
+    picks = steering_picks(steering.to_pylist() if steering is not None else [], {r["vector_id"] for r in rows})
+    return (rows, picks), (b.trait,), (), method, model
 
 
 def _loadable_model(spec: str | None, model_key: str) -> str | None:
@@ -256,14 +324,17 @@ def _loadable_model(spec: str | None, model_key: str) -> str | None:
     return None
 
 
-def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, scale, model_hint, device, output):
-    """safetensors / gguf / easysteer: one trait's directions, one per layer, with the vector card."""
+def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, scale, model_hint, device, output,
+                       bundle_rows=None):
+    """safetensors / gguf / easysteer: one trait's directions, one per layer, with the vector card
+    (``bundle_rows``: (a bundle's rows, their steering picks) instead of the store's)."""
     from traitlens.pipeline.extract.export import (LAYER0_NOTE, gguf_records, latest_per_layer, llama_cpp_lines,
                                                    to_gguf, to_safetensors, vector_card)
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.store import Store
 
-    rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)
+    rows = (_vector_rows(Store.open(ctx.obj["store"]), trait, method) if bundle_rows is None else
+            [r for r in bundle_rows[0] if r["method"] == method])
     if not rows:
         _fail(f"no {method} vectors for trait {trait!r}; run `traitlens extract --trait {trait}`", EXIT_INPUT)
     lm = None
@@ -310,8 +381,9 @@ def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, sca
         hint = "llama"
         if fmt_ != "safetensors":
             notes["model_hint"] = "llama: the model's config was not read (pass --model, or --model-hint)"
-    card = vector_card(rows, scale, _steering_picks(ctx.obj["store"], trait, {r["vector_id"] for r in rows}), norms,
-                       alpha if norms is not None else None, notes)
+    picks = (_steering_picks(ctx.obj["store"], trait, {r["vector_id"] for r in rows}) if bundle_rows is None
+             else bundle_rows[1])
+    card = vector_card(rows, scale, picks, norms, alpha if norms is not None else None, notes)
     if fmt_ == "safetensors":
         to_safetensors(rows, out, scale, card)
     else:
@@ -347,8 +419,9 @@ def _load_for_export(model, device):
 
 
 def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm,
-                    check_kind, check_n, device, output):
-    """merged / peft: the pushes or the ablation written into weights, checked against the hook."""
+                    check_kind, check_n, device, output, bundle=None):
+    """merged / peft: the pushes or the ablation written into weights, checked against the hook
+    (``bundle``: (a bundle, its rows to write), added to the store once the options pass)."""
     from traitlens.pipeline.extract.export import latest_per_layer
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.weight_export import export_weights, summary
@@ -371,6 +444,10 @@ def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operat
                        f"{operation}-{fmt_}", "-o"))
     if out.exists():
         _fail(f"-o {out} exists: a weight export writes a new folder and never overwrites one", EXIT_INPUT)
+    if bundle is not None:
+        from traitlens.workflows.bundles import adopt
+
+        adopt(ctx.obj["store"], *bundle)
     store = Store.open(ctx.obj["store"])
     everything = _vector_rows(store)
     lm = _load_for_export(model, device)
@@ -510,7 +587,7 @@ def audit(ctx, trait, vector_id, top, fmt_):
 
 @cli.command()
 @click.argument("corpus", nargs=-1, type=click.Path(exists=True))
-@click.option("--trait", required=True, help="The trait whose vector scores the prompts.")
+@click.option("--trait", default=None, help="The trait whose vector scores the prompts [or --vector DIR: the bundle's].")
 @click.option("--vector-id", default=None, help="Score with this vector [default: the one `rank` lists first].")
 @click.option("--where", default=None, help="SQL condition over the prompts columns: score only those.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Highest scores to print.")
@@ -523,8 +600,11 @@ def audit(ctx, trait, vector_id, top, fmt_):
               help="Also the projection difference: generate the model's own reply (up to N tokens) to each "
                    "CORPUS chat before its last, given assistant turn, and score the dataset's reply minus the "
                    "model's (needs an assistant_mean vector); --top then ranks by that difference.")
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="Score with a bundle's vector (`traitlens bundle`; --vector-id chooses among several), its hashes "
+                   "checked first; it and its prompts join the store (created if absent).")
 @click.pass_context
-def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
+def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, vector_dir=None):
     """Score prompts on a trait vector: all of the vector's group, those of CORPUS files (captured
     first where the store lacks them, with the vector's model, site, pooling and layers), or
     --where; each (prompt, vector) is scored once, into the `scores` table."""
@@ -538,6 +618,17 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
     ids, pairs = None, None
     if output:
         _output(ctx, output, "-o")
+    if vector_dir:  # a bundle: its vector, checked, joins the store and scores like a stored one
+        from traitlens.workflows.bundles import adopt, load
+
+        b = load(vector_dir)
+        if trait not in (None, b.trait):
+            _fail(f"--trait {trait}: the bundle {vector_dir} holds vectors of {b.trait!r}", EXIT_INPUT)
+        chosen = b.choose(vector_id)[0]
+        adopt(ctx.obj["store"], b, [chosen])
+        trait, vector_id, model = b.trait, chosen["vector_id"], model if model is not None else b.model_spec()
+    elif not trait:
+        raise click.UsageError("give --trait, or --vector DIR (a bundle)")
     if generate and not corpus:
         raise click.UsageError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
     if corpus:

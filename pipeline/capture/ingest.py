@@ -201,6 +201,7 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
     all_layers = sorted({l for ls in layers_by_site.values() for l in ls})
     settings = {**asdict(cfg), "model": lm.name, "model_path": str(lm.path), "model_key": lm.key, "fmt": fmt,
                 "layers": all_layers, "max_length": max_length, "device": str(lm.device),
+                "torch_dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),  # what dtype=auto chose
                 "corpus": [str(p) for p in corpus_paths], "read": asdict(scan.opts)}
 
     # everything that can refuse this run does so here, before the store is created or written

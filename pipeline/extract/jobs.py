@@ -17,20 +17,14 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from traitlens.store import GroupKey, Store
-from traitlens.store import arrays
-from traitlens.store.layout import StoreError, layer_name
+from traitlens.store.layout import StoreError
 
 from traitlens.pipeline.runtime.cluster import LOCAL, dask_client
 from traitlens.pipeline.runtime.memory import give_back_freed_memory
 from traitlens.pipeline.extract.config import ExtractConfig, method_params
 from traitlens.pipeline.extract.contrastive import ContrastiveSet
-from traitlens.pipeline.extract.fitting import extract_layer, fits_in_core
+from traitlens.pipeline.extract.fitting import extract_layer
 from traitlens.pipeline.extract.methods import ExtractionError, make_method
-
-
-def _layer_width(store: Store, key: GroupKey, layer: int) -> int:
-    """d of a stored layer, from its metadata alone (the task checks its chunks when it opens it)."""
-    return arrays.get_array(arrays.get_group(store.zarr_root(), key.path), layer_name(layer), key.path).shape[1]
 
 
 def _planned_record(key: GroupKey, layer: int, trait: str, method: str, cfg: ExtractConfig, fp: str,
@@ -52,6 +46,13 @@ def vector_id(rec: dict, code_version: str) -> str:
 
 
 # -- scheduling --------------------------------------------------------------------------------
+# BLAS threads per fit. One, always: OpenBLAS splits a product's sums differently on two threads
+# than on one (a weighted Gram matrix moves by 1e-14), and FastICA's iterations carry that into
+# the vector (up to 0.017 apart, cosine 0.9989, on a 256-wide layer), so a thread count taken
+# from the cores made the same store and config give other vectors on another machine or
+# scheduler. The layers run in parallel instead; a streamed layer's reader thread has a core.
+FIT_BLAS_THREADS = 1
+
 def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: ExtractConfig, scheduler=None,
                progress: bool = False) -> list[dict]:
     """Run :func:`extract_layer` for every layer on Dask; returns all records, layer order."""
@@ -69,14 +70,10 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
         task_budget = max(cfg.memory_budget // concurrent, 1)
         root = str(store.root)
         local = scheduler if scheduler in LOCAL else default_local_scheduler(len(layers))
-        # one BLAS pool sized to the cores: concurrent tasks x BLAS threads never oversubscribe
-        # them. Threads share this process's pool (capped around the run); worker processes
-        # cap their own inside each task. A streamed layer reads its next block on a thread of
-        # its own, so it leaves that a core (measured: a probe pass 0.68 s against 0.96 s).
-        streams = not fits_in_core(cset, _layer_width(store, cset.key, layers[0]), task_budget)
-        blas_per_task = max(1, (os.cpu_count() or 1) // concurrent - streams)
-        blas = 1 if client is not None else (blas_per_task if local == "processes" else None)
-        tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, blas,
+        # every fit runs on FIT_BLAS_THREADS BLAS threads, whatever the scheduler and the cores:
+        # threads share this process's pool (capped around the run), worker processes and
+        # cluster workers cap their own inside each task
+        tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, FIT_BLAS_THREADS,
                                                         dask_key_name=f"extract-L{l}") for l in layers]
         if client is not None:
             futures = client.compute(tasks)
@@ -89,7 +86,7 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
             from threadpoolctl import threadpool_limits
             from tqdm.dask import TqdmCallback
 
-            with threadpool_limits(blas_per_task), _local_pool(local, n_workers) as pool, (
+            with threadpool_limits(FIT_BLAS_THREADS), _local_pool(local, n_workers) as pool, (
                     TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
                 extra = {"pool": pool, "chunksize": 1} if pool is not None else {}
                 results = dask.compute(*tasks, scheduler=_local_get(local), num_workers=n_workers, **extra)
@@ -250,7 +247,8 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     todo = [l for l in layer_list if not all(v in have for v in planned[l])]
     reused = [have[v] for l in layer_list if l not in todo for v in planned[l]]
     config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
-              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where}
+              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where,
+              "train_split": train_split, "held_split": cset.held_split}
     # the fits run without the writer lock (minutes, and readers need none); each run record takes it briefly
     with store.run("extract", config, lock=True, start=bool(todo)) as run:
         run.counts = {"layers": todo}

@@ -174,14 +174,17 @@ def _vector(store, trait: str, model_key: str, method: str, layer: int) -> dict 
 def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], alphas: list[float],
           kl_budget: float = KL_BUDGET, trials: int | None = None, grid_max: int = GRID_MAX,
           random_floor: bool = True, seed: int = 0, progress: bool = True, skip: set[str] = frozenset(),
-          log=print, ablate: bool = False, capability_budget: float | None = None) -> SweepResult:
+          log=print, ablate: bool = False, capability_budget: float | None = None,
+          vectors: dict[tuple[str, int], dict] | None = None) -> SweepResult:
     """Measure ``trait``'s vectors over ``methods`` x ``layers`` x ``alphas`` with ``evaluator``
     (an :class:`.evaluate.Evaluator`): every setting when the grid has at most ``grid_max``,
     else ``trials`` settings chosen by Optuna (default :data:`~.settings.TRIALS`); then the
     random floor at the front and the pick; then, with ``ablate``, each cell's vector ablated
     (:func:`ablations`). Cells without a stored vector are left out, saying so; so are cells
     whose vector id is in ``skip`` (already evaluated: a refresh measures only what changed).
-    ``capability_budget``: the worst capability fall the pick may have."""
+    ``capability_budget``: the worst capability fall the pick may have. ``vectors``:
+    ``{(method, layer): vectors row}`` to measure instead of the store's newest vector of each cell
+    (a bundle's)."""
     from tqdm.auto import tqdm
 
     lm = evaluator.lm
@@ -192,7 +195,10 @@ def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], a
         res.detection_pick = best_vector(q, trait, model_key=lm.key)
         for m in methods:
             for l in layers:
-                v = chosen_vector(q, trait, None, model_key=lm.key, layer=l, method=m)
+                if vectors is not None and (m, l) not in vectors:
+                    continue  # (the cells given are the sweep)
+                v = vectors[(m, l)] if vectors is not None else chosen_vector(q, trait, None, model_key=lm.key,
+                                                                              layer=l, method=m)
                 if v is None:
                     missing.append(f"{m} L{l}")
                 elif v["vector_id"] in skip:
