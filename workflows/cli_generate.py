@@ -69,8 +69,10 @@ def generate(trait, description, output, pairs, questions, model, author, judge,
         click.echo(f"\n{e}", err=True)
         _exit_now(EXIT_INTERRUPTED)
     tries = ", ".join(f"{k} {v}" for k, v in res.tries.items() if v > 1)
-    click.echo(f"author ({res.models['author']}): {res.n_pairs} pair(s) of system prompts, {res.n_extraction} "
-               f"extraction + {res.n_evaluation} evaluation questions, rubric by the {res.rubric_source}"
+    click.echo(f"author ({res.models['author']}): {res.n_pairs} pair(s) of system prompts"
+               + (" (built in)" if res.pairs_source == "builtin" else "") + f", {res.n_extraction} extraction + "
+               f"{res.n_evaluation} evaluation questions, rubric " + ("built in" if res.rubric_source == "builtin"
+                                                                      else "by the author")
                + (f"; asked again: {tries} tries" if tries else ""))
     for note in res.notes:
         click.echo(f"note: {note}")

@@ -1,9 +1,10 @@
 """The author's part: opposite system prompts, questions (split into an extraction and an
 evaluation half that never share one) and the judge's rubric, each asked for once and, while its
 answer falls short, asked again with the reason (``retries`` times). What every try yields is
-pooled, so a retry adds to what the first answer had. A rubric that never comes right is
-replaced by the built-in one (said in the result); pairs or questions that never do are an
-:class:`AuthoringError` quoting the author's last answer."""
+pooled, so a retry adds to what the first answer had. Pairs or a rubric that never come right
+are replaced by the built-in ones (said in the result and in ``prompts.json``: a weak author
+still gives a working folder); questions, which no template can stand in for, that never do are
+an :class:`AuthoringError` quoting the author's last answer."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class Authored:
     evaluation: list[str]  # held-out questions: their answers are the corpus's test split
     rubric: str  # with {question} and {answer}
     rubric_source: str  # author | builtin
+    pairs_source: str = "author"  # author | builtin
     tries: dict[str, int] = field(default_factory=dict)  # calls per part (1 = no retry)
     notes: list[str] = field(default_factory=list)  # what fell short, in words
 
@@ -70,17 +72,18 @@ def author_trait(author, cache: CallCache, trait: str, description: str, n_pairs
     tries, notes = {}, []
     pairs, tries["pairs"], last, why = _ask(
         author, cache, P.pairs_request(name, description, n_pairs), lambda a: P.parse_pairs(a, n_pairs),
-        lambda r: len(r) >= n_pairs, 90 * 2 * n_pairs + 60, retries, _merge)
+        lambda r: len(r) >= n_pairs, 80 * 2 * n_pairs + 40, retries, _merge)
+    pairs_source = "author"
     if not pairs:
-        raise AuthoringError(f"the author ({author.label}) wrote no usable pair of system prompts in {tries['pairs']} "
-                             f"tries ({why}); its last answer began {last[:160]!r}. Pass a larger --author, or "
-                             "--api-base/--api-model for a server's model")
+        pairs, pairs_source = P.builtin_pairs(name, description, n_pairs), "builtin"
+        notes.append(f"the author wrote no usable pair of system prompts in {tries['pairs']} tries ({why}); "
+                     f"{len(pairs)} built-in pair(s) stand in (a larger --author writes better ones)")
     pairs = pairs[:n_pairs]
     if len(pairs) < n_pairs:
         notes.append(f"the author wrote {len(pairs)} distinct pair(s) of system prompts of the {n_pairs} asked for")
     questions, tries["questions"], last, why = _ask(
         author, cache, P.questions_request(name, description, n_questions), lambda a: P.parse_questions(a, n_questions),
-        lambda r: len(r) >= n_questions, 40 * n_questions + 60, retries, _merge)
+        lambda r: len(r) >= n_questions, 36 * n_questions + 40, retries, _merge)
     if not questions or len(questions) < MIN_QUESTIONS:
         raise AuthoringError(f"the author ({author.label}) wrote {len(questions or [])} usable question(s) in "
                              f"{tries['questions']} tries (at least {MIN_QUESTIONS} are needed, one for each half"
@@ -90,11 +93,11 @@ def author_trait(author, cache: CallCache, trait: str, description: str, n_pairs
     if len(questions) < n_questions:
         notes.append(f"the author wrote {len(questions)} distinct question(s) of the {n_questions} asked for")
     rubric, tries["rubric"], last, why = _ask(author, cache, P.rubric_request(name, description), P.parse_rubric,
-                                              lambda r: True, 700, retries, lambda a, b: b)
+                                              lambda r: True, 500, retries, lambda a, b: b)
     source = "author"
     if rubric is None:
         rubric, source = P.builtin_rubric(name, description), "builtin"
         notes.append(f"the author's rubric was unusable after {tries['rubric']} tries ({why}); the built-in rubric "
                      "judges instead")
     extraction, evaluation = split_questions(questions)
-    return Authored(pairs, extraction, evaluation, rubric, source, tries, notes)
+    return Authored(pairs, extraction, evaluation, rubric, source, pairs_source, tries, notes)

@@ -168,7 +168,8 @@ class ApiChat:
             why = getattr(e, "reason", e)
             raise ApiError(f"--api-base {self.base}: cannot reach the server ({why}); start it (vllm serve, "
                            "llama-server, ollama serve) or fix the URL") from None
-        names = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)] if isinstance(listing, dict) else []
+        data = listing.get("data", []) if isinstance(listing, dict) else []
+        names = [m.get("id") for m in data if isinstance(m, dict)]
         if names and self.model not in names:
             raise ApiError(f"--api-model {self.model!r}: the server at {self.base} serves {', '.join(map(str, names))}")
 
@@ -186,7 +187,8 @@ class ApiChat:
         try:
             content = out["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise ApiCallError(f"{self.label}: the reply is not an OpenAI chat completion: {json.dumps(out)[:200]}") from None
+            raise ApiCallError(f"{self.label}: the reply is not an OpenAI chat completion: "
+                               f"{json.dumps(out)[:200]}") from None
         return (content or "").strip()
 
     def complete(self, conversations: list[list[dict]], max_tokens: int) -> list[str]:

@@ -101,6 +101,7 @@ class GenerateResult:
     n_extraction: int
     n_evaluation: int
     rubric_source: str
+    pairs_source: str
     tries: dict
     notes: list[str]
     answers: int  # target answers in this run's plan
@@ -241,6 +242,7 @@ def _generate(cfg, folder, cache, author, judge, target, progress) -> GenerateRe
         written.append(F.GENERATIONS)
     prompts = {"trait": cfg.trait, "description": cfg.description, "author": author.identity,
                "pairs": [{"pair_id": _id(p, n), "positive": p, "negative": n} for p, n in authored.pairs],
+               "pairs_source": authored.pairs_source,
                "questions": {h: [{"question_id": _id(q), "text": q} for q, hh in questions if hh == h] for h in HALVES},
                "rubric": {"text": authored.rubric, "source": authored.rubric_source, "answer_format": P.ANSWER_FORMAT},
                "coherence_rubric": P.COHERENCE, "system_turns": takes_system, "tries": authored.tries,
@@ -262,8 +264,9 @@ def _generate(cfg, folder, cache, author, judge, target, progress) -> GenerateRe
                 "--model, or loosen the thresholds" for h in HALVES for p in PERSONAS
                 if counts[p][h]["kept"] < MIN_TO_EXTRACT]
     return GenerateResult(folder.path, len(authored.pairs), len(authored.extraction), len(authored.evaluation),
-                          authored.rubric_source, authored.tries, authored.notes, len(plan), answers_called,
-                          len(judge_convs), ratings_called, counts, len(corpus), n_new, written, warnings, models)
+                          authored.rubric_source, authored.pairs_source, authored.tries, authored.notes, len(plan),
+                          answers_called, len(judge_convs), ratings_called, counts, len(corpus), n_new, written,
+                          warnings, models)
 
 
 def kept_share(counts: dict, persona: str) -> tuple[int, int]:
