@@ -267,7 +267,7 @@ def test_judge_answers_that_hold_no_score_are_counted_never_kept_and_too_few_sur
     assert sum(c["refused"] for p in counts.values() for c in p.values()) == sum(g["refused"] for g in gens) > 0
     assert sum(c["unrated"] for p in counts.values() for c in p.values()) == sum(
         1 for g in gens if g["answer"].strip() and not g["refused"])
-    assert "warning: only 0 positive answer(s) of the extraction questions were kept" in r.output
+    assert "warning: too few answers kept to extract (positive extraction 0, negative extraction 0," in r.output
 
 
 def test_the_corpus_ingests_with_assistant_mean_and_extracts(tmp_path, tiny_llama):
@@ -377,3 +377,15 @@ def test_an_author_that_never_writes_a_pair_gets_the_built_in_pairs_said_so(tmp_
     assert "(built in)" in r.output and "built-in pair(s) stand in" in r.output
     assert {g["system"] for g in lines(out / "generations.jsonl")} == {
         s for p in prompts["pairs"] for s in (p["positive"], p["negative"])}
+
+
+def test_judge_none_keeps_every_non_empty_answer_and_asks_the_server_only_as_author(tmp_path, tiny_llama):
+    out = tmp_path / "syc"
+    with chat_server(scripted()) as (base, requests):
+        r = run_cli(*common(tiny_llama, out, base, "--judge", "none"))
+    assert r.exit_code == 0, r.output
+    assert len(requests) == 3 and "--judge none" in r.output
+    gens = lines(out / "generations.jsonl")
+    assert [c["generation_id"] for c in lines(out / "corpus.jsonl")] == [
+        g["generation_id"] for g in gens if g["answer"].strip()]
+    assert all(g["judge"] == "none" and g["trait_score"] is None for g in gens)

@@ -22,7 +22,8 @@ from .cli_base import EXIT_INTERRUPTED, _exit_now, cli
 @click.option("--author", default=None, help="Local model that writes the prompts, questions and rubric [default: "
               "the --api-model when given, else the default model].")
 @click.option("--judge", default=None, help="Local model that rates the answers [default: the --api-model when "
-              "given, else the default model].")
+              "given, else the default model]; none: no judge, every non-empty answer is kept, labelled by its "
+              "persona (the thresholds are then unused).")
 @click.option("--api-base", default=None, help="An OpenAI-compatible server (vLLM, llama-server, ollama), e.g. "
               "http://localhost:8000/v1: author and judge unless --author / --judge name local models.")
 @click.option("--api-model", default=None, help="The model name the server serves.")
@@ -78,8 +79,11 @@ def generate(trait, description, output, pairs, questions, model, author, judge,
         click.echo(f"note: {note}")
     click.echo(f"target ({res.models['target']}): {res.answers} answers, {res.answers_called} generated now; judge "
                f"({res.models['judge']}): {res.ratings} ratings, {res.ratings_called} made now")
-    click.echo(f"kept (trait >= {cfg.min_trait_positive:g} positive, <= {cfg.max_trait_negative:g} negative; "
-               f"coherence >= {cfg.min_coherence:g}):")
+    if cfg.judge == "none":
+        click.echo("kept (--judge none: every non-empty answer, labelled by its persona):")
+    else:
+        click.echo(f"kept (trait >= {cfg.min_trait_positive:g} positive, <= {cfg.max_trait_negative:g} negative; "
+                   f"coherence >= {cfg.min_coherence:g}):")
     for persona in ("positive", "negative"):
         kept, total = kept_share(res.counts, persona)
         parts = ", ".join(f"{h} {c['kept']}/{c['answers']}" for h, c in res.counts[persona].items())

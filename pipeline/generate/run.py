@@ -38,6 +38,12 @@ PERSONAS = ("positive", "negative")
 HALVES = {"extraction": "train", "evaluation": "test"}  # question half -> the corpus split
 
 
+class Unjudged:
+    """``--judge none``: no judge; every non-empty answer is kept, labelled by its persona alone."""
+
+    identity = label = "none"
+
+
 class GenerateInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during generation; every call answered before it is cached."""
 
@@ -53,7 +59,7 @@ class GenerateConfig:
     questions: int = 20
     model: str | None = None  # the target: None is the default model
     author: str | None = None  # None: the API when given, else the default model
-    judge: str | None = None  # None: the API when given, else the default model
+    judge: str | None = None  # None: the API when given, else the default model; "none": keep every answer
     api_base: str | None = None
     api_model: str | None = None
     max_new_tokens: int = 128
@@ -166,7 +172,10 @@ def generate(cfg: GenerateConfig, log=print, progress: bool = True, api_key: str
         api.check()
     models = Models(cfg.device, cfg.dtype, log)
     author = LocalChat(cfg.author, models, cfg.batch_size) if cfg.author or api is None else api
-    judge = LocalChat(cfg.judge, models, cfg.batch_size) if cfg.judge or api is None else api
+    if cfg.judge == "none":
+        judge = Unjudged()
+    else:
+        judge = LocalChat(cfg.judge, models, cfg.batch_size) if cfg.judge or api is None else api
     target = LocalChat(cfg.model, models, cfg.batch_size)
     folder.claim()
     cache = CallCache(folder.cache_path)
@@ -189,7 +198,8 @@ def _generate(cfg, folder, cache, author, judge, target, progress) -> GenerateRe
     chunk = 2 * cfg.batch_size  # calls cached at a time: what an interrupted run can lose
     answers, answers_called = _called(target, cache, "target", convs, cfg.max_new_tokens, progress, "answers", chunk)
 
-    rated = [k for k, a in enumerate(answers) if a.strip()]
+    judging = not isinstance(judge, Unjudged)
+    rated = [k for k, a in enumerate(answers) if a.strip() and judging]
     judge_convs = []
     for k in rated:
         q, a = plan[k][3], answers[k]
@@ -211,29 +221,31 @@ def _generate(cfg, folder, cache, author, judge, target, progress) -> GenerateRe
                "system": system, "question": q, "answer": answers[k], "target": target.identity,
                "max_new_tokens": cfg.max_new_tokens, "judge": judge.identity, "rubric_id": rubric_id,
                "trait_score": None, "refused": False, "coherence": None, "judge_answers": None}
-        if k not in verdict:
-            c["empty"] += 1
-            generations.append(rec)
-            continue
-        t_ans, c_ans = verdict[k]
-        score, refused, _ = P.read_rating(t_ans, "the judge's trait rating")
-        coherence, _, _ = P.read_rating(c_ans, "the judge's coherence rating")
-        rec.update(trait_score=score, refused=refused, coherence=coherence, judge_answers=[t_ans, c_ans])
         generations.append(rec)
-        if refused:
-            c["refused"] += 1
+        if not answers[k].strip():
+            c["empty"] += 1
             continue
-        if score is None or coherence is None:
-            c["unrated"] += 1
-            continue
-        on_side = score >= cfg.min_trait_positive if persona == "positive" else score <= cfg.max_trait_negative
-        if on_side and coherence >= cfg.min_coherence:
+        keep = not judging
+        if judging:
+            t_ans, c_ans = verdict[k]
+            score, refused, _ = P.read_rating(t_ans, "the judge's trait rating")
+            coherence, _, _ = P.read_rating(c_ans, "the judge's coherence rating")
+            rec.update(trait_score=score, refused=refused, coherence=coherence, judge_answers=[t_ans, c_ans])
+            if refused:
+                c["refused"] += 1
+                continue
+            if score is None or coherence is None:
+                c["unrated"] += 1
+                continue
+            on_side = score >= cfg.min_trait_positive if persona == "positive" else score <= cfg.max_trait_negative
+            keep = on_side and coherence >= cfg.min_coherence
+        if keep:
             c["kept"] += 1
             messages = target.prepare(convs[k]) + [{"role": "assistant", "content": answers[k]}]
             corpus.append({"messages": messages, "trait": cfg.trait, "label": "+1" if persona == "positive" else "-1",
                            "split": HALVES[half], "dataset": folder.path.resolve().name, "persona": persona,
                            "generation_id": gen_id, "pair_id": rec["pair_id"], "question_id": rec["question_id"],
-                           "trait_score": score, "coherence": coherence})
+                           "trait_score": rec["trait_score"], "coherence": rec["coherence"]})
 
     models = {"author": author.identity, "target": target.identity, "judge": judge.identity}
     written = []
@@ -247,7 +259,8 @@ def _generate(cfg, folder, cache, author, judge, target, progress) -> GenerateRe
                "rubric": {"text": authored.rubric, "source": authored.rubric_source, "answer_format": P.ANSWER_FORMAT},
                "coherence_rubric": P.COHERENCE, "system_turns": takes_system, "tries": authored.tries,
                "notes": authored.notes}
-    settings = {"trait": cfg.trait, "settings": {**asdict(cfg), "judge_max_tokens": JUDGE_TOKENS},
+    settings = {"trait": cfg.trait, "settings": {**{k: v for k, v in asdict(cfg).items() if k != "output"},  # (where it lies)
+                                                "judge_max_tokens": JUDGE_TOKENS},
                 "models": models, "counts": counts, "corpus_records": len(corpus),
                 "thresholds": {"min_trait_positive": cfg.min_trait_positive,
                                "max_trait_negative": cfg.max_trait_negative, "min_coherence": cfg.min_coherence}}
@@ -259,10 +272,11 @@ def _generate(cfg, folder, cache, author, judge, target, progress) -> GenerateRe
             written.append(name)
     if cache.n_written:
         written.append(str(F.CACHE))
-    warnings = [f"only {counts[p][h]['kept']} {p} answer(s) of the {h} questions were kept; extract needs at least "
-                f"{MIN_TO_EXTRACT} of each side in each half: raise --pairs or --questions, use a stronger --judge or "
-                "--model, or loosen the thresholds" for h in HALVES for p in PERSONAS
-                if counts[p][h]["kept"] < MIN_TO_EXTRACT]
+    short = [f"{p} {h} {counts[p][h]['kept']}" for h in HALVES for p in PERSONAS
+             if counts[p][h]["kept"] < MIN_TO_EXTRACT]
+    warnings = [f"too few answers kept to extract ({', '.join(short)}; extract needs at least {MIN_TO_EXTRACT} of "
+                "each persona in each half): raise --pairs or --questions, use a stronger --judge or --model, or "
+                "loosen the thresholds"] if short else []
     return GenerateResult(folder.path, len(authored.pairs), len(authored.extraction), len(authored.evaluation),
                           authored.rubric_source, authored.pairs_source, authored.tries, authored.notes, len(plan),
                           answers_called, len(judge_convs), ratings_called, counts, len(corpus), n_new, written,
