@@ -35,7 +35,6 @@ from traitlens.pipeline.capture.settings import IngestConfig
 from traitlens.pipeline.extract.config import ExtractConfig
 from traitlens.pipeline.extract.jobs import extract
 from traitlens.queries.selection import best_per_method
-from traitlens.store import Store
 from traitlens.store.vocabulary import METHOD_NAMES
 from traitlens.testing import SHARED_DATA
 

@@ -203,7 +203,7 @@ def test_a_rerun_calls_nothing_and_writes_nothing_and_a_new_description_adds_wit
     assert all("flattering people" in g["system"] for g in added)
 
 
-def test_a_new_target_model_reuses_the_author_and_regenerates_only_answers_and_ratings(tmp_path, tiny_llama, tiny_gpt2):
+def test_a_new_target_model_reuses_the_author_and_regenerates_only_answers_and_ratings(tmp_path, tiny_llama):
     from traitlens.testing import make_model
 
     other = make_model("llama", tmp_path / "other", seed=1)

@@ -550,12 +550,8 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ba
     """Score prompts on a trait vector: all of the vector's group, those of CORPUS files (captured
     first where the store lacks them, with the vector's model, site, pooling and layers), or
     --where; each (prompt, vector) is scored once, into the `scores` table."""
-    from traitlens.pipeline.capture.plan import read_corpus
-    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
     from traitlens.pipeline.extract.scoring import score as run_score
-    from traitlens.workflows.screening import capture_missing
     from traitlens.store import Store
-    from traitlens.store.layout import format_layer_list
 
     ids, pairs = None, None
     if output:
@@ -563,14 +559,7 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ba
     if generate and not corpus:
         raise click.UsageError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
     if corpus:
-        records, _ = read_corpus(list(corpus))
-        ids = {r.prompt_id for r in records}
-        vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
-        cap = capture_missing(ctx.obj["store"], vec, list(corpus), ids, model)
-        if cap is not None:
-            store = Store.open(ctx.obj["store"])
-            click.echo(f"captured {cap.n_captured} CORPUS prompts the store lacked ({vector_group(vec).path}, layers "
-                       f"{format_layer_list(store.layers(vector_group(vec)))}) before scoring")
+        records, ids, vec = _captured(ctx, trait, vector_id, corpus, model, "CORPUS")
         if generate:
             from traitlens.workflows.screening import own_replies
 
@@ -582,12 +571,7 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ba
                           else ""))
     bg_ids = None
     if background:
-        bg_records, _ = read_corpus(list(background))
-        bg_ids = {r.prompt_id for r in bg_records}
-        vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
-        cap = capture_missing(ctx.obj["store"], vec, list(background), bg_ids, model)
-        if cap is not None:
-            click.echo(f"captured {cap.n_captured} background prompts the store lacked ({vector_group(vec).path})")
+        _, bg_ids, _ = _captured(ctx, trait, vector_id, background, model, "background")
         if ids is not None:
             ids |= bg_ids
     res = run_score(ctx.obj["store"], trait, vector_id, ids, where)
@@ -614,6 +598,26 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ba
         _print_projection_diffs(ctx, v, pairs, generate, top, output)
     elif top:
         _print_top_scores(ctx, v, top, output, bg_sorted)
+
+
+def _captured(ctx, trait: str, vector_id, paths, model, what: str):
+    """(records, their prompt ids, the vector) of corpus ``paths``, captured first into the
+    vector's group where the store lacks them."""
+    from traitlens.pipeline.capture.plan import read_corpus
+    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
+    from traitlens.store import Store
+    from traitlens.store.layout import format_layer_list
+    from traitlens.workflows.screening import capture_missing
+
+    records, _ = read_corpus(list(paths))
+    ids = {r.prompt_id for r in records}
+    vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
+    cap = capture_missing(ctx.obj["store"], vec, list(paths), ids, model)
+    if cap is not None:
+        store = Store.open(ctx.obj["store"])
+        click.echo(f"captured {cap.n_captured} {what} prompts the store lacked ({vector_group(vec).path}, layers "
+                   f"{format_layer_list(store.layers(vector_group(vec)))}) before scoring")
+    return records, ids, vec
 
 
 def _print_top_scores(ctx, v: dict, top: int, output, background=None) -> None:
