@@ -222,6 +222,7 @@ def test_a_new_target_model_reuses_the_author_and_regenerates_only_answers_and_r
 
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, tiny_llama, monkeypatch):
     from traitlens.pipeline.generate import chat
+    from traitlens.store.errors import Terminated
 
     out = tmp_path / "syc"
     real, calls = chat.LocalChat.complete, []
@@ -230,6 +231,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, tiny_llama, monke
         calls.append(len(conversations))
         if len(calls) == 2:
             raise KeyboardInterrupt
+        if len(calls) == 4:  # (the rerun's second chunk) SIGTERM, as pipeline/runtime/interrupts raises it
+            raise Terminated("terminated (SIGTERM)")
         return real(self, conversations, max_tokens)
 
     monkeypatch.setattr(chat.LocalChat, "complete", flaky)
@@ -237,10 +240,12 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, tiny_llama, monke
         r = run_cli(*common(tiny_llama, out, base))
         assert r.exit_code == 130 and "rerun the same command to continue" in r.output
         assert not (out / "corpus.jsonl").exists()
+        r = run_cli(*common(tiny_llama, out, base))
+        assert r.exit_code == 143 and "terminated" in r.output
         monkeypatch.setattr(chat.LocalChat, "complete", real)
         r = run_cli(*common(tiny_llama, out, base))
     assert r.exit_code == 0, r.output
-    assert calls[0] == 4 and "12 generated now" in r.output  # one chunk of 2 x batch 2 survived the interrupt
+    assert calls[0] == 4 and "8 generated now" in r.output  # a chunk of 2 x batch 2 survived each interruption
 
 
 def test_an_author_that_cannot_follow_the_format_is_asked_again_and_a_bad_rubric_falls_back(tmp_path, tiny_llama):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_base import EXIT_INTERRUPTED, _exit_now, cli
+from .cli_base import _exit_now, cli
 
 
 @cli.command()
@@ -68,7 +68,7 @@ def generate(trait, description, output, pairs, questions, model, author, judge,
                            api_key=os.environ.get(api_key_env) if api_key_env else None)
     except GenerateInterrupted as e:
         click.echo(f"\n{e}", err=True)
-        _exit_now(EXIT_INTERRUPTED)
+        _exit_now(e.exit_code)
     tries = ", ".join(f"{k} {v}" for k, v in res.tries.items() if v > 1)
     click.echo(f"author ({res.models['author']}): {res.n_pairs} pair(s) of system prompts"
                + (" (built in)" if res.pairs_source == "builtin" else "") + f", {res.n_extraction} extraction + "

@@ -45,7 +45,10 @@ class Unjudged:
 
 
 class GenerateInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during generation; every call answered before it is cached."""
+    """Ctrl-C or SIGTERM during generation; every call answered before it is cached.
+    ``exit_code``: 130, or 143 for SIGTERM."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -182,9 +185,12 @@ def generate(cfg: GenerateConfig, log=print, progress: bool = True, api_key: str
     try:
         return _generate(cfg, folder, cache, author, judge, target, progress)
     except KeyboardInterrupt as e:
-        raise GenerateInterrupted(f"{'terminated' if getattr(e, 'exit_code', 130) == 143 else 'interrupted'}: "
-                                  f"{cache.n_written} calls answered in this run are cached in {folder.cache_path}; "
-                                  "rerun the same command to continue") from e
+        code = getattr(e, "exit_code", 130)  # 143: SIGTERM (pipeline/runtime/interrupts.py)
+        stop = GenerateInterrupted(f"{'terminated' if code == 143 else 'interrupted'}: {cache.n_written} calls "
+                                   f"answered in this run are cached in {folder.cache_path}; rerun the same command "
+                                   "to continue")
+        stop.exit_code = code
+        raise stop from e
 
 
 def _generate(cfg, folder, cache, author, judge, target, progress) -> GenerateResult:
