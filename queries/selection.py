@@ -19,7 +19,7 @@ from .connection import QueryError, StoreSQL
 TIE_BREAK = ("cohens_d", "stability")
 RULE = "held-out {by}, ties broken by held-out Cohen's d, then stability"
 METRICS = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc",
-           "steer_shift", "steering")
+           "steer_shift", "steering", "spec_precision", "spec_auroc")
 ALIASES = {"steering": "steer_shift"}  # `rank --by steering`: the best shift within the KL budget
 
 

@@ -115,6 +115,11 @@ VECTORS_SCHEMA = pa.schema(
         ("agreement", pa.float64()),  # mean cosine to the other non-random methods at the same layer
         ("floor_length", pa.float64()),  # held-out AUROC of token count alone (pipeline/extract/floors.py)
         ("floor_dataset", pa.float64()),  # held-out AUROC of the source dataset alone (several datasets only)
+        ("spec_auroc", pa.float64()),  # extract --background, else null: held-out positives against background
+        ("spec_precision", pa.float64()),  # share of held-out positives in the pool's top decile (extract/specificity.py)
+        ("spec_base", pa.float64()),  # their share of the whole pool (a random order's precision)
+        ("spec_floor_length", pa.float64()),  # spec_auroc of token count alone
+        ("n_background", pa.int32()),  # held-out background prompts in the pool
         ("cosines", pa.string()),  # JSON {other method: cosine} at the same layer
         ("info", pa.string()),  # JSON method extras (bias, train accuracy, chosen component, ...)
         ("run_id", pa.string()),

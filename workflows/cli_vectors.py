@@ -40,27 +40,46 @@ def _group_options(f):
 @click.option("--scheduler", default=None,
               help="Dask scheduler address, or threads | processes [default: $DASK_SCHEDULER_ADDRESS, else "
                    "forked local processes for 4+ layers, threads below].")
+@click.option("--background", "background", multiple=True, type=click.Path(exists=True),
+              help="An unlabelled corpus (any format ingest reads), ingested into the same group first: its "
+                   "train-split prompts join the negatives of mean_diff, probe and gradient, the rest give every "
+                   "vector an out-of-corpus specificity figure (rank shows it). Repeatable.")
 @click.option("--quiet", "-q", is_flag=True)
 @click.pass_context
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
-            memory, probe_c, penalty, scheduler, quiet):
+            memory, probe_c, penalty, scheduler, background, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
     from traitlens.pipeline.extract.config import ExtractConfig, parse_size
     from traitlens.pipeline.extract.jobs import extract as run_extract
 
     cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=parse_size(memory),
                         params={"probe": {"C": probe_c, "penalty": penalty}})
+    bg = None
+    if background:
+        from traitlens.pipeline.capture.plan import read_corpus
+
+        bg = ({r.prompt_id for r in read_corpus(list(background))[0]}, ", ".join(background))
     res = run_extract(ctx.obj["store"], trait, methods, layers, model, fmt, site, pooling, train_split, held_split,
-                      where=where, cfg=cfg, scheduler=scheduler, progress=not quiet)
+                      where=where, cfg=cfg, scheduler=scheduler, progress=not quiet, background=bg)
     from traitlens.queries.selection import best_per_method
 
     best = best_per_method(res.records)  # the rule `rank` uses: AUROC, then Cohen's d, then stability
     if not quiet:
-        click.echo(f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}  (held-out: {res.records[0]['held_split']})")
+        spec = bg is not None
+        click.echo(f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}"
+                   + (f" {'spec.P10':>8} {'spec.AUROC':>10}" if spec else "")
+                   + f"  (held-out: {res.records[0]['held_split']})")
         for m in res.methods:
             r = best[m]
             click.echo(f"{m:<10} {r['layer']:>10} {r['auroc']:>7.3f} {r['balanced_accuracy']:>7.3f} "
-                       f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}")
+                       f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}"
+                       + (f" {r['spec_precision']:>8.3f} {r['spec_auroc']:>10.3f}" if spec else ""))
+        if spec:
+            r0 = res.records[0]
+            click.echo(f"spec.P10: share of held-out positives in the top decile of them, the held-out negatives and "
+                       f"{r0['n_background']} held-out background prompts (base rate {r0['spec_base']:.3f}); "
+                       f"spec.AUROC: positives against the background; token count alone: "
+                       f"{r0['spec_floor_length']:.3f}")
     click.echo(f"extract done: {len(res.records)} vectors ({res.n_new} new, {res.n_existing} already stored) for "
                f"{trait!r} on {res.key.path}, {len(res.layers)} layers x {len(res.methods)} methods in "
                f"{res.seconds:.1f} s; run {res.run_id}")
@@ -603,17 +622,17 @@ def audit(ctx, trait, vector_id, top, fmt_):
 @click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
               help="Score with a bundle's vector (`traitlens bundle`; --vector-id chooses among several), its hashes "
                    "checked first; it and its prompts join the store (created if absent).")
+@click.option("--background", "background", multiple=True, type=click.Path(exists=True),
+              help="An unlabelled corpus of ordinary prompts (captured first where the store lacks them): every "
+                   "score is also given as its percentile among theirs (bg.pct), so one screening threshold flags "
+                   "the same share of ordinary prompts whatever the trait. Repeatable.")
 @click.pass_context
-def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, vector_dir=None):
+def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, background, vector_dir=None):
     """Score prompts on a trait vector: all of the vector's group, those of CORPUS files (captured
     first where the store lacks them, with the vector's model, site, pooling and layers), or
     --where; each (prompt, vector) is scored once, into the `scores` table."""
-    from traitlens.pipeline.capture.plan import read_corpus
-    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
     from traitlens.pipeline.extract.scoring import score as run_score
-    from traitlens.workflows.screening import capture_missing
     from traitlens.store import Store
-    from traitlens.store.layout import format_layer_list
 
     ids, pairs = None, None
     if output:
@@ -632,14 +651,7 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ve
     if generate and not corpus:
         raise click.UsageError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
     if corpus:
-        records, _ = read_corpus(list(corpus))
-        ids = {r.prompt_id for r in records}
-        vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
-        cap = capture_missing(ctx.obj["store"], vec, list(corpus), ids, model)
-        if cap is not None:
-            store = Store.open(ctx.obj["store"])
-            click.echo(f"captured {cap.n_captured} CORPUS prompts the store lacked ({vector_group(vec).path}, layers "
-                       f"{format_layer_list(store.layers(vector_group(vec)))}) before scoring")
+        records, ids, vec = _captured(ctx, trait, vector_id, corpus, model, "CORPUS")
         if generate:
             from traitlens.workflows.screening import own_replies
 
@@ -649,8 +661,26 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ve
             click.echo(f"replies: {rep.n_generated} generated ({rep.n_empty} empty), {len(pairs)} pairs in all"
                        + (f"; {rep.n_without_reply} records end without an assistant reply" if rep.n_without_reply
                           else ""))
+    bg_ids = None
+    if background:
+        _, bg_ids, _ = _captured(ctx, trait, vector_id, background, model, "background")
+        if ids is not None:
+            ids |= bg_ids
     res = run_score(ctx.obj["store"], trait, vector_id, ids, where)
     v = res.vector
+    bg_sorted = None
+    if bg_ids is not None:
+        import numpy as np
+
+        from traitlens.pipeline.extract.scoring import background_scores
+
+        bg_sorted = background_scores(Store.open(ctx.obj["store"]), v["vector_id"], bg_ids)
+        if len(bg_sorted) == 0:
+            _fail("--background: none of its prompts is scored on this vector (the --where condition left them "
+                  "out?)", EXIT_INPUT)
+        q99 = float(np.quantile(bg_sorted, 0.99))
+        click.echo(f"background: {len(bg_sorted)} prompts; their 99th percentile is score {q99:.4g} (bg.pct 0.99): "
+                   "a prompt above it scores higher than 99% of ordinary prompts")
     click.echo(f"score: {res.n_scored} prompts scored, {res.n_already} already scored, on {v['method']} L{v['layer']} "
                f"({v['vector_id']}) of {trait!r}" + (f"; run {res.run_id}" if res.run_id else ""))
     if res.n_missing:
@@ -659,21 +689,51 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ve
     if pairs is not None:
         _print_projection_diffs(ctx, v, pairs, generate, top, output)
     elif top:
-        _print_top_scores(ctx, v, top, output)
+        _print_top_scores(ctx, v, top, output, bg_sorted)
 
 
-def _print_top_scores(ctx, v: dict, top: int, output) -> None:
+def _captured(ctx, trait: str, vector_id, paths, model, what: str):
+    """(records, their prompt ids, the vector) of corpus ``paths``, captured first into the
+    vector's group where the store lacks them."""
+    from traitlens.pipeline.capture.plan import read_corpus
+    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
+    from traitlens.store import Store
+    from traitlens.store.layout import format_layer_list
+    from traitlens.workflows.screening import capture_missing
+
+    records, _ = read_corpus(list(paths))
+    ids = {r.prompt_id for r in records}
+    vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
+    cap = capture_missing(ctx.obj["store"], vec, list(paths), ids, model)
+    if cap is not None:
+        store = Store.open(ctx.obj["store"])
+        click.echo(f"captured {cap.n_captured} {what} prompts the store lacked ({vector_group(vec).path}, layers "
+                   f"{format_layer_list(store.layers(vector_group(vec)))}) before scoring")
+    return records, ids, vec
+
+
+def _print_top_scores(ctx, v: dict, top: int, output, background=None) -> None:
+    """The ``top`` highest scores; with ``background`` (sorted background scores) each one's
+    percentile among them too (``bg.pct``, also in the ``-o`` file as ``background_percentile``)."""
     from traitlens.queries import StoreSQL
 
     with StoreSQL(ctx.obj["store"]) as q:
         best = q.query("SELECT prompt_id, score, calibrated, percentile, text, prompt_trait AS trait, label "
                        "FROM scored WHERE vector_id = ? ORDER BY score DESC LIMIT ?", [v["vector_id"], top]).to_pylist()
+    if background is not None and best:
+        from traitlens.pipeline.extract.scoring import background_percentile
+
+        for r, pct in zip(best, background_percentile(background, [r["score"] for r in best])):
+            r["background_percentile"] = float(pct)
+    bg = background is not None
     if best:
-        click.echo(f"{'calib.':>7} {'pctile':>6}  text (highest scores; calibrated: 0 = held-out negatives' mean, "
-                   "1 = positives')")
+        click.echo(f"{'calib.':>7} {'pctile':>6}" + (f" {'bg.pct':>6}" if bg else "") + "  text (highest scores; "
+                   "calibrated: 0 = held-out negatives' mean, 1 = positives'"
+                   + ("; bg.pct: percentile among the background" if bg else "") + ")")
     for r in best:
         text = " ".join(str(r["text"] or "").split())
-        click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}  {text[:90]}")
+        click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}"
+                   + (f" {r['background_percentile']:>6.3f}" if bg else "") + f"  {text[:90]}")
     if output:
         Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
         click.echo(f"wrote {output} ({len(best)} prompts)")

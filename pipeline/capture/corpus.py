@@ -11,8 +11,9 @@ are parsed whole), plain or compressed (``.gz``, ``.zst``):
 - ``*.jsonl``: one JSON object a line; ``*.json``: a JSON array of objects;
 - ``*.csv`` / ``*.tsv`` with a header row;
 - ``*.txt``: one prompt a line (label and trait from the options);
-- a folder holding ``positive.txt`` / ``negative.txt`` (trait = folder name), or sub-folders
-  that each do (trait = sub-folder name).
+- a folder holding ``positive.txt`` / ``negative.txt`` (trait = folder name), a folder
+  ``traitlens generate`` wrote (its ``corpus.jsonl``), or a tree of such folders
+  (:mod:`.trait_folders`).
 Parquet, Arrow and ``datasets`` folders, globs and folders of files, and the fast JSONL path
 live in :mod:`.readers` (:func:`.readers.batches.source_attempts` picks the reader of a file).
 :mod:`.plan` validates a corpus whole in one streaming pass before anything is written.
@@ -30,6 +31,7 @@ from traitlens.store.errors import InputError
 
 from traitlens.pipeline.capture.errors import CorpusError  # (re-exported: where callers import it from)
 from traitlens.pipeline.capture.readers.streams import open_bytes, stem
+from traitlens.pipeline.capture.trait_folders import GENERATED, SIDES, trait_folders
 
 TEXT_FIELDS = ("text", "prompt", "statement", "instruction", "question", "input")
 LABEL_FIELDS = ("label", "answer_matching_behavior")
@@ -281,13 +283,15 @@ def _read_txt(path, opts, label=None, trait=None, name=None):
 
 
 def _read_folder(path, opts):
-    sides = [("positive.txt", "+1"), ("negative.txt", "-1")]
-    trait_dirs = [path] if any((path / s).exists() for s, _ in sides) else sorted(
-        d for d in path.iterdir() if d.is_dir() and any((d / s).exists() for s, _ in sides))
-    if not trait_dirs:
-        raise CorpusError(path, None, None, "folder has no positive.txt / negative.txt (nor sub-folders with them)")
-    for d in trait_dirs:
-        for name, label in sides:
+    found = trait_folders(path)
+    if not found:
+        raise CorpusError(path, None, None, "folder has no positive.txt / negative.txt, nor a generate folder's "
+                          "corpus.jsonl (nor sub-folders with them)")
+    for d, kind in found:
+        if kind == "generated":  # its records name their trait, label and split
+            yield from _read_jsonl(d / GENERATED, opts)
+            continue
+        for name, label in SIDES:
             if (d / name).exists():
                 yield from _read_txt(d / name, ReadOptions(**{**opts.__dict__, "dataset": opts.dataset or d.name}),
                                      label=label, trait=opts.trait or d.name)

@@ -200,7 +200,8 @@ def resolve_group(store: Store, model: str | None = None, fmt: str | None = None
 def extract(store_path, trait: str, methods=None, layers="all", model: str | None = None, fmt: str | None = None,
             site: str = "resid", pooling: str = "last", train_split: str = "train", held_split: str = "auto",
             prompt_ids: set[str] | None = None, where: str | None = None, cfg: ExtractConfig | None = None,
-            scheduler=None, progress: bool = False, skip_unchanged: bool = True) -> ExtractResult:
+            scheduler=None, progress: bool = False, skip_unchanged: bool = True,
+            background: tuple[set[str], str] | None = None) -> ExtractResult:
     """Extract vectors for ``trait`` at every requested layer and store them with their metrics.
 
     ``where``: a SQL condition over the ``prompts`` columns that picks the contrastive rows
@@ -210,7 +211,11 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     ``methods``: a comma list, a list or ``"all"``; None keeps ``cfg.methods`` (all six by default).
 
     With ``skip_unchanged`` (default) a layer whose every vector is already stored for the same
-    rows, params and code version is not recomputed: its stored records are returned instead."""
+    rows, params and code version is not recomputed: its stored records are returned instead.
+
+    ``background``: ``(prompt ids, name)`` of an unlabelled corpus captured in the same group
+    (:func:`~.contrastive.with_background`): more negatives for the methods that take them, and
+    the out-of-corpus specificity figure for every vector (:mod:`.specificity`)."""
     import time
 
     from traitlens.store.store import code_version
@@ -238,6 +243,10 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
         chosen = select_prompt_ids(store, trait, where)
         prompt_ids = chosen if prompt_ids is None else prompt_ids & chosen
     cset = contrastive_set(store, key, trait, train_split, held_split, prompt_ids, where)
+    if background is not None:
+        from traitlens.pipeline.extract.contrastive import with_background
+
+        cset = with_background(store, cset, background[0], background[1], train_split)
     # vectors whose inputs (rows, params, code) are unchanged are already stored: skip their layers
     have = {r["vector_id"]: r for r in store.table("vectors").to_pylist()} if skip_unchanged else {}
     cv = code_version()
@@ -248,7 +257,8 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     reused = [have[v] for l in layer_list if l not in todo for v in planned[l]]
     config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
               "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where,
-              "train_split": train_split, "held_split": cset.held_split}
+              "train_split": train_split, "held_split": cset.held_split,
+              "background": cset.background.provenance() if cset.background is not None else None}
     # the fits run without the writer lock (minutes, and readers need none); each run record takes it briefly
     with store.run("extract", config, lock=True, start=bool(todo)) as run:
         run.counts = {"layers": todo}
@@ -257,8 +267,9 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
         records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
         if records:  # what is not the trait, scored like a vector: one set of floors per contrastive set
             from traitlens.pipeline.extract.floors import nuisance_floors
+            from traitlens.pipeline.extract.specificity import specificity_floor
 
-            floors = nuisance_floors(cset)
+            floors = {**nuisance_floors(cset), **specificity_floor(cset)}
             for r in records:
                 r.update(floors)
         with store.lock("extract") if todo else nullcontext():

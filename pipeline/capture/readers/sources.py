@@ -134,9 +134,12 @@ def _sources(path: Path, name: str | None) -> list[Source]:
 
 
 def _is_trait_folder(path: Path) -> bool:
-    """positive.txt / negative.txt here or in a sub-folder (as :mod:`..corpus` reads them)."""
-    sides = ("positive.txt", "negative.txt")
-    return any((d / s).exists() for d in (path, *(c for c in path.iterdir() if c.is_dir())) for s in sides)
+    """A trait folder (positive.txt / negative.txt, or one `traitlens generate` wrote) here or in
+    a tree of sub-folders (as :mod:`..trait_folders` finds them; :mod:`..corpus` reads them)."""
+    from traitlens.pipeline.capture.trait_folders import folder_kind, trait_folders
+
+    return folder_kind(path) is not None or any(
+        trait_folders(c) for c in path.iterdir() if c.is_dir() and not c.name.startswith((".", "_")))
 
 
 def _read_json(path: Path) -> dict:
