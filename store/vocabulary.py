@@ -58,12 +58,11 @@ EXPORT_FORMATS = ("safetensors", "gguf", "easysteer", "merged", "peft")
 
 # a vector bundle (`traitlens bundle`; the format: pipeline/extract/bundle.py): its card, its
 # vectors, its reproduce file, and the Parquet evidence under evidence/ (capability: only where
-# the store has that table)
+# the vectors' capability damage was measured)
 BUNDLE_CARD, BUNDLE_VECTORS, BUNDLE_REPRODUCE, BUNDLE_EVIDENCE_DIR = (
     "README.md", "vectors.safetensors", "reproduce.json", "evidence")
 BUNDLE_EVIDENCE = ("metrics", "steering", "capability", "prompts")
-# the capability-damage table, which another change adds to TABLE_NAMES: bundles take its rows
-# where a store has it
+# the capability-damage table (`evaluate --capability`); bundles take its rows where they exist
 CAPABILITY_TABLE = "capability"
 
 # what `traitlens reproduce` says of a refit against its bundle (exit 0 for the first two)

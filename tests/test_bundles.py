@@ -68,7 +68,7 @@ def test_a_bundle_holds_every_part_and_its_hashes_are_the_files(built):
     b = built.bundle
     files = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
     assert files == ["README.md", "evidence/metrics.parquet", "evidence/prompts.parquet", "evidence/steering.parquet",
-                     "reproduce.json", "vectors.safetensors"]  # no capability table in this store: no capability part
+                     "reproduce.json", "vectors.safetensors"]  # no capability rows for these vectors: no capability part
     rec = strict_json((b / "reproduce.json").read_text())
     assert rec["files"] == {f: hashlib.sha256((b / f).read_bytes()).hexdigest() for f in files if f != "reproduce.json"}
     assert rec["model"]["key"] == built.rows()[0]["model_key"]
@@ -357,8 +357,8 @@ def test_a_recorded_model_folder_this_machine_lacks_asks_for_model(built, tmp_pa
 
 
 def test_capability_rows_join_the_evidence_where_the_store_has_that_table(built, tmp_path, monkeypatch):
-    """The capability-damage table comes with another change; where a store has it, the vectors'
-    rows go to evidence/capability.parquet and the card counts them (here a stand-in table)."""
+    """Where the store holds capability rows for the vectors, they go to evidence/capability.parquet
+    and the card counts them (here a stand-in table)."""
     import pyarrow as pa
 
     cap = pa.table({"vector_id": [built.ids[0], "someone-else"], "benchmark": ["mmlu", "mmlu"], "drop": [0.01, 0.3]})
@@ -366,7 +366,6 @@ def test_capability_rows_join_the_evidence_where_the_store_has_that_table(built,
 
     def with_capability(cls, root, create=False):
         s = real_open(cls, root, create)
-        s.tables = {**s.tables, "capability": None}
         plain = s.table
         s.table = lambda name, *a, **k: cap if name == "capability" else plain(name, *a, **k)
         return s

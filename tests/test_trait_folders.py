@@ -8,7 +8,13 @@ import json
 
 import pytest
 
-from traitlens.pipeline.capture.corpus import CorpusError, iter_records
+from traitlens.pipeline.capture.corpus import CorpusError
+from traitlens.pipeline.capture.plan import read_corpus
+
+
+def iter_records(path):
+    """The records an ingest of ``path`` keeps, in reading order."""
+    return read_corpus([path])[0]
 
 
 def _sides(folder, pos, neg, definition="what it is"):

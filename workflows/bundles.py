@@ -349,12 +349,13 @@ def gather_evidence(store: Store, trait: str, records: list[dict], prompt_table:
                                                 schema=METRICS_SCHEMA),
                 "steering": steering}
     capability_rows = None
-    if CAPABILITY_TABLE in store.tables:  # (in stores whose traitlens has that table)
+    if CAPABILITY_TABLE in store.tables:  # (absent from stores written before that table)
         cap = store.table(CAPABILITY_TABLE)
         if "vector_id" in cap.column_names:
             cap = cap.filter(pc.is_in(cap["vector_id"], value_set=pa.array(ids, pa.string())))
-        evidence["capability"] = cap
-        capability_rows = cap.num_rows
+        if cap.num_rows:  # only where the vectors' capability damage was measured
+            evidence["capability"] = cap
+            capability_rows = cap.num_rows
     evidence["prompts"] = prompt_table if prompts else prompt_table.drop_columns(["text", "messages"])
     return evidence, steering_picks(steering.to_pylist(), ids), capability_rows
 

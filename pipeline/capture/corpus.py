@@ -289,7 +289,7 @@ def _read_folder(path, opts):
                           "corpus.jsonl (nor sub-folders with them)")
     for d, kind in found:
         if kind == "generated":  # its records name their trait, label and split
-            yield from _read_jsonl(d / GENERATED, opts)
+            yield from _read_jsonl(d / GENERATED, opts, d.name)
             continue
         for name, label in SIDES:
             if (d / name).exists():

@@ -136,8 +136,10 @@ def _sources(path: Path, name: str | None) -> list[Source]:
 def _is_trait_folder(path: Path) -> bool:
     """A trait folder (positive.txt / negative.txt, or one `traitlens generate` wrote) here or in
     a tree of sub-folders (as :mod:`..trait_folders` finds them; :mod:`..corpus` reads them)."""
-    from traitlens.pipeline.capture.trait_folders import folder_kind, trait_folders
+    from traitlens.pipeline.capture.trait_folders import GENERATED_MARK, folder_kind, trait_folders
 
+    if (path / GENERATED_MARK).is_file():  # a generate folder, finished or not: never a folder of files
+        return True
     return folder_kind(path) is not None or any(
         trait_folders(c) for c in path.iterdir() if c.is_dir() and not c.name.startswith((".", "_")))
 
