@@ -20,8 +20,11 @@ from .selection import latest_cells_sql, order_by, usable_sql
 
 __all__ = ["RANK_BY", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap", "lens_summary"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
-           "stability", "agreement", "steer_shift", "steer_kl", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
-           "floor_dataset", "vector_id")
+           "stability", "agreement", "steer_shift", "steer_kl", "steer_capability", "spec_precision", "spec_auroc", "n_pos", "n_neg",
+           "n_held_pos", "n_held_neg", "floor_length", "floor_dataset", "spec_base", "spec_floor_length",
+           "n_background", "vector_id")
+# shown in rank's table only when a background gave them (extract --background)
+SPECIFICITY = ("spec_precision", "spec_auroc")
 
 
 def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.Table, pa.Table]:

@@ -32,7 +32,7 @@ TIE_BREAK = ("cohens_d", "stability")
 CORE_METRICS = ("auroc", "cohens_d")  # measured for every vector: NaN or infinite there means garbage
 RULE = "held-out {by}, ties broken by held-out Cohen's d, then stability"
 METRICS = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc",
-           "steer_shift", "steering")
+           "steer_shift", "steering", "spec_precision", "spec_auroc")
 ALIASES = {"steering": "steer_shift"}  # `rank --by steering`: the best shift within the KL budget
 
 
@@ -125,6 +125,16 @@ def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filte
                              f"used; `traitlens rank --trait {v['trait']}` lists the usable ones")
         return rows[0] if rows else None
     return best_vector(q, trait, **filters)
+
+
+def named_vector(q: StoreSQL, name: str, model_key: str | None = None, layer: int | None = None,
+                 method: str | None = None) -> dict | None:
+    """The vector ``name`` names: a stored vector id, else the pick of the trait ``name`` (within
+    ``model_key`` / ``layer`` / ``method``). None when there is none."""
+    is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [name]).to_pylist()[0]["n"]
+    if is_id:
+        return chosen_vector(q, None, name)
+    return best_vector(q, name, model_key=model_key, layer=layer, method=method)
 
 
 def best_per_method(records: list[dict], by: str = "auroc") -> dict[str, dict]:

@@ -218,3 +218,14 @@ def check_outside_store(output, root, option: str = "-o") -> None:
     if out == base or base in out.parents:
         raise InputError(f"{option} {output}: that is inside the store {root}; only traitlens' own writers write "
                          "there (a file under tables/ would be read as data). Write it somewhere else")
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (a local path or a remote one), read 1 MB at a time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") if hasattr(path, "open") else open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,12 +1,19 @@
 """Strict JSON for everything traitlens writes or prints: never ``NaN`` or ``Infinity``.
 
 Python's ``json`` writes ``NaN``, ``Infinity`` and ``-Infinity`` by default, which strict
-parsers (JavaScript's ``JSON.parse``, jq, Go, Rust's serde) reject. :func:`dumps` writes such
-a value as ``null`` and says why beside it: an object holding one gains
-``"null_reasons": {"<key>": "NaN" | "Infinity" | "-Infinity"}`` (what the value was: a metric
-that is undefined, e.g. the agreement of a method with no other, or a measure that
-overflowed); a list element has no key of its own, so the nearest enclosing object's reason
-names the list. Then ``allow_nan=False`` holds the output to the standard.
+parsers (JavaScript's ``JSON.parse``, jq, Go, Rust's serde) reject. Here such a value is
+``null`` and the reason is said, in one of two forms:
+
+- records (query rows, ``rank``/``vectors``/``audit`` output, dashboard answers):
+  :func:`clean` and :func:`dumps` give an object holding one ``"null_reasons": {"<key>": "NaN" |
+  "Infinity" | "-Infinity"}`` (what the value was: a metric that is undefined, e.g. the agreement
+  of a method with no other, or a measure that overflowed); a list element has no key of its
+  own, so the nearest enclosing object's reason names the list;
+- documents (export and bundle cards, a weight export's card): :func:`document` gathers the
+  reasons at the top, ``"nulls": {"<dotted.path>": "<why>"}``, beside the reasons the writer gives
+  for the nulls it chose (``"vectors.1.steering": "not evaluated ..."``).
+
+Then ``allow_nan=False`` holds the output to the standard.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import json
 import math
 
 NULL_REASONS = "null_reasons"
+NULLS = "nulls"
 
 
 def _what(x: float) -> str:
@@ -61,9 +69,25 @@ def dumps(obj, *, default=None, **kw) -> str:
     return json.dumps(clean(obj), default=convert, allow_nan=False, **kw)
 
 
-def loads(text: str):
-    """Parse strict JSON: ``NaN``, ``Infinity`` and ``-Infinity`` are refused (``ValueError``)."""
-    def refuse(name):
-        raise ValueError(f"not strict JSON: {name}")
+def document(doc: dict, note: str = "") -> dict:
+    """``doc`` ready for strict JSON (or YAML) as one document: every non-finite float is None,
+    and ``doc["nulls"]`` (kept: the reasons the writer gave for its own nulls) gains
+    ``{dotted path: "not a finite number (nan)" + note}`` for each. Numpy scalars become Python's."""
+    nulls = dict(doc.get(NULLS) or {})
 
-    return json.loads(text, parse_constant=refuse)
+    def walk(x, path):
+        if hasattr(x, "item") and type(x).__module__ == "numpy" and getattr(x, "ndim", 1) == 0:
+            x = x.item()
+        if isinstance(x, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(x)]
+        if _nonfinite(x):
+            nulls[path] = f"not a finite number ({x}){note}"
+            return None
+        return x
+
+    out = walk({k: v for k, v in doc.items() if k != NULLS}, "")
+    if nulls:
+        out[NULLS] = nulls
+    return out

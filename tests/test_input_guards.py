@@ -169,7 +169,7 @@ def test_an_empty_model_name_is_refused_by_every_verb_that_loads_one(model_store
 def test_a_missing_corpus_file_is_bad_input_not_an_io_failure(model_store, tiny_llama, tmp_path):
     for store in (model_store, tmp_path / "new"):
         out = cli_error(run("--store", store, "ingest", tmp_path / "nope.jsonl", "--model", tiny_llama), 2,
-                       "nope.jsonl", "no such corpus file")
+                       "nope.jsonl", "no such file or folder")
         assert "verify --repair" not in out and "I/O error" not in out
     assert not (tmp_path / "new").exists()
 

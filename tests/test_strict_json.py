@@ -1,15 +1,15 @@
 """Every JSON traitlens prints, writes or serves is strict: no ``NaN`` or ``Infinity`` literal
-(JavaScript, jq, Go and serde reject them), a missing value is ``null`` with its reason beside it.
+(JavaScript, jq, Go and serde reject them): a missing value is ``null``, and the reason is said.
 
 The store holds what makes NaN in practice: ``--n-boot 0`` (stability NaN), one method per
 layer (agreement NaN), a steering row whose intervals are NaN (one sample), and a vector an
-older traitlens stored with NaN values. Each output is parsed by ``json.loads`` with a
-``parse_constant`` that refuses the three non-standard constants.
+older traitlens stored with NaN values. Each output is parsed by the tests' strict reader
+(``traitlens.testing.strict_json``), which refuses the three non-standard constants. Records
+say why beside the null (``null_reasons``); cards gather the reasons under ``nulls``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -18,15 +18,8 @@ from click.testing import CliRunner
 from traitlens.pipeline.extract.jobs import ExtractConfig, extract
 from traitlens.store import Store
 from traitlens.store.runs import now_utc
-from traitlens.testing import synthetic_store
+from traitlens.testing import strict_json, synthetic_store
 from traitlens.workflows.cli import cli
-
-
-def strict(text: str):
-    def refuse(name):
-        raise AssertionError(f"not strict JSON: {name} in {text[:200]!r}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def run(store, *args):
@@ -67,17 +60,17 @@ def nan_store(tmp_path_factory):
 def test_printed_json_is_strict(nan_store, args):
     r = run(nan_store, *args)
     assert r.exit_code == 0, r.output
-    strict(r.output)
+    strict_json(r.output)
 
 
 def test_verify_json_is_strict(nan_store):
     r = run(nan_store, "verify", "--json")
     assert r.exit_code == 1  # the legacy NaN vector is reported
-    assert any("legacynanvector" in e for e in strict(r.output)["errors"])
+    assert any("legacynanvector" in e for e in strict_json(r.output)["errors"])
 
 
 def test_a_missing_value_is_null_with_its_reason(nan_store):
-    rows = strict(run(nan_store, "query", "SELECT vector_id, stability, ci_low FROM metrics JOIN steering "
+    rows = strict_json(run(nan_store, "query", "SELECT vector_id, stability, ci_low FROM metrics JOIN steering "
                       "USING (vector_id)", "--format", "json").output)
     (row,) = rows
     assert row["stability"] is None and row["ci_low"] is None
@@ -87,11 +80,11 @@ def test_a_missing_value_is_null_with_its_reason(nan_store):
 def test_written_json_files_are_strict(nan_store, tmp_path):
     out = tmp_path / "q.json"
     assert run(nan_store, "query", "SELECT * FROM metrics", "--format", "json", "-o", out).exit_code == 0
-    assert len(strict(out.read_text())) == Store.open(nan_store).table("vectors").num_rows
+    assert len(strict_json(out.read_text())) == Store.open(nan_store).table("vectors").num_rows
     top = tmp_path / "top.jsonl"
     assert run(nan_store, "score", "--trait", "planted", "--top", "5", "-o", top).exit_code == 0
     lines = top.read_text().splitlines()
-    assert len(lines) == 5 and all(strict(line)["score"] is not None for line in lines)
+    assert len(lines) == 5 and all(strict_json(line)["score"] is not None for line in lines)
 
 
 def test_csv_list_cells_are_strict_json(nan_store):
@@ -100,7 +93,7 @@ def test_csv_list_cells_are_strict_json(nan_store):
 
     r = run(nan_store, "query", "SELECT vector_id, vector FROM vectors", "--format", "csv")
     assert r.exit_code == 0, r.output
-    cells = {row["vector_id"]: strict(row["vector"]) for row in csv.DictReader(io.StringIO(r.output))}
+    cells = {row["vector_id"]: strict_json(row["vector"]) for row in csv.DictReader(io.StringIO(r.output))}
     assert cells["legacynanvector"] == [None] * len(cells["legacynanvector"])
 
 
@@ -118,9 +111,9 @@ def test_export_cards_are_strict(nan_store, tmp_path, fmt, suffix):
 
         with safe_open(str(out), "numpy") as f:
             raw = f.metadata()["traitlens.card"]
-    card = strict(raw)
+    card = strict_json(raw)
     entry = card["layers"]["1"]
-    assert entry["stability"] is None and entry["null_reasons"] == {"stability": "NaN"}
+    assert entry["stability"] is None and card["nulls"]["layers.1.stability"].startswith("not a finite number (nan)")
     assert entry["steering"]["shift"] == 0.4 and entry["steering"]["ci_low"] is None
 
 
@@ -137,9 +130,26 @@ def test_every_dashboard_answer_is_strict(nan_store):
     for p in paths:
         r = c.get(p)
         assert r.status_code == 200, (p, r.text)
-        strict(r.text)
+        strict_json(r.text)
     v1 = next(v for v in Store.open(nan_store).table("vectors").to_pylist() if v["method"] == "mean_diff"
               and v["layer"] == 1)
-    metrics = strict(c.get(f"/api/vectors/{v1['vector_id']}").text)["metrics"]  # null, with what it was beside it
+    metrics = strict_json(c.get(f"/api/vectors/{v1['vector_id']}").text)["metrics"]  # null, with what it was beside it
     assert metrics["stability"] is None and metrics["null_reasons"] == {"stability": "NaN", "agreement": "NaN"}
     assert metrics["auroc"] == pytest.approx(v1["auroc"])
+
+
+def test_the_two_forms_of_a_reason():
+    """Records say why beside the null; documents gather every reason under ``nulls``, keeping
+    the ones their writer gave for its own nulls."""
+    import numpy as np
+
+    from traitlens.store.strict_json import clean, document, dumps
+
+    rows = [{"a": math.nan, "b": [1.0, math.inf], "c": np.float32(2.5), "d": None}, {"a": 0.5}]
+    assert clean(rows) == [{"a": None, "b": [1.0, None], "c": 2.5, "d": None,
+                            "null_reasons": {"a": "NaN", "b": "Infinity"}}, {"a": 0.5}]
+    assert strict_json(dumps(rows))[0]["b"] == [1.0, None]
+    doc = document({"layers": {"1": {"stability": math.nan, "auroc": np.float64(0.9)}}, "steering": None,
+                    "nulls": {"steering": "not evaluated"}}, " here")
+    assert doc == {"layers": {"1": {"stability": None, "auroc": 0.9}}, "steering": None,
+                   "nulls": {"steering": "not evaluated", "layers.1.stability": "not a finite number (nan) here"}}

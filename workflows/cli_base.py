@@ -7,8 +7,8 @@ is recorded as interrupted). Every error the project explains is a
 :class:`~traitlens.store.errors.TraitlensError` carrying its exit code, so the group catches
 that one class (and imports no stage, so no verb pays for torch it does not use).
 
-The verbs live in ``cli`` (info, ingest, verify), ``cli_vectors``, ``cli_sql``, ``cli_steer`` and
-``cli_workflow``; each imports this module, never another verb's.
+The verbs live in ``cli`` (info, ingest, verify), ``cli_vectors``, ``cli_sql``, ``cli_steer``,
+``cli_workflow`` and ``cli_bundle``; each imports this module, never another verb's.
 """
 
 from __future__ import annotations

@@ -151,7 +151,8 @@ def sql(ctx):
 @click.option("--trait", required=True)
 @click.option("--by", default="auroc", show_default=True,
               help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc | steering "
-                   "(the best causal shift within the KL budget, from `traitlens evaluate --steering`)")
+                   "(the best causal shift within the KL budget, from `traitlens evaluate --steering`) | "
+                   "spec_precision | spec_auroc (beyond the corpus, from `extract --background`)")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="json: {\"by\", \"rows\": [...], \"floor\": {...} or null}.")
@@ -184,8 +185,13 @@ def rank(ctx, trait, by, top, fmt_, plot):
         else:
             from traitlens.queries.selection import RULE, metric_column, tie_note
 
-            _print_table(best.drop_columns(["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length",
-                                            "floor_dataset"]))
+            from traitlens.queries.ranking import SPECIFICITY
+
+            hidden = ["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length", "floor_dataset", "spec_base",
+                      "spec_floor_length", "n_background"]
+            if all(r["spec_auroc"] is None for r in rows):
+                hidden += list(SPECIFICITY)
+            _print_table(best.drop_columns(hidden))
             click.echo(f"order: {RULE.format(by=by)}")
             if f is not None:
                 value = f[metric_column(by)]
@@ -197,6 +203,9 @@ def rank(ctx, trait, by, top, fmt_, plot):
             if nuisance:
                 click.echo("floors (not the trait, fitted on train, held-out AUROC): "
                            + ", ".join(f"{name} {v:.3f}" for name, v in nuisance))
+            spec = _specificity_line(rows[0], f)
+            if spec:
+                click.echo(spec)
             for r in rows:
                 if flags[r["vector_id"]]:
                     click.echo(f"flag: {r['method']} L{r['layer']}: {flags[r['vector_id']]}")
@@ -214,6 +223,26 @@ def rank(ctx, trait, by, top, fmt_, plot):
             heatmap(q, trait, by, best.to_pylist()[0], Path(plot))
             if fmt_ != "json":
                 click.echo(f"heatmap: {plot}")
+
+
+def _specificity_line(r: dict, floor: dict | None) -> str | None:
+    """The first row's out-of-corpus specificity beside its floors (base rate, token count,
+    random direction), with a warning when length alone does as well; None when its vector was
+    extracted without a background."""
+    if r.get("spec_auroc") is None:
+        return None
+    from traitlens.pipeline.extract.floors import FLOOR_MARGIN
+
+    rnd = ""
+    if floor is not None and floor.get("spec_auroc") is not None:
+        rnd = f"; random direction: precision {floor['spec_precision']:.3f}, AUROC {floor['spec_auroc']:.3f}"
+    line = (f"beyond the corpus ({r['n_background']} held-out background prompts): top-decile precision "
+            f"{r['spec_precision']:.3f} (base rate {r['spec_base']:.3f}), AUROC against the background "
+            f"{r['spec_auroc']:.3f}; floors: token count AUROC {r['spec_floor_length']:.3f}{rnd}")
+    if r["spec_auroc"] - r["spec_floor_length"] < FLOOR_MARGIN:
+        line += ("\nflag: against the background the token count alone does as well as this vector: it may read "
+                 "length, not the trait")
+    return line
 
 
 def _detection_and_steering(q, trait: str) -> list[str]:

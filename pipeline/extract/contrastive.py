@@ -8,7 +8,7 @@ a vector's provenance says exactly which rows made it, and a refresh can tell wh
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,6 +17,28 @@ from traitlens.store import GroupKey, Store
 from traitlens.pipeline.extract.methods import ExtractionError
 
 MIN_PER_CLASS = 2
+MIN_BACKGROUND_HELD = 10  # held-out background prompts the specificity figure needs (a top decile of one)
+
+
+@dataclass
+class Background:
+    """Unlabelled prompts beyond a trait's corpus (``extract --background``), in the set's group.
+
+    Split by each prompt's stored split: those in the training split join the negatives of the
+    methods that take them (``takes_background``); the rest are the held-out background that
+    the out-of-corpus specificity figure ranks the held-out positives among. The trait's own
+    rows are never part of it."""
+
+    name: str  # what was given, for the provenance
+    fingerprint: str  # hash of the (prompt_id, split) lines used
+    train_rows: np.ndarray  # int64 [n_train] ascending array rows
+    held_rows: np.ndarray  # int64 [n_held] ascending
+    train_tokens: np.ndarray  # int [n_train] tokens the model saw
+    held_tokens: np.ndarray  # int [n_held]
+
+    def provenance(self) -> dict:
+        return {"corpus": self.name, "fingerprint": self.fingerprint, "n_train": int(len(self.train_rows)),
+                "n_held": int(len(self.held_rows))}
 
 
 @dataclass
@@ -38,6 +60,7 @@ class ContrastiveSet:
     train_datasets: np.ndarray | None = None  # int [n_train] codes into ``datasets``
     held_datasets: np.ndarray | None = None  # int [n_held]
     datasets: list[str] | None = None
+    background: Background | None = None  # ``extract --background``; its hash is in ``fingerprint``
 
     @property
     def n_pos(self) -> int:
@@ -143,3 +166,45 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
                 "(+1 and -1), or give the corpus a split column")
     return ContrastiveSet(key, trait, tr, trp, he, hep, held_split, fp, where_sql, tr_tok, he_tok, tr_ds, he_ds,
                           ds_names)
+
+
+def with_background(store: Store, cset: ContrastiveSet, prompt_ids: set[str], name: str,
+                    train_split: str = "train") -> ContrastiveSet:
+    """``cset`` with the background ``prompt_ids`` (see :class:`Background`), its fingerprint
+    extended by theirs (so a vector fitted with a background never shares an id with one
+    fitted without). Every prompt must be captured in the set's group (an
+    :class:`~.methods.ExtractionError` says how many are not, and what to run)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not prompt_ids:
+        raise ExtractionError(f"--background {name}: no prompts found in it")
+    asked = pa.array(sorted(prompt_ids), pa.string())
+    rows = store.group_rows(cset.key, ["row", "prompt_id", "token_count"])
+    inside = pc.is_in(rows["prompt_id"], value_set=asked)
+    rows = rows.filter(inside)
+    missing = len(asked) - rows.num_rows
+    if missing:
+        raise ExtractionError(f"--background {name}: {missing} of its {len(asked)} prompts are not captured in "
+                              f"{cset.key.path}; ingest it into this group first (`traitlens ingest {name} --model "
+                              f"MODEL --pooling {cset.key.pooling} --site {cset.key.site} --layers ...` with the "
+                              "trait's model and layers)")
+    own = np.concatenate([cset.train_rows, cset.held_rows])
+    row_no = rows["row"].to_numpy().astype(np.int64)
+    keep = ~np.isin(row_no, own)  # a prompt of the trait's own corpus is never background
+    prompts = store.table("prompts", columns=["prompt_id", "split"])
+    prompts = prompts.filter(pc.is_in(prompts["prompt_id"], value_set=asked))
+    split_of = dict(zip(prompts["prompt_id"].to_pylist(), prompts["split"].to_pylist()))  # the last record wins
+    pids = rows["prompt_id"].to_pylist()
+    is_train = np.array([split_of.get(p) == train_split for p in pids], bool)
+    tokens = rows["token_count"].to_numpy(zero_copy_only=False).astype(np.int64)
+    splits = pa.array(["train" if t else "held" for t in is_train[keep]], pa.string())
+    fp = fingerprint(rows["prompt_id"].filter(pa.array(keep)), np.zeros(int(keep.sum()), np.int64), splits)
+    tr, he = keep & is_train, keep & ~is_train
+    if int(he.sum()) < MIN_BACKGROUND_HELD:
+        raise ExtractionError(f"--background {name}: {int(he.sum())} of its prompts are outside the {train_split!r} "
+                              f"split; the specificity figure needs at least {MIN_BACKGROUND_HELD} held-out "
+                              "background prompts (give a larger corpus, or ingest it with --split test)")
+    bg = Background(name, fp, row_no[tr], row_no[he], tokens[tr], tokens[he])
+    combined = hashlib.sha256(f"{cset.fingerprint}+background:{fp}".encode()).hexdigest()[:16]
+    return replace(cset, background=bg, fingerprint=combined)

@@ -19,8 +19,8 @@ The card (:func:`vector_card`, JSON under the ``traitlens.card`` metadata key of
 and key-value of GGUF) says what the file is: model key, layer convention, site, pooling,
 method, trait, per layer (exactly the layers in the file) the vector id, the rows' fingerprint,
 the held-out metrics, its norm and strength and, once evaluated, the steering pick's metrics,
-and the code version. It is strict JSON (:mod:`traitlens.store.strict_json`: a value that is not a
-finite number is null, and its object's ``null_reasons`` says what it was). :func:`read_card` reads it back; loading an export for another
+and the code version. It is strict JSON (:func:`card_json`: a value that is not a finite number
+is null, and ``nulls`` says why: :func:`traitlens.store.strict_json.document`). :func:`read_card` reads it back; loading an export for another
 model is refused (:func:`check_card`).
 """
 
@@ -106,6 +106,15 @@ STRENGTH = ("the push at layer L is alpha * norm_L * unit(v) (traitlens's alpha,
             "(llama_cpp_strength), steering-vectors' multiplier the same")
 
 
+NOT_MEASURABLE = " in the store: not measurable for this vector"  # why a card's metric is null
+
+
+def card_json(card: dict) -> str:
+    """A card (this module's, a bundle's) as strict JSON: a value that is not a finite number is
+    null, and ``nulls`` says why (:func:`traitlens.store.strict_json.document`)."""
+    return strict_json.dumps(strict_json.document(card, NOT_MEASURABLE), default=str)
+
+
 LAYER0_NOTE = ("layer 0 is left out: llama.cpp cannot steer block 0 (its control-vector loader refuses direction.0); "
                "the EasySteer format keeps it")
 
@@ -150,7 +159,7 @@ def to_safetensors(records: list[dict], path: Path, scale: float = 1.0, card: di
     meta = {k: str(records[0][k]) for k in ("model_key", "fmt", "site", "pooling", "trait", "method")}
     meta["vector_ids"] = json.dumps({str(r["layer"]): r["vector_id"] for r in records})
     meta["scale"] = str(scale)
-    meta[CARD_KEY] = strict_json.dumps(card or vector_card(records, scale), default=str)
+    meta[CARD_KEY] = card_json(card or vector_card(records, scale))
     save_file({f"direction.{l}": v for l, v in vecs.items()}, str(path), metadata=meta)
     return path
 
@@ -173,7 +182,7 @@ def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: f
     writer.add_uint32("controlvector.layer_count", len(vecs))
     if easysteer:
         writer.add_string("controlvector.method", str(records[0]["method"]))
-    writer.add_string(CARD_KEY, strict_json.dumps(card or vector_card(records, scale), default=str))
+    writer.add_string(CARD_KEY, card_json(card or vector_card(records, scale)))
     for layer, v in vecs.items():
         writer.add_tensor(f"direction.{layer}", v)
     writer.write_header_to_file()

@@ -36,7 +36,6 @@ treat it like any other method.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import numpy as np
 from traitlens.store import Store, strict_json
 from traitlens.store.errors import InputError
 from traitlens.store.finite import vector_problem
+from traitlens.store.location import sha256_file
 
 FORMATS = ("auto", "gguf", "steering-vectors", "persona-vectors", "safetensors")
 CONVENTIONS = ("auto", "blocks", "hidden-states")
@@ -86,14 +86,6 @@ def _fail(path: Path, why: str) -> ImportFileError:
     return ImportFileError(f"{path}: {why}; nothing was imported")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _array(path: Path, where: str, value) -> np.ndarray:
     try:
         a = np.asarray(value.detach().cpu().double().numpy() if hasattr(value, "detach") else value, np.float64)
@@ -122,7 +114,7 @@ def read_gguf(path: Path) -> Source:
     arch = reader.get_field("general.architecture")
     if arch is None or bytes(arch.parts[-1]).decode(errors="replace") != "controlvector":
         raise _fail(path, "not a control vector (general.architecture is not 'controlvector'): a model file?")
-    src = Source(path, "gguf", "blocks", _sha256(path))
+    src = Source(path, "gguf", "blocks", sha256_file(path))
     card = reader.get_field(CARD_KEY)
     if card is not None:
         src.card, src.format = json.loads(bytes(card.parts[-1]).decode()), "traitlens-gguf"
@@ -146,7 +138,7 @@ def read_safetensors(path: Path, convention: str) -> Source:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise _fail(path, f"not a readable safetensors file ({e})") from None
-    src = Source(path, "safetensors", convention, _sha256(path))
+    src = Source(path, "safetensors", convention, sha256_file(path))
     if CARD_KEY in meta:
         src.card, src.format = json.loads(meta[CARD_KEY]), "traitlens-safetensors"
     if len(tensors) == 1 and next(iter(tensors.values())).ndim == 2:
@@ -179,7 +171,7 @@ def read_pt(path: Path, fmt: str, convention: str, layers: list[int] | None) -> 
         raise _fail(path, "cannot be read with torch.load(weights_only=True), and traitlens never unpickles more "
                     f"(it would run code from the file): {first}. Save tensors or a dict of tensors "
                     "(torch.save(sv.layer_activations, path)), or safetensors") from None
-    sha = _sha256(path)
+    sha = sha256_file(path)
     if isinstance(obj, SteeringVectorFields) or (isinstance(obj, dict) and "layer_activations" in obj):
         acts = getattr(obj, "layer_activations", None) if not isinstance(obj, dict) else obj["layer_activations"]
         layer_type = getattr(obj, "layer_type", None) if not isinstance(obj, dict) else obj.get("layer_type")

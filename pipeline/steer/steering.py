@@ -250,6 +250,17 @@ def directional_ablation(lm: LoadedModel, vectors, blocks: list[int] | None = No
         yield
 
 
+def ablated(lm: LoadedModel, directions: list, blocks: list[int] | None = None, embeddings: bool = True):
+    """The hooks an ablation export is checked against (a context manager): the span of
+    ``directions`` projected out of every residual writer of ``blocks`` (all if None) and of the
+    embeddings (``embeddings``), and out of the LM head's input when the embeddings are tied to it
+    (orthogonalising the shared matrix edits the head too; see :mod:`.weights`): what
+    ``export --operation ablate`` writes, and what ``evaluate --ablate`` measures."""
+    from traitlens.pipeline.model.writers import ties_embeddings
+
+    return directional_ablation(lm, directions, blocks, embeddings, ties_embeddings(lm.model) and embeddings)
+
+
 @torch.inference_mode()
 def generate(lm: LoadedModel, input_ids: list[int], max_new_tokens: int = 40, sample: bool = False, seed: int = 0,
              temperature: float = 1.0) -> list[int]:

@@ -34,11 +34,11 @@ from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.store import strict_json
 from traitlens.store.errors import InputError, TraitlensError
 from traitlens.store.finite import vector_problem
+from traitlens.store.vocabulary import OPERATIONS
 
 KL_TOLERANCE = 1e-3  # nats, mean over the neutral prompts; a float32 export agrees to ~1e-7
 EFFECT_RTOL, EFFECT_ATOL = 0.05, 1e-3  # the trait effect's agreement, relative to the hook's and absolute
 CARD_FILE = "traitlens-export.json"
-OPERATIONS = ("add", "ablate")
 WEIGHT_FORMATS = ("merged", "peft")
 
 
@@ -150,7 +150,7 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
     from traitlens.pipeline.model.writers import architecture, ties_embeddings
     from traitlens.pipeline.steer import weights
     from traitlens.pipeline.steer.damage import next_token_kl_between
-    from traitlens.pipeline.steer.steering import Push, directional_ablation, pushes
+    from traitlens.pipeline.steer.steering import Push, ablated, pushes
     from traitlens.store.store import code_version
 
     if operation not in OPERATIONS or fmt not in WEIGHT_FORMATS:
@@ -181,8 +181,7 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
         edit = lambda: weights.with_pushes(lm, items)  # noqa: E731
     else:
         directions = [r["vector"] for r in rows]
-        unembedding = tied and embeddings  # the shared matrix is the head too (see .weights)
-        reference = lambda: directional_ablation(lm, directions, blocks, embeddings, unembedding)  # noqa: E731
+        reference = lambda: ablated(lm, directions, blocks, embeddings)  # noqa: E731
         if fmt == "merged":
             edit = lambda: weights.orthogonalised(lm, directions, blocks, embeddings)  # noqa: E731
         else:
@@ -217,7 +216,7 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
         check["effects"] = _effects(store, lm, traits, reference, exported, check_kind, check_n, norm)
         agree = [e["agree"] for e in check["effects"].values() if e["agree"] is not None]
         check["passed"] = bool(check["kl"] <= KL_TOLERANCE and all(agree))
-        card = strict_json.clean({  # strict JSON: a measure that is not finite is null, with its reason
+        card = strict_json.document({  # strict JSON: a measure that is not finite is null, and `nulls` says why
             "format": "traitlens weight export 1", "operation": operation, "export_format": fmt,
             "model_key": lm.key, "base_model": lm.path, "architecture": arch.model_type, "vectors": vectors,
             "norm_unit": norm_source(norm) if operation == "add" else None,

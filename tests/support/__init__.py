@@ -4,12 +4,14 @@
 - :func:`synthetic_store`, :func:`planted`: stores and arrays with planted trait directions.
 - :func:`write_corpus`, :func:`store_copy`, :func:`lock_held_elsewhere`, ``SHARED_DATA``.
 - :func:`cli_error`: a command's result is a clean error (exit code, no traceback, the words).
+- :func:`strict_json`: JSON that refuses NaN and Infinity.
 """
 
 from .cli import cli_error
 from .corpora import SHARED_DATA, lock_held_elsewhere, store_copy, write_corpus
+from .formats import strict_json
 from .synthetic import KEY, planted, synthetic_store
 from .tiny_models import make_model, make_tokenizer
 
 __all__ = ["KEY", "SHARED_DATA", "cli_error", "lock_held_elsewhere", "make_model", "make_tokenizer", "planted",
-           "store_copy", "synthetic_store", "write_corpus"]
+           "store_copy", "strict_json", "synthetic_store", "write_corpus"]
