@@ -82,12 +82,12 @@ class LoadedModel:
     @property
     def n_layers(self) -> int:
         cfg = self.model.config
-        return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+        return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
 
     @property
     def d_model(self) -> int:
         cfg = self.model.config
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
     @property
     def max_length(self) -> int:
