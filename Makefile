@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export TRAITLENS_HOME ?= $(HOME)/.cache/traitlens
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 install: $(VENV)/.installed
 
@@ -32,7 +32,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  echo "note: could not install chromium and chromium-driver (needs root): the browser tests will skip"
 	touch $@
 
-test: install
+lint: install
+	$(PY) -m ruff check .
+
+test: install lint
 	$(PY) -m pytest -q -ra
 
 test-fast: install
