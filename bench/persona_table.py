@@ -4,7 +4,7 @@
 
 Ingests ../shared/data/persona/*.jsonl into the store first if it is not there yet (about
 8 minutes on 2 CPU cores), extracts all six methods at all 30 layers for each trait, and
-prints two Markdown tables (both in the README): per method, the layer the selection rule picks
+prints two Markdown tables (both in docs/benchmarks.md): per method, the layer the selection rule picks
 on val with its val / test AUROC; and the one vector `rank` picks (every method and layer,
 `traitlens.queries.selection`'s rule on val) beside a plain pipeline — a scikit-learn
 LogisticRegression per layer on the raw train rows, its layer chosen by val AUROC — both scored

@@ -1,4 +1,4 @@
-"""Detection pick against steering pick, per trait, on the default model (the README's table).
+"""Detection pick against steering pick, per trait, on the default model (docs/benchmarks.md's table).
 
     python bench/steering_picks.py --store persona.store [--store refusal.store] [--trials 20]
 

@@ -6,7 +6,7 @@ whether fresh from a sweep (:mod:`.search`) or read back from the ``steering`` t
 
 - :func:`front`: the settings no other beats on both shift and KL;
 - :func:`pick`: the largest shift whose mean KL stays within the budget
-  (:data:`~traitlens.queries.budget.KL_BUDGET` by default; the README shows the sweeps
+  (:data:`~traitlens.queries.budget.KL_BUDGET` by default; docs/steering.md shows the sweeps
   it was chosen from);
 - :func:`shown_to_steer`: the pick's interval lies above the random direction's at the same
   setting (overlap: "not shown to steer");
