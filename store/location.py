@@ -92,7 +92,7 @@ def store_path(root) -> StorePath:
     if "://" in text or "::" in text:
         try:
             p = UPath(text)
-            p.fs  # resolve the filesystem now: an unknown protocol is an error here, not mid-run
+            _ = p.fs  # resolve the filesystem now: an unknown protocol is an error here, not mid-run
         except (ImportError, ValueError) as e:
             raise ValueError(f"cannot open store URL {text}: {e} (install the fsspec backend for "
                              f"{text.split('://')[0]!r}, e.g. s3fs, gcsfs or adlfs)") from None

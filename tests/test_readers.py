@@ -31,7 +31,7 @@ from traitlens.pipeline.capture.readers.batches import source_attempts
 from traitlens.pipeline.capture.readers.ids import text_ids_and_splits
 from traitlens.pipeline.capture.readers.normalise import NotExact
 from traitlens.pipeline.capture.readers.sources import expand
-from traitlens.store import GroupKey, Store
+from traitlens.store import Store
 from traitlens.workflows.cli import cli
 
 # the corpus every format writes: unicode, quotes, commas and a newline inside a text, labels as

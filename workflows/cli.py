@@ -16,6 +16,7 @@ import click
 from . import cli_bundle, cli_generate, cli_serve, cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
 from .cli_base import EXIT_FAIL, EXIT_INPUT, FiniteFloat, _fail, _quiet_libraries, cli, own_process
 from traitlens.store.vocabulary import DEFAULT_POOLINGS, NAMED_SITES, POOLINGS, TABLE_NAMES
+from traitlens.pipeline.model.options import DEVICE_MAPS, LOAD_IN
 
 
 @cli.command()
@@ -67,7 +68,8 @@ def _poolings(value: str) -> list[str]:
 
 @cli.command()
 @click.argument("corpus", nargs=-1, required=True, type=click.Path())
-@click.option("--model", default=None, help="Hugging Face id or local folder [default: SmolLM2-135M-Instruct].")
+@click.option("--model", default=None,
+              help="Hugging Face id, local folder or GGUF file (dequantised as it loads) [default: SmolLM2-135M-Instruct].")
 @click.option("--site", "sites", multiple=True, default=["resid"], show_default=True,
               help=" | ".join(NAMED_SITES) + " | dotted module path ({layer} for the block index). Repeatable.")
 @click.option("--layers", default="all", show_default=True, help="all | 0-15 | 3,7,11 | -1")
@@ -76,13 +78,25 @@ def _poolings(value: str) -> list[str]:
 @click.option("--generate", default=0, show_default=True, help="Greedy-generate N tokens per prompt first.")
 @click.option("--chat/--no-chat", default=None, help="Wrap prompts in the chat template [default: if the tokenizer has one].")
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--max-tokens", default=16384, show_default=True, help="Padded tokens per batch (memory bound).")
+@click.option("--max-tokens", default="16384", show_default=True,
+              help="Padded tokens per batch (memory bound), or auto: sized from free GPU memory (available RAM on "
+                   "CPU) once the model is loaded. A batch that runs out of memory is halved and retried either way.")
 @click.option("--padding-side", type=click.Choice(["right", "left"]), default="right", show_default=True)
 @click.option("--on-long", type=click.Choice(["truncate", "fail"]), default="truncate", show_default=True,
               help="A prompt longer than the context: keep its last tokens (counted in the run record), or fail.")
 @click.option("--max-length", type=int, default=None, help="Token limit per prompt [default: the model's context].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps")
-@click.option("--dtype", default="auto", show_default=True, help="auto | float32 | bfloat16 | float16")
+@click.option("--dtype", default="auto", show_default=True,
+              help="auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16 | float16: the dtype the model "
+                   "runs in; rows are pooled in float32 and stored as float16.")
+@click.option("--device-map", default=None, type=click.Choice(DEVICE_MAPS),
+              help="Let accelerate spread the model's blocks over the GPUs (and host memory) for a model larger "
+                   "than one GPU; leave --device at auto.")
+@click.option("--max-memory", default=None, metavar="DEV=SIZE,...",
+              help="Memory per device for --device-map (implies auto), e.g. 0=20GiB,1=20GiB,cpu=64GiB.")
+@click.option("--load-in", default=None, type=click.Choice(LOAD_IN),
+              help="Quantise with bitsandbytes as the model loads (the extra [gpu]); the store keeps these rows "
+                   "under their own model key.")
 # (--text-field, --label-field: the spellings before 0.3, kept for old scripts)
 @click.option("--text-column", "--text-field", "text_column", default=None,
               help="Column (field) holding the prompt [default: text, prompt, statement, instruction, question, "
@@ -109,8 +123,8 @@ def _poolings(value: str) -> list[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary line (for cron).")
 @click.pass_context
 def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_size, max_tokens, padding_side, on_long,
-           max_length, device, dtype, text_column, label_column, messages_column, limit, sample, seed, trait, label,
-           dataset, split, zero_is_negative, scheduler, workers_write, quiet):
+           max_length, device, dtype, device_map, max_memory, load_in, text_column, label_column, messages_column,
+           limit, sample, seed, trait, label, dataset, split, zero_is_negative, scheduler, workers_write, quiet):
     """Capture activations of CORPUS files, folders or globs into the store (only what is missing).
 
     CORPUS: .jsonl, .json, .csv, .tsv, .txt (each also .gz or .zst), .parquet, .arrow/.feather, a
@@ -126,7 +140,8 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
                        limit=limit, sample=sample, seed=seed)
     cfg = IngestConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
-                       on_long=on_long, max_length=max_length, device=device, dtype=dtype, workers_write=workers_write)
+                       on_long=on_long, max_length=max_length, device=device, dtype=dtype, device_map=device_map,
+                       max_memory=max_memory, load_in=load_in, workers_write=workers_write)
     seen = receipts.check(ctx.obj["store"], list(corpus), opts, cfg)  # before torch is imported
     if seen is not None:
         click.echo(f"ingest done: 0 prompts captured, {seen.distinct_prompts} already stored, 0 new prompt records, "

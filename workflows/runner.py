@@ -138,7 +138,7 @@ def _load_model(spec: Spec, cfg, log):
     """The spec's model; imported here, so a run that needs none never imports torch."""
     from traitlens.pipeline.model.loading import load_model
 
-    return load_model(spec.model, cfg.device, cfg.dtype, log=log)
+    return load_model(spec.model, log=log, **cfg.load_kwargs())
 
 
 def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> None:

@@ -14,6 +14,8 @@ Example (``workflows/examples/demo.toml``)::
     sites = ["resid"]
     layers = "all"
     poolings = ["last", "mean"]
+    # on GPUs: max_tokens = "auto", dtype = "bfloat16", device_map = "auto", max_memory = {0 = "20GiB"},
+    # load_in = "4bit" (bitsandbytes, the extra [gpu]): as `traitlens ingest` options
 
     [extract]
     traits = "all"                       # or a list
@@ -64,8 +66,8 @@ SCHEMA: dict[str, dict] = {
                 "seed": int, "zero_is_negative": bool,
                 "text_field": str, "label_field": str},  # (text_field, label_field: the names before 0.3)
     "capture": {"sites": list, "layers": (str, int, list), "poolings": list, "chat": (bool, str), "generate": int,
-                "batch_size": int, "max_length": int, "on_long": str, "padding_side": str, "device": str,
-                "dtype": str},
+                "batch_size": int, "max_tokens": (int, str), "max_length": int, "on_long": str, "padding_side": str,
+                "device": str, "dtype": str, "device_map": str, "max_memory": (str, dict), "load_in": str},
     "extract": {"traits": (str, list), "methods": (str, list), "layers": (str, int, list), "n_boot": int,
                 "seed": int, "memory": (str, int), "site": str, "pooling": str, "params": dict},
     "evaluate": {"steering": bool, "kind": str, "alphas": list, "n": int, "norm": str, "methods": (str, list),

@@ -5,8 +5,10 @@ its width, its capture policy) are checked before the store is touched; with ``-
 fail`` every prompt to capture is tokenised first, so a too-long one fails before anything is
 written. Prompts already committed for this model/format/site/pooling are skipped, so
 rerunning on the same or a grown corpus captures only what is missing. Capture of batch k+1
-overlaps the commit of batch k (a one-thread writer); memory is bounded by the window and
-batch size, not by the corpus (the corpus streams twice: :mod:`.plan`).
+overlaps the commit of batch k (:mod:`.writer_thread`; each batch's pooled rows leave the device
+in one copy, :mod:`.transfer`); memory is bounded by the window and batch size, not by the
+corpus (the corpus streams twice: :mod:`.plan`). ``--max-tokens auto`` and the halving of a
+batch that runs out of memory: :mod:`.token_budget`.
 
 Nothing here imports torch until a prompt is known to need the model: a rerun whose corpus
 holds nothing new (no new record, no relabel, every prompt captured in every group) is settled
@@ -19,8 +21,7 @@ from __future__ import annotations
 import time
 from itertools import islice
 from typing import TYPE_CHECKING
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group, require_group
@@ -183,10 +184,14 @@ def _settle_without_model(store_path, scan, digest, cfg: IngestConfig) -> Ingest
 
 def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, client) -> IngestResult:
     from traitlens.pipeline.capture.capturer import Capturer
+    from traitlens.pipeline.capture.token_budget import Backoff, auto_max_tokens
+    from traitlens.pipeline.capture.writer_thread import WriterThread
     from traitlens.pipeline.model.loading import load_model
     from traitlens.pipeline.model.sites import resolve_sites
 
-    lm = lm or load_model(cfg.model, cfg.device, cfg.dtype, log=log)
+    if not scan.n_read:
+        raise InputError(f"no prompts found in {', '.join(map(str, corpus_paths))}")
+    lm = lm or load_model(cfg.model, log=log, **cfg.load_kwargs())
     layers = parse_layers(cfg.layers, lm.n_layers)
     points = resolve_sites(lm.model, cfg.sites, layers)
     chat = uses_chat(lm.tokenizer, cfg.chat)
@@ -195,6 +200,10 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
     if max_length < 1:
         raise InputError(f"--generate {cfg.generate} leaves no room for the prompt in the model's "
                          f"{lm.max_length}-token context")
+    if cfg.max_tokens == "auto" and client is None:  # (Dask workers size their own, from their own memory)
+        tokens, how = auto_max_tokens(lm, len(points), cfg.poolings, cfg.generate, max_length)
+        cfg = replace(cfg, max_tokens=tokens)
+        log(how)
     sites = sorted({p.site for p in points})
     groups = [GroupKey(lm.key, fmt, s, pool) for s in sites for pool in cfg.poolings]
     layers_by_site = {s: sorted({p.layer for p in points if p.site == s}) for s in sites}
@@ -231,17 +240,16 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
                                "truncated": 0, "tokens": 0}
         interrupted_by = None
         bar = _progress(n_todo, progress)
-        pending: list[Future] = []
+        backoff = Backoff(cfg.max_tokens) if isinstance(cfg.max_tokens, int) else None
         t_cap = time.perf_counter()
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="traitlens-writer") as pool:
+            # the writer thread commits batch k while batch k+1 runs; on Ctrl-C it still commits what was captured
+            with WriterThread(writer, cfg.commit_seconds, threaded=cfg.writer_thread) as behind:
                 todo = _recorded_windows(store, scan, cfg.window)
                 for enc, batch in _captured(todo, lm, capturer, chat, max_length, cfg, all_layers, client, writer,
-                                            store, counts):
+                                            store, counts, backoff):
                     if not batch.written:  # (a range a worker wrote is committed already)
-                        pending.append(pool.submit(writer.add, batch, cfg.commit_seconds))
-                    while len(pending) > 1:  # at most one batch in flight behind the model
-                        pending.pop(0).result()
+                        behind.put(batch)
                     counts["captured"] += len(enc)
                     counts["truncated"] += sum(1 for e in enc if e.truncated)
                     counts["tokens"] += int(batch.token_counts.sum())
@@ -249,19 +257,15 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
                         bar.update(len(enc))
                         el = time.perf_counter() - t_cap
                         bar.set_postfix_str(f"{counts['tokens'] / el:,.0f} tok/s, {writer.n_committed} committed")
-                for f in pending:
-                    f.result()
-                pending = []
-                pool.submit(writer.commit).result()
-        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (pipeline.interrupts): keep what is complete
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (pipeline.interrupts): what was complete is committed
             interrupted_by = e
-            for f in pending:
-                f.result()
-            writer.commit()  # complete batches already captured are worth keeping
             run.status, run.message = "interrupted", f"{interrupt_reason(e)}; rerun the same command to continue"
         finally:
             if bar is not None:
                 bar.close()
+            if backoff is not None and backoff.summary():
+                log(backoff.summary())
+                counts["out_of_memory_retries"], counts["settled_max_tokens"] = backoff.n_failed, backoff.max_tokens
             counts["committed"] = writer.n_committed
             counts["promoted_to_float32"] = writer.promoted
         vouch = None
@@ -295,18 +299,20 @@ def _encoded_batches(todo, lm, chat, max_length, cfg):
     ``todo`` is any iterable of records."""
     it = iter(todo)
     assistant = "assistant_mean" in cfg.poolings
+    max_tokens = cfg.max_tokens if cfg.max_tokens != "auto" else None  # ("auto" on Dask workers: they cut)
     while window := [encode(lm.tokenizer, r, chat, max_length, cfg.on_long, assistant) for r in islice(it, cfg.window)]:
-        for idx in length_batches([len(e.ids) for e in window], cfg.batch_size, cfg.max_tokens):
+        for idx in length_batches([len(e.ids) for e in window], cfg.batch_size, max_tokens):
             yield [window[i] for i in idx]
 
 
-def _captured(todo, lm, capturer, chat, max_length, cfg, layers, client, writer, store, counts):
-    """``(encoded batch, PendingBatch)`` pairs: captured here, or on the client's workers (who
-    write their ranges themselves where the groups allow it: the batch comes back ``written``)."""
+def _captured(todo, lm, capturer, chat, max_length, cfg, layers, client, writer, store, counts, backoff=None):
+    """``(encoded batch, PendingBatch | InFlight)`` pairs: captured here (a batch that runs out of
+    memory is halved and retried by ``backoff``), or on the client's workers (who write their
+    ranges themselves where the groups allow it: the batch comes back ``written``)."""
     batches = _encoded_batches(todo, lm, chat, max_length, cfg)
     if client is None:
         for enc in batches:
-            yield enc, capturer.capture(enc)
+            yield from backoff.capture(capturer.capture_async, enc, lm.device)
         return
     from traitlens.pipeline.capture import distributed
 

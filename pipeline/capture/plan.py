@@ -28,7 +28,6 @@ corpus costs a flag byte per line in memory, and the rest on disk.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile

@@ -70,7 +70,7 @@ def plan_from_identity(cfg: IngestConfig) -> Plan | None:
     the identity is unknown or the settings need the model itself (a module-path site)."""
     if any(s not in NAMED_SITES for s in cfg.sites):
         return None
-    ident = known(cfg.model)
+    ident = known(cfg.model, cfg.load_in)  # a quantised load is another model (its key says so)
     if ident is None or (cfg.chat and not ident.chat_template):
         return None  # unknown checkpoint, or --chat without a template: the normal path explains
     chat = ident.chat_template if cfg.chat is None else cfg.chat

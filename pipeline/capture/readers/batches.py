@@ -17,7 +17,7 @@ from traitlens.pipeline.capture.corpus import ReadOptions, read_lines
 
 from .columnar import arrow_batches, parquet_batches
 from .jsonl import jsonl_batches
-from .normalise import COLUMNS, NotExact
+from .normalise import COLUMNS
 from .sources import Source
 
 LINE_BATCH = 65_536  # records of the line readers gathered per batch
