@@ -124,17 +124,22 @@ def cli(ctx, store_path):
         raise click.BadParameter(str(e), param_hint="--store") from None
 
 
-class FiniteFloat(click.ParamType):
+class FiniteFloat(click.FloatRange):
     """A float option: finite (NaN and infinities fail every range check silently, so they are
     refused first), within its bounds, and where ``float32`` asks, small enough for float32.
     The rule is :func:`traitlens.store.finite.check_float`'s, which workflow specs and formulas
-    use too; every float option of every verb has this type (a test walks the command tree)."""
+    use too; every float option of every verb has this type (a test walks the command tree).
+    A ``FloatRange`` so that help shows its range as click's does."""
 
     name = "float"
 
     def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
                  max_open: bool = False, nonzero: bool = False, float32: bool = False):
+        super().__init__(min=min, max=max, min_open=min_open, max_open=max_open)
         self.bounds = dict(min=min, max=max, min_open=min_open, max_open=max_open, nonzero=nonzero, float32=float32)
+
+    def _describe_range(self) -> str:  # (click's reads "x<=None" for no bounds)
+        return "" if self.min is None and self.max is None else super()._describe_range()
 
     def convert(self, value, param, ctx):
         from traitlens.store.finite import float_problem
