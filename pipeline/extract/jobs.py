@@ -21,6 +21,7 @@ import os
 import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from traitlens.store.arrays import read_rows_checked
 from traitlens.store.layout import StoreError, layer_name
 
 from traitlens.pipeline.runtime.cluster import LOCAL, dask_client
+from traitlens.pipeline.runtime.lifeline import bind_to_parent
 from traitlens.pipeline.runtime.memory import give_back_freed_memory
 from traitlens.pipeline.extract.contrastive import ContrastiveSet
 from traitlens.pipeline.extract.methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
@@ -373,7 +375,8 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
 
             with threadpool_limits(blas_per_task), _local_pool(local, n_workers) as pool, (
                     TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
-                extra = {"pool": pool, "chunksize": 1} if pool is not None else {}
+                extra = ({"pool": pool, "chunksize": 1} if pool is not None else  # Dask's own spawned pool:
+                         {"initializer": partial(bind_to_parent, os.getpid())} if local == "processes" else {})
                 results = dask.compute(*tasks, scheduler=_local_get(local), num_workers=n_workers, **extra)
     return [rec for layer_recs in results for rec in layer_recs]
 
@@ -412,7 +415,7 @@ def _local_pool(local: str, n_workers: int):
         yield None
         return
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_worker_leaves_on_ctrl_c)
+                               initializer=_worker_leaves_on_ctrl_c, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
@@ -423,14 +426,16 @@ def _local_pool(local: str, n_workers: int):
     pool.shutdown()
 
 
-def _worker_leaves_on_ctrl_c() -> None:
+def _worker_leaves_on_ctrl_c(parent: int) -> None:
     """In a forked worker: Ctrl-C or SIGTERM (a terminal sends Ctrl-C to the whole process
     group) ends it at once and quietly; the parent reports the interrupt, and nothing is lost,
-    since vectors are saved only after every layer is done."""
+    since vectors are saved only after every layer is done. A parent killed outright (-9) takes
+    the worker with it (:mod:`~traitlens.pipeline.runtime.lifeline`)."""
     import signal
 
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    bind_to_parent(parent)
 
 
 def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, int]:
