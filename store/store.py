@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,8 +48,8 @@ from .layout import (
 )
 from .location import is_remote, store_path, write_atomically
 from .idset import IdSet
-from .lock import write_lock
-from .runs import code_version, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
+from .lock import holds_lock, write_lock
+from .runs import code_version, mark_killed, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
 
 
 class Store:
@@ -101,9 +102,15 @@ class Store:
             )
         return cls(root)
 
+    @contextmanager
     def lock(self, what: str = "write"):
-        """Context manager holding the single-writer lock."""
-        return write_lock(self.root, what)
+        """Context manager holding the single-writer lock. Whoever takes it first (not again,
+        re-entrantly) records the runs whose process died unrecorded as ``killed`` (:mod:`.runs`)."""
+        first = not holds_lock(self.root)
+        with write_lock(self.root, what):
+            if first:
+                mark_killed(self, what)
+            yield
 
     # -- tables ----------------------------------------------------------------------------
     def table(self, name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
