@@ -399,3 +399,27 @@ def test_tokens_pooling_lost_part_is_quarantined_with_its_token_ids(tmp_path, ti
     assert ingest(s, c, tiny_llama, "--pooling", "tokens", "--layers", "1").exit_code == 0
     store = Store.open(s)
     assert verify(store).clean and store.committed(key).array_rows == st.array_rows
+
+
+# -- corpora that are not files ----------------------------------------------------------------------
+def test_a_fifo_corpus_is_refused_at_once_never_waited_on(tmp_path, good, tiny_llama):
+    """`mkfifo f.jsonl; cat c.jsonl > f.jsonl & traitlens ingest f.jsonl` used to hang forever:
+    the corpus is read twice (hashed, then validated), and the second open waits for a writer
+    that has gone. Run in a subprocess with a bounded wait, so a hang fails instead of hanging."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "f.jsonl"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat '{good[1]}' > '{fifo}'"])
+    try:
+        r = subprocess.run([sys.executable, "-m", "traitlens.workflows.cli", "--store", str(tmp_path / "s"), "ingest",
+                            str(fifo), "--model", str(tiny_llama), "--quiet"], capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert r.returncode == 2, r.stderr
+    assert "f.jsonl" in r.stderr and "FIFO" in r.stderr and "regular file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()  # nothing written

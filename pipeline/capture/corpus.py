@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,10 +185,28 @@ def record_from_object(obj, path: Path, line: int, opts: ReadOptions, default_na
     return PromptRecord(pid, text, messages, dataset, trait, label, split, f"{path}:{line}", extra)
 
 
+def open_corpus_file(path):
+    """Open one corpus file for reading (binary): the one place corpora are opened.
+
+    A corpus is read more than once (hashed for its receipt, then validated; see :mod:`.plan`),
+    so it must be a regular file: a FIFO or ``/dev/stdin`` would be empty the second time, and
+    opening a FIFO whose writer has gone waits forever. Those are refused before any is opened."""
+    import stat
+
+    mode = os.stat(path).st_mode  # (a missing file raises here, as open would)
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise CorpusError(path, None, None, f"is {kind}; a corpus is read more than once (hashed, then validated), "
+                          "so it must be a regular file", "write the stream to a file first, e.g. "
+                          "`cat source > corpus.jsonl`, and ingest that")
+    return open(path, "rb")
+
+
 def _decode_lines(path: Path):
     """Yield (line_number, text) one line at a time (a 10M-line corpus is never held whole),
     with a clear error on bad UTF-8."""
-    with open(path, "rb") as f:
+    with open_corpus_file(path) as f:
         for i, raw in enumerate(f, start=1):
             if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]

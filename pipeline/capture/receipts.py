@@ -23,7 +23,7 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group
 from traitlens.store.manifest import snapshot
 
-from traitlens.pipeline.capture.corpus import ReadOptions
+from traitlens.pipeline.capture.corpus import ReadOptions, open_corpus_file
 from traitlens.pipeline.capture.settings import IngestConfig
 from traitlens.pipeline.model.identity import cache_put, known, read_cache, traitlens_home
 from traitlens.pipeline.model.layers import parse_layers
@@ -40,7 +40,7 @@ def corpus_digest(paths, opts: ReadOptions | None) -> str:
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             h.update(f"\0{f.relative_to(p) if p.is_dir() else f.name}\0".encode())
-            with open(f, "rb") as fh:
+            with open_corpus_file(f) as fh:
                 h.update(hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()
 
