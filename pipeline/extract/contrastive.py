@@ -109,6 +109,7 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
     rows = store.group_rows(key).select(["row", "prompt_id", "token_count"])
     if rows.num_rows == 0:
         raise ExtractionError(f"nothing is stored for {key.path}; run `traitlens ingest` first")
+    store.check_intact(key, rows["row"])  # a lost rows part or array: refuse, never fit a subset in silence
     at = pc.index_in(rows["prompt_id"], value_set=uniq)
     found = pc.is_valid(at)
     idx = pc.filter(at, found).to_numpy().astype(np.int64)
