@@ -140,6 +140,25 @@ def rewrite_without(table_dir, table: str, schema: pa.Schema, drop) -> int:
     return done.rows if done is not None else 0
 
 
+def sweep_temporaries(table_dir, older_than: float) -> int:
+    """Delete the table's temporary files (``.tmp-*``: a part or a base whose writer was killed
+    before its rename) last written more than ``older_than`` seconds ago; returns how many.
+    Under the writer lock every writer of this store is dead or waiting, but a program that
+    appends through the Python API without the lock could be writing one right now: the age
+    spares it. Object stores write whole objects, never temporaries."""
+    if is_remote(table_dir):
+        return 0
+    now, gone = time.time(), 0
+    for p in table_dir.glob(".tmp-*"):
+        try:
+            if now - p.stat().st_mtime >= older_than:
+                p.unlink()
+                gone += 1
+        except FileNotFoundError:
+            pass
+    return gone
+
+
 def drop_bases(table_dir, old: mf.Manifest | None, names: list[str]) -> None:
     """Write the next manifest generation without the bases ``names`` (lost or quarantined)."""
     if old is None or not any(b["name"] in names for b in old.bases):
@@ -172,6 +191,7 @@ def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
         for p in snap.orphans:
             p.unlink(missing_ok=True)
         snap = mf.snapshot(table_dir)
+    sweep_temporaries(table_dir, mf.retire_grace() if grace is None else grace)
     plan = _plan(snap, full) if keep is None else _plan_all(snap)
     if plan is None:
         gone = delete_retired(table_dir, snap, grace)

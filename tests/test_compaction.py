@@ -284,3 +284,21 @@ def test_a_version_1_store_is_read_as_it_is_and_becomes_version_2_when_first_com
     store.compact()
     assert json.loads(meta_path.read_text())["version"] == 2
     assert Store.open(store.root).table("rows").equals(want)
+
+
+def test_a_compaction_sweeps_the_temporary_base_a_killed_one_left_once_it_is_older_than_the_grace(tmp_path):
+    """A kill while a base is being written leaves `.tmp-*-base-*.parquet`; later compactions
+    used to leave it forever. Under the lock they delete it once it is older than the grace (a
+    younger one could be a live writer's that does not take the lock)."""
+    store = small_commits_store(tmp_path / "s", 80, 8, lock=False)
+    table_dir = store.tables_path / "rows"
+    left = table_dir / ".tmp-0badc0de-base-000001-0badc0de.parquet"
+    left.write_bytes(part_files(table_dir)[0].read_bytes()[:50])  # half a file
+    store.compact(["rows"], grace=3600)
+    assert left.exists()  # just written: it could be live
+    old = time.time() - 7200
+    os.utime(left, (old, old))
+    tables.write_part(table_dir, tables.ROWS_SCHEMA.empty_table(), tables.ROWS_SCHEMA)  # something to compact
+    store.compact(["rows"], grace=3600)
+    assert not left.exists()
+    assert verify(store).clean and store.table("rows").num_rows == 80
