@@ -5,50 +5,17 @@ killed runs as `killed` (store/runs.py). Real processes, found through psutil.""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from traitlens.store import Store, verify
-from traitlens.testing import synthetic_store
+from traitlens.testing import alive, end_all, synthetic_store, wait_until
 
 CLI = [sys.executable, "-m", "traitlens.workflows.cli"]
-PATIENCE = 60.0  # seconds to wait for something that happens at once on an idle machine
-
-
-def alive(pids) -> list[int]:
-    """The pids still running (a zombie waiting for its reaper has ended)."""
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def wait_until(condition, patience: float = PATIENCE) -> bool:
-    deadline = time.monotonic() + patience
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def end_all(pids) -> None:
-    """Never leave a process behind, whatever the test found."""
-    for pid in alive(pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture(scope="module")
