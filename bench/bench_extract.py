@@ -31,7 +31,8 @@ import numpy as np
 from traitlens.testing import KEY, synthetic_store
 
 from traitlens.pipeline.extract.contrastive import contrastive_set
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract, resolve_group
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract, resolve_group
 from traitlens.store import Store
 
 

@@ -66,7 +66,8 @@ def build(path: Path, gb: float, seed: int = 0, n: int | None = None, L: int = L
 
 CHILD = """
 import json, resource, sys, time
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 t = time.perf_counter()
 res = extract(sys.argv[1], "planted", layers=sys.argv[2],
               cfg=ExtractConfig(methods=sys.argv[4].split(","), n_boot=2, memory_budget=int(sys.argv[3])),

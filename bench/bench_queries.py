@@ -19,6 +19,7 @@ from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import rank
 from traitlens.store import GroupKey, PendingBatch, Store
 from traitlens.store.store import now_utc
+from traitlens.store.vocabulary import METHOD_NAMES
 
 KEY = GroupKey("bench-0000", "raw", "resid", "last")
 
@@ -33,7 +34,7 @@ def timed(fn, repeat=3):
 
 
 def fake_vectors(store: Store, n: int, d: int, rng) -> None:
-    methods = ["mean_diff", "pca_diff", "ica", "probe", "gradient", "random"]
+    methods = list(METHOD_NAMES)
     V = rng.standard_normal((n, d)).astype(np.float32)
     V /= np.linalg.norm(V, axis=1, keepdims=True)
     stamp = now_utc()

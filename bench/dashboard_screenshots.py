@@ -1,4 +1,4 @@
-"""Screenshots of every dashboard page for one store (the README's comes from the demo store).
+"""Screenshots of every dashboard page for one store (docs/dashboard.png comes from the demo store).
 
     python bench/dashboard_screenshots.py --store demo-out/store --trait harmful --out docs
 

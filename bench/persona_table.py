@@ -4,7 +4,7 @@
 
 Ingests ../shared/data/persona/*.jsonl into the store first if it is not there yet (about
 8 minutes on 2 CPU cores), extracts all six methods at all 30 layers for each trait, and
-prints two Markdown tables (both in the README): per method, the layer the selection rule picks
+prints two Markdown tables (both in docs/benchmarks.md): per method, the layer the selection rule picks
 on val with its val / test AUROC; and the one vector `rank` picks (every method and layer,
 `traitlens.queries.selection`'s rule on val) beside a plain pipeline — a scikit-learn
 LogisticRegression per layer on the raw train rows, its layer chosen by val AUROC — both scored
@@ -20,12 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from traitlens.pipeline.extract.contrastive import contrastive_set
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract, read_rows
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.fitting import read_rows
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.capture.ingest import ingest
 from traitlens.pipeline.extract.metrics import auroc
 from traitlens.queries import StoreSQL
 from traitlens.queries.selection import best_per_method, best_vector
 from traitlens.store import Store
+from traitlens.store.vocabulary import METHOD_NAMES
 
 PERSONA = Path(__file__).resolve().parents[2] / "shared" / "data" / "persona"
 
@@ -40,7 +43,7 @@ def main() -> None:
         raise SystemExit(f"no persona data at {PERSONA}")
     if not (Path(args.store) / "store.json").exists() or not Store.open(args.store).groups():
         ingest(args.store, files)
-    methods = ["mean_diff", "pca_diff", "ica", "probe", "gradient", "random"]
+    methods = list(METHOD_NAMES)
     store = Store.open(args.store)
     rows, versus = [], []
     t0 = time.perf_counter()

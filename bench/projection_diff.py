@@ -29,7 +29,8 @@ import numpy as np
 from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.pipeline.capture.plan import read_corpus
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.extract.metrics import auroc
 from traitlens.pipeline.extract.scoring import score
 from traitlens.pipeline.model.loading import load_model

@@ -1,4 +1,4 @@
-"""Detection pick against steering pick, per trait, on the default model (the README's table).
+"""Detection pick against steering pick, per trait, on the default model (docs/benchmarks.md's table).
 
     python bench/steering_picks.py --store persona.store [--store refusal.store] [--trials 20]
 
@@ -23,9 +23,11 @@ import time
 
 from traitlens.pipeline.model.loading import load_model
 from traitlens.pipeline.steer.evaluate import Evaluator
-from traitlens.pipeline.steer.sweep import evaluator_for, floor_at, stored_methods, sweep
+from traitlens.pipeline.steer.rule import floor_at
+from traitlens.pipeline.steer.search import evaluator_for, stored_methods, sweep
 from traitlens.queries import StoreSQL
-from traitlens.queries.selection import KL_BUDGET, held_out_texts
+from traitlens.queries.budget import KL_BUDGET
+from traitlens.queries.selection import held_out_texts
 from traitlens.store import Store
 from traitlens.store.store import new_run_id
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from traitlens.store import GroupKey, PendingBatch, Store, safe_name
+from traitlens.store.vocabulary import PROMPT_POOLINGS
 
 from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, record_from_object
 from traitlens.pipeline.capture.ingest import still_to_capture
@@ -33,7 +34,6 @@ CACHE_HOOKS = {
     "attn_out": (r"blocks\.(\d+)\.hook_attn_out", r"blocks\.(\d+)\.attn\.hook_out"),
     "mlp_out": (r"blocks\.(\d+)\.hook_mlp_out", r"blocks\.(\d+)\.mlp\.hook_out"),
 }
-CACHE_POOLINGS = ("last", "mean")
 
 
 def cache_layers(cache, site: str) -> dict[int, str]:
@@ -62,7 +62,7 @@ def _model_key(cache, model_key: str | None) -> str:
 
 
 def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: torch.Tensor | None = None,
-                            model_key: str | None = None, sites=("resid",), poolings=CACHE_POOLINGS,
+                            model_key: str | None = None, sites=("resid",), poolings=PROMPT_POOLINGS,
                             fmt: str = "raw", read_opts: ReadOptions | None = None, chunk_rows: int = 256) -> dict:
     """Store a TransformerLens cache's activations, pooled per prompt; returns counts.
 
@@ -75,9 +75,9 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
     opts = read_opts or ReadOptions()
     if not prompts:
         raise ValueError("no prompts given")
-    bad = [p for p in poolings if p not in CACHE_POOLINGS]
+    bad = [p for p in poolings if p not in PROMPT_POOLINGS]
     if bad:
-        raise ValueError(f"pooling {bad[0]!r}: from a cache traitlens stores {' or '.join(CACHE_POOLINGS)}")
+        raise ValueError(f"pooling {bad[0]!r}: from a cache traitlens stores {' or '.join(PROMPT_POOLINGS)}")
     records = []
     for i, p in enumerate(prompts):
         obj = {"text": p} if isinstance(p, str) else p

@@ -43,11 +43,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from traitlens.store import GroupKey, Store, StoreError
-from traitlens.store import tables as tbl
 from traitlens.store.arrays import read_rows_checked
 from traitlens.store.errors import InputError, Terminated
 from traitlens.store.layout import layer_name
-from traitlens.store.location import arrow_files, is_remote
+from traitlens.store.location import arrow_files, capabilities
+from traitlens.store.vocabulary import LOOSE_KIND
+
+from .budget import KL_BUDGET
 
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 ACT_NAME = re.compile(r"\bact_(?:(\d+)_)?L(\d+)\b", re.IGNORECASE)
@@ -92,7 +94,7 @@ class StoreSQL:
         except BaseException:
             self.close()
             raise
-        if not is_remote(self.store.root):
+        if capabilities(self.store.root).local_files:  # DuckDB reads the files itself: only these
             tables_dir = str(self.store.tables_path.resolve())
             self.con.execute(f"SET allowed_directories=[{_quote(Path(tables_dir))}]")
         self.con.execute("SET enable_external_access=false")
@@ -100,24 +102,25 @@ class StoreSQL:
 
     # -- views ---------------------------------------------------------------------------------
     def _table_view(self, name: str, select: str = "*") -> None:
-        parts = tbl.part_files(self.store.tables_path / name)
-        if parts and is_remote(parts[0]):
-            fs, files = arrow_files(parts)
-            self.con.register(f"__parts_{name}", pads.dataset(files, filesystem=fs, format="parquet",
-                                                              schema=tbl.SCHEMAS[name]))
-            src = f"__parts_{name}"
-        elif parts:
+        table = self.store.tables[name]
+        parts = table.live_files()
+        if parts and capabilities(parts[0]).local_files:
             files = "[" + ", ".join(_quote(p.resolve()) for p in parts) + "]"
             src = f"read_parquet({files}, union_by_name=true)"
+        elif parts:  # DuckDB gets no file access: pyarrow reads through the filesystem object
+            fs, files = arrow_files(parts)
+            self.con.register(f"__parts_{name}", pads.dataset(files, filesystem=fs, format="parquet",
+                                                              schema=table.schema))
+            src = f"__parts_{name}"
         else:  # no part yet: an empty relation with the table's columns
-            self.con.register(f"__empty_{name}", tbl.SCHEMAS[name].empty_table())
+            self.con.register(f"__empty_{name}", table.schema.empty_table())
             src = f"__empty_{name}"
         try:
             have = {d[0] for d in self.con.execute(f"SELECT * FROM {src} LIMIT 0").description}
         except duckdb.Error as e:  # a damaged part: name it, with the fix
-            raise tbl.damaged_error(self.store.tables_path / name, tbl.SCHEMAS[name], e) from None
+            raise table.damaged_error(e) from None
         # parts written before a column existed read as NULL in it, so every view has the full schema
-        missing = [f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in tbl.SCHEMAS[name] if f.name not in have]
+        missing = [f"CAST(NULL AS {_duck_type(f.type)}) AS {f.name}" for f in table.schema if f.name not in have]
         extra = (", " + ", ".join(missing)) if missing else ""
         self.con.execute(f"CREATE VIEW {name}_all AS SELECT *{extra} FROM {src}")
         self.con.execute(f"CREATE VIEW {name} AS SELECT {select} FROM {name}_all")
@@ -161,14 +164,12 @@ class StoreSQL:
                          "d.score - m.score AS diff, d.calibrated - m.calibrated AS calibrated_diff, r.reply "
                          "FROM replies r JOIN scores d ON d.prompt_id = r.prompt_id "
                          "JOIN scores m ON m.prompt_id = r.reply_prompt_id AND m.vector_id = d.vector_id")
-        from .selection import KL_BUDGET
-
         # the best causal shift measured for each vector within the damage budget, and its KL (NULL
         # until `traitlens evaluate --steering`; rows stored before damage was measured have no KL
         # and still count); the loose first-token refusal measure never outranks the strict ones
         self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift, s.steer_kl "
                          "FROM vectors_all v LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift, "
-                         "arg_max(kl, shift) AS steer_kl FROM steering WHERE kind <> 'refusal_first_token' "
+                         f"arg_max(kl, shift) AS steer_kl FROM steering WHERE kind <> '{LOOSE_KIND}' "
                          f"AND (kl IS NULL OR kl <= {float(KL_BUDGET)!r}) GROUP BY vector_id) s USING (vector_id)")
         rows = [(i, *g.as_dict().values()) for i, g in enumerate(self.groups)]
         self.con.register("__groups", pa.table({"n": [r[0] for r in rows], "model_key": [r[1] for r in rows],

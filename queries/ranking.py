@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from traitlens.store.vocabulary import METHOD_NAMES
+
 from .connection import QueryError, StoreSQL
 from .selection import METRICS as RANK_BY
 from .selection import latest_cells_sql, order_by
 
-__all__ = ["RANK_BY", "METHOD_ORDER", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap", "lens_summary"]
+__all__ = ["RANK_BY", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap", "lens_summary"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
            "stability", "agreement", "steer_shift", "steer_kl", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
            "floor_dataset", "vector_id")
@@ -37,12 +39,10 @@ def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.
     return best, floor
 
 
-METHOD_ORDER = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")  # columns of every grid
-
-
 def in_method_order(methods) -> list[str]:
-    """``methods`` as grids show them: the built-in ones in :data:`METHOD_ORDER`, then any other."""
-    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m))
+    """``methods`` as grids show them: the built-in ones in the order of
+    :data:`~traitlens.store.vocabulary.METHOD_NAMES`, then any other."""
+    return sorted(methods, key=lambda m: (METHOD_NAMES.index(m) if m in METHOD_NAMES else len(METHOD_NAMES), m))
 
 
 def grid(q: StoreSQL, trait: str, by: str, group: dict) -> tuple[list[int], list[str], list[list[float]]]:

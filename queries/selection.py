@@ -17,9 +17,6 @@ import math
 from .connection import QueryError, StoreSQL
 
 TIE_BREAK = ("cohens_d", "stability")
-# nats: the damage budget of a steering pick, mean next-token KL on neutral prompts (the README's
-# steering figures show the sweeps it was chosen from); `evaluate --kl-budget` overrides it
-KL_BUDGET = 0.1
 RULE = "held-out {by}, ties broken by held-out Cohen's d, then stability"
 METRICS = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc",
            "steer_shift", "steering")

@@ -23,14 +23,14 @@ from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 
 from .layout import StoreError
-from .location import is_remote, move_tree, remove_tree
+from .location import capabilities, move, remove_tree
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
 def _zarr_store(path, read_only: bool):
     """A zarr store for a local folder or an fsspec URL."""
-    if not is_remote(path):
+    if capabilities(path).local_files:
         return zarr.storage.LocalStore(str(path), read_only=read_only)
     return zarr.storage.FsspecStore.from_url(str(path), storage_options=dict(path.storage_options) or None,
                                              read_only=read_only)
@@ -204,8 +204,8 @@ def promote_to_float32(group: zarr.Group, group_dir: Path, name: str, committed_
     for start in range(0, committed_rows, chunk_rows * 16):
         stop = min(committed_rows, start + chunk_rows * 16)
         write_rows(new, start, np.asarray(old[start:stop], dtype=np.float32))
-    move_tree(group_dir / name, group_dir / old_name)
-    move_tree(group_dir / tmp_name, group_dir / name)
+    move(group_dir / name, group_dir / old_name)
+    move(group_dir / tmp_name, group_dir / name)
     remove_tree(group_dir / old_name)
     return open_array(group_dir / name)
 
@@ -218,7 +218,7 @@ def restore_interrupted_promotions(group_dir: Path) -> list[str]:
         if target.exists():
             remove_tree(old)
         else:
-            move_tree(old, target)
+            move(old, target)
         fixed.append(str(old))
     for tmp in group_dir.glob("*.f32tmp"):
         remove_tree(tmp)

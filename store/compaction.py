@@ -13,7 +13,8 @@ table of n parts thus holds O(log n) bases, and each row is rewritten O(log n) t
 :func:`compact` with ``full=True`` (``traitlens compact``) merges everything into one base.
 
 Runs only under the store's writer lock (appends and compactions never overlap):
-:func:`maybe_compact` is called after every append and does nothing without the lock.
+``Table.compact_if_due`` (:mod:`.table`) runs after every append and does nothing without the
+lock; ``Store.compact`` (``traitlens compact``) takes the lock.
 A kill at any point leaves the old manifest (plus an orphan base or temporary file, which
 ``verify --repair`` deletes: rolled back) or the new one (plus retired files, deleted later:
 finished).
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 
 from . import manifest as mf
 from .layout import StoreError
-from .location import is_remote, write_atomically
+from .location import capabilities, write_atomically
+from .tables import WRITE_OPTIONS
 
 AUTO_PARTS = 64  # appended parts that make a table due for compaction
 FANOUT = 8  # bases of one tier merged into one of the next
@@ -54,7 +55,7 @@ class Compacted:
 def footer(path) -> tuple[dict | None, int]:
     """A base's own record and row count (None where its footer does not read)."""
     try:
-        with (path.open("rb") if is_remote(path) else open(path, "rb")) as f:
+        with path.open("rb") as f:
             meta = pq.ParquetFile(f).metadata
         kv = meta.metadata or {}
         return json.loads(kv[mf.FOOTER_KEY]) if mf.FOOTER_KEY in kv else {}, meta.num_rows
@@ -65,7 +66,7 @@ def footer(path) -> tuple[dict | None, int]:
 def _batches(path, schema: pa.Schema):
     """The rows of one file as batches of ``schema`` (a part written before a column existed
     gets nulls in it)."""
-    with (path.open("rb") if is_remote(path) else open(path, "rb")) as f:
+    with path.open("rb") as f:
         pf = pq.ParquetFile(f)
         for b in pf.iter_batches(batch_size=65_536):
             cols = [b.column(n).cast(schema.field(n).type) if n in b.schema.names
@@ -76,8 +77,6 @@ def _batches(path, schema: pa.Schema):
 def _write_base(table_dir, name: str, inputs: list, schema: pa.Schema, footer: dict, keep=None) -> int:
     """Stream ``inputs`` in order into one new file ``name`` (atomic); returns its row count.
     ``keep(batch) -> boolean mask``: only the rows it keeps are written (:func:`rewrite_without`)."""
-    from .tables import WRITE_OPTIONS
-
     schema = schema.with_metadata(footer)
     n = [0]
 
@@ -146,7 +145,7 @@ def sweep_temporaries(table_dir, older_than: float) -> int:
     Under the writer lock every writer of this store is dead or waiting, but a program that
     appends through the Python API without the lock could be writing one right now: the age
     spares it. Object stores write whole objects, never temporaries."""
-    if is_remote(table_dir):
+    if not capabilities(table_dir).atomic_rename:  # whole PUTs: nothing is written beside
         return 0
     now, gone = time.time(), 0
     for p in table_dir.glob(".tmp-*"):
@@ -239,35 +238,3 @@ def _require_format_2(root) -> None:
         return
     data = json.dumps({**meta, "version": 2}, indent=2).encode()
     write_atomically(path, lambda f: f.write(data))
-
-
-def maybe_compact(store, table: str) -> Compacted | None:
-    """After an append: compact ``table`` if due, only while this process holds the writer lock.
-    A compaction that cannot run (a damaged part, a full disk) warns and leaves the table as it
-    was: the append it follows has already landed."""
-    from .lock import holds_lock
-    from .tables import SCHEMAS
-
-    if not holds_lock(store.root):
-        return None
-    try:
-        return compact_table(store.tables_path / table, table, SCHEMAS[table])
-    except (StoreError, OSError) as e:
-        warnings.warn(f"compaction of tables/{table} skipped: {e}", RuntimeWarning, stacklevel=2)
-        return None
-
-
-def compact(store, names=None, full: bool = True, grace: float | None = None, log=None) -> list[Compacted]:
-    """Compact the store's tables (all, or ``names``), taking the writer lock."""
-    from .layout import TABLE_NAMES
-    from .tables import SCHEMAS
-
-    done = []
-    with store.lock("compact"):
-        for name in names or TABLE_NAMES:
-            c = compact_table(store.tables_path / name, name, SCHEMAS[name], full=full, grace=grace)
-            if c is not None:
-                done.append(c)
-                if log is not None:
-                    log(c)
-    return done

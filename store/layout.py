@@ -5,7 +5,7 @@ A store is a folder::
     <root>/store.json                                   format name and version
     <root>/activations.zarr/<model_key>/<fmt>/<site>/<pooling>/L<layer>   [n_rows, d_model]
     <root>/activations.zarr/<model_key>/<fmt>/<site>/tokens/token_ids     [n_tokens] (tokens pooling)
-    <root>/tables/{prompts,rows,runs,vectors,steering,trajectories,scores}/part-*.parquet   append-only parts
+    <root>/tables/<table>/part-*.parquet                append-only parts (table names: vocabulary.py)
     <root>/tables/<table>/base-*.parquet, _manifest.json   compacted parts and which are live (manifest.py)
 
 ``fmt`` is how prompts were rendered for the model (``chat`` or ``raw``): the same text gives
@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import TraitlensError
+from .vocabulary import FORMATS, POOLINGS
 
 FORMAT_NAME = "traitlens-store"
 FORMAT_VERSION = 2  # 2: tables may be compacted (a manifest and base-* parts; see manifest.py)
@@ -26,10 +27,6 @@ READABLE_VERSIONS = (1, 2)  # a version-1 store is read as it is and becomes ver
 
 ZARR_DIR = "activations.zarr"
 TABLES_DIR = "tables"
-TABLE_NAMES = ("prompts", "rows", "runs", "vectors", "steering", "trajectories", "scores", "replies",
-               "steering_samples", "lens", "conditions", "steering_together")
-POOLINGS = ("last", "mean", "response_mean", "assistant_mean", "tokens")
-FORMATS = ("chat", "raw")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 

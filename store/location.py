@@ -1,14 +1,28 @@
 """Where a store lives: a local folder, or any fsspec URL (``s3://``, ``gs://``, ``az://``, ``memory://``).
 
-A local store is a :class:`pathlib.Path` and keeps every local guarantee (temporary file +
-fsync + rename for parts, ``flock`` for the writer lock). A remote store is a
-:class:`upath.UPath` over the URL's fsspec filesystem; it offers the same pathlib calls, and
-the few places where object storage differs branch on :func:`is_remote`:
+A local store is a :class:`pathlib.Path`; a remote one is a :class:`upath.UPath` over the
+URL's fsspec filesystem, which offers the same pathlib calls. Where the two differ, a location
+declares what it can do (:class:`Capabilities`) and the code asks for that, never which
+backend a path is; :func:`capabilities` is the one place that tells them apart.
 
-- a part is uploaded whole in one PUT (an object becomes visible only once its upload
-  completes, so readers never see half of one; there is no rename to do it with);
-- the writer lock is a lease object renewed by a heartbeat (see :mod:`.lock`);
-- Zarr goes through ``zarr.storage.FsspecStore``; DuckDB reads parts through pyarrow datasets.
+================================  =================================  =================================
+capability                        local folder                       object storage (fsspec URL)
+================================  =================================  =================================
+``atomic_rename``                 a file is written beside its name,  no rename: a file is one whole PUT
+                                  fsynced and renamed into place      (visible only once complete); a
+                                  (a folder moves in one rename)      folder moves by copy then delete
+``folders``                       folders are made before files go    a key makes its own prefix; a
+                                  in; listed with ``os.listdir``      listing of a missing one is empty
+``file_locks``                    ``flock`` on ``<root>/.lock``       a lease object renewed by a
+                                                                      heartbeat (:mod:`.lock`)
+``local_files``                   any program opens a file by path    files are reached through the
+                                  (DuckDB's ``read_parquet``,         filesystem object (pyarrow
+                                  Zarr's ``LocalStore``); paths       datasets, Zarr's ``FsspecStore``);
+                                  resolve; outputs may sit beside     outputs go elsewhere
+================================  =================================  =================================
+
+Either way a reader sees a file whole or not at all, and a crash leaves the old file or the new
+one (plus, locally, at most a ``.tmp-*`` that ``verify --repair`` removes).
 
 ``file://`` URLs are plain local paths. Credentials come the fsspec way (environment, config
 files, or ``storage_options`` on a :class:`UPath` passed in directly).
@@ -16,6 +30,7 @@ files, or ``storage_options`` on a :class:`UPath` passed in directly).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -24,6 +39,26 @@ from upath import UPath
 from .errors import InputError
 
 StorePath = Union[Path, UPath]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a storage location offers (see the module's table)."""
+
+    name: str
+    atomic_rename: bool  # write beside, fsync, rename into place; folders move in one rename
+    folders: bool  # folders exist by themselves: made before files go in, listed by the OS
+    file_locks: bool  # flock works on a file of the store
+    local_files: bool  # on this machine's disk: other programs open its files by path; paths resolve
+
+
+LOCAL_FOLDER = Capabilities("local folder", atomic_rename=True, folders=True, file_locks=True, local_files=True)
+OBJECT_STORAGE = Capabilities("fsspec URL", atomic_rename=False, folders=False, file_locks=False, local_files=False)
+
+
+def capabilities(path) -> Capabilities:
+    """What the location of ``path`` (a store path, or any path under one) offers."""
+    return LOCAL_FOLDER if isinstance(path, Path) else OBJECT_STORAGE
 
 
 def store_path(root) -> StorePath:
@@ -44,27 +79,40 @@ def store_path(root) -> StorePath:
     return Path(text).expanduser()
 
 
-def is_remote(path) -> bool:
-    """True for a store path on an fsspec filesystem rather than the local disk."""
-    return not isinstance(path, Path)
+def shown(path) -> str:
+    """A store path for messages: resolved where it is a local path, the URL otherwise."""
+    return str(path.resolve() if capabilities(path).local_files else path)
 
 
-def write_bytes_whole(path, data: bytes) -> None:
-    """Upload ``data`` as one object: visible whole or not at all on object stores."""
-    path.fs.pipe_file(path.path, data)
+def make_folder(path) -> None:
+    """Make the folder ``path`` (and its parents) where folders exist by themselves."""
+    if capabilities(path).folders:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def list_folder(folder) -> list[str]:
+    """The names in ``folder`` (one listing; a missing folder lists empty)."""
+    if capabilities(folder).folders:
+        import os
+
+        try:
+            return os.listdir(folder)
+        except FileNotFoundError:
+            return []
+    return [p.name for p in folder.iterdir()] if folder.exists() else []
 
 
 def write_atomically(path, write) -> None:
     """Create or replace the file ``path`` whole or not at all: ``write(f)`` fills a binary file
-    object. Local: a hidden temporary beside it, fsync, rename, fsync of the folder (a crash
-    leaves the old file or the new one, plus at most a ``.tmp-*`` that ``verify --repair``
-    removes). Object storage: one PUT of the whole object."""
-    if is_remote(path):
+    object. With atomic renames: a hidden temporary beside it, fsync, rename, fsync of the
+    folder (a crash leaves the old file or the new one, plus at most a ``.tmp-*`` that
+    ``verify --repair`` removes). Without: one PUT of the whole object."""
+    if not capabilities(path).atomic_rename:
         import io
 
         buf = io.BytesIO()
         write(buf)
-        write_bytes_whole(path, buf.getvalue())
+        path.fs.pipe_file(path.path, buf.getvalue())  # visible whole or not at all
         return
     import os
     import uuid
@@ -88,26 +136,27 @@ def write_atomically(path, write) -> None:
 
 def remove_tree(path) -> None:
     """Delete a folder and everything under it (missing is fine)."""
-    if is_remote(path):
-        if path.exists():
-            path.fs.rm(path.path, recursive=True)
-    else:
+    if capabilities(path).folders:
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.fs.rm(path.path, recursive=True)
 
 
-def move_tree(src, dst) -> None:
-    """Move a folder. Local: one atomic rename. Remote: copy then delete (object stores cannot rename)."""
-    if is_remote(src):
-        src.fs.mv(src.path, dst.path, recursive=True)
-    else:
+def move(src, dst) -> None:
+    """Move a file or a folder to ``dst`` (its folder made as needed). With atomic renames: one
+    rename. Without: copy then delete (a crash between them leaves both)."""
+    if capabilities(src).atomic_rename:
+        make_folder(dst.parent)
         src.rename(dst)
+    else:
+        src.fs.mv(src.path, dst.path, recursive=True)
 
 
 def arrow_files(paths: list) -> tuple[object | None, list[str]]:
-    """``(filesystem, paths)`` for ``pyarrow.dataset.dataset``: None and plain paths when local."""
-    if not paths or not is_remote(paths[0]):
+    """``(filesystem, paths)`` for ``pyarrow.dataset.dataset``: None and plain paths for local files."""
+    if not paths or capabilities(paths[0]).local_files:
         return None, [str(p) for p in paths]
     return paths[0].fs, [p.path for p in paths]
 
@@ -116,7 +165,7 @@ def check_outside_store(output, root, option: str = "-o") -> None:
     """Refuse an output file of a command (query results, plots, exports, reports) that would
     land inside the store: only the store's own writers write there, and a stray Parquet file
     under ``tables/`` would be read as a part. Raises ``ValueError`` naming the option."""
-    if output is None or is_remote(root) or "://" in str(output):
+    if output is None or not capabilities(root).local_files or "://" in str(output):
         return
     out = Path(output).expanduser().resolve()
     base = Path(root).expanduser().resolve()

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import EXIT_LOCKED, TraitlensError
-from .location import is_remote
+from .location import capabilities, shown
 
 
 class StoreLocked(TraitlensError, RuntimeError):
@@ -48,7 +48,7 @@ def write_lock(root: Path, what: str = "write"):
     Re-entrant within one process (a workflow run holds it around its ingest and extract steps).
     """
     path = root / ".lock"
-    key = str(path) if is_remote(root) else str(path.resolve())
+    key = shown(path)
     if _held.get(key):  # (holds_lock below reads the same key)
         _held[key] += 1
         try:
@@ -56,7 +56,7 @@ def write_lock(root: Path, what: str = "write"):
         finally:
             _held[key] -= 1
         return
-    if is_remote(root):
+    if not capabilities(root).file_locks:
         with _lease(root, path, what):
             _held[key] = 1
             try:
@@ -101,8 +101,7 @@ def holder_token(root) -> str | None:
 
 def holds_lock(root) -> bool:
     """True while this process holds the store's writer lock."""
-    path = root / ".lock"
-    return bool(_held.get(str(path) if is_remote(root) else str(path.resolve())))
+    return bool(_held.get(shown(root / ".lock")))
 
 
 def lease_seconds() -> float:

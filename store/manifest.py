@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 from .layout import StoreError
-from .location import is_remote, write_atomically
+from .location import list_folder, write_atomically
 
 MANIFEST_NAME = "_manifest.json"
 MANIFEST_FORMAT = "traitlens-table-manifest"
@@ -126,16 +126,7 @@ class Snapshot:
 
 def list_names(table_dir) -> list[str]:
     """Names of the table's part-* and base-* files, sorted (from one listing)."""
-    if is_remote(table_dir):
-        if not table_dir.exists():
-            return []
-        names = [p.name for p in table_dir.iterdir()]
-    else:
-        try:
-            names = os.listdir(table_dir)
-        except FileNotFoundError:
-            return []
-    return sorted(n for n in names if n.endswith(".parquet") and n.startswith(("part-", "base-")))
+    return sorted(n for n in list_folder(table_dir) if n.endswith(".parquet") and n.startswith(("part-", "base-")))
 
 
 def read_manifest(table_dir) -> Manifest | None:

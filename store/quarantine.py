@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from .location import is_remote, write_bytes_whole
+from .location import make_folder, move, write_atomically
 
 QUARANTINE_DIR = "quarantine"
 
@@ -34,20 +34,13 @@ class Quarantine:
         self.entries: list[dict] = []
 
     def _write(self, path, data: bytes) -> None:
-        if is_remote(path):
-            write_bytes_whole(path, data)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        make_folder(path.parent)
+        write_atomically(path, lambda f: f.write(data))
 
     def move_part(self, part, table: str, why: str):
-        """Move a table part here (copy then delete on object stores); returns its new path."""
+        """Move a table part here (copy then delete where there are no renames); returns its new path."""
         dest = self.dir / "tables" / table / part.name
-        if is_remote(part):
-            part.fs.mv(part.path, dest.path)
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            part.rename(dest)
+        move(part, dest)
         self._note({"file": str(dest.relative_to(self.root)), "was": f"tables/{table}/{part.name}", "why": why})
         return dest
 

@@ -32,12 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
 
-from . import arrays, compaction, tables
+from . import arrays, tables
 from .layout import (
     FORMAT_NAME,
     FORMAT_VERSION,
     READABLE_VERSIONS,
-    TABLE_NAMES,
     TABLES_DIR,
     ZARR_DIR,
     GroupKey,
@@ -46,10 +45,12 @@ from .layout import (
     layer_name,
     parse_layer_name,
 )
-from .location import is_remote, store_path, write_atomically
+from .location import make_folder, store_path, write_atomically
 from .idset import IdSet
 from .errors import EXIT_INPUT
 from .lock import holds_lock, write_lock
+from .table import Table
+from .vocabulary import TABLE_NAMES
 from .runs import code_version, mark_killed, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
 
 
@@ -60,6 +61,7 @@ class Store:
         self.root = store_path(root)
         self.zarr_path = self.root / ZARR_DIR
         self.tables_path = self.root / TABLES_DIR
+        self.tables = {name: Table(self.root, name) for name in TABLE_NAMES}  # the one way to a table's files
 
     # -- opening ---------------------------------------------------------------------------
     @staticmethod
@@ -85,9 +87,8 @@ class Store:
                     "dtype_policy": "float16, float32 for a layer that overflows"}
             data = json.dumps(meta, indent=2).encode()
             write_atomically(meta_path, lambda f: f.write(data))
-            if not is_remote(root):
-                for name in TABLE_NAMES:  # object stores have no folders: a part's key makes its own
-                    (root / TABLES_DIR / name).mkdir(parents=True, exist_ok=True)
+            for name in TABLE_NAMES:  # (where folders exist by themselves; otherwise a part's key makes its own)
+                make_folder(root / TABLES_DIR / name)
             arrays.open_root(root / ZARR_DIR, mode="a")
         try:
             meta = json.loads(meta_path.read_text())
@@ -118,9 +119,9 @@ class Store:
         """All committed rows of a table. For ``prompts``, the newest record of each
         (prompt_id, dataset, trait): a corrected label supersedes the old one."""
         if name != "prompts":
-            return tables.read_table(self.tables_path / name, tables.SCHEMAS[name], columns, filter)
+            return self.tables[name].read(columns, filter)
         need = list(dict.fromkeys((columns or tables.PROMPTS_SCHEMA.names) + list(PROMPT_KEY) + ["added_at"]))
-        t = tables.latest_prompts(tables.read_table(self.tables_path / name, tables.PROMPTS_SCHEMA, need))
+        t = tables.latest_prompts(self.tables[name].read(need))
         if filter is not None:
             t = t.filter(filter)
         return t.select(columns) if columns else t.select(tables.PROMPTS_SCHEMA.names)
@@ -179,17 +180,22 @@ class Store:
 
     def append(self, table: str, rows: list[dict]):
         """Add ``rows`` (dicts; missing fields are null) to a table as one atomic part; returns the
-        part's path, None when there is nothing to add. The one way callers write table rows."""
-        if not rows:
-            return None
-        schema = tables.SCHEMAS[table]
-        part = tables.write_part(self.tables_path / table, tables.rows_to_table(rows, schema), schema)
-        compaction.maybe_compact(self, table)  # merges small parts once enough have piled up
-        return part
+        part's path, None when there is nothing to add. The one way callers write table rows
+        (:meth:`.Table.append`: small parts are merged once enough have piled up)."""
+        return self.tables[table].append(rows)
 
-    def compact(self, names=None, full: bool = True, grace: float | None = None, log=None):
-        """Merge the tables' parts now (see :mod:`.compaction`); takes the writer lock."""
-        return compaction.compact(self, names, full, grace, log)
+    def compact(self, names=None, full: bool = True, grace: float | None = None, log=None) -> list:
+        """Merge the tables' parts now (all, or ``names``; see :mod:`.compaction`), taking the
+        writer lock; returns what each compaction did. ``log`` hears each as it ends."""
+        done = []
+        with self.lock("compact"):
+            for name in names or TABLE_NAMES:
+                c = self.tables[name].compact(full=full, grace=grace)
+                if c is not None:
+                    done.append(c)
+                    if log is not None:
+                        log(c)
+        return done
 
     def record_run(self, run: dict) -> None:
         """Append a run record (a later record of the same run_id supersedes it)."""

@@ -1,12 +1,14 @@
 """Append-only Parquet tables: each commit adds one part file, written atomically;
-compaction (:mod:`.compaction`, its file set in :mod:`.manifest`) merges them later.
+compaction (:mod:`.compaction`, its file set in :mod:`.manifest`) merges them later. The rest
+of the code reaches a table through its facade, ``store.tables[name]`` (:mod:`.table`).
 
-On a local disk a part is written to a hidden temporary name in the table's folder, flushed
-and fsynced, then renamed to ``part-<time_ns>-<rand>.parquet``. Readers read only the live
-files (:func:`part_files`), so a crash leaves either the whole part or none of it (plus a
-``.tmp-*`` file that ``verify --repair`` removes). On object storage (an fsspec URL) the part is uploaded
-in one PUT under its final name: an object is visible only once complete, so the same holds
-without a rename. Schemas are fixed per table so every part unifies.
+Where the location renames atomically (a local disk; :mod:`.location`) a part is written to a
+hidden temporary name in the table's folder, flushed and fsynced, then renamed to
+``part-<time_ns>-<rand>.parquet``. Readers read only the live files (:func:`part_files`), so
+a crash leaves either the whole part or none of it (plus a ``.tmp-*`` file that ``verify
+--repair`` removes). Where it cannot (object storage) the part is uploaded in one PUT under
+its final name: an object is visible only once complete, so the same holds without a rename.
+Schemas are fixed per table so every part unifies.
 
 Every page carries a CRC (``write_page_checksum``) so that ``verify`` sees a flipped byte, not
 only a truncated file. A part that cannot be read is never skipped in silence: readers raise
@@ -28,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import manifest
 from .layout import StoreError
-from .location import arrow_files, is_remote, write_atomically
+from .location import arrow_files, make_folder, write_atomically
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -305,22 +307,17 @@ WRITE_OPTIONS = {"compression": "zstd", "write_page_checksum": True}
 def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
     """Atomically add ``table`` (cast to ``schema``) as a new part of ``table_dir``."""
     table = table.select(schema.names).cast(schema)
-    if not is_remote(table_dir):
-        table_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(table_dir)
     final = table_dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     write_atomically(final, lambda f: pq.write_table(table, f, **WRITE_OPTIONS))
     return final
-
-
-def _open_file(path):
-    return path.open("rb") if is_remote(path) else open(path, "rb")
 
 
 def part_problem(path, schema: pa.Schema, full: bool = True) -> str | None:
     """Why a part cannot be trusted, or None. ``full=False`` reads only the footer (cheap);
     ``full=True`` decodes every page and checks its CRC and the schema."""
     try:
-        with _open_file(path) as f:
+        with path.open("rb") as f:
             if not full:
                 meta = pq.ParquetFile(f).metadata
                 got = meta.schema.to_arrow_schema()

@@ -33,10 +33,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import arrays, compaction, manifest, tables
-from .location import is_remote, remove_tree
-from .layout import TABLE_NAMES, GroupKey, StoreError, format_layer_list, layer_name
+from .location import capabilities, remove_tree
+from .layout import GroupKey, StoreError, format_layer_list, layer_name
 from .quarantine import Quarantine
 from .store import COMMITTED_ATTR, Store, array_layers, by_row, committed_mark, fixed_layers
+from .vocabulary import TABLE_NAMES
 
 
 @dataclass
@@ -61,14 +62,14 @@ def leftovers(store: Store) -> tuple[list, list]:
     found += list(store.root.glob(".tmp-*"))  # a store.json rewrite (format upgrade) cut short
     if not store.zarr_path.exists():
         return found, []
-    if is_remote(store.zarr_path):
-        found += list(store.zarr_path.rglob("*.partial"))
-        folders = [p for pat in ("*.old", "*.f32tmp") for p in store.zarr_path.rglob(pat)]
-    else:
+    if capabilities(store.zarr_path).local_files:
         folders = []
         for top, dirs, files in os.walk(store.zarr_path):
             found += [Path(top) / f for f in files if f.endswith(".partial")]
             folders += [Path(top) / d for d in dirs if d.endswith((".old", ".f32tmp"))]
+    else:
+        found += list(store.zarr_path.rglob("*.partial"))
+        folders = [p for pat in ("*.old", "*.f32tmp") for p in store.zarr_path.rglob(pat)]
     # promotions rename whole array folders: match names first (cheap on object stores), then folders
     return found, sorted(p for p in set(folders) if (p / "zarr.json").exists())
 
@@ -102,8 +103,7 @@ class _Verifier:
     # -- tables --------------------------------------------------------------------------------
     def table(self, name: str) -> pa.Table:
         """Check a table's manifest and every live part; returns the rows of the parts that read."""
-        schema = tables.SCHEMAS[name]
-        table_dir = self.store.tables_path / name
+        schema, table_dir = self.store.tables[name].schema, self.store.tables[name].dir
         snap = self.manifest(name, table_dir)
         if snap is None:
             return schema.empty_table()

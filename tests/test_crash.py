@@ -167,7 +167,8 @@ def test_kill_9_during_extract_leaves_the_vectors_table_whole(tmp_path):
     from traitlens.testing import synthetic_store
 
     store, _ = synthetic_store(tmp_path / "s", n=400, d=64, layers=tuple(range(12)))
-    code = ("import sys; from traitlens.pipeline.extract.jobs import extract, ExtractConfig\n"
+    code = ("import sys; from traitlens.pipeline.extract.jobs import extract\n"
+            "from traitlens.pipeline.extract.config import ExtractConfig\n"
             "extract(sys.argv[1], 'planted', cfg=ExtractConfig(n_boot=4), scheduler='processes')")
     vectors_dir = store.tables_path / "vectors"
     mid_run = 0

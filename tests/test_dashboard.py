@@ -86,7 +86,11 @@ def test_trait_grid_has_one_cell_per_layer_and_method_with_the_tables_metrics(cl
         assert c["auroc"] == pytest.approx(want["auroc"]) and c["cohens_d"] == pytest.approx(want["cohens_d"])
     with StoreSQL(dash_store) as q:
         assert d["pick"] == best_vector(q, "kindness")["vector_id"]
-    assert d["floors"]["random"] is not None and d["floors"]["length"] is not None
+    # the floors beside the grid: the best random direction's AUROC, and the pick's nuisance floors
+    randoms = [v["auroc"] for v in vectors.values() if v["method"] == "random"]
+    assert len(randoms) == 3 and d["floors"]["random"] == pytest.approx(max(randoms))
+    assert d["floors"]["length"] == pytest.approx(vectors[d["pick"]]["floor_length"])
+    assert d["floors"].get("dataset") == vectors[d["pick"]]["floor_dataset"]  # one dataset: no dataset floor
     assert len(d["steering"]) == 6 and {s["shift"] for s in d["steering"]} == {1.0, 2.0, 4.0}
     assert len(d["top_scores"]) == 20 and d["top_scores"][0]["score"] >= d["top_scores"][-1]["score"]
     assert client.get("/api/traits/nope").status_code == 404

@@ -76,7 +76,8 @@ def test_persona_sample_ingests_clean(tmp_path, smol):
 
 @pytest.mark.skipif(not (SHARED_DATA / "persona").exists(), reason="../shared/data not present")
 def test_persona_probe_separates_held_out_statements(tmp_path, smol):
-    from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+    from traitlens.pipeline.extract.config import ExtractConfig
+    from traitlens.pipeline.extract.jobs import extract
 
     src = SHARED_DATA / "persona" / "agreeableness.jsonl"
     sample = tmp_path / "agreeableness.jsonl"
@@ -98,15 +99,17 @@ def test_persona_probe_separates_held_out_statements(tmp_path, smol):
 
 
 def test_the_default_model_judges_replies(smol):
-    """The judge path with the default model as judge: weak, but the real code path. Each
-    answer is a score from 0 to 100 or a rejection that names the reply."""
+    """The judge path with the default model as judge: weak, but the real code path. Its answers
+    are the model's own greedy continuations of the rubric (one unpadded prompt at a time gives
+    the same), and each answer becomes its first number as the score or a rejection that names
+    the reply and quotes the answer."""
+    from test_steering_search import assert_rated_as_answered, judge_answers_by_hand
+
     from traitlens.pipeline.steer.judge import Judge
 
+    prompts = ["Can you help me?"] * 2
     replies = ["I would love to help you, friend! You are wonderful.", "Go away. I do not care about you."]
     judge = Judge(smol, "agreeableness", "kind, warm and cooperative")
-    answers = judge.answers(["Can you help me?"] * 2, replies)
-    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
-    scores, rejected = judge.rate(["Can you help me?"] * 2, replies)
-    assert len(rejected) + int(np.isfinite(scores).sum()) == 2
-    assert all(0 <= s <= 100 for s in scores[np.isfinite(scores)])
-    assert all("the judge's answer for reply" in r for r in rejected)
+    answers = judge.answers(prompts, replies)
+    assert answers == judge_answers_by_hand(smol, judge, prompts, replies) and all(answers)
+    assert_rated_as_answered(judge, prompts, replies, answers)

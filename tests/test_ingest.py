@@ -143,7 +143,7 @@ def test_response_mean_generates_and_stores_response(tmp_path, tiny_lms):
     store = Store.open(tmp_path / "s")
     key = GroupKey(lm.key, res.fmt, "resid", "response_mean")
     rows = store.group_rows(key).to_pylist()
-    assert all(isinstance(r["response"], str) for r in rows)
+    assert len(rows) == 5 and all(r["response"] for r in rows)
     # independent check: regenerate greedily for one prompt, average block-0 output over the response
     from traitlens.pipeline.capture.plan import read_corpus
 
@@ -159,6 +159,7 @@ def test_response_mean_generates_and_stores_response(tmp_path, tiny_lms):
     want = hs[1][0, len(ids):].mean(0).numpy()
     np.testing.assert_allclose(store.activations(key, 0)[rows[0]["row"]], want, rtol=3e-3, atol=3e-3)
     assert rows[0]["token_count"] == len(ids) + len(new)
+    assert rows[0]["response"] == lm.tokenizer.decode(new, skip_special_tokens=True)  # the text stored is the reply
     with pytest.raises(ValueError, match="needs --generate"):
         ingest(tmp_path / "s3", [c], cfg=IngestConfig(poolings=["response_mean"]), lm=lm, progress=False)
 

@@ -13,7 +13,8 @@ import torch
 
 from traitlens.testing import synthetic_store
 from traitlens.pipeline.extract.export import latest_per_layer, to_gguf, to_safetensors
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.pipeline.interop import ingest_activation_cache, load_directions, to_steering_vector
 from traitlens.store import GroupKey, Store, verify

@@ -172,7 +172,11 @@ def test_metrics_against_independent_computations():
     thr = best_threshold(p, pos)
     brute = max(balanced_accuracy(p, pos, t) for t in np.sort(p))
     assert np.isclose(balanced_accuracy(p, pos, thr), brute)
-    assert m["polarity"] == 1 and m["separation"] > 0
+    # separation: the mean gap along the vector; polarity: its sign (flipped projections flip both)
+    assert np.isclose(m["separation"], a.mean() - b.mean()) and m["polarity"] == 1
+    flipped = projection_metrics(-p, pos, -p, pos)
+    assert np.isclose(flipped["separation"], b.mean() - a.mean()) and flipped["polarity"] == -1
+    assert np.isclose(flipped["auroc"], 1 - m["auroc"])
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

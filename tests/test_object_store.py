@@ -15,11 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from traitlens.testing import write_corpus
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.queries import StoreSQL
 from traitlens.store import GroupKey, PendingBatch, Store, StoreLocked, verify
-from traitlens.store.location import is_remote, store_path
+from traitlens.store.location import capabilities, store_path
 from traitlens.workflows.cli import cli
 
 
@@ -41,7 +42,7 @@ def test_url_store_holds_what_a_local_store_holds(tmp_path, tiny_lms, url):
     remote = ingest(url, [c], cfg=cfg, lm=lm, progress=False)
     assert local.n_captured == remote.n_captured == 120
     a, b = Store.open(tmp_path / "s"), Store.open(url)
-    assert is_remote(b.root) and not list(tmp_path.glob("memory*"))  # nothing leaked onto the local disk
+    assert not capabilities(b.root).local_files and not list(tmp_path.glob("memory*"))  # nothing leaked onto the local disk
     assert a.groups() == b.groups()
     for g in a.groups():
         assert a.group_rows(g)["prompt_id"].to_pylist() == b.group_rows(g)["prompt_id"].to_pylist()

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from traitlens.testing import KEY, store_copy, synthetic_store
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.queries import QueryError, StoreSQL, activations
 from traitlens.queries.ranking import rank
 from traitlens.workflows.cli import cli
@@ -204,7 +205,8 @@ def test_every_picker_picks_the_same_vector_and_ties_are_not_broken_by_layer(tmp
     """AUROC saturates at 1.000 on every layer here: the pick must follow Cohen's d (computed
     independently below from the stored rows), and rank, steer/monitor, the workflow's
     evaluation and the in-memory rule must all agree on it."""
-    from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+    from traitlens.pipeline.extract.config import ExtractConfig
+    from traitlens.pipeline.extract.jobs import extract
     from traitlens.queries.ranking import rank
     from traitlens.queries.selection import best_per_method, best_vector, order_by, sort_key
     from traitlens.workflows.cli_steer import _pick_vector

@@ -151,6 +151,20 @@ def test_cli_monitor_steer_evaluate_and_rank_by_shift(tmp_path, tiny_llama):
     assert r.exit_code == 0, r.output
     r = run("rank", "--trait", "kindness", "--by", "steer_shift")
     assert r.exit_code == 0 and "steer_shift" in r.output
+    # the order, independently: each vector's best persona shift within the KL budget, from the
+    # steering table as evaluate stored it, largest first; vectors never evaluated come after
+    from traitlens.queries.selection import KL_BUDGET
+    from traitlens.store import Store
+
+    best: dict[str, float] = {}
+    for x in Store.open(store).table("steering").to_pylist():
+        if x["method"] != "random" and x["kind"] == "persona" and x["kl"] <= KL_BUDGET:
+            best[x["vector_id"]] = max(best.get(x["vector_id"], -np.inf), x["shift"])
+    r = run("rank", "--trait", "kindness", "--by", "steer_shift", "--format", "json", "--top", "20")
+    ranked = json.loads(r.output)["rows"]
+    assert len(best) >= 2 and [x["vector_id"] for x in ranked[:len(best)]] == sorted(best, key=best.get, reverse=True)
+    assert all(x["steer_shift"] == pytest.approx(best[x["vector_id"]]) for x in ranked[:len(best)])
+    assert all(x["steer_shift"] is None for x in ranked[len(best):])
     r = run("monitor", "--trait", "nope", "--model", tiny_llama, "hi")
     assert r.exit_code == 2 and "no vector for trait 'nope'" in r.output
 

@@ -131,7 +131,7 @@ def test_cli_evaluate_measures_the_random_floor_prints_the_front_and_stores_ever
     floor = [x for x in rows if x["method"] == "random"]
     assert len(own) == 3 * 2 and {x["method"] for x in rows} == {"mean_diff", "random"}
     # the floor is measured where it decides something: at every setting of the front and at the pick
-    from traitlens.pipeline.steer.sweep import front, pick
+    from traitlens.pipeline.steer.rule import front, pick
 
     wanted = {(x["layer"], x["alpha"]) for x in front(own) + [pick(own, 1000)]}
     assert {(x["layer"], x["alpha"]) for x in floor} == wanted

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
-from traitlens.pipeline.steer import sweep as sw
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
+from traitlens.pipeline.steer import rule
+from traitlens.pipeline.steer import search as sw
 from traitlens.testing import KEY, synthetic_store
 
 LAYERS = (0, 1, 2, 3)
@@ -80,15 +82,20 @@ def test_a_small_grid_is_measured_whole_and_the_pick_is_the_best_shift_within_th
     # the floor: random at exactly the front's and the pick's (layer, alpha)
     floor = {(c[1], c[2]) for c in fake.calls if c[0] == "random"}
     assert floor == {(r["layer"], r["alpha"]) for r in res.front} | {(p["layer"], p["alpha"])}
-    assert sw.shown_to_steer(p, sw.floor_at(res.rows, p)) is True
+    assert rule.shown_to_steer(p, rule.floor_at(res.rows, p)) is True
     # the front against brute force over the trait's settings
     pts = {s: FakeEvaluator.truth(*s) for s in trait_calls}
     brute = {s for s, (e, d) in pts.items()
              if not any(e2 >= e and d2 <= d and (e2 > e or d2 < d) for e2, d2 in pts.values())}
     assert {(r["method"], r["layer"], r["alpha"]) for r in res.front} == brute
-    # detection (Cohen's d) against steering: the cells, and the correlation scipy gives
+    # detection (held-out Cohen's d) against steering (the best shift within the budget), by hand:
+    # the fake's shifts and the stored vectors' d, ranked and correlated (Spearman = Pearson of ranks)
+    cells = [(m, l) for m in ("mean_diff", "probe") for l in LAYERS]
+    d = {(v["method"], v["layer"]): v["cohens_d"] for v in store.table("vectors").to_pylist()}
+    steer = {c: max(FakeEvaluator.truth(*c, a)[0] for a in alphas if FakeEvaluator.truth(*c, a)[1] <= 0.5)
+             for c in cells}
     rho, n = res.correlation()
-    assert n == 8 and -1 <= rho <= 1
+    assert n == 8 and rho == pytest.approx(spearman_by_hand([d[c] for c in cells], [steer[c] for c in cells]))
     agg, per = res.records("run-x")
     assert len(agg) == len(res.rows) and all(a["vector_id"] for a in agg) and len(per) == len(res.rows)
 
@@ -104,8 +111,82 @@ def test_a_large_grid_goes_through_optuna_for_the_trials_asked_and_measures_the_
     d = res.detection_pick
     assert {(d["method"], d["layer"], a) for a in alphas} <= set(trait_calls)  # enqueued first
     assert not [c for c in fake.calls if c[0] == "random"]
-    # the search is steered by the objectives: beyond its random start it visits good settings more
-    assert res.pick is not None and res.pick["kl"] <= 1.0
+    # the pick is the largest shift within the budget among the settings the search measured
+    within = [c for c in trait_calls if FakeEvaluator.truth(*c)[1] <= 1.0]
+    best = max(within, key=lambda c: (FakeEvaluator.truth(*c)[0], -FakeEvaluator.truth(*c)[1]))
+    assert (res.pick["method"], res.pick["layer"], res.pick["alpha"]) == best
+
+
+def spearman_by_hand(x, y) -> float:
+    """Spearman's rho written out: the Pearson correlation of the two rank vectors (no ties here)."""
+    assert len(set(x)) == len(x) and len(set(y)) == len(y)
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _row(method, layer, alpha, shift, kl):
+    return {"method": method, "layer": layer, "alpha": alpha, "shift": shift, "kl": kl}
+
+
+def test_detection_against_steering_is_spearmans_rho_of_the_best_shift_within_the_budget():
+    """Rows built so that rho is known: the same order (+1), the reverse (-1), one swap of
+    neighbours among five (1 - 6 * 2 / (5 * 24) = 0.9), on values far from linear (a Pearson
+    correlation would differ). A cell's steering figure is its best shift within the budget: a
+    larger shift over the budget, and the random direction, must not count."""
+    layers = [0, 1, 2, 3, 4]
+    rows = [_row("probe", l, 0.1, 3.0 ** l, 0.05) for l in layers]
+    rows += [_row("probe", l, 0.5, 1000.0 - l, 0.5) for l in layers]  # over the budget: reversed, ignored
+    rows += [_row("random", l, 0.1, 100.0 - l, 0.01) for l in layers]  # the floor: ignored
+    rising = {("probe", l): float(l) ** 3 for l in layers}
+    assert sw.detection_vs_steering(rows, rising, kl_budget=0.1) == (pytest.approx(1.0), 5)
+    falling = {k: -v for k, v in rising.items()}
+    assert sw.detection_vs_steering(rows, falling, kl_budget=0.1) == (pytest.approx(-1.0), 5)
+    swapped = {**rising, ("probe", 1): 8.0, ("probe", 2): 1.0}
+    assert sw.detection_vs_steering(rows, swapped, kl_budget=0.1) == (pytest.approx(0.9), 5)
+    # with the budget raised, the reversed rows are the best shifts within it
+    assert sw.detection_vs_steering(rows, rising, kl_budget=1.0) == (pytest.approx(-1.0), 5)
+    rho, n = sw.detection_vs_steering(rows[:2], rising, kl_budget=0.1)  # two cells: no correlation
+    assert n == 2 and math.isnan(rho)
+
+
+HILL_LAYERS, HILL_PEAK = tuple(range(8)), 5
+
+
+class HillEvaluator(FakeEvaluator):
+    """A landscape with one good region: the probe near layer 5 moves the trait most for the KL
+    that alpha costs everywhere (KL = alpha**2, shift = gain * bump(layer) * alpha)."""
+
+    @staticmethod
+    def truth(method, layer, alpha):
+        gain = {"mean_diff": 1.0, "probe": 2.0}.get(method, 0.0)
+        return gain * math.exp(-((layer - HILL_PEAK) / 1.5) ** 2) * alpha, alpha ** 2
+
+
+def test_the_search_visits_the_good_settings_far_more_often_than_random_sampling(tmp_path):
+    """Optuna's multi-objective TPE against uniform sampling of the same number of settings: the
+    search's own choices (the detection pick's row, enqueued first, left out) land in the good
+    region (probe at layers 4-6: 30 of 160 settings) far more often. Three search seeds against
+    random sampling's 99.9th percentile over 2,000 seeded draws: deterministic, with a wide margin."""
+    store, _ = synthetic_store(tmp_path / "s", n=160, d=8, layers=HILL_LAYERS, sep=4.0)
+    extract(store.root, "planted", ["mean_diff", "probe"], cfg=ExtractConfig(n_boot=0))
+    alphas = [round(0.1 * k, 1) for k in range(1, 11)]
+    grid = [(m, l, a) for m in ("mean_diff", "probe") for l in HILL_LAYERS for a in alphas]
+    good = {s for s in grid if s[0] == "probe" and abs(s[1] - HILL_PEAK) <= 1}
+    searched, n_own = 0, []
+    for seed in range(3):
+        fake = HillEvaluator(store)
+        res = sw.sweep(store, "planted", fake, ["mean_diff", "probe"], list(HILL_LAYERS), alphas, trials=40, seed=seed,
+                       random_floor=False, progress=False, log=lambda *a: None)
+        d = res.detection_pick
+        enqueued = {(d["method"], d["layer"], a) for a in alphas}
+        own = [c for c in fake.calls if c not in enqueued]
+        assert len(own) == len(set(own)) == 40 - len(enqueued)
+        searched += sum(c in good for c in own)
+        n_own.append((len(own), sorted(set(grid) - enqueued)))
+    rng = np.random.default_rng(0)
+    draws = [sum(sum(pool[i] in good for i in rng.choice(len(pool), k, replace=False)) for k, pool in n_own)
+             for _ in range(2000)]
+    assert searched > np.quantile(draws, 0.999) and searched >= 2 * np.mean(draws), (searched, np.mean(draws))
 
 
 def test_cells_already_evaluated_are_skipped(swept):
@@ -135,7 +216,7 @@ def test_rank_by_steering_prints_detection_and_steering_side_by_side(swept):
     header = r.output.splitlines()[0].split()
     assert "steer_shift" in header and "steer_kl" in header and "auroc" in header
     # the first row is the best shift within the metrics view's budget (KL_BUDGET), as computed here
-    from traitlens.queries.selection import KL_BUDGET
+    from traitlens.queries.budget import KL_BUDGET
 
     within = [(m, l, a) for m in ("mean_diff", "probe") for l in LAYERS for a in (0.25, 0.5)
               if FakeEvaluator.truth(m, l, a)[1] <= KL_BUDGET]
@@ -209,15 +290,58 @@ def test_the_judge_path_scores_replies_and_counts_rejections(tiny_lms, monkeypat
     assert [s["plus"] for s in judged] == [80.0, None, 30.0] and all(s["reply"] is not None for s in judged)
 
 
+def judge_answers_by_hand(lm, judge, prompts, replies) -> list[str]:
+    """What the judge must answer, computed without its batched path: each rubric question in the
+    chat template, alone and unpadded, continued by argmax one forward at a time up to the first
+    end-of-sequence token, decoded."""
+    from traitlens.pipeline.model.encode import render_ids
+    from traitlens.pipeline.model.generation import eos_token_ids
+    from traitlens.pipeline.steer.judge import rubric
+
+    eos, out = eos_token_ids(lm), []
+    for p, r in zip(prompts, replies):
+        ids = render_ids(lm.tokenizer, rubric(judge.trait, p, r, judge.description), None, True)
+        new = []
+        for _ in range(judge.max_new_tokens):
+            with torch.no_grad():
+                t = int(lm.model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+            if t in eos:
+                break
+            new.append(t)
+        out.append(lm.tokenizer.decode(new, skip_special_tokens=True))
+    return out
+
+
+def assert_rated_as_answered(judge, prompts, replies, answers) -> None:
+    """``judge.rate`` gives each answer's first number as its score (NaN where there is none in
+    0-100) and one rejection per NaN, naming the reply and quoting the answer."""
+    from traitlens.pipeline.steer.judge import NUMBER
+
+    scores, rejected = judge.rate(prompts, replies)
+    want = []
+    for a in answers:
+        m = NUMBER.search(a)
+        want.append(float(m.group()) if m and 0 <= float(m.group()) <= 100 else math.nan)
+    assert scores.tolist() == pytest.approx(want, nan_ok=True)
+    bad = [i for i, w in enumerate(want) if math.isnan(w)]
+    assert len(rejected) == len(bad)
+    for i, msg in zip(bad, rejected):
+        assert f"reply {i} (to {prompts[i][:40]!r})" in msg and repr(answers[i][:80]) in msg
+
+
 def test_the_judge_runs_the_real_generation_path_on_the_tiny_model(tiny_lms):
-    """A random-weight judge writes no numbers: every answer is rejected, saying so (the code path
-    tests/test_default_model.py runs with the default model as judge)."""
+    """The judge's answers are the model's own greedy continuations of the rubric (batched and
+    left-padded, equal to one unpadded prompt at a time), and each becomes a score or a named
+    rejection (a random-weight judge writes no numbers: its answers are rejected, quoted)."""
     from traitlens.pipeline.steer.judge import Judge
 
-    scores, rejected = Judge(tiny_lms["llama"], "kindness", max_new_tokens=3).rate(["Hi?", "Why?"], ["Hello", "no"])
-    assert len(scores) == 2
-    assert all(math.isnan(s) for s in scores) == (len(rejected) == 2)
-    assert all(0 <= s <= 100 for s in scores if not math.isnan(s))
+    lm = tiny_lms["llama"]
+    judge = Judge(lm, "kindness", "warm", max_new_tokens=4)
+    prompts, replies = ["Hi?", "Why is the sky blue, please?", "Tell me a story."], ["Hello", "no", "Once upon a time"]
+    answers = judge.answers(prompts, replies)
+    assert answers == judge_answers_by_hand(lm, judge, prompts, replies)
+    assert any(answers)  # the comparison is not between empty strings
+    assert_rated_as_answered(judge, prompts, replies, answers)
 
 
 # -- reply damage ---------------------------------------------------------------------------------

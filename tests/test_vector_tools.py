@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from traitlens.pipeline.extract.combine import parse_formula
-from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+from traitlens.pipeline.extract.config import ExtractConfig
+from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.extract.methods import ExtractionError
 from traitlens.testing import KEY, synthetic_store
 from traitlens.workflows.cli import cli

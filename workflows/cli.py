@@ -16,7 +16,8 @@ import click
 
 from . import cli_serve, cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
 from .cli_base import EXIT_FAIL, EXIT_INPUT, _fail, _quiet_libraries, cli, own_process
-from traitlens.store.layout import TABLE_NAMES
+from traitlens.store.vocabulary import DEFAULT_POOLINGS, NAMED_SITES, POOLINGS, TABLE_NAMES
+
 
 @cli.command()
 @click.pass_context
@@ -25,7 +26,7 @@ def info(ctx):
     from importlib.metadata import PackageNotFoundError, version
 
     from traitlens.pipeline.model.identity import default_model_status, traitlens_home
-    from traitlens.store.location import is_remote
+    from traitlens.store.location import shown
 
     def v(pkg):
         try:
@@ -43,7 +44,7 @@ def info(ctx):
     click.echo(f"  converted copy: {st['cache']} ({'ready' if st['converted'] else 'made on first use, ~20 s'})")
     click.echo(f"  status: {'ready' if st['ready'] else 'NOT READY'}")
     store_path = ctx.obj["store"]
-    click.echo(f"store: {store_path if is_remote(store_path) else store_path.resolve()}")
+    click.echo(f"store: {shown(store_path)}")
     if not (store_path / "store.json").exists():
         click.echo("  (no store yet: `traitlens ingest` creates it)")
         return
@@ -57,6 +58,10 @@ def info(ctx):
         click.echo(f"  {g.path}: {n} prompts, {len(layers)} layers ({span})")
 
 
+POOLING_NOTES = {"response_mean": " (needs --generate)",
+                 "assistant_mean": " (the given assistant turns of chat records)"}
+
+
 def _poolings(value: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
 
@@ -65,11 +70,10 @@ def _poolings(value: str) -> list[str]:
 @click.argument("corpus", nargs=-1, required=True, type=click.Path())
 @click.option("--model", default=None, help="Hugging Face id or local folder [default: SmolLM2-135M-Instruct].")
 @click.option("--site", "sites", multiple=True, default=["resid"], show_default=True,
-              help="resid | attn_out | mlp_out | dotted module path ({layer} for the block index). Repeatable.")
+              help=" | ".join(NAMED_SITES) + " | dotted module path ({layer} for the block index). Repeatable.")
 @click.option("--layers", default="all", show_default=True, help="all | 0-15 | 3,7,11 | -1")
-@click.option("--pooling", default="last,mean", show_default=True,
-              help="Comma list of last, mean, response_mean (needs --generate), assistant_mean (the given assistant "
-                   "turns of chat records), tokens.")
+@click.option("--pooling", default=",".join(DEFAULT_POOLINGS), show_default=True,
+              help="Comma list of " + ", ".join(p + POOLING_NOTES.get(p, "") for p in POOLINGS) + ".")
 @click.option("--generate", default=0, show_default=True, help="Greedy-generate N tokens per prompt first.")
 @click.option("--chat/--no-chat", default=None, help="Wrap prompts in the chat template [default: if the tokenizer has one].")
 @click.option("--batch-size", default=32, show_default=True)

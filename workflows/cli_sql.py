@@ -204,7 +204,7 @@ def rank(ctx, trait, by, top, fmt_, plot):
 
 def _detection_and_steering(q, trait: str) -> list[str]:
     """The detection and steering picks side by side (nothing before `evaluate --steering` ran)."""
-    from traitlens.pipeline.steer.sweep import stored_rows, summary_lines
+    from traitlens.pipeline.steer.records import stored_rows, summary_lines
 
     kind, rows, _ = stored_rows(q, trait)
     return summary_lines(q, trait, kind, rows) if rows else []

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from traitlens.pipeline.steer.sweep import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
-from traitlens.queries.selection import KL_BUDGET
+from traitlens.pipeline.steer.settings import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
+from traitlens.queries.budget import KL_BUDGET
+from traitlens.store.vocabulary import EVALUATION_KINDS, NAMED_SITES, NORMS, POSITIONS
 
 from .cli_base import EXIT_INPUT, _fail, _output, cli
 
@@ -236,12 +237,12 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
 @click.option("--layer", type=click.IntRange(min=0), default=None)
 @click.option("--method", default=None)
 @click.option("--vector-id", default=None)
-@click.option("--site", type=click.Choice(["resid", "attn_out", "mlp_out"]), default="resid", show_default=True,
+@click.option("--site", type=click.Choice(NAMED_SITES), default="resid", show_default=True,
               help="Where the push is added (or the direction ablated): the block's output or its attention / MLP "
                    "sub-module's.")
 @click.option("--positions", default="all", show_default=True,
-              help="all | generated | prompt | last-prompt | A:B (token positions A to B-1 of each sequence).")
-@click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
+              help=" | ".join(POSITIONS) + " | A:B (token positions A to B-1 of each sequence).")
+@click.option("--norm", type=click.Choice(NORMS), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--condition", default=None, metavar="TRAIT_OR_ID",
               help="Conditional steering: push only prompts whose projection on this vector passes its threshold.")
@@ -299,7 +300,7 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @cli.command()
 @click.option("--trait", required=True)
 @click.option("--steering", "do_steering", is_flag=True, required=True, help="Run the causal steering evaluation.")
-@click.option("--kind", type=click.Choice(["persona", "refusal", "refusal_first_token", "expression"]), default="persona",
+@click.option("--kind", type=click.Choice(EVALUATION_KINDS), default="persona",
               show_default=True, help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on "
               "harmless requests; refusal_first_token: P(first reply token starts a refusal opening); expression "
               "(any trait): how much replies to neutral prompts express the trait, read by the unsteered model on "
@@ -312,7 +313,7 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.option("--alphas", default="0.05,0.1,0.25,0.5", show_default=True,
               help="Strengths, in units of the layer's mean token norm (--norm).")
 @click.option("--n", "n_texts", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out prompts to measure on.")
-@click.option("--norm", type=click.Choice(["typical", "all"]), default="typical", show_default=True,
+@click.option("--norm", type=click.Choice(NORMS), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Neutral prompts for the damage measures (KL, replies), one a line [default: the project's own set].")
@@ -332,10 +333,10 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="Instead of a sweep, measure these pushes applied together (repeat for several; ALPHA defaults "
                    "to 0.25), each alone and as random directions; stored in steering_together.")
-@click.option("--site", type=click.Choice(["resid", "attn_out", "mlp_out"]), default="resid", show_default=True,
+@click.option("--site", type=click.Choice(NAMED_SITES), default="resid", show_default=True,
               help="With --add: where the pushes are added.")
 @click.option("--positions", default="all", show_default=True,
-              help="With --add: all | generated | prompt | last-prompt | A:B.")
+              help="With --add: " + " | ".join(POSITIONS) + " | A:B.")
 @click.option("--model", default=None)
 @click.pass_context
 def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alphas, n_texts, norm, prompts_file,
@@ -348,7 +349,8 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alp
     together instead (each alone beside them, and the random floor)."""
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.sweep import around, evaluator_for, front_line, stored_methods, summary_lines, sweep
+    from traitlens.pipeline.steer.records import front_line, summary_lines
+    from traitlens.pipeline.steer.search import around, evaluator_for, stored_methods, sweep
     from traitlens.queries import StoreSQL
     from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id

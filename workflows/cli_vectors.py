@@ -1,4 +1,4 @@
-"""CLI verbs for vectors: ``extract``, ``vectors``, ``export``."""
+"""CLI verbs for vectors: ``extract``, ``vectors``, ``export``, ``import``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from traitlens.store.vocabulary import EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, LOOSE_KIND, METHOD_NAMES, NORMS
+
 from .cli_base import EXIT_INPUT, _fail, _output, cli
 
 
 def _group_options(f):
     f = click.option("--model", default=None, help="Model key (or its prefix) when the store holds several.")(f)
-    f = click.option("--fmt", type=click.Choice(["chat", "raw"]), default=None, help="Prompt format, if both are stored.")(f)
+    f = click.option("--fmt", type=click.Choice(FORMATS), default=None, help="Prompt format, if both are stored.")(f)
     f = click.option("--site", default="resid", show_default=True)(f)
     f = click.option("--pooling", default="last", show_default=True)(f)
     return f
@@ -21,7 +23,7 @@ def _group_options(f):
 @cli.command()
 @click.option("--trait", required=True, help="Trait to extract (as in the prompts table).")
 @click.option("--methods", default="all", show_default=True,
-              help="Comma list of mean_diff, pca_diff, ica, probe, gradient, random; or all.")
+              help=f"Comma list of {', '.join(METHOD_NAMES)}; or all.")
 @click.option("--layers", default="all", show_default=True, help="all | 0-15 | 3,7,11 (stored layers only).")
 @_group_options
 @click.option("--where", default=None, help="SQL condition over prompts columns choosing the contrastive rows, "
@@ -42,7 +44,7 @@ def _group_options(f):
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
             memory, probe_c, penalty, scheduler, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
-    from traitlens.pipeline.extract.jobs import ExtractConfig, parse_size
+    from traitlens.pipeline.extract.config import ExtractConfig, parse_size
     from traitlens.pipeline.extract.jobs import extract as run_extract
 
     cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=parse_size(memory),
@@ -175,59 +177,301 @@ def lens(ctx, trait, method, layers, top, model):
 
 
 @cli.command()
-@click.option("--trait", required=True)
+@click.option("--trait", "traits", multiple=True,
+              help="The trait whose vectors to export; repeat to compose several in one merged/peft export.")
+@click.option("--vector-id", "vector_ids", multiple=True, help="merged/peft: a stored vector (at its own layer); repeatable.")
 @click.option("--method", default="mean_diff", show_default=True)
-@click.option("--layers", default="all", show_default=True)
-@click.option("--model", default=None, help="Model key (or prefix) when vectors of several models exist.")
-@click.option("--format", "fmt_", type=click.Choice(["safetensors", "gguf", "easysteer"]), default="safetensors",
-              show_default=True, help="gguf: llama.cpp / repeng control vector (no layer 0); easysteer: EasySteer's "
-              "layer-keyed GGUF (every layer).")
-@click.option("--scale", default=1.0, show_default=True, help="Multiply the unit vectors by this.")
-@click.option("--model-hint", default="llama", show_default=True, help="GGUF controlvector.model_hint.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None)
+@click.option("--layers", default=None, show_default="all (safetensors, gguf)",
+              help="all | 0-15 | 3,7,11. merged/peft with --trait: the layer(s) whose vector is pushed or ablated.")
+@click.option("--model", default=None,
+              help="The model: default, a folder or a Hugging Face id (loaded for merged/peft and for the GGUF's "
+                   "per-layer norms); for safetensors/gguf also a stored model key or its prefix.")
+@click.option("--format", "fmt_", type=click.Choice(EXPORT_FORMATS), default="safetensors", show_default=True,
+              help="gguf: llama.cpp / repeng control vector (no layer 0); easysteer: EasySteer's layer-keyed GGUF "
+                   "(every layer); merged: a Hugging Face model folder with the steering in its weights; peft: the "
+                   "ablation as a LoRA adapter.")
+@click.option("--operation", type=click.Choice(["add", "ablate"]), default=None,
+              help="merged/peft: add the push (a bias on the block's output) or ablate the direction (weight "
+                   "orthogonalisation).")
+@click.option("--alpha", type=float, default=None,
+              help="The push, in units of the layer's mean token norm (as `steer --alpha`): merged --operation add; "
+                   "gguf: print the llama.cpp strength per layer.")
+@click.option("--ablate-blocks", default="all", show_default=True,
+              help="--operation ablate: all (the embeddings and every block), or the blocks to edit (0-11); add "
+                   "'embed' to edit the embeddings too (embed,0-11).")
+@click.option("--norm", type=click.Choice(NORMS), default="typical", show_default=True,
+              help="alpha's unit: the layer's mean token norm over the neutral prompts, without massive-activation "
+                   "tokens (typical) or over all.")
+@click.option("--check-kind", type=click.Choice(EVALUATION_KINDS),
+              default="persona", show_default=True, help="merged/peft: the measure the self-check compares (as "
+              "`evaluate --kind`).")
+@click.option("--check-n", type=click.IntRange(min=1), default=16, show_default=True,
+              help="merged/peft: held-out prompts the self-check measures the effect on.")
+@click.option("--scale", default=1.0, show_default=True, help="Multiply the unit vectors by this (safetensors, gguf).")
+@click.option("--model-hint", default=None, help="GGUF controlvector.model_hint [default: the model's config "
+              "model_type, as repeng writes it; llama when the model is not on this machine].")
+@click.option("--device", default="auto", show_default=True, help="Where the model runs: auto | cpu | cuda | mps.")
+@click.option("-o", "--output", type=click.Path(), default=None, help="The file (safetensors, gguf) or new folder "
+              "(merged, peft).")
 @click.pass_context
-def export(ctx, trait, method, layers, model, fmt_, scale, model_hint, output):
-    """Write one trait's vectors (one per layer) to safetensors or a GGUF control vector (llama.cpp,
-    repeng, EasySteer), with the vector card: model, layer convention, site, pooling, method,
-    fingerprints, held-out and steering metrics, code version."""
-    from traitlens.pipeline.extract.export import latest_per_layer, to_gguf, to_safetensors, vector_card
+def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm, check_kind,
+           check_n, scale, model_hint, device, output):
+    """Write vectors for use outside traitlens: safetensors or a GGUF control vector (llama.cpp, repeng,
+    EasySteer) with the vector card, or the steering written into weights (--format merged: a Hugging
+    Face folder; --format peft: a LoRA adapter), checked against traitlens's own hook before it is kept."""
+    import math
+
+    if alpha is not None and not math.isfinite(alpha):
+        _fail(f"--alpha {alpha}: give a finite number", EXIT_INPUT)
+    if fmt_ in ("merged", "peft"):
+        return _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks,
+                               norm, check_kind, check_n, device, output)
+    if operation or vector_ids:
+        _fail(f"--operation and --vector-id are for --format merged or peft; --format {fmt_} writes one trait's "
+              "directions", EXIT_INPUT)
+    if len(traits) != 1:
+        _fail(f"--format {fmt_} exports one trait's vectors: give one --trait", EXIT_INPUT)
+    _export_directions(ctx, traits[0], method, layers or "all", model, fmt_, alpha, norm, scale, model_hint, device,
+                       output)
+
+
+def _loadable_model(spec: str | None, model_key: str) -> str | None:
+    """Why ``spec`` cannot give ``model_key``'s norms without a download or a wasted load, or None
+    when it may (the default model or a checkpoint on this machine whose name the key carries)."""
+    from traitlens.pipeline.model.identity import DEFAULT_MODEL, checkpoint_folder, default_model_status, is_default
+    from traitlens.store.layout import safe_name
+
+    if is_default(spec):
+        name, ready = DEFAULT_MODEL, default_model_status()["ready"]
+    else:
+        folder = checkpoint_folder(spec)
+        name, ready = (folder.resolve().name if Path(spec).expanduser().exists() else spec.rstrip("/").split("/")[-1],
+                       folder is not None)
+    if not model_key.startswith(safe_name(name, "model name") + "-"):
+        return (f"the vectors are of model {model_key} and --model {spec or 'default'} is {name}: pass --model with "
+                "that checkpoint (a folder or a cached Hugging Face id) to measure its layers' norms")
+    if not ready:
+        return f"--model {spec or 'default'} is not on this machine"
+    return None
+
+
+def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, scale, model_hint, device, output):
+    """safetensors / gguf / easysteer: one trait's directions, one per layer, with the vector card."""
+    from traitlens.pipeline.extract.export import (LAYER0_NOTE, gguf_records, latest_per_layer, llama_cpp_lines,
+                                                   to_gguf, to_safetensors, vector_card)
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.store import Store
 
     rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)
-    if model:
-        rows = [r for r in rows if r["model_key"].startswith(model)]
-    groups = sorted({(r["model_key"], r["fmt"], r["site"], r["pooling"]) for r in rows})
     if not rows:
         _fail(f"no {method} vectors for trait {trait!r}; run `traitlens extract --trait {trait}`", EXIT_INPUT)
+    lm = None
+    if model and any(r["model_key"].startswith(model) for r in rows):  # a stored key or its prefix
+        rows = [r for r in rows if r["model_key"].startswith(model)]
+    elif model:  # a checkpoint: its key chooses the vectors
+        lm = _load_for_export(model, device)
+        rows = [r for r in rows if r["model_key"] == lm.key]
+        if not rows:
+            _fail(f"no {method} vectors for trait {trait!r} of {lm.key} (what --model {model} loads)", EXIT_INPUT)
+    groups = sorted({(r["model_key"], r["fmt"], r["site"], r["pooling"]) for r in rows})
     if len(groups) > 1:
         _fail(f"vectors of several groups match: {groups}; pass --model", EXIT_INPUT)
     if layers != "all":
         keep = set(parse_layers(layers, max(r["layer"] for r in rows) + 1))
         rows = [r for r in rows if r["layer"] in keep]
     rows = latest_per_layer(rows)
+    notes = {}
+    if fmt_ != "safetensors":
+        rows, dropped = gguf_records(rows, easysteer=fmt_ == "easysteer")
+        if dropped:
+            notes["layer 0"] = LAYER0_NOTE
+        if not rows:
+            _fail("llama.cpp cannot steer layer 0; export at least one layer >= 1", EXIT_INPUT)
     from traitlens.store import file_stem
 
     out = Path(_output(ctx, output or f"{file_stem(trait, 'trait')}-{file_stem(method, 'method')}."
                        f"{'safetensors' if fmt_ == 'safetensors' else 'gguf'}", "-o"))
-    card = vector_card(rows, scale, _steering_picks(ctx.obj["store"], trait, {r["vector_id"] for r in rows}))
+    norms, hint = None, model_hint
+    why = None if lm is not None else _loadable_model(model, rows[0]["model_key"])
+    if why is None:
+        from traitlens.pipeline.steer.weight_export import layer_norms, norm_source
+
+        lm = lm or _load_for_export(model, device)
+        if lm.key != rows[0]["model_key"]:
+            why = f"the vectors are of model {rows[0]['model_key']}; --model {model or 'default'} loads {lm.key}"
+        else:
+            norms = layer_norms(lm, [r["layer"] for r in rows], norm)
+            notes["norm"] = norm_source(norm)
+            hint = hint or lm.model.config.model_type
+    if why is not None:
+        notes["norm"] = f"not measured: {why}"
+    if hint is None:
+        hint = "llama"
+        if fmt_ != "safetensors":
+            notes["model_hint"] = "llama: the model's config was not read (pass --model, or --model-hint)"
+    card = vector_card(rows, scale, _steering_picks(ctx.obj["store"], trait, {r["vector_id"] for r in rows}), norms,
+                       alpha if norms is not None else None, notes)
     if fmt_ == "safetensors":
         to_safetensors(rows, out, scale, card)
     else:
-        to_gguf(rows, out, model_hint, scale, card, easysteer=fmt_ == "easysteer")
+        to_gguf(rows, out, hint, scale, card, easysteer=fmt_ == "easysteer")
+    from traitlens.store.layout import format_layer_list
+
     evaluated = sum("steering" in v for v in card["layers"].values())
-    click.echo(f"wrote {out} ({len(rows)} layers, {method}, scale {scale}); card: model {card['model_key']}, "
-               f"{card['site']}/{card['pooling']}, held-out metrics" + (f", steering picks of {evaluated} layers"
-                                                                         if evaluated else ""))
+    click.echo(f"wrote {out} ({len(rows)} layers: {format_layer_list([r['layer'] for r in rows])}; {method}, scale "
+               f"{scale}); card: model {card['model_key']}, {card['site']}/{card['pooling']}, held-out metrics"
+               + (f", steering picks of {evaluated} layers" if evaluated else "")
+               + (f"; controlvector.model_hint {hint}" if fmt_ != "safetensors" else ""))
+    if "layer 0" in notes:
+        click.echo(f"note: {LAYER0_NOTE}")
+    if norms is None:
+        click.echo(f"per-layer norms {notes['norm']}")
+    elif alpha is None:
+        click.echo("per-layer mean token norms are in the card; pass --alpha A for the llama.cpp strength of a "
+                   "traitlens alpha (alpha x norm / scale)")
+    elif fmt_ != "safetensors":
+        click.echo(f"llama.cpp, alpha {alpha:g} (strength = alpha x the layer's mean token norm / scale {scale:g}); one "
+                   "layer at a time, as traitlens steers:")
+        for line, (layer, entry) in zip(llama_cpp_lines(out, card), card["layers"].items()):
+            click.echo(f"  L{layer} (norm {entry['norm']:.4g}): {line}")
+    else:
+        click.echo(f"steering-vectors multiplier for alpha {alpha:g} (alpha x norm / scale), per layer: "
+                   + ", ".join(f"L{l} {e['llama_cpp_strength']:.4g}" for l, e in card["layers"].items()))
+
+
+def _load_for_export(model, device):
+    from traitlens.pipeline.model.loading import load_model
+
+    return load_model(model, device=device, dtype="float32", log=lambda m: click.echo(m, err=True))
+
+
+def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm,
+                    check_kind, check_n, device, output):
+    """merged / peft: the pushes or the ablation written into weights, checked against the hook."""
+    from traitlens.pipeline.extract.export import latest_per_layer
+    from traitlens.pipeline.model.layers import parse_layers
+    from traitlens.pipeline.steer.weight_export import export_weights, summary
+    from traitlens.store import Store, file_stem
+
+    if operation is None:
+        _fail(f"--format {fmt_} needs --operation add or ablate", EXIT_INPUT)
+    if fmt_ == "peft" and operation == "add":
+        _fail("--format peft carries an ablation (a low-rank weight change); a constant push is a bias, which a LoRA "
+              "adapter cannot add: use --format merged --operation add", EXIT_INPUT)
+    if operation == "add" and alpha is None:
+        _fail("--operation add needs --alpha (the push in units of the layer's mean token norm, as `steer --alpha`)",
+              EXIT_INPUT)
+    if not (traits or vector_ids):
+        _fail("give --trait (with --layers) or --vector-id: the vectors to write into the weights", EXIT_INPUT)
+    if traits and not layers:
+        _fail("--layers: name the layer(s) whose vector to write, e.g. --layers 12 (--layers all would edit every "
+              "layer's vector)", EXIT_INPUT)
+    out = Path(_output(ctx, output or f"{'-'.join(file_stem(t, 'trait') for t in traits) or 'vectors'}-"
+                       f"{operation}-{fmt_}", "-o"))
+    if out.exists():
+        _fail(f"-o {out} exists: a weight export writes a new folder and never overwrites one", EXIT_INPUT)
+    store = Store.open(ctx.obj["store"])
+    everything = _vector_rows(store)
+    lm = _load_for_export(model, device)
+    embeddings, blocks = True, None
+    if operation == "ablate" and ablate_blocks.strip() != "all":
+        parts = [p.strip() for p in ablate_blocks.split(",") if p.strip()]
+        embeddings = "embed" in parts
+        rest = ",".join(p for p in parts if p != "embed")
+        blocks = parse_layers(rest, lm.n_layers) if rest else []
+        if not (blocks or embeddings):
+            _fail(f"--ablate-blocks {ablate_blocks!r} edits nothing: give all, blocks (0-11), embed, or both", EXIT_INPUT)
+    rows = []
+    for vid in vector_ids:
+        found = [r for r in everything if r["vector_id"] == vid]
+        if not found:
+            _fail(f"--vector-id {vid}: no such vector (`traitlens vectors` lists them)", EXIT_INPUT)
+        rows.append(found[0])
+    for trait in traits:
+        mine = [r for r in everything if r["trait"] == trait and r["method"] == method]
+        if not mine:
+            _fail(f"no {method} vectors for trait {trait!r}; run `traitlens extract --trait {trait}`", EXIT_INPUT)
+        here = [r for r in mine if r["model_key"] == lm.key]
+        if not here:
+            _fail(f"the store holds {trait!r} vectors of model {', '.join(sorted({r['model_key'] for r in mine}))}, "
+                  f"not of {lm.key} (what --model {model or 'default'} loads): a direction of one model means nothing "
+                  "in another's weights; pass the --model they were extracted with", EXIT_INPUT)
+        want = parse_layers(layers, lm.n_layers)
+        chosen = [r for r in latest_per_layer(here) if r["layer"] in want]
+        missing = sorted(set(want) - {r["layer"] for r in chosen})
+        if missing:
+            _fail(f"{trait!r} has no {method} vector at layer(s) {missing} on {lm.key}", EXIT_INPUT)
+        rows += chosen
+    card = export_weights(store, lm, rows, out, operation, fmt_, alpha, blocks, embeddings, norm, check_kind, check_n,
+                          log=lambda m: click.echo(m, err=True))
+    for v in card["vectors"]:
+        push = (f": alpha {v['alpha']:g} x norm {v['norm']:.2f} = a push of {v['push_norm']:.2f} on block "
+                f"{v['layer']}'s output" if operation == "add" else "")
+        click.echo(f"{v['trait']} {v['method']} L{v['layer']} ({v['vector_id']}){push}")
+    if operation == "ablate":
+        where = "every block" if blocks is None else (f"blocks {blocks}" if blocks else "no block")
+        click.echo(f"ablated from {where}" + (" and the embeddings" if embeddings else "")
+                   + (" (tied: the LM head reads the orthogonalised embeddings too)" if card["tied_embeddings"]
+                      and embeddings else ""))
+    click.echo(f"checked against traitlens's hook: {summary(card)}")
+    if "kl_unmerged" in card["check"] and card["tied_embeddings"] and embeddings:
+        click.echo(f"note: with tied embeddings apply the adapter merged (merge_and_unload()); unmerged, peft edits only "
+                   f"the input embeddings (KL {card['check']['kl_unmerged']:.3g} nats from the hook)")
+    click.echo(f"wrote {out} ({fmt_}: {'a Hugging Face model folder' if fmt_ == 'merged' else 'a peft LoRA adapter'}"
+               f"; card {out / 'traitlens-export.json'})")
+
+
+@cli.command("import")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--trait", required=True, help="The trait the vectors are of: its held-out prompts score them, and "
+              "rank / evaluate / steer list them under it.")
+@click.option("--model", required=True, help="The stored model the vectors were made on (a model key or its prefix; "
+              "`traitlens info` lists them): their width must be its width.")
+@click.option("--fmt", type=click.Choice(FORMATS), default=None, help="Prompt format, if both are stored.")
+@click.option("--site", default="resid", show_default=True)
+@click.option("--pooling", default="last", show_default=True, help="The group whose held-out rows score them.")
+@click.option("--name", default=None, help="Their method name [default: the source format: gguf, steering-vectors, "
+              "persona-vectors, safetensors].")
+@click.option("--layers", default=None, help="Only these layers (traitlens's: block N's output) [default: every layer "
+              "the file holds that the store holds].")
+@click.option("--format", "file_format", type=click.Choice(["auto", "gguf", "steering-vectors", "persona-vectors",
+                                                            "safetensors"]), default="auto", show_default=True)
+@click.option("--convention", type=click.Choice(["auto", "blocks", "hidden-states"]), default="auto",
+              show_default=True, help="What a file's layer index means: blocks (N = block N's output: repeng, "
+              "llama.cpp, steering-vectors) or hidden-states (N = hidden_states[N]: persona_vectors) [default: the "
+              "format's own].")
+@click.pass_context
+def import_(ctx, source, trait, model, fmt, site, pooling, name, layers, file_format, convention):
+    """Import vectors made by other tools (repeng / llama.cpp GGUF control vectors, steering-vectors and
+    persona_vectors .pt, safetensors) from SOURCE, a file or a folder of them, made on the stored model
+    --model. They enter the vectors table with their provenance (format, file hash, model) and held-out
+    metrics, beside traitlens's own; a bad file is refused and nothing is written."""
+    from traitlens.pipeline.extract.imported import import_vectors
+
+    res = import_vectors(ctx.obj["store"], source, trait, model, fmt, site, pooling, name, layers, file_format,
+                         convention)
+    params = [json.loads(r["params"])["source"] for r in res["records"]]
+    click.echo(f"{'vector_id':<16} {'layer':>5} {'method':<16} {'AUROC':>6} {'d':>6}  source")
+    for r, p in zip(res["records"], params):
+        click.echo(f"{r['vector_id']:<16} {r['layer']:>5} {r['method']:<16} {r['auroc']:>6.3f} {r['cohens_d']:>6.2f}  "
+                   f"{p['file']} {p['tensor']} ({p['format']}, {p['convention']}, sha256 {p['sha256'][:12]})")
+    for f, ls in res["skipped"].items():
+        click.echo(f"note: {f}: layer(s) {ls} left out: not stored for {res['key'].path}")
+    if any(r["auroc"] < 0.5 for r in res["records"]):
+        click.echo("note: a held-out AUROC below 0.5 means the vector points toward the negatives of "
+                   f"{trait!r}: its sign is the other tool's", err=True)
+    click.echo(f"imported {res['n_new']} vectors ({res['n_existing']} already stored) for {trait!r} on "
+               f"{res['key'].path}; run {res['run_id']}. `traitlens rank --trait {trait}` and `evaluate` compare them "
+               "with the store's own")
 
 
 def _steering_picks(store_path, trait: str, vector_ids: set[str]) -> dict[str, dict]:
     """``{vector_id: its steering pick}`` (largest shift within the KL budget) for evaluated vectors."""
-    from traitlens.pipeline.steer.sweep import pick
+    from traitlens.pipeline.steer.rule import pick
     from traitlens.queries import StoreSQL
 
     with StoreSQL(store_path) as q:
-        rows = q.query("SELECT * FROM steering WHERE trait = ? AND kind <> 'refusal_first_token'", [trait]).to_pylist()
+        rows = q.query("SELECT * FROM steering WHERE trait = ? AND kind <> ?", [trait, LOOSE_KIND]).to_pylist()
     out = {}
     for vid in vector_ids:
         p = pick([r for r in rows if r["vector_id"] == vid])

@@ -93,8 +93,9 @@ def _steering_sweep(lm, store: Store, folder: Path) -> list[str]:
     runs the full one."""
     from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
     from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.sweep import describe, evaluator_for, front_line, pick_line, sweep
-    from traitlens.queries.selection import KL_BUDGET
+    from traitlens.pipeline.steer.records import describe, front_line, pick_line
+    from traitlens.pipeline.steer.search import evaluator_for, sweep
+    from traitlens.queries.budget import KL_BUDGET
     from traitlens.store.store import new_run_id
 
     ev, what = evaluator_for(store, lm, "sentiment", "expression", neutral=list(NEUTRAL_PROMPTS[:12]),

@@ -8,7 +8,7 @@ from pathlib import Path
 from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import heatmap, rank
 from traitlens.store import Store, file_stem
-from traitlens.store.location import is_remote
+from traitlens.store.location import capabilities
 
 
 def utc_stamp() -> str:
@@ -20,7 +20,7 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
     """Write ``report.path`` (default ``<store>/report/report.md``, or ``report/report.md`` beside the
     spec when the store is on object storage) and its PNGs; return its path."""
     rep = spec.report
-    home = spec.path.parent if is_remote(spec.store) else spec.store
+    home = spec.store if capabilities(spec.store).local_files else spec.path.parent
     path = Path(rep["path"]) if "path" in rep else home / "report" / "report.md"
     if not path.is_absolute() and "path" in rep:
         path = spec.path.parent / path
@@ -83,8 +83,8 @@ def _steering_section(q: StoreSQL, trait: str, folder: Path, plots: bool, kind: 
     """The steering evaluation of one trait (``[evaluate]``, or `traitlens evaluate --steering`):
     the detection and steering picks, the Pareto front, and the three-panel figure."""
     from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.sweep import front_line, stored_rows, summary_lines
-    from traitlens.queries.selection import KL_BUDGET
+    from traitlens.pipeline.steer.records import front_line, stored_rows, summary_lines
+    from traitlens.queries.budget import KL_BUDGET
 
     budget = KL_BUDGET if kl_budget is None else kl_budget
     kind, rows, samples = stored_rows(q, trait, kind, samples=plots)

@@ -147,9 +147,11 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> N
     this measure are not measured again, so a refresh evaluates only what changed; the report
     reads every stored row."""
     from traitlens.pipeline.model.layers import parse_layers
-    from traitlens.pipeline.steer.sweep import REPLY_TOKENS, around, evaluator_for, stored_methods, sweep
+    from traitlens.pipeline.steer.search import around, evaluator_for, stored_methods, sweep
+    from traitlens.pipeline.steer.settings import REPLY_TOKENS
     from traitlens.queries import StoreSQL
-    from traitlens.queries.selection import KL_BUDGET, best_vector
+    from traitlens.queries.budget import KL_BUDGET
+    from traitlens.queries.selection import best_vector
 
     ev = spec.evaluate
     kind, alphas = ev.get("kind", "persona"), ev.get("alphas", [0.05, 0.1, 0.25, 0.5])

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from traitlens.store.errors import InputError
-from traitlens.store.location import check_outside_store, is_remote, store_path
+from traitlens.store.location import capabilities, check_outside_store, store_path
+from traitlens.store.vocabulary import DEFAULT_POOLINGS, EVALUATION_KINDS, NORMS
 
 _short = reprlib.Repr()
 _short.maxstring, _short.maxother, _short.maxlevel = 60, 60, 3
@@ -102,7 +103,7 @@ class Spec:
         from traitlens.pipeline.capture.settings import IngestConfig
 
         c = dict(self.capture)
-        c.setdefault("poolings", ["last", "mean"])
+        c.setdefault("poolings", list(DEFAULT_POOLINGS))
         if isinstance(c.get("chat"), str):
             if c["chat"].strip().lower() != "auto":
                 raise ValueError(f"capture.chat {c['chat']!r}: use true, false or \"auto\"")
@@ -112,8 +113,8 @@ class Spec:
         return IngestConfig(model=self.model, **c).validate()
 
     def extract_config(self):
-        """The extraction settings as an :class:`~traitlens.pipeline.extract.jobs.ExtractConfig` (validated)."""
-        from traitlens.pipeline.extract.jobs import ExtractConfig, parse_size
+        """The extraction settings as an :class:`~traitlens.pipeline.extract.config.ExtractConfig` (validated)."""
+        from traitlens.pipeline.extract.config import ExtractConfig, parse_size
 
         ex = self.extract
         cfg = ExtractConfig(n_boot=ex.get("n_boot", 8), seed=ex.get("seed", 0), params=ex.get("params", {}))
@@ -205,12 +206,12 @@ def load_spec(path: str | Path, check_values: bool = True) -> Spec:
     for key, allowed in (("on_long", ("truncate", "fail")), ("padding_side", ("left", "right"))):
         if data.get("capture", {}).get(key) not in (None, *allowed):
             raise SpecError(f"{path}: capture.{key} must be one of {allowed}")
-    if data.get("evaluate", {}).get("kind") not in (None, "persona", "refusal", "refusal_first_token", "expression"):
-        raise SpecError(f"{path}: evaluate.kind must be persona, refusal, refusal_first_token or expression")
-    if data.get("evaluate", {}).get("norm") not in (None, "typical", "all"):
-        raise SpecError(f"{path}: evaluate.norm must be typical or all (alpha's unit; see `traitlens steer --help`)")
+    if data.get("evaluate", {}).get("kind") not in (None, *EVALUATION_KINDS):
+        raise SpecError(f"{path}: evaluate.kind must be {', '.join(EVALUATION_KINDS[:-1])} or {EVALUATION_KINDS[-1]}")
+    if data.get("evaluate", {}).get("norm") not in (None, *NORMS):
+        raise SpecError(f"{path}: evaluate.norm must be {' or '.join(NORMS)} (alpha's unit; see `traitlens steer --help`)")
     store = store_path(data["store"])  # a folder (relative to the spec) or an fsspec URL
-    if not is_remote(store) and not store.is_absolute():
+    if capabilities(store).local_files and not store.is_absolute():
         store = base / store
     model = data.get("model")
     spec = Spec(path=path, store=store,

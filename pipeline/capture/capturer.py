@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from traitlens.store import PendingBatch
-from traitlens.store.layout import POOLINGS
+from traitlens.store.vocabulary import POOLINGS
 
 from traitlens.pipeline.model.encode import Encoded
 from traitlens.pipeline.model.generation import eos_token_ids, greedy_batch

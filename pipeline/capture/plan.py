@@ -34,7 +34,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from traitlens.store import tables
 from traitlens.store.layout import GroupKey
 
 from traitlens.pipeline.capture.corpus import CorpusError, PromptRecord, ReadOptions, iter_records
@@ -89,8 +88,7 @@ class CorpusScan:
             flags = np.zeros(self.n_read, np.uint8)
             self._mark(con, "SELECT ordinal FROM kept", flags, KEEP)
             if store is not None:
-                con.register("store_prompts", tables.parts_dataset(tables.part_files(store.tables_path / "prompts"),
-                                                                   tables.PROMPTS_SCHEMA))
+                con.register("store_prompts", store.tables["prompts"].dataset())
                 con.execute("CREATE TEMP TABLE stored AS SELECT prompt_id, dataset, trait, label, split "
                             "FROM store_prompts QUALIFY row_number() OVER (PARTITION BY prompt_id, dataset, trait "
                             "ORDER BY added_at DESC NULLS LAST) = 1")
@@ -102,8 +100,7 @@ class CorpusScan:
                 flags[(flags & KEEP) > 0] |= NEW
             done = "SELECT NULL::VARCHAR AS prompt_id WHERE false"
             if store is not None and groups:
-                con.register("store_rows", tables.parts_dataset(tables.part_files(store.tables_path / "rows"),
-                                                                tables.ROWS_SCHEMA))
+                con.register("store_rows", store.tables["rows"].dataset())
                 keys = pa.table({c: [getattr(g, c) for g in groups] for c in ("model_key", "fmt", "site", "pooling")})
                 con.register("run_groups", keys)
                 done = (f"SELECT prompt_id FROM store_rows JOIN run_groups USING (model_key, fmt, site, pooling) "

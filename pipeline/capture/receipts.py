@@ -21,14 +21,13 @@ from pathlib import Path
 
 from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group
-from traitlens.store.manifest import snapshot
+from traitlens.store.vocabulary import NAMED_SITES
 
 from traitlens.pipeline.capture.corpus import ReadOptions, open_corpus_file
 from traitlens.pipeline.capture.settings import IngestConfig
 from traitlens.pipeline.model.identity import cache_put, known, read_cache, traitlens_home
 from traitlens.pipeline.model.layers import parse_layers
 
-NAMED_SITES = ("resid", "attn_out", "mlp_out")
 MAX_RECEIPTS = 512  # per store; the oldest are dropped
 
 
@@ -88,7 +87,7 @@ def plan_from_identity(cfg: IngestConfig) -> Plan | None:
 def store_state(store: Store, groups: list[GroupKey], tables=("prompts", "rows")) -> dict:
     """What a rerun's outcome depends on in the store: which parts' rows each table holds (a
     digest that compaction keeps and any append or lost part changes) and the commit marks."""
-    state = {t: snapshot(store.tables_path / t).digest() for t in tables}
+    state = {t: store.tables[t].snapshot().digest() for t in tables}
     root = store.zarr_root() if store.zarr_path.exists() else None
     marks = {}
     for g in groups:

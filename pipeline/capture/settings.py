@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from traitlens.store.errors import InputError
-from traitlens.store.layout import POOLINGS
+from traitlens.store.vocabulary import DEFAULT_POOLINGS, NAMED_SITES, POOLINGS
 
 from traitlens.pipeline.model.options import DTYPES, check_device
 
@@ -18,7 +18,7 @@ class IngestConfig:
     model: str | None = None  # None: the default model
     sites: list[str] = field(default_factory=lambda: ["resid"])
     layers: str = "all"
-    poolings: list[str] = field(default_factory=lambda: ["last", "mean"])
+    poolings: list[str] = field(default_factory=lambda: list(DEFAULT_POOLINGS))
     chat: bool | None = None  # None: chat when the tokenizer has a template
     generate: int = 0  # tokens to generate per prompt (response_mean)
     batch_size: int = 32
@@ -44,7 +44,7 @@ class IngestConfig:
 
         self.sites = list(dict.fromkeys(s.strip() for s in self.sites if str(s).strip()))
         if not self.sites:
-            raise InputError("--site: give at least one site (resid, attn_out, mlp_out or a dotted module path)")
+            raise InputError(f"--site: give at least one site ({', '.join(NAMED_SITES)} or a dotted module path)")
         self.poolings = list(dict.fromkeys(p.strip() for p in self.poolings if str(p).strip()))
         if not self.poolings:
             raise InputError(f"--pooling: give at least one of {', '.join(POOLINGS)}")

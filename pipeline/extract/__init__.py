@@ -1,6 +1,7 @@
 """Extraction: contrastive sets from the store (``contrastive``), the estimators (``methods``),
-held-out metrics (``metrics``), the per-layer Dask jobs (``jobs``) and vector export
-(``export``). Imports ``model``, ``runtime``, ``store``, ``queries``; no other stage.
+held-out metrics (``metrics``), the settings (``config``), the per-layer fits (``fitting``),
+the Dask job that runs and stores them (``jobs``) and vector export (``export``). Imports
+``model``, ``runtime``, ``store``, ``queries``; no other stage.
 
 ``from traitlens.pipeline.extract import extract, ExtractConfig`` and the estimator classes
 work as before the stage packages; they load on first use, so importing a submodule such as
@@ -12,7 +13,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "extract": "jobs", "ExtractConfig": "jobs", "ExtractResult": "jobs",
+    "extract": "jobs", "ExtractConfig": "config", "ExtractResult": "jobs",
     "METHODS": "methods", "make_method": "methods", "ExtractionError": "methods",
     "Direction": "methods", "MeanDifference": "methods", "PCADiff": "methods", "ICADirection": "methods",
     "LogisticProbe": "methods", "Gradient": "methods", "RandomDirection": "methods",

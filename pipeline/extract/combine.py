@@ -23,8 +23,8 @@ from traitlens.pipeline.extract.methods import ExtractionError
 from traitlens.queries import StoreSQL
 from traitlens.queries.selection import best_vector
 from traitlens.store import Store
+from traitlens.store.vocabulary import METHOD_NAMES
 
-BUILT_IN = ("mean_diff", "pca_diff", "ica", "probe", "gradient", "random")
 
 
 def parse_formula(expr: str) -> list[tuple[float, str]]:
@@ -64,17 +64,37 @@ def _unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def held_out_record(store: Store, key, layer: int, trait: str, vec: np.ndarray, held_split: str = "auto") -> dict:
+    """The fields of a vectors row that scoring the unit ``vec`` ``[d]`` at ``layer`` of group
+    ``key`` on ``trait``'s contrastive rows gives: the group, layer and trait, the rows'
+    fingerprint and counts, the vector, and the held-out metrics any extracted vector has (no
+    bootstrap: stability and agreement are None). The caller adds method, params, raw_norm,
+    cosines and info. For a vector made elsewhere: combined (here) or imported (:mod:`.imported`)."""
+    from traitlens.pipeline.extract.contrastive import contrastive_set
+    from traitlens.pipeline.extract.fitting import read_rows
+    from traitlens.pipeline.extract.metrics import projection_metrics
+
+    cset = contrastive_set(store, key, trait, held_split=held_split)
+    arr = store.layer_array(key, layer, int(max(cset.train_rows.max(), cset.held_rows.max())) + 1)
+    p_train, p_held = read_rows(arr, cset.train_rows) @ vec, read_rows(arr, cset.held_rows) @ vec
+    return {**key.as_dict(), "layer": int(layer), "trait": trait, "fingerprint": cset.fingerprint, "where_sql": None,
+            "n_pos": cset.n_pos, "n_neg": cset.n_neg, "held_split": cset.held_split, "n_boot": 0, "seed": 0,
+            "n_held_pos": int(cset.held_pos.sum()), "n_held_neg": int((~cset.held_pos).sum()), "out_of_core": False,
+            "d": int(len(vec)), "vector": np.asarray(vec, np.float32).tolist(),
+            **projection_metrics(p_train, cset.train_pos, p_held, cset.held_pos), "stability": None,
+            "agreement": None}
+
+
 def combine(store_path, expr: str, layer: int, name: str, orthogonal_to: list[str] = (), score_trait: str | None = None,
             model_key: str | None = None) -> dict:
     """Store the combined vector; returns its vectors row (with ``vector_id``)."""
-    from traitlens.pipeline.extract.contrastive import contrastive_set
-    from traitlens.pipeline.extract.jobs import read_rows, save_vectors
-    from traitlens.pipeline.extract.metrics import cosine, projection_metrics
+    from traitlens.pipeline.extract.jobs import save_vectors
+    from traitlens.pipeline.extract.metrics import cosine
     from traitlens.store.store import new_run_id
 
-    if name in BUILT_IN or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+    if name in METHOD_NAMES or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
         raise ExtractionError(f"--name {name!r}: give a new method name (letters, digits, - _ .), not one of "
-                              f"{', '.join(BUILT_IN)}")
+                              f"{', '.join(METHOD_NAMES)}")
     store = Store.open(store_path)
     terms = parse_formula(expr)
     with StoreSQL(store) as q:
@@ -101,18 +121,10 @@ def combine(store_path, expr: str, layer: int, name: str, orthogonal_to: list[st
     first = parents[0]
     key = next(g for g in store.groups() if (g.model_key, g.fmt, g.site, g.pooling) ==
                (first["model_key"], first["fmt"], first["site"], first["pooling"]))
-    trait = score_trait or first["trait"]
-    cset = contrastive_set(store, key, trait, held_split=first["held_split"])
-    arr = store.layer_array(key, layer, int(max(cset.train_rows.max(), cset.held_rows.max())) + 1)
-    p_train, p_held = read_rows(arr, cset.train_rows) @ vec, read_rows(arr, cset.held_rows) @ vec
     params = {"formula": expr, "parents": [p["vector_id"] for p in parents], "coefficients": [c for c, _ in terms],
               "orthogonal_to": [o["vector_id"] for o in others]}
-    rec = {**key.as_dict(), "layer": int(layer), "trait": trait, "method": name,
-           "params": json.dumps(params, sort_keys=True), "fingerprint": cset.fingerprint, "where_sql": None,
-           "n_pos": cset.n_pos, "n_neg": cset.n_neg, "held_split": cset.held_split, "n_boot": 0, "seed": 0,
-           "n_held_pos": int(cset.held_pos.sum()), "n_held_neg": int((~cset.held_pos).sum()), "out_of_core": False,
-           "d": int(len(vec)), "raw_norm": norm, "vector": vec.astype(np.float32).tolist(),
-           **projection_metrics(p_train, cset.train_pos, p_held, cset.held_pos), "stability": None, "agreement": None,
+    rec = {**held_out_record(store, key, layer, score_trait or first["trait"], vec, first["held_split"]),
+           "method": name, "params": json.dumps(params, sort_keys=True), "raw_norm": norm,
            "cosines": json.dumps({p["vector_id"]: round(cosine(vec, np.asarray(p["vector"])), 6)
                                   for p in parents + others}),
            "info": json.dumps({"combined": True, **params})}

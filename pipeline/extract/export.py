@@ -3,16 +3,25 @@ repeng and EasySteer, each carrying its vector card.
 
 Every file holds one direction per layer, keyed like repeng writes them: ``direction.{layer}``
 where ``layer`` is the 0-based index of the block whose output the vector lives on
-(:data:`LAYER_CONVENTION`). llama.cpp applies ``direction.N`` to block N's output and cannot
-steer block 0, so the llama.cpp GGUF skips layer 0; EasySteer's layer-keyed GGUF keeps every
-layer and names the method (``controlvector.method``). Vectors are unit norm; ``scale``
-multiplies them (llama.cpp's ``--control-vector-scaled FILE S`` scales again at load time).
+(:data:`LAYER_CONVENTION`). llama.cpp applies ``direction.N`` to block N's output (its loader
+puts ``direction.N`` at row N-1 of a buffer whose row il-1 block il reads) and refuses
+``direction.0``, so the llama.cpp GGUF leaves layer 0 out (:func:`gguf_records`); EasySteer's
+layer-keyed GGUF keeps every layer and names the method (``controlvector.method``). Vectors are
+unit norm; ``scale`` multiplies them.
+
+Strength. traitlens's ``alpha`` is in units of the layer's mean token norm: the push is
+``alpha * norm_L * unit(v)``. A file of unit vectors needs llama.cpp strength
+``alpha * norm_L / scale`` at layer L (``--control-vector-scaled FILE:STRENGTH``, one argument,
+with ``--control-vector-layer-range L L``); the card carries ``norm_L`` per layer and, for a
+given alpha, that strength (:func:`llama_cpp_lines` prints the commands).
 
 The card (:func:`vector_card`, JSON under the ``traitlens.card`` metadata key of safetensors
 and key-value of GGUF) says what the file is: model key, layer convention, site, pooling,
-method, trait, per layer the vector id, the rows' fingerprint, the held-out metrics and, once
-evaluated, the steering pick's metrics, and the code version. :func:`read_card` reads it back;
-loading an export for another model is refused (:func:`check_card`).
+method, trait, per layer (exactly the layers in the file) the vector id, the rows' fingerprint,
+the held-out metrics, its norm and strength and, once evaluated, the steering pick's metrics,
+and the code version. It is strict JSON (:func:`card_json`: a value that is not a finite number
+is null, and ``nulls`` says why). :func:`read_card` reads it back; loading an export for another
+model is refused (:func:`check_card`).
 """
 
 from __future__ import annotations
@@ -47,24 +56,88 @@ HELD_OUT = ("auroc", "balanced_accuracy", "cohens_d", "stability", "threshold", 
 STEERING = ("kind", "alpha", "shift", "ci_low", "ci_high", "kl", "norm")
 
 
-def vector_card(records: list[dict], scale: float = 1.0, steering: dict[str, dict] | None = None) -> dict:
-    """What an export holds, for whoever loads it. ``steering``: ``{vector_id: its steering pick
-    row}`` (the largest shift within the KL budget) where a vector was evaluated."""
+def vector_card(records: list[dict], scale: float = 1.0, steering: dict[str, dict] | None = None,
+                norms: dict[int, float] | None = None, alpha: float | None = None, notes: dict | None = None) -> dict:
+    """What an export holds, for whoever loads it: one entry per record, so pass exactly the
+    records written. ``steering``: ``{vector_id: its steering pick row}`` (the largest shift
+    within the KL budget) where a vector was evaluated; ``norms``: ``{layer: mean token norm}``
+    (alpha's unit, measured by the caller); with ``alpha``, each layer's llama.cpp strength
+    ``alpha * norm / scale``; ``notes``: what the file leaves out and why (``{field: reason}``)."""
     from traitlens.store.store import code_version
 
     head = records[0]
+    notes = dict(notes or {})
+    if norms is None:
+        notes.setdefault("norm", "not measured: the export was written without loading the model")
     layers = {}
     for r in records:
         entry = {"vector_id": r["vector_id"], "fingerprint": r.get("fingerprint"),
                  **{k: r.get(k) for k in HELD_OUT}}
+        entry["norm"] = None if norms is None else norms.get(int(r["layer"]))
+        if alpha is not None and entry["norm"] is not None:
+            entry["llama_cpp_strength"] = alpha * entry["norm"] / scale
         s = (steering or {}).get(r["vector_id"])
         if s is not None:
             entry["steering"] = {k: s.get(k) for k in STEERING if k in s}
         layers[str(r["layer"])] = entry
     return {"format": "traitlens vector card 1", "model_key": head["model_key"], "fmt": head["fmt"],
             "site": head["site"], "pooling": head["pooling"], "trait": head["trait"], "method": head["method"],
-            "layer_convention": LAYER_CONVENTION, "scale": scale, "unit_norm": True, "layers": layers,
-            "code_version": code_version()}
+            "layer_convention": LAYER_CONVENTION, "scale": scale, "unit_norm": True, "alpha": alpha,
+            "strength": STRENGTH, "layers": layers, "notes": notes, "code_version": code_version()}
+
+
+STRENGTH = ("the push at layer L is alpha * norm_L * unit(v) (traitlens's alpha, norm_L the layer's mean token "
+            "norm); this file holds scale * unit(v), so llama.cpp's strength is alpha * norm_L / scale "
+            "(llama_cpp_strength), steering-vectors' multiplier the same")
+
+
+def strict(card: dict) -> dict:
+    """``card`` with every value that is not a finite number (NaN, inf) replaced by None, and
+    ``nulls``: ``{dotted path: why}`` for each, so strict JSON parsers read it."""
+    nulls = dict(card.get("nulls") or {})
+
+    def walk(x, path):
+        if isinstance(x, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(x)]
+        if isinstance(x, (float, np.floating)) and not np.isfinite(x):
+            nulls[path] = f"not a finite number ({float(x)}) in the store: not measurable for this vector"
+            return None
+        return x.item() if isinstance(x, np.generic) else x
+
+    out = walk({k: v for k, v in card.items() if k != "nulls"}, "")
+    if nulls:
+        out["nulls"] = nulls
+    return out
+
+
+def card_json(card: dict) -> str:
+    """The card as strict JSON (no NaN or Infinity literals: :func:`strict`)."""
+    return json.dumps(strict(card), default=str, allow_nan=False)
+
+
+LAYER0_NOTE = ("layer 0 is left out: llama.cpp cannot steer block 0 (its control-vector loader refuses direction.0); "
+               "the EasySteer format keeps it")
+
+
+def gguf_records(records: list[dict], easysteer: bool = False) -> tuple[list[dict], bool]:
+    """(the records a GGUF file holds, whether layer 0 was left out): llama.cpp's and repeng's
+    leave layer 0 out, EasySteer's keeps every layer."""
+    kept = [r for r in records if easysteer or int(r["layer"]) > 0]
+    return kept, len(kept) < len(records)
+
+
+def llama_cpp_lines(path, card: dict) -> list[str]:
+    """Copy-pasteable llama.cpp arguments, one line per layer of the card that has a strength:
+    ``--control-vector-scaled FILE:STRENGTH --control-vector-layer-range L L`` (current llama.cpp
+    reads FILE:SCALE as one argument)."""
+    lines = []
+    for layer, entry in card["layers"].items():
+        s = entry.get("llama_cpp_strength")
+        if s is not None:
+            lines.append(f"--control-vector-scaled {path}:{s:.6g} --control-vector-layer-range {layer} {layer}")
+    return lines
 
 
 def check_card(card: dict | None, model_key: str, where) -> None:
@@ -81,7 +154,7 @@ def to_safetensors(records: list[dict], path: Path, scale: float = 1.0, card: di
     meta = {k: str(records[0][k]) for k in ("model_key", "fmt", "site", "pooling", "trait", "method")}
     meta["vector_ids"] = json.dumps({str(r["layer"]): r["vector_id"] for r in records})
     meta["scale"] = str(scale)
-    meta[CARD_KEY] = json.dumps(card or vector_card(records, scale), default=str)
+    meta[CARD_KEY] = card_json(card or vector_card(records, scale))
     save_file({f"direction.{l}": v * scale for l, v in vecs.items()}, str(path), metadata=meta)
     return path
 
@@ -89,18 +162,24 @@ def to_safetensors(records: list[dict], path: Path, scale: float = 1.0, card: di
 def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: float = 1.0, card: dict | None = None,
             easysteer: bool = False) -> Path:
     """A control-vector GGUF: llama.cpp's and repeng's (layer 0 left out: llama.cpp cannot steer
-    it), or with ``easysteer`` EasySteer's layer-keyed one (every layer, ``controlvector.method``)."""
+    it), or with ``easysteer`` EasySteer's layer-keyed one (every layer, ``controlvector.method``).
+    ``model_hint``: the model's ``config.model_type``, as repeng writes it (llama.cpp's loader
+    reads no metadata key; repeng's and vLLM's importers require this one). The card, when
+    given, must describe the records written (:func:`gguf_records`)."""
     import gguf
 
-    vecs = {l: v for l, v in _by_layer(records).items() if easysteer or l > 0}
+    records, _ = gguf_records(records, easysteer)
+    vecs = _by_layer(records)
     if not vecs:
         raise ValueError("llama.cpp cannot steer layer 0; export at least one layer >= 1")
+    if card is not None and sorted(card["layers"], key=int) != [str(l) for l in vecs]:
+        raise ValueError(f"the card lists layers {sorted(card['layers'], key=int)}, the file holds {list(vecs)}")
     writer = gguf.GGUFWriter(str(path), "controlvector")
     writer.add_string("controlvector.model_hint", model_hint)
     writer.add_uint32("controlvector.layer_count", len(vecs))
     if easysteer:
         writer.add_string("controlvector.method", str(records[0]["method"]))
-    writer.add_string(CARD_KEY, json.dumps(card or vector_card(records, scale), default=str))
+    writer.add_string(CARD_KEY, card_json(card or vector_card(records, scale)))
     for layer, v in vecs.items():
         writer.add_tensor(f"direction.{layer}", (v * scale).astype(np.float32))
     writer.write_header_to_file()

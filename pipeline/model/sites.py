@@ -23,7 +23,6 @@ from traitlens.store.layout import safe_name
 
 from traitlens.pipeline.model.layers import SiteError, parse_layers  # noqa: F401  (re-exported: part of this module's API)
 
-NAMED_SITES = ("resid", "attn_out", "mlp_out")
 BLOCK_LIST_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
                     "transformer.blocks", "model.language_model.layers", "transformer.layers", "layers", "h")
 ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")

@@ -81,13 +81,40 @@ def next_token_kl_under(lm: LoadedModel, settings: dict, prompts: list[str] = NE
         ids, mask, pos = left_padded(lm, seqs[b:b + batch_size])
         kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
         base = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
-        p = base.exp()
         m = mask.float()
         for k, items in settings.items():  # (alpha 0 adds exactly nothing: the same forward, KL exactly 0)
             with pushes(lm, items):
                 steered = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
-            kl = (p * (base - steered)).sum(-1).clamp_min(0.0)  # [B, T]; tiny negatives are rounding
-            out[k][b:b + len(ids)] = ((kl * m).sum(1) / m.sum(1)).cpu().numpy()
+            out[k][b:b + len(ids)] = _mean_kl(base, steered, m)
+    return out
+
+
+def _mean_kl(logp: torch.Tensor, logq: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Per row, the mean over its real positions of KL(P || Q), from log-probabilities
+    ``[B, T, vocab]`` and a float ``mask`` ``[B, T]``: ``[B]``."""
+    kl = (logp.exp() * (logp - logq.to(logp.device))).sum(-1).clamp_min(0.0)  # [B, T]; tiny negatives are rounding
+    mask = mask.to(kl.device)
+    return ((kl * mask).sum(1) / mask.sum(1)).cpu().numpy()
+
+
+@torch.inference_mode()
+def next_token_kl_between(lm: LoadedModel, reference, others: list[LoadedModel], prompts: list[str] = NEUTRAL_PROMPTS,
+                          chat: bool = True, batch_size: int = 8) -> list[np.ndarray]:
+    """Per prompt, the mean over its real positions of KL(P_reference || P_other) in nats, for
+    each of ``others`` (models with the same tokenizer: exported copies, run on the very same
+    token ids): ``[n_prompts]`` each. ``reference`` is a function returning a fresh context
+    manager (the hooks that steer ``lm``), run once per batch."""
+    seqs = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
+    out = [np.zeros(len(seqs)) for _ in others]
+    for b in range(0, len(seqs), batch_size):
+        ids, mask, pos = left_padded(lm, seqs[b:b + batch_size])
+        kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+        with reference():
+            ref = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
+        for k, other in enumerate(others):
+            theirs = torch.log_softmax(other.model(**{n: v.to(other.device) for n, v in kw.items()}).logits.float(),
+                                       dim=-1)
+            out[k][b:b + len(ids)] = _mean_kl(ref, theirs, mask.float())
     return out
 
 

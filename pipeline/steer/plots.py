@@ -8,7 +8,7 @@
 3. steerability: the histogram of per-sample slopes of the measure against alpha at the pick
    (random's at the same layer beside it), with the wrong-way side shaded.
 
-Works on steering rows and sample rows as :class:`.sweep.SweepResult` holds them or as the
+Works on steering rows and sample rows as :class:`.search.SweepResult` holds them or as the
 ``steering`` / ``steering_samples`` tables return them (dicts with the same keys).
 :func:`together_figure` draws pushes measured at once (``evaluate --add``).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traitlens.pipeline.steer.sweep import front, pick
+from traitlens.pipeline.steer.rule import front, pick
 
 
 def sample_slopes(samples: list[dict], method: str, layer: int) -> np.ndarray:

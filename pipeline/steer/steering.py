@@ -24,6 +24,7 @@ import torch
 from traitlens.pipeline.model.hooks import block_outputs, forward_hooks, hidden, pad_token_id, with_hidden
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.model.sites import find_blocks
+from traitlens.store.vocabulary import NAMED_SITES, NORMS, POSITIONS, PROMPT_POOLINGS
 
 
 def _unit(vector) -> torch.Tensor:
@@ -39,7 +40,6 @@ def block_output(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attention
 
 
 MASSIVE = 10.0  # a token whose norm is this many times the median is a "massive activation"
-NORMS = ("typical", "all")
 
 
 @torch.inference_mode()
@@ -59,15 +59,12 @@ def mean_token_norm(lm: LoadedModel, layer: int, input_ids: torch.Tensor, attent
     return float(norms[norms <= MASSIVE * norms.median()].mean())
 
 
-POSITIONS = ("all", "generated", "prompt", "last-prompt")  # or "A:B", absolute positions A <= p < B
-
-
 def check_positions(spec: str) -> str:
     """``spec`` if it is a position selector: one of :data:`POSITIONS` or ``A:B`` (either end may
     be left out: ``:5``, ``3:``); else ValueError saying what is accepted."""
     if spec in POSITIONS or re.fullmatch(r"\d*:\d*", spec or ""):
         return spec
-    raise ValueError(f"positions {spec!r}: use all, generated, prompt, last-prompt or A:B (token positions A to B-1)")
+    raise ValueError(f"positions {spec!r}: use {', '.join(POSITIONS)} or A:B (token positions A to B-1)")
 
 
 def position_mask(spec: str, start: int, width: int, prompt_len: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -127,8 +124,8 @@ def site_module(lm: LoadedModel, site: str, layer: int) -> torch.nn.Module:
     """The module whose output ``site`` names at block ``layer`` (resid, attn_out, mlp_out)."""
     from traitlens.pipeline.model.sites import get_module, resolve_sites
 
-    if site not in ("resid", "attn_out", "mlp_out"):
-        raise ValueError(f"site {site!r}: steer at resid, attn_out or mlp_out")
+    if site not in NAMED_SITES:
+        raise ValueError(f"site {site!r}: steer at {', '.join(NAMED_SITES[:-1])} or {NAMED_SITES[-1]}")
     (point,) = resolve_sites(lm.model, [site], [layer])
     return get_module(lm.model, point.module_path)
 
@@ -182,20 +179,64 @@ def steering(lm: LoadedModel, vector, layer: int, alpha: float, scale: float = 1
         yield states[0]
 
 
-@contextmanager
-def ablation(lm: LoadedModel, vector, layers: list[int] | None = None, site: str = "resid"):
-    """Within the block, the direction is projected out of the outputs of ``site`` (resid: the
-    block; attn_out / mlp_out: its sub-module) at the given blocks (all if None)."""
-    _, blocks = find_blocks(lm.model)
-    v = _unit(vector).to(lm.device)
-
+def _projecting_out(v: torch.Tensor):
+    """A forward hook that projects the unit ``v`` out of a module's output: ``x - (x . v) v``."""
     def hook(module, inputs, output):
         x = hidden(output)
         vv = v.to(x.dtype)
         return with_hidden(output, x - (x @ vv).unsqueeze(-1) * vv)
 
+    return hook
+
+
+@contextmanager
+def ablation(lm: LoadedModel, vector, layers: list[int] | None = None, site: str = "resid"):
+    """Within the block, the direction is projected out of the outputs of ``site`` (resid: the
+    block; attn_out / mlp_out: its sub-module) at the given blocks (all if None)."""
+    _, blocks = find_blocks(lm.model)
+    hook = _projecting_out(_unit(vector).to(lm.device))
     chosen = layers if layers is not None else range(len(blocks))
     with forward_hooks([(site_module(lm, site, l), hook) for l in chosen]):
+        yield
+
+
+def orthonormal(vectors) -> np.ndarray:
+    """An orthonormal basis ``[d, k]`` of the span of ``vectors`` (Gram-Schmidt in their order;
+    a vector already in the span of those before it adds nothing)."""
+    basis: list[np.ndarray] = []
+    for v in vectors:
+        u = np.asarray(v, dtype=np.float64)
+        u = u / np.linalg.norm(u)
+        for b in basis:
+            u = u - (u @ b) * b
+        if np.linalg.norm(u) > 1e-6:
+            basis.append(u / np.linalg.norm(u))
+    return np.stack(basis, axis=1)
+
+
+@contextmanager
+def directional_ablation(lm: LoadedModel, vectors, blocks: list[int] | None = None, embeddings: bool = True,
+                         unembedding: bool = False):
+    """Directional ablation as Arditi et al. define it, as hooks: the span of ``vectors`` is
+    projected out of every write into the residual stream, so no residual state holds a
+    component in it: the embeddings' outputs (``embeddings``) and the attention and MLP outputs
+    of the chosen blocks (all if None; :func:`ablation` at ``attn_out`` and ``mlp_out``, one
+    orthonormal direction at a time, which together project out the span). ``unembedding``:
+    also out of the final norm's output, the LM head's input. This is what orthogonalising
+    those modules' weights computes (:mod:`.weights`), tied unembedding included."""
+    from contextlib import ExitStack
+
+    from traitlens.pipeline.model.writers import architecture, root_module
+
+    arch = architecture(lm.model)
+    basis = orthonormal(vectors).T  # [k, d]
+    stack_paths = (arch.embeddings if embeddings else ()) + ((arch.final_norm,) if unembedding else ())
+    with ExitStack() as stack:
+        for u in basis:
+            for site in ("attn_out", "mlp_out"):
+                stack.enter_context(ablation(lm, u, blocks, site))
+            hook = _projecting_out(torch.as_tensor(u, dtype=torch.float32).to(lm.device))
+            stack.enter_context(forward_hooks([(root_module(lm.model, p), hook) for p in stack_paths]))
         yield
 
 
@@ -232,9 +273,9 @@ def condition_scores(lm: LoadedModel, vector, layer: int, pooling: str, seqs: li
     rows were (``last``: the last token; ``mean``: the mean over its tokens): ``[n]``, unsteered."""
     from traitlens.pipeline.model.hooks import pad_batch
 
-    if pooling not in ("last", "mean"):
+    if pooling not in PROMPT_POOLINGS:
         raise ValueError(f"a condition vector of {pooling} pooling cannot be read from a prompt alone; use one of "
-                         "last or mean pooling")
+                         f"{' or '.join(PROMPT_POOLINGS)} pooling")
     ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "right", lm.device)
     h = block_output(lm, layer, ids, mask).float()  # [B, T, d]
     m = mask.float().unsqueeze(-1)

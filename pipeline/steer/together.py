@@ -96,7 +96,7 @@ def additivity_line(rows: list[dict]) -> str | None:
 
 def floor_line(rows: list[dict]) -> str | None:
     """Whether the whole's interval lies above the random twin's (None without the floor)."""
-    from traitlens.pipeline.steer.sweep import shown_to_steer
+    from traitlens.pipeline.steer.rule import shown_to_steer
 
     whole = next(r for r in rows if r["part"] == "together")
     rand = next((r for r in rows if r["part"] == "random"), None)

@@ -1,5 +1,5 @@
 """A headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by selenium) and the
-dashboard served on a free loopback port in a thread: for the browser tests and the README's
+dashboard served on a free loopback port in a thread: for the browser tests and docs/'s
 screenshots."""
 
 from __future__ import annotations
