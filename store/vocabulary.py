@@ -47,3 +47,10 @@ POSITIONS = ("all", "generated", "prompt", "last-prompt")
 
 # `traitlens export --format`
 EXPORT_FORMATS = ("safetensors", "gguf", "easysteer", "merged", "peft")
+
+# the splits a prompt is in (the prompts table's ``split``): extract fits on train and judges on
+# val (or test); ingest gives every split of a labelled (trait, dataset, label) at least
+# MIN_PER_SPLIT prompts once it has that many for each (pipeline/capture/splits.py), the least a
+# fit or a held-out AUROC is computed from
+SPLIT_NAMES = ("train", "val", "test")
+MIN_PER_SPLIT = 2

@@ -540,9 +540,10 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
     if generate and not corpus:
         raise click.UsageError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
     if corpus:
-        records, _ = read_corpus(list(corpus))
+        store = Store.open(ctx.obj["store"])
+        records, _ = read_corpus(list(corpus), store=store)  # splits as the capture below gives them
         ids = {r.prompt_id for r in records}
-        vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
+        vec = chosen_vector(store, trait, vector_id)
         cap = capture_missing(ctx.obj["store"], vec, list(corpus), ids, model)
         if cap is not None:
             store = Store.open(ctx.obj["store"])

@@ -11,9 +11,13 @@
 
    - ``KEEP``: the first record of its (prompt_id, dataset, trait); the others are duplicates;
    - ``NEW`` / ``RELABELLED``: a kept record whose key the store lacks, or holds with another
-     label or split (its newest record, as everywhere);
+     label or split (its newest record, as everywhere; a record without a split keeps the stored one);
    - ``CAPTURE``: the first kept record of its prompt, when the prompt is not committed in every
-     group this run writes.
+     group this run writes;
+
+   and, as one more byte, the split of each kept record the corpus gave none (:mod:`.splits`:
+   stratified by label, a stored prompt keeps its own): DuckDB counts and ranks each stratum,
+   :func:`.splits.cuts` says where to cut it.
 3. :meth:`CorpusScan.windows` reads the scan back and yields the kept records ``window`` at a
    time with their flags (the corpus is parsed once).
 
@@ -36,13 +40,17 @@ import pyarrow.parquet as pq
 
 from traitlens.store.layout import GroupKey
 
+from traitlens.store.vocabulary import MIN_PER_SPLIT, SPLIT_NAMES
+
 from traitlens.pipeline.capture.corpus import CorpusError, PromptRecord, ReadOptions, iter_records
+from traitlens.pipeline.capture.splits import PLAIN_CUTS, cuts, hash_point
 
 KEEP, NEW, RELABELLED, CAPTURE = 1, 2, 4, 8
 SCAN_SCHEMA = pa.schema([("ordinal", pa.int64()), ("prompt_id", pa.string()), ("dataset", pa.string()),
                          ("trait", pa.string()), ("label", pa.int8()), ("split", pa.string()),
                          ("source", pa.string()), ("text", pa.string()), ("messages", pa.string()),
-                         ("extra", pa.string())])  # messages and extra as JSON
+                         ("extra", pa.string()), ("point", pa.float64())])  # messages and extra as JSON;
+# point: the prompt's hash point (splits.hash_point)
 ROW_GROUP = 65_536
 MEMORY_LIMIT = "2GB"  # DuckDB's share while deciding; past it, it spills to disk
 
@@ -67,6 +75,9 @@ class CorpusScan:
     n_read: int = 0
     n_distinct: int = 0  # distinct prompts among the kept records (set by decide)
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # uint8 [n_read]
+    # uint8 [n_read]: 1 + the index in SPLIT_NAMES of the split assigned to a kept record the
+    # corpus gave none; 0 where the corpus gave one (set by decide)
+    assigned: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
 
     @property
     def n_records(self) -> int:
@@ -95,9 +106,12 @@ class CorpusScan:
                 self._mark(con, "SELECT k.ordinal FROM kept k ANTI JOIN stored s USING (prompt_id, dataset, trait)",
                            flags, NEW)
                 self._mark(con, "SELECT k.ordinal FROM kept k JOIN stored s USING (prompt_id, dataset, trait) "
-                           "WHERE k.label <> s.label OR k.split IS DISTINCT FROM s.split", flags, RELABELLED)
+                           "WHERE k.label <> s.label OR k.split <> s.split", flags, RELABELLED)  # (NULL: kept)
             else:
+                con.execute("CREATE TEMP TABLE stored (prompt_id VARCHAR, dataset VARCHAR, trait VARCHAR, "
+                            "label TINYINT, split VARCHAR)")
                 flags[(flags & KEEP) > 0] |= NEW
+            self.assigned = self._assign_splits(con)
             done = "SELECT NULL::VARCHAR AS prompt_id WHERE false"
             if store is not None and groups:
                 con.register("store_rows", store.tables["rows"].dataset())
@@ -112,6 +126,48 @@ class CorpusScan:
             con.close()
         return self
 
+    def _assign_splits(self, con) -> np.ndarray:
+        """The split of every kept record the corpus gave none (:mod:`.splits`), as codes per
+        ordinal (see :attr:`assigned`). Needs the ``stored`` table."""
+        # each kept record's split: the corpus's, else the stored one; NULL: to assign
+        con.execute("CREATE OR REPLACE TEMP TABLE fate AS SELECT k.ordinal, k.prompt_id, k.dataset, k.trait, k.label, "
+                    "k.point, coalesce(k.split, s.split) AS split, k.split IS NULL AS assigned "
+                    "FROM kept k LEFT JOIN stored s USING (prompt_id, dataset, trait)")
+        # what each stratum holds already: its placed records, and the stored prompts this corpus lacks
+        held = con.execute(
+            "SELECT trait, dataset, label, split, count(*) FROM (SELECT trait, dataset, label, split FROM fate "
+            "WHERE split IS NOT NULL UNION ALL SELECT s.trait, s.dataset, s.label, s.split FROM stored s "
+            "ANTI JOIN kept k USING (prompt_id, dataset, trait) WHERE s.split IS NOT NULL) GROUP BY ALL").fetchall()
+        have = {tuple(r[:4]): r[4] for r in held}
+        strata = con.execute("SELECT trait, dataset, label, count(*), count(*) FILTER (point < ?), "
+                             "count(*) FILTER (point < ?) FROM fate WHERE split IS NULL GROUP BY ALL",
+                             list(PLAIN_CUTS)).fetchall()
+        at = {"trait": [], "dataset": [], "label": [], "i": [], "j": []}
+        for trait, dataset, label, n, below_val, below_test in strata:
+            i, j = cuts(n, below_val, below_test, [have.get((trait, dataset, label, s), 0) for s in SPLIT_NAMES],
+                        MIN_PER_SPLIT if label != 0 else 0)
+            for name, value in zip(at, (trait, dataset, label, i, j)):
+                at[name].append(value)
+        con.register("cut_at", pa.table(at, schema=pa.schema([("trait", pa.string()), ("dataset", pa.string()),
+                                                             ("label", pa.int8()), ("i", pa.int64()),
+                                                             ("j", pa.int64())])))
+        codes = np.zeros(self.n_read, np.uint8)
+        self._code(con, "SELECT f.ordinal, CASE WHEN f.rank < c.i THEN 1 WHEN f.rank < c.j THEN 2 ELSE 3 END FROM "
+                   "(SELECT ordinal, trait, dataset, label, row_number() OVER (PARTITION BY trait, dataset, label "
+                   "ORDER BY point, prompt_id) - 1 AS rank FROM fate WHERE split IS NULL) f "
+                   "JOIN cut_at c USING (trait, dataset, label)", codes)
+        # a stored prompt the corpus gives no split keeps its own (written again only if relabelled)
+        self._code(con, "SELECT ordinal, list_position(?, split) FROM fate WHERE assigned AND split IS NOT NULL",
+                   codes, [list(SPLIT_NAMES)])
+        return codes
+
+    @staticmethod
+    def _code(con, sql: str, codes: np.ndarray, params=None) -> None:
+        """``codes[ordinal] = code`` for each ``(ordinal, code)`` row of ``sql``, streamed."""
+        with con.sql(sql, params=params).to_arrow_reader(batch_size=1_000_000) as reader:
+            for batch in reader:
+                codes[batch.column(0).to_numpy().astype(np.int64)] = batch.column(1).to_numpy(zero_copy_only=False)
+
     def _connect(self):
         """A private DuckDB connection over the scan, with its ``kept`` table (one row per key)."""
         import duckdb
@@ -123,7 +179,7 @@ class CorpusScan:
         # DuckDB's own reader for its own temporary file: its buffers count against its memory limit
         con.execute(f"CREATE VIEW scan AS SELECT * FROM read_parquet('{self.folder / 'scan.parquet'}')")
         con.execute("CREATE TEMP TABLE kept AS SELECT prompt_id, dataset, trait, min(ordinal) AS ordinal, "
-                    "arg_min(label, ordinal) AS label, arg_min(split, ordinal) AS split, "
+                    "arg_min(label, ordinal) AS label, arg_min_null(split, ordinal) AS split, min(point) AS point, "
                     "count(DISTINCT label) AS labels FROM scan GROUP BY prompt_id, dataset, trait")
         return con
 
@@ -154,15 +210,16 @@ class CorpusScan:
         with open(self.folder / "scan.parquet", "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=size):
                 ordinals = batch.column(0).to_numpy()
-                flags = self.flags[ordinals]
+                flags, assigned = self.flags[ordinals], self.assigned[ordinals]
                 picked = np.flatnonzero(flags & KEEP)
                 if not len(picked):
                     continue
                 rows = batch.take(pa.array(picked)).to_pylist()
-                for r, fl in zip(rows, flags[picked]):
+                for r, fl, a in zip(rows, flags[picked], assigned[picked]):
                     out.append((PromptRecord(r["prompt_id"], r["text"],
                                              json.loads(r["messages"]) if r["messages"] is not None else None,
-                                             r["dataset"], r["trait"], r["label"], r["split"], r["source"],
+                                             r["dataset"], r["trait"], r["label"], r["split"] or SPLIT_NAMES[a - 1],
+                                             r["source"],
                                              json.loads(r["extra"]) if r["extra"] else {}), int(fl)))
                     if len(out) >= size:
                         yield out
@@ -200,7 +257,8 @@ def scan_corpus(paths, opts: ReadOptions | None = None, require_assistant: bool 
                 row = rec.as_row()
                 for name, value in zip(SCAN_SCHEMA.names, (n, rec.prompt_id, rec.dataset, rec.trait, rec.label,
                                                            rec.split, rec.source, rec.text, row["messages"],
-                                                           row["extra"] if rec.extra else None)):
+                                                           row["extra"] if rec.extra else None,
+                                                           hash_point(rec.prompt_id))):
                     cols[name].append(value)
                 n += 1
                 if len(cols["ordinal"]) >= ROW_GROUP:
@@ -220,9 +278,10 @@ def scan_corpus(paths, opts: ReadOptions | None = None, require_assistant: bool 
     return scan
 
 
-def read_corpus(paths, opts: ReadOptions | None = None) -> tuple[list[PromptRecord], int]:
+def read_corpus(paths, opts: ReadOptions | None = None, store=None) -> tuple[list[PromptRecord], int]:
     """Every kept record of a (small) corpus as a list, and the duplicates skipped: the same
-    rules as an ingest (first of each (prompt_id, dataset, trait) kept; another label is an error)."""
+    rules as an ingest (first of each (prompt_id, dataset, trait) kept; another label is an error).
+    Splits the corpus does not give are those an ingest into ``store`` would give (None: a new store)."""
     with scan_corpus(paths, opts) as scan:
-        scan.decide()
+        scan.decide(store)
         return [r for w in scan.windows(1 << 30) for r, _ in w], scan.n_duplicates
