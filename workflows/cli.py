@@ -89,7 +89,9 @@ def _poolings(value: str) -> list[str]:
 @click.option("--trait", default=None, help="Trait for records without a trait field [default: file name].")
 @click.option("--label", default=None, help="Label for records without one: pos/neg, +1/-1, true/false, yes/no.")
 @click.option("--dataset", default=None, help="Dataset name [default: file name].")
-@click.option("--split", default=None, help="train | val | test for every record [default: the record's, else by hash].")
+@click.option("--split", default=None, help="train | val | test for every record [default: the record's; else a stored prompt's own, else "
+                   "by prompt hash, stratified by label: every split of each trait, dataset and label gets 2 of "
+                   "its prompts when it has 6].")
 @click.option("--zero-is-negative", is_flag=True, help="Read label 0 as negative (1/0 labels) instead of unlabelled.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address: shard forward passes across its workers; they write their own "
