@@ -168,3 +168,35 @@ def test_ctrl_c_and_timeout_stop_a_long_query(slow_store):
     r = subprocess.run(CLI + ["--store", str(slow_store), "query", "--timeout", "1", long_sql], env=ENV,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--timeout 1 s" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# `traitlens ARGS`, sending itself SIG (argv[1]) from inside an at-fork hook of the first
+# multiprocessing fork: the moment a signal lands while extract forks its workers
+SIGNAL_IN_A_FORK = """
+import os, signal, sys, traceback
+sig, sent = getattr(signal, sys.argv.pop(1)), []
+
+def in_the_fork():
+    if not sent and any("popen_fork" in f.filename for f in traceback.extract_stack()):
+        sent.append(1)
+        os.kill(os.getpid(), sig)
+
+os.register_at_fork(after_in_parent=in_the_fork)
+sys.argv[0] = "traitlens"
+from traitlens.workflows.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_that_lands_while_extract_forks_its_workers_is_not_dropped(tmp_path, sig, code):
+    """Its handler ran inside logging's at-fork hook, where Python drops the exception: the
+    extraction carried on and exited 0 with its vectors stored, as if never signalled."""
+    store, _ = synthetic_store(tmp_path / "s", n=400, d=16, layers=tuple(range(6)))
+    p = subprocess.run([sys.executable, "-c", SIGNAL_IN_A_FORK, sig, "--store", str(store.root), "extract", "--trait",
+                        "planted", "--scheduler", "processes", "--quiet"], env=ENV, capture_output=True, text=True,
+                       preexec_fn=sigint_default, timeout=600)  # a hang guard only
+    assert p.returncode == code, (p.returncode, p.stderr[-3000:])
+    assert "Exception ignored" not in p.stderr and "Traceback" not in p.stderr, p.stderr
+    last = Store.open(store.root).runs().to_pylist()[-1]
+    assert last["status"] == "interrupted" and Store.open(store.root).table("vectors").num_rows == 0

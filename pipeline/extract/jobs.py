@@ -22,6 +22,7 @@ from traitlens.store import arrays
 from traitlens.store.layout import StoreError, layer_name
 
 from traitlens.pipeline.runtime.cluster import LOCAL, dask_client
+from traitlens.pipeline.runtime.interrupts import interrupts_held, let_interrupts_through
 from traitlens.pipeline.runtime.lifeline import bind_to_parent
 from traitlens.pipeline.runtime.memory import give_back_freed_memory
 from traitlens.pipeline.extract.config import ExtractConfig, method_params
@@ -135,6 +136,8 @@ def _local_pool(local: str, n_workers: int):
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
                                initializer=_worker_leaves_on_ctrl_c, initargs=(os.getpid(),))
     try:
+        with interrupts_held():  # a signal landing in a fork is never dropped (see interrupts_held)
+            pool.submit(int).result()  # a fork pool starts every worker at its first task: now
         yield pool
     except BaseException:
         for proc in list(getattr(pool, "_processes", {}).values()):
@@ -153,6 +156,7 @@ def _worker_leaves_on_ctrl_c(parent: int) -> None:
 
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    let_interrupts_through()  # (forked with them held: one sent meanwhile ends it here, quietly)
     bind_to_parent(parent)
 
 
