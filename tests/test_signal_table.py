@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow  # real processes and signals: `make test-fast` le
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+WORDS = {"SIGINT": "interrupted (Ctrl-C)", "SIGTERM": "terminated (SIGTERM)"}  # a command's last line
 
 # `traitlens ARGS` run by a Python that first makes one function stop where it is called: it
 # creates the marker file (the test's cue) and waits there. argv: marker, patch name, ARGS...
@@ -151,6 +152,9 @@ def signalled(name: str, store: Path, argv: list, ready, sig: str, patch: str | 
         assert cli(store, "verify", "--repair").returncode == 0
         outcome.runs_next = run_statuses(store, before_runs)
     print("\n" + outcome.row())
+    assert not outcome.traceback and not outcome.left, outcome  # whatever the command and the signal
+    if sig != "SIGKILL" and name not in ("serve", "ingest"):  # (ingest says what it committed: its test)
+        assert outcome.last_line == WORDS[sig], outcome
     return outcome
 
 
@@ -267,4 +271,4 @@ def test_serve(tmp_path, captured, sig):
 
     o = signalled("serve", s, ["serve", "--port", port], answering, sig)
     assert o.unchanged and o.runs == [] and not o.traceback and not answering()
-    assert o.code == {"SIGINT": 0, "SIGTERM": 0, "SIGKILL": -9}[sig]
+    assert o.code == {"SIGINT": 0, "SIGTERM": 0, "SIGKILL": -9}[sig] and o.last_line == ""
