@@ -234,7 +234,7 @@ class Store:
             array_rows = int(pc.max(pc.add(t["token_start"], pc.cast(t["token_count"], pa.int64()))).as_py())
         else:
             array_rows = rows_end  # past the highest committed row, even where a lost part left a gap below it
-        return GroupState(n_prompts=n, array_rows=array_rows, prompt_ids=IdSet(t["prompt_id"]), rows_end=rows_end)
+        return GroupState(n_prompts=n, array_rows=array_rows, ids=t["prompt_id"], rows_end=rows_end)
 
     def zarr_root(self, mode: str = "r") -> zarr.Group:
         return arrays.open_root(self.zarr_path, mode=mode)
@@ -404,8 +404,18 @@ def committed_everywhere(states: dict) -> set[str]:
 class GroupState:
     n_prompts: int
     array_rows: int
-    prompt_ids: IdSet = field(default_factory=IdSet)  # compact: bytes per id, not an object
+    ids: pa.Array | pa.ChunkedArray | None = field(default=None, repr=False)  # the committed prompt ids, as read
     rows_end: int = 0  # highest committed row + 1; above n_prompts only where a lost part left a gap
+    _prompt_ids: IdSet | None = field(default=None, repr=False)
+
+    @property
+    def prompt_ids(self) -> IdSet:
+        """The committed ids as an :class:`IdSet` (compact: bytes per id, not an object), sorted
+        when first asked for: the checks that need only the counts (``check_extend`` of a
+        1M-prompt group) skip the sort."""
+        if self._prompt_ids is None:
+            self._prompt_ids = IdSet(self.ids if self.ids is not None else ())
+        return self._prompt_ids
 
     @property
     def has_gap(self) -> bool:

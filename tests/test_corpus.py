@@ -100,9 +100,9 @@ def test_labels_zero_policy(tmp_path):
 
 
 def test_unknown_extension_and_missing_path(tmp_path):
-    (tmp_path / "x.parquet").write_bytes(b"")
+    (tmp_path / "x.xlsx").write_bytes(b"")
     with pytest.raises(CorpusError, match="unknown corpus type"):
-        read_corpus([tmp_path / "x.parquet"])
+        read_corpus([tmp_path / "x.xlsx"])
     with pytest.raises(CorpusError, match="no such file"):
         read_corpus([tmp_path / "nope.jsonl"])
 

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from click.testing import CliRunner
 
-from traitlens.pipeline.capture.corpus import PromptRecord, ReadOptions, iter_records, prompt_id_for
+from traitlens.pipeline.capture.corpus import PromptRecord, ReadOptions, prompt_id_for, read_lines
 from traitlens.pipeline.capture.plan import read_corpus
 from traitlens.pipeline.capture.splits import assign_splits, cuts, hash_split
 from traitlens.store import Store
@@ -147,7 +147,7 @@ def test_the_plans_sql_splits_as_the_python_rule(tmp_path, seed):
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     sql = read_corpus([path], store=store)[0]
-    raw = list(iter_records(path, ReadOptions()))
+    raw = list(read_lines(path, "jsonl", "c", ReadOptions()))
     assert any(r.split is None for r in raw) and any(r.split for r in raw)
     have = {(p["prompt_id"], p["dataset"], p["trait"]): (p["label"], p["split"]) for p in store.prompts().to_pylist()}
     first = {}
@@ -182,3 +182,17 @@ def test_splits_a_corpus_gave_that_strand_a_label_are_named_as_the_cause(tmp_pat
     assert r.exit_code == 2, r.output
     assert "split 'val' holds 6 positive and 0 negative rows" in r.output
     assert "12 positive and 12 negative" in r.output and "Re-ingest into a new --store" in r.output
+
+
+def test_the_plans_hash_points_are_the_rules_own():
+    """POINT_SQL (DuckDB, a column at a time) gives hash_point's value, bit for bit."""
+    import duckdb
+    import pyarrow as pa
+
+    from traitlens.pipeline.capture.splits import POINT_SQL, hash_point
+
+    ids = [prompt_id_for(f"prompt {i} \u00e9\u6f22", None) for i in range(3000)]
+    con = duckdb.connect()
+    con.register("t", pa.table({"prompt_id": ids}))
+    got = [u for (u,) in con.execute(f"SELECT {POINT_SQL} FROM t").fetchall()]
+    assert got == [hash_point(i) for i in ids]

@@ -84,8 +84,18 @@ def _poolings(value: str) -> list[str]:
 @click.option("--max-length", type=int, default=None, help="Token limit per prompt [default: the model's context].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | mps")
 @click.option("--dtype", default="auto", show_default=True, help="auto | float32 | bfloat16 | float16")
-@click.option("--text-field", default=None, help="Field holding the prompt [default: text, prompt, statement, ...].")
-@click.option("--label-field", default=None, help="Field holding the label [default: label, answer_matching_behavior].")
+# (--text-field, --label-field: the spellings before 0.3, kept for old scripts)
+@click.option("--text-column", "--text-field", "text_column", default=None,
+              help="Column (field) holding the prompt [default: text, prompt, statement, instruction, question, "
+                   "input].")
+@click.option("--label-column", "--label-field", "label_column", default=None,
+              help="Column holding the label [default: label, answer_matching_behavior].")
+@click.option("--messages-column", default=None,
+              help="Column holding chat turns, a list of {role, content} [default: messages].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Read only the first N records.")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Keep N records, chosen by a hash of each record and --seed (reproducible; recorded in the run).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--trait", default=None, help="Trait for records without a trait field [default: file name].")
 @click.option("--label", default=None, help="Label for records without one: pos/neg, +1/-1, true/false, yes/no.")
 @click.option("--dataset", default=None, help="Dataset name [default: file name].")
@@ -102,15 +112,21 @@ def _poolings(value: str) -> list[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary line (for cron).")
 @click.pass_context
 def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_size, max_tokens, padding_side, on_long,
-           max_length, device, dtype, text_field, label_field, trait, label, dataset, split, zero_is_negative,
-           scheduler, workers_write, quiet):
-    """Capture activations of CORPUS files/folders into the store (only what is missing)."""
+           max_length, device, dtype, text_column, label_column, messages_column, limit, sample, seed, trait, label,
+           dataset, split, zero_is_negative, scheduler, workers_write, quiet):
+    """Capture activations of CORPUS files, folders or globs into the store (only what is missing).
+
+    CORPUS: .jsonl, .json, .csv, .tsv, .txt (each also .gz or .zst), .parquet, .arrow/.feather, a
+    folder written by datasets' save_to_disk, a folder of such files (Parquet parts), a quoted glob
+    ('data/*.parquet'), or a folder of positive.txt/negative.txt. Nothing is downloaded: a Hugging
+    Face id is refused with the commands that save a local copy."""
     from traitlens.pipeline.capture import receipts
     from traitlens.pipeline.capture.corpus import ReadOptions
     from traitlens.pipeline.capture.settings import IngestConfig
 
-    opts = ReadOptions(text_field=text_field, label_field=label_field, trait=trait, label=label, dataset=dataset,
-                       split=split, zero_is_negative=zero_is_negative)
+    opts = ReadOptions(text_column=text_column, label_column=label_column, messages_column=messages_column,
+                       trait=trait, label=label, dataset=dataset, split=split, zero_is_negative=zero_is_negative,
+                       limit=limit, sample=sample, seed=seed)
     cfg = IngestConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
                        on_long=on_long, max_length=max_length, device=device, dtype=dtype, workers_write=workers_write)
@@ -134,6 +150,11 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
             res = run_ingest(ctx.obj["store"], list(corpus), opts, cfg, progress=not quiet, log=log, client=client)
         except ValueError as e:  # bad options (pooling, chat without template, ...)
             _fail(str(e), EXIT_INPUT)
+    if not res.model_loaded:
+        click.echo(f"ingest done: 0 prompts captured, {res.n_skipped} already stored, 0 new prompt records, "
+                   f"{res.n_duplicates} duplicates skipped; model {res.model_key} ({res.fmt}); every record is stored "
+                   "as the corpus has it, so the model was not loaded")
+        return
     relabelled = f", {res.n_relabelled} relabelled (newest label wins)" if res.n_relabelled else ""
     line = (f"ingest {res.status}: {res.n_captured} prompts captured, {res.n_skipped} already stored, "
             f"{res.n_new_prompts} new prompt records{relabelled}, {res.n_truncated} truncated, {res.n_duplicates} duplicates "

@@ -7,7 +7,8 @@ Example (``workflows/examples/demo.toml``)::
 
     [[corpora]]
     paths = ["corpus/*.jsonl"]           # files, folders or globs
-    # trait, label, split, dataset, text_field, label_field: as `traitlens ingest` options
+    # trait, label, split, dataset, text_column, label_column, messages_column, limit, sample, seed:
+    # as `traitlens ingest` options (text_field, label_field: their older names, still read)
 
     [capture]
     sites = ["resid"]
@@ -53,7 +54,9 @@ SCHEMA: dict[str, dict] = {
     "": {"store": str, "model": str, "corpora": list, "capture": dict, "extract": dict, "evaluate": dict,
          "score": dict, "report": dict, "scheduler": str},
     "corpora": {"paths": (list, str), "trait": str, "label": (str, int), "split": str, "dataset": str,
-                "text_field": str, "label_field": str, "zero_is_negative": bool},
+                "text_column": str, "label_column": str, "messages_column": str, "limit": int, "sample": int,
+                "seed": int, "zero_is_negative": bool,
+                "text_field": str, "label_field": str},  # (text_field, label_field: the names before 0.3)
     "capture": {"sites": list, "layers": (str, int, list), "poolings": list, "chat": (bool, str), "generate": int,
                 "batch_size": int, "max_length": int, "on_long": str, "padding_side": str, "device": str,
                 "dtype": str},
@@ -257,9 +260,16 @@ def _check_values(spec: Spec) -> None:
                 parse_label(o["label"], path, None, f"corpora[{i}].label", o.get("zero_is_negative", False))
             if "split" in o:
                 parse_split(o["split"], path, None)
-            ReadOptions(**{k: (str(v) if k == "label" else v) for k, v in o.items()})
+            ReadOptions.from_options({k: (str(v) if k == "label" else v) for k, v in o.items()})
+            for k in ("limit", "sample"):
+                if k in o and o[k] < 1:
+                    raise SpecError(f"{path}: corpora[{i}].{k} must be at least 1, got {o[k]}")
+        except SpecError:
+            raise
         except CorpusError as e:
             raise SpecError(f"{path}: corpora[{i}]: {str(e).split(': ', 1)[-1]}") from None
+        except InputError as e:  # a key given under its old and new name
+            raise SpecError(f"{path}: corpora[{i}]: {e}") from None
     ev = spec.evaluate
     alphas = ev.get("alphas", [])
     if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):

@@ -23,8 +23,9 @@ once (both satisfy the rule). An ingest interrupted after writing some of its pr
 to the same splits as one never interrupted (tests/test_splits.py).
 
 The rule is written once here, in Python: :func:`assign_splits` applies it to records in memory
-(the activation-cache import), and the ingest's plan (:mod:`.plan`) counts and ranks a corpus of
-any length in DuckDB and asks :func:`cuts` where to cut each stratum; a test holds the two equal.
+(the activation-cache import), and the ingest's plan (:mod:`.plan`) computes the hash points
+(:data:`POINT_SQL`), counts and ranks a corpus of any length in DuckDB and asks :func:`cuts` where
+to cut each stratum; tests hold the two equal.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ PLAIN_CUTS = (0.8, 0.9)  # hash points below 0.8: train; below 0.9: val; the res
 def hash_point(prompt_id: str) -> float:
     """The prompt's place in [0, 1): the first 32 bits of sha256("split:" + prompt_id)."""
     return int(hashlib.sha256(("split:" + prompt_id).encode()).hexdigest()[:8], 16) / 2**32
+
+
+# hash_point in DuckDB, of a column ``prompt_id``: the same 32 bits, the same (exact) division
+POINT_SQL = "CAST(('0x' || substr(sha256('split:' || prompt_id), 1, 8)) AS UBIGINT) / 4294967296.0"
 
 
 def hash_split(prompt_id: str) -> str:
