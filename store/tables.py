@@ -70,13 +70,16 @@ RUNS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("stage", pa.string()),
-        ("status", pa.string()),  # running | done | failed | interrupted
+        ("status", pa.string()),  # running | done | failed | interrupted | killed (its process died unrecorded)
         ("started_at", TS),
-        ("ended_at", TS),
+        ("ended_at", TS),  # killed: when the next command noticed
         ("code_version", pa.string()),
         ("config", pa.string()),  # JSON
         ("counts", pa.string()),  # JSON
         ("message", pa.string()),
+        ("pid", pa.int64()),  # the process that recorded it (null: recorded by an older release)
+        ("host", pa.string()),  # its host name and pid namespace (store/runs.py: this_host)
+        ("held_lock", pa.bool_()),  # it held the writer lock from start to end (a killed one is over once we hold it)
     ]
 )
 

@@ -67,3 +67,10 @@ CAPABILITY_TABLE = "capability"
 
 # what `traitlens reproduce` says of a refit against its bundle (exit 0 for the first two)
 VERDICTS = ("identical", "within tolerance", "differs")
+
+# the splits a prompt is in (the prompts table's ``split``): extract fits on train and judges on
+# val (or test); ingest gives every split of a labelled (trait, dataset, label) at least
+# MIN_PER_SPLIT prompts once it has that many for each (pipeline/capture/splits.py), the least a
+# fit or a held-out AUROC is computed from
+SPLIT_NAMES = ("train", "val", "test")
+MIN_PER_SPLIT = 2

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, hash_split, prompt_id_for
+from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, prompt_id_for
+from traitlens.pipeline.capture.splits import hash_split
 from traitlens.pipeline.capture.plan import read_corpus
 
 

@@ -137,6 +137,8 @@ def test_a_key_is_relabelled_only_when_its_newest_stored_record_differs(tmp_path
     before it: a label corrected and corrected back is not a relabel, a stale old record that
     agrees with the corpus does not hide a newer one that does not."""
     c = write_corpus(tmp_path / "c.jsonl", 4)  # labels neg, pos, neg, pos
+    lines = c.read_text().splitlines()  # the first record gives its split (one without keeps the stored one)
+    c.write_text("\n".join([lines[0][:-1] + ', "split": "val"}'] + lines[1:]) + "\n")
     records, _ = plan.read_corpus([c])
     rows = [r.as_row() for r in records]
     flipped = [{**r, "label": -r["label"]} for r in rows]
@@ -145,7 +147,7 @@ def test_a_key_is_relabelled_only_when_its_newest_stored_record_differs(tmp_path
     store.add_prompts([flipped[1]])  # corrected...
     store.add_prompts([rows[1]])  # ...and corrected back: its newest record is the corpus's again
     store.add_prompts([flipped[2]])  # its old record agrees with the corpus, its newest does not
-    store.add_prompts([{**rows[0], "split": "test" if rows[0]["split"] != "test" else "train"}])  # a new split
+    store.add_prompts([{**rows[0], "split": "test"}])  # a newer split than the corpus gives
     with plan.scan_corpus([c]) as scan:
         scan.decide(store)
         flags = scan.flags

@@ -23,12 +23,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from traitlens.pipeline.capture.corpus import (CorpusError, ReadOptions, hash_split, prompt_id_for, read_lines,
+from traitlens.pipeline.capture.corpus import (CorpusError, ReadOptions, prompt_id_for, read_lines,
                                                record_from_object, records_of)
 from traitlens.pipeline.capture.plan import read_corpus
 from traitlens.pipeline.capture.readers import jsonl
 from traitlens.pipeline.capture.readers.batches import source_attempts
-from traitlens.pipeline.capture.readers.ids import text_ids_and_splits
+from traitlens.pipeline.capture.readers.ids import text_ids
 from traitlens.pipeline.capture.readers.normalise import NotExact
 from traitlens.pipeline.capture.readers.sources import expand
 from traitlens.store import Store
@@ -63,14 +63,18 @@ def key(r) -> tuple:
 
 def by_the_rules(rows, opts=None, name="c") -> tuple[list[tuple], int]:
     """The definition: ``record_from_object`` on each row, the first of each (prompt, dataset,
-    trait) kept; and how many were duplicates."""
+    trait) kept, the splits it does not give by ``assign_splits``; and how many were duplicates."""
+    from traitlens.pipeline.capture.splits import assign_splits
+
     out, seen = [], set()
     for i, obj in enumerate(rows, start=1):
         rec = record_from_object(obj, Path("x"), i, opts or ReadOptions(), name)
         if (rec.prompt_id, rec.dataset, rec.trait) not in seen:
             seen.add((rec.prompt_id, rec.dataset, rec.trait))
-            out.append(key(rec))
-    return out, len(rows) - len(out)
+            out.append(rec)
+    for rec, split in zip(out, assign_splits(out)):
+        rec.split = split
+    return [key(r) for r in out], len(rows) - len(out)
 
 
 def write_compressed(path: Path, data: bytes) -> Path:
@@ -429,10 +433,9 @@ FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 @FUZZ
 @given(texts=st.lists(st.text(min_size=1, max_size=40) | st.text(min_size=3000, max_size=5000), min_size=1,
                       max_size=12))
-def test_vectorised_ids_and_splits_are_the_per_record_ones(texts):
-    ids, splits = text_ids_and_splits(pa.array(texts, pa.string()))
+def test_vectorised_ids_are_the_per_record_ones(texts):
+    ids = text_ids(pa.array(texts, pa.string()))
     assert ids.to_pylist() == [prompt_id_for(t, None) for t in texts]
-    assert list(splits) == [hash_split(prompt_id_for(t, None)) for t in texts]
 
 
 scalars = (st.none() | st.booleans() | st.integers(-2, 2) | st.integers() | st.floats(allow_nan=False)

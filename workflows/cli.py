@@ -1,4 +1,4 @@
-"""The ``traitlens`` command line: the store verbs (info, ingest, verify) and ``main``.
+"""The ``traitlens`` command line: the store verbs (info, ingest, verify, runs, compact) and ``main``.
 
 The group, exit codes and one-line failures are in :mod:`.cli_base`; the other verbs register
 on it from ``cli_vectors``, ``cli_sql``, ``cli_steer``, ``cli_workflow``, ``cli_bundle`` and
@@ -112,7 +112,9 @@ def _poolings(value: str) -> list[str]:
 @click.option("--trait", default=None, help="Trait for records without a trait field [default: file name].")
 @click.option("--label", default=None, help="Label for records without one: pos/neg, +1/-1, true/false, yes/no.")
 @click.option("--dataset", default=None, help="Dataset name [default: file name].")
-@click.option("--split", default=None, help="train | val | test for every record [default: the record's, else by hash].")
+@click.option("--split", default=None, help="train | val | test for every record [default: the record's; else a stored prompt's own, else "
+                   "by prompt hash, stratified by label: every split of each trait, dataset and label gets 2 of "
+                   "its prompts when it has 6].")
 @click.option("--zero-is-negative", is_flag=True, help="Read label 0 as negative (1/0 labels) instead of unlabelled.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address: shard forward passes across its workers; they write their own "
@@ -228,6 +230,50 @@ def verify(ctx, repair, no_values, as_json, quiet):
                        "the lost prompts again", err=True)
     if rep.errors or (rep.tails and not repair) or rep.quarantined:
         sys.exit(EXIT_FAIL)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="The newest N runs; 0: all.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
+@click.pass_context
+def runs(ctx, limit, as_json):
+    """The store's runs, newest first: id, stage, status, start, end and message.
+
+    Status is done, failed, interrupted (Ctrl-C, SIGTERM), running, or killed: the process
+    died without recording an end (kill -9, the OOM killer), as the next command that takes the
+    store's lock records it. A run of this machine whose process is gone already shows as
+    killed here, marked "(not yet recorded)"."""
+    import json
+
+    from traitlens.store import Store, strict_json
+    from traitlens.store.runs import is_gone, killed_message
+
+    store = Store.open(ctx.obj["store"])
+    rows = sorted(store.runs().to_pylist(), key=lambda r: r["started_at"], reverse=True)
+    rows = rows[:limit] if limit else rows
+    for r in rows:
+        r["recorded"] = True
+        if is_gone(r, lock_held=False):
+            r.update(status="killed", recorded=False, message="(not yet recorded: the next command that takes the "
+                     "store's lock records it) " + killed_message(r, "`traitlens runs`"))
+    if as_json:
+        keys = ("run_id", "stage", "status", "started_at", "ended_at", "message", "pid", "host", "recorded")
+        click.echo(strict_json.dumps([{k: (r[k].isoformat() if hasattr(r[k], "isoformat") else r[k]) for k in keys}
+                                      | {"counts": json.loads(r["counts"]) if r["counts"] else None} for r in rows],
+                                     indent=1))
+        return
+    if not rows:
+        click.echo("no runs recorded yet")
+        return
+
+    def when(t):
+        return t.strftime("%Y-%m-%d %H:%M:%S") if t is not None else "-"
+
+    click.echo(f"{'run':<32} {'stage':<12} {'status':<12} {'started (UTC)':<19} {'ended (UTC)':<19} message")
+    for r in rows:
+        msg = (r["message"] or "").replace("\n", " ")
+        click.echo(f"{r['run_id']:<32} {r['stage']:<12} {r['status']:<12} {when(r['started_at']):<19} "
+                   f"{when(r['ended_at']):<19} {msg[:160] + ('...' if len(msg) > 160 else '')}")
 
 
 @cli.command()

@@ -695,9 +695,10 @@ def _captured(ctx, trait: str, vector_id, paths, model, what: str):
     from traitlens.store.layout import format_layer_list
     from traitlens.workflows.screening import capture_missing
 
-    records, _ = read_corpus(list(paths))
+    store = Store.open(ctx.obj["store"])
+    records, _ = read_corpus(list(paths), store=store)  # splits as the capture below gives them
     ids = {r.prompt_id for r in records}
-    vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
+    vec = chosen_vector(store, trait, vector_id)
     cap = capture_missing(ctx.obj["store"], vec, list(paths), ids, model)
     if cap is not None:
         store = Store.open(ctx.obj["store"])

@@ -1,7 +1,8 @@
 """Corpus records: the rules that turn one object into a :class:`PromptRecord`, and the line readers.
 
 Every record becomes a :class:`PromptRecord` with a content-hash ``prompt_id``, a trait, a
-label (+1 trait present, -1 its opposite, 0 unlabelled) and a split. Bad input raises
+label (+1 trait present, -1 its opposite, 0 unlabelled) and the split the corpus gives (None:
+the ingest's plan assigns one, stratified by label; :mod:`.splits`). Bad input raises
 :class:`CorpusError` naming the file, line and field, and how to fix it. :func:`record_from_object`
 is the one definition of those rules: the columnar readers (:mod:`.readers`) apply them to a
 batch at a time and are tested against it.
@@ -40,7 +41,6 @@ SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "
 POSITIVE = {"1", "+1", "pos", "positive", "true", "yes", "y", "t"}
 NEGATIVE = {"-1", "neg", "negative", "false", "no", "n", "f"}
 NEUTRAL = {"0", "neutral", "none", "unlabelled", "unlabeled", ""}
-SPLIT_FRACTIONS = (0.8, 0.1)  # train, val; the rest is test
 
 
 @dataclass
@@ -53,7 +53,7 @@ class PromptRecord:
     dataset: str
     trait: str
     label: int
-    split: str
+    split: str | None  # None: not given; the ingest's plan assigns it (:mod:`.splits`)
     source: str
     extra: dict = field(default_factory=dict)
 
@@ -110,12 +110,6 @@ def prompt_id_for(text: str | None, messages: list[dict] | None) -> str:
     """Content hash (96 bits, hex) of the prompt itself, independent of labels and files."""
     payload = "t:" + text if messages is None else "m:" + json.dumps(messages, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
-
-
-def hash_split(prompt_id: str, fractions=SPLIT_FRACTIONS) -> str:
-    """Deterministic train/val/test from the prompt's hash: the same prompt always lands alike."""
-    u = int(hashlib.sha256(("split:" + prompt_id).encode()).hexdigest()[:8], 16) / 2**32
-    return "train" if u < fractions[0] else "val" if u < fractions[0] + fractions[1] else "test"
 
 
 def parse_label(value, path, line, field_name, zero_is_negative=False) -> int:
@@ -204,7 +198,7 @@ def record_from_object(obj, path: Path, line: int, opts: ReadOptions, default_na
     elif opts.split:
         split = parse_split(opts.split, path, "--split")
     else:
-        split = hash_split(pid)
+        split = None  # stratified by label once the whole corpus is read (splits.py)
     used = {text_key, label_key, messages_key} | RESERVED
     extra = {k: v for k, v in obj.items() if k not in used}
     return PromptRecord(pid, text, messages, dataset, trait, label, split, f"{path}:{line}", extra)

@@ -16,9 +16,13 @@
      are smallest: the same corpus and seed keep the same records, and a grown corpus keeps
      most of them (a record leaves the sample only for a newcomer whose hash is smaller);
    - ``NEW`` / ``RELABELLED``: a kept record whose key the store lacks, or holds with another
-     label or split (its newest record, as everywhere);
+     label or split (its newest record, as everywhere; a record without a split keeps the stored one);
    - ``CAPTURE``: the first kept record of its prompt, when the prompt is not committed in every
-     group this run writes.
+     group this run writes;
+
+   and, as one more byte a record, the split of each new record the corpus gave none
+   (:mod:`.splits`: stratified by label): DuckDB counts and ranks each stratum,
+   :func:`.splits.cuts` says where to cut it.
 3. :meth:`CorpusScan.windows` reads the scan back and yields the kept records ``window`` at a
    time with their flags (the corpus is parsed once).
 
@@ -39,14 +43,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from traitlens.store.layout import GroupKey
+from traitlens.store.vocabulary import MIN_PER_SPLIT, SPLIT_NAMES
 
 from traitlens.pipeline.capture.corpus import CorpusError, PromptRecord, ReadOptions, records_of
 from traitlens.pipeline.capture.readers.batches import source_attempts
 from traitlens.pipeline.capture.readers.normalise import COLUMNS, NotExact
 from traitlens.pipeline.capture.readers.sources import expand
+from traitlens.pipeline.capture.splits import PLAIN_CUTS, POINT_SQL, cuts
 
 KEEP, NEW, RELABELLED, CAPTURE = 1, 2, 4, 8
 SCAN_SCHEMA = pa.schema([("ordinal", pa.int64()), *COLUMNS])  # messages and extra as JSON
+KEY = "prompt_id, dataset, trait"
+# the newest stored record of each key of the store's prompts whose ``using`` columns ``keys`` (SQL) holds
+NEWEST = ("SELECT prompt_id, dataset, trait, label, split FROM store_prompts SEMI JOIN {keys} USING ({using}) "
+          "QUALIFY row_number() OVER (PARTITION BY prompt_id, dataset, trait ORDER BY added_at DESC NULLS LAST) = 1")
+CUTS_SCHEMA = pa.schema([("trait", pa.string()), ("dataset", pa.string()), ("label", pa.int8()), ("i", pa.int64()),
+                         ("j", pa.int64())])
 ROW_GROUP = 65_536
 MEMORY_LIMIT = "2GB"  # DuckDB's share while deciding; past it, it spills to disk
 
@@ -67,6 +79,9 @@ class CorpusScan:
     n_keys: int = 0  # distinct (prompt_id, dataset, trait) read, before any --sample
     n_distinct: int = 0  # distinct prompts among the kept records (set by decide)
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # uint8 [n_read]
+    # uint8 [n_read]: 1 + the index in SPLIT_NAMES of the split given to a kept record the corpus
+    # gave none (0: none given here; see decide)
+    assigned: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     _con: object = field(default=None, repr=False)  # DuckDB, while deciding (see _connection)
 
     @property
@@ -86,13 +101,17 @@ class CorpusScan:
     def count(self, flag: int) -> int:
         return int(np.count_nonzero(self.flags & flag))
 
-    def decide(self, store=None, groups: list[GroupKey] = ()) -> "CorpusScan":
-        """Set every record's flags against ``store`` (None: a store that does not exist yet).
+    def decide(self, store=None, groups: list[GroupKey] = (), every_split: bool = False) -> "CorpusScan":
+        """Set every record's flags against ``store`` (None: a store that does not exist yet),
+        and the splits of the records the corpus gave none: a new record's by :mod:`.splits`, a
+        relabelled one's the stored split (``every_split``: every stored record's, which a plain
+        ingest does not need, since it writes only new and relabelled records).
 
         Each flag is one join of the corpus's keys with a store table, never an aggregation of
         the store's tables: a rerun with nothing new costs one hash join with ``prompts`` and
         one per group with ``rows``; the newest stored record of a key is looked up only for
-        the keys with a stored record that differs from the corpus's."""
+        the keys with a stored record that differs from the corpus's, and the stored prompts of
+        a (trait, dataset) are counted only when new records of it need a split."""
         con = self._connection()
         self.n_distinct = con.execute("SELECT count(DISTINCT prompt_id) FROM kept").fetchall()[0][0]
         flags = np.zeros(self.n_read, np.uint8)
@@ -104,27 +123,27 @@ class CorpusScan:
             con.register("store_prompts", store.tables["prompts"].dataset())
             try:
                 # one join: the kept keys the store lacks, and those with a stored record that differs
+                # (a record without a split differs in its label only: it keeps the stored split)
                 con.execute("CREATE OR REPLACE TEMP TABLE unlike AS SELECT k.ordinal, k.prompt_id, k.dataset, "
                             "k.trait, k.label, k.split, s.prompt_id IS NULL AS new FROM kept k "
                             "LEFT JOIN store_prompts s USING (prompt_id, dataset, trait) WHERE s.prompt_id IS NULL "
-                            "OR s.label <> k.label OR s.split IS DISTINCT FROM k.split")
+                            "OR s.label <> k.label OR (k.split IS NOT NULL AND s.split IS DISTINCT FROM k.split)")
                 self._mark(con, "SELECT ordinal FROM unlike WHERE new", flags, NEW)
                 # relabelled: the key's newest stored record differs (looked up for those keys only)
-                if con.execute("SELECT count(*) FROM unlike WHERE NOT new").fetchall()[0][0]:
-                    self._mark(con, """
-                        WITH newest AS (
-                            SELECT prompt_id, dataset, trait, label, split FROM store_prompts
-                            SEMI JOIN (SELECT * FROM unlike WHERE NOT new) USING (prompt_id, dataset, trait)
-                            QUALIFY row_number() OVER (PARTITION BY prompt_id, dataset, trait
-                                                       ORDER BY added_at DESC NULLS LAST) = 1)
-                        SELECT DISTINCT u.ordinal FROM unlike u JOIN newest s USING (prompt_id, dataset, trait)
-                        WHERE NOT u.new AND (u.label <> s.label OR u.split IS DISTINCT FROM s.split)""",
-                               flags, RELABELLED)
+                con.execute(f"""CREATE OR REPLACE TEMP TABLE relabelled AS
+                    WITH newest AS ({NEWEST.format(keys="(SELECT * FROM unlike WHERE NOT new)", using=KEY)})
+                    SELECT DISTINCT u.ordinal, u.split, s.split AS stored FROM unlike u
+                    JOIN newest s USING (prompt_id, dataset, trait)
+                    WHERE NOT u.new AND (u.label <> s.label OR (u.split IS NOT NULL AND u.split IS DISTINCT FROM s.split))""")
+                self._mark(con, "SELECT ordinal FROM relabelled", flags, RELABELLED)
+                self.assigned = self._assign_splits(con, "SELECT * FROM unlike WHERE new", True, every_split)
             finally:
-                con.execute("DROP TABLE IF EXISTS unlike")
+                for t in ("unlike", "relabelled"):
+                    con.execute(f"DROP TABLE IF EXISTS {t}")
                 con.unregister("store_prompts")
         else:
             flags[(flags & KEEP) > 0] |= NEW
+            self.assigned = self._assign_splits(con, "SELECT * FROM kept", False, every_split)
         if store is not None and groups:
             # a prompt to capture lacks a row in at least one group: one anti join per group
             con.register("store_rows", store.tables["rows"].dataset())
@@ -140,6 +159,67 @@ class CorpusScan:
             self._mark(con, "SELECT min(ordinal) FROM kept GROUP BY prompt_id", flags, CAPTURE)
         self.flags = flags
         return self
+
+    def _assign_splits(self, con, new: str, stored: bool, every_split: bool) -> np.ndarray:
+        """Codes (see :attr:`assigned`) for the kept records without a split: those of the new
+        records ``new`` (SQL) by the rule of :mod:`.splits`, and the stored split of the
+        relabelled ones (``every_split``: of every stored one). ``stored``: there is a store, and
+        ``store_prompts``, ``unlike`` and ``relabelled`` are registered."""
+        codes = np.zeros(self.n_read, np.uint8)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE todo AS SELECT ordinal, prompt_id, dataset, trait, label, "
+                    f"{POINT_SQL} AS point FROM ({new}) WHERE split IS NULL")
+        try:
+            strata = con.execute("SELECT trait, dataset, label, count(*), count(*) FILTER (point < ?), count(*) "
+                                 "FILTER (point < ?) FROM todo GROUP BY ALL", list(PLAIN_CUTS)).fetchall()
+            if strata:
+                # what each stratum holds already: the corpus's other records (their split given, or
+                # stored), and the stored prompts the corpus lacks (their newest records)
+                newest = "SELECT NULL::VARCHAR AS prompt_id, NULL::VARCHAR AS dataset, NULL::VARCHAR AS trait, " \
+                         "NULL::TINYINT AS label, NULL::VARCHAR AS split WHERE false"
+                if stored:
+                    newest = NEWEST.format(keys="(SELECT DISTINCT trait, dataset FROM todo)", using="trait, dataset")
+                held = con.execute(f"""WITH newest AS ({newest}),
+                    mine AS (SELECT k.trait, k.dataset, k.label, coalesce(k.split, s.split) AS split FROM kept k
+                             SEMI JOIN (SELECT DISTINCT trait, dataset FROM todo) t USING (trait, dataset)
+                             ANTI JOIN todo USING (ordinal) LEFT JOIN newest s USING (prompt_id, dataset, trait)),
+                    theirs AS (SELECT s.trait, s.dataset, s.label, s.split FROM newest s
+                               ANTI JOIN kept k USING (prompt_id, dataset, trait))
+                    SELECT trait, dataset, label, split, count(*) FROM (SELECT * FROM mine UNION ALL SELECT * FROM theirs)
+                    WHERE split IS NOT NULL GROUP BY ALL""").fetchall()
+                have = {tuple(r[:4]): r[4] for r in held}
+                at = {"trait": [], "dataset": [], "label": [], "i": [], "j": []}
+                for trait, dataset, label, n, below_val, below_test in strata:
+                    i, j = cuts(n, below_val, below_test, [have.get((trait, dataset, label, s), 0) for s in SPLIT_NAMES],
+                                MIN_PER_SPLIT if label != 0 else 0)
+                    for name, value in zip(at, (trait, dataset, label, i, j)):
+                        at[name].append(value)
+                con.register("cut_at", pa.table(at, schema=CUTS_SCHEMA))
+                try:
+                    self._code(con, "SELECT t.ordinal, CASE WHEN t.rank < c.i THEN 1 WHEN t.rank < c.j THEN 2 ELSE 3 "
+                               "END FROM (SELECT ordinal, trait, dataset, label, row_number() OVER (PARTITION BY trait, "
+                               "dataset, label ORDER BY point, prompt_id) - 1 AS rank FROM todo) t "
+                               "JOIN cut_at c USING (trait, dataset, label)", codes)
+                finally:
+                    con.unregister("cut_at")
+            if stored:  # a stored prompt the corpus gives no split keeps its own
+                if every_split:
+                    keys = "(SELECT * FROM kept WHERE split IS NULL AND ordinal NOT IN (SELECT ordinal FROM todo))"
+                    self._code(con, f"WITH newest AS ({NEWEST.format(keys=keys, using=KEY)}) SELECT k.ordinal, "
+                               "list_position(?, s.split) FROM kept k JOIN newest s USING (prompt_id, dataset, trait) "
+                               "WHERE k.split IS NULL AND s.split IS NOT NULL", codes, [list(SPLIT_NAMES)])
+                else:
+                    self._code(con, "SELECT ordinal, list_position(?, stored) FROM relabelled WHERE split IS NULL "
+                               "AND stored IS NOT NULL", codes, [list(SPLIT_NAMES)])
+        finally:
+            con.execute("DROP TABLE IF EXISTS todo")
+        return codes
+
+    @staticmethod
+    def _code(con, sql: str, codes: np.ndarray, params=None) -> None:
+        """``codes[ordinal] = code`` for each ``(ordinal, code)`` row of ``sql``, streamed."""
+        with con.sql(sql, params=params).to_arrow_reader(1_000_000) as reader:
+            for batch in reader:
+                codes[batch.column(0).to_numpy().astype(np.int64)] = batch.column(1).to_numpy(zero_copy_only=False)
 
     def _connection(self):
         """The scan's private DuckDB connection, made once (pass 1's checks and every
@@ -165,7 +245,7 @@ class CorpusScan:
                             "label AS lowest, label AS highest FROM scan")
             else:
                 con.execute("CREATE TEMP TABLE keys AS SELECT prompt_id, dataset, trait, min(ordinal) AS ordinal, "
-                            "arg_min(label, ordinal) AS label, arg_min(split, ordinal) AS split, "
+                            "arg_min(label, ordinal) AS label, arg_min_null(split, ordinal) AS split, "
                             "min(label) AS lowest, max(label) AS highest FROM scan GROUP BY prompt_id, dataset, trait")
             if self.opts.sample is not None:
                 con.execute("CREATE TEMP TABLE kept AS SELECT * FROM keys ORDER BY "
@@ -214,11 +294,14 @@ class CorpusScan:
         self._release()
         out = []
         for batch in self._scan_batches(size):
-            flags = self.flags[batch.column(0).to_numpy()]
+            ordinals = batch.column(0).to_numpy()
+            flags, assigned = self.flags[ordinals], self.assigned[ordinals]
             picked = np.flatnonzero(((flags & KEEP) != 0) & ((flags & want) != 0))
             if not len(picked):
                 continue
-            for r, fl in zip(records_of(batch.take(pa.array(picked))), flags[picked]):
+            for r, fl, a in zip(records_of(batch.take(pa.array(picked))), flags[picked], assigned[picked]):
+                if a:
+                    r.split = SPLIT_NAMES[a - 1]
                 out.append((r, int(fl)))
                 if len(out) >= size:
                     yield out
@@ -307,9 +390,10 @@ def _require_assistant(batch: pa.RecordBatch) -> None:
                               "capture this corpus with --pooling last/mean")
 
 
-def read_corpus(paths, opts: ReadOptions | None = None) -> tuple[list[PromptRecord], int]:
+def read_corpus(paths, opts: ReadOptions | None = None, store=None) -> tuple[list[PromptRecord], int]:
     """Every kept record of a (small) corpus as a list, and the duplicates skipped: the same
-    rules as an ingest (first of each (prompt_id, dataset, trait) kept; another label is an error)."""
+    rules as an ingest (first of each (prompt_id, dataset, trait) kept; another label is an error).
+    Splits the corpus does not give are those of an ingest into ``store`` (None: a new store)."""
     with scan_corpus(paths, opts) as scan:
-        scan.decide()
+        scan.decide(store, every_split=True)
         return [r for w in scan.windows(1 << 30) for r, _ in w], scan.n_duplicates

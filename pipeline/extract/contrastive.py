@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from traitlens.store import GroupKey, Store
+from traitlens.store.vocabulary import MIN_PER_SPLIT, SPLIT_NAMES
 
 from traitlens.pipeline.extract.methods import ExtractionError
 
-MIN_PER_CLASS = 2
+MIN_PER_CLASS = MIN_PER_SPLIT  # of each label, in the training split and in the held-out one
 MIN_BACKGROUND_HELD = 10  # held-out background prompts the specificity figure needs (a top decile of one)
 
 
@@ -94,6 +95,28 @@ def fingerprint(pids, labels, splits) -> str:
     return h.hexdigest()[:16]
 
 
+def too_few(trait: str, key: GroupKey, split: str, in_split: tuple[int, int], in_all: tuple[int, int],
+            train_split: str, where_sql: str | None) -> str:
+    """Why a set cannot be fitted: ``split`` holds fewer than :data:`MIN_PER_CLASS` of a label.
+    ``in_split`` / ``in_all``: (positive, negative) rows in that split / in every split."""
+    need = 2 * MIN_PER_CLASS
+    head = (f"trait {trait!r} in {key.path}: split {split!r} holds {in_split[0]} positive and {in_split[1]} "
+            f"negative rows; a fit needs at least {MIN_PER_CLASS} of each in {train_split!r} (to fit on) and in the "
+            "held-out split (to choose among layers and methods and to measure AUROC)")
+    selected = " that --where selects" if where_sql else ""
+    if min(in_all) < need:
+        short = " and ".join(f"{need - n} more {side}" for side, n in zip(("positive", "negative"), in_all) if n < need)
+        return (f"{head}. The trait has {in_all[0]} positive and {in_all[1]} negative labelled rows{selected} in "
+                f"all: at least {need} of each are needed ({MIN_PER_CLASS} for training, {MIN_PER_CLASS} held out), "
+                f"and {3 * MIN_PER_SPLIT} of each per dataset give every split (train, val, test) {MIN_PER_SPLIT}. "
+                f"Ingest {short} labelled prompt(s)" + (", or widen --where" if where_sql else ""))
+    return (f"{head}. The trait has {in_all[0]} positive and {in_all[1]} negative labelled rows{selected} in all, "
+            "enough, but its splits do not spread them: they were given by the corpus (a split column or --split), "
+            "or assigned by a traitlens that split by prompt hash alone (before splits were stratified by label). "
+            f"Re-ingest into a new --store (ingest now gives every split {MIN_PER_SPLIT} of each label), or give "
+            f"the corpus a split column with {MIN_PER_CLASS} of each label in train and in val")
+
+
 def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = "train", held_split: str = "auto",
                     prompt_ids: set[str] | None = None, where_sql: str | None = None) -> ContrastiveSet:
     """Build the set; ``held_split='auto'`` uses val, else test. ``prompt_ids`` restricts it
@@ -132,6 +155,7 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
     rows = store.group_rows(key).select(["row", "prompt_id", "token_count"])
     if rows.num_rows == 0:
         raise ExtractionError(f"nothing is stored for {key.path}; run `traitlens ingest` first")
+    store.check_intact(key, rows["row"])  # a lost rows part or array: refuse, never fit a subset in silence
     at = pc.index_in(rows["prompt_id"], value_set=uniq)
     found = pc.is_valid(at)
     idx = pc.filter(at, found).to_numpy().astype(np.int64)
@@ -143,7 +167,7 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
     by_split = {name: tuple(a[r_split == code] for a in (row_no, r_pos, r_tok, r_ds))
                 for code, name in enumerate(split_names)}
     empty = (np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    for name in ("train", "val", "test"):
+    for name in SPLIT_NAMES:
         by_split.setdefault(name, empty)
     if held_split == "auto":
         held_split = "val" if len(by_split["val"][0]) else "test"
@@ -157,13 +181,11 @@ def contrastive_set(store: Store, key: GroupKey, trait: str, train_split: str = 
 
     tr, trp, tr_tok, tr_ds = arrays(train_split)
     he, hep, he_tok, he_ds = arrays(held_split)
-    for name, r_, p_ in (("train", tr, trp), (held_split, he, hep)):
+    for name, r_, p_ in ((train_split, tr, trp), (held_split, he, hep)):
         n_pos, n_neg = int(p_.sum()), int((~p_).sum())
         if n_pos < MIN_PER_CLASS or n_neg < MIN_PER_CLASS:
-            raise ExtractionError(
-                f"trait {trait!r} in {key.path}, split {name!r}: {n_pos} positive and {n_neg} negative rows; "
-                f"need at least {MIN_PER_CLASS} of each. Ingest labelled prompts of both sides "
-                "(+1 and -1), or give the corpus a split column")
+            raise ExtractionError(too_few(trait, key, name, (n_pos, n_neg), (int(r_pos.sum()), int((~r_pos).sum())),
+                                          train_split, where_sql))
     return ContrastiveSet(key, trait, tr, trp, he, hep, held_split, fp, where_sql, tr_tok, he_tok, tr_ds, he_ds,
                           ds_names)
 

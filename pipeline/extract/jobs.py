@@ -15,11 +15,14 @@ import os
 import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 from traitlens.store import GroupKey, Store
 from traitlens.store.layout import StoreError
 
 from traitlens.pipeline.runtime.cluster import LOCAL, dask_client
+from traitlens.pipeline.runtime.interrupts import interrupts_held, let_interrupts_through
+from traitlens.pipeline.runtime.lifeline import bind_to_parent
 from traitlens.pipeline.runtime.memory import give_back_freed_memory
 from traitlens.pipeline.extract.config import ExtractConfig, method_params
 from traitlens.pipeline.extract.contrastive import ContrastiveSet
@@ -88,7 +91,8 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
 
             with threadpool_limits(FIT_BLAS_THREADS), _local_pool(local, n_workers) as pool, (
                     TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
-                extra = {"pool": pool, "chunksize": 1} if pool is not None else {}
+                extra = ({"pool": pool, "chunksize": 1} if pool is not None else  # Dask's own spawned pool:
+                         {"initializer": partial(bind_to_parent, os.getpid())} if local == "processes" else {})
                 results = dask.compute(*tasks, scheduler=_local_get(local), num_workers=n_workers, **extra)
     return [rec for layer_recs in results for rec in layer_recs]
 
@@ -127,8 +131,10 @@ def _local_pool(local: str, n_workers: int):
         yield None
         return
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_worker_leaves_on_ctrl_c)
+                               initializer=_worker_leaves_on_ctrl_c, initargs=(os.getpid(),))
     try:
+        with interrupts_held():  # a signal landing in a fork is never dropped (see interrupts_held)
+            pool.submit(int).result()  # a fork pool starts every worker at its first task: now
         yield pool
     except BaseException:
         for proc in list(getattr(pool, "_processes", {}).values()):
@@ -138,14 +144,17 @@ def _local_pool(local: str, n_workers: int):
     pool.shutdown()
 
 
-def _worker_leaves_on_ctrl_c() -> None:
+def _worker_leaves_on_ctrl_c(parent: int) -> None:
     """In a forked worker: Ctrl-C or SIGTERM (a terminal sends Ctrl-C to the whole process
     group) ends it at once and quietly; the parent reports the interrupt, and nothing is lost,
-    since vectors are saved only after every layer is done."""
+    since vectors are saved only after every layer is done. A parent killed outright (-9) takes
+    the worker with it (:mod:`~traitlens.pipeline.runtime.lifeline`)."""
     import signal
 
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    let_interrupts_through()  # (forked with them held: one sent meanwhile ends it here, quietly)
+    bind_to_parent(parent)
 
 
 def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, int]:

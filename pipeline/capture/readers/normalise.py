@@ -3,7 +3,7 @@
 A row of a columnar file is the object ``{column: value}`` (``batch.to_pylist()``); its record
 is what :func:`~traitlens.pipeline.capture.corpus.record_from_object` makes of that object. The
 common case, plain-text rows whose text, label, trait, dataset and split are clean scalars, is
-computed a column at a time: ids and splits hashed by DuckDB (:mod:`.ids`), labels, traits,
+computed a column at a time: ids hashed by DuckDB (:mod:`.ids`), labels, traits,
 datasets and splits mapped once per distinct value. Every other row (a chat, a null or blank
 text, a value only Python's rules decide) goes through ``record_from_object`` itself, so both
 paths give the same record; tests/test_readers.py checks them against each other.
@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from traitlens.pipeline.capture.corpus import (LABEL_FIELDS, RESERVED, TEXT_FIELDS, CorpusError, ReadOptions,
                                                parse_label, parse_split, record_from_object)
 
-from .ids import text_ids_and_splits
+from .ids import text_ids
 
 COLUMNS = pa.schema([("prompt_id", pa.string()), ("dataset", pa.string()), ("trait", pa.string()),
                      ("label", pa.int8()), ("split", pa.string()), ("source", pa.string()), ("text", pa.string()),
@@ -145,14 +145,14 @@ def _vectorised(batch: pa.RecordBatch, rows, path, name, opts) -> pa.RecordBatch
     if len(fast):
         take = pa.array(fast)
         texts = batch.column(text_key).cast(pa.string()).take(take)
-        ids, hashed = text_ids_and_splits(texts)
+        ids = text_ids(texts)
         fast_rows = rows[fast]
         label = (_per_value(batch.column(label_key), fast, fast_rows, path,
                             lambda v, r: parse_label(v, path, r, label_key, opts.zero_is_negative))
                  if label_key else np.full(len(fast), _default_label(path, rows[fast[0]], opts), object))
         trait = _named(batch, "trait", fast, fast_rows, opts.trait or name)
         dataset = _named(batch, "dataset", fast, fast_rows, opts.dataset or name)
-        split = _splits(batch, fast, fast_rows, path, opts, hashed)
+        split = _splits(batch, fast, fast_rows, path, opts)
         used = {text_key, label_key, messages_key} | RESERVED
         extra_cols = [c for c in names if c not in used]
         extra = None
@@ -203,8 +203,8 @@ def _named(batch, column, idx, rows, default) -> np.ndarray:
                       lambda v, r: str(v) if v not in (None, "") else default)
 
 
-def _splits(batch, idx, rows, path, opts, hashed) -> np.ndarray:
-    """The record's split, else ``--split``, else the hash split (``hashed``)."""
+def _splits(batch, idx, rows, path, opts) -> np.ndarray:
+    """The record's split, else ``--split``, else None (the plan assigns it: :mod:`..splits`)."""
     default = parse_split(opts.split, path, "--split") if opts.split else None
     if "split" in batch.schema.names:
         own = _per_value(batch.column("split"), idx, rows, path,
@@ -213,7 +213,7 @@ def _splits(batch, idx, rows, path, opts, hashed) -> np.ndarray:
         own = np.full(len(idx), None, object)
     if default is not None:
         return np.where(own == None, default, own)  # noqa: E711 (elementwise)
-    return np.where(own == None, hashed, own)  # noqa: E711
+    return own
 
 
 def _row_by_row(batch, rows, idx, path, name, opts) -> pa.RecordBatch:

@@ -81,15 +81,32 @@ def _looks_like_hub_id(arg: str, p: Path) -> bool:
     return arg.startswith("hf://") or (not p.parent.exists() and format_suffix(p) not in KINDS)
 
 
+def regular(path: Path) -> Path:
+    """``path``, a folder or a regular file; a FIFO, socket or device is refused before it is
+    opened. A corpus is read more than once (hashed for its receipt, then validated): a pipe
+    would be empty the second time, and opening a FIFO whose writer has gone waits forever."""
+    import stat
+
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return path
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise CorpusError(path, None, None, f"is {kind}; a corpus is read more than once (hashed, then validated), "
+                      "so it must be a regular file", "write the stream to a file first, e.g. "
+                      "`cat source > corpus.jsonl`, and ingest that")
+
+
 def resolve(paths) -> list[Path]:
-    """The corpus arguments as existing paths: globs expanded (sorted), each path checked."""
+    """The corpus arguments as existing paths: globs expanded (sorted), each path checked (a
+    folder or a regular file: :func:`regular`)."""
     out: list[Path] = []
     for arg in map(str, paths):
         p = Path(arg).expanduser()
         if p.exists():
-            out.append(p)
+            out.append(regular(p))
         elif glob.has_magic(arg):
-            hits = sorted(Path(h) for h in glob.glob(str(p), recursive=True))
+            hits = sorted(regular(Path(h)) for h in glob.glob(str(p), recursive=True))
             if not hits:
                 raise CorpusError(arg, None, None, "the glob matches no file", "check the pattern (quote it so "
                                   "the shell does not expand it first)")
@@ -126,7 +143,7 @@ def _sources(path: Path, name: str | None) -> list[Source]:
             raise CorpusError(child, None, None, "a datasets metadata file without its .arrow shards",
                               "pass the whole save_to_disk folder")
         else:
-            found.append(Source(child, kind_of(child), name))
+            found.append(Source(regular(child), kind_of(child), name))
     if not found:
         raise CorpusError(path, None, None, "folder holds no corpus file",
                           f"put {ACCEPTED} files in it, or positive.txt/negative.txt")
