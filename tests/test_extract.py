@@ -467,3 +467,14 @@ def test_score_projects_every_stored_prompt_once_and_calibrates_on_the_held_out_
     assert "0 prompts scored, 2 already scored" in cli_run("score", "--trait", "planted", "--vector-id",
                                                           vec["vector_id"], "--where",
                                                           f"prompt_id IN ('{ids[0]}', '{ids[1]}')")
+
+
+def test_progress_bar_survives_a_signal_before_dask_starts():
+    """A Ctrl-C or SIGTERM that lands before Dask's first task ends the run through the
+    progress callback's finish, which must not fail on a bar it never opened (the traceback
+    would hide the signal's exit code)."""
+    from pipeline.extract.jobs import _layer_progress
+
+    bar = _layer_progress()
+    bar._finish(None, None, None)  # no _start_state yet
+    assert not hasattr(bar, "pbar")

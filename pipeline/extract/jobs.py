@@ -87,14 +87,26 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
             results = client.gather(futures)
         else:
             from threadpoolctl import threadpool_limits
-            from tqdm.dask import TqdmCallback
 
             with threadpool_limits(FIT_BLAS_THREADS), _local_pool(local, n_workers) as pool, (
-                    TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
+                    _layer_progress() if progress else nullcontext()):
                 extra = ({"pool": pool, "chunksize": 1} if pool is not None else  # Dask's own spawned pool:
                          {"initializer": partial(bind_to_parent, os.getpid())} if local == "processes" else {})
                 results = dask.compute(*tasks, scheduler=_local_get(local), num_workers=n_workers, **extra)
     return [rec for layer_recs in results for rec in layer_recs]
+
+
+def _layer_progress():
+    """tqdm's Dask progress bar (one tick a layer), safe when a signal lands before Dask has
+    started: tqdm's own callback would then close a bar it never made (AttributeError)."""
+    from tqdm.dask import TqdmCallback
+
+    class LayerProgress(TqdmCallback):
+        def _finish(self, *args, **kwargs):
+            if hasattr(self, "pbar"):
+                super()._finish(*args, **kwargs)
+
+    return LayerProgress(desc="extract", unit="layer")
 
 
 def default_local_scheduler(n_layers: int) -> str:
