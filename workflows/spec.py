@@ -99,8 +99,8 @@ class Spec:
         return self
 
     def ingest_config(self):
-        """The capture settings as an :class:`~traitlens.pipeline.capture.ingest.IngestConfig` (validated)."""
-        from traitlens.pipeline.capture.settings import IngestConfig
+        """The capture settings as an :class:`~traitlens.pipeline.capture.settings.CaptureConfig` (validated)."""
+        from traitlens.pipeline.capture.settings import CaptureConfig
 
         c = dict(self.capture)
         c.setdefault("poolings", list(DEFAULT_POOLINGS))
@@ -110,7 +110,7 @@ class Spec:
             c["chat"] = None
         if isinstance(c.get("layers"), list):
             c["layers"] = ",".join(map(str, c["layers"]))
-        return IngestConfig(model=self.model, **c).validate()
+        return CaptureConfig(model=self.model, **c).validate()
 
     def extract_config(self):
         """The extraction settings as an :class:`~traitlens.pipeline.extract.config.ExtractConfig` (validated)."""

@@ -30,7 +30,7 @@ from traitlens.pipeline.capture.corpus import PromptRecord, ReadOptions
 from traitlens.pipeline.capture.plan import CAPTURE, NEW, RELABELLED, scan_corpus
 from traitlens.pipeline.model.encode import encode, uses_chat
 from traitlens.pipeline.runtime.interrupts import interrupt_exit_code
-from traitlens.pipeline.capture.settings import IngestConfig
+from traitlens.pipeline.capture.settings import CaptureConfig, IngestConfig  # noqa: F401  (the old name, re-exported)
 from traitlens.pipeline.model.loading import LoadedModel, load_model
 from traitlens.pipeline.model.sites import parse_layers, resolve_sites
 
@@ -105,7 +105,7 @@ def _record_group_config(store: Store, groups: list[GroupKey], settings: dict) -
             grp.attrs["capture"] = _capture_policy(g, settings)
 
 
-def _check_lengths(records, lm: LoadedModel, chat: bool, max_length: int, cfg: IngestConfig) -> None:
+def _check_lengths(records, lm: LoadedModel, chat: bool, max_length: int, cfg: CaptureConfig) -> None:
     """With ``--on-long fail``: tokenise every prompt to capture now, so a too-long one stops the
     run before the store is touched (not half-way, after other batches were committed)."""
     assistant = "assistant_mean" in cfg.poolings
@@ -113,14 +113,14 @@ def _check_lengths(records, lm: LoadedModel, chat: bool, max_length: int, cfg: I
         encode(lm.tokenizer, r, chat, max_length, "fail", assistant)
 
 
-def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: IngestConfig | None = None,
+def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: CaptureConfig | None = None,
            lm: LoadedModel | None = None, progress: bool = True, log=print, client=None) -> IngestResult:
     """Capture every prompt of ``corpus_paths`` that the store lacks; returns what was done.
 
     ``client``: a ``dask.distributed.Client`` to shard the forward passes across its workers
     (each loads the model once). Where the groups allow, the workers write their own chunk-aligned
     ranges (``cfg.workers_write``; see :mod:`.distributed`); this process commits every range."""
-    cfg = (cfg or IngestConfig()).validate()
+    cfg = (cfg or CaptureConfig()).validate()
     digest = receipts.corpus_digest(corpus_paths, read_opts)  # before reading: what the receipt vouches for
     # pass 1: every record validated, nothing written
     scan = scan_corpus(corpus_paths, read_opts, require_assistant="assistant_mean" in cfg.poolings)

@@ -1,5 +1,6 @@
-"""Capture settings (``IngestConfig``) and their checks, torch-free: the CLI and the workflow
-runner validate them, and may answer a rerun from its receipt, before torch is imported."""
+"""Capture settings (:class:`CaptureConfig`) and their checks, torch-free: the CLI, ``tl.ingest``
+and the workflow runner validate them, and may answer a rerun from its receipt, before torch
+is imported. ``IngestConfig`` is its old name, kept for user code."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from traitlens.pipeline.model.options import DTYPES, check_device
 
 
 @dataclass
-class IngestConfig:
-    """Capture settings; the CLI's options map one to one."""
+class CaptureConfig:
+    """Capture settings: ``traitlens ingest``'s options, ``tl.ingest``'s keywords and a spec's
+    ``[capture]`` table map one to one."""
 
     model: str | None = None  # None: the default model
     sites: list[str] = field(default_factory=lambda: ["resid"])
@@ -33,7 +35,7 @@ class IngestConfig:
     commit_seconds: float = 60.0
     workers_write: bool = True  # with a Dask cluster: workers write their own chunks (False: the driver writes)
 
-    def validate(self) -> "IngestConfig":
+    def validate(self) -> "CaptureConfig":
         """Check every setting before anything is loaded or written; de-duplicates the site and
         pooling lists (a repeated pooling would commit every row twice). Raises
         :class:`InputError` (a ``ValueError``) naming the option and what it accepts."""
@@ -72,3 +74,6 @@ class IngestConfig:
             raise InputError(f"--dtype {self.dtype!r}: use {', '.join(DTYPES)}")
         check_device(self.device)
         return self
+
+
+IngestConfig = CaptureConfig  # the old name: user code written against 0.2 imports it
