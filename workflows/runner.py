@@ -105,11 +105,8 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
                     res.vouch.write(store)
             digests = [r.vouch.digest for r in results] if all(r.vouch for r in results) else None
         from traitlens.pipeline.extract.jobs import extract
-        ex = spec.extract
-        for trait in _traits(store, ex.get("traits", "all")):
-            r = extract(spec.store, trait, xcfg.methods, ex.get("layers", "all"), model=model_key,
-                        site=ex.get("site", "resid"), pooling=ex.get("pooling", "last"), cfg=xcfg,
-                        scheduler=client, progress=progress)
+        for trait in _traits(store, spec.extract.get("traits", "all")):
+            r = extract(spec.store, trait, model=model_key, cfg=xcfg, scheduler=client, progress=progress)
             summary.vectors_new += r.n_new
             summary.vectors_unchanged += r.n_existing
             summary.computed[trait] = r.computed_layers

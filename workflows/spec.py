@@ -114,15 +114,10 @@ class Spec:
 
     def extract_config(self):
         """The extraction settings as an :class:`~traitlens.pipeline.extract.config.ExtractConfig` (validated)."""
-        from traitlens.pipeline.extract.config import ExtractConfig, parse_size
+        from traitlens.pipeline.extract.config import ExtractConfig
 
-        ex = self.extract
-        cfg = ExtractConfig(n_boot=ex.get("n_boot", 8), seed=ex.get("seed", 0), params=ex.get("params", {}))
-        if "methods" in ex:
-            cfg.methods = ex["methods"]
-        if "memory" in ex:
-            cfg.memory_budget = parse_size(ex["memory"])
-        return cfg.validate()
+        ex = {("memory_budget" if k == "memory" else k): v for k, v in self.extract.items() if k != "traits"}
+        return ExtractConfig(**ex).validate()  # the model: the run passes the key of the one it loaded
 
 
 def _type_name(t) -> str:
