@@ -119,6 +119,12 @@ class Spec:
         ex = {("memory_budget" if k == "memory" else k): v for k, v in self.extract.items() if k != "traits"}
         return ExtractConfig(**ex).validate()  # the model: the run passes the key of the one it loaded
 
+    def sweep_config(self):
+        """The steering sweep's settings as a :class:`~traitlens.pipeline.steer.settings.SweepConfig` (validated)."""
+        from traitlens.pipeline.steer.settings import SweepConfig
+
+        return SweepConfig(**{k: v for k, v in self.evaluate.items() if k != "steering"}).validate()
+
 
 def _type_name(t) -> str:
     ts = t if isinstance(t, tuple) else (t,)
@@ -255,26 +261,14 @@ def _check_values(spec: Spec) -> None:
             ReadOptions(**{k: (str(v) if k == "label" else v) for k, v in o.items()})
         except CorpusError as e:
             raise SpecError(f"{path}: corpora[{i}]: {str(e).split(': ', 1)[-1]}") from None
-    ev = spec.evaluate
-    alphas = ev.get("alphas", [])
-    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
-        raise SpecError(f"{path}: evaluate.alphas must be a list of numbers, got {short_repr(alphas)}")
-    if ev.get("kl_budget", 0) < 0:
-        raise SpecError(f"{path}: evaluate.kl_budget must be 0 or more nats, got {ev['kl_budget']}")
-    if ev.get("reply_tokens", 0) < 0:
-        raise SpecError(f"{path}: evaluate.reply_tokens must be 0 (skip) or more, got {ev['reply_tokens']}")
-    if "layers" in ev:
-        try:
-            parse_layers(ev["layers"], 100_000)
-        except SiteError as e:
-            raise SpecError(f"{path}: evaluate.layers: {e}") from None
-    methods = ev.get("methods")
-    if isinstance(methods, list) and not all(isinstance(m, str) and m for m in methods):
-        raise SpecError(f"{path}: evaluate.methods must be \"all\" or a list of method names, got {short_repr(methods)}")
-    for section, key in (("evaluate", "n"), ("evaluate", "trials"), ("evaluate", "max_new_tokens"), ("report", "top")):
-        v = getattr(spec, section).get(key)
-        if v is not None and v < 1:
-            raise SpecError(f"{path}: {section}.{key} must be at least 1, got {v}")
+    try:
+        spec.sweep_config()
+    except ValueError as e:
+        msg = re.sub(r"--([a-z-]+)", lambda m: "evaluate." + m.group(1).replace("-", "_"), str(e))
+        raise SpecError(f"{path}: {msg}") from None
+    top = spec.report.get("top")
+    if top is not None and top < 1:
+        raise SpecError(f"{path}: report.top must be at least 1, got {top}")
     if "path" in spec.report:
         out = Path(spec.report["path"])
         try:

@@ -1,9 +1,10 @@
 """Which (method, layer, alpha) settings a sweep measures, and measuring them.
 
 A sweep measures a trait's stored vectors over methods x layers x alphas with one
-:class:`.evaluate.Evaluator` (the unsteered measure computed once). Grids of at most
-:data:`~.settings.GRID_MAX` settings are measured whole (:func:`grid_search`); larger ones are
-searched with Optuna's multi-objective TPE sampler (shift up, KL down) for ``trials`` settings
+:class:`.evaluate.Evaluator` (the unsteered measure computed once); what it measures and how it
+picks is one :class:`~.settings.SweepConfig`, which the search reads. Grids of at most
+``grid_max`` settings are measured whole (:func:`grid_search`); larger ones are searched with
+Optuna's multi-objective TPE sampler (shift up, KL down) for ``trials`` settings
 (:func:`optuna_search`), the detection pick measured at every alpha first so the search always
 has it to compare against. The random direction is then measured at every setting on the
 Pareto front and at the pick: the floor. What the rows are judged by is :mod:`.rule`; what
@@ -15,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from traitlens.pipeline.steer.rule import detection_vs_steering, front, pick
-from traitlens.pipeline.steer.settings import GRID_MAX, REPLY_TOKENS, TRIALS
+from traitlens.pipeline.steer.settings import LAYERS_AROUND, SweepConfig
 from traitlens.queries import StoreSQL
-from traitlens.queries.budget import KL_BUDGET
 from traitlens.queries.selection import best_vector, chosen_vector
+from traitlens.store.errors import InputError
 
 
 @dataclass
@@ -26,11 +27,17 @@ class SweepResult:
     """What a sweep measured: every row (the random floor's too) and the vectors behind them."""
 
     trait: str
+    config: SweepConfig = field(default_factory=SweepConfig)  # what was asked (methods, layers, alphas, budget, ...)
     rows: list[dict] = field(default_factory=list)  # Evaluator rows + method and vector_id
     vectors: dict[tuple[str, int], dict] = field(default_factory=dict)  # (method, layer) -> vectors row
     detection_pick: dict | None = None  # the vector the held-out ranking picks
     search: str = "grid"  # how the settings were chosen: grid | optuna (...)
-    kl_budget: float = KL_BUDGET
+    methods: list[str] = field(default_factory=list)  # the methods and layers swept (the config's, resolved)
+    layers: list[int] = field(default_factory=list)
+
+    @property
+    def kl_budget(self) -> float:
+        return self.config.kl_budget
 
     @property
     def front(self) -> list[dict]:
@@ -90,27 +97,28 @@ class Measurements:
         return sum(1 for k in self.rows if k[0] != "random")
 
 
-def grid_search(cells: list[tuple[str, int]], alphas: list[float], measured: Measurements, bar) -> str:
-    """Measure every (cell, alpha); returns how the settings were chosen."""
+def grid_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measurements, bar) -> str:
+    """Measure every (cell, alpha of ``cfg.alphas``); returns how the settings were chosen."""
     for m, l in cells:
-        measured.at(m, l, alphas)
-        bar.update(len(alphas))
+        measured.at(m, l, cfg.alphas)
+        bar.update(len(cfg.alphas))
     return "grid"
 
 
-def optuna_search(cells: list[tuple[str, int]], alphas: list[float], measured: Measurements, trials: int,
-                  seed: int, first: dict | None, bar) -> str:
-    """Optuna's multi-objective TPE over (cell, alpha): maximise shift, minimise KL, for ``trials``
-    settings (at most the grid's). A setting asked again is answered from what was measured;
-    ``first`` (the detection pick's vectors row, when it is one of ``cells``) goes first, at
-    every alpha. Returns how the settings were chosen."""
+def optuna_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measurements, first: dict | None,
+                  bar) -> str:
+    """Optuna's multi-objective TPE over (cell, alpha of ``cfg.alphas``): maximise shift, minimise
+    KL, for ``cfg.trials`` settings (at most the grid's), seeded by ``cfg.seed``. A setting asked
+    again is answered from what was measured; ``first`` (the detection pick's vectors row, when
+    it is one of ``cells``) goes first, at every alpha. Returns how the settings were chosen."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    alphas, trials = cfg.alphas, cfg.trials
     methods = sorted({m for m, _ in cells})
     layers = sorted({l for _, l in cells})
     study = optuna.create_study(directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True))
     if first is not None and (first["method"], first["layer"]) in cells:
         for k in range(len(alphas)):
             study.enqueue_trial({"method": first["method"], "layer": layers.index(first["layer"]), "alpha": k})
@@ -138,9 +146,33 @@ def stored_methods(q: StoreSQL, trait: str, model_key: str) -> list[str]:
                                          "AND method <> 'random' ORDER BY 1", [trait, model_key]).to_pylist()]
 
 
-def around(layer: int, n_layers: int, width: int = 2) -> list[int]:
+def around(layer: int, n_layers: int, width: int = LAYERS_AROUND) -> list[int]:
     """The default layers of a sweep: ``layer`` and ``width`` on each side, inside the model."""
     return [l for l in range(layer - width, layer + width + 1) if 0 <= l < n_layers]
+
+
+def sweep_methods(q: StoreSQL, trait: str, model_key: str, cfg: SweepConfig) -> list[str]:
+    """The methods ``cfg`` asks for: ``all`` is every stored one but random; a method without
+    stored vectors of ``trait`` on ``model_key`` is an :class:`InputError` listing what is stored."""
+    stored = stored_methods(q, trait, model_key)
+    methods = stored if cfg.methods == "all" else list(cfg.methods)
+    unknown = [m for m in methods if m not in stored]
+    if unknown or not methods:
+        asked = cfg.methods if isinstance(cfg.methods, str) else ",".join(cfg.methods)
+        raise InputError(f"--methods {asked!r}: {trait!r} has no {', '.join(unknown) or 'methods'} vectors on "
+                         f"{model_key}; stored: {', '.join(stored) or 'none'}")
+    return methods
+
+
+def sweep_layers(cfg: SweepConfig, detection_pick: dict | None, n_layers: int) -> list[int]:
+    """The layers ``cfg`` asks for in a model of ``n_layers``; None: around the detection pick's."""
+    from traitlens.pipeline.model.layers import parse_layers
+
+    if cfg.layers is not None:
+        return parse_layers(cfg.layers, n_layers)
+    if detection_pick is None:
+        raise InputError("no detection pick to sweep around: give --layers")
+    return around(detection_pick["layer"], n_layers)
 
 
 def _vector(store, trait: str, model_key: str, method: str, layer: int) -> dict | None:
@@ -148,23 +180,25 @@ def _vector(store, trait: str, model_key: str, method: str, layer: int) -> dict 
         return chosen_vector(q, trait, None, model_key=model_key, layer=layer, method=method)
 
 
-def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], alphas: list[float],
-          kl_budget: float = KL_BUDGET, trials: int | None = None, grid_max: int = GRID_MAX,
-          random_floor: bool = True, seed: int = 0, progress: bool = True, skip: set[str] = frozenset(),
-          log=print) -> SweepResult:
-    """Measure ``trait``'s vectors over ``methods`` x ``layers`` x ``alphas`` with ``evaluator``
-    (an :class:`.evaluate.Evaluator`): every setting when the grid has at most ``grid_max``,
-    else ``trials`` settings chosen by Optuna (default :data:`~.settings.TRIALS`); then the
-    random floor at the front and the pick. Cells without a stored vector are left out, saying
-    so; so are cells whose vector id is in ``skip`` (already evaluated: a refresh measures only
-    what changed)."""
+def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress: bool = True,
+          skip: set[str] = frozenset(), log=print) -> SweepResult:
+    """Measure ``trait``'s vectors over the methods x layers x alphas of ``cfg`` (a
+    :class:`~.settings.SweepConfig`, validated here) with ``evaluator`` (an
+    :class:`.evaluate.Evaluator`): every setting when the grid has at most ``cfg.grid_max``,
+    else ``cfg.trials`` settings chosen by Optuna; then the random floor at the front and the
+    pick (unless ``cfg.random_floor`` is off). Cells without a stored vector are left out,
+    saying so; so are cells whose vector id is in ``skip`` (already evaluated: a refresh
+    measures only what changed)."""
     from tqdm.auto import tqdm
 
+    cfg = (cfg or SweepConfig()).validate()
     lm = evaluator.lm
-    res = SweepResult(trait=trait, kl_budget=kl_budget)
+    res = SweepResult(trait=trait, config=cfg)
     missing, done = [], 0
     with StoreSQL(store) as q:
         res.detection_pick = best_vector(q, trait, model_key=lm.key)
+        res.methods = methods = sweep_methods(q, trait, lm.key, cfg)
+        res.layers = layers = sweep_layers(cfg, res.detection_pick, lm.n_layers)
         for m in methods:
             for l in layers:
                 v = chosen_vector(q, trait, None, model_key=lm.key, layer=l, method=m)
@@ -181,23 +215,21 @@ def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], a
         return res  # every cell already evaluated
     cells = sorted(res.vectors, key=lambda k: (methods.index(k[0]), k[1]))
     if not cells:
-        from traitlens.store.errors import InputError
-
         raise InputError(f"no stored vectors of {trait!r} on {lm.key} for methods {', '.join(methods)} at layers "
                          f"{layers}; `traitlens rank --trait {trait}` lists what is stored")
     measured = Measurements(evaluator, res.vectors)
-    n_grid = len(cells) * len(alphas)
-    bar = tqdm(total=n_grid if n_grid <= grid_max else (trials or TRIALS), desc=f"evaluate {trait}", unit="setting",
+    n_grid = len(cells) * len(cfg.alphas)
+    bar = tqdm(total=n_grid if n_grid <= cfg.grid_max else cfg.trials, desc=f"evaluate {trait}", unit="setting",
                disable=not progress or None, leave=False, dynamic_ncols=True)
     try:
-        if n_grid <= grid_max:
-            res.search = grid_search(cells, alphas, measured, bar)
+        if n_grid <= cfg.grid_max:
+            res.search = grid_search(cells, cfg, measured, bar)
         else:
-            res.search = optuna_search(cells, alphas, measured, trials or TRIALS, seed, res.detection_pick, bar)
+            res.search = optuna_search(cells, cfg, measured, res.detection_pick, bar)
     finally:
         bar.close()
     res.rows = list(measured.rows.values())
-    if random_floor:  # the floor where it decides something: the front and the pick
+    if cfg.random_floor:  # the floor where it decides something: the front and the pick
         wanted = {(r["layer"], r["alpha"]) for r in res.front + ([res.pick] if res.pick else [])}
         for l, a in sorted(wanted):
             if ("random", l) not in res.vectors:
@@ -211,22 +243,23 @@ def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], a
     return res
 
 
-def evaluator_for(store, lm, trait: str, kind: str, n: int = 40, norm: str = "typical",
-                  neutral: list[str] | None = None, max_new_tokens: int = 32, judge=None,
-                  reply_tokens: int | None = None, seed: int = 0):
-    """(the :class:`.evaluate.Evaluator` of ``trait`` with measure ``kind``, a line saying what it
-    measures on). persona: held-out statements of the trait; refusal kinds: held-out harmless
-    requests; expression: replies to the neutral prompts, read on the trait's detection pick and
-    calibrated on held-out texts of both labels. :class:`~traitlens.store.errors.InputError`
-    when the store lacks what the kind needs."""
+def evaluator_for(store, lm, trait: str, cfg: SweepConfig | None = None, judge=None):
+    """(the :class:`.evaluate.Evaluator` of ``trait`` with the measure ``cfg.kind`` on ``cfg.n``
+    held-out texts, alpha in ``cfg.norm`` units; a line saying what it measures on).
+    persona: held-out statements of the trait; refusal kinds: held-out harmless requests;
+    expression: replies of ``cfg.max_new_tokens`` to the neutral prompts, read on the trait's
+    detection pick and calibrated on held-out texts of both labels. ``judge``: a loaded
+    :class:`.judge.Judge` (``cfg.judge`` names its model; the caller loads it).
+    :class:`~traitlens.store.errors.InputError` when the store lacks what the kind needs."""
     import numpy as np
 
     from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
     from traitlens.pipeline.steer.evaluate import Evaluator
     from traitlens.pipeline.steer.expression import Expression
     from traitlens.queries.selection import held_out_texts
-    from traitlens.store.errors import InputError
 
+    cfg = (cfg or SweepConfig()).validate()
+    kind, n, max_new_tokens, neutral = cfg.kind, cfg.n, cfg.max_new_tokens, cfg.neutral
     with StoreSQL(store) as q:
         detect = best_vector(q, trait, model_key=lm.key)
     if detect is None:
@@ -250,6 +283,5 @@ def evaluator_for(store, lm, trait: str, kind: str, n: int = 40, norm: str = "ty
         if not texts:
             raise InputError(f"no held-out ({detect['held_split']}) prompts with label {want:+d} for {trait!r}")
         what = f"{kind}: {len(texts)} held-out ({detect['held_split']}) prompts with label {want:+d}"
-    ev = Evaluator(lm, kind, texts, norm, neutral, seed, expression, judge,
-                   REPLY_TOKENS if reply_tokens is None else reply_tokens)
+    ev = Evaluator(lm, kind, texts, cfg.norm, neutral, cfg.seed, expression, judge, cfg.reply_tokens)
     return ev, what
