@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,export]"
+	$(PY) -m pip install -q -e ".[test,export,notebook]"
 	# the llama.cpp test of the GGUF export (tests/test_gguf_export.py); it skips, saying so, without it
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q "llama-cpp-python>=0.3" || \
 	  echo "note: could not build llama-cpp-python (it needs cmake and a C++ compiler): the llama.cpp test will skip"
