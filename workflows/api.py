@@ -182,12 +182,13 @@ def ingest(store, corpus, config=None, *, scheduler=None, progress: bool = True,
     from traitlens.pipeline.capture.corpus import ReadOptions
     from traitlens.pipeline.capture.settings import CaptureConfig
 
-    reading = {f.name for f in fields(ReadOptions)}
+    # the reading options are ReadOptions' fields, and the old spellings it takes where it keeps any
+    reading = {f.name for f in fields(ReadOptions)} | set(getattr(ReadOptions, "ALIASES", {}))
     read = {k: (str(options.pop(k)) if k == "label" and options[k] is not None else options.pop(k))
             for k in list(options) if k in reading}
     cfg = configure(CaptureConfig, config, options, aliases={"site": "sites", "pooling": "poolings"},
                     lists=("sites", "poolings"))
-    opts = ReadOptions(**read)
+    opts = ReadOptions.from_options(read) if hasattr(ReadOptions, "from_options") else ReadOptions(**read)
     root, paths = _root(store), _paths(corpus)
     seen = receipts.check(root, paths, opts, cfg)  # before torch is imported
     if seen is not None:

@@ -113,6 +113,10 @@ class Ingested(Result):
                     f"{s.run_id or '(unrecorded)'}: the corpus and the store are as it left them, so the model was "
                     "not loaded"]
         r = self.result
+        if not getattr(r, "model_loaded", True):  # (readers that know every record stored without the model)
+            return [f"ingest done: 0 prompts captured, {r.n_skipped} already stored, 0 new prompt records, "
+                    f"{r.n_duplicates} duplicates skipped; model {r.model_key} ({r.fmt}); every record is stored "
+                    "as the corpus has it, so the model was not loaded"]
         relabelled = f", {r.n_relabelled} relabelled (newest label wins)" if r.n_relabelled else ""
         return [f"ingest {r.status}: {r.n_captured} prompts captured, {r.n_skipped} already stored, "
                 f"{r.n_new_prompts} new prompt records{relabelled}, {r.n_truncated} truncated, {r.n_duplicates} "
