@@ -36,12 +36,13 @@ def outputs(cell) -> tuple[str, str]:
     return "\n".join(text), "\n".join(page)
 
 
+@pytest.mark.slow
 def test_the_tutorial_runs_from_a_parquet_corpus_to_an_exported_vector(tmp_path, tiny_llama):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source = (f"MODEL = {str(tiny_llama)!r}\nFOLDER = {str(tmp_path / 'out')!r}\nPER_SIDE = 40\nN = 4\n")
+    params.source = (f"MODEL = {str(tiny_llama)!r}\nFOLDER = {str(tmp_path / 'out')!r}\nPER_SIDE = 80\nN = 4\n")
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     cells = {c.source.splitlines()[0]: c for c in nb.cells if c.cell_type == "code" and c.source}
@@ -52,7 +53,7 @@ def test_the_tutorial_runs_from_a_parquet_corpus_to_an_exported_vector(tmp_path,
     corpus = tmp_path / "out" / "demo.parquet"
     assert corpus.read_bytes()[:4] == b"PAR1"
     n_prompts = store.table("prompts", columns=["prompt_id"]).num_rows
-    assert n_prompts == 3 * 2 * 40  # every row of the Parquet corpus ingested
+    assert n_prompts == 3 * 2 * 80  # every row of the Parquet corpus ingested
     text, page = outputs(cells["store  # groups, traits, runs and sizes"])
     assert f"{n_prompts} prompts" in text and "traitlens store" in page and "harmful" in page
 
