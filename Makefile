@@ -2,15 +2,17 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A CPU build of torch; an unpinned `torch` resolves to a multi-GB CUDA build. Override for GPUs:
-#   make install TORCH_SPEC=torch
+# A CPU build of torch; an unpinned `torch` resolves to a multi-GB CUDA build. Override for GPUs
+# (in a fresh .venv: a torch already there is kept), with bitsandbytes for --load-in:
+#   make install TORCH_SPEC=torch EXTRAS=test,export,datasets,eval,notebook,gpu
 TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test,export,datasets,eval,notebook
 # llama-cpp-python compiles llama.cpp (about 6 min on 2 shared cores). GGML_NATIVE=OFF with the
 # common x86 extensions named: the native build can crash on CPUs that advertise AMX but do not allow it
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export TRAITLENS_HOME ?= $(HOME)/.cache/traitlens
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,export,notebook]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	# the llama.cpp test of the GGUF export (tests/test_gguf_export.py); it skips, saying so, without it
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q "llama-cpp-python>=0.3" || \
 	  echo "note: could not build llama-cpp-python (it needs cmake and a C++ compiler): the llama.cpp test will skip"
@@ -32,7 +34,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  echo "note: could not install chromium and chromium-driver (needs root): the browser tests will skip"
 	touch $@
 
-test: install
+lint: install
+	$(PY) -m ruff check .
+
+test: install lint
 	$(PY) -m pytest -q -ra
 
 test-fast: install

@@ -19,16 +19,23 @@ traitlens`` never imports torch).
 from __future__ import annotations
 
 import difflib
-import math
 import reprlib
 from os import PathLike
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from traitlens.store import Store as _Store
 from traitlens.store.errors import InputError
+from traitlens.store.finite import check_float
 
 from .results import (Evaluation, Exported, Extracted, Ingested, QueryResult, Ranking, Scored, Steered, Together,
                       Vector, store_facts, store_html, store_lines)
+
+if TYPE_CHECKING:  # imported on first use (below): extraction's config imports scikit-learn
+    from traitlens.pipeline.capture.corpus import ReadOptions
+    from traitlens.pipeline.capture.settings import CaptureConfig, IngestConfig
+    from traitlens.pipeline.extract.config import ExtractConfig, ScoreConfig
+    from traitlens.pipeline.steer.settings import SweepConfig
 
 __all__ = ["Store", "ingest", "extract", "rank", "steer", "evaluate", "score", "query", "export", "CaptureConfig",
            "IngestConfig", "ExtractConfig", "SweepConfig", "ScoreConfig", "ReadOptions", "Vector", "InputError"]
@@ -113,12 +120,21 @@ def _root(store):
 
 
 def _outside(store_root, path, option: str):
-    """``path`` (an output file), refused when it would land inside the store."""
-    from traitlens.store.location import check_outside_store
+    """``path`` (an output file), refused when it would land inside the store or in a folder that
+    does not exist (checked before any work)."""
+    from traitlens.store.location import check_output_path
 
     if path is not None:
-        check_outside_store(path, store_root, option)
+        check_output_path(path, store_root, option)
     return path
+
+
+def _write_text(path, text: str) -> None:
+    """An output file written whole or not at all (a temporary beside it, renamed)."""
+    from traitlens.store.location import write_atomically
+
+    data = text.encode("utf-8")
+    write_atomically(Path(path), lambda f: f.write(data))
 
 
 def configure(cls, config, options: dict, aliases: dict[str, str] | None = None, lists: tuple[str, ...] = ()):
@@ -151,10 +167,9 @@ def _count(name: str, value, lo: int) -> int:
     return value
 
 
-def _finite(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"--{name.replace('_', '-')} {reprlib.repr(value)}: give a finite number")
-    return float(value)
+def _finite(name: str, value, **bounds) -> float:
+    """``value`` as a finite float (within ``bounds``), or an :class:`InputError` naming ``--name``."""
+    return check_float(value, f"--{name.replace('_', '-')}", **bounds)
 
 
 def _paths(corpus) -> list:
@@ -182,13 +197,12 @@ def ingest(store, corpus, config=None, *, scheduler=None, progress: bool = True,
     from traitlens.pipeline.capture.corpus import ReadOptions
     from traitlens.pipeline.capture.settings import CaptureConfig
 
-    # the reading options are ReadOptions' fields, and the old spellings it takes where it keeps any
-    reading = {f.name for f in fields(ReadOptions)} | set(getattr(ReadOptions, "ALIASES", {}))
+    reading = {f.name for f in fields(ReadOptions)} | set(ReadOptions.ALIASES)  # (and the old spellings)
     read = {k: (str(options.pop(k)) if k == "label" and options[k] is not None else options.pop(k))
             for k in list(options) if k in reading}
     cfg = configure(CaptureConfig, config, options, aliases={"site": "sites", "pooling": "poolings"},
                     lists=("sites", "poolings"))
-    opts = ReadOptions.from_options(read) if hasattr(ReadOptions, "from_options") else ReadOptions(**read)
+    opts = ReadOptions.from_options(read)
     root, paths = _root(store), _paths(corpus)
     seen = receipts.check(root, paths, opts, cfg)  # before torch is imported
     if seen is not None:
@@ -204,13 +218,17 @@ def ingest(store, corpus, config=None, *, scheduler=None, progress: bool = True,
 
 
 # -- extract -------------------------------------------------------------------------------------
-def extract(store, trait: str, config=None, *, scheduler=None, progress: bool = False, **options) -> Extracted:
+def extract(store, trait: str, config=None, *, background=(), scheduler=None, progress: bool = False,
+            **options) -> Extracted:
     """Fit ``trait``'s vectors at every stored layer with every method and store them with their
     held-out metrics (``traitlens extract``). Keywords: the
     :class:`~traitlens.pipeline.extract.config.ExtractConfig` fields (``methods``, ``layers``,
     ``model``, ``fmt``, ``site``, ``pooling``, ``where``, ``train_split``, ``held_split``,
     ``n_boot``, ``seed``, ``memory`` such as ``"2GB"``, ``params``), and the probe's ``C`` and
-    ``penalty``. ``scheduler``: a Dask scheduler address, ``threads`` or ``processes``."""
+    ``penalty``. ``background``: unlabelled corpus files (ingested into the same group first): their
+    train-split prompts join the negatives of mean_diff, probe and gradient, the rest give every
+    vector an out-of-corpus specificity figure. ``scheduler``: a Dask scheduler address,
+    ``threads`` or ``processes``."""
     from traitlens.pipeline.extract.config import ExtractConfig
 
     probe = {k: options.pop(k) for k in ("C", "penalty") if k in options}
@@ -220,9 +238,14 @@ def extract(store, trait: str, config=None, *, scheduler=None, progress: bool = 
     cfg = configure(ExtractConfig, config, options, aliases={"memory": "memory_budget"})
     from traitlens.pipeline.extract.jobs import extract as run_extract
 
-    root = _root(store)
-    res = run_extract(root, trait, cfg=cfg, scheduler=scheduler, progress=progress)
-    return Extracted(Store.open(root), res)
+    root, bg = _root(store), None
+    background = _paths(background)
+    if background:
+        from traitlens.pipeline.capture.plan import read_corpus
+
+        bg = ({r.prompt_id for r in read_corpus(background)[0]}, ", ".join(map(str, background)))
+    res = run_extract(root, trait, cfg=cfg, scheduler=scheduler, progress=progress, background=bg)
+    return Extracted(Store.open(root), res, bg is not None)
 
 
 # -- rank ----------------------------------------------------------------------------------------
@@ -266,24 +289,28 @@ def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float 
           vector_id: str | None = None, site: str | None = None, positions: str | None = None,
           norm: str | None = None, condition: str | None = None, condition_threshold: float | None = None,
           ablate: bool = False, all_layers: bool = False, max_new_tokens: int = 40, chat: bool | None = None,
-          lm=None, log=None) -> Steered:
+          vector=None, lm=None, log=None) -> Steered:
     """Generate a reply to each prompt without and with the vector(s) (``traitlens steer``):
     ``trait`` (its pick) or ``vector_id`` pushed by ``alpha`` (units of the layer's mean token
     norm, ``norm``), or one push per ``add`` entry ``TRAIT_OR_ID[:LAYER[:ALPHA]]``; ``ablate``
     projects the direction out instead; ``condition`` pushes only prompts whose projection on
-    that vector passes its threshold. ``prompt``: a string or a list; ``file``: one a line."""
+    that vector passes its threshold. ``prompt``: a string or a list; ``file``: one a line.
+    ``vector``: a bundle folder (``traitlens bundle``) whose vector to steer with instead of the
+    store's (its files' hashes checked first; ``vector_id`` / ``layer`` / ``method`` choose among
+    several; ``model`` defaults to the one it records)."""
     from traitlens.pipeline.model.generation import greedy_batch
     from traitlens.pipeline.steer.steering import ablation, generate_batch
     from traitlens.store.vocabulary import NAMED_SITES, NORMS, POSITIONS
 
-    from .pushes import check_positions, condition as condition_of, load, pick_vector, prompt_ids, pushes_for
+    from .pushes import (bundle_vector, check_bundle_model, check_positions, condition as condition_of, load,
+                         pick_vector, prompt_ids, pushes_for)
 
     site, positions, norm = site or NAMED_SITES[0], positions or POSITIONS[0], norm or NORMS[0]
     if site not in NAMED_SITES:
         raise InputError(f"--site {site!r}: use {', '.join(NAMED_SITES)}")
     if norm not in NORMS:
         raise InputError(f"--norm {norm!r}: use {' or '.join(NORMS)}")
-    alpha = _finite("alpha", alpha)
+    alpha = check_float(alpha, "--alpha", float32=True)
     _count("batch_size", batch_size, 1)
     _count("max_new_tokens", max_new_tokens, 1)
     if layer is not None:
@@ -295,19 +322,27 @@ def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float 
         prompts += [line for line in Path(file).read_text().splitlines() if line.strip()]
     if not prompts:
         raise InputError("give a PROMPT or --file")
-    st = Store.open(_root(store))
+    chosen = None
+    if vector:  # a bundle: its vector, checked, instead of the store's
+        if add:
+            raise InputError("--vector DIR steers with the bundle's vector; leave out --add")
+        bundle, chosen = bundle_vector(vector, vector_id, layer, method)
+        model = model if model is not None else bundle.model_spec()
+    st = Store.open(_root(store)) if chosen is None or condition else None  # a bundle needs no store
     lm = lm or load(model, log)
+    if chosen is not None:
+        check_bundle_model(chosen, lm)
     seqs = [prompt_ids(lm, p, chat) for p in prompts]
     dec = lambda x: lm.tokenizer.decode(x, skip_special_tokens=True)  # noqa: E731
     if ablate:
         if add or condition:
             raise InputError("--ablate takes one vector (--trait or --vector-id), without --add or --condition")
-        vec = pick_vector(st, trait, lm.key, layer, method, vector_id)
+        vec = chosen if chosen is not None else pick_vector(st, trait, lm.key, layer, method, vector_id)
         where = None if all_layers else [vec["layer"] if layer is None else layer]
         applied = (f"vector {vec['vector_id']} ({vec['trait']}, {vec['method']}): ablated at {site} of "
                    + ("every layer" if all_layers else f"layer {where[0]}"))
     else:
-        items = pushes_for(st, lm, add, trait, layer, method, vector_id, alpha, norm, site, positions, seqs)
+        items = pushes_for(st, lm, add, trait, layer, method, vector_id, alpha, norm, site, positions, seqs, chosen)
         applied = "applied " + "; ".join(p.describe() for p in items)
     passes, said = [True] * len(seqs), []
     if condition:
@@ -327,34 +362,66 @@ def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float 
 
 
 # -- evaluate ------------------------------------------------------------------------------------
-def evaluate(store, trait: str, config=None, *, model=None, lm=None, add=(), site: str | None = None,
-             positions: str | None = None, plot=None, progress: bool = True, log=None, **options):
+def evaluate(store, trait: str | None = None, config=None, *, model=None, lm=None, add=(), site: str | None = None,
+             positions: str | None = None, plot=None, vector=None, progress: bool = True, log=None, **options):
     """Sweep method x layer x strength (``traitlens evaluate --steering``): how much steering along
-    each of ``trait``'s vectors moves behaviour, with what interval, for how much damage; the
-    random direction at the front and the pick. Keywords: the
-    :class:`~traitlens.pipeline.steer.settings.SweepConfig` fields (``kind``, ``methods``,
-    ``layers``, ``alphas``, ``n``, ``norm``, ``kl_budget``, ``trials``, ``reply_tokens``,
-    ``judge``, ...). Returns an :class:`~.results.Evaluation` (rows in the ``steering`` table).
+    each of ``trait``'s vectors moves behaviour, with what interval, for how much damage (and,
+    with ``capability`` tasks, the lm-eval scores' falls); the random direction at the front and
+    the pick. Keywords: the :class:`~traitlens.pipeline.steer.settings.SweepConfig` fields
+    (``kind``, ``methods``, ``layers``, ``alphas``, ``n``, ``norm``, ``kl``, ``kl_budget``,
+    ``trials``, ``reply_tokens``, ``ablate``, ``capability``, ``judge``, ...). Returns an
+    :class:`~.results.Evaluation` (rows in the ``steering`` table).
 
     With ``add`` (``TRAIT_OR_ID[:LAYER[:ALPHA]]`` entries) the given pushes are measured together
     instead, each alone beside them and as random directions (a :class:`~.results.Together`,
-    rows in ``steering_together``); ``site`` and ``positions`` say where they push.
-    ``plot``: also write the figure there (a PNG)."""
+    rows in ``steering_together``); ``site`` and ``positions`` say where they push. ``vector``: a
+    bundle folder whose vectors (and prompts) join the store and are measured (its trait, its
+    methods unless ``methods`` is given, its layers; ``model`` defaults to the one it records).
+    ``plot``: also write the figure there (a PNG; ``True``: ``evaluate-<trait>.png`` here)."""
     from traitlens.pipeline.steer.search import evaluator_for, sweep, sweep_methods
     from traitlens.pipeline.steer.settings import SweepConfig
     from traitlens.queries import StoreSQL
+    from traitlens.store import file_stem
     from traitlens.store.store import new_run_id
     from traitlens.store.vocabulary import METHOD_NAMES
 
-    from .pushes import load
+    from .pushes import check_bundle_model, load
 
-    cfg = configure(SweepConfig, config, options)
+    methods_given = "methods" in options or (config is not None and config.methods is not None)
     add = [add] if isinstance(add, str) else list(add or [])
+    cells, bundle = None, None
+    if vector:  # a bundle: its vectors (and prompts) join the store, and the sweep measures them
+        from .bundles import load as load_bundle
+
+        if add or options.get("layers") is not None or (config is not None and config.layers is not None):
+            raise InputError("--vector DIR measures the bundle's vectors at their layers; leave out --add and --layers")
+        bundle = load_bundle(vector)
+        if trait not in (None, bundle.trait):
+            raise InputError(f"--trait {trait}: the bundle {vector} holds vectors of {bundle.trait!r}")
+        trait, model = bundle.trait, model if model is not None else bundle.model_spec()
+        cells = {(r["method"], int(r["layer"])): r for r in bundle.records}
+        options["layers"] = sorted({l for _, l in cells})
+        if not methods_given:
+            options["methods"] = sorted({m for m, _ in cells})
+    elif not trait:
+        raise InputError("give --trait, or --vector DIR (a bundle)")
+    cfg = configure(SweepConfig, config, options)
     if add and (cfg.layers is not None or cfg.methods != [METHOD_NAMES[0]]):
         raise InputError("--add measures the given pushes; leave out --layers and --methods (they choose a sweep)")
-    st = Store.open(_root(store))
-    _outside(st.root, plot, "--plot")
+    if add and (cfg.capability or cfg.ablate):
+        raise InputError(f"{'--capability' if cfg.capability else '--ablate'} goes with a sweep, not with --add")
+    root = _root(store)
+    if plot is True:
+        plot = Path(f"evaluate-{file_stem(trait, 'trait')}.png")
+    _outside(root, plot, "--plot")
+    if bundle is not None:  # (once every option is checked)
+        from .bundles import adopt
+
+        adopt(root, bundle)
+    st = Store.open(root)
     lm = lm or load(model, log)
+    if cells is not None:
+        check_bundle_model(next(iter(cells.values())), lm)
     if not add:  # what the sweep would refuse, before the evaluator's own calibration runs the model
         with StoreSQL(st) as q:
             sweep_methods(q, trait, lm.key, cfg)
@@ -363,20 +430,29 @@ def evaluate(store, trait: str, config=None, *, model=None, lm=None, add=(), sit
         from traitlens.pipeline.steer.judge import Judge
 
         same = cfg.judge == (model or "default") or cfg.judge == lm.path  # rated outside any steering
-        judge = Judge(lm if same else load(cfg.judge, log), trait, cfg.description)
-    evaluator, what = evaluator_for(st, lm, trait, cfg, judge)
+        judge = Judge(lm if same else load(cfg.judge, log, "--judge"), trait, cfg.description)
+    capability = None
+    if cfg.capability:
+        from traitlens.pipeline.steer.capability import Capability
+
+        capability = Capability(lm, cfg.capability, cfg.capability_include, cfg.capability_limit)
+    evaluator, what = evaluator_for(st, lm, trait, cfg, judge, capability)
     if add:
         return _together(st, lm, trait, evaluator, what, add, site, positions, cfg.random_floor, plot, log)
-    res = sweep(st, trait, evaluator, cfg, progress=progress, log=log or (lambda *a: None))
+    res = sweep(st, trait, evaluator, cfg, progress=progress, log=log or (lambda *a: None), vectors=cells)
     run_id = new_run_id("evaluate")
     stored, samples = res.save(st, run_id)
-    from traitlens.pipeline.steer.records import summary_lines
+    from traitlens.pipeline.steer.records import refusal_lines, summary_lines
 
     with StoreSQL(st) as q:
-        summary = summary_lines(q, trait, cfg.kind, res.rows, cfg.kl_budget)
+        summary = summary_lines(q, trait, cfg.kind, res.rows, cfg.kl_budget, cfg.capability_budget)
     out = Evaluation(st, res, what, run_id, samples, len(evaluator.texts), bool(judge), summary, None, len(stored),
                      [f"judge: {len(evaluator.rejected)} answers rejected, e.g. {evaluator.rejected[0]}"]
-                     if evaluator.rejected else [])
+                     if evaluator.rejected else [], refusal=refusal_lines(res.rows),
+                     capability=(f"capability: {capability.describe()}, unsteered and at every setting"
+                                 if capability else None),
+                     stored_capability=(f", {len(res.capability_records(run_id))} in capability ({capability.runs} "
+                                        "lm-eval runs)" if capability else ""))
     if plot:
         out.plot = out.figure(plot)
     return out
@@ -403,7 +479,7 @@ def _together(st, lm, trait, evaluator, what, specs, site, positions, random_flo
     records = together_records(trait, rows, items, [v for v, _, _ in wanted], run_id)
     with st.lock("evaluate --add"):
         st.append("steering_together", records)
-    out = Together(st, trait, evaluator.kind, len(evaluator.texts), what, "; ".join(p.describe() for p in items),
+    out = Together(st, trait, evaluator.kind, len(evaluator.texts), evaluator.kl, what, "; ".join(p.describe() for p in items),
                    rows, names, records, run_id)
     if plot:
         out.plot = out.figure(plot)
@@ -411,39 +487,42 @@ def _together(st, lm, trait, evaluator, what, specs, site, positions, random_flo
 
 
 # -- score ---------------------------------------------------------------------------------------
-def score(store, trait: str, corpus=(), config=None, *, output=None, **options) -> Scored:
+def score(store, trait: str | None = None, corpus=(), config=None, *, output=None, background=(), vector=None,
+          **options) -> Scored:
     """Score prompts on a trait vector (``traitlens score``): all of the vector's group, those of
     ``corpus`` files (captured first where the store lacks them, with the vector's model, site,
     pooling and layers), or ``where``; each (prompt, vector) is scored once, into the ``scores``
     table. Keywords: the :class:`~traitlens.pipeline.extract.config.ScoreConfig` fields
-    (``vector_id``, ``where``, ``top``, ``model``, ``generate``). ``output``: write the listed
-    rows there as JSONL."""
-    import json
-
+    (``vector_id``, ``where``, ``top``, ``model``, ``generate``). ``background``: unlabelled
+    corpus files of ordinary prompts (captured first where needed): every listed score also gets
+    its percentile among theirs. ``vector``: a bundle folder whose vector scores (it joins the
+    store). ``output``: write the listed rows there as JSONL."""
     from traitlens.pipeline.extract.config import ScoreConfig
     from traitlens.pipeline.extract.scoring import score as run_score
+    from traitlens.store import strict_json
 
     cfg = configure(ScoreConfig, config, options)
-    root, paths = _root(store), _paths(corpus)
+    root, paths, background = _root(store), _paths(corpus), _paths(background)
     _outside(root, output, "-o")
+    if vector:  # a bundle: its vector, checked, joins the store and scores like a stored one
+        from dataclasses import replace
+
+        from .bundles import adopt, load as load_bundle
+
+        b = load_bundle(vector)
+        if trait not in (None, b.trait):
+            raise InputError(f"--trait {trait}: the bundle {vector} holds vectors of {b.trait!r}")
+        chosen = b.choose(cfg.vector_id)[0]
+        adopt(root, b, [chosen])
+        trait = b.trait
+        cfg = replace(cfg, vector_id=chosen["vector_id"], model=cfg.model if cfg.model is not None else b.model_spec())
+    elif not trait:
+        raise InputError("give --trait, or --vector DIR (a bundle)")
     if cfg.generate and not paths:
         raise InputError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
     ids, pairs, before = None, None, []
     if paths:
-        from traitlens.pipeline.capture.plan import read_corpus
-        from traitlens.pipeline.extract.audit import chosen_vector, vector_group
-        from traitlens.store.layout import format_layer_list
-
-        from .screening import capture_missing
-
-        records, _ = read_corpus(paths)
-        ids = {r.prompt_id for r in records}
-        vec = chosen_vector(_Store.open(root), trait, cfg.vector_id)
-        cap = capture_missing(root, vec, paths, ids, cfg.model)
-        if cap is not None:
-            layers = format_layer_list(_Store.open(root).layers(vector_group(vec)))
-            before.append(f"captured {cap.n_captured} CORPUS prompts the store lacked ({vector_group(vec).path}, "
-                          f"layers {layers}) before scoring")
+        records, ids, vec = _captured(root, trait, cfg, paths, "CORPUS", before)
         if cfg.generate:
             from .screening import own_replies
 
@@ -453,28 +532,75 @@ def score(store, trait: str, corpus=(), config=None, *, output=None, **options) 
             before.append(f"replies: {rep.n_generated} generated ({rep.n_empty} empty), {len(pairs)} pairs in all"
                           + (f"; {rep.n_without_reply} records end without an assistant reply" if rep.n_without_reply
                              else ""))
+    bg_ids = None
+    if background:
+        _, bg_ids, _ = _captured(root, trait, cfg, background, "background", before)
+        if ids is not None:
+            ids |= bg_ids
     res = run_score(root, trait, cfg.vector_id, ids, cfg.where)
-    out, listed = Scored(res, before), False
+    bg_sorted = None
+    if bg_ids is not None:
+        import numpy as np
+
+        from traitlens.pipeline.extract.scoring import background_scores
+
+        bg_sorted = background_scores(_Store.open(root), res.vector["vector_id"], bg_ids)
+        if len(bg_sorted) == 0:
+            raise InputError("--background: none of its prompts is scored on this vector (the --where condition left "
+                             "them out?)")
+        before.append(f"background: {len(bg_sorted)} prompts; their 99th percentile is score "
+                      f"{float(np.quantile(bg_sorted, 0.99)):.4g} (bg.pct 0.99): a prompt above it scores higher than "
+                      "99% of ordinary prompts")
+    out, listed = Scored(res, before, background=bg_sorted is not None), False
     if pairs is not None:
         out.top, out.diff_lines = _projection_diffs(root, res.vector, pairs, cfg.generate, cfg.top)
         listed = out.diff_lines != [NO_PAIRS]
     elif cfg.top:
-        out.top, listed = _top_scores(root, res.vector, cfg.top), True
+        out.top, listed = _top_scores(root, res.vector, cfg.top, bg_sorted), True
     if output and listed:
-        Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in out.top))
+        _write_text(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in out.top))
         out.output = Path(output)
     return out
+
+
+def _captured(root, trait: str, cfg, paths: list, what: str, said: list[str]):
+    """(records, their prompt ids, the vector) of corpus ``paths``, captured first into the
+    vector's group where the store lacks them (a line saying so appended to ``said``)."""
+    from traitlens.pipeline.capture.plan import read_corpus
+    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
+    from traitlens.store.layout import format_layer_list
+
+    from .screening import capture_missing
+
+    st = _Store.open(root)
+    records, _ = read_corpus(list(paths), store=st)  # splits as the capture below gives them
+    ids = {r.prompt_id for r in records}
+    vec = chosen_vector(st, trait, cfg.vector_id)
+    cap = capture_missing(root, vec, list(paths), ids, cfg.model)
+    if cap is not None:
+        layers = format_layer_list(_Store.open(root).layers(vector_group(vec)))
+        said.append(f"captured {cap.n_captured} {what} prompts the store lacked ({vector_group(vec).path}, layers "
+                    f"{layers}) before scoring")
+    return records, ids, vec
 
 
 NO_PAIRS = "projection difference: no pair is scored"
 
 
-def _top_scores(root, v: dict, top: int) -> list[dict]:
+def _top_scores(root, v: dict, top: int, background=None) -> list[dict]:
+    """The ``top`` highest scores; with ``background`` (sorted background scores) each one's
+    percentile among them too (``background_percentile``)."""
     from traitlens.queries import StoreSQL
 
     with StoreSQL(root) as q:
-        return q.query("SELECT prompt_id, score, calibrated, percentile, text, prompt_trait AS trait, label "
+        best = q.query("SELECT prompt_id, score, calibrated, percentile, text, prompt_trait AS trait, label "
                        "FROM scored WHERE vector_id = ? ORDER BY score DESC LIMIT ?", [v["vector_id"], top]).to_pylist()
+    if background is not None and best:
+        from traitlens.pipeline.extract.scoring import background_percentile
+
+        for r, pct in zip(best, background_percentile(background, [r["score"] for r in best])):
+            r["background_percentile"] = float(pct)
+    return best
 
 
 def _projection_diffs(root, v: dict, pairs: dict, generate: int, top: int) -> tuple[list[dict], list[str]]:
@@ -518,8 +644,7 @@ def query(store, sql: str, timeout: float = 3600) -> QueryResult:
     metrics, groups, act_L<layer> (activations, streamed), macro nearest(vector_id, k)."""
     from traitlens.queries import StoreSQL
 
-    if _finite("timeout", timeout) <= 0:
-        raise InputError(f"--timeout {timeout}: give a positive number of seconds")
+    _finite("timeout", timeout, min=0, min_open=True)
     with StoreSQL(_root(store)) as q:
         return QueryResult(q.query(sql, timeout=timeout), sql)
 
@@ -527,14 +652,15 @@ def query(store, sql: str, timeout: float = 3600) -> QueryResult:
 # -- export --------------------------------------------------------------------------------------
 def export(store, trait: str, format: str = "safetensors", *, method: str = "mean_diff", layers="all", model=None,
            alpha: float | None = None, norm: str | None = None, scale: float = 1.0, model_hint: str | None = None,
-           device: str = "auto", output=None, log=None) -> Exported:
+           device: str = "auto", output=None, bundle=None, log=None) -> Exported:
     """Write one trait's directions, one per layer, with the vector card (``traitlens export
     --format safetensors | gguf | easysteer``): safetensors, or a GGUF control vector for
     llama.cpp / repeng (no layer 0) or EasySteer (every layer). The card carries each layer's
     held-out metrics, its steering pick where evaluated and its mean token norm where the model
     is on this machine (with ``alpha``: the llama.cpp strength). ``output``: the file [default:
-    ``<trait>-<method>.<ext>`` here]. (Weight exports, ``--format merged | peft``, are the
-    command line's.)"""
+    ``<trait>-<method>.<ext>`` here]. ``bundle``: (a bundle's vector rows, their steering picks)
+    to write instead of the store's (``export --vector DIR``). (Weight exports, ``--format
+    merged | peft``, are the command line's.)"""
     from traitlens.pipeline.extract.export import (LAYER0_NOTE, gguf_records, latest_per_layer, llama_cpp_lines,
                                                    to_gguf, to_safetensors, vector_card)
     from traitlens.pipeline.model.layers import parse_layers
@@ -549,10 +675,13 @@ def export(store, trait: str, format: str = "safetensors", *, method: str = "mea
     if norm not in NORMS:
         raise InputError(f"--norm {norm!r}: use {' or '.join(NORMS)}")
     if alpha is not None:
-        alpha = _finite("alpha", alpha)
-    scale = _finite("scale", scale)
-    st = Store.open(_root(store))
-    rows = [r for r in st.table("vectors").to_pylist() if r["trait"] == trait and r["method"] == method]
+        alpha = check_float(alpha, "--alpha", float32=True)
+    scale = _finite("scale", scale, nonzero=True, float32=True)
+    root = _root(store)
+    if bundle is None:
+        rows = [r for r in Store.open(root).table("vectors").to_pylist() if r["trait"] == trait and r["method"] == method]
+    else:  # (a bundle needs no store)
+        rows = [r for r in bundle[0] if r["method"] == method]
     if not rows:
         raise InputError(f"no {method} vectors for trait {trait!r}; run `traitlens extract --trait {trait}`")
     lm = None
@@ -572,12 +701,10 @@ def export(store, trait: str, format: str = "safetensors", *, method: str = "mea
     rows = latest_per_layer(rows)
     notes = {}
     if format != "safetensors":
-        rows, dropped = gguf_records(rows, easysteer=format == "easysteer")
+        rows, dropped = gguf_records(rows, easysteer=format == "easysteer")  # an InputError for layer 0 alone
         if dropped:
             notes["layer 0"] = LAYER0_NOTE
-        if not rows:
-            raise InputError("llama.cpp cannot steer layer 0; export at least one layer >= 1")
-    out = Path(_outside(st.root, output or f"{file_stem(trait, 'trait')}-{file_stem(method, 'method')}."
+    out = Path(_outside(root, output or f"{file_stem(trait, 'trait')}-{file_stem(method, 'method')}."
                         f"{'safetensors' if format == 'safetensors' else 'gguf'}", "-o"))
     norms, hint = None, model_hint
     why = None if lm is not None else _loadable_model(model, rows[0]["model_key"])
@@ -597,8 +724,8 @@ def export(store, trait: str, format: str = "safetensors", *, method: str = "mea
         hint = "llama"
         if format != "safetensors":
             notes["model_hint"] = "llama: the model's config was not read (pass --model, or --model-hint)"
-    card = vector_card(rows, scale, _steering_picks(st, trait, {r["vector_id"] for r in rows}), norms,
-                       alpha if norms is not None else None, notes)
+    picks = _steering_picks(root, trait, {r["vector_id"] for r in rows}) if bundle is None else bundle[1]
+    card = vector_card(rows, scale, picks, norms, alpha if norms is not None else None, notes)
     if format == "safetensors":
         to_safetensors(rows, out, scale, card)
     else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from traitlens.store import strict_json
+
+from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli, write_bytes_atomically, write_text_atomically
 
 
 def _print_table(t, max_rows: int = 200) -> None:
@@ -20,23 +21,36 @@ def _print_table(t, max_rows: int = 200) -> None:
 
 def _write_result(t, fmt_: str, output: str | None) -> None:
     import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
 
     if fmt_ == "table":
         _print_table(t)
     elif fmt_ == "json":
-        text = json.dumps(t.to_pylist(), default=str)
-        Path(output).write_text(text) if output else click.echo(text)
+        text = strict_json.dumps(t.to_pylist(), default=str)
+        write_text_atomically(output, text) if output else click.echo(text)
     elif fmt_ == "csv":
         import io
 
         flat = t.select([c for c in t.column_names])
         buf = io.BytesIO()
         pcsv.write_csv(_lists_as_json(flat), buf)
-        Path(output).write_bytes(buf.getvalue()) if output else click.echo(buf.getvalue().decode(), nl=False)
+        write_bytes_atomically(output, buf.getvalue()) if output else click.echo(buf.getvalue().decode(), nl=False)
     else:
-        pq.write_table(t, output)
+        _write_parquet(t, output)
         click.echo(f"wrote {output} ({t.num_rows} rows)")
+
+
+def _write_parquet(t, output: str) -> None:
+    """``t`` as a Parquet file, whole or not at all; a column type Parquet cannot hold is an input error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from traitlens.store.location import write_atomically
+
+    try:
+        write_atomically(Path(output), lambda f: pq.write_table(t, f))
+    except pa.ArrowNotImplementedError as e:
+        _fail(f"--format parquet: {str(e).splitlines()[0]}; cast that column in the SQL (e.g. ::VARCHAR), or use "
+              "--format csv or json", EXIT_INPUT)
 
 
 def _lists_as_json(t):
@@ -46,7 +60,7 @@ def _lists_as_json(t):
     for name in t.column_names:
         col = t[name]
         if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_struct(col.type):
-            col = pa.array([json.dumps(v) for v in col.to_pylist()])
+            col = pa.array([strict_json.dumps(v, default=str) for v in col.to_pylist()])
         cols.append(col)
     return pa.table(cols, names=t.column_names)
 
@@ -57,7 +71,7 @@ def _lists_as_json(t):
               show_default=True, help="json: one array of row objects.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write here instead of stdout (never inside the store).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3600, show_default=True,
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=3600, show_default=True,
               help="Stop a statement after this many seconds.")
 @click.pass_context
 def query(ctx, sql, fmt_, output, timeout):
@@ -122,7 +136,8 @@ def sql(ctx):
 @click.option("--trait", required=True)
 @click.option("--by", default="auroc", show_default=True,
               help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc | steering "
-                   "(the best causal shift within the KL budget, from `traitlens evaluate --steering`)")
+                   "(the best causal shift within the KL budget, from `traitlens evaluate --steering`) | "
+                   "spec_precision | spec_auroc (beyond the corpus, from `extract --background`)")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="json: {\"by\", \"rows\": [...], \"floor\": {...} or null}.")
@@ -135,7 +150,7 @@ def rank(ctx, trait, by, top, fmt_, plot):
 
     res = api.rank(ctx.obj["store"], trait, by, top, plot=plot)
     if fmt_ == "json":
-        click.echo(json.dumps(res.as_json(), default=str))
+        click.echo(strict_json.dumps(res.as_json(), default=str))
         return
     for line in res.lines():
         click.echo(line)

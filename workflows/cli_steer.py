@@ -1,4 +1,4 @@
-"""CLI verbs that run the model with a vector: ``monitor``, ``steer``, ``evaluate``."""
+"""CLI verbs that run the model with a vector: ``monitor``, ``steer``, ``evaluate``, ``lm-eval``."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import click
 
 from traitlens.pipeline.steer.settings import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
 from traitlens.queries.budget import KL_BUDGET
-from traitlens.store.vocabulary import EVALUATION_KINDS, NAMED_SITES, NORMS, POSITIONS
+from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES, NAMED_SITES, NORMS, POSITIONS
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from .cli_base import EXIT_INPUT, FiniteFloat, FiniteFloats, _fail, _output, cli
 from .pushes import load
 from .pushes import pick_vector as _pick_vector
 from .pushes import prompt_ids as _prompt_ids
 from .pushes import pushes_for as _pushes_for
 
 
-def _load(model, quiet=False):
-    return load(model, log=(lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)))
+def _load(model, quiet=False, option: str = "--model"):
+    return load(model, (lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)), option)
 
 
 @cli.command()
@@ -33,14 +33,14 @@ def _load(model, quiet=False):
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True, help="Moving-average window over tokens.")
-@click.option("--threshold", type=float, default=None, help="Commitment threshold [default: the vector's, learned on train].")
-@click.option("--velocity-tol", type=float, default=None,
+@click.option("--threshold", type=FiniteFloat(), default=None, help="Commitment threshold [default: the vector's, learned on train].")
+@click.option("--velocity-tol", type=FiniteFloat(min=0), default=None,
               help="|velocity| counted as settled [default: half the generated tokens' velocity std].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG [default: monitor-<trait>.png].")
 @click.option("--keep", is_flag=True, help="Append the trajectories to the store's trajectories table (SQL).")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="Steer while monitoring: a push (as `steer --add`); repeat for several.")
-@click.option("--alpha", type=float, default=0.25, show_default=True, help="The strength of an --add without one.")
+@click.option("--alpha", type=FiniteFloat(float32=True), default=0.25, show_default=True, help="The strength of an --add without one.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Greedy --file prompts run as batches of this many (the same trajectories as one at a time).")
 @click.option("--chat/--no-chat", default=None)
@@ -110,7 +110,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
 @click.option("--trait", default=None, help="The vector's trait (its best-ranked vector) [or --add / --vector-id].")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="A push; repeat for several at once (they add up). LAYER defaults to the vector's, ALPHA to --alpha.")
-@click.option("--alpha", type=float, default=0.25, show_default=True,
+@click.option("--alpha", type=FiniteFloat(float32=True), default=0.25, show_default=True,
               help="Strength in units of the layer's mean token norm; negative pushes away.")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
               help="One prompt a line, generated as left-padded batches (the same replies as one at a time).")
@@ -119,6 +119,9 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
 @click.option("--layer", type=click.IntRange(min=0), default=None)
 @click.option("--method", default=None)
 @click.option("--vector-id", default=None)
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="A bundle (`traitlens bundle`): steer with its vector, its files' hashes checked first "
+                   "(--vector-id / --layer / --method choose among several; --model defaults to the recorded one).")
 @click.option("--site", type=click.Choice(NAMED_SITES), default="resid", show_default=True,
               help="Where the push is added (or the direction ablated): the block's output or its attention / MLP "
                    "sub-module's.")
@@ -128,7 +131,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--condition", default=None, metavar="TRAIT_OR_ID",
               help="Conditional steering: push only prompts whose projection on this vector passes its threshold.")
-@click.option("--condition-threshold", type=float, default=None,
+@click.option("--condition-threshold", type=FiniteFloat(), default=None,
               help="[default: learned on the condition trait's held-out split, best F1; stored in `conditions`]")
 @click.option("--ablate", is_flag=True, help="Project the direction out instead of adding it.")
 @click.option("--all-layers", is_flag=True, help="With --ablate: at every block, not only the vector's layer.")
@@ -136,40 +139,62 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
 def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, method, vector_id, site, positions, norm,
-          condition, condition_threshold, ablate, all_layers, max_new_tokens, chat):
+          condition, condition_threshold, ablate, all_layers, max_new_tokens, chat, vector_dir=None):
     """Generate with and without the vector(s) and print both."""
     from traitlens.workflows import api
 
     res = api.steer(ctx.obj["store"], prompt, trait=trait, add=list(adds), alpha=alpha, file=file_,
                     batch_size=batch_size, model=model, layer=layer, method=method, vector_id=vector_id, site=site,
                     positions=positions, norm=norm, condition=condition, condition_threshold=condition_threshold,
-                    ablate=ablate, all_layers=all_layers, max_new_tokens=max_new_tokens, chat=chat,
+                    ablate=ablate, all_layers=all_layers, max_new_tokens=max_new_tokens, chat=chat, vector=vector_dir,
                     log=lambda m: click.echo(m, err=True))
     for line in res.lines():
         click.echo(line)
 
 
 @cli.command()
-@click.option("--trait", required=True)
+@click.option("--trait", default=None, help="The trait to evaluate [or --vector DIR: the bundle's].")
 @click.option("--steering", "do_steering", is_flag=True, required=True, help="Run the causal steering evaluation.")
 @click.option("--kind", type=click.Choice(EVALUATION_KINDS), default="persona",
               show_default=True, help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on "
               "harmless requests; refusal_first_token: P(first reply token starts a refusal opening); expression "
               "(any trait): how much replies to neutral prompts express the trait, read by the unsteered model on "
-              "the trait's detection vector, 0 = held-out negatives, 1 = positives.")
+              "the trait's detection vector, 0 = held-out negatives, 1 = positives; refusal_rate (heretic's figure): "
+              "the share of greedy replies to held-out harmful requests that refuse (refusal markers, and the "
+              "--judge where given), shown as refusals per 100, with the KL read on held-out harmless requests.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Reply length for --kind expression.")
+              help="Reply length for --kind expression and refusal_rate.")
+@click.option("--kl", "kl_measure", type=click.Choice(KL_MEASURES), default=KL_MEASURES[0], show_default=True,
+              help="The KL every damage figure reports: the mean over every position of each neutral prompt, or at "
+                   "the reply's first token only (heretic's first-token KL).")
+@click.option("--refusal-markers", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="--kind refusal_rate: the phrases (one a line, matched case-blind anywhere in a reply) that make a "
+                   "reply a refusal, replacing the built-in list.")
+@click.option("--ablate", is_flag=True,
+              help="Also project each swept vector out of the residual stream (directional ablation, every block; "
+                   "what `export --operation ablate` writes), beside the random direction ablated the same way.")
+@click.option("--capability", "capability_tasks", default=None, metavar="TASKS",
+              help="lm-evaluation-harness tasks (comma list) run unsteered and at every measured setting; their "
+                   "changes, with 95% intervals, go to the capability table (needs traitlens[eval]).")
+@click.option("--capability-include", "capability_include", multiple=True, type=click.Path(file_okay=False),
+              help="A folder of lm-eval task YAML files (repeat for several); a task whose dataset is a local "
+                   "json/jsonl file runs offline.")
+@click.option("--capability-limit", type=click.IntRange(min=1), default=None,
+              help="Documents per lm-eval task (lm-eval's --limit) [default: all].")
+@click.option("--capability-budget", type=FiniteFloat(min=0), default=None,
+              help="The pick must also keep the worst fall of any --capability metric within this (the metric's "
+                   "own units) [default: no limit; the fall is a third Pareto objective either way].")
 @click.option("--methods", "--method", "methods", default="mean_diff", show_default=True,
               help="Comma list of methods to sweep, or all (every stored method but random).")
 @click.option("--layers", default=None, help="[default: the 5 layers around the detection pick's layer]; all or 8-16,20")
-@click.option("--alphas", default="0.05,0.1,0.25,0.5", show_default=True,
+@click.option("--alphas", type=FiniteFloats(float32=True), default="0.05,0.1,0.25,0.5", show_default=True,
               help="Strengths, in units of the layer's mean token norm (--norm).")
 @click.option("--n", "n_texts", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out prompts to measure on.")
 @click.option("--norm", type=click.Choice(NORMS), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Neutral prompts for the damage measures (KL, replies), one a line [default: the project's own set].")
-@click.option("--kl-budget", type=click.FloatRange(min=0), default=KL_BUDGET, show_default=True,
+@click.option("--kl-budget", type=FiniteFloat(min=0), default=KL_BUDGET, show_default=True,
               help="The pick is the largest shift whose mean KL on the neutral prompts stays within this (nats).")
 @click.option("--trials", type=click.IntRange(min=1), default=TRIALS, show_default=True,
               help=f"Settings Optuna measures when the grid has more than {GRID_MAX}.")
@@ -190,31 +215,72 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.option("--positions", default="all", show_default=True,
               help="With --add: " + " | ".join(POSITIONS) + " | A:B.")
 @click.option("--model", default=None)
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="A bundle (`traitlens bundle`): evaluate its vectors (its hashes checked first; its vectors and "
+                   "prompts are added to the store, created if absent; --model defaults to the recorded one).")
 @click.pass_context
-def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alphas, n_texts, norm, prompts_file,
-             kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, adds, site, positions, model):
+def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_markers, ablate, capability_tasks,
+             capability_include, capability_limit, capability_budget, methods, layers, alphas, n_texts, norm,
+             prompts_file, kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, adds, site,
+             positions, model, vector_dir=None):
     """Sweep method x layer x strength: how much does steering along each vector move behaviour,
     with what interval, and for how much damage (KL on neutral prompts, the steered replies'
-    perplexity and repetition)? Small grids run whole, larger ones through Optuna; the random
-    direction is measured at the front and the pick; the Pareto front of (shift, KL) and the pick
-    within --kl-budget are printed and plotted. With --add, the given pushes are measured
-    together instead (each alone beside them, and the random floor)."""
+    perplexity and repetition, and with --capability the lm-eval tasks' scores)? Small grids run
+    whole, larger ones through Optuna; the random direction is measured at the front and the pick;
+    the Pareto front of (shift, KL) and the pick within --kl-budget are printed and plotted, with
+    the pick's side effects on the --capability tasks beside random's. With --ablate each vector
+    is also projected out; --kind refusal_rate prints refusals per 100 against KL, adding and
+    ablating. With --add, the given pushes are measured together instead (each alone beside them,
+    and the random floor)."""
     from traitlens.pipeline.steer.settings import SweepConfig
-    from traitlens.store import file_stem
     from traitlens.workflows import api
 
-    neutral = None
+    if not (trait or vector_dir):
+        _fail("give --trait, or --vector DIR (a bundle)", EXIT_INPUT)
+    neutral = markers = None
     if prompts_file:
         neutral = [l.strip() for l in Path(prompts_file).read_text().splitlines() if l.strip()]
         if not neutral:
             _fail(f"--prompts {prompts_file}: no prompts (one a line)", EXIT_INPUT)
-    cfg = SweepConfig(kind=kind, methods=methods, layers=layers, alphas=alphas, n=n_texts, norm=norm, neutral=neutral,
-                      max_new_tokens=max_new_tokens, reply_tokens=reply_tokens, kl_budget=kl_budget, trials=trials,
-                      random_floor=not no_random, judge=judge_model, description=description).validate()
-    out_png = Path(_output(ctx, plot or f"evaluate-{file_stem(trait, 'trait')}.png", "--plot"))
+    if refusal_markers:
+        markers = [l.strip().lower() for l in Path(refusal_markers).read_text().splitlines() if l.strip()]
+        if not markers:
+            _fail(f"--refusal-markers {refusal_markers}: no phrases (one a line)", EXIT_INPUT)
+    bundle_methods = vector_dir and ctx.get_parameter_source("methods") == click.core.ParameterSource.DEFAULT
+    cfg = SweepConfig(kind=kind, methods=None if bundle_methods else methods, layers=layers, alphas=alphas, n=n_texts,
+                      norm=norm, neutral=neutral, max_new_tokens=max_new_tokens, reply_tokens=reply_tokens,
+                      kl_budget=kl_budget, trials=trials, random_floor=not no_random, judge=judge_model,
+                      description=description, kl=kl_measure, markers=markers, ablate=ablate,
+                      capability=capability_tasks or [], capability_include=list(capability_include),
+                      capability_limit=capability_limit, capability_budget=capability_budget)
     res = api.evaluate(ctx.obj["store"], trait, cfg, model=model, add=list(adds), site=site, positions=positions,
-                       plot=out_png, log=lambda m: click.echo(m, err=True))
+                       plot=plot or True, vector=vector_dir, log=lambda m: click.echo(m, err=True))
     for line in res.lines():
         click.echo(line)
     for line in getattr(res, "notes", []):
         click.echo(line, err=True)
+
+
+@cli.command("lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                          "help_option_names": ["--help"]})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lm_eval_command(args):
+    """lm-evaluation-harness with the `traitlens` model registered: every argument goes to lm-eval's
+    own CLI (`traitlens lm-eval -h` shows lm-eval's help). The model steers with stored vectors:
+
+    \b
+      traitlens lm-eval --model traitlens --tasks TASK \\
+        --model_args pretrained=MODEL,store=STORE,vector=TRAIT_OR_ID,layer=L,alpha=A
+
+    model_args, besides every `hf` one: vector=TRAIT_OR_ID[:LAYER[:ALPHA]] (several joined by +),
+    layer, alpha (default 0: no hook, the plain `hf` scores), method, site (resid | attn_out |
+    mlp_out), positions (all | generated | prompt | last-prompt | A:B; loglikelihood tasks take
+    all or A:B), norm (typical | all: alpha's unit, the layer's mean token norm over traitlens's
+    neutral prompts, as `export` writes it), scale (the unit itself), ablate=true (project the
+    vectors out everywhere instead). Needs traitlens[eval] (lm-eval 0.4.x)."""
+    from traitlens.pipeline.steer.capability import require_lm_eval
+
+    require_lm_eval()
+    from traitlens.pipeline.steer.harness import run_cli
+
+    run_cli(list(args))

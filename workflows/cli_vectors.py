@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
-from traitlens.store.vocabulary import EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, METHOD_NAMES, NORMS
+from traitlens.store import strict_json
+from traitlens.store.vocabulary import EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, METHOD_NAMES, NORMS, OPERATIONS
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli
 
 
 def _group_options(f):
@@ -34,15 +35,19 @@ def _group_options(f):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--memory", "memory", default="1GB", show_default=True,
               help="Memory budget for the whole run; layers that do not fit stream out of core.")
-@click.option("--C", "probe_c", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Probe inverse regularisation.")
+@click.option("--C", "probe_c", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True, help="Probe inverse regularisation.")
 @click.option("--penalty", default="l2", type=click.Choice(["l2", "l1"]), show_default=True, help="Probe penalty.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address, or threads | processes [default: $DASK_SCHEDULER_ADDRESS, else "
                    "forked local processes for 4+ layers, threads below].")
+@click.option("--background", "background", multiple=True, type=click.Path(exists=True),
+              help="An unlabelled corpus (any format ingest reads), ingested into the same group first: its "
+                   "train-split prompts join the negatives of mean_diff, probe and gradient, the rest give every "
+                   "vector an out-of-corpus specificity figure (rank shows it). Repeatable.")
 @click.option("--quiet", "-q", is_flag=True)
 @click.pass_context
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
-            memory, probe_c, penalty, scheduler, quiet):
+            memory, probe_c, penalty, scheduler, background, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
     from traitlens.pipeline.extract.config import ExtractConfig
     from traitlens.workflows import api
@@ -50,7 +55,8 @@ def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train
     cfg = ExtractConfig(methods=methods, layers=layers, model=model, fmt=fmt, site=site, pooling=pooling, where=where,
                         train_split=train_split, held_split=held_split, n_boot=n_boot, seed=seed, memory_budget=memory,
                         params={"probe": {"C": probe_c, "penalty": penalty}})
-    res = api.extract(ctx.obj["store"], trait, cfg, scheduler=scheduler, progress=not quiet)
+    res = api.extract(ctx.obj["store"], trait, cfg, background=list(background), scheduler=scheduler,
+                      progress=not quiet)
     for line in ([] if quiet else res.best_lines()) + [res.done_line()]:
         click.echo(line)
 
@@ -65,12 +71,18 @@ def _vector_rows(store, trait=None, method=None):
 @click.option("--trait", default=None)
 @click.option("--method", default=None)
 @click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--library", "library_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="List the bundles under DIR instead (`traitlens bundle`): their front matter, each bundle's "
+                   "hashes checked.")
 @click.pass_context
-def vectors(ctx, trait, method, fmt_):
+def vectors(ctx, trait, method, fmt_, library_dir=None):
     """List stored vectors with their held-out metrics (and logit-lens tokens once `vectors lens`
-    has read them); `vectors combine` makes new ones from others."""
+    has read them), or with --library the bundles under a folder; `vectors combine` makes new
+    ones from others."""
     if ctx.invoked_subcommand is not None:
         return
+    if library_dir is not None:
+        return _print_library(library_dir, trait, method, fmt_)
     from traitlens.store import Store
 
     store = Store.open(ctx.obj["store"])
@@ -81,8 +93,8 @@ def vectors(ctx, trait, method, fmt_):
     cols = ["vector_id", "trait", "model_key", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy",
             "cohens_d", "stability", "n_pos", "n_neg", "floor_length", "floor_dataset", "params"]
     if fmt_ == "json":
-        click.echo(json.dumps([{**{c: r[c] for c in cols}, "lens": lens.get(r["vector_id"])} for r in rows], indent=1,
-                              default=str))
+        click.echo(strict_json.dumps([{**{c: r[c] for c in cols}, "lens": lens.get(r["vector_id"])} for r in rows],
+                                     indent=1, default=str))
         return
     if not rows:
         click.echo("no vectors stored (run `traitlens extract --trait T`)")
@@ -100,6 +112,30 @@ def vectors(ctx, trait, method, fmt_):
                    + (f"  {lens[r['vector_id']]}" if r["vector_id"] in lens else ""))
     click.echo("f.len / f.data: held-out AUROC of token count / source dataset alone (fitted on train): the floors "
                "a vector must clear")
+
+
+def _print_library(folder, trait, method, fmt_) -> None:
+    """``vectors --library DIR``: one row per bundled vector (trait, model, method, layer, metrics)."""
+    from traitlens.workflows.bundles import library
+
+    rows = [r for r in library(folder) if (trait is None or r.get("trait") == trait)
+            and (method is None or r.get("method") == method)]
+    if fmt_ == "json":
+        click.echo(strict_json.dumps(rows, indent=1, default=str))
+        return
+    if not rows:
+        click.echo(f"no bundles under {folder} (`traitlens bundle --trait T -o DIR` writes one)")
+        return
+    num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    click.echo(f"{'trait':<16} {'model':<24} {'method':<9} {'layer':>5} {'AUROC':>6} {'95% CI':>13} {'d':>6} "
+               f"{'shift':>7} {'KL':>7}  bundle (status)")
+    for r in rows:
+        ci = r.get("auroc_ci95") or [None, None]
+        ci_text = "-" if None in ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
+        click.echo(f"{str(r.get('trait'))[:16]:<16} {str(r.get('model'))[:24]:<24} {str(r.get('method')):<9} "
+                   f"{num(r.get('layer'), 'd'):>5} {num(r.get('auroc'), '.3f'):>6} {ci_text:>13} "
+                   f"{num(r.get('cohens_d'), '.2f'):>6} {num(r.get('steer_shift'), '+.3f'):>7} "
+                   f"{num(r.get('steer_kl'), '.4f'):>7}  {r['bundle']} ({r['status']})")
 
 
 @vectors.command("combine")
@@ -180,10 +216,10 @@ def lens(ctx, trait, method, layers, top, model):
               help="gguf: llama.cpp / repeng control vector (no layer 0); easysteer: EasySteer's layer-keyed GGUF "
                    "(every layer); merged: a Hugging Face model folder with the steering in its weights; peft: the "
                    "ablation as a LoRA adapter.")
-@click.option("--operation", type=click.Choice(["add", "ablate"]), default=None,
+@click.option("--operation", type=click.Choice(OPERATIONS), default=None,
               help="merged/peft: add the push (a bias on the block's output) or ablate the direction (weight "
                    "orthogonalisation).")
-@click.option("--alpha", type=float, default=None,
+@click.option("--alpha", type=FiniteFloat(float32=True), default=None,
               help="The push, in units of the layer's mean token norm (as `steer --alpha`): merged --operation add; "
                    "gguf: print the llama.cpp strength per layer.")
 @click.option("--ablate-blocks", default="all", show_default=True,
@@ -197,25 +233,29 @@ def lens(ctx, trait, method, layers, top, model):
               "`evaluate --kind`).")
 @click.option("--check-n", type=click.IntRange(min=1), default=16, show_default=True,
               help="merged/peft: held-out prompts the self-check measures the effect on.")
-@click.option("--scale", default=1.0, show_default=True, help="Multiply the unit vectors by this (safetensors, gguf).")
+@click.option("--scale", type=FiniteFloat(nonzero=True, float32=True), default=1.0, show_default=True,
+              help="Multiply the unit vectors by this (safetensors, gguf).")
 @click.option("--model-hint", default=None, help="GGUF controlvector.model_hint [default: the model's config "
               "model_type, as repeng writes it; llama when the model is not on this machine].")
 @click.option("--device", default="auto", show_default=True, help="Where the model runs: auto | cpu | cuda | mps.")
 @click.option("-o", "--output", type=click.Path(), default=None, help="The file (safetensors, gguf) or new folder "
               "(merged, peft).")
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="Export a bundle's vectors (`traitlens bundle`), its hashes checked first; --model defaults to "
+                   "the recorded one (merged/peft: they join the store, created if absent, for the self-check).")
 @click.pass_context
 def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm, check_kind,
-           check_n, scale, model_hint, device, output):
+           check_n, scale, model_hint, device, output, vector_dir=None):
     """Write vectors for use outside traitlens: safetensors or a GGUF control vector (llama.cpp, repeng,
     EasySteer) with the vector card, or the steering written into weights (--format merged: a Hugging
     Face folder; --format peft: a LoRA adapter), checked against traitlens's own hook before it is kept."""
-    import math
-
-    if alpha is not None and not math.isfinite(alpha):
-        _fail(f"--alpha {alpha}: give a finite number", EXIT_INPUT)
+    bundle_rows = None
+    if vector_dir:  # a bundle: its vectors, checked, instead of the store's
+        bundle_rows, traits, vector_ids, method, model = _bundle_export(ctx, vector_dir, traits, vector_ids, method,
+                                                                        layers, model, fmt_)
     if fmt_ in ("merged", "peft"):
         return _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks,
-                               norm, check_kind, check_n, device, output)
+                               norm, check_kind, check_n, device, output, bundle_rows)
     if operation or vector_ids:
         _fail(f"--operation and --vector-id are for --format merged or peft; --format {fmt_} writes one trait's "
               "directions", EXIT_INPUT)
@@ -224,10 +264,39 @@ def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alph
     from traitlens.workflows import api
 
     res = api.export(ctx.obj["store"], traits[0], fmt_, method=method, layers=layers or "all", model=model, alpha=alpha,
-                     norm=norm, scale=scale, model_hint=model_hint, device=device, output=output,
+                     norm=norm, scale=scale, model_hint=model_hint, device=device, output=output, bundle=bundle_rows,
                      log=lambda m: click.echo(m, err=True))
     for line in res.lines():
         click.echo(line)
+
+
+def _bundle_export(ctx, path, traits, vector_ids, method, layers, model, fmt_):
+    """``export --vector DIR``: (the bundle's rows and steering picks for safetensors/gguf, or
+    (the bundle, its rows) for merged/peft, whose vectors join the store once the options are
+    checked and go by id; traits; vector ids; method; model)."""
+    from traitlens.pipeline.model.layers import parse_layers
+    from traitlens.workflows.bundles import load, steering_picks
+
+    b = load(path)
+    if traits and tuple(traits) != (b.trait,):
+        _fail(f"--trait: the bundle {path} holds vectors of {b.trait!r}", EXIT_INPUT)
+    rows = [r for r in b.records if not vector_ids or r["vector_id"] in vector_ids]
+    if ctx.get_parameter_source("method") != click.core.ParameterSource.DEFAULT:
+        rows = [r for r in rows if r["method"] == method]
+    elif len({r["method"] for r in rows}) == 1:
+        method = rows[0]["method"]
+    if layers and layers != "all":
+        keep = set(parse_layers(layers, max([r["layer"] for r in b.records]) + 1))
+        rows = [r for r in rows if r["layer"] in keep]
+    if not rows:
+        _fail(f"the bundle {path} holds no vector matching --vector-id / --method / --layers: it holds "
+              + ", ".join(f"{r['vector_id']} ({r['method']} L{r['layer']})" for r in b.records), EXIT_INPUT)
+    model = model if model is not None else b.model_spec()
+    if fmt_ in ("merged", "peft"):
+        return (b, rows), (), tuple(r["vector_id"] for r in rows), method, model
+    steering = b.table("steering")
+    picks = steering_picks(steering.to_pylist() if steering is not None else [], {r["vector_id"] for r in rows})
+    return (rows, picks), (b.trait,), (), method, model
 
 
 def _load_for_export(model, device):
@@ -237,8 +306,9 @@ def _load_for_export(model, device):
 
 
 def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm,
-                    check_kind, check_n, device, output):
-    """merged / peft: the pushes or the ablation written into weights, checked against the hook."""
+                    check_kind, check_n, device, output, bundle=None):
+    """merged / peft: the pushes or the ablation written into weights, checked against the hook
+    (``bundle``: (a bundle, its rows to write), added to the store once the options pass)."""
     from traitlens.pipeline.extract.export import latest_per_layer
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.weight_export import export_weights, summary
@@ -261,6 +331,10 @@ def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operat
                        f"{operation}-{fmt_}", "-o"))
     if out.exists():
         _fail(f"-o {out} exists: a weight export writes a new folder and never overwrites one", EXIT_INPUT)
+    if bundle is not None:
+        from traitlens.workflows.bundles import adopt
+
+        adopt(ctx.obj["store"], *bundle)
     store = Store.open(ctx.obj["store"])
     everything = _vector_rows(store)
     lm = _load_for_export(model, device)
@@ -369,8 +443,8 @@ def audit(ctx, trait, vector_id, top, fmt_):
 
     vec, rows = wrong_side(Store.open(ctx.obj["store"]), trait, vector_id, top)
     if fmt_ == "json":
-        click.echo(json.dumps({"vector_id": vec["vector_id"], "layer": vec["layer"], "method": vec["method"],
-                               "rows": rows}, default=str))
+        click.echo(strict_json.dumps({"vector_id": vec["vector_id"], "layer": vec["layer"], "method": vec["method"],
+                                      "rows": rows}, default=str))
         return
     click.echo(f"audit of {trait!r} against {vec['method']} L{vec['layer']} ({vec['vector_id']}): train rows on the "
                f"wrong side of its threshold, deepest first (depth in within-class sd)")
@@ -385,7 +459,7 @@ def audit(ctx, trait, vector_id, top, fmt_):
 
 @cli.command()
 @click.argument("corpus", nargs=-1, type=click.Path(exists=True))
-@click.option("--trait", required=True, help="The trait whose vector scores the prompts.")
+@click.option("--trait", default=None, help="The trait whose vector scores the prompts [or --vector DIR: the bundle's].")
 @click.option("--vector-id", default=None, help="Score with this vector [default: the one `rank` lists first].")
 @click.option("--where", default=None, help="SQL condition over the prompts columns: score only those.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Highest scores to print.")
@@ -398,8 +472,15 @@ def audit(ctx, trait, vector_id, top, fmt_):
               help="Also the projection difference: generate the model's own reply (up to N tokens) to each "
                    "CORPUS chat before its last, given assistant turn, and score the dataset's reply minus the "
                    "model's (needs an assistant_mean vector); --top then ranks by that difference.")
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="Score with a bundle's vector (`traitlens bundle`; --vector-id chooses among several), its hashes "
+                   "checked first; it and its prompts join the store (created if absent).")
+@click.option("--background", "background", multiple=True, type=click.Path(exists=True),
+              help="An unlabelled corpus of ordinary prompts (captured first where the store lacks them): every "
+                   "score is also given as its percentile among theirs (bg.pct), so one screening threshold flags "
+                   "the same share of ordinary prompts whatever the trait. Repeatable.")
 @click.pass_context
-def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
+def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, background, vector_dir=None):
     """Score prompts on a trait vector: all of the vector's group, those of CORPUS files (captured
     first where the store lacks them, with the vector's model, site, pooling and layers), or
     --where; each (prompt, vector) is scored once, into the `scores` table."""
@@ -407,9 +488,10 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
     from traitlens.workflows import api
 
     cfg = ScoreConfig(vector_id=vector_id, where=where, top=top, model=model, generate=generate)
-    res = api.score(ctx.obj["store"], trait, list(corpus), cfg, output=output)
+    res = api.score(ctx.obj["store"], trait, list(corpus), cfg, output=output, background=list(background),
+                    vector=vector_dir)
     lines = res.lines()
-    for line in lines[:len(res.before) + 1]:  # what was captured first, and the score line
+    for line in lines[:len(res.before) + 1]:  # what was captured or generated first, and the score line
         click.echo(line)
     for line in res.notes:
         click.echo(line, err=True)

@@ -113,7 +113,7 @@ class Ingested(Result):
                     f"{s.run_id or '(unrecorded)'}: the corpus and the store are as it left them, so the model was "
                     "not loaded"]
         r = self.result
-        if not getattr(r, "model_loaded", True):  # (readers that know every record stored without the model)
+        if not r.model_loaded:  # every record was found stored before the model was needed
             return [f"ingest done: 0 prompts captured, {r.n_skipped} already stored, 0 new prompt records, "
                     f"{r.n_duplicates} duplicates skipped; model {r.model_key} ({r.fmt}); every record is stored "
                     "as the corpus has it, so the model was not loaded"]
@@ -130,6 +130,7 @@ class Extracted(Result):
 
     store: object
     result: object  # traitlens.pipeline.extract.jobs.ExtractResult
+    background: bool = False  # extracted with a background corpus: specificity figures
 
     @property
     def vector_ids(self) -> list[str]:
@@ -147,12 +148,20 @@ class Extracted(Result):
 
         res = self.result
         best = best_per_method(res.records)  # the rule `rank` uses: AUROC, then Cohen's d, then stability
-        out = [f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}  "
-               f"(held-out: {res.records[0]['held_split']})"]
-        for m in res.methods:
+        spec = self.background
+        out = [f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}"
+               + (f" {'spec.P10':>8} {'spec.AUROC':>10}" if spec else "") + f"  (held-out: {res.records[0]['held_split']})"]
+        for m in (m for m in res.methods if m in best):  # (a method with no usable vector has no line)
             r = best[m]
             out.append(f"{m:<10} {r['layer']:>10} {r['auroc']:>7.3f} {r['balanced_accuracy']:>7.3f} "
-                       f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}")
+                       f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}"
+                       + (f" {r['spec_precision']:>8.3f} {r['spec_auroc']:>10.3f}" if spec else ""))
+        if spec:
+            r0 = res.records[0]
+            out.append(f"spec.P10: share of held-out positives in the top decile of them, the held-out negatives and "
+                       f"{r0['n_background']} held-out background prompts (base rate {r0['spec_base']:.3f}); "
+                       f"spec.AUROC: positives against the background; token count alone: "
+                       f"{r0['spec_floor_length']:.3f}")
         return out
 
     def done_line(self) -> str:
@@ -171,7 +180,8 @@ class Extracted(Result):
 
 
 # -- rank ----------------------------------------------------------------------------------------
-HIDDEN_IN_TEXT = ["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length", "floor_dataset"]
+HIDDEN_IN_TEXT = ["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length", "floor_dataset", "spec_base",
+                  "spec_floor_length", "n_background"]
 
 
 @dataclass(repr=False)
@@ -228,13 +238,19 @@ class Ranking(Result):
         if nuisance:
             out.append("floors (not the trait, fitted on train, held-out AUROC): "
                        + ", ".join(f"{name} {v:.3f}" for name, v in nuisance))
+        spec = specificity_line(first, f)
+        if spec:
+            out.append(spec)
         return out
 
     def lines(self) -> list[str]:
         from traitlens.queries.selection import RULE, metric_column, tie_note
 
+        from traitlens.queries.ranking import SPECIFICITY
+
         rows = self.rows
-        out = text_table(self.best.drop_columns(HIDDEN_IN_TEXT)) + [f"order: {RULE.format(by=self.by)}"]
+        hidden = HIDDEN_IN_TEXT + (list(SPECIFICITY) if all(r["spec_auroc"] is None for r in rows) else [])
+        out = text_table(self.best.drop_columns(hidden)) + [f"order: {RULE.format(by=self.by)}"]
         out += self.floor_lines()
         out += [f"flag: {r['method']} L{r['layer']}: {self.flags[r['vector_id']]}" for r in rows
                 if self.flags.get(r["vector_id"])]
@@ -271,6 +287,26 @@ class Ranking(Result):
                         html.image(png, f"{self.trait}: held-out {self.by} by layer and method, the pick boxed"))
 
 
+def specificity_line(r: dict, floor: dict | None) -> str | None:
+    """The first row's out-of-corpus specificity beside its floors (base rate, token count,
+    random direction), with a warning when length alone does as well; None when its vector was
+    extracted without a background."""
+    if r.get("spec_auroc") is None:
+        return None
+    from traitlens.pipeline.extract.floors import FLOOR_MARGIN
+
+    rnd = ""
+    if floor is not None and floor.get("spec_auroc") is not None:
+        rnd = f"; random direction: precision {floor['spec_precision']:.3f}, AUROC {floor['spec_auroc']:.3f}"
+    line = (f"beyond the corpus ({r['n_background']} held-out background prompts): top-decile precision "
+            f"{r['spec_precision']:.3f} (base rate {r['spec_base']:.3f}), AUROC against the background "
+            f"{r['spec_auroc']:.3f}; floors: token count AUROC {r['spec_floor_length']:.3f}{rnd}")
+    if r["spec_auroc"] - r["spec_floor_length"] < FLOOR_MARGIN:
+        line += ("\nflag: against the background the token count alone does as well as this vector: it may read "
+                 "length, not the trait")
+    return line
+
+
 # -- steer ---------------------------------------------------------------------------------------
 @dataclass(repr=False)
 class Steered(Result):
@@ -298,18 +334,24 @@ class Steered(Result):
 
 
 # -- evaluate ------------------------------------------------------------------------------------
-def sweep_table(rows: list[dict], kind: str, n: int, judged: bool) -> list[str]:
-    """One line per measured setting, the trait's rows then the floor's."""
+def sweep_table(rows: list[dict], kind: str, n: int, judged: bool, kl_measure: str) -> list[str]:
+    """One line per measured setting, the trait's rows then the floor's (ablations last); the
+    worst capability fall where lm-eval tasks were run."""
+    capable = any(r.get("capability_fall") is not None for r in rows)
     out = [f"{'method':<10} {'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7} "
            f"{'95% CI':>17} {'wrong way':>9} {'KL nats':>8} {'ppl':>7} {'dist-2':>6}"
-           + (f" {'judge':>6}" if judged else "") + f"   ({kind}, n={n})"]
+           + (f" {'judge':>6}" if judged else "") + (f" {'cap.fall':>8}" if capable else "")
+           + f"   ({kind}, n={n}; KL: {kl_measure})"]
     num = lambda x, w, f: f"{'-':>{w}}" if x is None else f"{x:>{w}{f}}"  # noqa: E731
-    for r in sorted(rows, key=lambda r: (r["method"] == "random", r["method"], r["layer"], r["alpha"])):
+    for r in sorted(rows, key=lambda r: (r.get("operation") == "ablate", r["method"] == "random", r["method"],
+                                         r["layer"], r["alpha"] if r["alpha"] is not None else 0.0)):
         ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-        out.append(f"{r['method']:<10} {r['layer']:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} "
+        alpha = f"{'ablate':>6}" if r.get("operation") == "ablate" else f"{r['alpha']:>6.2f}"
+        out.append(f"{r['method']:<10} {r['layer']:>5} {alpha} {r['unsteered']:>10.3f} {r['plus']:>8.3f} "
                    f"{num(r['minus'], 8, '.3f')} {r['shift']:>7.3f} {ci:>17} {r['wrong_way']:>9.0%} {r['kl']:>8.4f} "
                    f"{num(r.get('perplexity'), 7, '.1f')} {num(r.get('distinct2'), 6, '.2f')}"
-                   + (f" {num(r.get('judge'), 6, '.1f')}" if judged else ""))
+                   + (f" {num(r.get('judge'), 6, '.1f')}" if judged else "")
+                   + (f" {num(r.get('capability_fall'), 8, '.3f')}" if capable else ""))
     if rows and rows[0].get("perplexity_unsteered") is not None:
         u = rows[0]
         out.append(f"unsteered replies: perplexity {u['perplexity_unsteered']:.1f}, distinct-2 "
@@ -335,6 +377,9 @@ class Evaluation(Result):
     plot: Path | None = None
     n_stored: int = 0
     notes: list[str] = field(default_factory=list)  # lines for stderr (the judge's rejected answers)
+    refusal: list[str] = field(default_factory=list)  # refusal_rate: refusals per 100, heretic's form
+    capability: str | None = None  # the lm-eval tasks measured, in words
+    stored_capability: str = ""  # how many capability rows were stored
 
     @property
     def rows(self) -> list[dict]:
@@ -366,18 +411,20 @@ class Evaluation(Result):
     def lines(self) -> list[str]:
         from traitlens.pipeline.steer.records import front_line
 
-        out = [self.what] + sweep_table(self.rows, self.kind, self.n_texts, self.judged)
+        out = ([self.capability] if self.capability else []) + [self.what]
+        out += sweep_table(self.rows, self.kind, self.n_texts, self.judged, self.sweep.config.kl) + self.refusal
         out += ["\n" + front_line(self.rows)] + self.summary + [f"search: {self.sweep.search}"]
         if self.plot is not None:
             out.append(f"plot: {self.plot}")
         trait = self.sweep.trait
-        return out + [f"stored {self.n_stored} rows in the steering table and {len(self.samples)} in steering_samples "
-                      f"(run {self.run_id}); `traitlens rank --trait {trait} --by steering`"]
+        return out + [f"stored {self.n_stored} rows in the steering table and {len(self.samples)} in steering_samples"
+                      f"{self.stored_capability} (run {self.run_id}); `traitlens rank --trait {trait} --by steering`"]
 
     def _repr_html_(self) -> str:
         from traitlens.pipeline.steer.records import front_line
 
-        rows = sorted(self.rows, key=lambda r: (r["method"] == "random", r["method"], r["layer"], r["alpha"]))
+        rows = sorted(self.rows, key=lambda r: (r.get("operation") == "ablate", r["method"] == "random", r["method"],
+                                                r["layer"], r["alpha"] if r["alpha"] is not None else 0.0))
         p = self.pick
         mark = next((i for i, r in enumerate(rows) if p is not None and r is p), None)
         cols = ["method", "layer", "alpha", "unsteered", "shift", "ci_low", "ci_high", "wrong_way", "kl", "perplexity",
@@ -400,6 +447,7 @@ class Together(Result):
     trait: str
     kind: str
     n_texts: int
+    kl: str  # the KL measure (evaluate --kl)
     what: str  # what the measure is taken on
     measuring: str  # the pushes in words
     rows: list[dict]
@@ -424,7 +472,7 @@ class Together(Result):
         width = max(len(n) for n in self.names)
         out = [self.what, f"measuring together: {self.measuring}",
                f"{'part':<9} {'pushes':<{width}} {'shift':>7} {'95% CI':>17} {'wrong way':>9} {'KL nats':>8} "
-               f"{'ppl':>6} {'dist-2':>6}   ({self.kind}, n={self.n_texts})"]
+               f"{'ppl':>6} {'dist-2':>6}   ({self.kind}, n={self.n_texts}; KL: {self.kl})"]
         num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
         for r, what in zip(self.rows, self.names):
             out.append(f"{r['part']:<9} {what:<{width}} {r['shift']:>+7.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
@@ -458,6 +506,7 @@ class Scored(Result):
     top: list[dict] = field(default_factory=list)  # the highest scores, or the largest differences
     diff_lines: list[str] | None = None  # with generate: the mean difference and its rows
     output: Path | None = None
+    background: bool = False  # the top rows carry their percentile among background prompts
 
     @property
     def vector(self) -> dict:
@@ -482,11 +531,14 @@ class Scored(Result):
         if self.diff_lines is not None:
             out += self.diff_lines
         else:
+            bg = self.background
             if self.top:
-                out.append(f"{'calib.':>7} {'pctile':>6}  text (highest scores; calibrated: 0 = held-out negatives' "
-                           "mean, 1 = positives')")
-            out += [f"{t['calibrated']:>7.2f} {t['percentile']:>6.3f}  {' '.join(str(t['text'] or '').split())[:90]}"
-                    for t in self.top]
+                out.append(f"{'calib.':>7} {'pctile':>6}" + (f" {'bg.pct':>6}" if bg else "") + "  text (highest "
+                           "scores; calibrated: 0 = held-out negatives' mean, 1 = positives'"
+                           + ("; bg.pct: percentile among the background" if bg else "") + ")")
+            out += [f"{t['calibrated']:>7.2f} {t['percentile']:>6.3f}"
+                    + (f" {t['background_percentile']:>6.3f}" if bg else "")
+                    + f"  {' '.join(str(t['text'] or '').split())[:90]}" for t in self.top]
         if self.output is not None:
             out.append(f"wrote {self.output} ({len(self.top)} {'records' if self.diff_lines is not None else 'prompts'})")
         return out

@@ -32,32 +32,63 @@ import numpy as np
 
 from traitlens.store import PendingBatch
 
-_WORKER_CACHE: dict[tuple, tuple] = {}  # (model path, device, dtype, sites, layers, poolings, ...) -> (lm, capturer)
+_WORKER_CACHE: dict[tuple, tuple] = {}  # (model path, load options, sites, layers, poolings, ...) -> (lm, capturer)
 
 
-def capture_on_worker(model_path: str, device: str, dtype: str, sites: list[str], layers: list[int],
-                      poolings: list[str], padding_side: str, generate: int, expect_key: str, batch) -> PendingBatch:
+def capture_on_worker(model_path: str, load: tuple, sites: list[str], layers: list[int], poolings: list[str],
+                      padding_side: str, generate: int, expect_key: str, max_tokens, batch) -> PendingBatch:
     """Run one batch of :class:`~traitlens.pipeline.model.encode.Encoded` prompts on this worker
     and return its values (the fallback: the driver writes them), as float16 (the store's dtype)
-    wherever no value is past float16's range: half the bytes of float32 travel."""
+    wherever no value is past float16's range: half the bytes of float32 travel. ``load``: the
+    ``load_model`` keyword arguments as sorted ``(name, value)`` pairs; ``max_tokens``: the
+    budget pieces of the batch are cut to (``"auto"``: from this worker's free memory)."""
     from traitlens.store.arrays import needs_float32
 
-    out = _worker_model(model_path, device, dtype, sites, layers, poolings, padding_side, generate,
-                        expect_key).capture(batch)
+    capturer = _worker_model(model_path, load, sites, layers, poolings, padding_side, generate, expect_key)
+    out = _concat(list(_pieces(capturer, batch, max_tokens)))
     out.pooled = {k: {l: v if needs_float32(v) else v.astype(np.float16) for l, v in per.items()}
                   for k, per in out.pooled.items()}
     return out
 
 
-def _worker_model(model_path, device, dtype, sites, layers, poolings, padding_side, generate, expect_key):
+def _pieces(capturer, batch: list, max_tokens):
+    """The batch captured in consecutive pieces within ``max_tokens``, each halved and retried
+    if it runs out of memory (:class:`~.token_budget.Backoff`): host batches, in order."""
+    from traitlens.pipeline.capture.token_budget import Backoff, auto_max_tokens
+
+    lm = capturer.lm
+    if max_tokens == "auto":
+        max_tokens, _ = auto_max_tokens(lm, len(capturer.points), capturer.poolings, capturer.generate, lm.max_length)
+    for _, out in Backoff(max_tokens).capture(capturer.capture, batch, lm.device):
+        yield out
+
+
+def _concat(parts: list[PendingBatch]) -> PendingBatch:
+    """Batches captured one after the other, as one (rows, and token rows, in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = [p.token_ids for p in parts]
+    return PendingBatch(prompt_ids=[i for p in parts for i in p.prompt_ids],
+                        token_counts=np.concatenate([p.token_counts for p in parts]),
+                        truncated=np.concatenate([p.truncated for p in parts]),
+                        responses=[r for p in parts for r in p.responses],
+                        pooled={k: {l: np.concatenate([p.pooled[k][l] for p in parts]) for l in parts[0].pooled[k]}
+                                for k in parts[0].pooled},
+                        token_ids=None if ids[0] is None else np.concatenate(ids))
+
+
+def _worker_model(model_path, load, sites, layers, poolings, padding_side, generate, expect_key):
     """This worker's (model, capturer), loaded once per process and settings."""
     from traitlens.pipeline.capture.capturer import Capturer
     from traitlens.pipeline.model.loading import load_model
     from traitlens.pipeline.model.sites import resolve_sites
 
-    key = (model_path, device, dtype, tuple(sites), tuple(layers), tuple(poolings), padding_side, generate)
+    key = (model_path, load, tuple(sites), tuple(layers), tuple(poolings), padding_side, generate)
     if key not in _WORKER_CACHE:
-        lm = load_model(model_path, device, dtype, log=lambda *a: None)
+        opts = dict(load)
+        if isinstance(opts.get("max_memory"), tuple):
+            opts["max_memory"] = dict(opts["max_memory"])
+        lm = load_model(model_path, log=lambda *a: None, **opts)
         if lm.key != expect_key:
             raise RuntimeError(f"worker loaded {lm.key} from {model_path}, the driver has {expect_key}: "
                                "workers must see the same checkpoint")
@@ -66,30 +97,33 @@ def _worker_model(model_path, device, dtype, sites, layers, poolings, padding_si
     return _WORKER_CACHE[key][1]
 
 
-def capture_range(model_args: tuple, batch_size: int, max_tokens: int, store_url: str, token: str,
+def _capture_in_order(capturer, encs: list, batch_size: int, max_tokens) -> PendingBatch:
+    """Capture ``encs`` in length-sorted batches (see :func:`_pieces`); one :class:`PendingBatch`
+    whose row j is ``encs[j]``. (Pooled groups only: ``tokens`` rows are per token.)"""
+    from traitlens.pipeline.capture.batching import length_batches
+
+    order, parts = [], []
+    for idx in length_batches([len(e.ids) for e in encs], batch_size, max_tokens if max_tokens != "auto" else None):
+        parts += _pieces(capturer, [encs[i] for i in idx], max_tokens)  # consecutive pieces of this batch
+        order += list(idx)
+    batch = _concat(parts)
+    inv = np.argsort(np.asarray(order))  # back to the given order: row j is encs[j]
+    return PendingBatch(prompt_ids=[e.prompt_id for e in encs], token_counts=batch.token_counts[inv],
+                        truncated=batch.truncated[inv], responses=[batch.responses[i] for i in inv],
+                        pooled={k: {l: v[inv] for l, v in per.items()} for k, per in batch.pooled.items()})
+
+
+def capture_range(model_args: tuple, batch_size: int, max_tokens, store_url: str, token: str,
                   targets: list[tuple[str, str, str, int]], start: int, encs: list) -> PendingBatch:
     """On a worker: capture ``encs`` (one range), write rows ``[start, start + len(encs))`` of
     every target ``(group path, site, pooling, layer)``, return the metadata only (``written``).
     A value past float16 in a float16 array: nothing is written, the values are returned."""
-    from traitlens.pipeline.capture.batching import length_batches
     from traitlens.store import arrays
     from traitlens.store.layout import ZARR_DIR, StoreError, layer_name
     from traitlens.store.location import store_path
     from traitlens.store.lock import holder_token
 
-    capturer = _worker_model(*model_args)
-    order, parts = [], []
-    for idx in length_batches([len(e.ids) for e in encs], batch_size, max_tokens):
-        parts.append(capturer.capture([encs[i] for i in idx]))
-        order += list(idx)
-    inv = np.argsort(np.asarray(order))  # back to the range's order: row start + j is encs[j]
-    responses = [r for p in parts for r in p.responses]
-    batch = PendingBatch(prompt_ids=[e.prompt_id for e in encs],
-                         token_counts=np.concatenate([p.token_counts for p in parts])[inv],
-                         truncated=np.concatenate([p.truncated for p in parts])[inv],
-                         responses=[responses[i] for i in inv],
-                         pooled={k: {l: np.concatenate([p.pooled[k][l] for p in parts])[inv] for l in parts[0].pooled[k]}
-                                 for k in parts[0].pooled})
+    batch = _capture_in_order(_worker_model(*model_args), encs, batch_size, max_tokens)
     root = store_path(store_url) / ZARR_DIR
     opened = [(arrays.open_array(root / path / layer_name(l)), batch.pooled[(site, pooling)][l])
               for path, site, pooling, l in targets]
@@ -103,6 +137,12 @@ def capture_range(model_args: tuple, batch_size: int, max_tokens: int, store_url
     return PendingBatch(batch.prompt_ids, batch.token_counts, batch.truncated, batch.responses, {}, written=True)
 
 
+def _load_args(cfg) -> tuple:
+    """The ``load_model`` keyword arguments of ``cfg``, hashable (the worker cache's key)."""
+    return tuple(sorted((k, tuple(sorted(v.items())) if isinstance(v, dict) else v)
+                        for k, v in cfg.load_kwargs().items()))
+
+
 def iter_written(client, prompts, writer, store, model_path: str, cfg, layers: list[int], expect_key: str,
                  stats: dict):
     """Yield ``(encoded prompts, PendingBatch)`` per range, each already committed: workers wrote
@@ -114,8 +154,8 @@ def iter_written(client, prompts, writer, store, model_path: str, cfg, layers: l
 
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     limit = 2 * n_workers
-    model_args = (model_path, cfg.device if cfg.device != "auto" else "auto", cfg.dtype, list(cfg.sites), layers,
-                  list(cfg.poolings), cfg.padding_side, cfg.generate, expect_key)
+    model_args = (model_path, _load_args(cfg), list(cfg.sites), layers, list(cfg.poolings), cfg.padding_side,
+                  cfg.generate, expect_key)
     targets = [(g.path, g.site, g.pooling, l) for g in writer.groups for l in writer.layers_of[g]]
     token = holder_token(store.root)
     it = iter(prompts)
@@ -166,8 +206,8 @@ def iter_captured(client, batches, model_path: str, cfg, layers: list[int], expe
 
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     limit = 2 * n_workers
-    args = (model_path, cfg.device if cfg.device != "auto" else "auto", cfg.dtype, list(cfg.sites), layers,
-            list(cfg.poolings), cfg.padding_side, cfg.generate, expect_key)
+    args = (model_path, _load_args(cfg), list(cfg.sites), layers, list(cfg.poolings), cfg.padding_side,
+            cfg.generate, expect_key, cfg.max_tokens)
     it = iter(batches)
     pending = {}
     for enc in it:

@@ -23,7 +23,8 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group
 from traitlens.store.vocabulary import NAMED_SITES
 
-from traitlens.pipeline.capture.corpus import ReadOptions
+from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions
+from traitlens.pipeline.capture.readers.sources import resolve
 from traitlens.pipeline.capture.settings import CaptureConfig
 from traitlens.pipeline.model.identity import cache_put, known, read_cache, traitlens_home
 from traitlens.pipeline.model.layers import parse_layers
@@ -32,10 +33,10 @@ MAX_RECEIPTS = 512  # per store; the oldest are dropped
 
 
 def corpus_digest(paths, opts: ReadOptions | None) -> str:
-    """sha256 over the read options and every corpus byte, in the order given (folders: their
-    files in sorted order, by relative name). Hashes at disk speed; parses nothing."""
+    """sha256 over the read options and every corpus byte, in the order given (globs expanded;
+    folders: their files in sorted order, by relative name). Hashes at disk speed; parses nothing."""
     h = hashlib.sha256(json.dumps(asdict(opts or ReadOptions()), sort_keys=True).encode())
-    for p in map(Path, paths):
+    for p in resolve(paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             h.update(f"\0{f.relative_to(p) if p.is_dir() else f.name}\0".encode())
@@ -69,7 +70,7 @@ def plan_from_identity(cfg: CaptureConfig) -> Plan | None:
     the identity is unknown or the settings need the model itself (a module-path site)."""
     if any(s not in NAMED_SITES for s in cfg.sites):
         return None
-    ident = known(cfg.model)
+    ident = known(cfg.model, cfg.load_in)  # a quantised load is another model (its key says so)
     if ident is None or (cfg.chat and not ident.chat_template):
         return None  # unknown checkpoint, or --chat without a template: the normal path explains
     chat = ident.chat_template if cfg.chat is None else cfg.chat
@@ -176,8 +177,8 @@ def check(store_path, paths, opts: ReadOptions | None, cfg: CaptureConfig) -> Re
     store = Store.open(store_path)
     try:
         digest = corpus_digest(paths, opts)
-    except OSError:
-        return None  # a missing or unreadable corpus: the normal path names it
+    except (OSError, CorpusError):
+        return None  # a missing or unreadable corpus, a glob matching nothing: the normal path names it
     entry = _read(store).get(plan.request(cfg, digest))
     if entry is None or entry["state"] != store_state(store, plan.groups):
         return None

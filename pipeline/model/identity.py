@@ -6,6 +6,12 @@ key and the facts a run checks (layers, width, context length, chat template) in
 ``$TRAITLENS_HOME/identities.json``, keyed by the checkpoint's files: their names, sizes and
 modification times. Any changed, added or removed file changes that fingerprint, so a stale
 entry is never used; :func:`known` returns None and the caller loads the model as before.
+
+A quantised load (``--load-in 4bit|8bit``) is another model as far as the store is concerned: its
+key carries the quantisation (:func:`model_key`), so its rows never share a group with a
+full-precision load's, and its identity is cached apart. The dtype of a full-precision load is
+not part of the key (the fingerprint rounds weights to bfloat16 so float32 and bfloat16 loads of
+one checkpoint agree).
 """
 
 from __future__ import annotations
@@ -56,14 +62,36 @@ def default_model_status() -> dict:
             "ready": ready or g is not None}
 
 
+QUANTISED_KEYS = {"4bit": "bnb4", "8bit": "bnb8"}  # --load-in -> the suffix of the store's model_key
+
+
+def model_key(name: str, fingerprint: str, load_in: str | None = None) -> str:
+    """The store's ``model_key``: the (store-safe) name, the weights' fingerprint and, for a
+    quantised load, its quantisation (``SmolLM2-135M-Instruct-3f2a9c01de-bnb4``)."""
+    from traitlens.store.layout import safe_name
+
+    key = f"{safe_name(name, 'model name')}-{fingerprint}"
+    return f"{key}-{QUANTISED_KEYS[load_in]}" if load_in else key
+
+
+def is_gguf_file(spec: str | None) -> bool:
+    """``--model`` names a GGUF file (any, not only the default model's)."""
+    return bool(spec) and str(spec).lower().endswith(".gguf") and Path(spec).expanduser().is_file()
+
+
 def is_default(spec: str | None) -> bool:
-    return spec in (None, "", "default", DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}")
+    return spec in (None, "default", DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}")  # "" is refused, never the default
+
+
+def hub_cache_dir() -> Path:
+    """The local Hugging Face hub cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    return Path(hub).expanduser()
 
 
 def _hub_snapshot(repo_id: str) -> Path | None:
     """The local Hugging Face cache folder of ``repo_id``'s main revision, if it is there."""
-    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-    repo = Path(hub).expanduser() / ("models--" + repo_id.replace("/", "--"))
+    repo = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     try:
         commit = (repo / "refs" / "main").read_text().strip()
     except OSError:
@@ -74,10 +102,13 @@ def _hub_snapshot(repo_id: str) -> Path | None:
 
 def checkpoint_folder(spec: str | None) -> Path | None:
     """The folder holding ``spec``'s files (the default model's converted copy, a local folder
-    or a hub id's cached snapshot), or None when it is not on this machine yet."""
+    or a hub id's cached snapshot; a GGUF file is its own), or None when it is not on this
+    machine yet."""
     if is_default(spec):
         folder = default_model_dir()
         return folder if (folder / "config.json").exists() and (folder / "model.safetensors").exists() else None
+    if is_gguf_file(spec):
+        return Path(spec).expanduser()
     p = Path(spec).expanduser()
     if p.exists():
         return p if (p / "config.json").exists() else None
@@ -85,12 +116,13 @@ def checkpoint_folder(spec: str | None) -> Path | None:
 
 
 def files_fingerprint(folder: Path) -> str:
-    """Hash of the folder's path and every file's relative name, size and mtime (no file is read)."""
+    """Hash of the folder's path and every file's relative name, size and mtime (no file is read);
+    ``folder`` may be a single file (a GGUF)."""
     h = hashlib.sha256(str(folder.resolve()).encode())
-    for f in sorted(folder.rglob("*")):
+    for f in sorted(folder.rglob("*")) if folder.is_dir() else [folder]:
         if f.is_file():
             st = f.stat()  # follows the hub cache's symlinks to the blobs
-            h.update(f"{f.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{f.relative_to(folder) if folder.is_dir() else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
@@ -137,19 +169,26 @@ def cache_put(path: Path, key: str, entry: dict, keep: int) -> None:
         pass
 
 
-def remember(spec: str | None, ident: ModelIdentity) -> None:
-    """Cache ``ident`` under the current fingerprint of ``spec``'s files."""
+def _entry_key(folder: Path, load_in: str | None) -> str:
+    """A quantised load of the same files is cached apart: its key differs (:func:`model_key`)."""
+    fp = files_fingerprint(folder)
+    return f"{fp}+{QUANTISED_KEYS[load_in]}" if load_in else fp
+
+
+def remember(spec: str | None, ident: ModelIdentity, load_in: str | None = None) -> None:
+    """Cache ``ident`` under the current fingerprint of ``spec``'s files (and its quantisation)."""
     folder = checkpoint_folder(spec)
     if folder is not None:
-        cache_put(_cache_path(), files_fingerprint(folder), asdict(ident), MAX_ENTRIES)
+        cache_put(_cache_path(), _entry_key(folder, load_in), asdict(ident), MAX_ENTRIES)
 
 
-def known(spec: str | None) -> ModelIdentity | None:
-    """The cached identity of ``spec`` if its files are exactly as when it was last loaded."""
+def known(spec: str | None, load_in: str | None = None) -> ModelIdentity | None:
+    """The cached identity of ``spec`` (loaded with ``--load-in load_in``) if its files are exactly
+    as when it was last loaded that way."""
     folder = checkpoint_folder(spec)
     if folder is None:
         return None
-    entry = read_cache(_cache_path()).get(files_fingerprint(folder))
+    entry = read_cache(_cache_path()).get(_entry_key(folder, load_in))
     try:
         return ModelIdentity(**entry) if entry else None
     except TypeError:  # an entry from another version of this cache

@@ -7,8 +7,11 @@ picks is one :class:`~.settings.SweepConfig`, which the search reads. Grids of a
 Optuna's multi-objective TPE sampler (shift up, KL down) for ``trials`` settings
 (:func:`optuna_search`), the detection pick measured at every alpha first so the search always
 has it to compare against. The random direction is then measured at every setting on the
-Pareto front and at the pick: the floor. What the rows are judged by is :mod:`.rule`; what
-they become in the tables and in words is :mod:`.records`.
+Pareto front and at the pick: the floor. With ``ablate``, each cell's vector is also projected
+out (directional ablation), beside the random direction's. When the evaluator runs lm-eval
+tasks (``capability``), each row carries their changes, the search minimises the worst fall as
+a third objective, and the rows go to the ``capability`` table too. What the rows are judged by
+is :mod:`.rule`; what they become in the tables and in words is :mod:`.records`.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ class SweepResult:
     """What a sweep measured: every row (the random floor's too) and the vectors behind them."""
 
     trait: str
-    config: SweepConfig = field(default_factory=SweepConfig)  # what was asked (methods, layers, alphas, budget, ...)
+    config: SweepConfig = field(default_factory=SweepConfig)  # what was asked (methods, layers, alphas, budgets, ...)
     rows: list[dict] = field(default_factory=list)  # Evaluator rows + method and vector_id
     vectors: dict[tuple[str, int], dict] = field(default_factory=dict)  # (method, layer) -> vectors row
     detection_pick: dict | None = None  # the vector the held-out ranking picks
     search: str = "grid"  # how the settings were chosen: grid | optuna (...)
+    capability: object = None  # the evaluator's .capability.Capability, when lm-eval tasks were run
     methods: list[str] = field(default_factory=list)  # the methods and layers swept (the config's, resolved)
     layers: list[int] = field(default_factory=list)
 
@@ -40,12 +44,17 @@ class SweepResult:
         return self.config.kl_budget
 
     @property
+    def capability_budget(self) -> float | None:
+        """The worst capability fall the pick may have (None: any)."""
+        return self.config.capability_budget
+
+    @property
     def front(self) -> list[dict]:
         return front(self.rows)
 
     @property
     def pick(self) -> dict | None:
-        return pick(self.rows, self.kl_budget)
+        return pick(self.rows, self.kl_budget, self.capability_budget)
 
     def correlation(self) -> tuple[float, int]:
         detection = {k: v.get("cohens_d") for k, v in self.vectors.items() if k[0] != "random"}
@@ -61,16 +70,33 @@ class SweepResult:
             agg, per = agg + a, per + p
         return agg, per
 
+    def capability_records(self, run_id: str) -> list[dict]:
+        """``capability`` rows: the unsteered run, then every row's (none without lm-eval tasks)."""
+        from traitlens.pipeline.steer.records import capability_records
+        from traitlens.store.store import now_utc
+
+        if self.capability is None:
+            return []
+        stamp, detail = now_utc(), self.capability.detail()
+        out = capability_records(self.capability.unsteered_rows(), {"alpha": 0.0}, detail, run_id, stamp)
+        for r in self.rows:
+            v = self.vectors[(r["method"], r["layer"])]
+            head = {"vector_id": v["vector_id"], "trait": v["trait"], "method": r["method"], "layer": r["layer"],
+                    "alpha": r["alpha"], "operation": r.get("operation", "add")}
+            out += capability_records(r.get("capability") or [], head, detail, run_id, stamp)
+        return out
+
     def save(self, store, run_id: str, lock: bool = True) -> tuple[list[dict], list[dict]]:
-        """Append the rows to the store (samples first: a steering row never lacks them), under
-        the writer lock unless the caller holds it (``lock=False``); returns what it appended
-        (:meth:`records`)."""
+        """Append the rows to the store (samples first: a steering row never lacks them; then the
+        capability rows), under the writer lock unless the caller holds it (``lock=False``);
+        returns what it appended to the two steering tables (:meth:`records`)."""
         from contextlib import nullcontext
 
         agg, per = self.records(run_id)
         with store.lock("evaluate") if lock else nullcontext():
             store.append("steering_samples", per)
             store.append("steering", agg)
+            store.append("capability", self.capability_records(run_id))
         return agg, per
 
 
@@ -108,16 +134,18 @@ def grid_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measur
 def optuna_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measurements, first: dict | None,
                   bar) -> str:
     """Optuna's multi-objective TPE over (cell, alpha of ``cfg.alphas``): maximise shift, minimise
-    KL, for ``cfg.trials`` settings (at most the grid's), seeded by ``cfg.seed``. A setting asked
-    again is answered from what was measured; ``first`` (the detection pick's vectors row, when
-    it is one of ``cells``) goes first, at every alpha. Returns how the settings were chosen."""
+    KL (and, with lm-eval tasks, the worst capability fall), for ``cfg.trials`` settings (at most
+    the grid's), seeded by ``cfg.seed``. A setting asked again is answered from what was measured;
+    ``first`` (the detection pick's vectors row, when it is one of ``cells``) goes first, at
+    every alpha. Returns how the settings were chosen."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     alphas, trials = cfg.alphas, cfg.trials
     methods = sorted({m for m, _ in cells})
     layers = sorted({l for _, l in cells})
-    study = optuna.create_study(directions=["maximize", "minimize"],
+    capable = getattr(measured.evaluator, "capability", None) is not None  # the worst fall: a third objective
+    study = optuna.create_study(directions=["maximize", "minimize"] + (["minimize"] if capable else []),
                                 sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True))
     if first is not None and (first["method"], first["layer"]) in cells:
         for k in range(len(alphas)):
@@ -136,7 +164,7 @@ def optuna_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Meas
             measured.at(m, l, [a])
             bar.update(1)
         r = measured.rows[(m, l, a)]
-        study.tell(t, [r["shift"], r["kl"]])
+        study.tell(t, [r["shift"], r["kl"]] + ([r["capability_fall"] or 0.0] if capable else []))
     return f"optuna TPE, {measured.settings_of_the_trait()} of {len(cells) * len(alphas)} settings"
 
 
@@ -181,19 +209,21 @@ def _vector(store, trait: str, model_key: str, method: str, layer: int) -> dict 
 
 
 def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress: bool = True,
-          skip: set[str] = frozenset(), log=print) -> SweepResult:
+          skip: set[str] = frozenset(), log=print, vectors: dict[tuple[str, int], dict] | None = None) -> SweepResult:
     """Measure ``trait``'s vectors over the methods x layers x alphas of ``cfg`` (a
     :class:`~.settings.SweepConfig`, validated here) with ``evaluator`` (an
     :class:`.evaluate.Evaluator`): every setting when the grid has at most ``cfg.grid_max``,
     else ``cfg.trials`` settings chosen by Optuna; then the random floor at the front and the
-    pick (unless ``cfg.random_floor`` is off). Cells without a stored vector are left out,
-    saying so; so are cells whose vector id is in ``skip`` (already evaluated: a refresh
-    measures only what changed)."""
+    pick (unless ``cfg.random_floor`` is off); then, with ``cfg.ablate``, each cell's vector
+    ablated (:func:`ablations`). Cells without a stored vector are left out, saying so; so are
+    cells whose vector id is in ``skip`` (already evaluated: a refresh measures only what
+    changed). ``vectors``: ``{(method, layer): vectors row}`` to measure instead of the store's
+    newest vector of each cell (a bundle's)."""
     from tqdm.auto import tqdm
 
     cfg = (cfg or SweepConfig()).validate()
     lm = evaluator.lm
-    res = SweepResult(trait=trait, config=cfg)
+    res = SweepResult(trait=trait, config=cfg, capability=getattr(evaluator, "capability", None))
     missing, done = [], 0
     with StoreSQL(store) as q:
         res.detection_pick = best_vector(q, trait, model_key=lm.key)
@@ -201,7 +231,10 @@ def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress
         res.layers = layers = sweep_layers(cfg, res.detection_pick, lm.n_layers)
         for m in methods:
             for l in layers:
-                v = chosen_vector(q, trait, None, model_key=lm.key, layer=l, method=m)
+                if vectors is not None and (m, l) not in vectors:
+                    continue  # (the cells given are the sweep)
+                v = vectors[(m, l)] if vectors is not None else chosen_vector(q, trait, None, model_key=lm.key,
+                                                                              layer=l, method=m)
                 if v is None:
                     missing.append(f"{m} L{l}")
                 elif v["vector_id"] in skip:
@@ -240,26 +273,54 @@ def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress
                 res.vectors[("random", l)] = v
             if ("random", l, a) not in measured.rows:
                 res.rows += measured.at("random", l, [a])
+    if cfg.ablate:
+        res.rows += ablations(store, trait, evaluator, res.vectors, cells, cfg.random_floor, log)
     return res
 
 
-def evaluator_for(store, lm, trait: str, cfg: SweepConfig | None = None, judge=None):
+def ablations(store, trait: str, evaluator, vectors: dict[tuple[str, int], dict], cells: list[tuple[str, int]],
+              random_floor: bool = True, log=print) -> list[dict]:
+    """Each cell's vector projected out (:meth:`.evaluate.Evaluator.ablated`), and with
+    ``random_floor`` the random direction of each of their layers the same way: a row each, with
+    method and vector_id (``vectors`` gains the random rows it reads)."""
+    rows = []
+    for m, l in cells:
+        rows.append({**evaluator.ablated(vectors[(m, l)]["vector"], l), "method": m,
+                     "vector_id": vectors[(m, l)]["vector_id"]})
+    for l in sorted({l for _, l in cells}) if random_floor else []:
+        if ("random", l) not in vectors:
+            v = _vector(store, trait, evaluator.lm.key, "random", l)
+            if v is None:
+                log(f"note: no random vector at layer {l}: no ablation floor there")
+                continue
+            vectors[("random", l)] = v
+        rows.append({**evaluator.ablated(vectors[("random", l)]["vector"], l), "method": "random",
+                     "vector_id": vectors[("random", l)]["vector_id"]})
+    return rows
+
+
+def evaluator_for(store, lm, trait: str, cfg: SweepConfig | None = None, judge=None, capability=None):
     """(the :class:`.evaluate.Evaluator` of ``trait`` with the measure ``cfg.kind`` on ``cfg.n``
     held-out texts, alpha in ``cfg.norm`` units; a line saying what it measures on).
-    persona: held-out statements of the trait; refusal kinds: held-out harmless requests;
-    expression: replies of ``cfg.max_new_tokens`` to the neutral prompts, read on the trait's
-    detection pick and calibrated on held-out texts of both labels. ``judge``: a loaded
-    :class:`.judge.Judge` (``cfg.judge`` names its model; the caller loads it).
+    persona: held-out statements of the trait; refusal and refusal_first_token: held-out
+    harmless requests; refusal_rate: greedy replies (``cfg.max_new_tokens``) to held-out harmful
+    requests, judged by ``cfg.markers`` (default :data:`.evaluate.REFUSAL_MARKERS`) and the
+    judge, with the damage read on held-out harmless requests unless ``cfg.neutral`` is given;
+    expression: replies to the neutral prompts, read on the trait's detection pick and
+    calibrated on held-out texts of both labels. ``cfg.kl``: which KL the damage is. ``judge``:
+    a loaded :class:`.judge.Judge` (``cfg.judge`` names its model); ``capability``: the lm-eval
+    tasks (``cfg.capability``) measured at every setting (:class:`.capability.Capability`), made
+    by the caller, which has the model.
     :class:`~traitlens.store.errors.InputError` when the store lacks what the kind needs."""
     import numpy as np
 
     from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
-    from traitlens.pipeline.steer.evaluate import Evaluator
+    from traitlens.pipeline.steer.evaluate import REFUSAL_MARKERS, Evaluator
     from traitlens.pipeline.steer.expression import Expression
     from traitlens.queries.selection import held_out_texts
 
     cfg = (cfg or SweepConfig()).validate()
-    kind, n, max_new_tokens, neutral = cfg.kind, cfg.n, cfg.max_new_tokens, cfg.neutral
+    kind, n, max_new_tokens, neutral, markers, kl = cfg.kind, cfg.n, cfg.max_new_tokens, cfg.neutral, cfg.markers, cfg.kl
     with StoreSQL(store) as q:
         detect = best_vector(q, trait, model_key=lm.key)
     if detect is None:
@@ -278,10 +339,23 @@ def evaluator_for(store, lm, trait: str, cfg: SweepConfig | None = None, judge=N
         what = (f"expression: replies of {max_new_tokens} tokens to {len(texts)} neutral prompts, read on "
                 f"{detect['method']} L{detect['layer']} ({detect['vector_id']}), calibrated on held-out texts")
     else:
-        want = 1 if kind == "persona" else -1  # trait statements, or harmless requests (refusal kinds)
+        # trait statements or harmful requests (refusal_rate), or harmless requests (the other refusal kinds)
+        want = 1 if kind in ("persona", "refusal_rate") else -1
         texts = held_out_texts(store, trait, want, detect["held_split"], n)
         if not texts:
             raise InputError(f"no held-out ({detect['held_split']}) prompts with label {want:+d} for {trait!r}")
         what = f"{kind}: {len(texts)} held-out ({detect['held_split']}) prompts with label {want:+d}"
-    ev = Evaluator(lm, kind, texts, cfg.norm, neutral, cfg.seed, expression, judge, cfg.reply_tokens)
+        if kind == "refusal_rate":
+            if neutral is None:  # heretic reads the damage on harmless requests
+                neutral = held_out_texts(store, trait, -1, detect["held_split"], n)
+                if not neutral:
+                    raise InputError(f"--kind refusal_rate reads its KL on held-out ({detect['held_split']}) prompts "
+                                     f"with label -1 (harmless requests); {trait!r} has none: give --prompts FILE")
+                where = f"{len(neutral)} held-out ({detect['held_split']}) prompts with label -1"
+            else:
+                where = f"{len(neutral)} prompts from --prompts"
+            what += (f", greedy replies of {max_new_tokens} tokens judged by {len(markers or REFUSAL_MARKERS)} "
+                     f"refusal markers{' and the judge' if judge else ''}; KL ({kl}) on {where}")
+    ev = Evaluator(lm, kind, texts, cfg.norm, neutral, cfg.seed, expression, judge, cfg.reply_tokens, kl,
+                   {"markers": tuple(markers or REFUSAL_MARKERS), "max_new_tokens": max_new_tokens}, capability)
     return ev, what

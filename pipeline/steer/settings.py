@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from traitlens.queries.budget import KL_BUDGET
 from traitlens.store.errors import InputError
-from traitlens.store.vocabulary import EVALUATION_KINDS, METHOD_NAMES, NORMS
+from traitlens.store.finite import check_float
+from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES, METHOD_NAMES, NORMS
 
 GRID_MAX = 40  # settings measured exhaustively up to this many; a larger grid is searched
 TRIALS = 40  # settings the search measures by default
@@ -37,7 +38,13 @@ class SweepConfig:
     - ``n``: held-out prompts measured on; ``neutral``: the prompts of the damage measures (KL,
       replies; None: the project's own set); ``reply_tokens``: steered reply length for
       perplexity and distinct-2 (0: skip); ``max_new_tokens``: reply length of ``expression``;
+    - ``kl``: which KL every damage figure is (:data:`~traitlens.store.vocabulary.KL_MEASURES`);
+      ``markers``: the phrases that make a reply a refusal (``refusal_rate``; None: the built-in list);
     - ``kl_budget``: the pick is the largest shift whose mean KL stays within it (nats);
+      ``capability_budget``: and whose worst fall on the ``capability`` lm-eval tasks stays within
+      it (their own units; None: any). ``capability``: lm-eval tasks run unsteered and at every
+      setting (``capability_include``: local task folders; ``capability_limit``: documents each);
+    - ``ablate``: also project each swept vector out (directional ablation), beside random's;
     - ``trials``: settings Optuna measures when the grid has more than ``grid_max``; ``seed``
       seeds it and the random directions;
     - ``random_floor``: measure the random direction at the front and the pick;
@@ -46,7 +53,7 @@ class SweepConfig:
     """
 
     kind: str = EVALUATION_KINDS[0]
-    methods: list[str] | str = field(default_factory=lambda: [METHOD_NAMES[0]])
+    methods: list[str] | str | None = field(default_factory=lambda: [METHOD_NAMES[0]])  # None: the default
     layers: str | int | list | None = None
     alphas: list[float] | str = field(default_factory=lambda: list(ALPHAS))
     n: int = N_TEXTS
@@ -61,6 +68,13 @@ class SweepConfig:
     seed: int = 0
     judge: str | None = None
     description: str | None = None
+    kl: str = KL_MEASURES[0]
+    markers: list[str] | None = None
+    ablate: bool = False
+    capability: list[str] | str = field(default_factory=list)
+    capability_include: list[str] = field(default_factory=list)
+    capability_limit: int | None = None
+    capability_budget: float | None = None
 
     def validate(self) -> "SweepConfig":
         """Check every setting before a model is loaded; normalises ``methods`` and ``alphas``
@@ -76,6 +90,8 @@ class SweepConfig:
             raise InputError(f"--kind {reprlib.repr(self.kind)}: use {', '.join(EVALUATION_KINDS)}")
         if self.norm not in NORMS:
             raise InputError(f"--norm {reprlib.repr(self.norm)}: use {' or '.join(NORMS)} (alpha's unit)")
+        if self.methods is None:
+            self.methods = [METHOD_NAMES[0]]
         if isinstance(self.methods, str):
             self.methods = "all" if self.methods.strip() == "all" else [m.strip() for m in self.methods.split(",")
                                                                         if m.strip()]
@@ -100,9 +116,8 @@ class SweepConfig:
             raise InputError(f"--alphas {reprlib.repr(self.alphas)}: give a list of numbers, e.g. [0.1, 0.25]")
         if not self.alphas:
             raise InputError("--alphas: give at least one strength")
-        if not all(math.isfinite(a) for a in self.alphas):
-            raise InputError(f"--alphas {reprlib.repr(self.alphas)}: every strength must be a finite number")
-        self.alphas = [float(a) for a in self.alphas]
+        # the rule of every float option: finite, and within float32 (the activations' type)
+        self.alphas = [check_float(a, f"--alphas[{i}]", float32=True) for i, a in enumerate(self.alphas)]
         for name, lo in (("n", 1), ("max_new_tokens", 1), ("reply_tokens", 0), ("trials", 1), ("grid_max", 1),
                          ("seed", 0)):
             count(name, lo)
@@ -121,4 +136,30 @@ class SweepConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or not v.strip()):
                 raise InputError(f"--{name} {reprlib.repr(v)}: give a non-empty string")
+        if self.kl not in KL_MEASURES:
+            raise InputError(f"--kl {reprlib.repr(self.kl)}: use {' or '.join(KL_MEASURES)}")
+        if self.markers is not None:
+            if self.kind != "refusal_rate":
+                raise InputError("--refusal-markers is for --kind refusal_rate")
+            if isinstance(self.markers, str) or not all(isinstance(m, str) for m in self.markers):
+                raise InputError("--refusal-markers: the markers must be a list of phrases")
+            self.markers = [m.strip().lower() for m in self.markers if m.strip()]
+            if not self.markers:
+                raise InputError("--refusal-markers: no phrases (one a line)")
+        if not isinstance(self.ablate, bool):
+            raise InputError(f"--ablate must be true or false, got {reprlib.repr(self.ablate)}")
+        if isinstance(self.capability, str):
+            self.capability = [t.strip() for t in self.capability.split(",") if t.strip()]
+        if not isinstance(self.capability, (list, tuple)) or not all(isinstance(t, str) for t in self.capability):
+            raise InputError(f"--capability {reprlib.repr(self.capability)}: give a comma list of lm-eval tasks")
+        self.capability, self.capability_include = list(self.capability), list(self.capability_include or [])
+        if self.capability_limit is not None:
+            count("capability_limit", 1)
+        cb = self.capability_budget
+        if cb is not None and (isinstance(cb, bool) or not isinstance(cb, (int, float)) or not math.isfinite(cb)
+                               or cb < 0):
+            raise InputError(f"--capability-budget must be 0 or more (a finite number), got {reprlib.repr(cb)}")
+        if (self.capability_include or self.capability_limit or cb is not None) and not self.capability:
+            raise InputError("--capability-include, --capability-limit and --capability-budget go with "
+                             "--capability TASKS")
         return self

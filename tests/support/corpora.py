@@ -37,6 +37,13 @@ def store_copy(store: Store | Path, dest: Path) -> Store:
     return Store.open(dest)
 
 
+def chunk_files(store_path: Path) -> int:
+    """How many chunk files the store's arrays hold: a commit writes its arrays' chunks before
+    its rows part, so a count that grows shows a commit half way (kill tests wait for it)."""
+    z = Path(store_path) / "activations.zarr"
+    return sum(1 for f in z.rglob("c/*/*") if f.is_file()) if z.exists() else 0
+
+
 @contextmanager
 def lock_held_elsewhere(store_path: Path, what: str = "someone else"):
     """Another process holds the store's writer lock for the duration of the block."""
@@ -49,3 +56,16 @@ def lock_held_elsewhere(store_path: Path, what: str = "someone else"):
     finally:
         p.kill()
         p.wait()
+
+
+def store_contents(store: Store | Path) -> dict:
+    """Everything a store holds per group, for comparing two stores: ``{group path: (rows, layers)}``
+    with ``rows`` the ``(row, prompt_id, token_count, truncated, token_start, response)`` of every
+    committed row in row order and ``layers`` ``{layer: float32 [array_rows, d]}``."""
+    store = store if isinstance(store, Store) else Store.open(store)
+    out = {}
+    for key in store.groups():
+        rows = sorted((r["row"], r["prompt_id"], r["token_count"], r["truncated"], r["token_start"], r["response"])
+                      for r in store.group_rows(key).to_pylist())
+        out[key.path] = (rows, {layer: store.activations(key, layer) for layer in store.layers(key)})
+    return out
