@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+from traitlens.pipeline.capture.corpus import prompt_id_for
+from traitlens.pipeline.capture.splits import hash_split
 from traitlens.store import GroupKey, PendingBatch, Store
 from traitlens.workflows.cli import cli
 

@@ -365,7 +365,7 @@ def reproduce_record(store: Store, trait: str, key: GroupKey, records: list[dict
                      beside: int) -> dict:
     """reproduce.json (less its file hashes): everything a refit needs and everything that decides
     its numbers. ``beside``: prompts the same ingest runs captured that the bundle leaves out."""
-    from traitlens.pipeline.capture.corpus import SPLIT_FRACTIONS
+    from traitlens.pipeline.capture.splits import PLAIN_CUTS
     from traitlens.store.store import code_version, now_utc
 
     head = records[0]
@@ -381,8 +381,10 @@ def reproduce_record(store: Store, trait: str, key: GroupKey, records: list[dict
         "corpus": {"sha256": corpus_sha256(prompt_table), "n_prompts": prompt_table.num_rows,
                    "prompt_ids": prompt_table["prompt_id"].to_pylist(), "fingerprint": head["fingerprint"],
                    "texts_included": prompts, "where": head["where_sql"],
-                   "split": {"rule": "each record's own split, else train/val/test by sha256('split:' + prompt_id) "
-                                     f"with train and val fractions {list(SPLIT_FRACTIONS)}",
+                   "split": {"rule": "each record's own split, else a stored prompt's own, else train/val/test by "
+                                     "sha256('split:' + prompt_id) ranked within each (trait, dataset, label), cut "
+                                     f"at {list(PLAIN_CUTS)} and moved so every split holds 2 of a group of 6 or "
+                                     "more (pipeline/capture/splits.py)",
                              "seed": None, "why": "the split is a hash of each prompt's id: it takes no seed"}},
         "capture": {"settings": _capture_settings(model["capture"], store, key),
                     "other_prompts_in_its_runs": beside,
