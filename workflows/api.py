@@ -110,11 +110,13 @@ class Store(_Store):
 
 def _root(store):
     """A store argument (a :class:`Store`, a path or a URL) as the store's path."""
+    from upath import UPath
+
     from traitlens.store.location import store_path
 
     if isinstance(store, _Store):
         return store.root
-    if not isinstance(store, (str, PathLike)):
+    if not isinstance(store, (str, PathLike, UPath)):
         raise InputError(f"store {reprlib.repr(store)}: give a path, a URL or a tl.Store")
     return store_path(store)
 
@@ -289,7 +291,7 @@ def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float 
           vector_id: str | None = None, site: str | None = None, positions: str | None = None,
           norm: str | None = None, condition: str | None = None, condition_threshold: float | None = None,
           ablate: bool = False, all_layers: bool = False, max_new_tokens: int = 40, chat: bool | None = None,
-          vector=None, lm=None, log=None) -> Steered:
+          vector=None, lm=None, log=None, say=None) -> Steered:
     """Generate a reply to each prompt without and with the vector(s) (``traitlens steer``):
     ``trait`` (its pick) or ``vector_id`` pushed by ``alpha`` (units of the layer's mean token
     norm, ``norm``), or one push per ``add`` entry ``TRAIT_OR_ID[:LAYER[:ALPHA]]``; ``ablate``
@@ -297,7 +299,9 @@ def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float 
     that vector passes its threshold. ``prompt``: a string or a list; ``file``: one a line.
     ``vector``: a bundle folder (``traitlens bundle``) whose vector to steer with instead of the
     store's (its files' hashes checked first; ``vector_id`` / ``layer`` / ``method`` choose among
-    several; ``model`` defaults to the one it records)."""
+    several; ``model`` defaults to the one it records). ``say``: called with each line of the
+    result's :attr:`~.results.Steered.head` (the pushes, the condition) as soon as it is known,
+    before the replies are generated."""
     from traitlens.pipeline.model.generation import greedy_batch
     from traitlens.pipeline.steer.steering import ablation, generate_batch
     from traitlens.store.vocabulary import NAMED_SITES, NORMS, POSITIONS
@@ -344,9 +348,11 @@ def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float 
     else:
         items = pushes_for(st, lm, add, trait, layer, method, vector_id, alpha, norm, site, positions, seqs, chosen)
         applied = "applied " + "; ".join(p.describe() for p in items)
+    _say(say, [applied])
     passes, said = [True] * len(seqs), []
     if condition:
         passes, said = condition_of(st, lm, condition, condition_threshold, seqs, prompts)
+        _say(say, said)
     rows = []
     for b in range(0, len(seqs), batch_size):
         chunk = seqs[b:b + batch_size]
@@ -363,7 +369,8 @@ def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float 
 
 # -- evaluate ------------------------------------------------------------------------------------
 def evaluate(store, trait: str | None = None, config=None, *, model=None, lm=None, add=(), site: str | None = None,
-             positions: str | None = None, plot=None, vector=None, progress: bool = True, log=None, **options):
+             positions: str | None = None, plot=None, vector=None, progress: bool = True, log=None, say=None,
+             **options):
     """Sweep method x layer x strength (``traitlens evaluate --steering``): how much steering along
     each of ``trait``'s vectors moves behaviour, with what interval, for how much damage (and,
     with ``capability`` tasks, the lm-eval scores' falls); the random direction at the front and
@@ -377,7 +384,9 @@ def evaluate(store, trait: str | None = None, config=None, *, model=None, lm=Non
     rows in ``steering_together``); ``site`` and ``positions`` say where they push. ``vector``: a
     bundle folder whose vectors (and prompts) join the store and are measured (its trait, its
     methods unless ``methods`` is given, its layers; ``model`` defaults to the one it records).
-    ``plot``: also write the figure there (a PNG; ``True``: ``evaluate-<trait>.png`` here)."""
+    ``plot``: also write the figure there (a PNG; ``True``: ``evaluate-<trait>.png`` here).
+    ``say``: called with each line of the result's ``head`` (the lm-eval tasks, what the measure
+    is taken on) as soon as it is known, before the measuring starts."""
     from traitlens.pipeline.steer.search import evaluator_for, sweep, sweep_methods
     from traitlens.pipeline.steer.settings import SweepConfig
     from traitlens.queries import StoreSQL
@@ -436,9 +445,11 @@ def evaluate(store, trait: str | None = None, config=None, *, model=None, lm=Non
         from traitlens.pipeline.steer.capability import Capability
 
         capability = Capability(lm, cfg.capability, cfg.capability_include, cfg.capability_limit)
+        _say(say, [f"capability: {capability.describe()}, unsteered and at every setting"])
     evaluator, what = evaluator_for(st, lm, trait, cfg, judge, capability)
+    _say(say, [what])
     if add:
-        return _together(st, lm, trait, evaluator, what, add, site, positions, cfg.random_floor, plot, log)
+        return _together(st, lm, trait, evaluator, what, add, site, positions, cfg.random_floor, plot, log, say)
     res = sweep(st, trait, evaluator, cfg, progress=progress, log=log or (lambda *a: None), vectors=cells)
     run_id = new_run_id("evaluate")
     stored, samples = res.save(st, run_id)
@@ -458,7 +469,14 @@ def evaluate(store, trait: str | None = None, config=None, *, model=None, lm=Non
     return out
 
 
-def _together(st, lm, trait, evaluator, what, specs, site, positions, random_floor, plot, log) -> Together:
+def _say(say, lines: list[str]) -> None:
+    """Each of ``lines`` to ``say`` (a function taking one line), where one was given."""
+    for line in lines if say is not None else []:
+        say(line)
+
+
+def _together(st, lm, trait, evaluator, what, specs, site, positions, random_floor, plot, log,
+              say=None) -> Together:
     """``evaluate --add ...``: the pushes measured together, alone and as random directions;
     stored in ``steering_together``."""
     from traitlens.pipeline.steer.together import measure_together, together_records
@@ -471,6 +489,7 @@ def _together(st, lm, trait, evaluator, what, specs, site, positions, random_flo
     check_positions(positions)
     wanted = [parse_add(st, lm, spec, 0.25, None) for spec in specs]
     items = [evaluator.push(vec["vector"], at, a, site, positions, label(vec)) for vec, at, a in wanted]
+    _say(say, ["measuring together: " + "; ".join(p.describe() for p in items)])
     rows = measure_together(evaluator, items, random_floor, log=log or (lambda *a: None))
     short = [f"{v['trait']} L{at} {a:+g}" for v, at, a in wanted]
     names = ([" + ".join(short)] + (short if len(short) > 1 else [])  # the parts in measure_together's order

@@ -147,8 +147,8 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
                     batch_size=batch_size, model=model, layer=layer, method=method, vector_id=vector_id, site=site,
                     positions=positions, norm=norm, condition=condition, condition_threshold=condition_threshold,
                     ablate=ablate, all_layers=all_layers, max_new_tokens=max_new_tokens, chat=chat, vector=vector_dir,
-                    log=lambda m: click.echo(m, err=True))
-    for line in res.lines():
+                    log=lambda m: click.echo(m, err=True), say=click.echo)
+    for line in res.lines()[len(res.head):]:  # (the head was said as the run went)
         click.echo(line)
 
 
@@ -254,8 +254,8 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_
                       capability=capability_tasks or [], capability_include=list(capability_include),
                       capability_limit=capability_limit, capability_budget=capability_budget)
     res = api.evaluate(ctx.obj["store"], trait, cfg, model=model, add=list(adds), site=site, positions=positions,
-                       plot=plot or True, vector=vector_dir, log=lambda m: click.echo(m, err=True))
-    for line in res.lines():
+                       plot=plot or True, vector=vector_dir, log=lambda m: click.echo(m, err=True), say=click.echo)
+    for line in res.lines()[len(res.head):]:  # (the head was said as the run went)
         click.echo(line)
     for line in getattr(res, "notes", []):
         click.echo(line, err=True)

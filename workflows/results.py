@@ -320,8 +320,13 @@ class Steered(Result):
         return pa.Table.from_pylist(self.rows, schema=pa.schema([("prompt", pa.string()), ("unsteered", pa.string()),
                                                                  ("steered", pa.string()), ("pushed", pa.bool_())]))
 
+    @property
+    def head(self) -> list[str]:
+        """The lines known before any reply is generated: the pushes, the condition."""
+        return [self.applied] + self.condition
+
     def lines(self) -> list[str]:
-        out = [self.applied] + self.condition
+        out = list(self.head)
         for r in self.rows:
             head = f"\n=== {r['prompt']!r} ===" if len(self.rows) > 1 else ""
             out.append(f"{head}\n--- unsteered ---\n{r['unsteered']}\n\n--- steered"
@@ -408,10 +413,15 @@ class Evaluation(Result):
 
         return steering_figure(self.rows, self.samples, self.sweep.trait, Path(path), self.sweep.kl_budget, self.kind)
 
+    @property
+    def head(self) -> list[str]:
+        """The lines known before anything is measured: the lm-eval tasks, what the measure is on."""
+        return ([self.capability] if self.capability else []) + [self.what]
+
     def lines(self) -> list[str]:
         from traitlens.pipeline.steer.records import front_line
 
-        out = ([self.capability] if self.capability else []) + [self.what]
+        out = list(self.head)
         out += sweep_table(self.rows, self.kind, self.n_texts, self.judged, self.sweep.config.kl) + self.refusal
         out += ["\n" + front_line(self.rows)] + self.summary + [f"search: {self.sweep.search}"]
         if self.plot is not None:
@@ -456,6 +466,11 @@ class Together(Result):
     run_id: str
     plot: Path | None = None
 
+    @property
+    def head(self) -> list[str]:
+        """The lines known before anything is measured: what the measure is taken on, the pushes."""
+        return [self.what, f"measuring together: {self.measuring}"]
+
     def to_arrow(self) -> pa.Table:
         """The ``steering_together`` rows this measurement appended."""
         return _rows_of(self.store, "steering_together", "run_id", [self.run_id])
@@ -470,9 +485,8 @@ class Together(Result):
         from traitlens.pipeline.steer.together import additivity_line, floor_line
 
         width = max(len(n) for n in self.names)
-        out = [self.what, f"measuring together: {self.measuring}",
-               f"{'part':<9} {'pushes':<{width}} {'shift':>7} {'95% CI':>17} {'wrong way':>9} {'KL nats':>8} "
-               f"{'ppl':>6} {'dist-2':>6}   ({self.kind}, n={self.n_texts}; KL: {self.kl})"]
+        out = self.head + [f"{'part':<9} {'pushes':<{width}} {'shift':>7} {'95% CI':>17} {'wrong way':>9} "
+                           f"{'KL nats':>8} {'ppl':>6} {'dist-2':>6}   ({self.kind}, n={self.n_texts}; KL: {self.kl})"]
         num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
         for r, what in zip(self.rows, self.names):
             out.append(f"{r['part']:<9} {what:<{width}} {r['shift']:>+7.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
