@@ -305,7 +305,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, tiny_llama):
              (["--description", ""], "--description is empty"),
              (["--description", "x", "--pairs", "0"], "--pairs 0"),
              (["--description", "x", "--questions", "1"], "--questions 1"),
-             (["--description", "x", "--min-coherence", "101"], "--min-coherence 101"),
+             (["--description", "x", "--min-coherence", "101"], "'--min-coherence': '101'"),
              (["--description", "x", "--api-base", "http://localhost:1"], "go together"),
              (["--description", "x", "--api-base", dead, "--api-model", "m"], "cannot reach the server")]
     for args, message in cases:

@@ -327,10 +327,10 @@ def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operat
     if traits and not layers:
         _fail("--layers: name the layer(s) whose vector to write, e.g. --layers 12 (--layers all would edit every "
               "layer's vector)", EXIT_INPUT)
-    out = Path(_output(ctx, output or f"{'-'.join(file_stem(t, 'trait') for t in traits) or 'vectors'}-"
-                       f"{operation}-{fmt_}", "-o"))
-    if out.exists():
+    out = Path(output or f"{'-'.join(file_stem(t, 'trait') for t in traits) or 'vectors'}-{operation}-{fmt_}")
+    if out.exists():  # (before the file-output check, which would call an existing folder a folder)
         _fail(f"-o {out} exists: a weight export writes a new folder and never overwrites one", EXIT_INPUT)
+    out = Path(_output(ctx, str(out), "-o"))
     if bundle is not None:
         from traitlens.workflows.bundles import adopt
 
