@@ -25,6 +25,7 @@ from traitlens.pipeline.model.loading import load_model
 from traitlens.pipeline.steer.evaluate import Evaluator
 from traitlens.pipeline.steer.rule import floor_at
 from traitlens.pipeline.steer.search import evaluator_for, stored_methods, sweep
+from traitlens.pipeline.steer.settings import SweepConfig
 from traitlens.queries import StoreSQL
 from traitlens.queries.budget import KL_BUDGET
 from traitlens.queries.selection import held_out_texts
@@ -57,9 +58,10 @@ def main() -> None:
         for trait in traits if args.traits is None else [t for t in traits if t in args.traits.split(",")]:
             t0 = time.perf_counter()
             kind = "refusal" if trait == "refusal" else "persona"
-            ev, what = evaluator_for(store, lm, trait, kind, args.n, reply_tokens=args.reply_tokens)
-            res = sweep(store, trait, ev, methods[trait], list(range(lm.n_layers)), alphas, KL_BUDGET, args.trials,
-                        progress=False)
+            cfg = SweepConfig(kind=kind, methods=methods[trait], layers="all", alphas=alphas, n=args.n,
+                              reply_tokens=args.reply_tokens, kl_budget=KL_BUDGET, trials=args.trials)
+            ev, what = evaluator_for(store, lm, trait, cfg)
+            res = sweep(store, trait, ev, cfg, progress=False)
             res.save(store, new_run_id("bench-steering"))
             rho, cells = res.correlation()
             p, d = res.pick, res.detection_pick

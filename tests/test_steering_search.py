@@ -17,6 +17,7 @@ from traitlens.pipeline.extract.config import ExtractConfig
 from traitlens.pipeline.extract.jobs import extract
 from traitlens.pipeline.steer import rule
 from traitlens.pipeline.steer import search as sw
+from traitlens.pipeline.steer.settings import SweepConfig
 from traitlens.testing import KEY, synthetic_store
 
 LAYERS = (0, 1, 2, 3)
@@ -27,7 +28,7 @@ class FakeEvaluator:
     KL = layer * alpha**2; a tight interval around each shift."""
 
     def __init__(self, store):
-        self.lm = types.SimpleNamespace(key=KEY.model_key)
+        self.lm = types.SimpleNamespace(key=KEY.model_key, n_layers=16)
         self.store_vectors = store.table("vectors").to_pylist()
         self.calls = []
 
@@ -68,8 +69,8 @@ def swept(tmp_path):
 def test_a_small_grid_is_measured_whole_and_the_pick_is_the_best_shift_within_the_budget(swept):
     store, fake = swept
     alphas = [0.25, 0.5, 1.0]
-    res = sw.sweep(store, "planted", fake, ["mean_diff", "probe"], list(LAYERS), alphas, kl_budget=0.5,
-                   progress=False)
+    res = sw.sweep(store, "planted", fake, SweepConfig(methods=["mean_diff", "probe"], layers=list(LAYERS),
+                                                   alphas=alphas, kl_budget=0.5), progress=False)
     assert res.search == "grid"
     trait_calls = [c for c in fake.calls if c[0] != "random"]
     assert sorted(trait_calls) == sorted((m, l, a) for m in ("mean_diff", "probe") for l in LAYERS for a in alphas)
@@ -103,8 +104,9 @@ def test_a_small_grid_is_measured_whole_and_the_pick_is_the_best_shift_within_th
 def test_a_large_grid_goes_through_optuna_for_the_trials_asked_and_measures_the_detection_pick(swept):
     store, fake = swept
     alphas = [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
-    res = sw.sweep(store, "planted", fake, ["mean_diff", "probe"], list(LAYERS), alphas, kl_budget=1.0, trials=15,
-                   grid_max=10, random_floor=False, progress=False)
+    res = sw.sweep(store, "planted", fake, SweepConfig(methods=["mean_diff", "probe"], layers=list(LAYERS),
+                                                   alphas=alphas, kl_budget=1.0, trials=15, grid_max=10,
+                                                   random_floor=False), progress=False)
     assert res.search.startswith("optuna") and "15 of 56 settings" in res.search
     trait_calls = [c for c in fake.calls if c[0] != "random"]
     assert len(trait_calls) == len(set(trait_calls)) == 15  # each setting measured once, a repeat answered from memory
@@ -175,8 +177,9 @@ def test_the_search_visits_the_good_settings_far_more_often_than_random_sampling
     searched, n_own = 0, []
     for seed in range(3):
         fake = HillEvaluator(store)
-        res = sw.sweep(store, "planted", fake, ["mean_diff", "probe"], list(HILL_LAYERS), alphas, trials=40, seed=seed,
-                       random_floor=False, progress=False, log=lambda *a: None)
+        res = sw.sweep(store, "planted", fake, SweepConfig(methods=["mean_diff", "probe"], layers=list(HILL_LAYERS),
+                                                       alphas=alphas, trials=40, seed=seed, random_floor=False),
+                       progress=False, log=lambda *a: None)
         d = res.detection_pick
         enqueued = {(d["method"], d["layer"], a) for a in alphas}
         own = [c for c in fake.calls if c not in enqueued]
@@ -191,14 +194,15 @@ def test_the_search_visits_the_good_settings_far_more_often_than_random_sampling
 
 def test_cells_already_evaluated_are_skipped(swept):
     store, fake = swept
-    first = sw.sweep(store, "planted", fake, ["mean_diff"], [0, 1], [0.5], progress=False, random_floor=False)
+    first = sw.sweep(store, "planted", fake, SweepConfig(layers=[0, 1], alphas=[0.5], random_floor=False),
+                     progress=False)
     done = {r["vector_id"] for r in first.rows}
     fake.calls.clear()
-    again = sw.sweep(store, "planted", fake, ["mean_diff"], [0, 1, 2], [0.5], progress=False, random_floor=False,
-                     skip=done)
+    again = sw.sweep(store, "planted", fake, SweepConfig(layers=[0, 1, 2], alphas=[0.5], random_floor=False),
+                     progress=False, skip=done)
     assert [c[1] for c in fake.calls] == [2] and [r["layer"] for r in again.rows] == [2]  # only the new layer
     fake.calls.clear()
-    none = sw.sweep(store, "planted", fake, ["mean_diff"], [0, 1], [0.5], progress=False, skip=done)
+    none = sw.sweep(store, "planted", fake, SweepConfig(layers=[0, 1], alphas=[0.5]), progress=False, skip=done)
     assert none.rows == [] and fake.calls == []
 
 
@@ -208,8 +212,8 @@ def test_rank_by_steering_prints_detection_and_steering_side_by_side(swept):
     from traitlens.workflows.cli import cli
 
     store, fake = swept
-    res = sw.sweep(store, "planted", fake, ["mean_diff", "probe"], list(LAYERS), [0.25, 0.5], kl_budget=0.1,
-                   progress=False)
+    res = sw.sweep(store, "planted", fake, SweepConfig(methods=["mean_diff", "probe"], layers=list(LAYERS),
+                                                   alphas=[0.25, 0.5], kl_budget=0.1), progress=False)
     res.save(store, "run-1")
     r = CliRunner().invoke(cli, ["--store", str(store.root), "rank", "--trait", "planted", "--by", "steering"])
     assert r.exit_code == 0, r.output
@@ -247,8 +251,8 @@ def test_the_steering_figure_is_written(tmp_path, swept):
     from traitlens.pipeline.steer.plots import steering_figure
 
     store, fake = swept
-    res = sw.sweep(store, "planted", fake, ["mean_diff", "probe"], list(LAYERS), [0.25, 0.5], kl_budget=0.5,
-                   progress=False)
+    res = sw.sweep(store, "planted", fake, SweepConfig(methods=["mean_diff", "probe"], layers=list(LAYERS),
+                                                   alphas=[0.25, 0.5], kl_budget=0.5), progress=False)
     _, samples = res.records("r")
     out = steering_figure(res.rows, samples, "planted", tmp_path / "f.png", 0.5, "persona")
     assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 20_000

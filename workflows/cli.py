@@ -133,49 +133,27 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
     folder written by datasets' save_to_disk, a folder of such files (Parquet parts), a quoted glob
     ('data/*.parquet'), or a folder of positive.txt/negative.txt. Nothing is downloaded: a Hugging
     Face id is refused with the commands that save a local copy."""
-    from traitlens.pipeline.capture import receipts
-    from traitlens.pipeline.capture.corpus import ReadOptions
-    from traitlens.pipeline.capture.settings import IngestConfig
+    from traitlens.pipeline.capture.settings import CaptureConfig
+    from traitlens.workflows import api
 
-    opts = ReadOptions(text_column=text_column, label_column=label_column, messages_column=messages_column,
-                       trait=trait, label=label, dataset=dataset, split=split, zero_is_negative=zero_is_negative,
-                       limit=limit, sample=sample, seed=seed)
-    cfg = IngestConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
-                       generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
-                       on_long=on_long, max_length=max_length, device=device, dtype=dtype, device_map=device_map,
-                       max_memory=max_memory, load_in=load_in, workers_write=workers_write)
-    seen = receipts.check(ctx.obj["store"], list(corpus), opts, cfg)  # before torch is imported
-    if seen is not None:
-        click.echo(f"ingest done: 0 prompts captured, {seen.distinct_prompts} already stored, 0 new prompt records, "
-                   f"{seen.duplicates} duplicates skipped; model {seen.model_key} ({seen.fmt}); nothing new since run "
-                   f"{seen.run_id or '(unrecorded)'}: the corpus and the store are as it left them, so the model was "
-                   "not loaded")
-        return
-    from traitlens.pipeline.capture.ingest import ingest as run_ingest
-
+    cfg = CaptureConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
+                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
+                        on_long=on_long, max_length=max_length, device=device, dtype=dtype, device_map=device_map,
+                        max_memory=max_memory, load_in=load_in, workers_write=workers_write)
     if quiet:
         _quiet_libraries()
     log = (lambda *a, **k: None) if quiet else (lambda m: click.echo(m, err=True))
-    from traitlens.pipeline.runtime.cluster import dask_client
-
-    # only an explicit --scheduler ships the model to workers (DASK_SCHEDULER_ADDRESS is for extraction)
-    with dask_client(scheduler, from_env=False) as client:
-        try:
-            res = run_ingest(ctx.obj["store"], list(corpus), opts, cfg, progress=not quiet, log=log, client=client)
-        except ValueError as e:  # bad options (pooling, chat without template, ...)
-            _fail(str(e), EXIT_INPUT)
-    if not res.model_loaded:
-        click.echo(f"ingest done: 0 prompts captured, {res.n_skipped} already stored, 0 new prompt records, "
-                   f"{res.n_duplicates} duplicates skipped; model {res.model_key} ({res.fmt}); every record is stored "
-                   "as the corpus has it, so the model was not loaded")
-        return
-    relabelled = f", {res.n_relabelled} relabelled (newest label wins)" if res.n_relabelled else ""
-    line = (f"ingest {res.status}: {res.n_captured} prompts captured, {res.n_skipped} already stored, "
-            f"{res.n_new_prompts} new prompt records{relabelled}, {res.n_truncated} truncated, {res.n_duplicates} duplicates "
-            f"skipped; model {res.model_key} ({res.fmt}); {res.prompts_per_s:.1f} prompts/s; run {res.run_id}")
-    click.echo(line)
-    if res.promoted:
-        click.echo(f"note: float16 overflowed, stored as float32: {', '.join(res.promoted)}", err=True)
+    try:  # validated, and answered from the receipt when nothing is new, before torch is imported
+        res = api.ingest(ctx.obj["store"], list(corpus), cfg, scheduler=scheduler, progress=not quiet, log=log,
+                         text_column=text_column, label_column=label_column, messages_column=messages_column,
+                         trait=trait, label=label, dataset=dataset, split=split, zero_is_negative=zero_is_negative,
+                         limit=limit, sample=sample, seed=seed)
+    except ValueError as e:  # bad options (pooling, chat without template, ...)
+        _fail(str(e), EXIT_INPUT)
+    for line in res.lines():
+        click.echo(line)
+    for line in res.notes:
+        click.echo(line, err=True)
 
 
 @cli.command()

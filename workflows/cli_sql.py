@@ -13,24 +13,10 @@ from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli, write_bytes_
 
 def _print_table(t, max_rows: int = 200) -> None:
     """A pyarrow Table as aligned text columns (vectors shortened)."""
-    cols = t.column_names
-    rows = t.slice(0, max_rows).to_pylist()
+    from .results import text_table
 
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        if isinstance(v, list):
-            return f"[{len(v)} values]"
-        return "NULL" if v is None else str(v)
-
-    cells = [[cell(r[c]) for c in cols] for r in rows]
-    widths = [min(60, max([len(c)] + [len(x[i]) for x in cells])) for i, c in enumerate(cols)]
-    click.echo("  ".join(c.ljust(w)[:w] for c, w in zip(cols, widths)))
-    click.echo("  ".join("-" * w for w in widths))
-    for x in cells:
-        click.echo("  ".join(v.ljust(w)[:w] for v, w in zip(x, widths)))
-    more = f", first {max_rows} shown" if t.num_rows > max_rows else ""
-    click.echo(f"({t.num_rows} rows{more})")
+    for line in text_table(t, max_rows):
+        click.echo(line)
 
 
 def _write_result(t, fmt_: str, output: str | None) -> None:
@@ -91,13 +77,12 @@ def _lists_as_json(t):
 def query(ctx, sql, fmt_, output, timeout):
     """Run read-only SQL over the store. Views: prompts, rows, runs, vectors, metrics, groups,
     act_L<layer> (activations, streamed), macro nearest(vector_id, k)."""
-    from traitlens.queries import StoreSQL
+    from traitlens.workflows import api
 
     _output(ctx, output, "-o")
     if fmt_ == "parquet" and not output:
         _fail("--format parquet needs -o FILE", EXIT_INPUT)
-    with StoreSQL(ctx.obj["store"]) as q:
-        _write_result(q.query(sql, timeout=timeout), fmt_, output)
+    _write_result(api.query(ctx.obj["store"], sql, timeout).to_arrow(), fmt_, output)
 
 
 @cli.command()
@@ -161,93 +146,11 @@ def sql(ctx):
 @click.pass_context
 def rank(ctx, trait, by, top, fmt_, plot):
     """The best (layer, method, site, pooling) for a trait, with stability and agreement."""
-    from traitlens.queries import StoreSQL
-    from traitlens.queries.ranking import heatmap
-    from traitlens.queries.ranking import rank as run_rank
+    from traitlens.workflows import api
 
-    if plot:
-        _output(ctx, plot, "--plot")
-    with StoreSQL(ctx.obj["store"]) as q:
-        best, floor = run_rank(q, trait, by, top)
-        f = floor.to_pylist()[0] if floor.num_rows else None
-        from traitlens.pipeline.extract.floors import floor_flag
-
-        rows = best.to_pylist()
-        random_auroc = f["auroc"] if f is not None else None
-        flags = {r["vector_id"]: floor_flag(r, random_auroc) for r in rows}
-        if fmt_ == "json":
-            from traitlens.queries.selection import RULE
-
-            for r in rows:
-                r["below_floor"] = flags[r["vector_id"]]
-            click.echo(strict_json.dumps({"trait": trait, "by": by, "order": RULE.format(by=by), "rows": rows,
-                                          "floor": f}, default=str))
-        else:
-            from traitlens.queries.selection import RULE, metric_column, tie_note
-
-            from traitlens.queries.ranking import SPECIFICITY
-
-            hidden = ["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length", "floor_dataset", "spec_base",
-                      "spec_floor_length", "n_background"]
-            if all(r["spec_auroc"] is None for r in rows):
-                hidden += list(SPECIFICITY)
-            _print_table(best.drop_columns(hidden))
-            click.echo(f"order: {RULE.format(by=by)}")
-            if f is not None:
-                value = f[metric_column(by)]
-                click.echo(f"floor (random direction, best layer {f['layer']}): {by} "
-                           + ("not measured" if value is None else f"{value:.3f}"))
-            nuisance = [(name, rows[0][col]) for name, col in (("token count", "floor_length"),
-                                                               ("dataset", "floor_dataset"))
-                        if rows[0][col] is not None]
-            if nuisance:
-                click.echo("floors (not the trait, fitted on train, held-out AUROC): "
-                           + ", ".join(f"{name} {v:.3f}" for name, v in nuisance))
-            spec = _specificity_line(rows[0], f)
-            if spec:
-                click.echo(spec)
-            for r in rows:
-                if flags[r["vector_id"]]:
-                    click.echo(f"flag: {r['method']} L{r['layer']}: {flags[r['vector_id']]}")
-            note = tie_note(rows, metric_column(by), (rows[0]["n_held_pos"] or 0) + (rows[0]["n_held_neg"] or 0))
-            if note:
-                click.echo(f"note: {note}")
-            for line in _detection_and_steering(q, trait):
-                click.echo(line)
-            from traitlens.queries.ranking import lens_summary
-
-            said = lens_summary(q.store).get(rows[0]["vector_id"])
-            if said:
-                click.echo(f"logit lens of the first row (promotes | suppresses): {said}")
-        if plot:
-            heatmap(q, trait, by, best.to_pylist()[0], Path(plot))
-            if fmt_ != "json":
-                click.echo(f"heatmap: {plot}")
-
-
-def _specificity_line(r: dict, floor: dict | None) -> str | None:
-    """The first row's out-of-corpus specificity beside its floors (base rate, token count,
-    random direction), with a warning when length alone does as well; None when its vector was
-    extracted without a background."""
-    if r.get("spec_auroc") is None:
-        return None
-    from traitlens.pipeline.extract.floors import FLOOR_MARGIN
-
-    rnd = ""
-    if floor is not None and floor.get("spec_auroc") is not None:
-        rnd = f"; random direction: precision {floor['spec_precision']:.3f}, AUROC {floor['spec_auroc']:.3f}"
-    line = (f"beyond the corpus ({r['n_background']} held-out background prompts): top-decile precision "
-            f"{r['spec_precision']:.3f} (base rate {r['spec_base']:.3f}), AUROC against the background "
-            f"{r['spec_auroc']:.3f}; floors: token count AUROC {r['spec_floor_length']:.3f}{rnd}")
-    if r["spec_auroc"] - r["spec_floor_length"] < FLOOR_MARGIN:
-        line += ("\nflag: against the background the token count alone does as well as this vector: it may read "
-                 "length, not the trait")
-    return line
-
-
-def _detection_and_steering(q, trait: str) -> list[str]:
-    """The detection and steering picks side by side (nothing before `evaluate --steering` ran)."""
-    from traitlens.pipeline.steer.records import stored_rows, summary_lines
-
-    kind, rows, _ = stored_rows(q, trait)
-    return summary_lines(q, trait, kind, rows) if rows else []
+    res = api.rank(ctx.obj["store"], trait, by, top, plot=plot)
+    if fmt_ == "json":
+        click.echo(strict_json.dumps(res.as_json(), default=str))
+        return
+    for line in res.lines():
+        click.echo(line)

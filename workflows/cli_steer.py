@@ -8,73 +8,17 @@ import click
 
 from traitlens.pipeline.steer.settings import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
 from traitlens.queries.budget import KL_BUDGET
-from traitlens.store.finite import check_float
 from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES, NAMED_SITES, NORMS, POSITIONS
 
 from .cli_base import EXIT_INPUT, FiniteFloat, FiniteFloats, _fail, _output, cli
-
-
-def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):
-    """The vector to use: by id; else the one :mod:`traitlens.queries.selection`'s rule picks
-    (within ``layer`` / ``method`` when given) — the same one ``rank`` lists first."""
-    from traitlens.queries import StoreSQL
-    from traitlens.queries.selection import chosen_vector
-
-    with StoreSQL(store) as q:
-        v = chosen_vector(q, trait, vector_id, model_key=model_key, layer=layer, method=method)
-    if v is None and vector_id:
-        _fail(f"--vector-id {vector_id}: no vector has that id; `traitlens vectors` lists the stored ids (with their "
-              "trait, layer and method)", EXIT_INPUT)
-    if v is None:
-        _fail(f"no vector for trait {trait!r} on model {model_key}" + (f" at layer {layer}" if layer is not None else "")
-              + (f" by {method}" if method else "") + f"; run `traitlens extract --trait {trait}` with this --model",
-              EXIT_INPUT)
-    if v["model_key"] != model_key:
-        _fail(f"vector {v['vector_id']} was extracted on {v['model_key']}, not {model_key}; pass the matching --model",
-              EXIT_INPUT)
-    return v
-
-
-def _named_vector(store, model_key: str, name: str, layer: int | None = None, method: str | None = None):
-    """The vector ``name`` names: a stored vector id, else that trait's pick (within ``layer`` /
-    ``method``), as :func:`_pick_vector` checks it."""
-    from traitlens.queries import StoreSQL
-    from traitlens.queries.selection import named_vector
-
-    with StoreSQL(store) as q:
-        v = named_vector(q, name, model_key, layer, method)
-    is_id = v is not None and v["vector_id"] == name
-    return (_pick_vector(store, None, model_key, None, None, name) if is_id
-            else _pick_vector(store, name, model_key, layer, method, None))
-
-
-def _bundle_vector(path: str, vector_id: str | None, layer: int | None, method: str | None):
-    """``(bundle, its vector)`` for ``--vector DIR``: every file's hash checked first (exit 2 naming a
-    changed one); among several vectors ``--vector-id`` / ``--layer`` / ``--method`` choose (else
-    the bundle's first, its pick)."""
-    from traitlens.workflows.bundles import load
-
-    b = load(path)
-    return b, b.choose(vector_id, layer, method)[0]
-
-
-def _check_bundle_model(vec: dict, lm) -> None:
-    from traitlens.pipeline.extract.bundle import model_mismatch
-
-    if vec["model_key"] != lm.key:
-        _fail(f"vector {vec['vector_id']}: {model_mismatch(vec['model_key'], lm.key)}", EXIT_INPUT)
+from .pushes import load
+from .pushes import pick_vector as _pick_vector
+from .pushes import prompt_ids as _prompt_ids
+from .pushes import pushes_for as _pushes_for
 
 
 def _load(model, quiet=False, option: str = "--model"):
-    from traitlens.pipeline.model.loading import load_model
-
-    return load_model(model, log=(lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)), option=option)
-
-
-def _prompt_ids(lm, text: str, chat: bool | None):
-    from traitlens.pipeline.model.encode import render_ids, uses_chat
-
-    return render_ids(lm.tokenizer, text, None, uses_chat(lm.tokenizer, chat))
+    return load(model, (lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)), option)
 
 
 @cli.command()
@@ -161,92 +105,6 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
         click.echo(f"kept {len(records)} token rows in the trajectories table (run {run_id})")
 
 
-def _parse_add(store, lm, spec: str, alpha: float, method: str | None) -> tuple[dict, int, float]:
-    """(vector, layer, alpha) of one ``--add TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]]``: LAYER defaults
-    to the vector's, ALPHA to ``alpha``; a layer the model lacks is an input error."""
-    parts = spec.split(":")
-    try:
-        if len(parts) > 3 or not parts[0]:
-            raise ValueError
-        at = int(parts[1]) if len(parts) > 1 and parts[1] else None
-        a = parts[2] if len(parts) > 2 and parts[2] else alpha
-    except ValueError:
-        _fail(f"--add {spec!r}: use TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]], e.g. agreeableness:16:0.1", EXIT_INPUT)
-    a = check_float(a, f"--add {spec!r}: ALPHA", float32=True)  # the rule of every float option
-    vec = _named_vector(store, lm.key, parts[0], at, method)
-    at = vec["layer"] if at is None else at
-    if not 0 <= at < lm.n_layers:
-        _fail(f"--add {spec!r}: layer {at}; the model has layers 0-{lm.n_layers - 1}", EXIT_INPUT)
-    return vec, at, a
-
-
-def _check_positions(positions: str) -> None:
-    """``--positions``, or an input error saying what is accepted."""
-    from traitlens.pipeline.steer.steering import check_positions
-
-    try:
-        check_positions(positions)
-    except ValueError as e:
-        _fail(f"--positions: {e}", EXIT_INPUT)
-
-
-def _label(vec: dict) -> str:
-    return f"{vec['trait']} {vec['method']} ({vec['vector_id']}, extracted at L{vec['layer']})"
-
-
-def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, alpha, norm, site, positions,
-                seqs: list[list[int]], chosen: dict | None = None) -> list:
-    """The pushes ``steer`` applies: one per ``--add TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]]``, else the
-    one ``--trait`` / ``--vector-id`` names (or ``chosen``: a bundle's vector). Each push's scale
-    is the mean token norm of its layer over every prompt of the run (one unit for the whole batch)."""
-    import torch
-
-    from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
-    from traitlens.pipeline.steer.steering import Push, mean_token_norm
-
-    wanted = [_parse_add(store, lm, spec, alpha, method) for spec in specs]
-    if not specs:
-        if not (trait or vector_id or chosen):
-            _fail("give --trait, --vector-id, --vector DIR or one --add per vector", EXIT_INPUT)
-        vec = chosen if chosen is not None else _pick_vector(store, trait, lm.key, layer, method, vector_id)
-        wanted.append((vec, vec["layer"] if layer is None else layer, alpha))
-    ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "right", torch.device("cpu"))
-    out = []
-    for vec, at, a in wanted:
-        if not 0 <= at < lm.n_layers:
-            _fail(f"layer {at} of {vec['trait']}: the model has layers 0-{lm.n_layers - 1}", EXIT_INPUT)
-        scale = mean_token_norm(lm, at, ids, mask, norm)
-        out.append(Push(vec["vector"], at, a, scale, site, positions, label=_label(vec)))
-    return out
-
-
-def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[int]], prompts: list[str]) -> list[bool]:
-    """Which prompts pass the condition vector ``name`` (a trait's pick or a vector id): their
-    projection, pooled as the vector's rows were, above the threshold (learned on held-out data
-    unless given). Prints the condition and each prompt's projection."""
-    from traitlens.pipeline.extract.conditions import condition_threshold
-    from traitlens.pipeline.steer.steering import condition_scores
-
-    vec = _named_vector(store, lm.key, name)
-    if threshold is None:
-        c = condition_threshold(store, vec)
-        threshold = c["threshold"]
-        how = (f"learned on {c['split']} ({c['n_pos']} positives, {c['n_neg']} negatives): best F1 {c['f1']:.3f}, "
-               f"precision {c['precision']:.3f}, recall {c['recall']:.3f}")
-    else:
-        how = "given"
-    try:
-        scores = condition_scores(lm, vec["vector"], vec["layer"], vec["pooling"], seqs)
-    except ValueError as e:
-        _fail(f"--condition {name}: {e}", EXIT_INPUT)
-    click.echo(f"condition: {vec['trait']} {vec['method']} L{vec['layer']} ({vec['vector_id']}, {vec['pooling']} "
-               f"pooling), threshold {threshold:.4f} ({how})")
-    for p, s in zip(prompts, scores):
-        click.echo(f"  {s:+.4f} {'>' if s > threshold else '<='} threshold: {'steer' if s > threshold else 'leave'} "
-                   f"{p[:70]!r}")
-    return [bool(s > threshold) for s in scores]
-
-
 @cli.command()
 @click.argument("prompt", required=False)
 @click.option("--trait", default=None, help="The vector's trait (its best-ranked vector) [or --add / --vector-id].")
@@ -283,54 +141,15 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
 def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, method, vector_id, site, positions, norm,
           condition, condition_threshold, ablate, all_layers, max_new_tokens, chat, vector_dir=None):
     """Generate with and without the vector(s) and print both."""
-    from traitlens.pipeline.model.generation import greedy_batch
-    from traitlens.pipeline.steer.steering import ablation, generate_batch
-    from traitlens.store import Store
+    from traitlens.workflows import api
 
-    _check_positions(positions)
-    prompts = [prompt] if prompt else []
-    if file_:
-        prompts += [l for l in Path(file_).read_text().splitlines() if l.strip()]
-    if not prompts:
-        _fail("give a PROMPT or --file", EXIT_INPUT)
-    chosen = None
-    if vector_dir:  # a bundle: its vector, checked, instead of the store's
-        if adds:
-            _fail("--vector DIR steers with the bundle's vector; leave out --add", EXIT_INPUT)
-        bundle, chosen = _bundle_vector(vector_dir, vector_id, layer, method)
-        model = model if model is not None else bundle.model_spec()
-    store = Store.open(ctx.obj["store"]) if chosen is None or condition else None
-    lm = _load(model)
-    if chosen is not None:
-        _check_bundle_model(chosen, lm)
-    seqs = [_prompt_ids(lm, p, chat) for p in prompts]
-    dec = lambda x: lm.tokenizer.decode(x, skip_special_tokens=True)  # noqa: E731
-    if ablate:
-        if adds or condition:
-            _fail("--ablate takes one vector (--trait or --vector-id), without --add or --condition", EXIT_INPUT)
-        vec = chosen if chosen is not None else _pick_vector(store, trait, lm.key, layer, method, vector_id)
-        where = None if all_layers else [vec["layer"] if layer is None else layer]
-        click.echo(f"vector {vec['vector_id']} ({vec['trait']}, {vec['method']}): ablated at {site} of "
-                   + ("every layer" if all_layers else f"layer {where[0]}"))
-    else:
-        items = _pushes_for(store, lm, list(adds), trait, layer, method, vector_id, alpha, norm, site, positions, seqs,
-                            chosen)
-        click.echo("applied " + "; ".join(p.describe() for p in items))
-    passes = [True] * len(seqs)
-    if condition:
-        passes = _condition(store, lm, condition, condition_threshold, seqs, prompts)
-    for b in range(0, len(seqs), batch_size):
-        chunk = seqs[b:b + batch_size]
-        plain = greedy_batch(lm, chunk, max_new_tokens)
-        if ablate:
-            with ablation(lm, vec["vector"], where, site):
-                steered = greedy_batch(lm, chunk, max_new_tokens)
-        else:
-            steered = generate_batch(lm, chunk, [p.only(passes[b:b + len(chunk)]) for p in items], max_new_tokens)
-        for k, (u, st) in enumerate(zip(plain, steered)):
-            head = f"\n=== {prompts[b + k]!r} ===" if len(prompts) > 1 else ""
-            click.echo(f"{head}\n--- unsteered ---\n{dec(u)}\n\n--- steered"
-                       + ("" if passes[b + k] else " (condition not met: unsteered)") + f" ---\n{dec(st)}")
+    res = api.steer(ctx.obj["store"], prompt, trait=trait, add=list(adds), alpha=alpha, file=file_,
+                    batch_size=batch_size, model=model, layer=layer, method=method, vector_id=vector_id, site=site,
+                    positions=positions, norm=norm, condition=condition, condition_threshold=condition_threshold,
+                    ablate=ablate, all_layers=all_layers, max_new_tokens=max_new_tokens, chat=chat, vector=vector_dir,
+                    log=lambda m: click.echo(m, err=True), say=click.echo)
+    for line in res.lines()[len(res.head):]:  # (the head was said as the run went)
+        click.echo(line)
 
 
 @cli.command()
@@ -413,167 +232,33 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_
     is also projected out; --kind refusal_rate prints refusals per 100 against KL, adding and
     ablating. With --add, the given pushes are measured together instead (each alone beside them,
     and the random floor)."""
-    from traitlens.pipeline.model.layers import parse_layers
-    from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.records import front_line, refusal_lines, summary_lines
-    from traitlens.pipeline.steer.search import around, evaluator_for, stored_methods, sweep
-    from traitlens.queries import StoreSQL
-    from traitlens.store import Store, file_stem
-    from traitlens.store.store import new_run_id
+    from traitlens.pipeline.steer.settings import SweepConfig
+    from traitlens.workflows import api
 
-    cells = None
-    if vector_dir:  # a bundle: its vectors (and prompts) join the store, and the sweep measures them
-        from traitlens.workflows.bundles import adopt, load
-
-        if adds or layers:
-            _fail("--vector DIR measures the bundle's vectors at their layers; leave out --add and --layers", EXIT_INPUT)
-        bundle = load(vector_dir)
-        if trait not in (None, bundle.trait):
-            _fail(f"--trait {trait}: the bundle {vector_dir} holds vectors of {bundle.trait!r}", EXIT_INPUT)
-        trait, model = bundle.trait, model if model is not None else bundle.model_spec()
-        cells = {(r["method"], int(r["layer"])): r for r in bundle.records}
-    elif not trait:
+    if not (trait or vector_dir):
         _fail("give --trait, or --vector DIR (a bundle)", EXIT_INPUT)
-    neutral = None
+    neutral = markers = None
     if prompts_file:
         neutral = [l.strip() for l in Path(prompts_file).read_text().splitlines() if l.strip()]
         if not neutral:
             _fail(f"--prompts {prompts_file}: no prompts (one a line)", EXIT_INPUT)
-    out_png = Path(_output(ctx, plot or f"evaluate-{file_stem(trait, 'trait')}.png", "--plot"))
-    if cells is not None:  # (once every option is checked)
-        adopt(ctx.obj["store"], bundle)
-    store = Store.open(ctx.obj["store"])
-    lm = _load(model)
-    with StoreSQL(store) as q:
-        stored = stored_methods(q, trait, lm.key)
-    method_list = stored if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    if cells is not None:
-        _check_bundle_model(next(iter(cells.values())), lm)
-        if ctx.get_parameter_source("methods") == click.core.ParameterSource.DEFAULT:
-            method_list = sorted({m for m, _ in cells})
-    unknown = [m for m in method_list if m not in stored]
-    if unknown or not method_list:
-        _fail(f"--methods {methods!r}: {trait!r} has no {', '.join(unknown) or 'methods'} vectors on {lm.key}; "
-              f"stored: {', '.join(stored) or 'none'}", EXIT_INPUT)
-    markers = None
     if refusal_markers:
-        if kind != "refusal_rate":
-            _fail("--refusal-markers is for --kind refusal_rate", EXIT_INPUT)
         markers = [l.strip().lower() for l in Path(refusal_markers).read_text().splitlines() if l.strip()]
         if not markers:
             _fail(f"--refusal-markers {refusal_markers}: no phrases (one a line)", EXIT_INPUT)
-    tasks = [t.strip() for t in (capability_tasks or "").split(",") if t.strip()]
-    if (capability_include or capability_limit or capability_budget is not None) and not tasks:
-        _fail("--capability-include, --capability-limit and --capability-budget go with --capability TASKS",
-              EXIT_INPUT)
-    judge = None
-    if judge_model:
-        from traitlens.pipeline.steer.judge import Judge
-
-        same = judge_model == (model or "default") or judge_model == lm.path  # rated outside any steering
-        judge = Judge(lm if same else _load(judge_model, option="--judge"), trait, description)
-    if adds and (tasks or ablate):
-        _fail(f"{'--capability' if tasks else '--ablate'} goes with a sweep, not with --add", EXIT_INPUT)
-    capability = None
-    if tasks:
-        from traitlens.pipeline.steer.capability import Capability
-
-        capability = Capability(lm, tasks, list(capability_include), capability_limit)
-        click.echo(f"capability: {capability.describe()}, unsteered and at every setting")
-    evaluator, what = evaluator_for(store, lm, trait, kind, n_texts, norm, neutral, max_new_tokens, judge, reply_tokens,
-                                    kl=kl_measure, markers=markers, capability=capability)
-    click.echo(what)
-    if adds:
-        if layers or methods != "mean_diff":
-            _fail("--add measures the given pushes; leave out --layers and --methods (they choose a sweep)", EXIT_INPUT)
-        return _evaluate_together(store, lm, trait, evaluator, list(adds), site, positions, not no_random, out_png)
-    layer_list = (sorted({l for _, l in cells}) if cells is not None else parse_layers(layers, lm.n_layers) if layers
-                  else around(_pick_vector(store, trait, lm.key, None, None, None)["layer"], lm.n_layers))
-    res = sweep(store, trait, evaluator, method_list, layer_list, alphas, kl_budget, trials,
-                random_floor=not (no_random or "random" in method_list), log=lambda m: click.echo(m, err=True),
-                ablate=ablate, capability_budget=capability_budget, vectors=cells)
-    run_id = new_run_id("evaluate")
-    stored, samples = res.save(store, run_id)
-    _print_sweep(res, kind, len(evaluator.texts), bool(judge), kl_measure)
-    if evaluator.rejected:
-        click.echo(f"judge: {len(evaluator.rejected)} answers rejected, e.g. {evaluator.rejected[0]}", err=True)
-    for line in refusal_lines(res.rows):
+    bundle_methods = vector_dir and ctx.get_parameter_source("methods") == click.core.ParameterSource.DEFAULT
+    cfg = SweepConfig(kind=kind, methods=None if bundle_methods else methods, layers=layers, alphas=alphas, n=n_texts,
+                      norm=norm, neutral=neutral, max_new_tokens=max_new_tokens, reply_tokens=reply_tokens,
+                      kl_budget=kl_budget, trials=trials, random_floor=not no_random, judge=judge_model,
+                      description=description, kl=kl_measure, markers=markers, ablate=ablate,
+                      capability=capability_tasks or [], capability_include=list(capability_include),
+                      capability_limit=capability_limit, capability_budget=capability_budget)
+    res = api.evaluate(ctx.obj["store"], trait, cfg, model=model, add=list(adds), site=site, positions=positions,
+                       plot=plot or True, vector=vector_dir, log=lambda m: click.echo(m, err=True), say=click.echo)
+    for line in res.lines()[len(res.head):]:  # (the head was said as the run went)
         click.echo(line)
-    click.echo("\n" + front_line(res.rows))
-    with StoreSQL(store) as q:
-        for line in summary_lines(q, trait, kind, res.rows, kl_budget, capability_budget):
-            click.echo(line)
-    click.echo(f"search: {res.search}")
-    steering_figure(res.rows, samples, trait, out_png, kl_budget, kind)
-    click.echo(f"plot: {out_png}")
-    n_cap = len(res.capability_records(run_id)) if capability else 0
-    click.echo(f"stored {len(stored)} rows in the steering table and {len(samples)} in steering_samples"
-               + (f", {n_cap} in capability ({capability.runs} lm-eval runs)" if capability else "")
-               + f" (run {run_id}); `traitlens rank --trait {trait} --by steering`")
-
-
-def _evaluate_together(store, lm, trait, evaluator, specs, site, positions, random_floor, out_png) -> None:
-    """``evaluate --add ...``: the pushes measured together, alone and as random directions;
-    printed, plotted and stored in ``steering_together``."""
-    from traitlens.pipeline.steer.plots import together_figure
-    from traitlens.pipeline.steer.together import additivity_line, floor_line, measure_together, together_records
-    from traitlens.store.store import new_run_id
-
-    _check_positions(positions)
-    wanted = [_parse_add(store, lm, spec, 0.25, None) for spec in specs]
-    items = [evaluator.push(vec["vector"], at, a, site, positions, _label(vec)) for vec, at, a in wanted]
-    click.echo("measuring together: " + "; ".join(p.describe() for p in items))
-    rows = measure_together(evaluator, items, random_floor, log=lambda m: click.echo(m, err=True))
-    short = [f"{v['trait']} L{at} {a:+g}" for v, at, a in wanted]
-    names = ([" + ".join(short)] + (short if len(short) > 1 else [])  # the parts in measure_together's order
-             + ([" + ".join(f"random L{at} {a:+g}" for _, at, a in wanted)] if random_floor else []))
-    width = max(len(n) for n in names)
-    click.echo(f"{'part':<9} {'pushes':<{width}} {'shift':>7} {'95% CI':>17} {'wrong way':>9} {'KL nats':>8} "
-               f"{'ppl':>6} {'dist-2':>6}   ({evaluator.kind}, n={len(evaluator.texts)}; KL: {evaluator.kl})")
-    num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-    for r, what in zip(rows, names):
-        click.echo(f"{r['part']:<9} {what:<{width}} {r['shift']:>+7.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
-                   f"{r['wrong_way']:>9.0%} {r['kl']:>8.4f} {num(r.get('perplexity'), '.1f'):>6} "
-                   f"{num(r.get('distinct2'), '.2f'):>6}")
-    if rows[0].get("perplexity_unsteered") is not None:
-        click.echo(f"unsteered replies: perplexity {rows[0]['perplexity_unsteered']:.1f}, distinct-2 "
-                   f"{rows[0]['distinct2_unsteered']:.2f}")
-    for line in (additivity_line(rows), floor_line(rows)):
-        if line:
-            click.echo(line)
-    run_id = new_run_id("evaluate")
-    records = together_records(trait, rows, items, [v for v, _, _ in wanted], run_id)
-    with store.lock("evaluate --add"):
-        store.append("steering_together", records)
-    together_figure(rows, trait, out_png, evaluator.kind, [f"{r['part']}: {n}" for r, n in zip(rows, names)])
-    click.echo(f"plot: {out_png}")
-    click.echo(f"stored {len(records)} rows in steering_together (combination {records[0]['combination_id']}, "
-               f"run {run_id})")
-
-
-def _print_sweep(res, kind: str, n: int, judged: bool, kl_measure: str = "all-positions") -> None:
-    """One line per measured setting, the trait's rows then the floor's (ablations last); the
-    worst capability fall where lm-eval tasks were run."""
-    capable = any(r.get("capability_fall") is not None for r in res.rows)
-    click.echo(f"{'method':<10} {'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7} "
-               f"{'95% CI':>17} {'wrong way':>9} {'KL nats':>8} {'ppl':>7} {'dist-2':>6}"
-               + (f" {'judge':>6}" if judged else "") + (f" {'cap.fall':>8}" if capable else "")
-               + f"   ({kind}, n={n}; KL: {kl_measure})")
-    num = lambda x, w, f: f"{'-':>{w}}" if x is None else f"{x:>{w}{f}}"  # noqa: E731
-    for r in sorted(res.rows, key=lambda r: (r.get("operation") == "ablate", r["method"] == "random", r["method"],
-                                             r["layer"], r["alpha"] if r["alpha"] is not None else 0.0)):
-        ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-        alpha = f"{'ablate':>6}" if r.get("operation") == "ablate" else f"{r['alpha']:>6.2f}"
-        click.echo(f"{r['method']:<10} {r['layer']:>5} {alpha} {r['unsteered']:>10.3f} {r['plus']:>8.3f} "
-                   f"{num(r['minus'], 8, '.3f')} {r['shift']:>7.3f} {ci:>17} {r['wrong_way']:>9.0%} {r['kl']:>8.4f} "
-                   f"{num(r.get('perplexity'), 7, '.1f')} {num(r.get('distinct2'), 6, '.2f')}"
-                   + (f" {num(r.get('judge'), 6, '.1f')}" if judged else "")
-                   + (f" {num(r.get('capability_fall'), 8, '.3f')}" if capable else ""))
-    if res.rows and res.rows[0].get("perplexity_unsteered") is not None:
-        u = res.rows[0]
-        click.echo(f"unsteered replies: perplexity {u['perplexity_unsteered']:.1f}, distinct-2 "
-                   f"{u['distinct2_unsteered']:.2f}" + (f", judge {u['judge_unsteered']:.1f}"
-                                                        if judged and u.get("judge_unsteered") is not None else ""))
+    for line in getattr(res, "notes", []):
+        click.echo(line, err=True)
 
 
 @cli.command("lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

@@ -8,10 +8,9 @@ from pathlib import Path
 import click
 
 from traitlens.store import strict_json
-from traitlens.store.vocabulary import (EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, LOOSE_KIND, METHOD_NAMES, NORMS,
-                                        OPERATIONS)
+from traitlens.store.vocabulary import EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, METHOD_NAMES, NORMS, OPERATIONS
 
-from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli, write_text_atomically
+from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli
 
 
 def _group_options(f):
@@ -50,40 +49,16 @@ def _group_options(f):
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
             memory, probe_c, penalty, scheduler, background, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
-    from traitlens.pipeline.extract.config import ExtractConfig, parse_size
-    from traitlens.pipeline.extract.jobs import extract as run_extract
+    from traitlens.pipeline.extract.config import ExtractConfig
+    from traitlens.workflows import api
 
-    cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=parse_size(memory),
+    cfg = ExtractConfig(methods=methods, layers=layers, model=model, fmt=fmt, site=site, pooling=pooling, where=where,
+                        train_split=train_split, held_split=held_split, n_boot=n_boot, seed=seed, memory_budget=memory,
                         params={"probe": {"C": probe_c, "penalty": penalty}})
-    bg = None
-    if background:
-        from traitlens.pipeline.capture.plan import read_corpus
-
-        bg = ({r.prompt_id for r in read_corpus(list(background))[0]}, ", ".join(background))
-    res = run_extract(ctx.obj["store"], trait, methods, layers, model, fmt, site, pooling, train_split, held_split,
-                      where=where, cfg=cfg, scheduler=scheduler, progress=not quiet, background=bg)
-    from traitlens.queries.selection import best_per_method
-
-    best = best_per_method(res.records)  # the rule `rank` uses: AUROC, then Cohen's d, then stability
-    if not quiet:
-        spec = bg is not None
-        click.echo(f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}"
-                   + (f" {'spec.P10':>8} {'spec.AUROC':>10}" if spec else "")
-                   + f"  (held-out: {res.records[0]['held_split']})")
-        for m in (m for m in res.methods if m in best):  # (a method with no usable vector has no line)
-            r = best[m]
-            click.echo(f"{m:<10} {r['layer']:>10} {r['auroc']:>7.3f} {r['balanced_accuracy']:>7.3f} "
-                       f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}"
-                       + (f" {r['spec_precision']:>8.3f} {r['spec_auroc']:>10.3f}" if spec else ""))
-        if spec:
-            r0 = res.records[0]
-            click.echo(f"spec.P10: share of held-out positives in the top decile of them, the held-out negatives and "
-                       f"{r0['n_background']} held-out background prompts (base rate {r0['spec_base']:.3f}); "
-                       f"spec.AUROC: positives against the background; token count alone: "
-                       f"{r0['spec_floor_length']:.3f}")
-    click.echo(f"extract done: {len(res.records)} vectors ({res.n_new} new, {res.n_existing} already stored) for "
-               f"{trait!r} on {res.key.path}, {len(res.layers)} layers x {len(res.methods)} methods in "
-               f"{res.seconds:.1f} s; run {res.run_id}")
+    res = api.extract(ctx.obj["store"], trait, cfg, background=list(background), scheduler=scheduler,
+                      progress=not quiet)
+    for line in ([] if quiet else res.best_lines()) + [res.done_line()]:
+        click.echo(line)
 
 
 def _vector_rows(store, trait=None, method=None):
@@ -286,8 +261,13 @@ def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alph
               "directions", EXIT_INPUT)
     if len(traits) != 1:
         _fail(f"--format {fmt_} exports one trait's vectors: give one --trait", EXIT_INPUT)
-    _export_directions(ctx, traits[0], method, layers or "all", model, fmt_, alpha, norm, scale, model_hint, device,
-                       output, bundle_rows)
+    from traitlens.workflows import api
+
+    res = api.export(ctx.obj["store"], traits[0], fmt_, method=method, layers=layers or "all", model=model, alpha=alpha,
+                     norm=norm, scale=scale, model_hint=model_hint, device=device, output=output, bundle=bundle_rows,
+                     log=lambda m: click.echo(m, err=True))
+    for line in res.lines():
+        click.echo(line)
 
 
 def _bundle_export(ctx, path, traits, vector_ids, method, layers, model, fmt_):
@@ -319,116 +299,10 @@ def _bundle_export(ctx, path, traits, vector_ids, method, layers, model, fmt_):
     return (rows, picks), (b.trait,), (), method, model
 
 
-def _loadable_model(spec: str | None, model_key: str) -> str | None:
-    """Why ``spec`` cannot give ``model_key``'s norms without a download or a wasted load, or None
-    when it may (the default model or a checkpoint on this machine whose name the key carries)."""
-    from traitlens.pipeline.model.identity import DEFAULT_MODEL, checkpoint_folder, default_model_status, is_default
-    from traitlens.store.layout import safe_name
-
-    if is_default(spec):
-        name, ready = DEFAULT_MODEL, default_model_status()["ready"]
-    else:
-        folder = checkpoint_folder(spec)
-        name, ready = (folder.resolve().name if Path(spec).expanduser().exists() else spec.rstrip("/").split("/")[-1],
-                       folder is not None)
-    if not model_key.startswith(safe_name(name, "model name") + "-"):
-        return (f"the vectors are of model {model_key} and --model {spec or 'default'} is {name}: pass --model with "
-                "that checkpoint (a folder or a cached Hugging Face id) to measure its layers' norms")
-    if not ready:
-        return f"--model {spec or 'default'} is not on this machine"
-    return None
-
-
-def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, scale, model_hint, device, output,
-                       bundle_rows=None):
-    """safetensors / gguf / easysteer: one trait's directions, one per layer, with the vector card
-    (``bundle_rows``: (a bundle's rows, their steering picks) instead of the store's)."""
-    from traitlens.pipeline.extract.export import (LAYER0_NOTE, gguf_records, latest_per_layer, llama_cpp_lines,
-                                                   to_gguf, to_safetensors, vector_card)
-    from traitlens.pipeline.model.layers import parse_layers
-    from traitlens.store import Store
-
-    rows = (_vector_rows(Store.open(ctx.obj["store"]), trait, method) if bundle_rows is None else
-            [r for r in bundle_rows[0] if r["method"] == method])
-    if not rows:
-        _fail(f"no {method} vectors for trait {trait!r}; run `traitlens extract --trait {trait}`", EXIT_INPUT)
-    lm = None
-    if model and any(r["model_key"].startswith(model) for r in rows):  # a stored key or its prefix
-        rows = [r for r in rows if r["model_key"].startswith(model)]
-    elif model:  # a checkpoint: its key chooses the vectors
-        lm = _load_for_export(model, device)
-        rows = [r for r in rows if r["model_key"] == lm.key]
-        if not rows:
-            _fail(f"no {method} vectors for trait {trait!r} of {lm.key} (what --model {model} loads)", EXIT_INPUT)
-    groups = sorted({(r["model_key"], r["fmt"], r["site"], r["pooling"]) for r in rows})
-    if len(groups) > 1:
-        _fail(f"vectors of several groups match: {groups}; pass --model", EXIT_INPUT)
-    if layers != "all":
-        keep = set(parse_layers(layers, max(r["layer"] for r in rows) + 1))
-        rows = [r for r in rows if r["layer"] in keep]
-    rows = latest_per_layer(rows)
-    notes = {}
-    if fmt_ != "safetensors":
-        rows, dropped = gguf_records(rows, easysteer=fmt_ == "easysteer")  # an InputError for layer 0 alone
-        if dropped:
-            notes["layer 0"] = LAYER0_NOTE
-    from traitlens.store import file_stem
-
-    out = Path(_output(ctx, output or f"{file_stem(trait, 'trait')}-{file_stem(method, 'method')}."
-                       f"{'safetensors' if fmt_ == 'safetensors' else 'gguf'}", "-o"))
-    norms, hint = None, model_hint
-    why = None if lm is not None else _loadable_model(model, rows[0]["model_key"])
-    if why is None:
-        from traitlens.pipeline.steer.weight_export import layer_norms, norm_source
-
-        lm = lm or _load_for_export(model, device)
-        if lm.key != rows[0]["model_key"]:
-            why = f"the vectors are of model {rows[0]['model_key']}; --model {model or 'default'} loads {lm.key}"
-        else:
-            norms = layer_norms(lm, [r["layer"] for r in rows], norm)
-            notes["norm"] = norm_source(norm)
-            hint = hint or lm.model.config.model_type
-    if why is not None:
-        notes["norm"] = f"not measured: {why}"
-    if hint is None:
-        hint = "llama"
-        if fmt_ != "safetensors":
-            notes["model_hint"] = "llama: the model's config was not read (pass --model, or --model-hint)"
-    picks = (_steering_picks(ctx.obj["store"], trait, {r["vector_id"] for r in rows}) if bundle_rows is None
-             else bundle_rows[1])
-    card = vector_card(rows, scale, picks, norms, alpha if norms is not None else None, notes)
-    if fmt_ == "safetensors":
-        to_safetensors(rows, out, scale, card)
-    else:
-        to_gguf(rows, out, hint, scale, card, easysteer=fmt_ == "easysteer")
-    from traitlens.store.layout import format_layer_list
-
-    evaluated = sum("steering" in v for v in card["layers"].values())
-    click.echo(f"wrote {out} ({len(rows)} layers: {format_layer_list([r['layer'] for r in rows])}; {method}, scale "
-               f"{scale}); card: model {card['model_key']}, {card['site']}/{card['pooling']}, held-out metrics"
-               + (f", steering picks of {evaluated} layers" if evaluated else "")
-               + (f"; controlvector.model_hint {hint}" if fmt_ != "safetensors" else ""))
-    if "layer 0" in notes:
-        click.echo(f"note: {LAYER0_NOTE}")
-    if norms is None:
-        click.echo(f"per-layer norms {notes['norm']}")
-    elif alpha is None:
-        click.echo("per-layer mean token norms are in the card; pass --alpha A for the llama.cpp strength of a "
-                   "traitlens alpha (alpha x norm / scale)")
-    elif fmt_ != "safetensors":
-        click.echo(f"llama.cpp, alpha {alpha:g} (strength = alpha x the layer's mean token norm / scale {scale:g}); one "
-                   "layer at a time, as traitlens steers:")
-        for line, (layer, entry) in zip(llama_cpp_lines(out, card), card["layers"].items()):
-            click.echo(f"  L{layer} (norm {entry['norm']:.4g}): {line}")
-    else:
-        click.echo(f"steering-vectors multiplier for alpha {alpha:g} (alpha x norm / scale), per layer: "
-                   + ", ".join(f"L{l} {e['llama_cpp_strength']:.4g}" for l, e in card["layers"].items()))
-
-
 def _load_for_export(model, device):
-    from traitlens.pipeline.model.loading import load_model
+    from traitlens.workflows.api import load_for_export
 
-    return load_model(model, device=device, dtype="float32", log=lambda m: click.echo(m, err=True))
+    return load_for_export(model, device, log=lambda m: click.echo(m, err=True))
 
 
 def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm,
@@ -556,21 +430,6 @@ def import_(ctx, source, trait, model, fmt, site, pooling, name, layers, file_fo
                "with the store's own")
 
 
-def _steering_picks(store_path, trait: str, vector_ids: set[str]) -> dict[str, dict]:
-    """``{vector_id: its steering pick}`` (largest shift within the KL budget) for evaluated vectors."""
-    from traitlens.pipeline.steer.rule import pick
-    from traitlens.queries import StoreSQL
-
-    with StoreSQL(store_path) as q:
-        rows = q.query("SELECT * FROM steering WHERE trait = ? AND kind <> ?", [trait, LOOSE_KIND]).to_pylist()
-    out = {}
-    for vid in vector_ids:
-        p = pick([r for r in rows if r["vector_id"] == vid])
-        if p is not None:
-            out[vid] = p
-    return out
-
-
 @cli.command()
 @click.option("--trait", required=True)
 @click.option("--vector-id", default=None, help="Audit against this vector [default: the one `rank` lists first].")
@@ -625,145 +484,16 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, ba
     """Score prompts on a trait vector: all of the vector's group, those of CORPUS files (captured
     first where the store lacks them, with the vector's model, site, pooling and layers), or
     --where; each (prompt, vector) is scored once, into the `scores` table."""
-    from traitlens.pipeline.extract.scoring import score as run_score
-    from traitlens.store import Store
+    from traitlens.pipeline.extract.config import ScoreConfig
+    from traitlens.workflows import api
 
-    ids, pairs = None, None
-    if output:
-        _output(ctx, output, "-o")
-    if vector_dir:  # a bundle: its vector, checked, joins the store and scores like a stored one
-        from traitlens.workflows.bundles import adopt, load
-
-        b = load(vector_dir)
-        if trait not in (None, b.trait):
-            _fail(f"--trait {trait}: the bundle {vector_dir} holds vectors of {b.trait!r}", EXIT_INPUT)
-        chosen = b.choose(vector_id)[0]
-        adopt(ctx.obj["store"], b, [chosen])
-        trait, vector_id, model = b.trait, chosen["vector_id"], model if model is not None else b.model_spec()
-    elif not trait:
-        raise click.UsageError("give --trait, or --vector DIR (a bundle)")
-    if generate and not corpus:
-        raise click.UsageError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
-    if corpus:
-        records, ids, vec = _captured(ctx, trait, vector_id, corpus, model, "CORPUS")
-        if generate:
-            from traitlens.workflows.screening import own_replies
-
-            rep = own_replies(ctx.obj["store"], vec, records, generate, model)
-            pairs = rep.pairs
-            ids |= set(pairs.values())
-            click.echo(f"replies: {rep.n_generated} generated ({rep.n_empty} empty), {len(pairs)} pairs in all"
-                       + (f"; {rep.n_without_reply} records end without an assistant reply" if rep.n_without_reply
-                          else ""))
-    bg_ids = None
-    if background:
-        _, bg_ids, _ = _captured(ctx, trait, vector_id, background, model, "background")
-        if ids is not None:
-            ids |= bg_ids
-    res = run_score(ctx.obj["store"], trait, vector_id, ids, where)
-    v = res.vector
-    bg_sorted = None
-    if bg_ids is not None:
-        import numpy as np
-
-        from traitlens.pipeline.extract.scoring import background_scores
-
-        bg_sorted = background_scores(Store.open(ctx.obj["store"]), v["vector_id"], bg_ids)
-        if len(bg_sorted) == 0:
-            _fail("--background: none of its prompts is scored on this vector (the --where condition left them "
-                  "out?)", EXIT_INPUT)
-        q99 = float(np.quantile(bg_sorted, 0.99))
-        click.echo(f"background: {len(bg_sorted)} prompts; their 99th percentile is score {q99:.4g} (bg.pct 0.99): "
-                   "a prompt above it scores higher than 99% of ordinary prompts")
-    click.echo(f"score: {res.n_scored} prompts scored, {res.n_already} already scored, on {v['method']} L{v['layer']} "
-               f"({v['vector_id']}) of {trait!r}" + (f"; run {res.run_id}" if res.run_id else ""))
-    if res.n_missing:
-        click.echo(f"note: {res.n_missing} prompts asked for are not captured for {v['model_key']}; run "
-                   f"`traitlens ingest` on them with that model first", err=True)
-    if pairs is not None:
-        _print_projection_diffs(ctx, v, pairs, generate, top, output)
-    elif top:
-        _print_top_scores(ctx, v, top, output, bg_sorted)
-
-
-def _captured(ctx, trait: str, vector_id, paths, model, what: str):
-    """(records, their prompt ids, the vector) of corpus ``paths``, captured first into the
-    vector's group where the store lacks them."""
-    from traitlens.pipeline.capture.plan import read_corpus
-    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
-    from traitlens.store import Store
-    from traitlens.store.layout import format_layer_list
-    from traitlens.workflows.screening import capture_missing
-
-    store = Store.open(ctx.obj["store"])
-    records, _ = read_corpus(list(paths), store=store)  # splits as the capture below gives them
-    ids = {r.prompt_id for r in records}
-    vec = chosen_vector(store, trait, vector_id)
-    cap = capture_missing(ctx.obj["store"], vec, list(paths), ids, model)
-    if cap is not None:
-        store = Store.open(ctx.obj["store"])
-        click.echo(f"captured {cap.n_captured} {what} prompts the store lacked ({vector_group(vec).path}, layers "
-                   f"{format_layer_list(store.layers(vector_group(vec)))}) before scoring")
-    return records, ids, vec
-
-
-def _print_top_scores(ctx, v: dict, top: int, output, background=None) -> None:
-    """The ``top`` highest scores; with ``background`` (sorted background scores) each one's
-    percentile among them too (``bg.pct``, also in the ``-o`` file as ``background_percentile``)."""
-    from traitlens.queries import StoreSQL
-
-    with StoreSQL(ctx.obj["store"]) as q:
-        best = q.query("SELECT prompt_id, score, calibrated, percentile, text, prompt_trait AS trait, label "
-                       "FROM scored WHERE vector_id = ? ORDER BY score DESC LIMIT ?", [v["vector_id"], top]).to_pylist()
-    if background is not None and best:
-        from traitlens.pipeline.extract.scoring import background_percentile
-
-        for r, pct in zip(best, background_percentile(background, [r["score"] for r in best])):
-            r["background_percentile"] = float(pct)
-    bg = background is not None
-    if best:
-        click.echo(f"{'calib.':>7} {'pctile':>6}" + (f" {'bg.pct':>6}" if bg else "") + "  text (highest scores; "
-                   "calibrated: 0 = held-out negatives' mean, 1 = positives'"
-                   + ("; bg.pct: percentile among the background" if bg else "") + ")")
-    for r in best:
-        text = " ".join(str(r["text"] or "").split())
-        click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}"
-                   + (f" {r['background_percentile']:>6.3f}" if bg else "") + f"  {text[:90]}")
-    if output:
-        write_text_atomically(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in best))
-        click.echo(f"wrote {output} ({len(best)} prompts)")
-
-
-def _print_projection_diffs(ctx, v: dict, pairs: dict, generate: int, top: int, output) -> None:
-    """The projection differences of these pairs: their mean with a 95% interval, and the
-    records whose given reply sits farthest above the model's own."""
-    import numpy as np
-    import pyarrow as pa
-
-    from traitlens.queries import StoreSQL
-
-    with StoreSQL(ctx.obj["store"]) as q:
-        q.con.register("__asked", pa.table({"prompt_id": list(pairs)}))
-        rows = q.query("SELECT d.prompt_id, d.diff, d.calibrated_diff, d.dataset_score, d.reply_score, d.reply, "
-                       "p.messages FROM projection_diffs d JOIN __asked USING (prompt_id) "
-                       "LEFT JOIN (SELECT prompt_id, any_value(messages) AS messages FROM prompts "
-                       "WHERE prompt_id IN (SELECT prompt_id FROM __asked) GROUP BY prompt_id) p "
-                       "USING (prompt_id) WHERE d.vector_id = ? AND d.model_key = ? AND d.generate = ? "
-                       "ORDER BY d.diff DESC", [v["vector_id"], v["model_key"], generate]).to_pylist()
-    if not rows:
-        click.echo("projection difference: no pair is scored")
-        return
-    diff = np.asarray([r["calibrated_diff"] for r in rows])
-    half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-    click.echo(f"projection difference (dataset reply minus the model's own, calibrated units) over {len(rows)} "
-               f"pairs: mean {diff.mean():+.3f} (95% CI {diff.mean() - half:+.3f} to {diff.mean() + half:+.3f}), "
-               f"{np.mean(diff > 0):.0%} above the model's own")
-    best = rows[:top]
-    if best:
-        click.echo(f"{'diff':>7}  dataset reply | the model's own (largest differences first)")
-    for r in best:
-        given = json.loads(r["messages"])[-1]["content"] if r["messages"] else ""
-        click.echo(f"{r['calibrated_diff']:>+7.2f}  {' '.join(given.split())[:60]} | {' '.join(str(r['reply']).split())[:40]}")
-    if output:
-        write_text_atomically(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in best))
-        click.echo(f"wrote {output} ({len(best)} records)")
+    cfg = ScoreConfig(vector_id=vector_id, where=where, top=top, model=model, generate=generate)
+    res = api.score(ctx.obj["store"], trait, list(corpus), cfg, output=output, background=list(background),
+                    vector=vector_dir)
+    lines = res.lines()
+    for line in lines[:len(res.before) + 1]:  # what was captured or generated first, and the score line
+        click.echo(line)
+    for line in res.notes:
+        click.echo(line, err=True)
+    for line in lines[len(res.before) + 1:]:
+        click.echo(line)

@@ -95,14 +95,15 @@ def _steering_sweep(lm, store: Store, folder: Path) -> list[str]:
     from traitlens.pipeline.steer.plots import steering_figure
     from traitlens.pipeline.steer.records import describe, front_line, pick_line
     from traitlens.pipeline.steer.search import evaluator_for, sweep
+    from traitlens.pipeline.steer.settings import SweepConfig
     from traitlens.queries.budget import KL_BUDGET
     from traitlens.store.store import new_run_id
 
-    ev, what = evaluator_for(store, lm, "sentiment", "expression", neutral=list(NEUTRAL_PROMPTS[:12]),
-                             max_new_tokens=16)
-    layers, alphas = [14, 16], [0.1, 0.2, 0.35]
-    print(f"\nsteering sweep (sentiment, mean_diff, layers {layers}, alphas {alphas}): {what}")
-    res = sweep(store, "sentiment", ev, ["mean_diff"], layers, alphas, KL_BUDGET)
+    cfg = SweepConfig(kind="expression", methods=["mean_diff"], layers=[14, 16], alphas=[0.1, 0.2, 0.35],
+                      neutral=list(NEUTRAL_PROMPTS[:12]), max_new_tokens=16, kl_budget=KL_BUDGET)
+    ev, what = evaluator_for(store, lm, "sentiment", cfg)
+    print(f"\nsteering sweep (sentiment, mean_diff, layers {cfg.layers}, alphas {cfg.alphas}): {what}")
+    res = sweep(store, "sentiment", ev, cfg)
     _, samples = res.save(store, new_run_id("demo-evaluate"))
     png = steering_figure(res.rows, samples, "sentiment", folder / "sentiment-steering.png", KL_BUDGET, "expression")
     lines = ["## Steering sweep (sentiment, expression measure)", "", what + ".", ""]

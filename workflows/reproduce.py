@@ -165,7 +165,7 @@ def capture(bundle: Bundle, store_path, model: str | None, device: str | None, n
     import pyarrow.compute as pc
 
     from traitlens.pipeline.capture.ingest import ingest
-    from traitlens.pipeline.capture.settings import IngestConfig
+    from traitlens.pipeline.capture.settings import CaptureConfig
     from traitlens.pipeline.model.loading import load_model
 
     rec = bundle.reproduce
@@ -212,11 +212,11 @@ def capture(bundle: Bundle, store_path, model: str | None, device: str | None, n
     layers = rec["vectors"] and sorted({v["layer"] for v in rec["vectors"]})
     if store is not None and store.layers(key):
         layers = store.layers(key)  # a group's layers are fixed once it holds rows
-    cfg = IngestConfig(model=spec, sites=[key.site], poolings=[key.pooling], layers=format_layer_list(layers),
-                       chat=settings.get("chat"), generate=settings.get("generate") or 0,
-                       batch_size=settings.get("batch_size") or 32, max_tokens=settings.get("max_tokens") or 16384,
-                       padding_side=settings.get("padding_side") or "right", max_length=settings.get("max_length"),
-                       device=dev, dtype=dtype)
+    cfg = CaptureConfig(model=spec, sites=[key.site], poolings=[key.pooling], layers=format_layer_list(layers),
+                        chat=settings.get("chat"), generate=settings.get("generate") or 0,
+                        batch_size=settings.get("batch_size") or 32, max_tokens=settings.get("max_tokens") or 16384,
+                        padding_side=settings.get("padding_side") or "right", max_length=settings.get("max_length"),
+                        device=dev, dtype=dtype)
     log(f"capturing {len(missing)} prompts with {lm.key} on {lm.device} ({dtype}), layers {format_layer_list(layers)}")
     with tempfile.TemporaryDirectory(prefix="traitlens-reproduce-corpus-") as tmp:
         corpus = _corpus_file(bundle, missing, Path(tmp))

@@ -105,11 +105,8 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
                     res.vouch.write(store)
             digests = [r.vouch.digest for r in results] if all(r.vouch for r in results) else None
         from traitlens.pipeline.extract.jobs import extract
-        ex = spec.extract
-        for trait in _traits(store, ex.get("traits", "all")):
-            r = extract(spec.store, trait, xcfg.methods, ex.get("layers", "all"), model=model_key,
-                        site=ex.get("site", "resid"), pooling=ex.get("pooling", "last"), cfg=xcfg,
-                        scheduler=client, progress=progress)
+        for trait in _traits(store, spec.extract.get("traits", "all")):
+            r = extract(spec.store, trait, model=model_key, cfg=xcfg, scheduler=client, progress=progress)
             summary.vectors_new += r.n_new
             summary.vectors_unchanged += r.n_existing
             summary.computed[trait] = r.computed_layers
@@ -143,35 +140,28 @@ def _load_model(spec: Spec, cfg, log):
 
 def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> None:
     """The ``[evaluate]`` section: each trait's steering sweep (``traitlens evaluate --steering``:
-    method x layer x alpha, random floor at the front and pick). Vectors already evaluated with
-    this measure are not measured again, so a refresh evaluates only what changed; the report
-    reads every stored row."""
-    from traitlens.pipeline.model.layers import parse_layers
-    from traitlens.pipeline.steer.search import around, evaluator_for, stored_methods, sweep
-    from traitlens.pipeline.steer.settings import REPLY_TOKENS
+    method x layer x alpha, random floor at the front and pick), with the section's
+    :class:`~traitlens.pipeline.steer.settings.SweepConfig`. Vectors already evaluated with this
+    measure are not measured again, so a refresh evaluates only what changed; methods the trait
+    has no vectors of are left out; the report reads every stored row."""
+    from dataclasses import replace
+
+    from traitlens.pipeline.steer.search import evaluator_for, stored_methods, sweep
     from traitlens.queries import StoreSQL
-    from traitlens.queries.budget import KL_BUDGET
     from traitlens.queries.selection import best_vector
 
-    ev = spec.evaluate
-    kind, alphas = ev.get("kind", "persona"), ev.get("alphas", [0.05, 0.1, 0.25, 0.5])
+    base = spec.sweep_config()
     for trait in summary.computed:
         with StoreSQL(store) as q:
             pick = best_vector(q, trait, model_key=lm.key)
             stored = stored_methods(q, trait, lm.key)
             done = {r["vector_id"] for r in q.query("SELECT DISTINCT vector_id FROM steering WHERE trait = ? AND kind = ?",
-                                                     [trait, kind]).to_pylist()}
+                                                     [trait, base.kind]).to_pylist()}
         if pick is None:
             continue
-        wanted = ev.get("methods", ["mean_diff"])
-        methods = stored if wanted == "all" else [m for m in ([wanted] if isinstance(wanted, str) else wanted)
-                                                           if m in stored]
-        layers = parse_layers(ev["layers"], lm.n_layers) if "layers" in ev else around(pick["layer"], lm.n_layers)
-        evaluator, what = evaluator_for(store, lm, trait, kind, ev.get("n", 40), ev.get("norm", "typical"),
-                                        max_new_tokens=ev.get("max_new_tokens", 32),
-                                        reply_tokens=ev.get("reply_tokens", REPLY_TOKENS))
-        res = sweep(store, trait, evaluator, methods, layers, alphas, ev.get("kl_budget", KL_BUDGET), ev.get("trials"),
-                    skip=done, log=log)
+        cfg = replace(base, methods=stored if base.methods == "all" else [m for m in base.methods if m in stored])
+        evaluator, what = evaluator_for(store, lm, trait, cfg)
+        res = sweep(store, trait, evaluator, cfg, skip=done, log=log)
         if res.rows:
             n_rows = len(res.save(store, summary.run_id, lock=False)[0])  # the run holds the store's lock
             summary.evaluated[trait] = n_rows

@@ -58,7 +58,7 @@ def capture_missing(store_path, vec: dict, corpus: list, ids: set[str], model: s
     (its layers and capture policy), so they can be scored; prompts already captured are never
     captured again. Returns the ingest's result, or None when nothing was missing."""
     from traitlens.pipeline.capture.ingest import ingest
-    from traitlens.pipeline.capture.settings import IngestConfig
+    from traitlens.pipeline.capture.settings import CaptureConfig
     from traitlens.pipeline.model.identity import is_default
 
     store = Store.open(store_path)
@@ -70,9 +70,9 @@ def capture_missing(store_path, vec: dict, corpus: list, ids: set[str], model: s
         check_model_for(vec, model)
     policy = capture_policy(store, key)
     # a group the store lacks yet (a vector from a bundle) is made with the vector's layer alone
-    cfg = IngestConfig(model=None if is_default(model) else model, sites=[key.site], poolings=[key.pooling],
-                       layers=format_layer_list(store.layers(key) or [vec["layer"]]), chat=key.fmt == "chat",
-                       max_length=policy.get("max_length"))
+    cfg = CaptureConfig(model=None if is_default(model) else model, sites=[key.site], poolings=[key.pooling],
+                        layers=format_layer_list(store.layers(key) or [vec["layer"]]), chat=key.fmt == "chat",
+                        max_length=policy.get("max_length"))
     res = ingest(store_path, corpus, cfg=cfg, lm=lm, progress=False, log=lambda *a: None)
     if res.model_key != vec["model_key"]:
         raise InputError(f"--model captured as {res.model_key}, not the vector's {vec['model_key']}: its rows went "

@@ -118,8 +118,8 @@ class Spec:
         return self
 
     def ingest_config(self):
-        """The capture settings as an :class:`~traitlens.pipeline.capture.ingest.IngestConfig` (validated)."""
-        from traitlens.pipeline.capture.settings import IngestConfig
+        """The capture settings as an :class:`~traitlens.pipeline.capture.settings.CaptureConfig` (validated)."""
+        from traitlens.pipeline.capture.settings import CaptureConfig
 
         c = dict(self.capture)
         c.setdefault("poolings", list(DEFAULT_POOLINGS))
@@ -129,19 +129,20 @@ class Spec:
             c["chat"] = None
         if isinstance(c.get("layers"), list):
             c["layers"] = ",".join(map(str, c["layers"]))
-        return IngestConfig(model=self.model, **c).validate()
+        return CaptureConfig(model=self.model, **c).validate()
 
     def extract_config(self):
         """The extraction settings as an :class:`~traitlens.pipeline.extract.config.ExtractConfig` (validated)."""
-        from traitlens.pipeline.extract.config import ExtractConfig, parse_size
+        from traitlens.pipeline.extract.config import ExtractConfig
 
-        ex = self.extract
-        cfg = ExtractConfig(n_boot=ex.get("n_boot", 8), seed=ex.get("seed", 0), params=ex.get("params", {}))
-        if "methods" in ex:
-            cfg.methods = ex["methods"]
-        if "memory" in ex:
-            cfg.memory_budget = parse_size(ex["memory"])
-        return cfg.validate()
+        ex = {("memory_budget" if k == "memory" else k): v for k, v in self.extract.items() if k != "traits"}
+        return ExtractConfig(**ex).validate()  # the model: the run passes the key of the one it loaded
+
+    def sweep_config(self):
+        """The steering sweep's settings as a :class:`~traitlens.pipeline.steer.settings.SweepConfig` (validated)."""
+        from traitlens.pipeline.steer.settings import SweepConfig
+
+        return SweepConfig(**{k: v for k, v in self.evaluate.items() if k != "steering"}).validate()
 
 
 def _type_name(t) -> str:
@@ -295,7 +296,6 @@ def _check_values(spec: Spec) -> None:
     from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, parse_label, parse_split
     from traitlens.pipeline.model.layers import SiteError, parse_layers
     from traitlens.pipeline.extract.methods import ExtractionError
-    from traitlens.store.finite import check_float
 
     path = spec.path
     try:
@@ -334,31 +334,14 @@ def _check_values(spec: Spec) -> None:
             raise SpecError(f"{path}: corpora[{i}]: {str(e).split(': ', 1)[-1]}") from None
         except InputError as e:  # a key given under its old and new name
             raise SpecError(f"{path}: corpora[{i}]: {e}") from None
-    ev = spec.evaluate
-    alphas = ev.get("alphas", [])
-    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
-        raise SpecError(f"{path}: evaluate.alphas must be a list of numbers, got {short_repr(alphas)}")
-    try:  # the rule of `evaluate --alphas` (NaN and infinities are refused for every key on loading)
-        for i, a in enumerate(alphas):
-            check_float(a, f"evaluate.alphas[{i}]", float32=True)
-    except InputError as e:
-        raise SpecError(f"{path}: {e}") from None
-    if ev.get("kl_budget", 0) < 0:
-        raise SpecError(f"{path}: evaluate.kl_budget must be 0 or more nats, got {ev['kl_budget']}")
-    if ev.get("reply_tokens", 0) < 0:
-        raise SpecError(f"{path}: evaluate.reply_tokens must be 0 (skip) or more, got {ev['reply_tokens']}")
-    if "layers" in ev:
-        try:
-            parse_layers(ev["layers"], 100_000)
-        except SiteError as e:
-            raise SpecError(f"{path}: evaluate.layers: {e}") from None
-    methods = ev.get("methods")
-    if isinstance(methods, list) and not all(isinstance(m, str) and m for m in methods):
-        raise SpecError(f"{path}: evaluate.methods must be \"all\" or a list of method names, got {short_repr(methods)}")
-    for section, key in (("evaluate", "n"), ("evaluate", "trials"), ("evaluate", "max_new_tokens"), ("report", "top")):
-        v = getattr(spec, section).get(key)
-        if v is not None and v < 1:
-            raise SpecError(f"{path}: {section}.{key} must be at least 1, got {v}")
+    try:
+        spec.sweep_config()
+    except ValueError as e:
+        msg = re.sub(r"--([a-z-]+)", lambda m: "evaluate." + m.group(1).replace("-", "_"), str(e))
+        raise SpecError(f"{path}: {msg}") from None
+    top = spec.report.get("top")
+    if top is not None and top < 1:
+        raise SpecError(f"{path}: report.top must be at least 1, got {top}")
     if "path" in spec.report:
         out = Path(spec.report["path"])
         try:

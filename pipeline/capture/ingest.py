@@ -39,7 +39,7 @@ from traitlens.pipeline.model.encode import encode, uses_chat
 from traitlens.pipeline.model.identity import known
 from traitlens.pipeline.model.layers import parse_layers
 from traitlens.pipeline.runtime.interrupts import interrupt_exit_code
-from traitlens.pipeline.capture.settings import IngestConfig
+from traitlens.pipeline.capture.settings import CaptureConfig, IngestConfig  # noqa: F401  (the old name, re-exported)
 
 if TYPE_CHECKING:
     from traitlens.pipeline.model.loading import LoadedModel
@@ -116,7 +116,7 @@ def _record_group_config(store: Store, groups: list[GroupKey], settings: dict) -
             grp.attrs["capture"] = _capture_policy(g, settings)
 
 
-def _check_lengths(records, lm: "LoadedModel", chat: bool, max_length: int, cfg: IngestConfig) -> None:
+def _check_lengths(records, lm: "LoadedModel", chat: bool, max_length: int, cfg: CaptureConfig) -> None:
     """With ``--on-long fail``: tokenise every prompt to capture now, so a too-long one stops the
     run before the store is touched (not half-way, after other batches were committed)."""
     assistant = "assistant_mean" in cfg.poolings
@@ -124,14 +124,14 @@ def _check_lengths(records, lm: "LoadedModel", chat: bool, max_length: int, cfg:
         encode(lm.tokenizer, r, chat, max_length, "fail", assistant)
 
 
-def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: IngestConfig | None = None,
+def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: CaptureConfig | None = None,
            lm: "LoadedModel | None" = None, progress: bool = True, log=print, client=None) -> IngestResult:
     """Capture every prompt of ``corpus_paths`` that the store lacks; returns what was done.
 
     ``client``: a ``dask.distributed.Client`` to shard the forward passes across its workers
     (each loads the model once). Where the groups allow, the workers write their own chunk-aligned
     ranges (``cfg.workers_write``; see :mod:`.distributed`); this process commits every range."""
-    cfg = (cfg or IngestConfig()).validate()
+    cfg = (cfg or CaptureConfig()).validate()
     read_opts = read_opts or ReadOptions()
     corpus_paths = resolve(corpus_paths)  # globs expanded, hub ids refused: what the digest and the scan read
     digest = receipts.corpus_digest(corpus_paths, read_opts)  # before reading: what the receipt vouches for
@@ -149,7 +149,7 @@ def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: 
         scan.close()
 
 
-def _settle_without_model(store_path, scan, digest, cfg: IngestConfig) -> IngestResult | None:
+def _settle_without_model(store_path, scan, digest, cfg: CaptureConfig) -> IngestResult | None:
     """The result of an ingest that has nothing to capture or write, from the model's cached
     identity alone (no torch); None when the model is needed: the store or identity is unknown,
     a site needs the module tree, or any record is new, relabelled or still to capture. The

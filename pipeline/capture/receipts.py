@@ -25,7 +25,7 @@ from traitlens.store.vocabulary import NAMED_SITES
 
 from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions
 from traitlens.pipeline.capture.readers.sources import resolve
-from traitlens.pipeline.capture.settings import IngestConfig
+from traitlens.pipeline.capture.settings import CaptureConfig
 from traitlens.pipeline.model.identity import cache_put, known, read_cache, traitlens_home
 from traitlens.pipeline.model.layers import parse_layers
 
@@ -55,7 +55,7 @@ class Plan:
     layers_by_site: dict[str, list[int]]
     max_length: int
 
-    def request(self, cfg: IngestConfig, digest: str) -> str:
+    def request(self, cfg: CaptureConfig, digest: str) -> str:
         """The receipt's key: the corpus digest and every resolved setting that decides what
         an ingest would write (not how fast: batch sizes, device and dtype are left out)."""
         what = {"digest": digest, "model_key": self.model_key, "fmt": self.fmt,
@@ -65,7 +65,7 @@ class Plan:
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def plan_from_identity(cfg: IngestConfig) -> Plan | None:
+def plan_from_identity(cfg: CaptureConfig) -> Plan | None:
     """The plan an ingest would make, from the model's cached identity (no load), or None when
     the identity is unknown or the settings need the model itself (a module-path site)."""
     if any(s not in NAMED_SITES for s in cfg.sites):
@@ -126,7 +126,7 @@ class Vouch:
     it against the store as it is at that moment (call it under the writer lock)."""
 
     plan: Plan
-    cfg: IngestConfig
+    cfg: CaptureConfig
     digest: str
     counts: dict  # records, distinct_prompts, duplicates, run_id
 
@@ -166,7 +166,7 @@ def workflow_current(store: Store, key: str) -> bool:
     return entry is not None and entry["state"] == workflow_state(store)
 
 
-def check(store_path, paths, opts: ReadOptions | None, cfg: IngestConfig) -> Receipt | None:
+def check(store_path, paths, opts: ReadOptions | None, cfg: CaptureConfig) -> Receipt | None:
     """A :class:`Receipt` when an ingest of ``paths`` with ``cfg`` would capture and change
     nothing in the store at ``store_path``; None when it has to run (or cannot tell)."""
     if not Store.exists(store_path):

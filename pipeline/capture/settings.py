@@ -1,5 +1,6 @@
-"""Capture settings (``IngestConfig``) and their checks, torch-free: the CLI and the workflow
-runner validate them, and may answer a rerun from its receipt, before torch is imported."""
+"""Capture settings (:class:`CaptureConfig`) and their checks, torch-free: the CLI, ``tl.ingest``
+and the workflow runner validate them, and may answer a rerun from its receipt, before torch
+is imported. ``IngestConfig`` is its old name, kept for user code."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from traitlens.pipeline.model.options import LoadOptions
 
 
 @dataclass
-class IngestConfig:
-    """Capture settings; the CLI's options map one to one."""
+class CaptureConfig:
+    """Capture settings: ``traitlens ingest``'s options, ``tl.ingest``'s keywords and a spec's
+    ``[capture]`` table map one to one."""
 
     model: str | None = None  # None: the default model
     sites: list[str] = field(default_factory=lambda: ["resid"])
@@ -37,7 +39,7 @@ class IngestConfig:
     workers_write: bool = True  # with a Dask cluster: workers write their own chunks (False: the driver writes)
     writer_thread: bool = True  # commit batch k on a thread while batch k+1 runs (False: in turn; same rows)
 
-    def validate(self) -> "IngestConfig":
+    def validate(self) -> "CaptureConfig":
         """Check every setting before anything is loaded or written; de-duplicates the site and
         pooling lists (a repeated pooling would commit every row twice). Raises
         :class:`InputError` (a ``ValueError``) naming the option and what it accepts."""
@@ -94,3 +96,6 @@ class IngestConfig:
         o = self.load_options()
         return {"device": o.device, "dtype": o.dtype, "device_map": o.device_map, "max_memory": o.max_memory,
                 "load_in": o.load_in}
+
+
+IngestConfig = CaptureConfig  # the old name: user code written against 0.2 imports it

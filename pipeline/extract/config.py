@@ -1,12 +1,13 @@
-"""Extraction settings (:class:`ExtractConfig`) and the parsing of what the CLI and the specs give
-for them: ``--methods``, ``--memory`` and each method's constructor params, refused with an
-:class:`~.methods.ExtractionError` naming the option before anything runs or is written."""
+"""Extraction settings (:class:`ExtractConfig`) and the parsing of what the CLI, ``tl.extract`` and
+the specs give for them: the group and layers to fit, ``--methods``, ``--memory`` and each
+method's constructor params, refused with an :class:`~.methods.ExtractionError` naming the
+option before anything runs or is written. :class:`ScoreConfig`: the settings of ``score``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from traitlens.store.vocabulary import METHOD_NAMES
+from traitlens.store.vocabulary import METHOD_NAMES, NAMED_SITES, PROMPT_POOLINGS
 
 from traitlens.pipeline.extract.methods import METHODS, ExtractionError, make_method
 from traitlens.pipeline.extract.resample import N_BOOT_MAX
@@ -14,15 +15,38 @@ from traitlens.pipeline.extract.resample import N_BOOT_MAX
 
 @dataclass
 class ExtractConfig:
+    """Extraction settings: ``traitlens extract``'s options, ``tl.extract``'s keywords and a spec's
+    ``[extract]`` table (``memory`` is ``memory_budget``, ``--C`` / ``--penalty`` the probe's params)."""
+
     methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES))
     params: dict[str, dict] = field(default_factory=dict)  # method -> constructor params
     n_boot: int = 8
     seed: int = 0
-    memory_budget: int = 1 << 30  # bytes, whole run
+    memory_budget: int | str = 1 << 30  # bytes (or a size like "2GB"), whole run
     chunk_rows: int | None = None  # streaming read size; default: 16 zarr chunks
+    # which stored rows are fitted: the group (model prefix, format, site, pooling), its layers,
+    # a SQL condition over the prompts, and the splits fitted on and held out
+    layers: str | int | list = "all"
+    model: str | None = None  # None: the one model the store holds
+    fmt: str | None = None  # None: the one format stored
+    site: str = NAMED_SITES[0]
+    pooling: str = PROMPT_POOLINGS[0]
+    where: str | None = None
+    train_split: str = "train"
+    held_split: str = "auto"  # val if the trait has it, else test
 
     def validate(self) -> "ExtractConfig":
         """Refuse settings that cannot run (raises ExtractionError naming the option)."""
+        if isinstance(self.memory_budget, str):
+            self.memory_budget = parse_size(self.memory_budget)
+        for name in ("site", "pooling", "train_split", "held_split"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v.strip():
+                raise ExtractionError(f"--{name.replace('_', '-')} {v!r}: give a name")
+        for name in ("model", "fmt", "where"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ExtractionError(f"--{name} {v!r}: must be a string")
         for name, lo in (("n_boot", 0), ("seed", 0), ("memory_budget", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -92,3 +116,29 @@ def parse_methods(spec: str | list[str]) -> list[str]:
     if bad:
         raise ExtractionError(f"unknown method(s) {bad}; use {', '.join(METHODS)} or all")
     return items
+
+
+@dataclass
+class ScoreConfig:
+    """Scoring settings: ``traitlens score``'s options, ``tl.score``'s keywords and a spec's
+    ``[score]`` table. The vector is ``vector_id``, else the trait's pick (the one ``rank`` lists
+    first); ``where`` narrows the prompts; ``generate`` > 0 scores each chat's given reply
+    against the model's own (needs corpus files)."""
+
+    vector_id: str | None = None
+    where: str | None = None
+    top: int = 10  # highest scores (or differences) kept in the result and printed
+    model: str | None = None  # the model to capture corpus prompts the store lacks
+    generate: int = 0  # tokens of the model's own reply per chat (the projection difference)
+
+    def validate(self) -> "ScoreConfig":
+        """Refuse settings that cannot run (an :class:`~.methods.ExtractionError` naming the option)."""
+        for name in ("top", "generate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ExtractionError(f"--{name} {v!r}: must be an integer of at least 0")
+        for name in ("vector_id", "where", "model"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise ExtractionError(f"--{name.replace('_', '-')} {v!r}: give a non-empty string")
+        return self

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from traitlens.store import GroupKey, Store
@@ -224,12 +224,15 @@ def resolve_group(store: Store, model: str | None = None, fmt: str | None = None
     return next(g for g in cands if (g.model_key, g.fmt) == keys[0])
 
 
-def extract(store_path, trait: str, methods=None, layers="all", model: str | None = None, fmt: str | None = None,
-            site: str = "resid", pooling: str = "last", train_split: str = "train", held_split: str = "auto",
-            prompt_ids: set[str] | None = None, where: str | None = None, cfg: ExtractConfig | None = None,
-            scheduler=None, progress: bool = False, skip_unchanged: bool = True,
+def extract(store_path, trait: str, methods=None, layers=None, model: str | None = None, fmt: str | None = None,
+            site: str | None = None, pooling: str | None = None, train_split: str | None = None,
+            held_split: str | None = None, prompt_ids: set[str] | None = None, where: str | None = None,
+            cfg: ExtractConfig | None = None, scheduler=None, progress: bool = False, skip_unchanged: bool = True,
             background: tuple[set[str], str] | None = None) -> ExtractResult:
     """Extract vectors for ``trait`` at every requested layer and store them with their metrics.
+
+    The settings are ``cfg``'s (:class:`~.config.ExtractConfig`); an argument given here
+    (``methods``, ``layers``, the group, the splits, ``where``) replaces the config's.
 
     ``where``: a SQL condition over the ``prompts`` columns that picks the contrastive rows
     (``"dataset = 'a' AND split <> 'test'"``); the rows it selects are fingerprinted into every
@@ -251,9 +254,11 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     from traitlens.pipeline.model.layers import SiteError, parse_layers
 
     t0 = time.perf_counter()
-    cfg = cfg or ExtractConfig()
-    cfg.methods = methods if methods is not None else cfg.methods
-    cfg.validate()
+    given = {"methods": methods, "layers": layers, "model": model, "fmt": fmt, "site": site, "pooling": pooling,
+             "train_split": train_split, "held_split": held_split, "where": where}
+    cfg = replace(cfg or ExtractConfig(), **{k: v for k, v in given.items() if v is not None}).validate()
+    layers, model, fmt, site, pooling, where = cfg.layers, cfg.model, cfg.fmt, cfg.site, cfg.pooling, cfg.where
+    train_split, held_split = cfg.train_split, cfg.held_split
     store = Store.open(store_path)
     key = resolve_group(store, model, fmt, site, pooling)
     stored = store.layers(key)

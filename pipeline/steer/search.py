@@ -1,9 +1,10 @@
 """Which (method, layer, alpha) settings a sweep measures, and measuring them.
 
 A sweep measures a trait's stored vectors over methods x layers x alphas with one
-:class:`.evaluate.Evaluator` (the unsteered measure computed once). Grids of at most
-:data:`~.settings.GRID_MAX` settings are measured whole (:func:`grid_search`); larger ones are
-searched with Optuna's multi-objective TPE sampler (shift up, KL down) for ``trials`` settings
+:class:`.evaluate.Evaluator` (the unsteered measure computed once); what it measures and how it
+picks is one :class:`~.settings.SweepConfig`, which the search reads. Grids of at most
+``grid_max`` settings are measured whole (:func:`grid_search`); larger ones are searched with
+Optuna's multi-objective TPE sampler (shift up, KL down) for ``trials`` settings
 (:func:`optuna_search`), the detection pick measured at every alpha first so the search always
 has it to compare against. The random direction is then measured at every setting on the
 Pareto front and at the pick: the floor. With ``ablate``, each cell's vector is also projected
@@ -18,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from traitlens.pipeline.steer.rule import detection_vs_steering, front, pick
-from traitlens.pipeline.steer.settings import GRID_MAX, REPLY_TOKENS, TRIALS
+from traitlens.pipeline.steer.settings import LAYERS_AROUND, SweepConfig
 from traitlens.queries import StoreSQL
-from traitlens.queries.budget import KL_BUDGET
 from traitlens.queries.selection import best_vector, chosen_vector
+from traitlens.store.errors import InputError
 
 
 @dataclass
@@ -29,13 +30,23 @@ class SweepResult:
     """What a sweep measured: every row (the random floor's too) and the vectors behind them."""
 
     trait: str
+    config: SweepConfig = field(default_factory=SweepConfig)  # what was asked (methods, layers, alphas, budgets, ...)
     rows: list[dict] = field(default_factory=list)  # Evaluator rows + method and vector_id
     vectors: dict[tuple[str, int], dict] = field(default_factory=dict)  # (method, layer) -> vectors row
     detection_pick: dict | None = None  # the vector the held-out ranking picks
     search: str = "grid"  # how the settings were chosen: grid | optuna (...)
-    kl_budget: float = KL_BUDGET
-    capability_budget: float | None = None  # the worst capability fall the pick may have (None: any)
     capability: object = None  # the evaluator's .capability.Capability, when lm-eval tasks were run
+    methods: list[str] = field(default_factory=list)  # the methods and layers swept (the config's, resolved)
+    layers: list[int] = field(default_factory=list)
+
+    @property
+    def kl_budget(self) -> float:
+        return self.config.kl_budget
+
+    @property
+    def capability_budget(self) -> float | None:
+        """The worst capability fall the pick may have (None: any)."""
+        return self.config.capability_budget
 
     @property
     def front(self) -> list[dict]:
@@ -112,28 +123,30 @@ class Measurements:
         return sum(1 for k in self.rows if k[0] != "random")
 
 
-def grid_search(cells: list[tuple[str, int]], alphas: list[float], measured: Measurements, bar) -> str:
-    """Measure every (cell, alpha); returns how the settings were chosen."""
+def grid_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measurements, bar) -> str:
+    """Measure every (cell, alpha of ``cfg.alphas``); returns how the settings were chosen."""
     for m, l in cells:
-        measured.at(m, l, alphas)
-        bar.update(len(alphas))
+        measured.at(m, l, cfg.alphas)
+        bar.update(len(cfg.alphas))
     return "grid"
 
 
-def optuna_search(cells: list[tuple[str, int]], alphas: list[float], measured: Measurements, trials: int,
-                  seed: int, first: dict | None, bar) -> str:
-    """Optuna's multi-objective TPE over (cell, alpha): maximise shift, minimise KL, for ``trials``
-    settings (at most the grid's). A setting asked again is answered from what was measured;
+def optuna_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measurements, first: dict | None,
+                  bar) -> str:
+    """Optuna's multi-objective TPE over (cell, alpha of ``cfg.alphas``): maximise shift, minimise
+    KL (and, with lm-eval tasks, the worst capability fall), for ``cfg.trials`` settings (at most
+    the grid's), seeded by ``cfg.seed``. A setting asked again is answered from what was measured;
     ``first`` (the detection pick's vectors row, when it is one of ``cells``) goes first, at
     every alpha. Returns how the settings were chosen."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    alphas, trials = cfg.alphas, cfg.trials
     methods = sorted({m for m, _ in cells})
     layers = sorted({l for _, l in cells})
     capable = getattr(measured.evaluator, "capability", None) is not None  # the worst fall: a third objective
     study = optuna.create_study(directions=["maximize", "minimize"] + (["minimize"] if capable else []),
-                                sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True))
     if first is not None and (first["method"], first["layer"]) in cells:
         for k in range(len(alphas)):
             study.enqueue_trial({"method": first["method"], "layer": layers.index(first["layer"]), "alpha": k})
@@ -161,9 +174,33 @@ def stored_methods(q: StoreSQL, trait: str, model_key: str) -> list[str]:
                                          "AND method <> 'random' ORDER BY 1", [trait, model_key]).to_pylist()]
 
 
-def around(layer: int, n_layers: int, width: int = 2) -> list[int]:
+def around(layer: int, n_layers: int, width: int = LAYERS_AROUND) -> list[int]:
     """The default layers of a sweep: ``layer`` and ``width`` on each side, inside the model."""
     return [l for l in range(layer - width, layer + width + 1) if 0 <= l < n_layers]
+
+
+def sweep_methods(q: StoreSQL, trait: str, model_key: str, cfg: SweepConfig) -> list[str]:
+    """The methods ``cfg`` asks for: ``all`` is every stored one but random; a method without
+    stored vectors of ``trait`` on ``model_key`` is an :class:`InputError` listing what is stored."""
+    stored = stored_methods(q, trait, model_key)
+    methods = stored if cfg.methods == "all" else list(cfg.methods)
+    unknown = [m for m in methods if m not in stored]
+    if unknown or not methods:
+        asked = cfg.methods if isinstance(cfg.methods, str) else ",".join(cfg.methods)
+        raise InputError(f"--methods {asked!r}: {trait!r} has no {', '.join(unknown) or 'methods'} vectors on "
+                         f"{model_key}; stored: {', '.join(stored) or 'none'}")
+    return methods
+
+
+def sweep_layers(cfg: SweepConfig, detection_pick: dict | None, n_layers: int) -> list[int]:
+    """The layers ``cfg`` asks for in a model of ``n_layers``; None: around the detection pick's."""
+    from traitlens.pipeline.model.layers import parse_layers
+
+    if cfg.layers is not None:
+        return parse_layers(cfg.layers, n_layers)
+    if detection_pick is None:
+        raise InputError("no detection pick to sweep around: give --layers")
+    return around(detection_pick["layer"], n_layers)
 
 
 def _vector(store, trait: str, model_key: str, method: str, layer: int) -> dict | None:
@@ -171,28 +208,27 @@ def _vector(store, trait: str, model_key: str, method: str, layer: int) -> dict 
         return chosen_vector(q, trait, None, model_key=model_key, layer=layer, method=method)
 
 
-def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], alphas: list[float],
-          kl_budget: float = KL_BUDGET, trials: int | None = None, grid_max: int = GRID_MAX,
-          random_floor: bool = True, seed: int = 0, progress: bool = True, skip: set[str] = frozenset(),
-          log=print, ablate: bool = False, capability_budget: float | None = None,
-          vectors: dict[tuple[str, int], dict] | None = None) -> SweepResult:
-    """Measure ``trait``'s vectors over ``methods`` x ``layers`` x ``alphas`` with ``evaluator``
-    (an :class:`.evaluate.Evaluator`): every setting when the grid has at most ``grid_max``,
-    else ``trials`` settings chosen by Optuna (default :data:`~.settings.TRIALS`); then the
-    random floor at the front and the pick; then, with ``ablate``, each cell's vector ablated
-    (:func:`ablations`). Cells without a stored vector are left out, saying so; so are cells
-    whose vector id is in ``skip`` (already evaluated: a refresh measures only what changed).
-    ``capability_budget``: the worst capability fall the pick may have. ``vectors``:
-    ``{(method, layer): vectors row}`` to measure instead of the store's newest vector of each cell
-    (a bundle's)."""
+def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress: bool = True,
+          skip: set[str] = frozenset(), log=print, vectors: dict[tuple[str, int], dict] | None = None) -> SweepResult:
+    """Measure ``trait``'s vectors over the methods x layers x alphas of ``cfg`` (a
+    :class:`~.settings.SweepConfig`, validated here) with ``evaluator`` (an
+    :class:`.evaluate.Evaluator`): every setting when the grid has at most ``cfg.grid_max``,
+    else ``cfg.trials`` settings chosen by Optuna; then the random floor at the front and the
+    pick (unless ``cfg.random_floor`` is off); then, with ``cfg.ablate``, each cell's vector
+    ablated (:func:`ablations`). Cells without a stored vector are left out, saying so; so are
+    cells whose vector id is in ``skip`` (already evaluated: a refresh measures only what
+    changed). ``vectors``: ``{(method, layer): vectors row}`` to measure instead of the store's
+    newest vector of each cell (a bundle's)."""
     from tqdm.auto import tqdm
 
+    cfg = (cfg or SweepConfig()).validate()
     lm = evaluator.lm
-    res = SweepResult(trait=trait, kl_budget=kl_budget, capability_budget=capability_budget,
-                      capability=getattr(evaluator, "capability", None))
+    res = SweepResult(trait=trait, config=cfg, capability=getattr(evaluator, "capability", None))
     missing, done = [], 0
     with StoreSQL(store) as q:
         res.detection_pick = best_vector(q, trait, model_key=lm.key)
+        res.methods = methods = sweep_methods(q, trait, lm.key, cfg)
+        res.layers = layers = sweep_layers(cfg, res.detection_pick, lm.n_layers)
         for m in methods:
             for l in layers:
                 if vectors is not None and (m, l) not in vectors:
@@ -212,23 +248,21 @@ def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], a
         return res  # every cell already evaluated
     cells = sorted(res.vectors, key=lambda k: (methods.index(k[0]), k[1]))
     if not cells:
-        from traitlens.store.errors import InputError
-
         raise InputError(f"no stored vectors of {trait!r} on {lm.key} for methods {', '.join(methods)} at layers "
                          f"{layers}; `traitlens rank --trait {trait}` lists what is stored")
     measured = Measurements(evaluator, res.vectors)
-    n_grid = len(cells) * len(alphas)
-    bar = tqdm(total=n_grid if n_grid <= grid_max else (trials or TRIALS), desc=f"evaluate {trait}", unit="setting",
+    n_grid = len(cells) * len(cfg.alphas)
+    bar = tqdm(total=n_grid if n_grid <= cfg.grid_max else cfg.trials, desc=f"evaluate {trait}", unit="setting",
                disable=not progress or None, leave=False, dynamic_ncols=True)
     try:
-        if n_grid <= grid_max:
-            res.search = grid_search(cells, alphas, measured, bar)
+        if n_grid <= cfg.grid_max:
+            res.search = grid_search(cells, cfg, measured, bar)
         else:
-            res.search = optuna_search(cells, alphas, measured, trials or TRIALS, seed, res.detection_pick, bar)
+            res.search = optuna_search(cells, cfg, measured, res.detection_pick, bar)
     finally:
         bar.close()
     res.rows = list(measured.rows.values())
-    if random_floor:  # the floor where it decides something: the front and the pick
+    if cfg.random_floor:  # the floor where it decides something: the front and the pick
         wanted = {(r["layer"], r["alpha"]) for r in res.front + ([res.pick] if res.pick else [])}
         for l, a in sorted(wanted):
             if ("random", l) not in res.vectors:
@@ -239,8 +273,8 @@ def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], a
                 res.vectors[("random", l)] = v
             if ("random", l, a) not in measured.rows:
                 res.rows += measured.at("random", l, [a])
-    if ablate:
-        res.rows += ablations(store, trait, evaluator, res.vectors, cells, random_floor, log)
+    if cfg.ablate:
+        res.rows += ablations(store, trait, evaluator, res.vectors, cells, cfg.random_floor, log)
     return res
 
 
@@ -265,18 +299,18 @@ def ablations(store, trait: str, evaluator, vectors: dict[tuple[str, int], dict]
     return rows
 
 
-def evaluator_for(store, lm, trait: str, kind: str, n: int = 40, norm: str = "typical",
-                  neutral: list[str] | None = None, max_new_tokens: int = 32, judge=None,
-                  reply_tokens: int | None = None, seed: int = 0, kl: str = "all-positions",
-                  markers: list[str] | None = None, capability=None):
-    """(the :class:`.evaluate.Evaluator` of ``trait`` with measure ``kind``, a line saying what it
-    measures on). persona: held-out statements of the trait; refusal and refusal_first_token:
-    held-out harmless requests; refusal_rate: greedy replies (``max_new_tokens``) to held-out
-    harmful requests, judged by ``markers`` (default :data:`.evaluate.REFUSAL_MARKERS`) and the
-    judge, with the damage read on held-out harmless requests unless ``neutral`` is given;
+def evaluator_for(store, lm, trait: str, cfg: SweepConfig | None = None, judge=None, capability=None):
+    """(the :class:`.evaluate.Evaluator` of ``trait`` with the measure ``cfg.kind`` on ``cfg.n``
+    held-out texts, alpha in ``cfg.norm`` units; a line saying what it measures on).
+    persona: held-out statements of the trait; refusal and refusal_first_token: held-out
+    harmless requests; refusal_rate: greedy replies (``cfg.max_new_tokens``) to held-out harmful
+    requests, judged by ``cfg.markers`` (default :data:`.evaluate.REFUSAL_MARKERS`) and the
+    judge, with the damage read on held-out harmless requests unless ``cfg.neutral`` is given;
     expression: replies to the neutral prompts, read on the trait's detection pick and
-    calibrated on held-out texts of both labels. ``kl``: which KL the damage is; ``capability``:
-    lm-eval tasks measured at every setting (:class:`.capability.Capability`).
+    calibrated on held-out texts of both labels. ``cfg.kl``: which KL the damage is. ``judge``:
+    a loaded :class:`.judge.Judge` (``cfg.judge`` names its model); ``capability``: the lm-eval
+    tasks (``cfg.capability``) measured at every setting (:class:`.capability.Capability`), made
+    by the caller, which has the model.
     :class:`~traitlens.store.errors.InputError` when the store lacks what the kind needs."""
     import numpy as np
 
@@ -284,8 +318,9 @@ def evaluator_for(store, lm, trait: str, kind: str, n: int = 40, norm: str = "ty
     from traitlens.pipeline.steer.evaluate import REFUSAL_MARKERS, Evaluator
     from traitlens.pipeline.steer.expression import Expression
     from traitlens.queries.selection import held_out_texts
-    from traitlens.store.errors import InputError
 
+    cfg = (cfg or SweepConfig()).validate()
+    kind, n, max_new_tokens, neutral, markers, kl = cfg.kind, cfg.n, cfg.max_new_tokens, cfg.neutral, cfg.markers, cfg.kl
     with StoreSQL(store) as q:
         detect = best_vector(q, trait, model_key=lm.key)
     if detect is None:
@@ -321,7 +356,6 @@ def evaluator_for(store, lm, trait: str, kind: str, n: int = 40, norm: str = "ty
                 where = f"{len(neutral)} prompts from --prompts"
             what += (f", greedy replies of {max_new_tokens} tokens judged by {len(markers or REFUSAL_MARKERS)} "
                      f"refusal markers{' and the judge' if judge else ''}; KL ({kl}) on {where}")
-    ev = Evaluator(lm, kind, texts, norm, neutral, seed, expression, judge,
-                   REPLY_TOKENS if reply_tokens is None else reply_tokens, kl,
+    ev = Evaluator(lm, kind, texts, cfg.norm, neutral, cfg.seed, expression, judge, cfg.reply_tokens, kl,
                    {"markers": tuple(markers or REFUSAL_MARKERS), "max_new_tokens": max_new_tokens}, capability)
     return ev, what

@@ -118,6 +118,7 @@ def _effects(store, lm: LoadedModel, traits: list[str], reference, exported: Loa
              norm: str) -> dict:
     """``{trait: {hook: shift row, export: shift row, agree}}`` or ``{trait: {reason}}``."""
     from traitlens.pipeline.steer.search import evaluator_for
+    from traitlens.pipeline.steer.settings import SweepConfig
 
     out = {}
     for trait in traits:
@@ -127,7 +128,7 @@ def _effects(store, lm: LoadedModel, traits: list[str], reference, exported: Loa
                           "replies without one)"}
             continue
         try:
-            ev, what = evaluator_for(store, lm, trait, kind, n, norm, reply_tokens=0)
+            ev, what = evaluator_for(store, lm, trait, SweepConfig(kind=kind, n=n, norm=norm, reply_tokens=0))
         except ValueError as e:  # (InputError is one) no held-out prompts, or no chat template for the measure
             out[trait] = {"hook": None, "export": None, "agree": None, "reason": f"not measured: {e}"}
             continue
