@@ -4,15 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # A CPU build of torch; an unpinned `torch` resolves to a multi-GB CUDA build. Override for GPUs
 # (in a fresh .venv: a torch already there is kept), with bitsandbytes for --load-in:
-#   make install TORCH_SPEC=torch EXTRAS=test,export,gpu
+#   make install TORCH_SPEC=torch EXTRAS=test,export,datasets,eval,gpu
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,export
+EXTRAS ?= test,export,datasets,eval
 # llama-cpp-python compiles llama.cpp (about 6 min on 2 shared cores). GGML_NATIVE=OFF with the
 # common x86 extensions named: the native build can crash on CPUs that advertise AMX but do not allow it
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export TRAITLENS_HOME ?= $(HOME)/.cache/traitlens
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 install: $(VENV)/.installed
 
@@ -34,7 +34,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	  echo "note: could not install chromium and chromium-driver (needs root): the browser tests will skip"
 	touch $@
 
-test: install
+lint: install
+	$(PY) -m ruff check .
+
+test: install lint
 	$(PY) -m pytest -q -ra
 
 test-fast: install

@@ -156,7 +156,7 @@ def bench_model(name: str, args, plan: dict, device: torch.device, dtype: torch.
     warm = tmp / f"{name}-warm.jsonl"  # the first batch's prompts: a warm-up that costs one batch
     warm.write_text("".join(line + "\n" for line in path.read_text().splitlines()[: plan["batch_size"]]))
 
-    def run_ingest(corpus_path=path, n=len(records)):
+    def run_ingest(corpus_path=path, n=len(records)):  # noqa: B008  (bound once, here)
         store = tmp / f"store-{time.time_ns()}"
         res = ingest(store, [corpus_path], cfg=cfg, lm=lm, progress=False, log=lambda *a: None)
         assert res.n_captured == n, res
@@ -189,7 +189,7 @@ def bench_model(name: str, args, plan: dict, device: torch.device, dtype: torch.
             for case, _ in cases]
     print(f"  {name}: built in {built:.1f} s ({shape}); {len(records)} prompts, {n_tok} tokens, "
           f"{len(batches)} batches", flush=True)
-    del lm, model
+    lm = model = None  # (the closures above hold lm: release it for the next model)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+from traitlens.pipeline.capture.corpus import prompt_id_for
+from traitlens.pipeline.capture.splits import hash_split
 from traitlens.store import GroupKey, PendingBatch, Store
 
 KEY = GroupKey("synthetic-ooc", "raw", "resid", "last")

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+from traitlens.pipeline.capture.corpus import prompt_id_for
+from traitlens.pipeline.capture.splits import hash_split
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.pipeline.capture.plan import read_corpus
 from traitlens.pipeline.extract.config import ExtractConfig

@@ -25,6 +25,7 @@ from traitlens.store import GroupKey, PendingBatch, Store, safe_name
 from traitlens.store.vocabulary import PROMPT_POOLINGS
 
 from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, record_from_object
+from traitlens.pipeline.capture.splits import assign_splits
 from traitlens.pipeline.capture.ingest import still_to_capture
 from traitlens.pipeline.capture.pooling import pool_last, pool_mean
 
@@ -125,7 +126,10 @@ def ingest_activation_cache(store_path, cache, prompts: list, attention_mask: to
     config = {"model_key": key, "sites": list(sites), "layers": layers, "poolings": list(poolings), "fmt": fmt}
     with store.lock("ingest from an ActivationCache"), store.run("ingest-cache", config, start=False) as run:
         writer = store.writer(groups, layers, d, run.run_id, chunk_rows)
-        n_new, _ = store.add_prompts([r.as_row() for r in records])
+        have = store.table("prompts", columns=["prompt_id", "dataset", "trait", "label", "split"]).to_pylist()
+        splits = assign_splits(records, {(p["prompt_id"], p["dataset"], p["trait"]): (p["label"], p["split"])
+                                         for p in have})  # stratified by label, as an ingest does
+        n_new, _ = store.add_prompts([{**r.as_row(), "split": s} for r, s in zip(records, splits)])
         keep = still_to_capture(records, writer.done_prompt_ids())
         if keep:
             run.start()

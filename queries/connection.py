@@ -5,8 +5,10 @@ Views:
 - ``vectors``: one row per vector, ``vector`` cast to ``FLOAT[d]`` so ``array_cosine_similarity``
   and ``array_inner_product`` work (with several widths d in one store, ``vectors`` keeps
   ``FLOAT[]`` lists and ``vectors_d<d>`` views hold the fixed-size ones);
-- ``metrics``: the vectors table without the vector column;
-- ``steering``, ``steering_together`` (pushes measured at once), ``trajectories``, ``scores`` (with each score's ``percentile`` among the prompts
+- ``metrics``: the vectors table without the vector column, with ``steer_shift``, ``steer_kl``
+  and ``steer_capability`` (the best push within the KL budget, its KL and its worst lm-eval fall);
+- ``steering``, ``steering_together`` (pushes measured at once), ``capability`` (lm-eval tasks
+  under a push), ``trajectories``, ``scores`` (with each score's ``percentile`` among the prompts
   scored on its vector) and ``scored`` (scores beside the prompt's text, dataset, trait, label);
 - ``act_L<layer>`` (and ``act_<n>_L<layer>`` for group n of ``groups``): one layer's committed
   activations as ``(row, prompt_id, vector FLOAT[d])``, streamed from Zarr as Arrow batches
@@ -148,6 +150,7 @@ class StoreSQL:
         self._table_view("lens")
         self._table_view("conditions")
         self._table_view("steering_together")
+        self._table_view("capability")
         # scores with their percentile among every prompt scored on the same vector (computed
         # here, so it is never stale as more prompts are scored)
         self._table_view("scores", "*, percent_rank() OVER (PARTITION BY vector_id ORDER BY score) AS percentile")
@@ -166,11 +169,19 @@ class StoreSQL:
                          "JOIN scores m ON m.prompt_id = r.reply_prompt_id AND m.vector_id = d.vector_id")
         # the best causal shift measured for each vector within the damage budget, and its KL (NULL
         # until `traitlens evaluate --steering`; rows stored before damage was measured have no KL
-        # and still count); the loose first-token refusal measure never outranks the strict ones
-        self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift, s.steer_kl "
-                         "FROM vectors_all v LEFT JOIN (SELECT vector_id, max(shift) AS steer_shift, "
-                         f"arg_max(kl, shift) AS steer_kl FROM steering WHERE kind <> '{LOOSE_KIND}' "
-                         f"AND (kl IS NULL OR kl <= {float(KL_BUDGET)!r}) GROUP BY vector_id) s USING (vector_id)")
+        # and still count); the loose first-token refusal measure never outranks the strict ones;
+        # pushes only (an ablation is not a shift to rank by). steer_capability: the worst fall of
+        # any lm-eval metric at that setting, in its good direction (NULL: no --capability run)
+        self.con.execute("CREATE VIEW metrics AS SELECT v.* EXCLUDE (vector), s.steer_shift, s.steer_kl, "
+                         "s.steer_capability FROM vectors_all v LEFT JOIN (SELECT st.vector_id, max(st.shift) AS "
+                         "steer_shift, arg_max(st.kl, st.shift) AS steer_kl, arg_max({'fall': c.fall}, st.shift).fall "
+                         "AS steer_capability FROM steering st LEFT JOIN (SELECT vector_id, layer, alpha, run_id, "
+                         "greatest(0, max(CASE WHEN higher_is_better = false THEN change ELSE -change END)) AS fall "
+                         "FROM capability WHERE operation = 'add' GROUP BY ALL) c ON c.vector_id = st.vector_id AND "
+                         "c.layer = st.layer AND c.alpha = st.alpha AND c.run_id = st.run_id "
+                         f"WHERE st.kind <> '{LOOSE_KIND}' AND coalesce(st.operation, 'add') = 'add' "
+                         f"AND (st.kl IS NULL OR st.kl <= {float(KL_BUDGET)!r}) GROUP BY st.vector_id) s "
+                         "USING (vector_id)")
         rows = [(i, *g.as_dict().values()) for i, g in enumerate(self.groups)]
         self.con.register("__groups", pa.table({"n": [r[0] for r in rows], "model_key": [r[1] for r in rows],
                                                 "fmt": [r[2] for r in rows], "site": [r[3] for r in rows],

@@ -16,25 +16,29 @@ from traitlens.store.vocabulary import METHOD_NAMES
 
 from .connection import QueryError, StoreSQL
 from .selection import METRICS as RANK_BY
-from .selection import latest_cells_sql, order_by
+from .selection import latest_cells_sql, order_by, usable_sql
 
 __all__ = ["RANK_BY", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap", "lens_summary"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
-           "stability", "agreement", "steer_shift", "steer_kl", "n_pos", "n_neg", "n_held_pos", "n_held_neg", "floor_length",
-           "floor_dataset", "vector_id")
+           "stability", "agreement", "steer_shift", "steer_kl", "steer_capability", "spec_precision", "spec_auroc", "n_pos", "n_neg",
+           "n_held_pos", "n_held_neg", "floor_length", "floor_dataset", "spec_base", "spec_floor_length",
+           "n_background", "vector_id")
+# shown in rank's table only when a background gave them (extract --background)
+SPECIFICITY = ("spec_precision", "spec_auroc")
 
 
 def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.Table, pa.Table]:
     """(top rows, the random baseline's best row) for ``trait`` ordered by ``by``."""
     cols = ", ".join(COLUMNS)
     base = latest_cells_sql()
-    best = q.query(f"SELECT {cols} FROM ({base}) WHERE method <> 'random' ORDER BY {order_by(by)} LIMIT ?",
-                   [trait, int(top)])
+    best = q.query(f"SELECT {cols} FROM ({base}) WHERE method <> 'random' AND {usable_sql()} ORDER BY {order_by(by)} "
+                   "LIMIT ?", [trait, int(top)])
     if best.num_rows == 0:
         traits = [r["trait"] for r in q.query("SELECT DISTINCT trait FROM metrics ORDER BY 1").to_pylist()]
         raise QueryError(f"no vectors for trait {trait!r}; traits with vectors: {', '.join(traits) or 'none'} "
                          f"(run `traitlens extract --trait {trait}`)")
-    floor = q.query(f"SELECT {cols} FROM ({base}) WHERE method = 'random' ORDER BY {order_by(by)} LIMIT 1",
+    floor = q.query(f"SELECT {cols} FROM ({base}) WHERE method = 'random' AND {usable_sql()} ORDER BY {order_by(by)} "
+                    "LIMIT 1",
                     [trait])
     return best, floor
 

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from . import manifest as mf
 from .layout import StoreError
-from .location import write_atomically
+from .location import capabilities, write_atomically
 from .tables import WRITE_OPTIONS
 
 AUTO_PARTS = 64  # appended parts that make a table due for compaction
@@ -74,8 +74,9 @@ def _batches(path, schema: pa.Schema):
             yield pa.record_batch(cols, schema=schema)
 
 
-def _write_base(table_dir, name: str, inputs: list, schema: pa.Schema, footer: dict) -> int:
-    """Stream ``inputs`` in order into one new file ``name`` (atomic); returns its row count."""
+def _write_base(table_dir, name: str, inputs: list, schema: pa.Schema, footer: dict, keep=None) -> int:
+    """Stream ``inputs`` in order into one new file ``name`` (atomic); returns its row count.
+    ``keep(batch) -> boolean mask``: only the rows it keeps are written (:func:`rewrite_without`)."""
     schema = schema.with_metadata(footer)
     n = [0]
 
@@ -84,6 +85,7 @@ def _write_base(table_dir, name: str, inputs: list, schema: pa.Schema, footer: d
             buf, rows = [], 0
             for path in inputs:
                 for b in _batches(path, schema):
+                    b = b if keep is None else b.filter(keep(b))
                     buf.append(b)
                     rows += b.num_rows
                     if rows >= ROW_GROUP_ROWS:  # one row group in memory at a time
@@ -117,6 +119,45 @@ def _plan(snap: mf.Snapshot, full: bool) -> tuple[list[dict], list, int] | None:
     return bases, [snap.table_dir / b["name"] for b in merged] + appended, tier
 
 
+def _plan_all(snap: mf.Snapshot) -> tuple[list[dict], list, int] | None:
+    """Every live file into one base (a filtered rewrite), or None for a table without files."""
+    bases = list(snap.manifest.bases) if snap.manifest else []
+    if not bases and not snap.appended:
+        return None
+    return [], [snap.table_dir / b["name"] for b in bases] + snap.appended, max([b["tier"] for b in bases] + [0])
+
+
+def rewrite_without(table_dir, table: str, schema: pa.Schema, drop) -> int:
+    """Rewrite a table without the rows ``drop(batch) -> boolean mask`` selects; returns how
+    many rows it has left. Atomic like a compaction (one new base, then the manifest switch: a
+    kill before the switch leaves the table as it was); the replaced files go after the grace.
+    For ``verify --repair`` only, under the writer lock: committed rows are never dropped
+    otherwise (the caller keeps what it drops, in the quarantine)."""
+    import pyarrow.compute as pc
+
+    done = compact_table(table_dir, table, schema, full=True, keep=lambda b: pc.invert(pc.fill_null(drop(b), False)))
+    return done.rows if done is not None else 0
+
+
+def sweep_temporaries(table_dir, older_than: float) -> int:
+    """Delete the table's temporary files (``.tmp-*``: a part or a base whose writer was killed
+    before its rename) last written more than ``older_than`` seconds ago; returns how many.
+    Under the writer lock every writer of this store is dead or waiting, but a program that
+    appends through the Python API without the lock could be writing one right now: the age
+    spares it. Object stores write whole objects, never temporaries."""
+    if not capabilities(table_dir).atomic_rename:  # whole PUTs: nothing is written beside
+        return 0
+    now, gone = time.time(), 0
+    for p in table_dir.glob(".tmp-*"):
+        try:
+            if now - p.stat().st_mtime >= older_than:
+                p.unlink()
+                gone += 1
+        except FileNotFoundError:
+            pass
+    return gone
+
+
 def drop_bases(table_dir, old: mf.Manifest | None, names: list[str]) -> None:
     """Write the next manifest generation without the bases ``names`` (lost or quarantined)."""
     if old is None or not any(b["name"] in names for b in old.bases):
@@ -139,8 +180,9 @@ def delete_retired(table_dir, snap: mf.Snapshot | None = None, grace: float | No
 
 
 def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
-                  grace: float | None = None) -> Compacted | None:
+                  grace: float | None = None, keep=None) -> Compacted | None:
     """Compact one table if it is due (``full``: merge everything); None when nothing was due.
+    ``keep``: rewrite every live file, keeping only the rows it selects (:func:`rewrite_without`).
     Call under the store's writer lock."""
     t0 = time.perf_counter()
     snap = mf.snapshot(table_dir)
@@ -148,7 +190,8 @@ def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
         for p in snap.orphans:
             p.unlink(missing_ok=True)
         snap = mf.snapshot(table_dir)
-    plan = _plan(snap, full)
+    sweep_temporaries(table_dir, mf.retire_grace() if grace is None else grace)
+    plan = _plan(snap, full) if keep is None else _plan_all(snap)
     if plan is None:
         gone = delete_retired(table_dir, snap, grace)
         return Compacted(table, len(snap.live), len(snap.live), 0, time.perf_counter() - t0, gone) if gone else None
@@ -165,9 +208,11 @@ def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
     name = f"base-{gen:06d}-{uuid.uuid4().hex[:8]}.parquet"
     replaces = [p.name for p in inputs]
     digests = {b["name"]: int(b["digest"], 16) for b in old.bases}
-    digest = f"{mf.combine(digests.get(n, mf.name_digest(n)) for n in replaces):032x}"
+    # a filtered rewrite holds other rows than the files it replaces: its own name joins the digest
+    own = [mf.name_digest(name)] if keep is not None else []
+    digest = f"{mf.combine([digests.get(n, mf.name_digest(n)) for n in replaces] + own):032x}"
     try:
-        rows = _write_base(table_dir, name, inputs, schema, mf.footer_record(gen, tier, replaces, digest))
+        rows = _write_base(table_dir, name, inputs, schema, mf.footer_record(gen, tier, replaces, digest), keep)
     except (pa.ArrowException, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:
             raise  # disk full, permissions: the caller says which

@@ -24,12 +24,17 @@ capability                        local folder                       object stor
 Either way a reader sees a file whole or not at all, and a crash leaves the old file or the new
 one (plus, locally, at most a ``.tmp-*`` that ``verify --repair`` removes).
 
-``file://`` URLs are plain local paths. Credentials come the fsspec way (environment, config
-files, or ``storage_options`` on a :class:`UPath` passed in directly).
+``file:///abs/path`` URLs are plain local paths (``file://relative/path`` names a host, not a
+folder, and is refused). A name that looks like a URL but is not one (``s3:/bucket``,
+``s3:bucket``) is refused rather than taken for a local folder called ``s3:``. Credentials come
+the fsspec way (environment, config files, or ``storage_options`` on a :class:`UPath` passed in
+directly). ``memory://`` lives as long as the process: fine for the Python API and tests, and
+refused by the command line (:func:`check_lasting`), whose process ends with the command.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -61,22 +66,50 @@ def capabilities(path) -> Capabilities:
     return LOCAL_FOLDER if isinstance(path, Path) else OBJECT_STORAGE
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")  # two letters at least: C:/ is a Windows drive
+
+
 def store_path(root) -> StorePath:
     """A store root as a ``Path`` (local) or ``UPath`` (any other fsspec URL)."""
     if isinstance(root, (Path, UPath)):
         return root
     text = str(root)
+    if not text.strip():
+        raise InputError("the store path is empty: give a folder or a URL (s3://bucket/store)")
     if text.startswith("file://"):
-        return Path(text[len("file://"):]).expanduser()
+        rest = text[len("file://"):]
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if not rest.startswith("/"):
+            raise InputError(f"{text}: a file:// URL takes an absolute path, file:///abs/path (three slashes; "
+                             f"file://{rest.split('/')[0]}/... would name a host); for a folder relative to here, "
+                             "give the path itself")
+        return Path(rest)
+    scheme = _SCHEME.match(text)
+    if scheme and "://" not in text and "::" not in text:
+        raise InputError(f"{text}: a malformed URL ({scheme.group(1)}:// takes two slashes): write "
+                         f"{scheme.group(1)}://bucket/path, or ./{text} for a local folder of that name")
     if "://" in text or "::" in text:
         try:
             p = UPath(text)
-            p.fs  # resolve the filesystem now: an unknown protocol is an error here, not mid-run
+            _ = p.fs  # resolve the filesystem now: an unknown protocol is an error here, not mid-run
         except (ImportError, ValueError) as e:
             raise ValueError(f"cannot open store URL {text}: {e} (install the fsspec backend for "
                              f"{text.split('://')[0]!r}, e.g. s3fs, gcsfs or adlfs)") from None
         return p
     return Path(text).expanduser()
+
+
+def check_lasting(path, option: str = "--store") -> None:
+    """Refuse a ``memory://`` store where it would vanish with the process (the command line):
+    an :class:`InputError` naming the option."""
+    if capabilities(path).local_files:
+        return
+    protocol = path.fs.protocol
+    if "memory" in (protocol if isinstance(protocol, tuple) else (protocol,)):
+        raise InputError(f"{option} {path}: a memory:// store lives only as long as its process, and this command's "
+                         "process ends with it (everything written would be lost); use a folder or an object store "
+                         "URL (memory:// is for the Python API and tests)")
 
 
 def shown(path) -> str:
@@ -161,6 +194,19 @@ def arrow_files(paths: list) -> tuple[object | None, list[str]]:
     return paths[0].fs, [p.path for p in paths]
 
 
+def check_output_path(output, root, option: str = "-o") -> None:
+    """An output file a command will write: outside the store (:func:`check_outside_store`), in a
+    folder that exists, and not itself a folder; else an :class:`InputError` naming the option."""
+    check_outside_store(output, root, option)
+    if output is None or "://" in str(output):
+        return
+    out = Path(output).expanduser()
+    if out.is_dir():
+        raise InputError(f"{option} {output}: that is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise InputError(f"{option} {output}: no such folder {out.parent}; create it first or write somewhere else")
+
+
 def check_outside_store(output, root, option: str = "-o") -> None:
     """Refuse an output file of a command (query results, plots, exports, reports) that would
     land inside the store: only the store's own writers write there, and a stray Parquet file
@@ -172,3 +218,14 @@ def check_outside_store(output, root, option: str = "-o") -> None:
     if out == base or base in out.parents:
         raise InputError(f"{option} {output}: that is inside the store {root}; only traitlens' own writers write "
                          "there (a file under tables/ would be read as data). Write it somewhere else")
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a file's bytes (a local path or a remote one), read 1 MB at a time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") if hasattr(path, "open") else open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

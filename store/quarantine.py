@@ -6,7 +6,7 @@ store consistent again — a damaged Parquet part, array rows whose rows part wa
 store written before commit marks existed — is moved here, never deleted::
 
     <store>/quarantine/<UTC time>/manifest.json           what each file was, and why it is here
-    <store>/quarantine/<UTC time>/tables/<table>/part-*.parquet
+    <store>/quarantine/<UTC time>/tables/<table>/part-*.parquet   (also records taken out of a table)
     <store>/quarantine/<UTC time>/arrays/<group path with __>__L<k>.rows<a>-<b>.npy   [b - a, d]
 
 Readers never look inside it (SQL's file access is the tables folder only); a person can.
@@ -42,6 +42,18 @@ class Quarantine:
         dest = self.dir / "tables" / table / part.name
         move(part, dest)
         self._note({"file": str(dest.relative_to(self.root)), "was": f"tables/{table}/{part.name}", "why": why})
+        return dest
+
+    def save_table(self, rows, table: str, what: str, why: str):
+        """Keep table rows (an Arrow table) as a Parquet file ``tables/<table>/<what>.parquet``."""
+        import pyarrow.parquet as pq
+
+        dest = self.dir / "tables" / table / f"{what}.parquet"
+        buf = io.BytesIO()
+        pq.write_table(rows, buf)
+        self._write(dest, buf.getvalue())
+        self._note({"file": str(dest.relative_to(self.root)), "was": f"{rows.num_rows} rows of tables/{table}",
+                    "why": why})
         return dest
 
     def save_rows(self, values: np.ndarray, array_path: str, start: int, why: str):

@@ -7,11 +7,22 @@ then, whatever happens, its end: ``done``; ``interrupted`` for Ctrl-C or SIGTERM
 error for anything else. The exception is re-raised. ``run.counts`` and ``run.message`` go into
 the final record (on a bad ending the message follows the reason: say there what was kept). ``lock=True`` takes the writer lock just for each record (stages that compute
 for minutes without holding it, like extract).
+
+A process killed outright (``kill -9``, the OOM killer, a power cut) records no end: its run
+stays ``running``. Every record keeps the pid and host that wrote it and whether that process
+held the writer lock for the run's whole life, so the next command that takes the lock
+(:func:`mark_killed`, called by :meth:`Store.lock <traitlens.store.Store.lock>`) can tell: a
+run that held the lock cannot be alive while another process holds it, and a run of this host
+whose process is gone (or whose pid now belongs to a younger process) is dead. It records such
+runs as ``killed``, stamped with the time it noticed. A run on another host that computes
+without the lock (extract) cannot be judged from here and stays ``running``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -57,10 +68,16 @@ class Run:
         self.counts: dict = {}
         self.message = ""
         self.status = "done"
+        self.held_lock: bool | None = None  # whether the writer lock is held for the run's whole life
 
     def _record(self, **fields) -> None:
+        from .lock import holds_lock
+
+        if self.held_lock is None:  # decided once, before this record takes the lock itself
+            self.held_lock = holds_lock(self.store.root)
         rec = {"run_id": self.run_id, "stage": self.stage, "started_at": self.started_at,
-               "code_version": code_version(), "config": self.config, **fields}
+               "code_version": code_version(), "config": self.config, "pid": os.getpid(), "host": this_host(),
+               "held_lock": self.held_lock, **fields}
         with self.store.lock(f"{self.stage} (run record)") if self.lock else nullcontext():
             self.store.record_run(rec)
 
@@ -108,3 +125,79 @@ def _end_quietly(run: Run, status: str, message: str) -> None:
         run.end(status, message)
     except (TraitlensError, OSError):
         pass
+
+
+# -- runs whose process died without recording an end ---------------------------------------------
+def this_host() -> str:
+    """The host name, with the pid namespace where it is known (two containers on one machine
+    may share a name, never a pid namespace): pids are compared only within one of these."""
+    name = socket.gethostname()
+    try:
+        return f"{name}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return name
+
+
+# stages that hold the writer lock from their first record to their last (records made before
+# runs kept ``held_lock``); extract computes without it
+_LOCKED_STAGES = {"ingest", "ingest-cache", "score", "replies", "workflow"}
+
+
+def is_gone(run: dict, lock_held: bool) -> bool:
+    """Whether a ``running`` run's process has ended without recording it. ``lock_held``: the
+    caller holds the store's writer lock (then a run that held it throughout is over)."""
+    if run.get("status") != "running":
+        return False
+    pid, host = run.get("pid"), run.get("host")
+    if pid is not None and host == this_host():
+        return pid != os.getpid() and not _alive(int(pid), run.get("started_at"))
+    held = run.get("held_lock")
+    return lock_held and (held if held is not None else run.get("stage") in _LOCKED_STAGES and pid is None)
+
+
+def _alive(pid: int, started_at) -> bool:
+    """The process ``pid`` of this host runs, and is not a younger one that reused the pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False  # killed, waiting for its parent to reap it
+        born = proc.create_time()
+    except ImportError:
+        return True
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+    return started_at is None or born <= started_at.timestamp() + 1.0  # 1 s: clock granularity
+
+
+def killed_message(run: dict, noticed_by: str) -> str:
+    return (f"killed: its process (pid {run.get('pid', '?')} on {run.get('host') or '?'}) ended without recording "
+            f"an end (kill -9, the OOM killer, a lost machine); noticed by {noticed_by}; what it committed is "
+            "kept: rerun the same command to finish")
+
+
+def mark_killed(store, noticed_by: str) -> list[str]:
+    """Record every ``running`` run whose process is gone as ``killed`` (call holding the
+    writer lock); returns their run ids. Best effort: a runs table that does not read is left
+    to ``verify`` (this must never stop the command that took the lock, ``verify --repair``
+    least of all)."""
+    from .errors import TraitlensError
+
+    try:
+        runs = store.runs().to_pylist()
+        dead = [r for r in runs if is_gone(r, lock_held=True)]
+        stamp = now_utc()
+        for r in dead:
+            store.record_run({**r, "status": "killed", "ended_at": stamp, "message": killed_message(r, noticed_by)})
+    except (TraitlensError, OSError):  # a damaged runs part: verify names it, and --repair moves it aside
+        return []
+    return [r["run_id"] for r in dead]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +47,11 @@ from .layout import (
 )
 from .location import make_folder, store_path, write_atomically
 from .idset import IdSet
-from .lock import write_lock
+from .errors import EXIT_INPUT
+from .lock import holds_lock, write_lock
 from .table import Table
 from .vocabulary import TABLE_NAMES
-from .runs import code_version, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
+from .runs import code_version, mark_killed, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
 
 
 class Store:
@@ -102,9 +104,15 @@ class Store:
             )
         return cls(root)
 
+    @contextmanager
     def lock(self, what: str = "write"):
-        """Context manager holding the single-writer lock."""
-        return write_lock(self.root, what)
+        """Context manager holding the single-writer lock. Whoever takes it first (not again,
+        re-entrantly) records the runs whose process died unrecorded as ``killed`` (:mod:`.runs`)."""
+        first = not holds_lock(self.root)
+        with write_lock(self.root, what):
+            if first:
+                mark_killed(self, what)
+            yield
 
     # -- tables ----------------------------------------------------------------------------
     def table(self, name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
@@ -226,7 +234,7 @@ class Store:
             array_rows = int(pc.max(pc.add(t["token_start"], pc.cast(t["token_count"], pa.int64()))).as_py())
         else:
             array_rows = rows_end  # past the highest committed row, even where a lost part left a gap below it
-        return GroupState(n_prompts=n, array_rows=array_rows, prompt_ids=IdSet(t["prompt_id"]), rows_end=rows_end)
+        return GroupState(n_prompts=n, array_rows=array_rows, ids=t["prompt_id"], rows_end=rows_end)
 
     def zarr_root(self, mode: str = "r") -> zarr.Group:
         return arrays.open_root(self.zarr_path, mode=mode)
@@ -255,8 +263,8 @@ class Store:
             if st.has_gap:
                 raise StoreError(
                     f"{g.path}: row numbers have a gap ({st.n_prompts} rows recorded up to row {st.rows_end - 1}): a "
-                    "rows part from the middle was lost; run `traitlens verify`, then restore the part from "
-                    "quarantine/ or a backup, or re-ingest into a new --store")
+                    "rows part from the middle was lost; run `traitlens verify --repair` (it moves the rows after the "
+                    "gap to quarantine/), then rerun this command to capture them again")
             if mark is not None and mark["prompts"] > st.n_prompts:
                 raise StoreError(
                     f"{g.path}: {mark['prompts'] - st.n_prompts} committed rows are missing from the rows table "
@@ -289,6 +297,35 @@ class Store:
                                      f"d={d_model}: is this the same model?")
         return states
 
+    def check_intact(self, key: GroupKey, rows: pa.Array | pa.ChunkedArray | None = None) -> None:
+        """Refuse (:class:`StoreDamaged`) to read a group that ``verify`` would call damaged in a
+        way that makes a reader use the wrong rows: row numbers with a gap (a rows part from the
+        middle lost), rows the commit mark vouches for without a record (a part lost at the end),
+        a layer array of its fixed set missing. Cheap: the group's ``row`` column (``rows``, if the
+        caller has read it already), its attributes and a listing; no chunk is read."""
+        rows = self.group_rows(key, ["row"])["row"] if rows is None else rows
+        n = len(rows)
+        end = int(pc.max(rows).as_py()) + 1 if n else 0
+        fix = "run `traitlens verify`, then `traitlens verify --repair`, and rerun the ingest to capture what was lost"
+        if end != n:
+            raise StoreDamaged(f"{key.path}: row numbers have a gap ({n} rows recorded up to row {end - 1}): a rows "
+                               f"part from the middle was lost, so this would use a subset of the prompts; {fix}")
+        grp = arrays.get_group(self.zarr_root(), key.path) if self.zarr_path.exists() else None
+        if grp is None:
+            if n:
+                raise StoreDamaged(f"{key.path}: {n} prompts are committed but its arrays are gone; run `traitlens "
+                                   "verify` (re-ingest into a new --store to rebuild)")
+            return
+        mark = committed_mark(grp)
+        if mark is not None and mark["prompts"] > n:
+            raise StoreDamaged(f"{key.path}: {mark['prompts'] - n} committed rows have no rows record (a rows part "
+                               f"was lost or damaged), so this would use a subset of the prompts; {fix}")
+        missing = sorted(set(fixed_layers(grp)) - set(array_layers(grp)))
+        if missing and n:
+            raise StoreDamaged(f"{key.path}/{layer_name(missing[0])}: the layer array is missing"
+                               f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''} with its {n} "
+                               "committed rows; run `traitlens verify` (re-ingest into a new --store to rebuild)")
+
     def activations(self, key: GroupKey | None, layer: int, rows: slice | None = None) -> np.ndarray:
         """Committed activations of one layer as float32 ``[n_rows, d]`` (array rows).
 
@@ -318,6 +355,13 @@ class Store:
     def writer(self, groups: list[GroupKey], layers, d_model: int, run_id: str,
                chunk_rows: int = 256) -> "CommitWriter":
         return CommitWriter(self, groups, layers, d_model, run_id, chunk_rows)
+
+
+class StoreDamaged(StoreError):
+    """A reader refuses a store that ``verify`` would call damaged (exit 2: nothing was
+    attempted; ``verify --repair`` and a re-ingest make it usable again)."""
+
+    exit_code = EXIT_INPUT
 
 
 LAYERS_ATTR = "layers"  # a group's fixed layer set, written when the group is created
@@ -360,8 +404,18 @@ def committed_everywhere(states: dict) -> set[str]:
 class GroupState:
     n_prompts: int
     array_rows: int
-    prompt_ids: IdSet = field(default_factory=IdSet)  # compact: bytes per id, not an object
+    ids: pa.Array | pa.ChunkedArray | None = field(default=None, repr=False)  # the committed prompt ids, as read
     rows_end: int = 0  # highest committed row + 1; above n_prompts only where a lost part left a gap
+    _prompt_ids: IdSet | None = field(default=None, repr=False)
+
+    @property
+    def prompt_ids(self) -> IdSet:
+        """The committed ids as an :class:`IdSet` (compact: bytes per id, not an object), sorted
+        when first asked for: the checks that need only the counts (``check_extend`` of a
+        1M-prompt group) skip the sort."""
+        if self._prompt_ids is None:
+            self._prompt_ids = IdSet(self.ids if self.ids is not None else ())
+        return self._prompt_ids
 
     @property
     def has_gap(self) -> bool:

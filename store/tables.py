@@ -70,13 +70,16 @@ RUNS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("stage", pa.string()),
-        ("status", pa.string()),  # running | done | failed | interrupted
+        ("status", pa.string()),  # running | done | failed | interrupted | killed (its process died unrecorded)
         ("started_at", TS),
-        ("ended_at", TS),
+        ("ended_at", TS),  # killed: when the next command noticed
         ("code_version", pa.string()),
         ("config", pa.string()),  # JSON
         ("counts", pa.string()),  # JSON
         ("message", pa.string()),
+        ("pid", pa.int64()),  # the process that recorded it (null: recorded by an older release)
+        ("host", pa.string()),  # its host name and pid namespace (store/runs.py: this_host)
+        ("held_lock", pa.bool_()),  # it held the writer lock from start to end (a killed one is over once we hold it)
     ]
 )
 
@@ -115,6 +118,11 @@ VECTORS_SCHEMA = pa.schema(
         ("agreement", pa.float64()),  # mean cosine to the other non-random methods at the same layer
         ("floor_length", pa.float64()),  # held-out AUROC of token count alone (pipeline/extract/floors.py)
         ("floor_dataset", pa.float64()),  # held-out AUROC of the source dataset alone (several datasets only)
+        ("spec_auroc", pa.float64()),  # extract --background, else null: held-out positives against background
+        ("spec_precision", pa.float64()),  # share of held-out positives in the pool's top decile (extract/specificity.py)
+        ("spec_base", pa.float64()),  # their share of the whole pool (a random order's precision)
+        ("spec_floor_length", pa.float64()),  # spec_auroc of token count alone
+        ("n_background", pa.int32()),  # held-out background prompts in the pool
         ("cosines", pa.string()),  # JSON {other method: cosine} at the same layer
         ("info", pa.string()),  # JSON method extras (bias, train accuracy, chosen component, ...)
         ("run_id", pa.string()),
@@ -157,6 +165,8 @@ STEERING_SCHEMA = pa.schema(
         ("detail", pa.string()),
         ("run_id", pa.string()),
         ("created_at", TS),
+        ("operation", pa.string()),  # add (a push; null in rows stored before ablations were) | ablate (alpha null)
+        ("kl_measure", pa.string()),  # all-positions (null: stored before --kl) | first-token
     ]
 )
 
@@ -282,6 +292,32 @@ STEERING_TOGETHER_SCHEMA = pa.schema(
         ("judge_unsteered", pa.float64()),
         ("run_id", pa.string()),
         ("created_at", TS),
+        ("kl_measure", pa.string()),  # all-positions (null: stored before --kl) | first-token
+    ]
+)
+
+CAPABILITY_SCHEMA = pa.schema(
+    [
+        ("vector_id", pa.string()),  # the vector pushed or ablated (null: the unsteered model, alpha 0)
+        ("trait", pa.string()),
+        ("method", pa.string()),
+        ("layer", pa.int32()),
+        ("alpha", pa.float64()),  # 0: unsteered; null: an ablation
+        ("operation", pa.string()),  # add | ablate (null: unsteered)
+        ("task", pa.string()),  # an lm-evaluation-harness task
+        ("metric", pa.string()),  # as lm-eval names it, with its filter: acc,none
+        ("value", pa.float64()),  # what lm-eval returned for the task and metric
+        ("stderr", pa.float64()),  # lm-eval's standard error of it (null where it gives none)
+        ("n", pa.int32()),  # documents scored
+        ("higher_is_better", pa.bool_()),
+        ("unsteered", pa.float64()),  # the same metric at alpha 0 (the same documents)
+        ("change", pa.float64()),  # value - unsteered
+        ("change_low", pa.float64()),  # its 95% interval: paired bootstrap over the documents, else from the stderrs
+        ("change_high", pa.float64()),
+        ("interval", pa.string()),  # paired bootstrap | normal from both stderrs | none
+        ("detail", pa.string()),  # JSON: lm-eval version, limit, include paths, the push
+        ("run_id", pa.string()),
+        ("created_at", TS),
     ]
 )
 
@@ -289,7 +325,7 @@ SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, 
            "steering": STEERING_SCHEMA, "trajectories": TRAJECTORIES_SCHEMA, "scores": SCORES_SCHEMA,
            "replies": REPLIES_SCHEMA, "steering_samples": STEERING_SAMPLES_SCHEMA,
            "lens": LENS_SCHEMA, "conditions": CONDITIONS_SCHEMA,
-           "steering_together": STEERING_TOGETHER_SCHEMA}
+           "steering_together": STEERING_TOGETHER_SCHEMA, "capability": CAPABILITY_SCHEMA}
 
 
 def part_files(table_dir: Path) -> list[Path]:

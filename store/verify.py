@@ -13,7 +13,8 @@ What is checked (every finding is one line naming the file or array, never a tra
   missing chunk reads as zeros); with values, every such chunk decodes and holds finite values;
 - commit marks: rows a group's high-water mark vouches for but no rows part records (a part
   was lost) are reported, never taken for a crash's tail;
-- leftovers: temporary parts and chunks, interrupted float32 promotions.
+- leftovers: temporary parts and chunks, interrupted float32 promotions;
+- vectors: every stored vector's values are finite and not all zero.
 
 ``repair=True`` deletes only what it can prove uncommitted — a tail above the high-water mark,
 temporaries — and moves everything else it must take out of the way (damaged parts, rows whose
@@ -207,10 +208,18 @@ class _Verifier:
             gaps = np.flatnonzero(~present)
             uniq, counts = np.unique(rows, return_counts=True)
             dups = uniq[counts > 1][:5].tolist()
-            where = f"rows {gaps[0]}-{gaps[-1]} have no record" if len(gaps) else f"duplicated rows {dups}"
-            rep.errors.append(f"{path}: row numbers are not 0..{n - 1} ({where}): a rows part from the middle was "
-                              "lost or copied. The arrays are left as they are (nothing is truncated around a gap); "
-                              "restore the part from quarantine/ or a backup, or re-ingest into a new --store")
+            if len(gaps) and not dups and self.repair:
+                t = self._cut_at_gap(key, grp, t, int(gaps[0]))
+                n, rows, contiguous = t.num_rows, t["row"].to_numpy(), True
+            elif len(gaps) and not dups:
+                rep.errors.append(f"{path}: row numbers are not 0..{n - 1} (rows {gaps[0]}-{gaps[-1]} have no record): "
+                                  "a rows part from the middle was lost. --repair moves the rows after the gap (their "
+                                  "records and activations) to quarantine/, so that a re-ingest captures those prompts "
+                                  "again")
+            else:
+                rep.errors.append(f"{path}: row numbers are not 0..{n - 1} (duplicated rows {dups}): a rows part was "
+                                  "copied. The arrays are left as they are; remove the copied part (restore the "
+                                  "table from a backup), or re-ingest into a new --store")
         # one hash lookup per row answers both: which prompt each row is (None: an orphan) and repeats
         idx = pc.index_in(t["prompt_id"], value_set=prompt_ids) if n else pa.array([], pa.int32())
         known = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False)
@@ -290,6 +299,43 @@ class _Verifier:
         self._moved(f"{key.path}: {lost} committed rows had no rows record; their activations are in quarantine/; "
                     "rerun the ingest to capture those prompts again")
 
+    def _cut_at_gap(self, key: GroupKey, grp, t: pa.Table, cut: int) -> pa.Table:
+        """Roll a group back to the first gap in its row numbers (``cut``: the first row without a
+        record): nothing can be numbered past a gap, and the rows after it cannot be told apart
+        from a crash's leftovers. Their records and activations go to the quarantine, the rows
+        table is rewritten without them (atomically, like a compaction), then the arrays are cut
+        and the commit mark lowered; a re-ingest captures those prompts again. Returns the rows
+        kept. A kill part way leaves either the old state or rows the mark vouches for without a
+        record, which the next repair moves aside in turn (:meth:`_lost_commits`)."""
+        path = key.path
+        after = t.filter(pc.greater_equal(t["row"], cut))
+        if key.pooling == "tokens":
+            below = t.filter(pc.less(t["row"], cut))
+            end = (int(below["token_start"][-1].as_py()) + int(below["token_count"][-1].as_py())) if cut else 0
+        else:
+            end = cut
+        why = f"recorded after a gap in the row numbers (rows from {cut} had no record)"
+        self.quarantine.save_table(after, "rows", f"{path.replace('/', '__')}.rows{cut}-", why)
+        names = [layer_name(l) for l in array_layers(grp)] if grp is not None else []
+        names += ["token_ids"] if grp is not None and key.pooling == "tokens" and "token_ids" in grp else []
+        targets = []
+        for name in names:
+            arr = arrays.get_array(grp, name, path)
+            if arr is not None and arr.shape[0] > end:
+                values = arrays.read_rows_checked(arr, slice(end, arr.shape[0]), f"{path}/{name}")
+                self.quarantine.save_rows(values, f"{path}/{name}", end, why)
+                targets.append(arr)
+        compaction.rewrite_without(self.store.tables_path / "rows", "rows", tables.ROWS_SCHEMA,
+                                   lambda b: pc.and_(_matches(b, key), pc.greater_equal(b["row"], cut)))
+        for arr in targets:  # only now that no record points past the cut
+            arrays.truncate_rows(arr, end)
+        if grp is not None:
+            grp.attrs.update({COMMITTED_ATTR: {"prompts": cut, "array_rows": end}})
+        self._moved(f"{path}: rows {cut}-{int(pc.max(t['row']).as_py())} came after a gap in the row numbers (a rows "
+                    f"part from the middle was lost); their {after.num_rows} records and their activations are in "
+                    "quarantine/; rerun the ingest to capture those prompts again")
+        return t.filter(pc.less(t["row"], cut))
+
     def _quarantine_rows(self, key, name, arr, start, why) -> None:
         if arr.shape[0] > start:
             values = arrays.read_rows_checked(arr, slice(start, arr.shape[0]), f"{key.path}/{name}")
@@ -367,6 +413,33 @@ class _Verifier:
         if bad_rows:
             self.rep.errors.append(f"{where}: {bad_rows} committed rows hold NaN or inf")
 
+    # -- vectors -------------------------------------------------------------------------------
+    def vectors(self, t: pa.Table) -> None:
+        """Every stored vector is finite and not all zero (vectorised over the flattened values:
+        a store holds thousands of vectors of thousands of values)."""
+        if t.num_rows == 0:
+            return
+        col = t["vector"].combine_chunks()
+        offsets = col.offsets.to_numpy()
+        offsets = offsets - offsets[0]
+        flat = col.flatten().to_numpy(zero_copy_only=False)
+        def per_row(mask):  # count of True per vector
+            c = np.concatenate([[0], np.cumsum(mask)])
+            return c[offsets[1:]] - c[offsets[:-1]]
+        nonfinite, nonzero = per_row(~np.isfinite(flat)), per_row(flat != 0)
+        bad = np.flatnonzero((nonfinite > 0) | (nonzero == 0))
+        if len(bad) == 0:
+            return
+        rows = t.take(pa.array(bad)).select(["vector_id", "trait", "method", "layer", "run_id"]).to_pylist()
+        listing = "; ".join(f"{r['vector_id']} ({r['trait']} {r['method']} L{r['layer']}, run {r['run_id']}: "
+                            + (f"{int(nonfinite[i])} NaN or infinite values" if nonfinite[i] else "all zeros") + ")"
+                            for r, i in zip(rows[:5], bad[:5]))
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        self.rep.errors.append(f"tables/vectors: {len(bad)} stored vector(s) hold NaN, infinite or all-zero values: "
+                               f"{listing}{more}. An older traitlens stored them (it now refuses to); no command "
+                               "picks, scores, steers with or exports them, and no command deletes stored vectors, so "
+                               "this stays reported: extract or combine again for usable ones")
+
     # -- the whole store -----------------------------------------------------------------------
     def run(self) -> Report:
         store, rep = self.store, self.rep
@@ -376,6 +449,7 @@ class _Verifier:
         if self.repair and (temporaries or promotions):
             rep.repaired += [f"removed {p}" for p in clean_temporaries(store, found)]
         read = {name: self.table(name) for name in TABLE_NAMES}
+        self.vectors(read["vectors"])
 
         prompts = read["prompts"]
         # aggregates in Arrow, not Python loops: a 1M-prompt store is checked in a fraction of a second
@@ -431,6 +505,14 @@ class _Verifier:
         rep.checked["groups"] = len(by_group)
         rep.checked["rows"] = n_rows_total
         return rep
+
+
+def _matches(batch, key: GroupKey):
+    """Boolean mask of a rows batch: the rows of group ``key``."""
+    m = pc.equal(batch["model_key"], key.model_key)
+    for col in ("fmt", "site", "pooling"):
+        m = pc.and_(m, pc.equal(batch[col], getattr(key, col)))
+    return m
 
 
 def verify(store: Store, repair: bool = False, check_values: bool = True, progress=None) -> Report:

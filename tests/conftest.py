@@ -55,3 +55,27 @@ def tiny_lms(tiny_llama, tiny_gpt2):
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus.jsonl", 40)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Every process a test started ends with the test, even when an assertion stopped it halfway
+    (kill tests start `traitlens` processes; a failed one used to leave them running for hours).
+    Processes that existed before the test (a module's Dask cluster) are left alone."""
+    import psutil
+
+    me = psutil.Process()
+    before = {c.pid for c in me.children()}
+    yield
+    left = [c for c in me.children() if c.pid not in before]
+    for child in left:
+        try:
+            tree = [*child.children(recursive=True), child]
+        except psutil.NoSuchProcess:
+            continue
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    psutil.wait_procs(left, timeout=30)  # reaps them (their own children were re-parented and die alone)

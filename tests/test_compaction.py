@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -227,35 +226,81 @@ print(len(seen), sorted(set(seen)))
     assert store.table("rows").num_rows == 800 and verify(store).clean
 
 
+# A compaction that stops where it is told and waits there to be killed: the kill points are
+# states of the compaction, not moments, so a fast machine cannot finish before its kill and a
+# slow one is never killed too early. argv: store, point, k, marker file to create on arrival.
+PAUSING_COMPACTION = """
+import pathlib, sys, time
+from traitlens.store import Store, compaction, manifest
+root, point, k, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+def pause():
+    pathlib.Path(marker).touch()
+    time.sleep(600)
+
+def counting(real, when):
+    seen = [0]
+    def wrapped(*a, **kw):
+        if when(*a, **kw):
+            seen[0] += 1
+            if seen[0] == k:
+                pause()
+        return real(*a, **kw)
+    return wrapped
+
+rows = lambda d: pathlib.Path(d).name == "rows"
+if point == "locked":  # the lock taken, nothing written
+    compaction.compact_table = lambda *a, **kw: pause()
+elif point == "reading":  # the new base half written: k of its input files read (a .tmp-* is on disk)
+    compaction._batches = counting(compaction._batches, lambda path, schema: True)
+elif point == "renamed":  # the base complete under its name, the manifest not yet switched
+    manifest.write_manifest = counting(manifest.write_manifest, lambda d, m: bool(m.bases))
+elif point == "switched":  # the manifest switched, nothing it retired deleted yet
+    compaction.delete_retired = counting(compaction.delete_retired, lambda d, *a, **kw: rows(d))
+elif point == "deleting":  # k of the retired parts deleted
+    pathlib.Path.unlink = counting(pathlib.Path.unlink, lambda p, *a, **kw: p.name.startswith("part-"))
+Store.open(root).compact(grace=0)
+"""
+KILL_POINTS = [("locked", 1), ("reading", 1), ("reading", 500), ("reading", 999), ("renamed", 1),
+               ("switched", 1), ("deleting", 1), ("deleting", 600), ("renamed", 1), ("reading", 250)]
+
+
 @pytest.mark.slow  # real processes: `make test-fast` leaves it out
 def test_kill_9_during_compaction_ten_times_loses_nothing_and_counts_everything_once(tmp_path):
-    template = small_commits_store(tmp_path / "template", 4000, 4, lock=False)  # 1,000 parts: ~1 s to merge
+    from traitlens.testing import end_all, wait_until
+
+    template = small_commits_store(tmp_path / "template", 4000, 4, lock=False)  # 1,000 parts
     want = template.table("rows")
     root = tmp_path / "s"
-    rng = random.Random(0)
-    code = f"from traitlens.store import Store; Store.open({str(root)!r}).compact(grace=0)"
-    kills = 0
-    for attempt in range(10):
+    tmp_left = 0
+    for attempt, (point, k) in enumerate(KILL_POINTS):
         store = Store.open(root) if root.exists() else None
-        if store is None or len(part_files(store.tables_path / "rows")) <= 1:  # finished last time: start over
+        if store is None or len(part_files(store.tables_path / "rows")) <= 1:  # compacted last time: start over
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(template.root, root)
             store = Store.open(root)
-        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 2.5))
-        if p.poll() is None:
+        marker = tmp_path / f"at-{attempt}"
+        p = subprocess.Popen([sys.executable, "-c", PAUSING_COMPACTION, str(root), point, str(k), str(marker)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            reached = wait_until(lambda: marker.exists() or p.poll() is not None)
+            assert reached and marker.exists(), (point, k, p.poll(), p.poll() is not None and p.stderr.read())
             p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait()
+            p.wait()
+        finally:
+            p.kill()
+            p.wait()
+            end_all([p.pid])
+        tmp_left += bool(list((store.tables_path / "rows").glob(".tmp-*")))
         rep = verify(store, check_values=False)
-        assert not rep.errors, rep.errors  # a kill may leave an orphan base or a temporary, never damage
-        assert store.table("rows").equals(want)  # every prompt exactly once, in order, at every point
+        assert not rep.errors, (point, k, rep.errors)  # a kill may leave an orphan base or a temporary, never damage
+        assert store.table("rows").equals(want), (point, k)  # every prompt exactly once, in order, at every point
         if attempt % 3 == 2:
             verify(store, repair=True)
             assert verify(store, check_values=False).clean
-    assert kills >= 5
-    verify(store, repair=True)
-    store.compact(grace=0)
+    assert tmp_left >= 1 and list((store.tables_path / "rows").glob(".tmp-*"))  # the last kill left one
+    store.compact(grace=0)  # what the kills left is swept by the next compaction alone
+    assert not list((store.tables_path / "rows").glob(".tmp-*"))
     assert verify(store).clean and store.table("rows").equals(want)
 
 
@@ -284,3 +329,21 @@ def test_a_version_1_store_is_read_as_it_is_and_becomes_version_2_when_first_com
     store.compact()
     assert json.loads(meta_path.read_text())["version"] == 2
     assert Store.open(store.root).table("rows").equals(want)
+
+
+def test_a_compaction_sweeps_the_temporary_base_a_killed_one_left_once_it_is_older_than_the_grace(tmp_path):
+    """A kill while a base is being written leaves `.tmp-*-base-*.parquet`; later compactions
+    used to leave it forever. Under the lock they delete it once it is older than the grace (a
+    younger one could be a live writer's that does not take the lock)."""
+    store = small_commits_store(tmp_path / "s", 80, 8, lock=False)
+    table_dir = store.tables_path / "rows"
+    left = table_dir / ".tmp-0badc0de-base-000001-0badc0de.parquet"
+    left.write_bytes(part_files(table_dir)[0].read_bytes()[:50])  # half a file
+    store.compact(["rows"], grace=3600)
+    assert left.exists()  # just written: it could be live
+    old = time.time() - 7200
+    os.utime(left, (old, old))
+    tables.write_part(table_dir, tables.ROWS_SCHEMA.empty_table(), tables.ROWS_SCHEMA)  # something to compact
+    store.compact(["rows"], grace=3600)
+    assert not left.exists()
+    assert verify(store).clean and store.table("rows").num_rows == 80

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, hash_split, prompt_id_for
+from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, prompt_id_for
+from traitlens.pipeline.capture.splits import hash_split
 from traitlens.pipeline.capture.plan import read_corpus
 
 
@@ -99,9 +100,9 @@ def test_labels_zero_policy(tmp_path):
 
 
 def test_unknown_extension_and_missing_path(tmp_path):
-    (tmp_path / "x.parquet").write_bytes(b"")
+    (tmp_path / "x.xlsx").write_bytes(b"")
     with pytest.raises(CorpusError, match="unknown corpus type"):
-        read_corpus([tmp_path / "x.parquet"])
+        read_corpus([tmp_path / "x.xlsx"])
     with pytest.raises(CorpusError, match="no such file"):
         read_corpus([tmp_path / "nope.jsonl"])
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from traitlens.testing import write_corpus
+from traitlens.testing import alive, chunk_files, descendants, end_all, wait_until, write_corpus
 from traitlens.store import GroupKey, Store, verify
 
 
@@ -40,20 +40,25 @@ def test_kill_9_mid_ingest_then_rerun_is_clean_and_equal_to_uninterrupted(tmp_pa
     subprocess.run(ingest_cmd(ref, corpus, tiny_llama), check=True, env=env, capture_output=True)
 
     store_path = tmp_path / "s"
-    rng = random.Random(0)
     kills = 0
-    for attempt in range(3):
+    # where each kill lands, as states of the run (never after a sleep a fast machine outruns):
+    # just after a commit's rows part, in the middle of the next commit's array writes, after a part again
+    for attempt, mid_arrays in enumerate((False, True, False)):
         before = rows_parts(store_path)
         p = subprocess.Popen(ingest_cmd(store_path, corpus, tiny_llama), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while rows_parts(store_path) == before and p.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.3))  # somewhere after a commit: maybe mid-array-write
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait()
+        try:
+            wait_until(lambda: rows_parts(store_path) > before or p.poll() is not None)
+            if mid_arrays:
+                written = chunk_files(store_path)
+                wait_until(lambda: chunk_files(store_path) > written or p.poll() is not None)
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                kills += 1
+            p.wait()
+        finally:
+            p.kill()
+            p.wait()
         if (store_path / "store.json").exists():
             rep = verify(Store.open(store_path))
             assert not rep.errors, rep.errors  # a kill may leave tails, never damage
@@ -164,25 +169,35 @@ def test_kill_9_during_extract_leaves_the_vectors_table_whole(tmp_path):
     store, _ = synthetic_store(tmp_path / "s", n=400, d=64, layers=tuple(range(12)))
     code = ("import sys; from traitlens.pipeline.extract.jobs import extract\n"
             "from traitlens.pipeline.extract.config import ExtractConfig\n"
-            "extract(sys.argv[1], 'planted', cfg=ExtractConfig(n_boot=4))")
-    rng = random.Random(1)
+            "extract(sys.argv[1], 'planted', cfg=ExtractConfig(n_boot=4), scheduler='processes')")
+    vectors_dir = store.tables_path / "vectors"
     mid_run = 0
-    for attempt in range(3):
+    # kill points as states of the run: its `running` record written; its workers forked (inside the
+    # fits); its vectors part being written (a temporary on disk; if that moment is missed, after it)
+    points = {"recorded": lambda: True, "fitting": lambda: bool(descendants(p.pid)),
+              "saving": lambda: any(vectors_dir.glob(".tmp-*")) or any(vectors_dir.glob("part-*"))}
+    for attempt, point in enumerate(points):
         p = subprocess.Popen([sys.executable, "-c", code, str(store.root)])
-        deadline = time.time() + 60  # wait for this run's `running` record: the fits have begun
-        while len(store.runs()) <= attempt and p.poll() is None and time.time() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.0))
-        alive = p.poll() is None
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        workers: list[int] = []
+        try:
+            wait_until(lambda: len(store.runs()) > attempt or p.poll() is not None)  # the fits have begun
+            wait_until(lambda: points[point]() or p.poll() is not None, every=0.002)
+            workers = descendants(p.pid)
+            alive_at_kill = p.poll() is None
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            assert wait_until(lambda: not alive(workers)), f"workers {alive(workers)} outlived their killed parent"
+        finally:
+            p.kill()
+            p.wait()
+            end_all(workers)
         t = store.table("vectors")
         assert t.num_rows in (0, 72)  # a vectors part lands whole or not at all
         assert not verify(store).errors
         runs = store.runs().to_pylist()
-        if alive and t.num_rows == 0:
+        if alive_at_kill and t.num_rows == 0:
             mid_run += 1
-            assert runs[-1]["status"] == "running"  # killed mid-fit: visible as never finished
+            assert runs[-1]["status"] == "running"  # killed mid-fit: visible as never finished (till the next lock)
     assert mid_run >= 1  # at least one kill landed between the start and the vectors part
     subprocess.run([sys.executable, "-c", code, str(store.root)], check=True)
     vids = store.table("vectors")["vector_id"].to_pylist()

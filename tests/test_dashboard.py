@@ -279,3 +279,70 @@ def test_the_console_sends_a_page_of_rows_never_the_whole_answer(dash_store):
         assert [r["prompt_id"] for r in d["rows"]] == want
         many = data.sql(q, "SELECT 1; SELECT prompt_id FROM prompts", limit=10)  # not a lone SELECT: counted
         assert many["truncated"] and many["rows_total"] == 120 and len(many["rows"]) == 10
+
+
+# ------------------------------------------------------------------------------ bad requests
+@pytest.fixture(scope="module")
+def slash_client(tmp_path_factory):
+    """A store whose one trait is named ``a/b/c``, with no steering rows (synthetic, no model)."""
+    from traitlens.pipeline.extract.jobs import ExtractConfig, extract
+    from traitlens.testing import synthetic_store
+    from traitlens.workflows.dashboard.app import create_app
+
+    store, _ = synthetic_store(tmp_path_factory.mktemp("slash") / "s", n=160, d=8, layers=(0, 1), trait="a/b/c")
+    extract(store.root, "a/b/c", ["mean_diff", "random"], cfg=ExtractConfig(n_boot=0))
+    return starlette_testclient.TestClient(create_app(store.root)), store
+
+
+def test_a_trait_named_with_slashes_opens(slash_client):
+    c, store = slash_client
+    r = c.get("/api/traits/a%2Fb%2Fc")
+    assert r.status_code == 200, r.text
+    assert r.json()["trait"] == "a/b/c" and len(r.json()["groups"][0]["cells"]) == 4
+
+
+def test_ranking_by_steering_without_steering_rows_is_not_a_server_error(slash_client):
+    c, _ = slash_client
+    r = c.get("/api/traits/a%2Fb%2Fc?by=steering")
+    assert r.status_code == 200, r.text
+    assert r.json()["floors"]["random"] is None  # nothing measured: null, not a crash
+
+
+def test_the_gguf_of_a_layer_0_vector_is_a_400_saying_why_and_easysteer_keeps_it(slash_client):
+    c, store = slash_client
+    v0 = next(v for v in store.table("vectors").to_pylist() if v["layer"] == 0 and v["method"] == "mean_diff")
+    r = c.get(f"/api/vectors/{v0['vector_id']}/export?format=gguf")
+    assert r.status_code == 400 and "layer 0" in r.json()["error"] and "easysteer" in r.json()["error"]
+    e = c.get(f"/api/vectors/{v0['vector_id']}/export?format=easysteer")
+    assert e.status_code == 200 and e.content[:4] == b"GGUF"
+    import gguf
+
+    path = store.root.parent / "e.gguf"
+    path.write_bytes(e.content)
+    (t,) = gguf.GGUFReader(str(path)).tensors
+    np.testing.assert_allclose(np.asarray(t.data).reshape(-1), np.asarray(v0["vector"], np.float32))
+
+
+@pytest.mark.parametrize("page,status,words", [(-5, 400, "from 0"), (10**20, 400, "from 0"), ("x", 400, "whole number"),
+                                               (999, 404, "past the last page")])
+def test_pages_out_of_range_are_clear_errors(slash_client, page, status, words):
+    c, _ = slash_client
+    for path in ("/api/runs", "/api/overview", "/api/trajectories"):
+        r = c.get(path, params={"page": page})
+        assert r.status_code == status, (path, r.text)
+        assert words in r.json()["error"] and "Conversion Error" not in r.json()["error"], r.json()
+    assert c.get("/api/runs", params={"page": 0}).status_code == 200
+
+
+def test_the_csv_download_is_capped_like_the_page_and_says_so(slash_client):
+    from traitlens.workflows.dashboard.data import SQL_ROWS
+
+    c, _ = slash_client
+    r = c.get("/api/sql.csv", params={"q": "SELECT range AS i FROM range(5000)"})
+    assert r.status_code == 200
+    lines = r.text.splitlines()
+    assert len(lines) == SQL_ROWS + 1 and lines[1] == "0"  # the header and the first SQL_ROWS rows, in order
+    assert r.headers["x-traitlens-truncated"] == "true" and r.headers["x-traitlens-row-limit"] == str(SQL_ROWS)
+    assert f"first-{SQL_ROWS}-rows" in r.headers["content-disposition"]
+    small = c.get("/api/sql.csv", params={"q": "SELECT range AS i FROM range(7)"})
+    assert len(small.text.splitlines()) == 8 and small.headers["x-traitlens-truncated"] == "false"

@@ -4,20 +4,18 @@ their metadata in order (pipeline/capture/distributed.py). Real worker processes
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.store import GroupKey, Store, verify
-from traitlens.testing import write_corpus
+from traitlens.testing import chunk_files, wait_until, write_corpus
 
 pytestmark = pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 
@@ -64,9 +62,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_the_run_completes(tmp_path, t
 
         def kill_one():
             rows = tmp_path / "dist" / "tables" / "rows"
-            deadline = time.time() + 60
-            while time.time() < deadline and not (rows.exists() and len(list(rows.glob("part-*"))) >= 3):
-                time.sleep(0.01)
+            wait_until(lambda: rows.exists() and len(list(rows.glob("part-*"))) >= 3)
             os.kill(next(iter(pids.values())), signal.SIGKILL)  # its nanny starts a fresh one
 
         t = threading.Thread(target=kill_one)
@@ -81,7 +77,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_the_run_completes(tmp_path, t
 
 def test_kill_9_during_a_distributed_ingest_ten_times_then_the_rerun_equals_a_local_run(tmp_path, tiny_llama,
                                                                                         cluster):
-    """The driver dies at random points while its tasks may still run on the workers: nothing
+    """The driver dies at chosen points while its tasks may still run on the workers: nothing
     committed is lost, and a task that outlives its run never writes into the next run's rows."""
     n = 3000
     c = write_corpus(tmp_path / "c.jsonl", n)
@@ -91,21 +87,28 @@ def test_kill_9_during_a_distributed_ingest_ten_times_then_the_rerun_equals_a_lo
                    capture_output=True)
     dist = tmp_path / "dist"
     cmd = cli + ["--store", str(dist), "ingest", str(c), *args, "--scheduler", cluster.scheduler_address]
-    rng = random.Random(1)
     kills, partial = 0, 0
     for attempt in range(10):
         if dist.exists() and all(v == n for v in Store.open(dist).group_counts().values()):
             shutil.rmtree(dist)  # the last run finished before its kill: start again from nothing
         before = parts(dist)
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while parts(dist) == before and p.poll() is None and time.time() < deadline:
-            time.sleep(0.01)  # until this run has committed its first range
-        time.sleep(rng.uniform(0, 1.5))  # then anywhere: mid-range, mid-commit, or after the end
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            kills += 1
-        p.wait()
+        try:
+            # where the kill lands is a state of the run, never a sleep a fast machine outruns: just
+            # after its first committed range, mid-range (workers writing chunks), or a range later
+            wait_until(lambda: parts(dist) > before or p.poll() is not None)
+            if attempt % 3 == 1:
+                written = chunk_files(dist)
+                wait_until(lambda: chunk_files(dist) > written or p.poll() is not None)
+            elif attempt % 3 == 2:
+                wait_until(lambda: parts(dist) > before + 1 or p.poll() is not None)
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                kills += 1
+            p.wait()
+        finally:
+            p.kill()
+            p.wait()
         if (dist / "store.json").exists():
             s = Store.open(dist)
             rep = verify(s, check_values=False)

@@ -214,7 +214,7 @@ def test_bad_requests_fail_clearly_and_write_nothing(tmp_path):
     # a trait with positives only
     store.add_prompts([{"prompt_id": r["prompt_id"], "text": "x", "dataset": "d2", "trait": "onesided", "label": 1,
                         "split": r["split"]} for r in store.prompts().to_pylist()])
-    with pytest.raises(ExtractionError, match="0 negative.*need at least"):
+    with pytest.raises(ExtractionError, match="0 negative rows; a fit needs at least 2 of each.*Ingest 4 more negative"):
         extract(store.root, "onesided")
     assert store.table("vectors").num_rows == before
 
@@ -322,7 +322,8 @@ def confounded_store(path, n=400, d=16, seed=0):
     """Labels that are prompt length in disguise: positives are the long prompts, and the
     activations carry length (as a real model's do) but nothing else about the label. Two
     datasets, one holding most of the positives."""
-    from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+    from traitlens.pipeline.capture.corpus import prompt_id_for
+    from traitlens.pipeline.capture.splits import hash_split
     from traitlens.store import PendingBatch, Store
 
     rng = np.random.default_rng(seed)
@@ -413,7 +414,8 @@ def test_audit_finds_planted_flipped_labels(tmp_path):
 def test_score_projects_every_stored_prompt_once_and_calibrates_on_the_held_out_means(tmp_path):
     from click.testing import CliRunner
 
-    from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+    from traitlens.pipeline.capture.corpus import prompt_id_for
+    from traitlens.pipeline.capture.splits import hash_split
     from traitlens.pipeline.extract.contrastive import contrastive_set
     from traitlens.queries import StoreSQL
     from traitlens.store import PendingBatch

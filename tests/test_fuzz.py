@@ -92,7 +92,7 @@ import shutil  # noqa: E402
 
 from click.testing import CliRunner  # noqa: E402
 
-from traitlens.testing import write_corpus
+from traitlens.testing import write_corpus  # noqa: E402
 from traitlens.workflows.cli import cli  # noqa: E402
 
 

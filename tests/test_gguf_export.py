@@ -6,7 +6,6 @@ llama-cpp-python is installed)."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -14,16 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from traitlens.store import Store
-from traitlens.testing import make_model, write_corpus
+from traitlens.testing import make_model, strict_json, write_corpus
 from traitlens.testing.hand import typical_norm
 from traitlens.workflows.cli import cli
-
-
-def strict_json(text: str):
-    def no_constants(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=no_constants)
 
 
 def read_gguf(path):

@@ -223,19 +223,69 @@ def test_truncated_part_is_a_one_line_error_everywhere_and_repair_moves_it(store
     assert run("--store", store, "verify").exit_code == 0
 
 
-def test_a_lost_part_from_the_middle_is_reported_and_nothing_around_it_is_truncated(store, good, tiny_llama):
-    key = only_group(store)
-    original = Store.open(store).activations(key, 2)
-    first = sorted((store / "tables" / "rows").glob("part-*.parquet"))[0]
-    first.write_bytes(first.read_bytes()[:100])
+def by_prompt(store: Store, key: GroupKey, layer: int) -> dict[str, np.ndarray]:
+    acts = store.activations(key, layer)
+    return {r["prompt_id"]: acts[r["row"]] for r in store.group_rows(key).to_pylist()}
+
+
+def extract_cmd(store, *extra):
+    return run("--store", store, "extract", "--trait", "kindness", "--methods", "mean_diff", "--n-boot", "0", "-q",
+               *extra)
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated"])
+def test_a_lost_part_from_the_middle_is_recovered_by_repair_and_a_reingest(store, good, tiny_llama, how):
+    """A rows part from the middle lost (deleted, or truncated and then quarantined): nothing
+    numbers rows past the gap, so --repair moves the rows after it (their records and values) to
+    quarantine/, and a re-ingest captures those prompts again, back to a clean store."""
+    keys = Store.open(store).groups()
+    original = {k: by_prompt(Store.open(store), k, 2) for k in keys}
+    middle = sorted((store / "tables" / "rows").glob("part-*.parquet"))[1]  # rows 256-511 of every group
+    if how == "deleted":
+        middle.unlink()
+    else:
+        middle.write_bytes(middle.read_bytes()[:100])
+    # meanwhile extract refuses rather than fit a subset of the prompts in silence
+    x = extract_cmd(store)
+    out = one_line_error(x, 2 if how == "deleted" else 1)  # (a part that does not read is exit 1 everywhere)
+    assert "verify" in out and ("gap" in out or how == "truncated"), out
+    r = run("--store", store, "verify")
+    assert r.exit_code == 1 and "rows 256-511 have no record" in r.output and "--repair" in r.output, r.output
     r = run("--store", store, "verify", "--repair")
-    assert r.exit_code == 1 and "MOVED" in r.output and "rows 0-255 have no record" in r.output, r.output
-    arr = Store.open(store).zarr_root()[key.path]["L2"]
-    assert arr.shape[0] == N  # the rows after the gap are still committed: never truncated
-    np.testing.assert_array_equal(np.asarray(arr[:], np.float32), original)
-    out = one_line_error(ingest(store, good[1], tiny_llama), 1)  # a writer refuses to number rows past a gap
-    assert "gap" in out
-    assert Store.open(store).zarr_root()[key.path]["L2"].shape[0] == N
+    assert "MOVED" in r.output and "Traceback" not in r.output, r.output
+    s = Store.open(store)
+    for k in keys:
+        assert s.group_rows(k)["row"].to_pylist() == list(range(256))  # rolled back to the gap
+        moved = list((store / "quarantine").glob(f"*/arrays/{k.path.replace('/', '__')}__L2.rows256-600.npy"))
+        assert len(moved) == 1  # the values after the gap, moved aside intact
+        assert np.load(moved[0]).shape[0] == N - 256
+    assert list((store / "quarantine").glob("*/tables/rows/*.parquet"))  # and which prompt each row was
+    assert run("--store", store, "verify").exit_code == 0
+    r = ingest(store, good[1], tiny_llama)
+    assert r.exit_code == 0 and "344 prompts captured" in r.output, r.output
+    s = Store.open(store)
+    assert verify(s).clean
+    for k in keys:
+        got = by_prompt(s, k, 2)
+        assert got.keys() == original[k].keys()
+        for pid, v in original[k].items():
+            np.testing.assert_allclose(got[pid], v, rtol=1e-3, atol=1e-3)
+    assert extract_cmd(store).exit_code == 0
+
+
+def test_extract_refuses_a_store_that_verify_would_call_damaged(store):
+    """Extraction checks, cheaply, what would make it fit the wrong rows: a lost rows part
+    (a gap, or rows the commit mark vouches for without a record) and a missing layer array."""
+    s = Store.open(store)
+    key = only_group(store)
+    shutil.rmtree(store / "activations.zarr" / key.path / "L1")
+    for layers in ("all", "0"):  # even when the missing layer is not asked for: the store is damaged
+        out = one_line_error(extract_cmd(store, "--layers", layers), 2)
+        assert "L1" in out and "verify" in out, out
+    assert not s.table("vectors").num_rows
+    newest_rows_part(store).unlink()  # the last commit's record lost: the mark vouches for more rows
+    out = one_line_error(extract_cmd(store, "--pooling", "mean"), 2)
+    assert "verify" in out and "rows record" in out, out
 
 
 # -- bad input writes nothing ----------------------------------------------------------------------
@@ -399,3 +449,54 @@ def test_tokens_pooling_lost_part_is_quarantined_with_its_token_ids(tmp_path, ti
     assert ingest(s, c, tiny_llama, "--pooling", "tokens", "--layers", "1").exit_code == 0
     store = Store.open(s)
     assert verify(store).clean and store.committed(key).array_rows == st.array_rows
+
+
+# -- corpora that are not files ----------------------------------------------------------------------
+def test_a_fifo_corpus_is_refused_at_once_never_waited_on(tmp_path, good, tiny_llama):
+    """`mkfifo f.jsonl; cat c.jsonl > f.jsonl & traitlens ingest f.jsonl` used to hang forever:
+    the corpus is read twice (hashed, then validated), and the second open waits for a writer
+    that has gone. Run in a subprocess with a bounded wait, so a hang fails instead of hanging."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "f.jsonl"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat '{good[1]}' > '{fifo}'"])
+    try:
+        r = subprocess.run([sys.executable, "-m", "traitlens.workflows.cli", "--store", str(tmp_path / "s"), "ingest",
+                            str(fifo), "--model", str(tiny_llama), "--quiet"], capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert r.returncode == 2, r.stderr
+    assert "f.jsonl" in r.stderr and "FIFO" in r.stderr and "regular file" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()  # nothing written
+
+
+def test_tokens_pooling_middle_part_lost_is_recovered_by_repair_and_a_reingest(tmp_path, tiny_llama):
+    c = write_corpus(tmp_path / "c.jsonl", 600)
+    s = tmp_path / "s"
+    assert ingest(s, c, tiny_llama, "--pooling", "tokens", "--layers", "1").exit_code == 0
+    key = only_group(s, "tokens")
+
+    def tokens_by_prompt(store):
+        acts = store.activations(key, 1)
+        return {r["prompt_id"]: acts[r["token_start"]:r["token_start"] + r["token_count"]]
+                for r in store.group_rows(key).to_pylist()}
+
+    original = tokens_by_prompt(Store.open(s))
+    parts = sorted((s / "tables" / "rows").glob("part-*.parquet"))
+    assert len(parts) >= 3
+    parts[1].unlink()
+    rep = verify(Store.open(s), repair=True)
+    assert rep.quarantined and not rep.errors, rep
+    assert verify(Store.open(s)).clean
+    assert ingest(s, c, tiny_llama, "--pooling", "tokens", "--layers", "1").exit_code == 0
+    store = Store.open(s)
+    assert verify(store).clean
+    got = tokens_by_prompt(store)
+    assert got.keys() == original.keys()
+    for pid, v in original.items():
+        np.testing.assert_allclose(got[pid], v, rtol=1e-3, atol=1e-3)

@@ -3,7 +3,7 @@
 - Folders: ``store`` < ``queries`` < ``pipeline`` < ``workflows`` < ``testing`` (``tests/support``);
   a module imports only from its own folder and those below.
 - Inside ``pipeline``: ``model`` and ``runtime`` import only themselves; a stage (``capture``,
-  ``extract``, ``steer``) imports ``model``, ``runtime`` and itself, never another stage;
+  ``extract``, ``steer``, ``generate``) imports ``model``, ``runtime`` and itself, never another stage;
   ``interop`` (the one adapter) and the old-path shim ``methods`` may see every stage.
 - No import cycle anywhere in the package, imports inside functions counted.
 """
@@ -20,7 +20,7 @@ FOLDERS = {"store": "store", "queries": "queries", "pipeline": "pipeline", "work
            "testing": "tests/support"}
 LEVEL = {"store": 0, "queries": 1, "pipeline": 2, "workflows": 3, "testing": 4}
 SHARED = {"model", "runtime"}
-STAGES = {"capture", "extract", "steer"}
+STAGES = {"capture", "extract", "steer", "generate"}
 ADAPTERS = {"interop", "methods"}
 
 

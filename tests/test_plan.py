@@ -8,7 +8,11 @@ import weakref
 
 import pytest
 
-from traitlens.pipeline.capture import plan
+import pyarrow as pa
+import pyarrow.json as pj
+
+from traitlens.pipeline.capture import corpus, plan
+from traitlens.pipeline.capture.readers import jsonl
 from traitlens.pipeline.capture.corpus import CorpusError
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.store import GroupKey, Store, verify
@@ -16,10 +20,10 @@ from traitlens.testing import write_corpus
 
 
 def test_an_ingest_holds_one_window_of_records_whatever_the_corpus_length(tmp_path, tiny_lms, monkeypatch):
-    """Every record the readers yield is watched through a weak reference: at no point are more
-    than a few windows' worth alive, although the corpus is 25 windows long."""
+    """Every record made is watched through a weak reference: at no point are more than a few
+    windows' worth alive, although the corpus is 25 windows long (pass 1 makes none: see the next test)."""
     live, peak = [0], [0]
-    real_reader, real_record = plan.iter_records, plan.PromptRecord
+    real_record = corpus.PromptRecord
 
     def gone():
         live[0] -= 1
@@ -30,23 +34,59 @@ def test_an_ingest_holds_one_window_of_records_whatever_the_corpus_length(tmp_pa
         peak[0] = max(peak[0], live[0])
         return rec
 
-    def read(path, opts=None):  # pass 1's records
-        for rec in real_reader(path, opts):
-            yield watch(rec)
-
-    monkeypatch.setattr(plan, "iter_records", read)
-    monkeypatch.setattr(plan, "PromptRecord", lambda *a, **k: watch(real_record(*a, **k)))  # pass 2's
+    monkeypatch.setattr(corpus, "PromptRecord", lambda *a, **k: watch(real_record(*a, **k)))
     lm = tiny_lms["llama"]
     n, window = 2500, 100
     c = write_corpus(tmp_path / "c.jsonl", n)
     r = ingest(tmp_path / "s", [c], cfg=IngestConfig(window=window, batch_size=50, poolings=["last"]), lm=lm,
                progress=False)
     assert (r.n_records, r.n_captured, r.n_new_prompts) == (n, n, n)
-    assert peak[0] <= 3 * window, peak[0]  # the plan's window plus the encoder's, not the corpus
+    assert 0 < peak[0] <= 3 * window, peak[0]  # the plan's window plus the encoder's, not the corpus
     store = Store.open(tmp_path / "s")
     ids = store.group_rows(GroupKey(lm.key, "chat", "resid", "last"))["prompt_id"].to_pylist()
     assert len(set(ids)) == n and store.prompts().num_rows == n
     assert verify(store).clean
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv"])
+def test_pass_one_holds_one_block_of_the_corpus(tmp_path, monkeypatch, fmt):
+    """The readers hand the scan Arrow batches (the line readers a batch of records): Arrow's
+    memory at each batch stays a small part of the whole corpus's, whatever the format."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from traitlens.pipeline.capture.readers import batches, columnar
+
+    c = write_corpus(tmp_path / "c.jsonl", 30_000)
+    table = pj.read_json(c)
+    if fmt == "parquet":
+        c = tmp_path / "c.parquet"
+        pq.write_table(table, c, row_group_size=500)
+    elif fmt == "csv":
+        c = tmp_path / "c.csv"
+        pcsv.write_csv(table, c)
+    peak = [0]
+    real_attempts = plan.source_attempts
+
+    def attempts(src, opts):
+        def watched(attempt):
+            def read():
+                for b in attempt():
+                    peak[0] = max(peak[0], pa.total_allocated_bytes())
+                    yield b
+            return read
+        return [watched(a) for a in real_attempts(src, opts)]
+
+    monkeypatch.setattr(plan, "source_attempts", attempts)
+    monkeypatch.setattr(plan, "ROW_GROUP", 256)  # what the scan gathers before writing a row group
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 16_384)  # what the JSON reader parses at a time
+    monkeypatch.setattr(columnar, "BATCH_ROWS", 500)
+    monkeypatch.setattr(batches, "LINE_BATCH", 500)
+    base = pa.total_allocated_bytes()
+    with plan.scan_corpus([c]) as scan:
+        scan.decide()
+        assert scan.n_records == 30_000
+    assert 0 < peak[0] - base < table.nbytes / 4, (peak[0] - base, table.nbytes)  # reading it whole: >= 1
 
 
 def test_a_conflict_far_apart_is_refused_before_anything_is_written(tmp_path, tiny_lms):
@@ -90,3 +130,26 @@ def test_read_corpus_and_the_plan_agree_with_a_plain_reading(tmp_path):
     records, dups = plan.read_corpus([a])
     assert dups == 7 and len(records) == 50
     assert [r.source for r in records] == [f"{a}:{i}" for i in range(1, 51)]
+
+
+def test_a_key_is_relabelled_only_when_its_newest_stored_record_differs(tmp_path):
+    """The plan compares the corpus with each key's newest stored record, whatever the history
+    before it: a label corrected and corrected back is not a relabel, a stale old record that
+    agrees with the corpus does not hide a newer one that does not."""
+    c = write_corpus(tmp_path / "c.jsonl", 4)  # labels neg, pos, neg, pos
+    lines = c.read_text().splitlines()  # the first record gives its split (one without keeps the stored one)
+    c.write_text("\n".join([lines[0][:-1] + ', "split": "val"}'] + lines[1:]) + "\n")
+    records, _ = plan.read_corpus([c])
+    rows = [r.as_row() for r in records]
+    flipped = [{**r, "label": -r["label"]} for r in rows]
+    store = Store.open(tmp_path / "s", create=True)
+    store.add_prompts(rows[:3])  # the fourth is new to the store
+    store.add_prompts([flipped[1]])  # corrected...
+    store.add_prompts([rows[1]])  # ...and corrected back: its newest record is the corpus's again
+    store.add_prompts([flipped[2]])  # its old record agrees with the corpus, its newest does not
+    store.add_prompts([{**rows[0], "split": "test"}])  # a newer split than the corpus gives
+    with plan.scan_corpus([c]) as scan:
+        scan.decide(store)
+        flags = scan.flags
+    assert [bool(f & plan.NEW) for f in flags] == [False, False, False, True]
+    assert [bool(f & plan.RELABELLED) for f in flags] == [True, False, True, False]

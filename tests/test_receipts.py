@@ -121,3 +121,35 @@ def test_compaction_keeps_a_receipt_and_a_lost_compacted_part_breaks_it(tmp_path
     base = next((store / "tables" / "rows").glob("base-*.parquet"))
     base.unlink()
     assert receipts.check(store, [corpus], opts, cfg) is None
+
+
+def test_a_rerun_without_its_receipt_loads_no_model_until_a_prompt_needs_it(tmp_path, tiny_llama):
+    """Receipts are a cache (another machine, a cleared home, a corpus rewritten byte for byte
+    differently): without one, a rerun whose records are all stored as the corpus has them is
+    settled from the model's cached identity after reading the corpus, without torch, and writes
+    nothing but a new receipt. A relabelled or a new prompt loads the model."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 30)
+    store = tmp_path / "s"
+    ingest_cli(store, corpus, tiny_llama)
+    runs = sorted(p.name for p in (store / "tables" / "runs").iterdir())
+
+    def without_receipts():
+        for f in (receipts.traitlens_home() / "receipts").glob("*.json"):
+            f.unlink()
+        assert receipts.check(store, [corpus], ReadOptions(), IngestConfig(model=str(tiny_llama))) is None
+        return fresh_cli(store, corpus, tiny_llama)
+
+    out = without_receipts()
+    assert "every record is stored as the corpus has it" in out and out.strip().endswith("NO-TORCH"), out
+    assert "0 prompts captured, 30 already stored" in out
+    assert sorted(p.name for p in (store / "tables" / "runs").iterdir()) == runs
+    assert receipts.check(store, [corpus], ReadOptions(), IngestConfig(model=str(tiny_llama))) is not None
+    lines = corpus.read_text().splitlines()
+    assert '"label": "neg"' in lines[0]
+    corpus.write_text("\n".join([lines[0].replace('"neg"', '"pos"'), *lines[1:]]) + "\n")
+    out = without_receipts()
+    assert "1 relabelled" in out and out.strip().endswith("TORCH") and "NO-TORCH" not in out, out
+    write_corpus(corpus, 31)
+    corpus.write_text("\n".join([lines[0].replace('"neg"', '"pos"'), *corpus.read_text().splitlines()[1:]]) + "\n")
+    out = without_receipts()
+    assert ": 1 prompts captured, 30 already stored" in out and "NO-TORCH" not in out, out

@@ -153,7 +153,7 @@ def test_cli_monitor_steer_evaluate_and_rank_by_shift(tmp_path, tiny_llama):
     assert r.exit_code == 0 and "steer_shift" in r.output
     # the order, independently: each vector's best persona shift within the KL budget, from the
     # steering table as evaluate stored it, largest first; vectors never evaluated come after
-    from traitlens.queries.selection import KL_BUDGET
+    from traitlens.queries.budget import KL_BUDGET
     from traitlens.store import Store
 
     best: dict[str, float] = {}

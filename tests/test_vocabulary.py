@@ -163,6 +163,6 @@ def test_no_module_spells_out_a_vocabulary_list_again():
 
 def test_the_spelled_out_check_finds_a_second_definition():
     lists = _vocabulary_lists()
-    src = ('KINDS = ("expression", "persona", "refusal", "refusal_first_token")\nOK = ("persona", "refusal")\n'
+    src = ('KINDS = ("expression", "persona", "refusal", "refusal_first_token", "refusal_rate")\nOK = ("persona", "refusal")\n'
            'if kind not in (None, "typical", "all"):\n    pass\n')
     assert spelled_out(src, lists) == [(1, "EVALUATION_KINDS"), (3, "NORMS")]

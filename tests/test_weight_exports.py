@@ -19,19 +19,12 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
 from traitlens.store import Store
-from traitlens.testing import make_model, write_corpus
+from traitlens.testing import make_model, strict_json, write_corpus
 from traitlens.testing.hand import typical_norm
 from traitlens.workflows.cli import cli
 
 pytest.importorskip("peft")
 TRAIT = "kindness"
-
-
-def strict_json(text: str):
-    def no_constants(name):
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    return json.loads(text, parse_constant=no_constants)
 
 
 class Built:

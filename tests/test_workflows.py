@@ -200,7 +200,8 @@ def test_trait_names_never_become_paths_outside_the_report(tmp_path, tiny_llama)
 def test_demo_corpus_has_hard_cases_both_sides_and_held_out_rows():
     from collections import Counter
 
-    from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+    from traitlens.pipeline.capture.corpus import prompt_id_for
+    from traitlens.pipeline.capture.splits import hash_split
     from traitlens.workflows.demo_corpus import HARMLESS_SCARY, demo_records
 
     rows = demo_records()

@@ -1,21 +1,20 @@
-"""The ``traitlens`` command line: the store verbs (info, ingest, verify) and ``main``.
+"""The ``traitlens`` command line: the store verbs (info, ingest, verify, runs, compact) and ``main``.
 
 The group, exit codes and one-line failures are in :mod:`.cli_base`; the other verbs register
-on it from ``cli_vectors``, ``cli_sql``, ``cli_steer``, ``cli_workflow`` and ``cli_serve``, imported
-below.
+on it from ``cli_vectors``, ``cli_sql``, ``cli_steer``, ``cli_workflow``, ``cli_bundle`` and
+``cli_serve``, imported below.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 
 import click
 
-from . import cli_serve, cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
-from .cli_base import EXIT_FAIL, EXIT_INPUT, _fail, _quiet_libraries, cli, own_process
+from . import cli_bundle, cli_generate, cli_serve, cli_sql, cli_steer, cli_vectors, cli_workflow  # noqa: F401  (they register their verbs)
+from .cli_base import EXIT_FAIL, EXIT_INPUT, FiniteFloat, _fail, _quiet_libraries, cli, own_process
 from traitlens.store.vocabulary import DEFAULT_POOLINGS, NAMED_SITES, POOLINGS, TABLE_NAMES
 from traitlens.pipeline.model.options import DEVICE_MAPS, LOAD_IN
 
@@ -98,12 +97,24 @@ def _poolings(value: str) -> list[str]:
 @click.option("--load-in", default=None, type=click.Choice(LOAD_IN),
               help="Quantise with bitsandbytes as the model loads (the extra [gpu]); the store keeps these rows "
                    "under their own model key.")
-@click.option("--text-field", default=None, help="Field holding the prompt [default: text, prompt, statement, ...].")
-@click.option("--label-field", default=None, help="Field holding the label [default: label, answer_matching_behavior].")
+# (--text-field, --label-field: the spellings before 0.3, kept for old scripts)
+@click.option("--text-column", "--text-field", "text_column", default=None,
+              help="Column (field) holding the prompt [default: text, prompt, statement, instruction, question, "
+                   "input].")
+@click.option("--label-column", "--label-field", "label_column", default=None,
+              help="Column holding the label [default: label, answer_matching_behavior].")
+@click.option("--messages-column", default=None,
+              help="Column holding chat turns, a list of {role, content} [default: messages].")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Read only the first N records.")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Keep N records, chosen by a hash of each record and --seed (reproducible; recorded in the run).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--trait", default=None, help="Trait for records without a trait field [default: file name].")
 @click.option("--label", default=None, help="Label for records without one: pos/neg, +1/-1, true/false, yes/no.")
 @click.option("--dataset", default=None, help="Dataset name [default: file name].")
-@click.option("--split", default=None, help="train | val | test for every record [default: the record's, else by hash].")
+@click.option("--split", default=None, help="train | val | test for every record [default: the record's; else a stored prompt's own, else "
+                   "by prompt hash, stratified by label: every split of each trait, dataset and label gets 2 of "
+                   "its prompts when it has 6].")
 @click.option("--zero-is-negative", is_flag=True, help="Read label 0 as negative (1/0 labels) instead of unlabelled.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address: shard forward passes across its workers; they write their own "
@@ -114,15 +125,21 @@ def _poolings(value: str) -> list[str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; print only the summary line (for cron).")
 @click.pass_context
 def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_size, max_tokens, padding_side, on_long,
-           max_length, device, dtype, device_map, max_memory, load_in, text_field, label_field, trait, label, dataset,
-           split, zero_is_negative, scheduler, workers_write, quiet):
-    """Capture activations of CORPUS files/folders into the store (only what is missing)."""
+           max_length, device, dtype, device_map, max_memory, load_in, text_column, label_column, messages_column,
+           limit, sample, seed, trait, label, dataset, split, zero_is_negative, scheduler, workers_write, quiet):
+    """Capture activations of CORPUS files, folders or globs into the store (only what is missing).
+
+    CORPUS: .jsonl, .json, .csv, .tsv, .txt (each also .gz or .zst), .parquet, .arrow/.feather, a
+    folder written by datasets' save_to_disk, a folder of such files (Parquet parts), a quoted glob
+    ('data/*.parquet'), or a folder of positive.txt/negative.txt. Nothing is downloaded: a Hugging
+    Face id is refused with the commands that save a local copy."""
     from traitlens.pipeline.capture import receipts
     from traitlens.pipeline.capture.corpus import ReadOptions
     from traitlens.pipeline.capture.settings import IngestConfig
 
-    opts = ReadOptions(text_field=text_field, label_field=label_field, trait=trait, label=label, dataset=dataset,
-                       split=split, zero_is_negative=zero_is_negative)
+    opts = ReadOptions(text_column=text_column, label_column=label_column, messages_column=messages_column,
+                       trait=trait, label=label, dataset=dataset, split=split, zero_is_negative=zero_is_negative,
+                       limit=limit, sample=sample, seed=seed)
     cfg = IngestConfig(model=model, sites=list(sites), layers=layers, poolings=_poolings(pooling), chat=chat,
                        generate=generate, batch_size=batch_size, max_tokens=max_tokens, padding_side=padding_side,
                        on_long=on_long, max_length=max_length, device=device, dtype=dtype, device_map=device_map,
@@ -147,6 +164,11 @@ def ingest(ctx, corpus, model, sites, layers, pooling, generate, chat, batch_siz
             res = run_ingest(ctx.obj["store"], list(corpus), opts, cfg, progress=not quiet, log=log, client=client)
         except ValueError as e:  # bad options (pooling, chat without template, ...)
             _fail(str(e), EXIT_INPUT)
+    if not res.model_loaded:
+        click.echo(f"ingest done: 0 prompts captured, {res.n_skipped} already stored, 0 new prompt records, "
+                   f"{res.n_duplicates} duplicates skipped; model {res.model_key} ({res.fmt}); every record is stored "
+                   "as the corpus has it, so the model was not loaded")
+        return
     relabelled = f", {res.n_relabelled} relabelled (newest label wins)" if res.n_relabelled else ""
     line = (f"ingest {res.status}: {res.n_captured} prompts captured, {res.n_skipped} already stored, "
             f"{res.n_new_prompts} new prompt records{relabelled}, {res.n_truncated} truncated, {res.n_duplicates} duplicates "
@@ -169,7 +191,7 @@ def verify(ctx, repair, no_values, as_json, quiet):
     """Check every store invariant against the data itself; exit 1 if anything is wrong."""
     from contextlib import nullcontext
 
-    from traitlens.store import Store
+    from traitlens.store import Store, strict_json
     from traitlens.store import verify as run_verify
 
     store = Store.open(ctx.obj["store"])
@@ -186,7 +208,7 @@ def verify(ctx, repair, no_values, as_json, quiet):
             if bar is not None:
                 bar.close()
     if as_json:
-        click.echo(json.dumps({"clean": rep.clean, **rep.__dict__}, indent=2))
+        click.echo(strict_json.dumps({"clean": rep.clean, **rep.__dict__}, indent=2))
     else:
         for e in rep.errors:
             click.echo(f"ERROR  {e}")
@@ -211,9 +233,53 @@ def verify(ctx, repair, no_values, as_json, quiet):
 
 
 @cli.command()
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="The newest N runs; 0: all.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
+@click.pass_context
+def runs(ctx, limit, as_json):
+    """The store's runs, newest first: id, stage, status, start, end and message.
+
+    Status is done, failed, interrupted (Ctrl-C, SIGTERM), running, or killed: the process
+    died without recording an end (kill -9, the OOM killer), as the next command that takes the
+    store's lock records it. A run of this machine whose process is gone already shows as
+    killed here, marked "(not yet recorded)"."""
+    import json
+
+    from traitlens.store import Store, strict_json
+    from traitlens.store.runs import is_gone, killed_message
+
+    store = Store.open(ctx.obj["store"])
+    rows = sorted(store.runs().to_pylist(), key=lambda r: r["started_at"], reverse=True)
+    rows = rows[:limit] if limit else rows
+    for r in rows:
+        r["recorded"] = True
+        if is_gone(r, lock_held=False):
+            r.update(status="killed", recorded=False, message="(not yet recorded: the next command that takes the "
+                     "store's lock records it) " + killed_message(r, "`traitlens runs`"))
+    if as_json:
+        keys = ("run_id", "stage", "status", "started_at", "ended_at", "message", "pid", "host", "recorded")
+        click.echo(strict_json.dumps([{k: (r[k].isoformat() if hasattr(r[k], "isoformat") else r[k]) for k in keys}
+                                      | {"counts": json.loads(r["counts"]) if r["counts"] else None} for r in rows],
+                                     indent=1))
+        return
+    if not rows:
+        click.echo("no runs recorded yet")
+        return
+
+    def when(t):
+        return t.strftime("%Y-%m-%d %H:%M:%S") if t is not None else "-"
+
+    click.echo(f"{'run':<32} {'stage':<12} {'status':<12} {'started (UTC)':<19} {'ended (UTC)':<19} message")
+    for r in rows:
+        msg = (r["message"] or "").replace("\n", " ")
+        click.echo(f"{r['run_id']:<32} {r['stage']:<12} {r['status']:<12} {when(r['started_at']):<19} "
+                   f"{when(r['ended_at']):<19} {msg[:160] + ('...' if len(msg) > 160 else '')}")
+
+
+@cli.command()
 @click.option("--table", "names", multiple=True, type=click.Choice(TABLE_NAMES),
               help="Compact only this table (repeatable); default: every table.")
-@click.option("--grace", type=click.FloatRange(min=0), default=None, show_default="600, or $TRAITLENS_COMPACT_GRACE",
+@click.option("--grace", type=FiniteFloat(min=0), default=None, show_default="600, or $TRAITLENS_COMPACT_GRACE",
               help="Seconds the replaced parts stay on disk for readers that listed them before the switch.")
 @click.pass_context
 def compact(ctx, names, grace):

@@ -7,8 +7,8 @@ is recorded as interrupted). Every error the project explains is a
 :class:`~traitlens.store.errors.TraitlensError` carrying its exit code, so the group catches
 that one class (and imports no stage, so no verb pays for torch it does not use).
 
-The verbs live in ``cli`` (info, ingest, verify), ``cli_vectors``, ``cli_sql``, ``cli_steer`` and
-``cli_workflow``; each imports this module, never another verb's.
+The verbs live in ``cli`` (info, ingest, verify), ``cli_vectors``, ``cli_sql``, ``cli_steer``,
+``cli_workflow`` and ``cli_bundle``; each imports this module, never another verb's.
 """
 
 from __future__ import annotations
@@ -33,11 +33,27 @@ def _fail(message: str, code: int) -> None:
 
 
 def _output(ctx, path, option: str):
-    """An output path of a command, refused (exit 2) when it would land inside the store."""
-    from traitlens.store.location import check_outside_store
+    """An output path of a command, refused (exit 2) when it would land inside the store or in
+    a folder that does not exist (checked before any work, so nothing is computed for nothing)."""
+    from traitlens.store.location import check_output_path
 
-    check_outside_store(path, ctx.obj["store"], option)  # an InputError: the group prints it, exit 2
+    check_output_path(path, ctx.obj["store"], option)  # an InputError: the group prints it, exit 2
     return path
+
+
+def write_bytes_atomically(path, data: bytes) -> None:
+    """An output file written whole or not at all (a temporary beside it, renamed): a failure
+    or an interrupt never leaves a truncated or empty file behind."""
+    from pathlib import Path
+
+    from traitlens.store.location import write_atomically
+
+    write_atomically(Path(path), lambda f: f.write(data))
+
+
+def write_text_atomically(path, text: str) -> None:
+    """:func:`write_bytes_atomically` for UTF-8 text."""
+    write_bytes_atomically(path, text.encode("utf-8"))
 
 
 def _exit_now(code: int) -> None:
@@ -80,6 +96,10 @@ class Guarded(click.Group):
         except OSError as e:  # full disk, read-only store, permissions: say so, and what survived
             import errno
 
+            if e.errno == errno.EPIPE:  # `traitlens rank | head`: the reader left; nothing failed, nothing to say
+                if _OWN_PROCESS:
+                    sys.stdout = open(os.devnull, "w")  # (the interpreter's final flush would raise again)
+                sys.exit(128 + 13)  # as if killed by SIGPIPE, like other command-line tools
             why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the store is on a read-only file system",
                    errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, "an I/O error")
             _fail(f"cannot write: {why} ({e}). Everything committed before this is intact; fix it and rerun the "
@@ -93,12 +113,62 @@ class Guarded(click.Group):
 @click.pass_context
 def cli(ctx, store_path):
     """traitlens: prompt corpora -> activations (Zarr + Parquet) -> trait vectors, with SQL on top."""
+    from traitlens.store.location import check_lasting
     from traitlens.store.location import store_path as as_store_path
 
     try:
         ctx.obj = {"store": as_store_path(store_path)}
+        if _OWN_PROCESS:  # run in-process (tests, an embedding app) a memory:// store outlives the command
+            check_lasting(ctx.obj["store"])
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--store") from None
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option: finite (NaN and infinities fail every range check silently, so they are
+    refused first), within its bounds, and where ``float32`` asks, small enough for float32.
+    The rule is :func:`traitlens.store.finite.check_float`'s, which workflow specs and formulas
+    use too; every float option of every verb has this type (a test walks the command tree).
+    A ``FloatRange`` so that help shows its range as click's does."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
+                 max_open: bool = False, nonzero: bool = False, float32: bool = False):
+        super().__init__(min=min, max=max, min_open=min_open, max_open=max_open)
+        self.bounds = dict(min=min, max=max, min_open=min_open, max_open=max_open, nonzero=nonzero, float32=float32)
+
+    def _describe_range(self) -> str:  # (click's reads "x<=None" for no bounds)
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+    def convert(self, value, param, ctx):
+        from traitlens.store.finite import float_problem
+
+        x, problem = float_problem(value, **self.bounds)
+        if problem is not None:
+            self.fail(f"{str(value)[:40]!r}: {problem}", param, ctx)
+        return x
+
+    def get_metavar(self, param, ctx=None):  # as click's FloatRange and FLOAT show themselves
+        return "FLOAT RANGE" if self.bounds["min"] is not None or self.bounds["max"] is not None else "FLOAT"
+
+
+class FiniteFloats(FiniteFloat):
+    """A comma list of floats (``0.1,0.25,-0.5``), each under :class:`FiniteFloat`'s rule; at
+    least one."""
+
+    name = "floats"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return [super(FiniteFloats, self).convert(a, param, ctx) for a in value]
+        items = [a.strip() for a in str(value).split(",") if a.strip()]
+        if not items:
+            self.fail("give a comma list of numbers, e.g. 0.1,0.25", param, ctx)
+        return [super(FiniteFloats, self).convert(a, param, ctx) for a in items]
+
+    def get_metavar(self, param, ctx=None):
+        return "TEXT"  # a comma list, as before it was checked
 
 
 def _quiet_libraries() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from traitlens.store import strict_json
+
+from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli, write_bytes_atomically, write_text_atomically
 
 
 def _print_table(t, max_rows: int = 200) -> None:
@@ -34,23 +35,36 @@ def _print_table(t, max_rows: int = 200) -> None:
 
 def _write_result(t, fmt_: str, output: str | None) -> None:
     import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
 
     if fmt_ == "table":
         _print_table(t)
     elif fmt_ == "json":
-        text = json.dumps(t.to_pylist(), default=str)
-        Path(output).write_text(text) if output else click.echo(text)
+        text = strict_json.dumps(t.to_pylist(), default=str)
+        write_text_atomically(output, text) if output else click.echo(text)
     elif fmt_ == "csv":
         import io
 
         flat = t.select([c for c in t.column_names])
         buf = io.BytesIO()
         pcsv.write_csv(_lists_as_json(flat), buf)
-        Path(output).write_bytes(buf.getvalue()) if output else click.echo(buf.getvalue().decode(), nl=False)
+        write_bytes_atomically(output, buf.getvalue()) if output else click.echo(buf.getvalue().decode(), nl=False)
     else:
-        pq.write_table(t, output)
+        _write_parquet(t, output)
         click.echo(f"wrote {output} ({t.num_rows} rows)")
+
+
+def _write_parquet(t, output: str) -> None:
+    """``t`` as a Parquet file, whole or not at all; a column type Parquet cannot hold is an input error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from traitlens.store.location import write_atomically
+
+    try:
+        write_atomically(Path(output), lambda f: pq.write_table(t, f))
+    except pa.ArrowNotImplementedError as e:
+        _fail(f"--format parquet: {str(e).splitlines()[0]}; cast that column in the SQL (e.g. ::VARCHAR), or use "
+              "--format csv or json", EXIT_INPUT)
 
 
 def _lists_as_json(t):
@@ -60,7 +74,7 @@ def _lists_as_json(t):
     for name in t.column_names:
         col = t[name]
         if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_struct(col.type):
-            col = pa.array([json.dumps(v) for v in col.to_pylist()])
+            col = pa.array([strict_json.dumps(v, default=str) for v in col.to_pylist()])
         cols.append(col)
     return pa.table(cols, names=t.column_names)
 
@@ -71,7 +85,7 @@ def _lists_as_json(t):
               show_default=True, help="json: one array of row objects.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write here instead of stdout (never inside the store).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=3600, show_default=True,
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=3600, show_default=True,
               help="Stop a statement after this many seconds.")
 @click.pass_context
 def query(ctx, sql, fmt_, output, timeout):
@@ -137,7 +151,8 @@ def sql(ctx):
 @click.option("--trait", required=True)
 @click.option("--by", default="auroc", show_default=True,
               help="auroc | balanced_accuracy | cohens_d | separation | stability | agreement | train_auroc | steering "
-                   "(the best causal shift within the KL budget, from `traitlens evaluate --steering`)")
+                   "(the best causal shift within the KL budget, from `traitlens evaluate --steering`) | "
+                   "spec_precision | spec_auroc (beyond the corpus, from `extract --background`)")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="json: {\"by\", \"rows\": [...], \"floor\": {...} or null}.")
@@ -165,13 +180,18 @@ def rank(ctx, trait, by, top, fmt_, plot):
 
             for r in rows:
                 r["below_floor"] = flags[r["vector_id"]]
-            click.echo(json.dumps({"trait": trait, "by": by, "order": RULE.format(by=by), "rows": rows,
-                                   "floor": f}, default=str))
+            click.echo(strict_json.dumps({"trait": trait, "by": by, "order": RULE.format(by=by), "rows": rows,
+                                          "floor": f}, default=str))
         else:
             from traitlens.queries.selection import RULE, metric_column, tie_note
 
-            _print_table(best.drop_columns(["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length",
-                                            "floor_dataset"]))
+            from traitlens.queries.ranking import SPECIFICITY
+
+            hidden = ["model_key", "fmt", "n_held_pos", "n_held_neg", "floor_length", "floor_dataset", "spec_base",
+                      "spec_floor_length", "n_background"]
+            if all(r["spec_auroc"] is None for r in rows):
+                hidden += list(SPECIFICITY)
+            _print_table(best.drop_columns(hidden))
             click.echo(f"order: {RULE.format(by=by)}")
             if f is not None:
                 value = f[metric_column(by)]
@@ -183,6 +203,9 @@ def rank(ctx, trait, by, top, fmt_, plot):
             if nuisance:
                 click.echo("floors (not the trait, fitted on train, held-out AUROC): "
                            + ", ".join(f"{name} {v:.3f}" for name, v in nuisance))
+            spec = _specificity_line(rows[0], f)
+            if spec:
+                click.echo(spec)
             for r in rows:
                 if flags[r["vector_id"]]:
                     click.echo(f"flag: {r['method']} L{r['layer']}: {flags[r['vector_id']]}")
@@ -200,6 +223,26 @@ def rank(ctx, trait, by, top, fmt_, plot):
             heatmap(q, trait, by, best.to_pylist()[0], Path(plot))
             if fmt_ != "json":
                 click.echo(f"heatmap: {plot}")
+
+
+def _specificity_line(r: dict, floor: dict | None) -> str | None:
+    """The first row's out-of-corpus specificity beside its floors (base rate, token count,
+    random direction), with a warning when length alone does as well; None when its vector was
+    extracted without a background."""
+    if r.get("spec_auroc") is None:
+        return None
+    from traitlens.pipeline.extract.floors import FLOOR_MARGIN
+
+    rnd = ""
+    if floor is not None and floor.get("spec_auroc") is not None:
+        rnd = f"; random direction: precision {floor['spec_precision']:.3f}, AUROC {floor['spec_auroc']:.3f}"
+    line = (f"beyond the corpus ({r['n_background']} held-out background prompts): top-decile precision "
+            f"{r['spec_precision']:.3f} (base rate {r['spec_base']:.3f}), AUROC against the background "
+            f"{r['spec_auroc']:.3f}; floors: token count AUROC {r['spec_floor_length']:.3f}{rnd}")
+    if r["spec_auroc"] - r["spec_floor_length"] < FLOOR_MARGIN:
+        line += ("\nflag: against the background the token count alone does as well as this vector: it may read "
+                 "length, not the trait")
+    return line
 
 
 def _detection_and_steering(q, trait: str) -> list[str]:

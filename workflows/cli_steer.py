@@ -1,4 +1,4 @@
-"""CLI verbs that run the model with a vector: ``monitor``, ``steer``, ``evaluate``."""
+"""CLI verbs that run the model with a vector: ``monitor``, ``steer``, ``evaluate``, ``lm-eval``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import click
 
 from traitlens.pipeline.steer.settings import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
 from traitlens.queries.budget import KL_BUDGET
-from traitlens.store.vocabulary import EVALUATION_KINDS, NAMED_SITES, NORMS, POSITIONS
+from traitlens.store.finite import check_float
+from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES, NAMED_SITES, NORMS, POSITIONS
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from .cli_base import EXIT_INPUT, FiniteFloat, FiniteFloats, _fail, _output, cli
 
 
 def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: str | None, vector_id: str | None):
@@ -21,6 +22,9 @@ def _pick_vector(store, trait: str, model_key: str, layer: int | None, method: s
 
     with StoreSQL(store) as q:
         v = chosen_vector(q, trait, vector_id, model_key=model_key, layer=layer, method=method)
+    if v is None and vector_id:
+        _fail(f"--vector-id {vector_id}: no vector has that id; `traitlens vectors` lists the stored ids (with their "
+              "trait, layer and method)", EXIT_INPUT)
     if v is None:
         _fail(f"no vector for trait {trait!r} on model {model_key}" + (f" at layer {layer}" if layer is not None else "")
               + (f" by {method}" if method else "") + f"; run `traitlens extract --trait {trait}` with this --model",
@@ -35,17 +39,36 @@ def _named_vector(store, model_key: str, name: str, layer: int | None = None, me
     """The vector ``name`` names: a stored vector id, else that trait's pick (within ``layer`` /
     ``method``), as :func:`_pick_vector` checks it."""
     from traitlens.queries import StoreSQL
+    from traitlens.queries.selection import named_vector
 
     with StoreSQL(store) as q:
-        is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [name]).to_pylist()[0]["n"]
+        v = named_vector(q, name, model_key, layer, method)
+    is_id = v is not None and v["vector_id"] == name
     return (_pick_vector(store, None, model_key, None, None, name) if is_id
             else _pick_vector(store, name, model_key, layer, method, None))
 
 
-def _load(model, quiet=False):
+def _bundle_vector(path: str, vector_id: str | None, layer: int | None, method: str | None):
+    """``(bundle, its vector)`` for ``--vector DIR``: every file's hash checked first (exit 2 naming a
+    changed one); among several vectors ``--vector-id`` / ``--layer`` / ``--method`` choose (else
+    the bundle's first, its pick)."""
+    from traitlens.workflows.bundles import load
+
+    b = load(path)
+    return b, b.choose(vector_id, layer, method)[0]
+
+
+def _check_bundle_model(vec: dict, lm) -> None:
+    from traitlens.pipeline.extract.bundle import model_mismatch
+
+    if vec["model_key"] != lm.key:
+        _fail(f"vector {vec['vector_id']}: {model_mismatch(vec['model_key'], lm.key)}", EXIT_INPUT)
+
+
+def _load(model, quiet=False, option: str = "--model"):
     from traitlens.pipeline.model.loading import load_model
 
-    return load_model(model, log=(lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)))
+    return load_model(model, log=(lambda *a: None) if quiet else (lambda m: click.echo(m, err=True)), option=option)
 
 
 def _prompt_ids(lm, text: str, chat: bool | None):
@@ -66,14 +89,14 @@ def _prompt_ids(lm, text: str, chat: bool | None):
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True, help="Moving-average window over tokens.")
-@click.option("--threshold", type=float, default=None, help="Commitment threshold [default: the vector's, learned on train].")
-@click.option("--velocity-tol", type=float, default=None,
+@click.option("--threshold", type=FiniteFloat(), default=None, help="Commitment threshold [default: the vector's, learned on train].")
+@click.option("--velocity-tol", type=FiniteFloat(min=0), default=None,
               help="|velocity| counted as settled [default: half the generated tokens' velocity std].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG [default: monitor-<trait>.png].")
 @click.option("--keep", is_flag=True, help="Append the trajectories to the store's trajectories table (SQL).")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="Steer while monitoring: a push (as `steer --add`); repeat for several.")
-@click.option("--alpha", type=float, default=0.25, show_default=True, help="The strength of an --add without one.")
+@click.option("--alpha", type=FiniteFloat(float32=True), default=0.25, show_default=True, help="The strength of an --add without one.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Greedy --file prompts run as batches of this many (the same trajectories as one at a time).")
 @click.option("--chat/--no-chat", default=None)
@@ -146,9 +169,10 @@ def _parse_add(store, lm, spec: str, alpha: float, method: str | None) -> tuple[
         if len(parts) > 3 or not parts[0]:
             raise ValueError
         at = int(parts[1]) if len(parts) > 1 and parts[1] else None
-        a = float(parts[2]) if len(parts) > 2 and parts[2] else alpha
+        a = parts[2] if len(parts) > 2 and parts[2] else alpha
     except ValueError:
         _fail(f"--add {spec!r}: use TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]], e.g. agreeableness:16:0.1", EXIT_INPUT)
+    a = check_float(a, f"--add {spec!r}: ALPHA", float32=True)  # the rule of every float option
     vec = _named_vector(store, lm.key, parts[0], at, method)
     at = vec["layer"] if at is None else at
     if not 0 <= at < lm.n_layers:
@@ -171,10 +195,10 @@ def _label(vec: dict) -> str:
 
 
 def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, alpha, norm, site, positions,
-                seqs: list[list[int]]) -> list:
+                seqs: list[list[int]], chosen: dict | None = None) -> list:
     """The pushes ``steer`` applies: one per ``--add TRAIT_OR_VECTOR_ID[:LAYER[:ALPHA]]``, else the
-    one ``--trait`` / ``--vector-id`` names. Each push's scale is the mean token norm of its
-    layer over every prompt of the run (one unit for the whole batch)."""
+    one ``--trait`` / ``--vector-id`` names (or ``chosen``: a bundle's vector). Each push's scale
+    is the mean token norm of its layer over every prompt of the run (one unit for the whole batch)."""
     import torch
 
     from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
@@ -182,9 +206,9 @@ def _pushes_for(store, lm, specs: list[str], trait, layer, method, vector_id, al
 
     wanted = [_parse_add(store, lm, spec, alpha, method) for spec in specs]
     if not specs:
-        if not (trait or vector_id):
-            _fail("give --trait, --vector-id or one --add per vector", EXIT_INPUT)
-        vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
+        if not (trait or vector_id or chosen):
+            _fail("give --trait, --vector-id, --vector DIR or one --add per vector", EXIT_INPUT)
+        vec = chosen if chosen is not None else _pick_vector(store, trait, lm.key, layer, method, vector_id)
         wanted.append((vec, vec["layer"] if layer is None else layer, alpha))
     ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "right", torch.device("cpu"))
     out = []
@@ -228,7 +252,7 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
 @click.option("--trait", default=None, help="The vector's trait (its best-ranked vector) [or --add / --vector-id].")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="A push; repeat for several at once (they add up). LAYER defaults to the vector's, ALPHA to --alpha.")
-@click.option("--alpha", type=float, default=0.25, show_default=True,
+@click.option("--alpha", type=FiniteFloat(float32=True), default=0.25, show_default=True,
               help="Strength in units of the layer's mean token norm; negative pushes away.")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
               help="One prompt a line, generated as left-padded batches (the same replies as one at a time).")
@@ -237,6 +261,9 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
 @click.option("--layer", type=click.IntRange(min=0), default=None)
 @click.option("--method", default=None)
 @click.option("--vector-id", default=None)
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="A bundle (`traitlens bundle`): steer with its vector, its files' hashes checked first "
+                   "(--vector-id / --layer / --method choose among several; --model defaults to the recorded one).")
 @click.option("--site", type=click.Choice(NAMED_SITES), default="resid", show_default=True,
               help="Where the push is added (or the direction ablated): the block's output or its attention / MLP "
                    "sub-module's.")
@@ -246,7 +273,7 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--condition", default=None, metavar="TRAIT_OR_ID",
               help="Conditional steering: push only prompts whose projection on this vector passes its threshold.")
-@click.option("--condition-threshold", type=float, default=None,
+@click.option("--condition-threshold", type=FiniteFloat(), default=None,
               help="[default: learned on the condition trait's held-out split, best F1; stored in `conditions`]")
 @click.option("--ablate", is_flag=True, help="Project the direction out instead of adding it.")
 @click.option("--all-layers", is_flag=True, help="With --ablate: at every block, not only the vector's layer.")
@@ -254,7 +281,7 @@ def _condition(store, lm, name: str, threshold: float | None, seqs: list[list[in
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
 def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, method, vector_id, site, positions, norm,
-          condition, condition_threshold, ablate, all_layers, max_new_tokens, chat):
+          condition, condition_threshold, ablate, all_layers, max_new_tokens, chat, vector_dir=None):
     """Generate with and without the vector(s) and print both."""
     from traitlens.pipeline.model.generation import greedy_batch
     from traitlens.pipeline.steer.steering import ablation, generate_batch
@@ -266,19 +293,28 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
         prompts += [l for l in Path(file_).read_text().splitlines() if l.strip()]
     if not prompts:
         _fail("give a PROMPT or --file", EXIT_INPUT)
-    store = Store.open(ctx.obj["store"])
+    chosen = None
+    if vector_dir:  # a bundle: its vector, checked, instead of the store's
+        if adds:
+            _fail("--vector DIR steers with the bundle's vector; leave out --add", EXIT_INPUT)
+        bundle, chosen = _bundle_vector(vector_dir, vector_id, layer, method)
+        model = model if model is not None else bundle.model_spec()
+    store = Store.open(ctx.obj["store"]) if chosen is None or condition else None
     lm = _load(model)
+    if chosen is not None:
+        _check_bundle_model(chosen, lm)
     seqs = [_prompt_ids(lm, p, chat) for p in prompts]
     dec = lambda x: lm.tokenizer.decode(x, skip_special_tokens=True)  # noqa: E731
     if ablate:
         if adds or condition:
             _fail("--ablate takes one vector (--trait or --vector-id), without --add or --condition", EXIT_INPUT)
-        vec = _pick_vector(store, trait, lm.key, layer, method, vector_id)
+        vec = chosen if chosen is not None else _pick_vector(store, trait, lm.key, layer, method, vector_id)
         where = None if all_layers else [vec["layer"] if layer is None else layer]
         click.echo(f"vector {vec['vector_id']} ({vec['trait']}, {vec['method']}): ablated at {site} of "
                    + ("every layer" if all_layers else f"layer {where[0]}"))
     else:
-        items = _pushes_for(store, lm, list(adds), trait, layer, method, vector_id, alpha, norm, site, positions, seqs)
+        items = _pushes_for(store, lm, list(adds), trait, layer, method, vector_id, alpha, norm, site, positions, seqs,
+                            chosen)
         click.echo("applied " + "; ".join(p.describe() for p in items))
     passes = [True] * len(seqs)
     if condition:
@@ -298,26 +334,48 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 
 
 @cli.command()
-@click.option("--trait", required=True)
+@click.option("--trait", default=None, help="The trait to evaluate [or --vector DIR: the bundle's].")
 @click.option("--steering", "do_steering", is_flag=True, required=True, help="Run the causal steering evaluation.")
 @click.option("--kind", type=click.Choice(EVALUATION_KINDS), default="persona",
               show_default=True, help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on "
               "harmless requests; refusal_first_token: P(first reply token starts a refusal opening); expression "
               "(any trait): how much replies to neutral prompts express the trait, read by the unsteered model on "
-              "the trait's detection vector, 0 = held-out negatives, 1 = positives.")
+              "the trait's detection vector, 0 = held-out negatives, 1 = positives; refusal_rate (heretic's figure): "
+              "the share of greedy replies to held-out harmful requests that refuse (refusal markers, and the "
+              "--judge where given), shown as refusals per 100, with the KL read on held-out harmless requests.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Reply length for --kind expression.")
+              help="Reply length for --kind expression and refusal_rate.")
+@click.option("--kl", "kl_measure", type=click.Choice(KL_MEASURES), default=KL_MEASURES[0], show_default=True,
+              help="The KL every damage figure reports: the mean over every position of each neutral prompt, or at "
+                   "the reply's first token only (heretic's first-token KL).")
+@click.option("--refusal-markers", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="--kind refusal_rate: the phrases (one a line, matched case-blind anywhere in a reply) that make a "
+                   "reply a refusal, replacing the built-in list.")
+@click.option("--ablate", is_flag=True,
+              help="Also project each swept vector out of the residual stream (directional ablation, every block; "
+                   "what `export --operation ablate` writes), beside the random direction ablated the same way.")
+@click.option("--capability", "capability_tasks", default=None, metavar="TASKS",
+              help="lm-evaluation-harness tasks (comma list) run unsteered and at every measured setting; their "
+                   "changes, with 95% intervals, go to the capability table (needs traitlens[eval]).")
+@click.option("--capability-include", "capability_include", multiple=True, type=click.Path(file_okay=False),
+              help="A folder of lm-eval task YAML files (repeat for several); a task whose dataset is a local "
+                   "json/jsonl file runs offline.")
+@click.option("--capability-limit", type=click.IntRange(min=1), default=None,
+              help="Documents per lm-eval task (lm-eval's --limit) [default: all].")
+@click.option("--capability-budget", type=FiniteFloat(min=0), default=None,
+              help="The pick must also keep the worst fall of any --capability metric within this (the metric's "
+                   "own units) [default: no limit; the fall is a third Pareto objective either way].")
 @click.option("--methods", "--method", "methods", default="mean_diff", show_default=True,
               help="Comma list of methods to sweep, or all (every stored method but random).")
 @click.option("--layers", default=None, help="[default: the 5 layers around the detection pick's layer]; all or 8-16,20")
-@click.option("--alphas", default="0.05,0.1,0.25,0.5", show_default=True,
+@click.option("--alphas", type=FiniteFloats(float32=True), default="0.05,0.1,0.25,0.5", show_default=True,
               help="Strengths, in units of the layer's mean token norm (--norm).")
 @click.option("--n", "n_texts", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out prompts to measure on.")
 @click.option("--norm", type=click.Choice(NORMS), default="typical", show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Neutral prompts for the damage measures (KL, replies), one a line [default: the project's own set].")
-@click.option("--kl-budget", type=click.FloatRange(min=0), default=KL_BUDGET, show_default=True,
+@click.option("--kl-budget", type=FiniteFloat(min=0), default=KL_BUDGET, show_default=True,
               help="The pick is the largest shift whose mean KL on the neutral prompts stays within this (nats).")
 @click.option("--trials", type=click.IntRange(min=1), default=TRIALS, show_default=True,
               help=f"Settings Optuna measures when the grid has more than {GRID_MAX}.")
@@ -338,74 +396,120 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.option("--positions", default="all", show_default=True,
               help="With --add: " + " | ".join(POSITIONS) + " | A:B.")
 @click.option("--model", default=None)
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="A bundle (`traitlens bundle`): evaluate its vectors (its hashes checked first; its vectors and "
+                   "prompts are added to the store, created if absent; --model defaults to the recorded one).")
 @click.pass_context
-def evaluate(ctx, trait, do_steering, kind, max_new_tokens, methods, layers, alphas, n_texts, norm, prompts_file,
-             kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, adds, site, positions, model):
+def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_markers, ablate, capability_tasks,
+             capability_include, capability_limit, capability_budget, methods, layers, alphas, n_texts, norm,
+             prompts_file, kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, adds, site,
+             positions, model, vector_dir=None):
     """Sweep method x layer x strength: how much does steering along each vector move behaviour,
     with what interval, and for how much damage (KL on neutral prompts, the steered replies'
-    perplexity and repetition)? Small grids run whole, larger ones through Optuna; the random
-    direction is measured at the front and the pick; the Pareto front of (shift, KL) and the pick
-    within --kl-budget are printed and plotted. With --add, the given pushes are measured
-    together instead (each alone beside them, and the random floor)."""
+    perplexity and repetition, and with --capability the lm-eval tasks' scores)? Small grids run
+    whole, larger ones through Optuna; the random direction is measured at the front and the pick;
+    the Pareto front of (shift, KL) and the pick within --kl-budget are printed and plotted, with
+    the pick's side effects on the --capability tasks beside random's. With --ablate each vector
+    is also projected out; --kind refusal_rate prints refusals per 100 against KL, adding and
+    ablating. With --add, the given pushes are measured together instead (each alone beside them,
+    and the random floor)."""
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.records import front_line, summary_lines
+    from traitlens.pipeline.steer.records import front_line, refusal_lines, summary_lines
     from traitlens.pipeline.steer.search import around, evaluator_for, stored_methods, sweep
     from traitlens.queries import StoreSQL
     from traitlens.store import Store, file_stem
     from traitlens.store.store import new_run_id
 
-    try:
-        alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
-    except ValueError:
-        _fail(f"--alphas {alphas!r}: give a comma list of numbers, e.g. 0.1,0.25", EXIT_INPUT)
-    if not alpha_list:
-        _fail("--alphas: give at least one strength", EXIT_INPUT)
+    cells = None
+    if vector_dir:  # a bundle: its vectors (and prompts) join the store, and the sweep measures them
+        from traitlens.workflows.bundles import adopt, load
+
+        if adds or layers:
+            _fail("--vector DIR measures the bundle's vectors at their layers; leave out --add and --layers", EXIT_INPUT)
+        bundle = load(vector_dir)
+        if trait not in (None, bundle.trait):
+            _fail(f"--trait {trait}: the bundle {vector_dir} holds vectors of {bundle.trait!r}", EXIT_INPUT)
+        trait, model = bundle.trait, model if model is not None else bundle.model_spec()
+        cells = {(r["method"], int(r["layer"])): r for r in bundle.records}
+    elif not trait:
+        _fail("give --trait, or --vector DIR (a bundle)", EXIT_INPUT)
     neutral = None
     if prompts_file:
         neutral = [l.strip() for l in Path(prompts_file).read_text().splitlines() if l.strip()]
         if not neutral:
             _fail(f"--prompts {prompts_file}: no prompts (one a line)", EXIT_INPUT)
     out_png = Path(_output(ctx, plot or f"evaluate-{file_stem(trait, 'trait')}.png", "--plot"))
+    if cells is not None:  # (once every option is checked)
+        adopt(ctx.obj["store"], bundle)
     store = Store.open(ctx.obj["store"])
     lm = _load(model)
     with StoreSQL(store) as q:
         stored = stored_methods(q, trait, lm.key)
     method_list = stored if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    if cells is not None:
+        _check_bundle_model(next(iter(cells.values())), lm)
+        if ctx.get_parameter_source("methods") == click.core.ParameterSource.DEFAULT:
+            method_list = sorted({m for m, _ in cells})
     unknown = [m for m in method_list if m not in stored]
     if unknown or not method_list:
         _fail(f"--methods {methods!r}: {trait!r} has no {', '.join(unknown) or 'methods'} vectors on {lm.key}; "
               f"stored: {', '.join(stored) or 'none'}", EXIT_INPUT)
+    markers = None
+    if refusal_markers:
+        if kind != "refusal_rate":
+            _fail("--refusal-markers is for --kind refusal_rate", EXIT_INPUT)
+        markers = [l.strip().lower() for l in Path(refusal_markers).read_text().splitlines() if l.strip()]
+        if not markers:
+            _fail(f"--refusal-markers {refusal_markers}: no phrases (one a line)", EXIT_INPUT)
+    tasks = [t.strip() for t in (capability_tasks or "").split(",") if t.strip()]
+    if (capability_include or capability_limit or capability_budget is not None) and not tasks:
+        _fail("--capability-include, --capability-limit and --capability-budget go with --capability TASKS",
+              EXIT_INPUT)
     judge = None
     if judge_model:
         from traitlens.pipeline.steer.judge import Judge
 
         same = judge_model == (model or "default") or judge_model == lm.path  # rated outside any steering
-        judge = Judge(lm if same else _load(judge_model), trait, description)
-    evaluator, what = evaluator_for(store, lm, trait, kind, n_texts, norm, neutral, max_new_tokens, judge, reply_tokens)
+        judge = Judge(lm if same else _load(judge_model, option="--judge"), trait, description)
+    if adds and (tasks or ablate):
+        _fail(f"{'--capability' if tasks else '--ablate'} goes with a sweep, not with --add", EXIT_INPUT)
+    capability = None
+    if tasks:
+        from traitlens.pipeline.steer.capability import Capability
+
+        capability = Capability(lm, tasks, list(capability_include), capability_limit)
+        click.echo(f"capability: {capability.describe()}, unsteered and at every setting")
+    evaluator, what = evaluator_for(store, lm, trait, kind, n_texts, norm, neutral, max_new_tokens, judge, reply_tokens,
+                                    kl=kl_measure, markers=markers, capability=capability)
     click.echo(what)
     if adds:
         if layers or methods != "mean_diff":
             _fail("--add measures the given pushes; leave out --layers and --methods (they choose a sweep)", EXIT_INPUT)
         return _evaluate_together(store, lm, trait, evaluator, list(adds), site, positions, not no_random, out_png)
-    layer_list = (parse_layers(layers, lm.n_layers) if layers else
-                  around(_pick_vector(store, trait, lm.key, None, None, None)["layer"], lm.n_layers))
-    res = sweep(store, trait, evaluator, method_list, layer_list, alpha_list, kl_budget, trials,
-                random_floor=not (no_random or "random" in method_list), log=lambda m: click.echo(m, err=True))
+    layer_list = (sorted({l for _, l in cells}) if cells is not None else parse_layers(layers, lm.n_layers) if layers
+                  else around(_pick_vector(store, trait, lm.key, None, None, None)["layer"], lm.n_layers))
+    res = sweep(store, trait, evaluator, method_list, layer_list, alphas, kl_budget, trials,
+                random_floor=not (no_random or "random" in method_list), log=lambda m: click.echo(m, err=True),
+                ablate=ablate, capability_budget=capability_budget, vectors=cells)
     run_id = new_run_id("evaluate")
     stored, samples = res.save(store, run_id)
-    _print_sweep(res, kind, len(evaluator.texts), bool(judge))
+    _print_sweep(res, kind, len(evaluator.texts), bool(judge), kl_measure)
     if evaluator.rejected:
         click.echo(f"judge: {len(evaluator.rejected)} answers rejected, e.g. {evaluator.rejected[0]}", err=True)
+    for line in refusal_lines(res.rows):
+        click.echo(line)
     click.echo("\n" + front_line(res.rows))
     with StoreSQL(store) as q:
-        for line in summary_lines(q, trait, kind, res.rows, kl_budget):
+        for line in summary_lines(q, trait, kind, res.rows, kl_budget, capability_budget):
             click.echo(line)
     click.echo(f"search: {res.search}")
     steering_figure(res.rows, samples, trait, out_png, kl_budget, kind)
     click.echo(f"plot: {out_png}")
-    click.echo(f"stored {len(stored)} rows in the steering table and {len(samples)} in steering_samples (run {run_id}); "
-               f"`traitlens rank --trait {trait} --by steering`")
+    n_cap = len(res.capability_records(run_id)) if capability else 0
+    click.echo(f"stored {len(stored)} rows in the steering table and {len(samples)} in steering_samples"
+               + (f", {n_cap} in capability ({capability.runs} lm-eval runs)" if capability else "")
+               + f" (run {run_id}); `traitlens rank --trait {trait} --by steering`")
 
 
 def _evaluate_together(store, lm, trait, evaluator, specs, site, positions, random_floor, out_png) -> None:
@@ -425,7 +529,7 @@ def _evaluate_together(store, lm, trait, evaluator, specs, site, positions, rand
              + ([" + ".join(f"random L{at} {a:+g}" for _, at, a in wanted)] if random_floor else []))
     width = max(len(n) for n in names)
     click.echo(f"{'part':<9} {'pushes':<{width}} {'shift':>7} {'95% CI':>17} {'wrong way':>9} {'KL nats':>8} "
-               f"{'ppl':>6} {'dist-2':>6}   ({evaluator.kind}, n={len(evaluator.texts)})")
+               f"{'ppl':>6} {'dist-2':>6}   ({evaluator.kind}, n={len(evaluator.texts)}; KL: {evaluator.kl})")
     num = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     for r, what in zip(rows, names):
         click.echo(f"{r['part']:<9} {what:<{width}} {r['shift']:>+7.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] "
@@ -447,20 +551,51 @@ def _evaluate_together(store, lm, trait, evaluator, specs, site, positions, rand
                f"run {run_id})")
 
 
-def _print_sweep(res, kind: str, n: int, judged: bool) -> None:
-    """One line per measured setting, the trait's rows then the floor's."""
+def _print_sweep(res, kind: str, n: int, judged: bool, kl_measure: str = "all-positions") -> None:
+    """One line per measured setting, the trait's rows then the floor's (ablations last); the
+    worst capability fall where lm-eval tasks were run."""
+    capable = any(r.get("capability_fall") is not None for r in res.rows)
     click.echo(f"{'method':<10} {'layer':>5} {'alpha':>6} {'unsteered':>10} {'+v':>8} {'-v':>8} {'shift':>7} "
                f"{'95% CI':>17} {'wrong way':>9} {'KL nats':>8} {'ppl':>7} {'dist-2':>6}"
-               + (f" {'judge':>6}" if judged else "") + f"   ({kind}, n={n})")
+               + (f" {'judge':>6}" if judged else "") + (f" {'cap.fall':>8}" if capable else "")
+               + f"   ({kind}, n={n}; KL: {kl_measure})")
     num = lambda x, w, f: f"{'-':>{w}}" if x is None else f"{x:>{w}{f}}"  # noqa: E731
-    for r in sorted(res.rows, key=lambda r: (r["method"] == "random", r["method"], r["layer"], r["alpha"])):
+    for r in sorted(res.rows, key=lambda r: (r.get("operation") == "ablate", r["method"] == "random", r["method"],
+                                             r["layer"], r["alpha"] if r["alpha"] is not None else 0.0)):
         ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-        click.echo(f"{r['method']:<10} {r['layer']:>5} {r['alpha']:>6.2f} {r['unsteered']:>10.3f} {r['plus']:>8.3f} "
+        alpha = f"{'ablate':>6}" if r.get("operation") == "ablate" else f"{r['alpha']:>6.2f}"
+        click.echo(f"{r['method']:<10} {r['layer']:>5} {alpha} {r['unsteered']:>10.3f} {r['plus']:>8.3f} "
                    f"{num(r['minus'], 8, '.3f')} {r['shift']:>7.3f} {ci:>17} {r['wrong_way']:>9.0%} {r['kl']:>8.4f} "
                    f"{num(r.get('perplexity'), 7, '.1f')} {num(r.get('distinct2'), 6, '.2f')}"
-                   + (f" {num(r.get('judge'), 6, '.1f')}" if judged else ""))
+                   + (f" {num(r.get('judge'), 6, '.1f')}" if judged else "")
+                   + (f" {num(r.get('capability_fall'), 8, '.3f')}" if capable else ""))
     if res.rows and res.rows[0].get("perplexity_unsteered") is not None:
         u = res.rows[0]
         click.echo(f"unsteered replies: perplexity {u['perplexity_unsteered']:.1f}, distinct-2 "
                    f"{u['distinct2_unsteered']:.2f}" + (f", judge {u['judge_unsteered']:.1f}"
                                                         if judged and u.get("judge_unsteered") is not None else ""))
+
+
+@cli.command("lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                          "help_option_names": ["--help"]})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lm_eval_command(args):
+    """lm-evaluation-harness with the `traitlens` model registered: every argument goes to lm-eval's
+    own CLI (`traitlens lm-eval -h` shows lm-eval's help). The model steers with stored vectors:
+
+    \b
+      traitlens lm-eval --model traitlens --tasks TASK \\
+        --model_args pretrained=MODEL,store=STORE,vector=TRAIT_OR_ID,layer=L,alpha=A
+
+    model_args, besides every `hf` one: vector=TRAIT_OR_ID[:LAYER[:ALPHA]] (several joined by +),
+    layer, alpha (default 0: no hook, the plain `hf` scores), method, site (resid | attn_out |
+    mlp_out), positions (all | generated | prompt | last-prompt | A:B; loglikelihood tasks take
+    all or A:B), norm (typical | all: alpha's unit, the layer's mean token norm over traitlens's
+    neutral prompts, as `export` writes it), scale (the unit itself), ablate=true (project the
+    vectors out everywhere instead). Needs traitlens[eval] (lm-eval 0.4.x)."""
+    from traitlens.pipeline.steer.capability import require_lm_eval
+
+    require_lm_eval()
+    from traitlens.pipeline.steer.harness import run_cli
+
+    run_cli(list(args))

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
-from traitlens.store.vocabulary import EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, LOOSE_KIND, METHOD_NAMES, NORMS
+from traitlens.store import strict_json
+from traitlens.store.vocabulary import (EVALUATION_KINDS, EXPORT_FORMATS, FORMATS, LOOSE_KIND, METHOD_NAMES, NORMS,
+                                        OPERATIONS)
 
-from .cli_base import EXIT_INPUT, _fail, _output, cli
+from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli, write_text_atomically
 
 
 def _group_options(f):
@@ -34,32 +36,51 @@ def _group_options(f):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--memory", "memory", default="1GB", show_default=True,
               help="Memory budget for the whole run; layers that do not fit stream out of core.")
-@click.option("--C", "probe_c", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Probe inverse regularisation.")
+@click.option("--C", "probe_c", type=FiniteFloat(min=0, min_open=True), default=1.0, show_default=True, help="Probe inverse regularisation.")
 @click.option("--penalty", default="l2", type=click.Choice(["l2", "l1"]), show_default=True, help="Probe penalty.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address, or threads | processes [default: $DASK_SCHEDULER_ADDRESS, else "
                    "forked local processes for 4+ layers, threads below].")
+@click.option("--background", "background", multiple=True, type=click.Path(exists=True),
+              help="An unlabelled corpus (any format ingest reads), ingested into the same group first: its "
+                   "train-split prompts join the negatives of mean_diff, probe and gradient, the rest give every "
+                   "vector an out-of-corpus specificity figure (rank shows it). Repeatable.")
 @click.option("--quiet", "-q", is_flag=True)
 @click.pass_context
 def extract(ctx, trait, methods, layers, model, fmt, site, pooling, where, train_split, held_split, n_boot, seed,
-            memory, probe_c, penalty, scheduler, quiet):
+            memory, probe_c, penalty, scheduler, background, quiet):
     """Fit trait vectors at every layer with every method; store them with held-out metrics."""
     from traitlens.pipeline.extract.config import ExtractConfig, parse_size
     from traitlens.pipeline.extract.jobs import extract as run_extract
 
     cfg = ExtractConfig(n_boot=n_boot, seed=seed, memory_budget=parse_size(memory),
                         params={"probe": {"C": probe_c, "penalty": penalty}})
+    bg = None
+    if background:
+        from traitlens.pipeline.capture.plan import read_corpus
+
+        bg = ({r.prompt_id for r in read_corpus(list(background))[0]}, ", ".join(background))
     res = run_extract(ctx.obj["store"], trait, methods, layers, model, fmt, site, pooling, train_split, held_split,
-                      where=where, cfg=cfg, scheduler=scheduler, progress=not quiet)
+                      where=where, cfg=cfg, scheduler=scheduler, progress=not quiet, background=bg)
     from traitlens.queries.selection import best_per_method
 
     best = best_per_method(res.records)  # the rule `rank` uses: AUROC, then Cohen's d, then stability
     if not quiet:
-        click.echo(f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}  (held-out: {res.records[0]['held_split']})")
-        for m in res.methods:
+        spec = bg is not None
+        click.echo(f"{'method':<10} {'best layer':>10} {'AUROC':>7} {'bal.acc':>7} {'d':>6} {'stability':>9}"
+                   + (f" {'spec.P10':>8} {'spec.AUROC':>10}" if spec else "")
+                   + f"  (held-out: {res.records[0]['held_split']})")
+        for m in (m for m in res.methods if m in best):  # (a method with no usable vector has no line)
             r = best[m]
             click.echo(f"{m:<10} {r['layer']:>10} {r['auroc']:>7.3f} {r['balanced_accuracy']:>7.3f} "
-                       f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}")
+                       f"{r['cohens_d']:>6.2f} {r['stability']:>9.3f}"
+                       + (f" {r['spec_precision']:>8.3f} {r['spec_auroc']:>10.3f}" if spec else ""))
+        if spec:
+            r0 = res.records[0]
+            click.echo(f"spec.P10: share of held-out positives in the top decile of them, the held-out negatives and "
+                       f"{r0['n_background']} held-out background prompts (base rate {r0['spec_base']:.3f}); "
+                       f"spec.AUROC: positives against the background; token count alone: "
+                       f"{r0['spec_floor_length']:.3f}")
     click.echo(f"extract done: {len(res.records)} vectors ({res.n_new} new, {res.n_existing} already stored) for "
                f"{trait!r} on {res.key.path}, {len(res.layers)} layers x {len(res.methods)} methods in "
                f"{res.seconds:.1f} s; run {res.run_id}")
@@ -75,12 +96,18 @@ def _vector_rows(store, trait=None, method=None):
 @click.option("--trait", default=None)
 @click.option("--method", default=None)
 @click.option("--format", "fmt_", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--library", "library_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="List the bundles under DIR instead (`traitlens bundle`): their front matter, each bundle's "
+                   "hashes checked.")
 @click.pass_context
-def vectors(ctx, trait, method, fmt_):
+def vectors(ctx, trait, method, fmt_, library_dir=None):
     """List stored vectors with their held-out metrics (and logit-lens tokens once `vectors lens`
-    has read them); `vectors combine` makes new ones from others."""
+    has read them), or with --library the bundles under a folder; `vectors combine` makes new
+    ones from others."""
     if ctx.invoked_subcommand is not None:
         return
+    if library_dir is not None:
+        return _print_library(library_dir, trait, method, fmt_)
     from traitlens.store import Store
 
     store = Store.open(ctx.obj["store"])
@@ -91,8 +118,8 @@ def vectors(ctx, trait, method, fmt_):
     cols = ["vector_id", "trait", "model_key", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy",
             "cohens_d", "stability", "n_pos", "n_neg", "floor_length", "floor_dataset", "params"]
     if fmt_ == "json":
-        click.echo(json.dumps([{**{c: r[c] for c in cols}, "lens": lens.get(r["vector_id"])} for r in rows], indent=1,
-                              default=str))
+        click.echo(strict_json.dumps([{**{c: r[c] for c in cols}, "lens": lens.get(r["vector_id"])} for r in rows],
+                                     indent=1, default=str))
         return
     if not rows:
         click.echo("no vectors stored (run `traitlens extract --trait T`)")
@@ -110,6 +137,30 @@ def vectors(ctx, trait, method, fmt_):
                    + (f"  {lens[r['vector_id']]}" if r["vector_id"] in lens else ""))
     click.echo("f.len / f.data: held-out AUROC of token count / source dataset alone (fitted on train): the floors "
                "a vector must clear")
+
+
+def _print_library(folder, trait, method, fmt_) -> None:
+    """``vectors --library DIR``: one row per bundled vector (trait, model, method, layer, metrics)."""
+    from traitlens.workflows.bundles import library
+
+    rows = [r for r in library(folder) if (trait is None or r.get("trait") == trait)
+            and (method is None or r.get("method") == method)]
+    if fmt_ == "json":
+        click.echo(strict_json.dumps(rows, indent=1, default=str))
+        return
+    if not rows:
+        click.echo(f"no bundles under {folder} (`traitlens bundle --trait T -o DIR` writes one)")
+        return
+    num = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    click.echo(f"{'trait':<16} {'model':<24} {'method':<9} {'layer':>5} {'AUROC':>6} {'95% CI':>13} {'d':>6} "
+               f"{'shift':>7} {'KL':>7}  bundle (status)")
+    for r in rows:
+        ci = r.get("auroc_ci95") or [None, None]
+        ci_text = "-" if None in ci else f"{ci[0]:.3f}-{ci[1]:.3f}"
+        click.echo(f"{str(r.get('trait'))[:16]:<16} {str(r.get('model'))[:24]:<24} {str(r.get('method')):<9} "
+                   f"{num(r.get('layer'), 'd'):>5} {num(r.get('auroc'), '.3f'):>6} {ci_text:>13} "
+                   f"{num(r.get('cohens_d'), '.2f'):>6} {num(r.get('steer_shift'), '+.3f'):>7} "
+                   f"{num(r.get('steer_kl'), '.4f'):>7}  {r['bundle']} ({r['status']})")
 
 
 @vectors.command("combine")
@@ -190,10 +241,10 @@ def lens(ctx, trait, method, layers, top, model):
               help="gguf: llama.cpp / repeng control vector (no layer 0); easysteer: EasySteer's layer-keyed GGUF "
                    "(every layer); merged: a Hugging Face model folder with the steering in its weights; peft: the "
                    "ablation as a LoRA adapter.")
-@click.option("--operation", type=click.Choice(["add", "ablate"]), default=None,
+@click.option("--operation", type=click.Choice(OPERATIONS), default=None,
               help="merged/peft: add the push (a bias on the block's output) or ablate the direction (weight "
                    "orthogonalisation).")
-@click.option("--alpha", type=float, default=None,
+@click.option("--alpha", type=FiniteFloat(float32=True), default=None,
               help="The push, in units of the layer's mean token norm (as `steer --alpha`): merged --operation add; "
                    "gguf: print the llama.cpp strength per layer.")
 @click.option("--ablate-blocks", default="all", show_default=True,
@@ -207,32 +258,65 @@ def lens(ctx, trait, method, layers, top, model):
               "`evaluate --kind`).")
 @click.option("--check-n", type=click.IntRange(min=1), default=16, show_default=True,
               help="merged/peft: held-out prompts the self-check measures the effect on.")
-@click.option("--scale", default=1.0, show_default=True, help="Multiply the unit vectors by this (safetensors, gguf).")
+@click.option("--scale", type=FiniteFloat(nonzero=True, float32=True), default=1.0, show_default=True,
+              help="Multiply the unit vectors by this (safetensors, gguf).")
 @click.option("--model-hint", default=None, help="GGUF controlvector.model_hint [default: the model's config "
               "model_type, as repeng writes it; llama when the model is not on this machine].")
 @click.option("--device", default="auto", show_default=True, help="Where the model runs: auto | cpu | cuda | mps.")
 @click.option("-o", "--output", type=click.Path(), default=None, help="The file (safetensors, gguf) or new folder "
               "(merged, peft).")
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="Export a bundle's vectors (`traitlens bundle`), its hashes checked first; --model defaults to "
+                   "the recorded one (merged/peft: they join the store, created if absent, for the self-check).")
 @click.pass_context
 def export(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm, check_kind,
-           check_n, scale, model_hint, device, output):
+           check_n, scale, model_hint, device, output, vector_dir=None):
     """Write vectors for use outside traitlens: safetensors or a GGUF control vector (llama.cpp, repeng,
     EasySteer) with the vector card, or the steering written into weights (--format merged: a Hugging
     Face folder; --format peft: a LoRA adapter), checked against traitlens's own hook before it is kept."""
-    import math
-
-    if alpha is not None and not math.isfinite(alpha):
-        _fail(f"--alpha {alpha}: give a finite number", EXIT_INPUT)
+    bundle_rows = None
+    if vector_dir:  # a bundle: its vectors, checked, instead of the store's
+        bundle_rows, traits, vector_ids, method, model = _bundle_export(ctx, vector_dir, traits, vector_ids, method,
+                                                                        layers, model, fmt_)
     if fmt_ in ("merged", "peft"):
         return _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks,
-                               norm, check_kind, check_n, device, output)
+                               norm, check_kind, check_n, device, output, bundle_rows)
     if operation or vector_ids:
         _fail(f"--operation and --vector-id are for --format merged or peft; --format {fmt_} writes one trait's "
               "directions", EXIT_INPUT)
     if len(traits) != 1:
         _fail(f"--format {fmt_} exports one trait's vectors: give one --trait", EXIT_INPUT)
     _export_directions(ctx, traits[0], method, layers or "all", model, fmt_, alpha, norm, scale, model_hint, device,
-                       output)
+                       output, bundle_rows)
+
+
+def _bundle_export(ctx, path, traits, vector_ids, method, layers, model, fmt_):
+    """``export --vector DIR``: (the bundle's rows and steering picks for safetensors/gguf, or
+    (the bundle, its rows) for merged/peft, whose vectors join the store once the options are
+    checked and go by id; traits; vector ids; method; model)."""
+    from traitlens.pipeline.model.layers import parse_layers
+    from traitlens.workflows.bundles import load, steering_picks
+
+    b = load(path)
+    if traits and tuple(traits) != (b.trait,):
+        _fail(f"--trait: the bundle {path} holds vectors of {b.trait!r}", EXIT_INPUT)
+    rows = [r for r in b.records if not vector_ids or r["vector_id"] in vector_ids]
+    if ctx.get_parameter_source("method") != click.core.ParameterSource.DEFAULT:
+        rows = [r for r in rows if r["method"] == method]
+    elif len({r["method"] for r in rows}) == 1:
+        method = rows[0]["method"]
+    if layers and layers != "all":
+        keep = set(parse_layers(layers, max([r["layer"] for r in b.records]) + 1))
+        rows = [r for r in rows if r["layer"] in keep]
+    if not rows:
+        _fail(f"the bundle {path} holds no vector matching --vector-id / --method / --layers: it holds "
+              + ", ".join(f"{r['vector_id']} ({r['method']} L{r['layer']})" for r in b.records), EXIT_INPUT)
+    model = model if model is not None else b.model_spec()
+    if fmt_ in ("merged", "peft"):
+        return (b, rows), (), tuple(r["vector_id"] for r in rows), method, model
+    steering = b.table("steering")
+    picks = steering_picks(steering.to_pylist() if steering is not None else [], {r["vector_id"] for r in rows})
+    return (rows, picks), (b.trait,), (), method, model
 
 
 def _loadable_model(spec: str | None, model_key: str) -> str | None:
@@ -255,14 +339,17 @@ def _loadable_model(spec: str | None, model_key: str) -> str | None:
     return None
 
 
-def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, scale, model_hint, device, output):
-    """safetensors / gguf / easysteer: one trait's directions, one per layer, with the vector card."""
+def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, scale, model_hint, device, output,
+                       bundle_rows=None):
+    """safetensors / gguf / easysteer: one trait's directions, one per layer, with the vector card
+    (``bundle_rows``: (a bundle's rows, their steering picks) instead of the store's)."""
     from traitlens.pipeline.extract.export import (LAYER0_NOTE, gguf_records, latest_per_layer, llama_cpp_lines,
                                                    to_gguf, to_safetensors, vector_card)
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.store import Store
 
-    rows = _vector_rows(Store.open(ctx.obj["store"]), trait, method)
+    rows = (_vector_rows(Store.open(ctx.obj["store"]), trait, method) if bundle_rows is None else
+            [r for r in bundle_rows[0] if r["method"] == method])
     if not rows:
         _fail(f"no {method} vectors for trait {trait!r}; run `traitlens extract --trait {trait}`", EXIT_INPUT)
     lm = None
@@ -282,11 +369,9 @@ def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, sca
     rows = latest_per_layer(rows)
     notes = {}
     if fmt_ != "safetensors":
-        rows, dropped = gguf_records(rows, easysteer=fmt_ == "easysteer")
+        rows, dropped = gguf_records(rows, easysteer=fmt_ == "easysteer")  # an InputError for layer 0 alone
         if dropped:
             notes["layer 0"] = LAYER0_NOTE
-        if not rows:
-            _fail("llama.cpp cannot steer layer 0; export at least one layer >= 1", EXIT_INPUT)
     from traitlens.store import file_stem
 
     out = Path(_output(ctx, output or f"{file_stem(trait, 'trait')}-{file_stem(method, 'method')}."
@@ -309,8 +394,9 @@ def _export_directions(ctx, trait, method, layers, model, fmt_, alpha, norm, sca
         hint = "llama"
         if fmt_ != "safetensors":
             notes["model_hint"] = "llama: the model's config was not read (pass --model, or --model-hint)"
-    card = vector_card(rows, scale, _steering_picks(ctx.obj["store"], trait, {r["vector_id"] for r in rows}), norms,
-                       alpha if norms is not None else None, notes)
+    picks = (_steering_picks(ctx.obj["store"], trait, {r["vector_id"] for r in rows}) if bundle_rows is None
+             else bundle_rows[1])
+    card = vector_card(rows, scale, picks, norms, alpha if norms is not None else None, notes)
     if fmt_ == "safetensors":
         to_safetensors(rows, out, scale, card)
     else:
@@ -346,8 +432,9 @@ def _load_for_export(model, device):
 
 
 def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operation, alpha, ablate_blocks, norm,
-                    check_kind, check_n, device, output):
-    """merged / peft: the pushes or the ablation written into weights, checked against the hook."""
+                    check_kind, check_n, device, output, bundle=None):
+    """merged / peft: the pushes or the ablation written into weights, checked against the hook
+    (``bundle``: (a bundle, its rows to write), added to the store once the options pass)."""
     from traitlens.pipeline.extract.export import latest_per_layer
     from traitlens.pipeline.model.layers import parse_layers
     from traitlens.pipeline.steer.weight_export import export_weights, summary
@@ -366,10 +453,14 @@ def _export_weights(ctx, traits, vector_ids, method, layers, model, fmt_, operat
     if traits and not layers:
         _fail("--layers: name the layer(s) whose vector to write, e.g. --layers 12 (--layers all would edit every "
               "layer's vector)", EXIT_INPUT)
-    out = Path(_output(ctx, output or f"{'-'.join(file_stem(t, 'trait') for t in traits) or 'vectors'}-"
-                       f"{operation}-{fmt_}", "-o"))
-    if out.exists():
+    out = Path(output or f"{'-'.join(file_stem(t, 'trait') for t in traits) or 'vectors'}-{operation}-{fmt_}")
+    if out.exists():  # (before the file-output check, which would call an existing folder a folder)
         _fail(f"-o {out} exists: a weight export writes a new folder and never overwrites one", EXIT_INPUT)
+    out = Path(_output(ctx, str(out), "-o"))
+    if bundle is not None:
+        from traitlens.workflows.bundles import adopt
+
+        adopt(ctx.obj["store"], *bundle)
     store = Store.open(ctx.obj["store"])
     everything = _vector_rows(store)
     lm = _load_for_export(model, device)
@@ -493,8 +584,8 @@ def audit(ctx, trait, vector_id, top, fmt_):
 
     vec, rows = wrong_side(Store.open(ctx.obj["store"]), trait, vector_id, top)
     if fmt_ == "json":
-        click.echo(json.dumps({"vector_id": vec["vector_id"], "layer": vec["layer"], "method": vec["method"],
-                               "rows": rows}, default=str))
+        click.echo(strict_json.dumps({"vector_id": vec["vector_id"], "layer": vec["layer"], "method": vec["method"],
+                                      "rows": rows}, default=str))
         return
     click.echo(f"audit of {trait!r} against {vec['method']} L{vec['layer']} ({vec['vector_id']}): train rows on the "
                f"wrong side of its threshold, deepest first (depth in within-class sd)")
@@ -509,7 +600,7 @@ def audit(ctx, trait, vector_id, top, fmt_):
 
 @cli.command()
 @click.argument("corpus", nargs=-1, type=click.Path(exists=True))
-@click.option("--trait", required=True, help="The trait whose vector scores the prompts.")
+@click.option("--trait", default=None, help="The trait whose vector scores the prompts [or --vector DIR: the bundle's].")
 @click.option("--vector-id", default=None, help="Score with this vector [default: the one `rank` lists first].")
 @click.option("--where", default=None, help="SQL condition over the prompts columns: score only those.")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=0), help="Highest scores to print.")
@@ -522,32 +613,39 @@ def audit(ctx, trait, vector_id, top, fmt_):
               help="Also the projection difference: generate the model's own reply (up to N tokens) to each "
                    "CORPUS chat before its last, given assistant turn, and score the dataset's reply minus the "
                    "model's (needs an assistant_mean vector); --top then ranks by that difference.")
+@click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
+              help="Score with a bundle's vector (`traitlens bundle`; --vector-id chooses among several), its hashes "
+                   "checked first; it and its prompts join the store (created if absent).")
+@click.option("--background", "background", multiple=True, type=click.Path(exists=True),
+              help="An unlabelled corpus of ordinary prompts (captured first where the store lacks them): every "
+                   "score is also given as its percentile among theirs (bg.pct), so one screening threshold flags "
+                   "the same share of ordinary prompts whatever the trait. Repeatable.")
 @click.pass_context
-def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
+def score(ctx, corpus, trait, vector_id, where, top, output, model, generate, background, vector_dir=None):
     """Score prompts on a trait vector: all of the vector's group, those of CORPUS files (captured
     first where the store lacks them, with the vector's model, site, pooling and layers), or
     --where; each (prompt, vector) is scored once, into the `scores` table."""
-    from traitlens.pipeline.capture.plan import read_corpus
-    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
     from traitlens.pipeline.extract.scoring import score as run_score
-    from traitlens.workflows.screening import capture_missing
     from traitlens.store import Store
-    from traitlens.store.layout import format_layer_list
 
     ids, pairs = None, None
     if output:
         _output(ctx, output, "-o")
+    if vector_dir:  # a bundle: its vector, checked, joins the store and scores like a stored one
+        from traitlens.workflows.bundles import adopt, load
+
+        b = load(vector_dir)
+        if trait not in (None, b.trait):
+            _fail(f"--trait {trait}: the bundle {vector_dir} holds vectors of {b.trait!r}", EXIT_INPUT)
+        chosen = b.choose(vector_id)[0]
+        adopt(ctx.obj["store"], b, [chosen])
+        trait, vector_id, model = b.trait, chosen["vector_id"], model if model is not None else b.model_spec()
+    elif not trait:
+        raise click.UsageError("give --trait, or --vector DIR (a bundle)")
     if generate and not corpus:
         raise click.UsageError("--generate needs CORPUS files: their chats' given replies are compared with the model's")
     if corpus:
-        records, _ = read_corpus(list(corpus))
-        ids = {r.prompt_id for r in records}
-        vec = chosen_vector(Store.open(ctx.obj["store"]), trait, vector_id)
-        cap = capture_missing(ctx.obj["store"], vec, list(corpus), ids, model)
-        if cap is not None:
-            store = Store.open(ctx.obj["store"])
-            click.echo(f"captured {cap.n_captured} CORPUS prompts the store lacked ({vector_group(vec).path}, layers "
-                       f"{format_layer_list(store.layers(vector_group(vec)))}) before scoring")
+        records, ids, vec = _captured(ctx, trait, vector_id, corpus, model, "CORPUS")
         if generate:
             from traitlens.workflows.screening import own_replies
 
@@ -557,8 +655,26 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
             click.echo(f"replies: {rep.n_generated} generated ({rep.n_empty} empty), {len(pairs)} pairs in all"
                        + (f"; {rep.n_without_reply} records end without an assistant reply" if rep.n_without_reply
                           else ""))
+    bg_ids = None
+    if background:
+        _, bg_ids, _ = _captured(ctx, trait, vector_id, background, model, "background")
+        if ids is not None:
+            ids |= bg_ids
     res = run_score(ctx.obj["store"], trait, vector_id, ids, where)
     v = res.vector
+    bg_sorted = None
+    if bg_ids is not None:
+        import numpy as np
+
+        from traitlens.pipeline.extract.scoring import background_scores
+
+        bg_sorted = background_scores(Store.open(ctx.obj["store"]), v["vector_id"], bg_ids)
+        if len(bg_sorted) == 0:
+            _fail("--background: none of its prompts is scored on this vector (the --where condition left them "
+                  "out?)", EXIT_INPUT)
+        q99 = float(np.quantile(bg_sorted, 0.99))
+        click.echo(f"background: {len(bg_sorted)} prompts; their 99th percentile is score {q99:.4g} (bg.pct 0.99): "
+                   "a prompt above it scores higher than 99% of ordinary prompts")
     click.echo(f"score: {res.n_scored} prompts scored, {res.n_already} already scored, on {v['method']} L{v['layer']} "
                f"({v['vector_id']}) of {trait!r}" + (f"; run {res.run_id}" if res.run_id else ""))
     if res.n_missing:
@@ -567,23 +683,54 @@ def score(ctx, corpus, trait, vector_id, where, top, output, model, generate):
     if pairs is not None:
         _print_projection_diffs(ctx, v, pairs, generate, top, output)
     elif top:
-        _print_top_scores(ctx, v, top, output)
+        _print_top_scores(ctx, v, top, output, bg_sorted)
 
 
-def _print_top_scores(ctx, v: dict, top: int, output) -> None:
+def _captured(ctx, trait: str, vector_id, paths, model, what: str):
+    """(records, their prompt ids, the vector) of corpus ``paths``, captured first into the
+    vector's group where the store lacks them."""
+    from traitlens.pipeline.capture.plan import read_corpus
+    from traitlens.pipeline.extract.audit import chosen_vector, vector_group
+    from traitlens.store import Store
+    from traitlens.store.layout import format_layer_list
+    from traitlens.workflows.screening import capture_missing
+
+    store = Store.open(ctx.obj["store"])
+    records, _ = read_corpus(list(paths), store=store)  # splits as the capture below gives them
+    ids = {r.prompt_id for r in records}
+    vec = chosen_vector(store, trait, vector_id)
+    cap = capture_missing(ctx.obj["store"], vec, list(paths), ids, model)
+    if cap is not None:
+        store = Store.open(ctx.obj["store"])
+        click.echo(f"captured {cap.n_captured} {what} prompts the store lacked ({vector_group(vec).path}, layers "
+                   f"{format_layer_list(store.layers(vector_group(vec)))}) before scoring")
+    return records, ids, vec
+
+
+def _print_top_scores(ctx, v: dict, top: int, output, background=None) -> None:
+    """The ``top`` highest scores; with ``background`` (sorted background scores) each one's
+    percentile among them too (``bg.pct``, also in the ``-o`` file as ``background_percentile``)."""
     from traitlens.queries import StoreSQL
 
     with StoreSQL(ctx.obj["store"]) as q:
         best = q.query("SELECT prompt_id, score, calibrated, percentile, text, prompt_trait AS trait, label "
                        "FROM scored WHERE vector_id = ? ORDER BY score DESC LIMIT ?", [v["vector_id"], top]).to_pylist()
+    if background is not None and best:
+        from traitlens.pipeline.extract.scoring import background_percentile
+
+        for r, pct in zip(best, background_percentile(background, [r["score"] for r in best])):
+            r["background_percentile"] = float(pct)
+    bg = background is not None
     if best:
-        click.echo(f"{'calib.':>7} {'pctile':>6}  text (highest scores; calibrated: 0 = held-out negatives' mean, "
-                   "1 = positives')")
+        click.echo(f"{'calib.':>7} {'pctile':>6}" + (f" {'bg.pct':>6}" if bg else "") + "  text (highest scores; "
+                   "calibrated: 0 = held-out negatives' mean, 1 = positives'"
+                   + ("; bg.pct: percentile among the background" if bg else "") + ")")
     for r in best:
         text = " ".join(str(r["text"] or "").split())
-        click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}  {text[:90]}")
+        click.echo(f"{r['calibrated']:>7.2f} {r['percentile']:>6.3f}"
+                   + (f" {r['background_percentile']:>6.3f}" if bg else "") + f"  {text[:90]}")
     if output:
-        Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
+        write_text_atomically(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in best))
         click.echo(f"wrote {output} ({len(best)} prompts)")
 
 
@@ -618,5 +765,5 @@ def _print_projection_diffs(ctx, v: dict, pairs: dict, generate: int, top: int, 
         given = json.loads(r["messages"])[-1]["content"] if r["messages"] else ""
         click.echo(f"{r['calibrated_diff']:>+7.2f}  {' '.join(given.split())[:60]} | {' '.join(str(r['reply']).split())[:40]}")
     if output:
-        Path(output).write_text("".join(json.dumps(r, default=str) + "\n" for r in best))
+        write_text_atomically(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in best))
         click.echo(f"wrote {output} ({len(best)} records)")

@@ -11,14 +11,19 @@ from .cli_base import EXIT_INPUT, _fail, _quiet_libraries, cli
 
 def _run_spec(spec_path, refresh: bool, quiet: bool, scheduler: str | None):
     from traitlens.pipeline.capture.corpus import CorpusError
-    from traitlens.store import StoreLocked
+    from traitlens.store import InputError, StoreLocked
+    from traitlens.store.location import check_lasting
+
+    from . import cli_base
 
     from .runner import run
     from .spec import SpecError, load_spec
 
     try:  # values are checked by the run itself, unless a receipt answers a refresh first
         spec = load_spec(spec_path, check_values=not refresh)
-    except SpecError as e:
+        if cli_base._OWN_PROCESS:
+            check_lasting(spec.store, f"{spec_path}: store")
+    except (SpecError, InputError) as e:
         _fail(str(e), EXIT_INPUT)
     if quiet:
         _quiet_libraries()

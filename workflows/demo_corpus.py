@@ -9,7 +9,8 @@ Each side mixes plain templates with hard cases, so no single word gives a trait
 harmless requests with violent-sounding words ("kill a stuck process", "shoot a portrait"),
 harmful ones in mild words; reviews that say "not bad" (positive) or "not good" (negative) and
 share their openings; formal wording of casual topics and casual wording of formal ones. Splits
-come from the prompt hash (80/10/10), like any corpus without a split column.
+are the ingest's, like any corpus without a split column: 80/10/10 by prompt hash for sides
+this large (pipeline/capture/splits.py).
 """
 
 from __future__ import annotations

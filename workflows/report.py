@@ -81,9 +81,10 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
 def _steering_section(q: StoreSQL, trait: str, folder: Path, plots: bool, kind: str | None,
                       kl_budget: float | None) -> list[str]:
     """The steering evaluation of one trait (``[evaluate]``, or `traitlens evaluate --steering`):
-    the detection and steering picks, the Pareto front, and the three-panel figure."""
+    the detection and steering picks, the Pareto front, the pick's side effects on lm-eval tasks
+    (where `--capability` ran), refusals per 100 (``refusal_rate``), and the three-panel figure."""
     from traitlens.pipeline.steer.plots import steering_figure
-    from traitlens.pipeline.steer.records import front_line, stored_rows, summary_lines
+    from traitlens.pipeline.steer.records import front_line, refusal_lines, stored_rows, summary_lines
     from traitlens.queries.budget import KL_BUDGET
 
     budget = KL_BUDGET if kl_budget is None else kl_budget
@@ -91,8 +92,15 @@ def _steering_section(q: StoreSQL, trait: str, folder: Path, plots: bool, kind: 
     if not rows:
         return []
     lines = ["", f"### Steering ({kind}, {len(rows)} settings measured)", ""]
-    lines += [f"- {line}" for line in summary_lines(q, trait, kind, rows, budget)]
+    summary = summary_lines(q, trait, kind, rows, budget)
+    table = next((i for i, line in enumerate(summary) if line.startswith("side effects of the pick")), len(summary))
+    lines += [f"- {line}" for line in summary[:table]]
     lines.append(f"- {front_line(rows)}")
+    if summary[table:]:  # the pick's side effects: a line, then a Markdown table
+        lines += ["", *summary[table:]]
+    refusals = refusal_lines(rows)
+    if refusals:
+        lines += ["", "```", *refusals, "```"]
     if plots:
         png = steering_figure(rows, samples, trait, folder / f"{file_stem(trait, 'trait')}-steering.png", budget, kind)
         lines += ["", f"![{trait}: steering effect against damage, against alpha, and per-sample steerability]"

@@ -76,7 +76,7 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
             store.run("workflow", {"spec": str(spec.path), "refresh": refresh}, summary.run_id, start=False) as run:
         model_key, digests = (None if lm is None else lm.key), None
         if lm is None:  # every corpus answered by its receipt: nothing to capture, no model to load
-            seen = [receipts.check(spec.store, c.paths, ReadOptions(**c.options), cfg) for c in spec.corpora]
+            seen = [receipts.check(spec.store, c.paths, ReadOptions.from_options(c.options), cfg) for c in spec.corpora]
             if seen and all(seen) and len({r.model_key for r in seen}) == 1:
                 model_key, digests = seen[0].model_key, [r.digest for r in seen]
                 summary.already_stored += sum(r.distinct_prompts for r in seen)
@@ -91,7 +91,7 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
             model_key = lm.key
             results = []
             for corpus in spec.corpora:
-                opts = ReadOptions(**corpus.options)
+                opts = ReadOptions.from_options(corpus.options)
                 res = ingest(spec.store, corpus.paths, opts, cfg, lm=lm, progress=progress, log=log, client=client)
                 results.append(res)
                 summary.captured += res.n_captured

@@ -69,8 +69,9 @@ def capture_missing(store_path, vec: dict, corpus: list, ids: set[str], model: s
     if lm is None:
         check_model_for(vec, model)
     policy = capture_policy(store, key)
+    # a group the store lacks yet (a vector from a bundle) is made with the vector's layer alone
     cfg = IngestConfig(model=None if is_default(model) else model, sites=[key.site], poolings=[key.pooling],
-                       layers=format_layer_list(store.layers(key)), chat=key.fmt == "chat",
+                       layers=format_layer_list(store.layers(key) or [vec["layer"]]), chat=key.fmt == "chat",
                        max_length=policy.get("max_length"))
     res = ingest(store_path, corpus, cfg=cfg, lm=lm, progress=False, log=lambda *a: None)
     if res.model_key != vec["model_key"]:

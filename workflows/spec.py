@@ -7,7 +7,8 @@ Example (``workflows/examples/demo.toml``)::
 
     [[corpora]]
     paths = ["corpus/*.jsonl"]           # files, folders or globs
-    # trait, label, split, dataset, text_field, label_field: as `traitlens ingest` options
+    # trait, label, split, dataset, text_column, label_column, messages_column, limit, sample, seed:
+    # as `traitlens ingest` options (text_field, label_field: their older names, still read)
 
     [capture]
     sites = ["resid"]
@@ -26,7 +27,11 @@ Example (``workflows/examples/demo.toml``)::
     top = 5
 
 Every error names the key and says what is allowed: unknown keys (with the nearest known
-one), wrong types, globs that match nothing.
+one), wrong types (list items included), globs that match nothing, numbers that are NaN or
+infinite (TOML's ``nan`` and ``inf``, YAML's ``.nan`` and ``.inf``: the rule of every float
+option, :func:`traitlens.store.finite.check_float`). A spec expands to at most
+:data:`MAX_VALUES` values (YAML aliases can make a few lines expand to billions), and values
+are printed bounded.
 """
 
 from __future__ import annotations
@@ -51,11 +56,15 @@ def short_repr(value) -> str:
     """A bounded repr for error messages: a value from a spec may be huge or self-similar."""
     return _short.repr(value)
 
+MAX_VALUES = 100_000  # values (scalars, lists, tables) a spec may expand to, aliases counted where they point
+
 SCHEMA: dict[str, dict] = {
     "": {"store": str, "model": str, "corpora": list, "capture": dict, "extract": dict, "evaluate": dict,
          "score": dict, "report": dict, "scheduler": str},
     "corpora": {"paths": (list, str), "trait": str, "label": (str, int), "split": str, "dataset": str,
-                "text_field": str, "label_field": str, "zero_is_negative": bool},
+                "text_column": str, "label_column": str, "messages_column": str, "limit": int, "sample": int,
+                "seed": int, "zero_is_negative": bool,
+                "text_field": str, "label_field": str},  # (text_field, label_field: the names before 0.3)
     "capture": {"sites": list, "layers": (str, int, list), "poolings": list, "chat": (bool, str), "generate": int,
                 "batch_size": int, "max_tokens": (int, str), "max_length": int, "on_long": str, "padding_side": str,
                 "device": str, "dtype": str, "device_map": str, "max_memory": (str, dict), "load_in": str},
@@ -67,6 +76,14 @@ SCHEMA: dict[str, dict] = {
     "score": {"traits": (str, list), "where": str},
     "report": {"path": str, "top": int, "plots": bool},
 }
+
+
+# what the items of a list-valued key must be (a list of lists or numbers where names belong
+# would otherwise fail deep inside a command)
+ITEMS: dict[str, type | tuple] = {"corpora.paths": str, "capture.sites": str, "capture.poolings": str,
+                                  "capture.layers": int, "extract.layers": int, "extract.traits": str,
+                                  "extract.methods": str, "evaluate.layers": int, "evaluate.methods": str,
+                                  "evaluate.alphas": (int, float)}
 
 
 class SpecError(InputError):
@@ -129,7 +146,10 @@ class Spec:
 
 def _type_name(t) -> str:
     ts = t if isinstance(t, tuple) else (t,)
-    return " or ".join({str: "string", int: "integer", bool: "true/false", list: "list", dict: "table"}[x] for x in ts)
+    if set(ts) == {int, float}:
+        return "number"
+    return " or ".join({str: "string", int: "integer", float: "number", bool: "true/false", list: "list",
+                        dict: "table"}[x] for x in ts)
 
 
 def _check_table(path: Path, where: str, table: dict, schema: dict) -> None:
@@ -143,6 +163,48 @@ def _check_table(path: Path, where: str, table: dict, schema: dict) -> None:
         if not ok:
             raise SpecError(f"{path}: {where + key!r} must be a {_type_name(want)}, got {type(value).__name__} "
                             f"{short_repr(value)}")
+        item = ITEMS.get(where.split("[")[0].rstrip(".") + "." + key)
+        if item is not None and isinstance(value, list):
+            for i, x in enumerate(value):
+                if not isinstance(x, item) or isinstance(x, bool):
+                    name = _type_name(item)
+                    raise SpecError(f"{path}: {where + key}[{i}] must be {'an' if name[0] in 'aeiou' else 'a'} {name}, got "
+                                    f"{type(x).__name__} {short_repr(x)}")
+
+
+def _check_size(path: Path, data) -> None:
+    """Refuse a spec that expands to more than :data:`MAX_VALUES` values, counting each alias
+    where it is used (a YAML alias bomb), after at most that many steps."""
+    todo, seen = [data], 0
+    while todo:
+        x = todo.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise SpecError(f"{path}: the spec expands to more than {MAX_VALUES:,} values (YAML aliases repeat what "
+                            "they point to); a spec lists paths, layers and settings, not data")
+        if isinstance(x, dict):
+            todo += list(x.values())
+        elif isinstance(x, list):
+            todo += x
+
+
+def _check_numbers(path: Path, data) -> None:
+    """Refuse NaN and infinities anywhere in the spec, naming the key (``evaluate.kl_budget``,
+    ``extract.params.probe.C``, ``evaluate.alphas[1]``). Run after :func:`_check_size`."""
+    from traitlens.store.finite import check_float
+
+    todo = [(data, "")]
+    while todo:
+        x, where = todo.pop()
+        if isinstance(x, float):
+            try:
+                check_float(x, where or "value")
+            except InputError as e:
+                raise SpecError(f"{path}: {e}") from None
+        elif isinstance(x, dict):
+            todo += [(v, f"{where}.{k}" if where else str(k)) for k, v in x.items()]
+        elif isinstance(x, list):
+            todo += [(v, f"{where}[{i}]") for i, v in enumerate(x)]
 
 
 def _read(path: Path) -> dict:
@@ -179,9 +241,11 @@ def load_spec(path: str | Path, check_values: bool = True) -> Spec:
     if not path.exists():
         raise SpecError(f"{path}: no such spec file")
     data = _read(path)
-    _check_table(path, "", data, SCHEMA[""])
+    _check_table(path, "", data, SCHEMA[""])  # (these read the top level of each value only)
     for section in ("capture", "extract", "evaluate", "score", "report"):
         _check_table(path, f"{section}.", data.get(section, {}), SCHEMA[section])
+    _check_size(path, data)
+    _check_numbers(path, data)
     if "store" not in data:
         raise SpecError(f"{path}: 'store' is required (the store folder, relative to the spec)")
     corpora_raw = data.get("corpora") or []
@@ -231,6 +295,7 @@ def _check_values(spec: Spec) -> None:
     from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions, parse_label, parse_split
     from traitlens.pipeline.model.layers import SiteError, parse_layers
     from traitlens.pipeline.extract.methods import ExtractionError
+    from traitlens.store.finite import check_float
 
     path = spec.path
     try:
@@ -259,13 +324,25 @@ def _check_values(spec: Spec) -> None:
                 parse_label(o["label"], path, None, f"corpora[{i}].label", o.get("zero_is_negative", False))
             if "split" in o:
                 parse_split(o["split"], path, None)
-            ReadOptions(**{k: (str(v) if k == "label" else v) for k, v in o.items()})
+            ReadOptions.from_options({k: (str(v) if k == "label" else v) for k, v in o.items()})
+            for k in ("limit", "sample"):
+                if k in o and o[k] < 1:
+                    raise SpecError(f"{path}: corpora[{i}].{k} must be at least 1, got {o[k]}")
+        except SpecError:
+            raise
         except CorpusError as e:
             raise SpecError(f"{path}: corpora[{i}]: {str(e).split(': ', 1)[-1]}") from None
+        except InputError as e:  # a key given under its old and new name
+            raise SpecError(f"{path}: corpora[{i}]: {e}") from None
     ev = spec.evaluate
     alphas = ev.get("alphas", [])
     if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alphas):
         raise SpecError(f"{path}: evaluate.alphas must be a list of numbers, got {short_repr(alphas)}")
+    try:  # the rule of `evaluate --alphas` (NaN and infinities are refused for every key on loading)
+        for i, a in enumerate(alphas):
+            check_float(a, f"evaluate.alphas[{i}]", float32=True)
+    except InputError as e:
+        raise SpecError(f"{path}: {e}") from None
     if ev.get("kl_budget", 0) < 0:
         raise SpecError(f"{path}: evaluate.kl_budget must be 0 or more nats, got {ev['kl_budget']}")
     if ev.get("reply_tokens", 0) < 0:

@@ -9,12 +9,18 @@ overlaps the commit of batch k (:mod:`.writer_thread`; each batch's pooled rows 
 in one copy, :mod:`.transfer`); memory is bounded by the window and batch size, not by the
 corpus (the corpus streams twice: :mod:`.plan`). ``--max-tokens auto`` and the halving of a
 batch that runs out of memory: :mod:`.token_budget`.
+
+Nothing here imports torch until a prompt is known to need the model: a rerun whose corpus
+holds nothing new (no new record, no relabel, every prompt captured in every group) is settled
+from the model's cached identity, after the same refusals and with the same receipt
+(:func:`_settle_without_model`). Its cost is reading the corpus and one join against the store.
 """
 
 from __future__ import annotations
 
 import time
 from itertools import islice
+from typing import TYPE_CHECKING
 from dataclasses import asdict, dataclass, replace
 
 from traitlens.store import GroupKey, Store
@@ -26,16 +32,17 @@ from traitlens.store.runs import interrupt_reason
 
 from traitlens.pipeline.capture import receipts
 from traitlens.pipeline.capture.batching import length_batches
-from traitlens.pipeline.capture.capturer import Capturer
 from traitlens.pipeline.capture.corpus import PromptRecord, ReadOptions
 from traitlens.pipeline.capture.plan import CAPTURE, NEW, RELABELLED, scan_corpus
-from traitlens.pipeline.capture.token_budget import Backoff, auto_max_tokens
-from traitlens.pipeline.capture.writer_thread import WriterThread
+from traitlens.pipeline.capture.readers.sources import resolve
 from traitlens.pipeline.model.encode import encode, uses_chat
+from traitlens.pipeline.model.identity import known
+from traitlens.pipeline.model.layers import parse_layers
 from traitlens.pipeline.runtime.interrupts import interrupt_exit_code
 from traitlens.pipeline.capture.settings import IngestConfig
-from traitlens.pipeline.model.loading import LoadedModel, load_model
-from traitlens.pipeline.model.sites import parse_layers, resolve_sites
+
+if TYPE_CHECKING:
+    from traitlens.pipeline.model.loading import LoadedModel
 
 
 @dataclass
@@ -55,6 +62,7 @@ class IngestResult:
     promoted: list[str]
     status: str
     vouch: receipts.Vouch | None = None  # what a later caller may re-vouch for (see receipts)
+    model_loaded: bool = True  # False: settled from the model's cached identity, nothing to capture
 
     @property
     def prompts_per_s(self) -> float:
@@ -108,7 +116,7 @@ def _record_group_config(store: Store, groups: list[GroupKey], settings: dict) -
             grp.attrs["capture"] = _capture_policy(g, settings)
 
 
-def _check_lengths(records, lm: LoadedModel, chat: bool, max_length: int, cfg: IngestConfig) -> None:
+def _check_lengths(records, lm: "LoadedModel", chat: bool, max_length: int, cfg: IngestConfig) -> None:
     """With ``--on-long fail``: tokenise every prompt to capture now, so a too-long one stops the
     run before the store is touched (not half-way, after other batches were committed)."""
     assistant = "assistant_mean" in cfg.poolings
@@ -117,23 +125,70 @@ def _check_lengths(records, lm: LoadedModel, chat: bool, max_length: int, cfg: I
 
 
 def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: IngestConfig | None = None,
-           lm: LoadedModel | None = None, progress: bool = True, log=print, client=None) -> IngestResult:
+           lm: "LoadedModel | None" = None, progress: bool = True, log=print, client=None) -> IngestResult:
     """Capture every prompt of ``corpus_paths`` that the store lacks; returns what was done.
 
     ``client``: a ``dask.distributed.Client`` to shard the forward passes across its workers
     (each loads the model once). Where the groups allow, the workers write their own chunk-aligned
     ranges (``cfg.workers_write``; see :mod:`.distributed`); this process commits every range."""
     cfg = (cfg or IngestConfig()).validate()
+    read_opts = read_opts or ReadOptions()
+    corpus_paths = resolve(corpus_paths)  # globs expanded, hub ids refused: what the digest and the scan read
     digest = receipts.corpus_digest(corpus_paths, read_opts)  # before reading: what the receipt vouches for
     # pass 1: every record validated, nothing written
     scan = scan_corpus(corpus_paths, read_opts, require_assistant="assistant_mean" in cfg.poolings)
     try:
+        if not scan.n_read:
+            raise InputError(f"no prompts found in {', '.join(map(str, corpus_paths))}")
+        if lm is None:
+            settled = _settle_without_model(store_path, scan, digest, cfg)
+            if settled is not None:
+                return settled
         return _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, client)
     finally:
         scan.close()
 
 
+def _settle_without_model(store_path, scan, digest, cfg: IngestConfig) -> IngestResult | None:
+    """The result of an ingest that has nothing to capture or write, from the model's cached
+    identity alone (no torch); None when the model is needed: the store or identity is unknown,
+    a site needs the module tree, or any record is new, relabelled or still to capture. The
+    store's refusals (its groups' layers and width, their capture policy) are checked as the
+    full path checks them, under the writer lock, and the receipt is written as it writes it."""
+    t0 = time.perf_counter()
+    plan = receipts.plan_from_identity(cfg)
+    if plan is None or plan.max_length < 1 or not Store.exists(store_path):
+        return None
+    ident = known(cfg.model)
+    store = Store.open(store_path)
+    settings = {**asdict(cfg), "max_length": plan.max_length}
+    with store.lock("ingest"):
+        store.check_extend(plan.groups, plan.layers_by_site, ident.d_model)
+        _check_group_config(store, plan.groups, settings)
+        root = store.zarr_root()
+        if any("capture" not in dict(get_group(root, g.path).attrs) for g in plan.groups
+               if get_group(root, g.path) is not None):
+            return None  # a group from before capture policies were recorded: the full path records it
+        scan.decide(store, plan.groups)
+        if scan.count(NEW) or scan.count(RELABELLED) or scan.count(CAPTURE):
+            return None
+        counts = {"records": scan.n_records, "distinct_prompts": scan.n_distinct, "duplicates": scan.n_duplicates,
+                  "run_id": ""}
+        vouch = receipts.Vouch(plan, cfg, digest, counts)
+        vouch.write(store)
+    return IngestResult(run_id="", model_key=plan.model_key, fmt=plan.fmt, n_records=scan.n_records,
+                        n_new_prompts=0, n_relabelled=0, n_captured=0, n_skipped=scan.n_distinct, n_truncated=0,
+                        n_duplicates=scan.n_duplicates, seconds=time.perf_counter() - t0, tokens=0, promoted=[],
+                        status="done", vouch=vouch, model_loaded=False)
+
+
 def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, client) -> IngestResult:
+    from traitlens.pipeline.capture.capturer import Capturer
+    from traitlens.pipeline.capture.token_budget import Backoff, auto_max_tokens
+    from traitlens.pipeline.capture.writer_thread import WriterThread
+    from traitlens.pipeline.model.loading import load_model
+    from traitlens.pipeline.model.sites import resolve_sites
+
     if not scan.n_read:
         raise InputError(f"no prompts found in {', '.join(map(str, corpus_paths))}")
     lm = lm or load_model(cfg.model, log=log, **cfg.load_kwargs())
@@ -155,7 +210,8 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
     all_layers = sorted({l for ls in layers_by_site.values() for l in ls})
     settings = {**asdict(cfg), "model": lm.name, "model_path": str(lm.path), "model_key": lm.key, "fmt": fmt,
                 "layers": all_layers, "max_length": max_length, "device": str(lm.device),
-                "corpus": [str(p) for p in corpus_paths]}
+                "torch_dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),  # what dtype=auto chose
+                "corpus": [str(p) for p in corpus_paths], "read": asdict(scan.opts)}
 
     # everything that can refuse this run does so here, before the store is created or written
     existing = Store.open(store_path) if Store.exists(store_path) else None
@@ -164,7 +220,7 @@ def _ingest(store_path, corpus_paths, scan, digest, cfg, lm, progress, log, clie
         _check_group_config(existing, groups, settings)
     if cfg.on_long == "fail":
         scan.decide(existing, groups)
-        _check_lengths((r for w in scan.windows(cfg.window) for r, f in w if f & CAPTURE), lm, chat, max_length, cfg)
+        _check_lengths((r for w in scan.windows(cfg.window, want=CAPTURE) for r, f in w if f & CAPTURE), lm, chat, max_length, cfg)
 
     store = existing or Store.open(store_path, create=True)
     capturer = Capturer(lm, points, cfg.poolings, cfg.padding_side, cfg.generate)
@@ -233,7 +289,7 @@ def _recorded_windows(store: Store, scan, window: int):
     """Pass 2: the records to capture, in corpus order. Each window's new and relabelled prompt
     records are written (one part) before any of its prompts is captured: a prompt is recorded
     before its rows, as the commit protocol requires."""
-    for w in scan.windows(window):
+    for w in scan.windows(window, want=NEW | RELABELLED | CAPTURE):
         store.write_prompts([r.as_row() for r, f in w if f & NEW], [r.as_row() for r, f in w if f & RELABELLED])
         yield from (r for r, f in w if f & CAPTURE)
 

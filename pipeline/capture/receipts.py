@@ -23,7 +23,8 @@ from traitlens.store import GroupKey, Store
 from traitlens.store.arrays import get_group
 from traitlens.store.vocabulary import NAMED_SITES
 
-from traitlens.pipeline.capture.corpus import ReadOptions
+from traitlens.pipeline.capture.corpus import CorpusError, ReadOptions
+from traitlens.pipeline.capture.readers.sources import resolve
 from traitlens.pipeline.capture.settings import IngestConfig
 from traitlens.pipeline.model.identity import cache_put, known, read_cache, traitlens_home
 from traitlens.pipeline.model.layers import parse_layers
@@ -32,10 +33,10 @@ MAX_RECEIPTS = 512  # per store; the oldest are dropped
 
 
 def corpus_digest(paths, opts: ReadOptions | None) -> str:
-    """sha256 over the read options and every corpus byte, in the order given (folders: their
-    files in sorted order, by relative name). Hashes at disk speed; parses nothing."""
+    """sha256 over the read options and every corpus byte, in the order given (globs expanded;
+    folders: their files in sorted order, by relative name). Hashes at disk speed; parses nothing."""
     h = hashlib.sha256(json.dumps(asdict(opts or ReadOptions()), sort_keys=True).encode())
-    for p in map(Path, paths):
+    for p in resolve(paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             h.update(f"\0{f.relative_to(p) if p.is_dir() else f.name}\0".encode())
@@ -176,8 +177,8 @@ def check(store_path, paths, opts: ReadOptions | None, cfg: IngestConfig) -> Rec
     store = Store.open(store_path)
     try:
         digest = corpus_digest(paths, opts)
-    except OSError:
-        return None  # a missing or unreadable corpus: the normal path names it
+    except (OSError, CorpusError):
+        return None  # a missing or unreadable corpus, a glob matching nothing: the normal path names it
     entry = _read(store).get(plan.request(cfg, digest))
     if entry is None or entry["state"] != store_state(store, plan.groups):
         return None

@@ -46,6 +46,9 @@ class IngestConfig:
                 raise InputError(f"--{name.replace('_', '-')} {value!r}: must be "
                                  + ("0 or more" if zero_ok else "a positive number"))
 
+        if self.model is not None and not str(self.model).strip():
+            raise InputError("--model '': give a Hugging Face id or a local model folder, or leave --model out for "
+                             "the default model")
         self.sites = list(dict.fromkeys(s.strip() for s in self.sites if str(s).strip()))
         if not self.sites:
             raise InputError(f"--site: give at least one site ({', '.join(NAMED_SITES)} or a dotted module path)")

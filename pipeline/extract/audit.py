@@ -30,7 +30,8 @@ def chosen_vector(store: Store, trait: str, vector_id: str | None = None) -> dic
     with StoreSQL(store) as q:
         vec = pick(q, trait, vector_id)
     if vec is None:
-        raise ExtractionError(f"no vector {vector_id!r}" if vector_id else
+        raise ExtractionError(f"--vector-id {vector_id}: no vector has that id; `traitlens vectors` lists the stored "
+                              "ids" if vector_id else
                               f"no vector for trait {trait!r}; run `traitlens extract --trait {trait}` first")
     return vec
 

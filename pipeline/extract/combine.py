@@ -21,8 +21,9 @@ import numpy as np
 
 from traitlens.pipeline.extract.methods import ExtractionError
 from traitlens.queries import StoreSQL
-from traitlens.queries.selection import best_vector
-from traitlens.store import Store
+from traitlens.queries.selection import best_vector, chosen_vector
+from traitlens.store import Store, strict_json
+from traitlens.store.finite import check_float
 from traitlens.store.vocabulary import METHOD_NAMES
 
 
@@ -42,16 +43,16 @@ def parse_formula(expr: str) -> list[tuple[float, str]]:
         if m is None:
             raise ExtractionError(f"formula {expr!r}: cannot read the term {body.strip()!r}; terms are "
                                   "[coefficient*]name, separated by ' + ' or ' - ' with spaces")
-        coef = float(m.group(1)) if m.group(1) else 1.0
+        coef = check_float(m.group(1), f"formula {expr!r}: the coefficient", float32=True) if m.group(1) else 1.0
         terms.append((coef if sign == "+" else -coef, m.group(2)))
     return terms
 
 
 def resolve(q: StoreSQL, name: str, layer: int, model_key: str | None) -> dict:
     """A vector id, else the trait's vector the selection rule picks at ``layer``."""
-    rows = q.query("SELECT * FROM vectors WHERE vector_id = ?", [name]).to_pylist()
-    if rows:
-        return rows[0]
+    v = chosen_vector(q, None, name)  # a vector id (refused if its values are not finite)
+    if v is not None:
+        return v
     v = best_vector(q, name, model_key=model_key, layer=layer)
     if v is None:
         raise ExtractionError(f"{name!r} is neither a vector id nor a trait with a vector at layer {layer}"
@@ -127,7 +128,7 @@ def combine(store_path, expr: str, layer: int, name: str, orthogonal_to: list[st
            "method": name, "params": json.dumps(params, sort_keys=True), "raw_norm": norm,
            "cosines": json.dumps({p["vector_id"]: round(cosine(vec, np.asarray(p["vector"])), 6)
                                   for p in parents + others}),
-           "info": json.dumps({"combined": True, **params})}
+           "info": strict_json.dumps({"combined": True, **params})}
     with store.lock("vectors combine"):
         save_vectors(store, [rec], new_run_id("combine"))
     return rec

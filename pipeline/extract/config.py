@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from traitlens.store.vocabulary import METHOD_NAMES
 
 from traitlens.pipeline.extract.methods import METHODS, ExtractionError, make_method
+from traitlens.pipeline.extract.resample import N_BOOT_MAX
 
 
 @dataclass
@@ -27,6 +28,9 @@ class ExtractConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 opt = {"memory_budget": "--memory", "n_boot": "--n-boot", "seed": "--seed"}[name]
                 raise ExtractionError(f"{opt} {v!r}: must be an integer of at least {lo}")
+        if self.n_boot > N_BOOT_MAX:
+            raise ExtractionError(f"--n-boot {self.n_boot}: at most {N_BOOT_MAX} bootstrap resamples (each refits "
+                                  "every method; 8 to 100 are typical)")
         if self.chunk_rows is not None and (not isinstance(self.chunk_rows, int) or self.chunk_rows < 1):
             raise ExtractionError(f"chunk_rows {self.chunk_rows!r}: must be a positive integer")
         self.methods = parse_methods(self.methods)
@@ -76,7 +80,7 @@ def parse_size(text: str | int) -> int:
     t = str(text).strip().lower().rstrip("b")
     try:
         return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: 1e400GB (inf) has no integer
         raise ExtractionError(f"memory {text!r}: use bytes or a size like 512MB, 2GB") from None
 
 

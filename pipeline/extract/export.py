@@ -20,7 +20,7 @@ and key-value of GGUF) says what the file is: model key, layer convention, site,
 method, trait, per layer (exactly the layers in the file) the vector id, the rows' fingerprint,
 the held-out metrics, its norm and strength and, once evaluated, the steering pick's metrics,
 and the code version. It is strict JSON (:func:`card_json`: a value that is not a finite number
-is null, and ``nulls`` says why). :func:`read_card` reads it back; loading an export for another
+is null, and ``nulls`` says why: :func:`traitlens.store.strict_json.document`). :func:`read_card` reads it back; loading an export for another
 model is refused (:func:`check_card`).
 """
 
@@ -31,6 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from traitlens.store import strict_json
+from traitlens.store.errors import InputError
+from traitlens.store.finite import FLOAT32_MAX, vector_problem
+
 
 def latest_per_layer(records: list[dict]) -> list[dict]:
     """The newest vector of each layer (records of one trait, method and group)."""
@@ -40,12 +44,23 @@ def latest_per_layer(records: list[dict]) -> list[dict]:
     return [latest[l] for l in sorted(latest)]
 
 
-def _by_layer(records: list[dict]) -> dict[int, np.ndarray]:
+def _by_layer(records: list[dict], scale: float = 1.0) -> dict[int, np.ndarray]:
+    """``{layer: vector * scale}`` as float32; a vector that is not finite, or whose scaled
+    values overflow float32, is refused (an :class:`InputError` naming it)."""
     out = {}
     for r in records:
         if r["layer"] in out:
-            raise ValueError(f"two vectors for layer {r['layer']}: pass one --method")
-        out[int(r["layer"])] = np.asarray(r["vector"], dtype=np.float32)
+            raise InputError(f"two vectors for layer {r['layer']}: pass one --method")
+        why = vector_problem(r["vector"])
+        if why is not None:
+            raise InputError(f"vector {r['vector_id']} ({r['trait']} {r['method']} L{r['layer']}) cannot be exported: "
+                             f"{why} (an older traitlens stored it)")
+        with np.errstate(over="ignore"):
+            v = np.asarray(r["vector"], dtype=np.float64) * float(scale)
+        if not np.isfinite(v.astype(np.float32)).all():
+            raise InputError(f"--scale {scale:g}: the scaled vector of layer {r['layer']} overflows float32 (values "
+                             f"above {FLOAT32_MAX:.3g}); use a smaller scale")
+        out[int(r["layer"])] = v.astype(np.float32)
     return dict(sorted(out.items()))
 
 
@@ -91,40 +106,30 @@ STRENGTH = ("the push at layer L is alpha * norm_L * unit(v) (traitlens's alpha,
             "(llama_cpp_strength), steering-vectors' multiplier the same")
 
 
-def strict(card: dict) -> dict:
-    """``card`` with every value that is not a finite number (NaN, inf) replaced by None, and
-    ``nulls``: ``{dotted path: why}`` for each, so strict JSON parsers read it."""
-    nulls = dict(card.get("nulls") or {})
-
-    def walk(x, path):
-        if isinstance(x, dict):
-            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [walk(v, f"{path}.{i}") for i, v in enumerate(x)]
-        if isinstance(x, (float, np.floating)) and not np.isfinite(x):
-            nulls[path] = f"not a finite number ({float(x)}) in the store: not measurable for this vector"
-            return None
-        return x.item() if isinstance(x, np.generic) else x
-
-    out = walk({k: v for k, v in card.items() if k != "nulls"}, "")
-    if nulls:
-        out["nulls"] = nulls
-    return out
+NOT_MEASURABLE = " in the store: not measurable for this vector"  # why a card's metric is null
 
 
 def card_json(card: dict) -> str:
-    """The card as strict JSON (no NaN or Infinity literals: :func:`strict`)."""
-    return json.dumps(strict(card), default=str, allow_nan=False)
+    """A card (this module's, a bundle's) as strict JSON: a value that is not a finite number is
+    null, and ``nulls`` says why (:func:`traitlens.store.strict_json.document`)."""
+    return strict_json.dumps(strict_json.document(card, NOT_MEASURABLE), default=str)
 
 
 LAYER0_NOTE = ("layer 0 is left out: llama.cpp cannot steer block 0 (its control-vector loader refuses direction.0); "
                "the EasySteer format keeps it")
 
 
+NO_LAYER_ABOVE_0 = ("llama.cpp's control vectors have no layer 0 (it steers the outputs of blocks 1 and up): export "
+                    "layers >= 1 (--layers 1-), or --format easysteer or safetensors, which keep layer 0")
+
+
 def gguf_records(records: list[dict], easysteer: bool = False) -> tuple[list[dict], bool]:
     """(the records a GGUF file holds, whether layer 0 was left out): llama.cpp's and repeng's
-    leave layer 0 out, EasySteer's keeps every layer."""
+    leave layer 0 out, EasySteer's keeps every layer. An :class:`InputError`
+    (:data:`NO_LAYER_ABOVE_0`) when nothing is left."""
     kept = [r for r in records if easysteer or int(r["layer"]) > 0]
+    if not kept:
+        raise InputError(NO_LAYER_ABOVE_0)
     return kept, len(kept) < len(records)
 
 
@@ -150,12 +155,12 @@ def check_card(card: dict | None, model_key: str, where) -> None:
 def to_safetensors(records: list[dict], path: Path, scale: float = 1.0, card: dict | None = None) -> Path:
     from safetensors.numpy import save_file
 
-    vecs = _by_layer(records)
+    vecs = _by_layer(records, scale)
     meta = {k: str(records[0][k]) for k in ("model_key", "fmt", "site", "pooling", "trait", "method")}
     meta["vector_ids"] = json.dumps({str(r["layer"]): r["vector_id"] for r in records})
     meta["scale"] = str(scale)
     meta[CARD_KEY] = card_json(card or vector_card(records, scale))
-    save_file({f"direction.{l}": v * scale for l, v in vecs.items()}, str(path), metadata=meta)
+    save_file({f"direction.{l}": v for l, v in vecs.items()}, str(path), metadata=meta)
     return path
 
 
@@ -168,10 +173,8 @@ def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: f
     given, must describe the records written (:func:`gguf_records`)."""
     import gguf
 
-    records, _ = gguf_records(records, easysteer)
-    vecs = _by_layer(records)
-    if not vecs:
-        raise ValueError("llama.cpp cannot steer layer 0; export at least one layer >= 1")
+    records, _ = gguf_records(records, easysteer)  # an InputError when only layer 0 was given
+    vecs = _by_layer(records, scale)
     if card is not None and sorted(card["layers"], key=int) != [str(l) for l in vecs]:
         raise ValueError(f"the card lists layers {sorted(card['layers'], key=int)}, the file holds {list(vecs)}")
     writer = gguf.GGUFWriter(str(path), "controlvector")
@@ -181,7 +184,7 @@ def to_gguf(records: list[dict], path: Path, model_hint: str = "llama", scale: f
         writer.add_string("controlvector.method", str(records[0]["method"]))
     writer.add_string(CARD_KEY, card_json(card or vector_card(records, scale)))
     for layer, v in vecs.items():
-        writer.add_tensor(f"direction.{layer}", (v * scale).astype(np.float32))
+        writer.add_tensor(f"direction.{layer}", v)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
+from dataclasses import replace
 
 import numpy as np
 
-from traitlens.store import Store
+from traitlens.store import Store, strict_json
 from traitlens.store.arrays import read_rows_checked
 
 from traitlens.pipeline.extract.config import ExtractConfig, method_params
@@ -29,6 +30,7 @@ from traitlens.pipeline.extract.contrastive import ContrastiveSet
 from traitlens.pipeline.extract.methods import METHODS, ClassStats, ExtractionError, ICADirection, LogisticProbe, check_xy, make_method
 from traitlens.pipeline.extract.metrics import cosine, projection_metrics
 from traitlens.pipeline.extract.resample import stability
+from traitlens.pipeline.extract.specificity import specificity
 from traitlens.pipeline.extract.streaming import RowStream, load_fast_cast
 
 # An in-memory fit holds its rows about this many times over (the float64 read, a standardised
@@ -40,9 +42,15 @@ PROBE_PASSES = 8  # the streamed probe's L-BFGS steps from its warm start (bench
 
 
 # -- reading rows ------------------------------------------------------------------------------
+def _set_rows(cset: ContrastiveSet) -> np.ndarray:
+    """Every array row the set reads: train, held-out and its background's."""
+    bg = cset.background
+    return np.concatenate([cset.train_rows, cset.held_rows] + ([bg.train_rows, bg.held_rows] if bg else []))
+
+
 def _layer_array(store_root: str, cset: ContrastiveSet, layer: int):
     """The layer's array, checked to hold every row the set reads (no missing chunk)."""
-    rows = np.concatenate([cset.train_rows, cset.held_rows])
+    rows = _set_rows(cset)
     return Store(store_root).layer_array(cset.key, layer, int(rows.max()) + 1 if len(rows) else 0)
 
 
@@ -107,28 +115,53 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
     in_core = fits_in_core(cset, d, task_budget)
     block = cfg.chunk_rows or max(arr.chunks[0], min(arr.chunks[0] * 16, task_budget // row_bytes or 1))
     rng = np.random.default_rng(cfg.seed + layer)
+    bg = cset.background
+    # with a background, the methods that take one are fitted with its train rows as more negatives
+    parts = [(cset, [m for m in cfg.methods if bg is None or not METHODS[m].takes_background])]
+    if bg is not None and any(METHODS[m].takes_background for m in cfg.methods):
+        parts.append((with_background_negatives(cset), [m for m in cfg.methods if METHODS[m].takes_background]))
+    ests, p_train, p_held, stab, stability_rows = {}, {}, {}, {}, {}
     with threadpool_limits(blas_threads) if blas_threads else nullcontext():
+        for part, methods in parts:
+            if not methods:
+                continue
+            sub = replace(cfg, methods=methods)
+            if in_core:
+                X, pos = read_rows(arr, part.train_rows), part.train_pos
+                check_xy(X, np.where(pos, 1, -1))
+                fitted = _fit_all(methods, sub, X=X, pos=pos)
+                Xs, ps = X, pos
+                pt = {m: X @ e.vector_ for m, e in fitted.items()}
+            else:
+                fitted, pt, ph, (Xs, ps) = _extract_streaming(arr, part, sub, block, task_budget, rng)
+                p_held.update(ph)
+            if part is not cset:  # train metrics read the trait's own train rows only
+                own = np.isin(part.train_rows, cset.train_rows)
+                pt = {m: p[own] for m, p in pt.items()}
+            ests.update(fitted)
+            p_train.update(pt)
+            stab.update(stability(fitted, lambda name, b: refit_estimator(cfg, name, b), Xs, ps, cfg.n_boot, rng))
+            stability_rows.update(dict.fromkeys(methods, int(len(ps))))
+        ests = {m: ests[m] for m in cfg.methods}
+        V = np.stack([e.vector_ for e in ests.values()], axis=1)  # [d, n_methods]
         if in_core:
-            X, pos = read_rows(arr, cset.train_rows), cset.train_pos
-            check_xy(X, np.where(pos, 1, -1))
-            ests = _fit_all(cfg.methods, cfg, X=X, pos=pos)
-            Xh = read_rows(arr, cset.held_rows)
-            p_train = {m: X @ e.vector_ for m, e in ests.items()}
-            p_held = {m: Xh @ e.vector_ for m, e in ests.items()}
-            Xs, ps = X, pos
-        else:
-            ests, p_train, p_held, (Xs, ps) = _extract_streaming(arr, cset, cfg, block, task_budget, rng)
+            P = read_rows(arr, cset.held_rows) @ V
+            p_held = {m: P[:, i] for i, m in enumerate(ests)}
+        p_background = _project(arr, bg.held_rows, V, block, in_core) if bg is not None else None
         if not np.isfinite(np.concatenate(list(p_held.values()))).all():
             raise ExtractionError(f"held-out rows of {cset.key.path} layer {layer} hold NaN or inf; run `traitlens verify`")
         vectors = {m: e.vector_ for m, e in ests.items()}
-        stab = stability(ests, lambda name, b: refit_estimator(cfg, name, b), Xs, ps, cfg.n_boot, rng)
     records = []
-    for m, e in ests.items():
+    for i, (m, e) in enumerate(ests.items()):
         metrics = projection_metrics(p_train[m], cset.train_pos, p_held[m], cset.held_pos)
+        if bg is not None:
+            metrics.update(specificity(p_held[m], cset.held_pos, p_background[:, i]), n_background=len(bg.held_rows))
         info = {k: _jsonable(v) for k, v in getattr(e, "info_", {}).items() if k not in ("components", "pos_mean", "neg_mean", "unmixing", "raw_weights")}
         info.update({"n_boot": cfg.n_boot, "seed": cfg.seed})
+        if bg is not None:
+            info["background"] = {**bg.provenance(), "negatives": METHODS[m].takes_background}
         if not in_core:
-            info["stability_rows"] = int(len(ps))
+            info["stability_rows"] = stability_rows[m]
         records.append({
             **cset.key.as_dict(), "layer": int(layer), "trait": cset.trait, "method": m,
             "params": json.dumps(e.get_params(), sort_keys=True, default=str), "fingerprint": cset.fingerprint,
@@ -139,15 +172,33 @@ def extract_layer(store_root: str, cset: ContrastiveSet, layer: int, cfg: Extrac
             "vector": e.vector_.astype(np.float32).tolist(), **metrics, "stability": stab[m],
             "agreement": _agreement(m, vectors),
             "cosines": json.dumps({o: round(cosine(e.vector_, vectors[o]), 6) for o in vectors if o != m}),
-            "info": json.dumps(info, default=str),
+            "info": strict_json.dumps(info, default=str),  # (a stored JSON column is strict JSON too)
         })
     return records
 
 
 def fits_in_core(cset: ContrastiveSet, d: int, task_budget: int) -> bool:
-    """Whether a layer's selected rows (train and held) fit a task's budget as float64 with
-    their working copies; if not, the task streams them."""
-    return (len(cset.train_rows) + len(cset.held_rows)) * d * 8 * WORKING_COPIES <= task_budget
+    """Whether a layer's selected rows (train, held and the background's) fit a task's budget
+    as float64 with their working copies; if not, the task streams them."""
+    return len(_set_rows(cset)) * d * 8 * WORKING_COPIES <= task_budget
+
+
+def with_background_negatives(cset: ContrastiveSet) -> ContrastiveSet:
+    """``cset`` whose train rows also hold its background's, as negatives (ascending rows)."""
+    bg = cset.background
+    rows = np.concatenate([cset.train_rows, bg.train_rows])
+    pos = np.r_[cset.train_pos, np.zeros(len(bg.train_rows), bool)]
+    order = np.argsort(rows, kind="stable")
+    return replace(cset, train_rows=rows[order], train_pos=pos[order])
+
+
+def _project(arr, rows: np.ndarray, V: np.ndarray, block: int, in_core: bool) -> np.ndarray:
+    """Projections ``[len(rows), n_methods]`` of some rows onto every vector (columns of ``V``)."""
+    if in_core:
+        return read_rows(arr, rows) @ V
+    stream = RowStream(arr, rows, np.zeros(len(rows), bool), block)
+    V32 = V.astype(np.float32)
+    return np.concatenate([X @ V32 for X, _ in stream()]).astype(np.float64)
 
 
 def _agreement(method: str, vectors: dict[str, np.ndarray]) -> float:

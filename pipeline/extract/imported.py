@@ -36,7 +36,6 @@ treat it like any other method.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -44,8 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from traitlens.store import Store
+from traitlens.store import Store, strict_json
 from traitlens.store.errors import InputError
+from traitlens.store.finite import vector_problem
+from traitlens.store.location import sha256_file
 
 FORMATS = ("auto", "gguf", "steering-vectors", "persona-vectors", "safetensors")
 CONVENTIONS = ("auto", "blocks", "hidden-states")
@@ -85,14 +86,6 @@ def _fail(path: Path, why: str) -> ImportFileError:
     return ImportFileError(f"{path}: {why}; nothing was imported")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _array(path: Path, where: str, value) -> np.ndarray:
     try:
         a = np.asarray(value.detach().cpu().double().numpy() if hasattr(value, "detach") else value, np.float64)
@@ -121,7 +114,7 @@ def read_gguf(path: Path) -> Source:
     arch = reader.get_field("general.architecture")
     if arch is None or bytes(arch.parts[-1]).decode(errors="replace") != "controlvector":
         raise _fail(path, "not a control vector (general.architecture is not 'controlvector'): a model file?")
-    src = Source(path, "gguf", "blocks", _sha256(path))
+    src = Source(path, "gguf", "blocks", sha256_file(path))
     card = reader.get_field(CARD_KEY)
     if card is not None:
         src.card, src.format = json.loads(bytes(card.parts[-1]).decode()), "traitlens-gguf"
@@ -145,7 +138,7 @@ def read_safetensors(path: Path, convention: str) -> Source:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise _fail(path, f"not a readable safetensors file ({e})") from None
-    src = Source(path, "safetensors", convention, _sha256(path))
+    src = Source(path, "safetensors", convention, sha256_file(path))
     if CARD_KEY in meta:
         src.card, src.format = json.loads(meta[CARD_KEY]), "traitlens-safetensors"
     if len(tensors) == 1 and next(iter(tensors.values())).ndim == 2:
@@ -178,7 +171,7 @@ def read_pt(path: Path, fmt: str, convention: str, layers: list[int] | None) -> 
         raise _fail(path, "cannot be read with torch.load(weights_only=True), and traitlens never unpickles more "
                     f"(it would run code from the file): {first}. Save tensors or a dict of tensors "
                     "(torch.save(sv.layer_activations, path)), or safetensors") from None
-    sha = _sha256(path)
+    sha = sha256_file(path)
     if isinstance(obj, SteeringVectorFields) or (isinstance(obj, dict) and "layer_activations" in obj):
         acts = getattr(obj, "layer_activations", None) if not isinstance(obj, dict) else obj["layer_activations"]
         layer_type = getattr(obj, "layer_type", None) if not isinstance(obj, dict) else obj.get("layer_type")
@@ -293,9 +286,11 @@ def import_vectors(store_path, path, trait: str, model: str, fmt: str | None = N
             if v.shape != (width,):
                 raise _fail(src.path, f"{where} has width {v.shape[0] if v.ndim == 1 else v.shape}; {key.model_key} "
                             f"(--model {model}) has width {width}: these vectors are of another model")
-            norm = float(np.linalg.norm(v))
-            if not np.isfinite(v).all() or not norm > 0:
-                raise _fail(src.path, f"{where} is " + ("not finite" if not np.isfinite(v).all() else "zero"))
+            with np.errstate(over="ignore"):
+                norm = float(np.linalg.norm(v))
+            why = vector_problem(v) or (None if np.isfinite(norm) else "too large: its norm overflows")
+            if why is not None:
+                raise _fail(src.path, f"{where}: {why} (not finite, or zero: no direction)")
             picked.append((src, layer, where, v / norm, norm))
     if not picked:
         raise ImportFileError(f"{path}: none of its layers is stored for {key.path} (stored: {stored}); nothing was "
@@ -307,8 +302,9 @@ def import_vectors(store_path, path, trait: str, model: str, fmt: str | None = N
                              "convention": src.convention}, "model": model}
         rec = {**held_out_record(store, key, layer, trait, unit), "method": method,
                "params": json.dumps(params, sort_keys=True), "raw_norm": norm, "cosines": json.dumps({}),
-               "info": json.dumps({"imported": True, **params, **({"card": {k: src.card.get(k) for k in CARD_FIELDS}}
-                                                                  if src.card else {})}, default=str)}
+               "info": strict_json.dumps({"imported": True, **params,
+                                          **({"card": {k: src.card.get(k) for k in CARD_FIELDS}} if src.card else {})},
+                                         default=str)}
         records.append(rec)
     run_id = new_run_id("import")
     with store.lock("import"):

@@ -15,22 +15,19 @@ import os
 import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 from traitlens.store import GroupKey, Store
-from traitlens.store import arrays
-from traitlens.store.layout import StoreError, layer_name
+from traitlens.store.layout import StoreError
 
 from traitlens.pipeline.runtime.cluster import LOCAL, dask_client
+from traitlens.pipeline.runtime.interrupts import interrupts_held, let_interrupts_through
+from traitlens.pipeline.runtime.lifeline import bind_to_parent
 from traitlens.pipeline.runtime.memory import give_back_freed_memory
 from traitlens.pipeline.extract.config import ExtractConfig, method_params
 from traitlens.pipeline.extract.contrastive import ContrastiveSet
-from traitlens.pipeline.extract.fitting import extract_layer, fits_in_core
+from traitlens.pipeline.extract.fitting import extract_layer
 from traitlens.pipeline.extract.methods import ExtractionError, make_method
-
-
-def _layer_width(store: Store, key: GroupKey, layer: int) -> int:
-    """d of a stored layer, from its metadata alone (the task checks its chunks when it opens it)."""
-    return arrays.get_array(arrays.get_group(store.zarr_root(), key.path), layer_name(layer), key.path).shape[1]
 
 
 def _planned_record(key: GroupKey, layer: int, trait: str, method: str, cfg: ExtractConfig, fp: str,
@@ -52,6 +49,13 @@ def vector_id(rec: dict, code_version: str) -> str:
 
 
 # -- scheduling --------------------------------------------------------------------------------
+# BLAS threads per fit. One, always: OpenBLAS splits a product's sums differently on two threads
+# than on one (a weighted Gram matrix moves by 1e-14), and FastICA's iterations carry that into
+# the vector (up to 0.017 apart, cosine 0.9989, on a 256-wide layer), so a thread count taken
+# from the cores made the same store and config give other vectors on another machine or
+# scheduler. The layers run in parallel instead; a streamed layer's reader thread has a core.
+FIT_BLAS_THREADS = 1
+
 def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: ExtractConfig, scheduler=None,
                progress: bool = False) -> list[dict]:
     """Run :func:`extract_layer` for every layer on Dask; returns all records, layer order."""
@@ -69,14 +73,10 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
         task_budget = max(cfg.memory_budget // concurrent, 1)
         root = str(store.root)
         local = scheduler if scheduler in LOCAL else default_local_scheduler(len(layers))
-        # one BLAS pool sized to the cores: concurrent tasks x BLAS threads never oversubscribe
-        # them. Threads share this process's pool (capped around the run); worker processes
-        # cap their own inside each task. A streamed layer reads its next block on a thread of
-        # its own, so it leaves that a core (measured: a probe pass 0.68 s against 0.96 s).
-        streams = not fits_in_core(cset, _layer_width(store, cset.key, layers[0]), task_budget)
-        blas_per_task = max(1, (os.cpu_count() or 1) // concurrent - streams)
-        blas = 1 if client is not None else (blas_per_task if local == "processes" else None)
-        tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, blas,
+        # every fit runs on FIT_BLAS_THREADS BLAS threads, whatever the scheduler and the cores:
+        # threads share this process's pool (capped around the run), worker processes and
+        # cluster workers cap their own inside each task
+        tasks = [dask.delayed(extract_layer, pure=True)(root, cset, l, cfg, task_budget, FIT_BLAS_THREADS,
                                                         dask_key_name=f"extract-L{l}") for l in layers]
         if client is not None:
             futures = client.compute(tasks)
@@ -89,9 +89,10 @@ def run_layers(store: Store, cset: ContrastiveSet, layers: list[int], cfg: Extra
             from threadpoolctl import threadpool_limits
             from tqdm.dask import TqdmCallback
 
-            with threadpool_limits(blas_per_task), _local_pool(local, n_workers) as pool, (
+            with threadpool_limits(FIT_BLAS_THREADS), _local_pool(local, n_workers) as pool, (
                     TqdmCallback(desc="extract", unit="layer") if progress else nullcontext()):
-                extra = {"pool": pool, "chunksize": 1} if pool is not None else {}
+                extra = ({"pool": pool, "chunksize": 1} if pool is not None else  # Dask's own spawned pool:
+                         {"initializer": partial(bind_to_parent, os.getpid())} if local == "processes" else {})
                 results = dask.compute(*tasks, scheduler=_local_get(local), num_workers=n_workers, **extra)
     return [rec for layer_recs in results for rec in layer_recs]
 
@@ -130,8 +131,10 @@ def _local_pool(local: str, n_workers: int):
         yield None
         return
     pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=_worker_leaves_on_ctrl_c)
+                               initializer=_worker_leaves_on_ctrl_c, initargs=(os.getpid(),))
     try:
+        with interrupts_held():  # a signal landing in a fork is never dropped (see interrupts_held)
+            pool.submit(int).result()  # a fork pool starts every worker at its first task: now
         yield pool
     except BaseException:
         for proc in list(getattr(pool, "_processes", {}).values()):
@@ -141,24 +144,33 @@ def _local_pool(local: str, n_workers: int):
     pool.shutdown()
 
 
-def _worker_leaves_on_ctrl_c() -> None:
+def _worker_leaves_on_ctrl_c(parent: int) -> None:
     """In a forked worker: Ctrl-C or SIGTERM (a terminal sends Ctrl-C to the whole process
     group) ends it at once and quietly; the parent reports the interrupt, and nothing is lost,
-    since vectors are saved only after every layer is done."""
+    since vectors are saved only after every layer is done. A parent killed outright (-9) takes
+    the worker with it (:mod:`~traitlens.pipeline.runtime.lifeline`)."""
     import signal
 
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+    let_interrupts_through()  # (forked with them held: one sent meanwhile ends it here, quietly)
+    bind_to_parent(parent)
 
 
 def save_vectors(store: Store, records: list[dict], run_id: str) -> tuple[int, int]:
     """Append records not already in the vectors table (same vector_id); returns (new, existing)."""
+    from traitlens.store.finite import vector_problem
     from traitlens.store.store import code_version, now_utc
 
     cv = code_version()
     have = set(store.table("vectors", columns=["vector_id"])["vector_id"].to_pylist())
     stamp = now_utc()
     new = []
+    for r in records:  # a NaN, infinite or zero direction is never stored (nothing of the run is)
+        why = vector_problem(r["vector"])
+        if why is not None:
+            raise ExtractionError(f"the {r['method']} vector of {r['trait']!r} at layer {r['layer']} cannot be stored: "
+                                  f"{why}; nothing of this run was stored")
     for r in records:
         vid = r["vector_id"] = vector_id(r, cv)  # the caller's records carry their ids too
         if vid not in have:
@@ -203,7 +215,8 @@ def resolve_group(store: Store, model: str | None = None, fmt: str | None = None
 def extract(store_path, trait: str, methods=None, layers="all", model: str | None = None, fmt: str | None = None,
             site: str = "resid", pooling: str = "last", train_split: str = "train", held_split: str = "auto",
             prompt_ids: set[str] | None = None, where: str | None = None, cfg: ExtractConfig | None = None,
-            scheduler=None, progress: bool = False, skip_unchanged: bool = True) -> ExtractResult:
+            scheduler=None, progress: bool = False, skip_unchanged: bool = True,
+            background: tuple[set[str], str] | None = None) -> ExtractResult:
     """Extract vectors for ``trait`` at every requested layer and store them with their metrics.
 
     ``where``: a SQL condition over the ``prompts`` columns that picks the contrastive rows
@@ -213,7 +226,11 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     ``methods``: a comma list, a list or ``"all"``; None keeps ``cfg.methods`` (all six by default).
 
     With ``skip_unchanged`` (default) a layer whose every vector is already stored for the same
-    rows, params and code version is not recomputed: its stored records are returned instead."""
+    rows, params and code version is not recomputed: its stored records are returned instead.
+
+    ``background``: ``(prompt ids, name)`` of an unlabelled corpus captured in the same group
+    (:func:`~.contrastive.with_background`): more negatives for the methods that take them, and
+    the out-of-corpus specificity figure for every vector (:mod:`.specificity`)."""
     import time
 
     from traitlens.store.store import code_version
@@ -241,6 +258,10 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
         chosen = select_prompt_ids(store, trait, where)
         prompt_ids = chosen if prompt_ids is None else prompt_ids & chosen
     cset = contrastive_set(store, key, trait, train_split, held_split, prompt_ids, where)
+    if background is not None:
+        from traitlens.pipeline.extract.contrastive import with_background
+
+        cset = with_background(store, cset, background[0], background[1], train_split)
     # vectors whose inputs (rows, params, code) are unchanged are already stored: skip their layers
     have = {r["vector_id"]: r for r in store.table("vectors").to_pylist()} if skip_unchanged else {}
     cv = code_version()
@@ -250,7 +271,9 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
     todo = [l for l in layer_list if not all(v in have for v in planned[l])]
     reused = [have[v] for l in layer_list if l not in todo for v in planned[l]]
     config = {"trait": trait, "group": key.path, "layers": layer_list, "methods": cfg.methods, "n_boot": cfg.n_boot,
-              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where}
+              "seed": cfg.seed, "memory_budget": cfg.memory_budget, "params": cfg.params, "where": where,
+              "train_split": train_split, "held_split": cset.held_split,
+              "background": cset.background.provenance() if cset.background is not None else None}
     # the fits run without the writer lock (minutes, and readers need none); each run record takes it briefly
     with store.run("extract", config, lock=True, start=bool(todo)) as run:
         run.counts = {"layers": todo}
@@ -259,8 +282,9 @@ def extract(store_path, trait: str, methods=None, layers="all", model: str | Non
         records = run_layers(store, cset, todo, cfg, scheduler=scheduler, progress=progress) if todo else []
         if records:  # what is not the trait, scored like a vector: one set of floors per contrastive set
             from traitlens.pipeline.extract.floors import nuisance_floors
+            from traitlens.pipeline.extract.specificity import specificity_floor
 
-            floors = nuisance_floors(cset)
+            floors = {**nuisance_floors(cset), **specificity_floor(cset)}
             for r in records:
                 r.update(floors)
         with store.lock("extract") if todo else nullcontext():

@@ -174,11 +174,15 @@ class Direction(BaseEstimator):
     """Base: ``fit`` via statistics unless a subclass needs the rows. A scikit-learn estimator:
     ``get_params(deep)``, ``set_params`` and ``sklearn.base.clone`` work from ``__init__``'s
     signature; learned state ends in ``_``. ``needs_outer``: the method's statistics include the
-    [d, d] second moments (the out-of-core pass skips them when no method asks)."""
+    [d, d] second moments (the out-of-core pass skips them when no method asks).
+    ``takes_background``: with ``extract --background``, the background's train rows join the
+    negatives this method is fitted on (methods that contrast one class with the rest; not
+    pca-diff, whose paired differences assume two matched classes, nor ICA or the floor)."""
 
     name = "base"
     needs_rows = False
     needs_outer = True
+    takes_background = False
 
     def fit(self, X, y, init=None):
         """``init``: an already fitted estimator of the same kind to warm-start from (bootstrap)."""
@@ -207,6 +211,7 @@ class MeanDifference(Direction):
 
     name = "mean_diff"
     needs_outer = False
+    takes_background = True
 
     def fit_stats(self, stats, init=None):
         mu = stats.means
@@ -253,6 +258,7 @@ class Gradient(Direction):
     """
 
     name = "gradient"
+    takes_background = True
 
     def __init__(self, lam: float = 0.1, shrinkage: float = 0.1, seed: int = 0, max_iter: int = 500):
         self.lam, self.shrinkage, self.seed, self.max_iter = lam, shrinkage, seed, max_iter
@@ -439,6 +445,7 @@ class LogisticProbe(Direction):
     name = "probe"
     needs_rows = True
     needs_outer = False
+    takes_background = True
 
     def __init__(self, C: float = 1.0, penalty: str = "l2", max_iter: int = 500, tol: float = 1e-4):
         self.C, self.penalty, self.max_iter, self.tol = C, penalty, max_iter, tol

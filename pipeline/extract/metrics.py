@@ -95,3 +95,29 @@ def projection_metrics(p_train: np.ndarray, pos_train: np.ndarray, p_held: np.nd
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
+
+def auroc_interval(a: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[float, float]:
+    """Hanley & McNeil's (1982) 95% interval of an AUROC ``a`` measured on ``n_pos`` positives
+    and ``n_neg`` negatives, clipped to [0, 1]: what the stored metric alone allows (the
+    projections are not kept). Its standard error treats the score distributions as
+    exponential, which bootstrap intervals match closely away from AUROC 1."""
+    if not (n_pos > 0 and n_neg > 0) or a is None or not np.isfinite(a):
+        return float("nan"), float("nan")
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    half = z * float(np.sqrt(max(var, 0.0)))
+    return max(0.0, a - half), min(1.0, a + half)
+
+
+def cohens_d_interval(d: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[float, float]:
+    """The large-sample 95% interval of Cohen's d (Hedges & Olkin): standard error
+    ``sqrt((n1 + n2) / (n1 n2) + d^2 / (2 (n1 + n2)))``."""
+    if not (n_pos > 1 and n_neg > 1) or d is None or not np.isfinite(d):
+        return float("nan"), float("nan")
+    n = n_pos + n_neg
+    half = z * float(np.sqrt(n / (n_pos * n_neg) + d * d / (2 * n)))
+    return d - half, d + half

@@ -22,15 +22,24 @@ from traitlens.pipeline.extract.methods import ClassStats, Direction
 from traitlens.pipeline.extract.metrics import cosine
 
 
-def bootstrap_counts(pos: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``[n_boot, n]`` draw counts: per resample, ``n_pos`` rows drawn with replacement from the
-    positives and ``n_neg`` from the negatives."""
+# Each resample refits every method, so the count is bounded: 8 to 100 are typical, and a
+# mistyped 99999999999 would otherwise run for ever (it once asked for a 706 TiB count matrix).
+N_BOOT_MAX = 1000
+
+
+def bootstrap_draws(pos: np.ndarray, n_boot: int, rng: np.random.Generator):
+    """Yield ``n_boot`` draw-count vectors ``[n]``, one resample at a time (never all at once):
+    per resample, ``n_pos`` rows drawn with replacement from the positives and ``n_neg`` from
+    the negatives."""
     p_idx, n_idx = np.flatnonzero(pos), np.flatnonzero(~pos)
-    counts = np.zeros((n_boot, len(pos)), dtype=np.int64)
-    for b in range(n_boot):
+    for _ in range(n_boot):
         idx = np.concatenate([rng.choice(p_idx, len(p_idx)), rng.choice(n_idx, len(n_idx))])
-        counts[b] = np.bincount(idx, minlength=len(pos))
-    return counts
+        yield np.bincount(idx, minlength=len(pos)).astype(np.int64)
+
+
+def bootstrap_counts(pos: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_boot, n]`` draw counts (:func:`bootstrap_draws` stacked)."""
+    return np.stack(list(bootstrap_draws(pos, n_boot, rng))) if n_boot else np.zeros((0, len(pos)), np.int64)
 
 
 class Resample:
@@ -63,7 +72,7 @@ def stability(fitted: dict[str, Direction], make: Callable[[str, int], Direction
     if n_boot <= 0:
         return {m: float("nan") for m in fitted}
     cos: dict[str, list[float]] = {m: [] for m in fitted}
-    for b, w in enumerate(bootstrap_counts(pos, n_boot, rng)):
+    for b, w in enumerate(bootstrap_draws(pos, n_boot, rng)):
         r = Resample(X, pos, w)
         for name, full in fitted.items():
             cos[name].append(cosine(make(name, b).refit(r, init=full).vector_, full.vector_))

@@ -99,3 +99,26 @@ def score(store_path, trait: str, vector_id: str | None = None, prompt_ids: set[
                 run.counts = {"scored": n}
     return ScoreResult(vec, n, already, missing, run.run_id)
 
+
+
+def background_scores(store: Store, vector_id: str, prompt_ids: set[str]) -> np.ndarray:
+    """The stored scores on ``vector_id`` of the background prompts ``prompt_ids``, sorted
+    ascending ``[n]`` (what :func:`background_percentile` reads a score against)."""
+    t = store.table("scores", columns=["prompt_id", "vector_id", "score"])
+    t = t.filter(pc.and_(pc.equal(t["vector_id"], vector_id),
+                         pc.is_in(t["prompt_id"], value_set=pa.array(sorted(prompt_ids), pa.string()))))
+    # a prompt scored twice on one vector (two runs racing before the lock) counts once
+    first = {}
+    for pid, sc in zip(t["prompt_id"].to_pylist(), t["score"].to_pylist()):
+        first.setdefault(pid, sc)
+    return np.sort(np.asarray(list(first.values()), dtype=np.float64))
+
+
+def background_percentile(background: np.ndarray, scores) -> np.ndarray:
+    """Each score's percentile among the sorted ``background`` scores, 0 to 1: the share of
+    background prompts scoring below it, ties counted half. The same threshold on this scale
+    means the same share of ordinary prompts flagged, whatever the trait or vector."""
+    s = np.asarray(scores, dtype=np.float64)
+    below = np.searchsorted(background, s, side="left")
+    upto = np.searchsorted(background, s, side="right")
+    return (below + upto) / (2.0 * len(background))

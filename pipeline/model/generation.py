@@ -39,11 +39,15 @@ def greedy_batch(lm: LoadedModel, seqs: list[list[int]], max_new_tokens: int,
     return replies
 
 
-def greedy_replies(lm: LoadedModel, prompts: list[str], max_new_tokens: int, chat: bool = True,
+def greedy_replies(lm: LoadedModel, prompts: list[str | list[dict]], max_new_tokens: int, chat: bool = True,
                    batch_size: int = 8) -> list[list[int]]:
     """Each prompt's greedy reply (the prompt rendered in the chat template when ``chat``), as
-    token ids without its end-of-sequence token, at most ``max_new_tokens``; batched, left-padded."""
-    seqs = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
+    token ids without its end-of-sequence token, at most ``max_new_tokens``; batched, left-padded.
+    A prompt is a text or a conversation (``[{role, content}, ...]``, a system turn included); one
+    longer than the context leaves ``max_new_tokens`` free by keeping its last tokens."""
+    room = max(1, lm.max_length - max_new_tokens)
+    seqs = [render_ids(lm.tokenizer, p if isinstance(p, str) else None, None if isinstance(p, str) else p, chat)[-room:]
+            for p in prompts]
     eos, out = eos_token_ids(lm), []
     for b in range(0, len(seqs), batch_size):
         out += [[t for t in r if t not in eos] for r in greedy_batch(lm, seqs[b:b + batch_size], max_new_tokens, eos)]

@@ -80,13 +80,18 @@ def is_gguf_file(spec: str | None) -> bool:
 
 
 def is_default(spec: str | None) -> bool:
-    return spec in (None, "", "default", DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}")
+    return spec in (None, "default", DEFAULT_MODEL, f"HuggingFaceTB/{DEFAULT_MODEL}")  # "" is refused, never the default
+
+
+def hub_cache_dir() -> Path:
+    """The local Hugging Face hub cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    return Path(hub).expanduser()
 
 
 def _hub_snapshot(repo_id: str) -> Path | None:
     """The local Hugging Face cache folder of ``repo_id``'s main revision, if it is there."""
-    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-    repo = Path(hub).expanduser() / ("models--" + repo_id.replace("/", "--"))
+    repo = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     try:
         commit = (repo / "refs" / "main").read_text().strip()
     except OSError:

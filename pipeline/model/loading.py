@@ -87,12 +87,12 @@ class LoadedModel:
     @property
     def n_layers(self) -> int:
         cfg = self.model.config
-        return int(getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer"))
+        return int(getattr(cfg, "num_hidden_layers", None) or cfg.n_layer)
 
     @property
     def d_model(self) -> int:
         cfg = self.model.config
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
     @property
     def max_length(self) -> int:
@@ -149,9 +149,12 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ModelError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
-def resolve_model_path(spec: str | None, log=print) -> tuple[str, str]:
-    """(path or hub id to load, display name) for a --model value. A GGUF file's architecture is
-    checked here, before anything loads (:func:`~.gguf_files.check_gguf`)."""
+def resolve_model_path(spec: str | None, log=print, option: str = "--model") -> tuple[str, str]:
+    """(path or hub id to load, display name) for a --model value (``option`` names it in errors).
+    A GGUF file's architecture is checked here, before anything loads (:func:`~.gguf_files.check_gguf`)."""
+    if spec is not None and not str(spec).strip():
+        raise InputError(f"{option} '': give a Hugging Face id or a local model folder, or leave {option} out for the "
+                         "default model")
     if is_default(spec):
         return str(provision_default_model(log)), DEFAULT_MODEL
     p = Path(spec).expanduser()
@@ -160,22 +163,53 @@ def resolve_model_path(spec: str | None, log=print) -> tuple[str, str]:
         return str(p.resolve()), p.stem
     if p.exists():
         if not (p / "config.json").exists():
-            raise ModelError(f"--model {spec}: folder has no config.json; pass a Hugging Face model folder")
+            raise ModelError(f"{option} {spec}: folder has no config.json; pass a Hugging Face model folder")
         return str(p), p.resolve().name
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:  # a path, not a hub id (org/name)
+        raise InputError(f"{option} {spec}: no such model folder ({p.resolve()})")
     return spec, spec.rstrip("/").split("/")[-1]
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be asked at all: not when ``HF_HUB_OFFLINE`` is set, nor
+    when its host (``HF_ENDPOINT``, default huggingface.co) does not answer a TCP connection
+    within ``timeout`` seconds. Without this, a download of an unknown id spends ~50 s in the
+    hub client's retries on a machine with no network."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http"
+                                                                                      else 443)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _not_here(spec: str, option: str) -> str:
+    """Where a model id was looked for on this machine, for an error message."""
+    from traitlens.pipeline.model.identity import hub_cache_dir
+
+    return (f"{option} {spec}: not on this machine: no folder {Path(spec).expanduser().resolve()}, and not in the "
+            f"local Hugging Face cache ({hub_cache_dir() / ('models--' + spec.replace('/', '--'))})")
+
+
 def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto", log=print, *,
-               device_map: str | None = None, max_memory=None, load_in: str | None = None) -> LoadedModel:
+               device_map: str | None = None, max_memory=None, load_in: str | None = None,
+               option: str = "--model") -> LoadedModel:
     """Load tokenizer and causal LM for ``spec`` (None = the default model), in eval mode.
 
     ``device_map`` (``auto``...; implied by ``max_memory``) lets accelerate place the blocks,
     ``load_in`` (``4bit``/``8bit``) quantises with bitsandbytes; both are checked (and refused,
-    exit 2, where they cannot be honoured) before any weight is read."""
+    exit 2, where they cannot be honoured) before any weight is read. ``option``: the option that
+    named the model (``--model``, ``--judge``), for error messages."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     opts = LoadOptions(device, dtype, device_map, max_memory, load_in).checked()
-    path, name = resolve_model_path(spec, log)
+    path, name = resolve_model_path(spec, log, option)
     dev = pick_device(device)
     tdtype = pick_dtype(dtype, dev)
     kwargs = {"dtype": tdtype, **device_map_kwargs(opts)}
@@ -199,18 +233,19 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
         model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, **kwargs)
     except (OSError, ValueError) as first:
         if is_folder:
-            raise ModelError(f"--model {spec}: cannot load {'the file' if gguf else 'the folder'} {path}: {first}") from None
+            raise ModelError(f"{option} {spec}: cannot load {'the file' if gguf else 'the folder'} {path}: {first}") from None
+        how = (f"On a machine with network run `huggingface-cli download {spec}` and copy the cache "
+               "(~/.cache/huggingface), or pass a local model folder")
+        if not hub_reachable():  # fail at once: no download can work, and the hub client would retry for ~50 s
+            offline = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+                       in ("1", "true", "yes", "on") else "the Hugging Face hub cannot be reached")
+            raise ModelError(f"{_not_here(spec, option)}; {offline}, so it was not downloaded. {how}") from None
         try:
-            if os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise first
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except Exception as e:  # no network, unknown id, gated repo...
-            raise ModelError(
-                f"--model {spec}: not in the local Hugging Face cache and could not be downloaded "
-                f"({type(e).__name__}). On a machine with network run `huggingface-cli download {spec}` and copy "
-                "the cache (~/.cache/huggingface), or pass a local model folder"
-            ) from None
+        except Exception as e:  # unknown id, gated repo, network lost...
+            raise ModelError(f"{_not_here(spec, option)}, and it could not be downloaded ({type(e).__name__}). {how}")\
+                from None
     if "device_map" in kwargs:  # placed as it loaded (accelerate, bitsandbytes)
         check_placement(model, spec)
         dev = input_device(model)

@@ -32,3 +32,37 @@ def terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def interrupts_held():
+    """Within the block, Ctrl-C and SIGTERM wait, and are delivered as it ends. For forking: a
+    signal whose handler runs inside an at-fork hook (logging registers one) raises there, where
+    Python prints "Exception ignored" and drops it, so the command carried on and exited 0. In
+    the block the handlers only note a signal (another thread may take it), and the calling
+    thread (the main one) blocks both, so a child forked in the block starts with them blocked
+    and lets them through once its own handlers are set (:func:`let_interrupts_through`)."""
+    came: list[int] = []
+    try:
+        previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in INTERRUPTS}
+    except ValueError:  # not the main thread (an embedding app): leave signals alone
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (one still pending arrives here)
+        for s in dict.fromkeys(came):
+            signal.raise_signal(s)
+
+
+def let_interrupts_through() -> None:
+    """In a child forked inside :func:`interrupts_held`: deliver Ctrl-C and SIGTERM again
+    (one that came meanwhile arrives now, to the handlers the child has set)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)

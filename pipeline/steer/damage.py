@@ -3,7 +3,9 @@
 - :func:`next_token_kl`: the measure abliteration tools minimise. For each neutral prompt, the
   mean over its positions of ``KL(P_unsteered || P_steered)`` (nats), the unsteered forward
   computed once per batch and reused for every alpha. At ``alpha = 0`` the steered forward is
-  the unsteered one, so the KL is exactly 0.
+  the unsteered one, so the KL is exactly 0. ``kl="first-token"`` reads only the last prompt
+  position, the distribution of the reply's first token: heretic's figure (the mean over
+  prompts of KL(P_unsteered || P_steered) there).
 - :func:`reply_perplexity`: how surprising the steered model's reply is to the *unsteered*
   model (derailed text is improbable text);
 - :func:`distinct_n`: the share of a reply's token n-grams that are distinct (repetition loops
@@ -25,6 +27,7 @@ from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.hooks import left_padded, pad_batch, pad_token_id
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import Push, pushes
+from traitlens.store.vocabulary import KL_MEASURES
 
 NEUTRAL_PROMPTS = (
     "What is a good way to spend a quiet afternoon?",
@@ -72,9 +75,14 @@ def next_token_kl(lm: LoadedModel, vector, layer: int, alphas: list[float], scal
 
 @torch.inference_mode()
 def next_token_kl_under(lm: LoadedModel, settings: dict, prompts: list[str] = NEUTRAL_PROMPTS, chat: bool = True,
-                        batch_size: int = 8) -> dict:
-    """:func:`next_token_kl` of any pushes: ``settings`` maps a key to the :class:`.Push` es
-    applied together; returns ``{key: [n_prompts]}``, the unsteered forward run once per batch."""
+                        batch_size: int = 8, kl: str = "all-positions") -> dict:
+    """:func:`next_token_kl` of any intervention: ``settings`` maps a key to the :class:`.Push` es
+    applied together, or to a function returning a fresh context manager that steers ``lm``
+    (an ablation); returns ``{key: [n_prompts]}``, the unsteered forward run once per batch.
+    ``kl``: one of :data:`~traitlens.store.vocabulary.KL_MEASURES` (every position, or the
+    last prompt position: the reply's first token)."""
+    if kl not in KL_MEASURES:
+        raise ValueError(f"kl must be one of {', '.join(KL_MEASURES)}")
     seqs = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
     out = {k: np.zeros(len(seqs)) for k in settings}
     for b in range(0, len(seqs), batch_size):
@@ -82,8 +90,11 @@ def next_token_kl_under(lm: LoadedModel, settings: dict, prompts: list[str] = NE
         kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
         base = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
         m = mask.float()
-        for k, items in settings.items():  # (alpha 0 adds exactly nothing: the same forward, KL exactly 0)
-            with pushes(lm, items):
+        if kl == "first-token":  # left-padded: every prompt's last token is the last column
+            m = torch.zeros_like(m)
+            m[:, -1] = 1.0
+        for k, how in settings.items():  # (alpha 0 adds exactly nothing: the same forward, KL exactly 0)
+            with (how() if callable(how) else pushes(lm, how)):
                 steered = torch.log_softmax(lm.model(**kw).logits.float(), dim=-1)
             out[k][b:b + len(ids)] = _mean_kl(base, steered, m)
     return out

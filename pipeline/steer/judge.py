@@ -11,22 +11,17 @@ shows up as a high rejected share, never as made-up scores.
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
 from traitlens.pipeline.model.generation import greedy_replies
 from traitlens.pipeline.model.loading import LoadedModel
+from traitlens.pipeline.model.rating import NUMBER, JudgeFormatError, parse_score  # noqa: F401  (re-exported)
 
 RUBRIC = ("You rate how strongly a reply expresses one trait: {trait}{description}.\n"
           "0 means the reply does not express it at all; 100 means it expresses it as strongly as possible.\n"
           "Question: {prompt}\nReply: {reply}\n"
           "How strongly does the reply express {trait}? Answer with one number from 0 to 100 and nothing else.")
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-class JudgeFormatError(ValueError):
-    """The judge's answer holds no score from 0 to 100."""
 
 
 def rubric(trait: str, prompt: str, reply: str, description: str | None = None) -> str:
@@ -34,19 +29,6 @@ def rubric(trait: str, prompt: str, reply: str, description: str | None = None) 
     name = trait.replace("-", " ").replace("_", " ")
     return RUBRIC.format(trait=name, description=f" ({description.strip()})" if description else "",
                          prompt=prompt.strip(), reply=" ".join(reply.split()) or "(empty)")
-
-
-def parse_score(answer: str, where: str = "the judge's answer") -> float:
-    """The first number in ``answer``, which must lie in [0, 100]; else :class:`JudgeFormatError`
-    naming ``where`` and quoting the answer."""
-    m = NUMBER.search(answer)
-    if m is None:
-        raise JudgeFormatError(f"{where} holds no number: {answer[:80]!r}; the rubric asks for one number from 0 to "
-                               "100 (a judge that cannot follow it is too weak: pass a larger --judge model)")
-    value = float(m.group())
-    if not 0 <= value <= 100:
-        raise JudgeFormatError(f"{where} gives {m.group()}, outside 0-100: {answer[:80]!r}")
-    return value
 
 
 class Judge:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traitlens.pipeline.steer.rule import front, pick
+from traitlens.pipeline.steer.rule import front, pick, pushed
 
 
 def sample_slopes(samples: list[dict], method: str, layer: int) -> np.ndarray:
@@ -30,8 +30,8 @@ def sample_slopes(samples: list[dict], method: str, layer: int) -> np.ndarray:
 
     points: dict[str, dict[float, float]] = {}
     for s in samples:
-        if s["measure"] != "effect" or s["method"] != method or s["layer"] != layer:
-            continue
+        if s["measure"] != "effect" or s["method"] != method or s["layer"] != layer or s["alpha"] is None:
+            continue  # (an ablation's samples have no alpha)
         p = points.setdefault(s["sample"], {0.0: s["unsteered"]})
         p[float(s["alpha"])] = s["plus"]
         if s.get("minus") is not None:
@@ -54,7 +54,7 @@ def steering_figure(rows: list[dict], samples: list[dict], trait: str, path: Pat
     import matplotlib.ticker
 
     path = Path(path)
-    rows = [r for r in rows if r.get("kl") is not None]
+    rows = [r for r in pushed(rows) if r.get("kl") is not None]  # (ablations are not on an alpha axis)
     own = [r for r in rows if r["method"] != "random"]
     rand = [r for r in rows if r["method"] == "random"]
     chosen = pick(rows, kl_budget)

@@ -6,8 +6,11 @@ A sweep measures a trait's stored vectors over methods x layers x alphas with on
 searched with Optuna's multi-objective TPE sampler (shift up, KL down) for ``trials`` settings
 (:func:`optuna_search`), the detection pick measured at every alpha first so the search always
 has it to compare against. The random direction is then measured at every setting on the
-Pareto front and at the pick: the floor. What the rows are judged by is :mod:`.rule`; what
-they become in the tables and in words is :mod:`.records`.
+Pareto front and at the pick: the floor. With ``ablate``, each cell's vector is also projected
+out (directional ablation), beside the random direction's. When the evaluator runs lm-eval
+tasks (``capability``), each row carries their changes, the search minimises the worst fall as
+a third objective, and the rows go to the ``capability`` table too. What the rows are judged by
+is :mod:`.rule`; what they become in the tables and in words is :mod:`.records`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class SweepResult:
     detection_pick: dict | None = None  # the vector the held-out ranking picks
     search: str = "grid"  # how the settings were chosen: grid | optuna (...)
     kl_budget: float = KL_BUDGET
+    capability_budget: float | None = None  # the worst capability fall the pick may have (None: any)
+    capability: object = None  # the evaluator's .capability.Capability, when lm-eval tasks were run
 
     @property
     def front(self) -> list[dict]:
@@ -38,7 +43,7 @@ class SweepResult:
 
     @property
     def pick(self) -> dict | None:
-        return pick(self.rows, self.kl_budget)
+        return pick(self.rows, self.kl_budget, self.capability_budget)
 
     def correlation(self) -> tuple[float, int]:
         detection = {k: v.get("cohens_d") for k, v in self.vectors.items() if k[0] != "random"}
@@ -54,16 +59,33 @@ class SweepResult:
             agg, per = agg + a, per + p
         return agg, per
 
+    def capability_records(self, run_id: str) -> list[dict]:
+        """``capability`` rows: the unsteered run, then every row's (none without lm-eval tasks)."""
+        from traitlens.pipeline.steer.records import capability_records
+        from traitlens.store.store import now_utc
+
+        if self.capability is None:
+            return []
+        stamp, detail = now_utc(), self.capability.detail()
+        out = capability_records(self.capability.unsteered_rows(), {"alpha": 0.0}, detail, run_id, stamp)
+        for r in self.rows:
+            v = self.vectors[(r["method"], r["layer"])]
+            head = {"vector_id": v["vector_id"], "trait": v["trait"], "method": r["method"], "layer": r["layer"],
+                    "alpha": r["alpha"], "operation": r.get("operation", "add")}
+            out += capability_records(r.get("capability") or [], head, detail, run_id, stamp)
+        return out
+
     def save(self, store, run_id: str, lock: bool = True) -> tuple[list[dict], list[dict]]:
-        """Append the rows to the store (samples first: a steering row never lacks them), under
-        the writer lock unless the caller holds it (``lock=False``); returns what it appended
-        (:meth:`records`)."""
+        """Append the rows to the store (samples first: a steering row never lacks them; then the
+        capability rows), under the writer lock unless the caller holds it (``lock=False``);
+        returns what it appended to the two steering tables (:meth:`records`)."""
         from contextlib import nullcontext
 
         agg, per = self.records(run_id)
         with store.lock("evaluate") if lock else nullcontext():
             store.append("steering_samples", per)
             store.append("steering", agg)
+            store.append("capability", self.capability_records(run_id))
         return agg, per
 
 
@@ -109,7 +131,8 @@ def optuna_search(cells: list[tuple[str, int]], alphas: list[float], measured: M
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     methods = sorted({m for m, _ in cells})
     layers = sorted({l for _, l in cells})
-    study = optuna.create_study(directions=["maximize", "minimize"],
+    capable = getattr(measured.evaluator, "capability", None) is not None  # the worst fall: a third objective
+    study = optuna.create_study(directions=["maximize", "minimize"] + (["minimize"] if capable else []),
                                 sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
     if first is not None and (first["method"], first["layer"]) in cells:
         for k in range(len(alphas)):
@@ -128,7 +151,7 @@ def optuna_search(cells: list[tuple[str, int]], alphas: list[float], measured: M
             measured.at(m, l, [a])
             bar.update(1)
         r = measured.rows[(m, l, a)]
-        study.tell(t, [r["shift"], r["kl"]])
+        study.tell(t, [r["shift"], r["kl"]] + ([r["capability_fall"] or 0.0] if capable else []))
     return f"optuna TPE, {measured.settings_of_the_trait()} of {len(cells) * len(alphas)} settings"
 
 
@@ -151,23 +174,31 @@ def _vector(store, trait: str, model_key: str, method: str, layer: int) -> dict 
 def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], alphas: list[float],
           kl_budget: float = KL_BUDGET, trials: int | None = None, grid_max: int = GRID_MAX,
           random_floor: bool = True, seed: int = 0, progress: bool = True, skip: set[str] = frozenset(),
-          log=print) -> SweepResult:
+          log=print, ablate: bool = False, capability_budget: float | None = None,
+          vectors: dict[tuple[str, int], dict] | None = None) -> SweepResult:
     """Measure ``trait``'s vectors over ``methods`` x ``layers`` x ``alphas`` with ``evaluator``
     (an :class:`.evaluate.Evaluator`): every setting when the grid has at most ``grid_max``,
     else ``trials`` settings chosen by Optuna (default :data:`~.settings.TRIALS`); then the
-    random floor at the front and the pick. Cells without a stored vector are left out, saying
-    so; so are cells whose vector id is in ``skip`` (already evaluated: a refresh measures only
-    what changed)."""
+    random floor at the front and the pick; then, with ``ablate``, each cell's vector ablated
+    (:func:`ablations`). Cells without a stored vector are left out, saying so; so are cells
+    whose vector id is in ``skip`` (already evaluated: a refresh measures only what changed).
+    ``capability_budget``: the worst capability fall the pick may have. ``vectors``:
+    ``{(method, layer): vectors row}`` to measure instead of the store's newest vector of each cell
+    (a bundle's)."""
     from tqdm.auto import tqdm
 
     lm = evaluator.lm
-    res = SweepResult(trait=trait, kl_budget=kl_budget)
+    res = SweepResult(trait=trait, kl_budget=kl_budget, capability_budget=capability_budget,
+                      capability=getattr(evaluator, "capability", None))
     missing, done = [], 0
     with StoreSQL(store) as q:
         res.detection_pick = best_vector(q, trait, model_key=lm.key)
         for m in methods:
             for l in layers:
-                v = chosen_vector(q, trait, None, model_key=lm.key, layer=l, method=m)
+                if vectors is not None and (m, l) not in vectors:
+                    continue  # (the cells given are the sweep)
+                v = vectors[(m, l)] if vectors is not None else chosen_vector(q, trait, None, model_key=lm.key,
+                                                                              layer=l, method=m)
                 if v is None:
                     missing.append(f"{m} L{l}")
                 elif v["vector_id"] in skip:
@@ -208,21 +239,49 @@ def sweep(store, trait: str, evaluator, methods: list[str], layers: list[int], a
                 res.vectors[("random", l)] = v
             if ("random", l, a) not in measured.rows:
                 res.rows += measured.at("random", l, [a])
+    if ablate:
+        res.rows += ablations(store, trait, evaluator, res.vectors, cells, random_floor, log)
     return res
+
+
+def ablations(store, trait: str, evaluator, vectors: dict[tuple[str, int], dict], cells: list[tuple[str, int]],
+              random_floor: bool = True, log=print) -> list[dict]:
+    """Each cell's vector projected out (:meth:`.evaluate.Evaluator.ablated`), and with
+    ``random_floor`` the random direction of each of their layers the same way: a row each, with
+    method and vector_id (``vectors`` gains the random rows it reads)."""
+    rows = []
+    for m, l in cells:
+        rows.append({**evaluator.ablated(vectors[(m, l)]["vector"], l), "method": m,
+                     "vector_id": vectors[(m, l)]["vector_id"]})
+    for l in sorted({l for _, l in cells}) if random_floor else []:
+        if ("random", l) not in vectors:
+            v = _vector(store, trait, evaluator.lm.key, "random", l)
+            if v is None:
+                log(f"note: no random vector at layer {l}: no ablation floor there")
+                continue
+            vectors[("random", l)] = v
+        rows.append({**evaluator.ablated(vectors[("random", l)]["vector"], l), "method": "random",
+                     "vector_id": vectors[("random", l)]["vector_id"]})
+    return rows
 
 
 def evaluator_for(store, lm, trait: str, kind: str, n: int = 40, norm: str = "typical",
                   neutral: list[str] | None = None, max_new_tokens: int = 32, judge=None,
-                  reply_tokens: int | None = None, seed: int = 0):
+                  reply_tokens: int | None = None, seed: int = 0, kl: str = "all-positions",
+                  markers: list[str] | None = None, capability=None):
     """(the :class:`.evaluate.Evaluator` of ``trait`` with measure ``kind``, a line saying what it
-    measures on). persona: held-out statements of the trait; refusal kinds: held-out harmless
-    requests; expression: replies to the neutral prompts, read on the trait's detection pick and
-    calibrated on held-out texts of both labels. :class:`~traitlens.store.errors.InputError`
-    when the store lacks what the kind needs."""
+    measures on). persona: held-out statements of the trait; refusal and refusal_first_token:
+    held-out harmless requests; refusal_rate: greedy replies (``max_new_tokens``) to held-out
+    harmful requests, judged by ``markers`` (default :data:`.evaluate.REFUSAL_MARKERS`) and the
+    judge, with the damage read on held-out harmless requests unless ``neutral`` is given;
+    expression: replies to the neutral prompts, read on the trait's detection pick and
+    calibrated on held-out texts of both labels. ``kl``: which KL the damage is; ``capability``:
+    lm-eval tasks measured at every setting (:class:`.capability.Capability`).
+    :class:`~traitlens.store.errors.InputError` when the store lacks what the kind needs."""
     import numpy as np
 
     from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS
-    from traitlens.pipeline.steer.evaluate import Evaluator
+    from traitlens.pipeline.steer.evaluate import REFUSAL_MARKERS, Evaluator
     from traitlens.pipeline.steer.expression import Expression
     from traitlens.queries.selection import held_out_texts
     from traitlens.store.errors import InputError
@@ -245,11 +304,24 @@ def evaluator_for(store, lm, trait: str, kind: str, n: int = 40, norm: str = "ty
         what = (f"expression: replies of {max_new_tokens} tokens to {len(texts)} neutral prompts, read on "
                 f"{detect['method']} L{detect['layer']} ({detect['vector_id']}), calibrated on held-out texts")
     else:
-        want = 1 if kind == "persona" else -1  # trait statements, or harmless requests (refusal kinds)
+        # trait statements or harmful requests (refusal_rate), or harmless requests (the other refusal kinds)
+        want = 1 if kind in ("persona", "refusal_rate") else -1
         texts = held_out_texts(store, trait, want, detect["held_split"], n)
         if not texts:
             raise InputError(f"no held-out ({detect['held_split']}) prompts with label {want:+d} for {trait!r}")
         what = f"{kind}: {len(texts)} held-out ({detect['held_split']}) prompts with label {want:+d}"
+        if kind == "refusal_rate":
+            if neutral is None:  # heretic reads the damage on harmless requests
+                neutral = held_out_texts(store, trait, -1, detect["held_split"], n)
+                if not neutral:
+                    raise InputError(f"--kind refusal_rate reads its KL on held-out ({detect['held_split']}) prompts "
+                                     f"with label -1 (harmless requests); {trait!r} has none: give --prompts FILE")
+                where = f"{len(neutral)} held-out ({detect['held_split']}) prompts with label -1"
+            else:
+                where = f"{len(neutral)} prompts from --prompts"
+            what += (f", greedy replies of {max_new_tokens} tokens judged by {len(markers or REFUSAL_MARKERS)} "
+                     f"refusal markers{' and the judge' if judge else ''}; KL ({kl}) on {where}")
     ev = Evaluator(lm, kind, texts, norm, neutral, seed, expression, judge,
-                   REPLY_TOKENS if reply_tokens is None else reply_tokens)
+                   REPLY_TOKENS if reply_tokens is None else reply_tokens, kl,
+                   {"markers": tuple(markers or REFUSAL_MARKERS), "max_new_tokens": max_new_tokens}, capability)
     return ev, what

@@ -3,7 +3,8 @@
 - :func:`bootstrap_ci`: percentile bootstrap interval of a mean (seeded, so a rerun agrees);
 - :func:`wilson`: the Wilson score interval of a fraction (the share of samples moving the wrong way);
 - :func:`slopes`: steerability per sample, the least-squares slope of its measure against alpha;
-- :func:`pareto_front`: the (effect up, damage down) points no other point beats on both.
+- :func:`pareto_front`: the (effect up, damage down) points no other point beats on both;
+  :func:`pareto_front_nd` the same with several damages (KL and a capability fall).
 
 Shapes: ``values`` ``[n]``; ``measures`` ``[n, k]`` against ``alphas`` ``[k]``.
 """
@@ -57,3 +58,14 @@ def pareto_front(effects, damages) -> list[int]:
             front.append(i)
             best = e[i]
     return front
+
+
+def pareto_front_nd(effects, *damages) -> list[int]:
+    """Indices of the points no other point beats on every objective (higher effect, each damage
+    lower) and strictly on one, by increasing first damage; with one damage, :func:`pareto_front`."""
+    e = np.asarray(effects, dtype=np.float64)
+    d = np.stack([np.asarray(x, dtype=np.float64) for x in damages], axis=1)  # [n, k]
+    pts = np.concatenate([-e[:, None], d], axis=1)  # everything to minimise
+    keep = [i for i in range(len(e))
+            if not any(np.all(pts[j] <= pts[i]) and np.any(pts[j] < pts[i]) for j in range(len(e)) if j != i)]
+    return sorted(keep, key=lambda i: (d[i, 0], -e[i]))

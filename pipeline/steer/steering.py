@@ -14,12 +14,16 @@ plain mean over every token, which in SmolLM2 is about five times larger from la
 
 from __future__ import annotations
 
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from traitlens.store.errors import InputError
+from traitlens.store.finite import FLOAT32_MAX
 
 from traitlens.pipeline.model.hooks import block_outputs, forward_hooks, hidden, pad_token_id, with_hidden
 from traitlens.pipeline.model.loading import LoadedModel
@@ -108,6 +112,12 @@ class Push:
     positions: str = "all"
     label: str = ""
     rows: tuple | None = None  # which rows of the batch it applies to (conditional steering); None: all
+
+    def __post_init__(self):  # the push itself must be a number float32 can hold (NaN would pass silently)
+        size = float(self.alpha) * float(self.scale)
+        if not math.isfinite(size) or abs(size) > FLOAT32_MAX:
+            raise InputError(f"alpha {self.alpha:g} x the layer's norm {self.scale:g} is not a finite float32 "
+                             f"number{f' ({self.label})' if self.label else ''}: use a smaller strength")
 
     def describe(self) -> str:
         return (f"{self.label + ': ' if self.label else ''}alpha {self.alpha:+g} x {self.scale:.1f} at {self.site} "
@@ -238,6 +248,17 @@ def directional_ablation(lm: LoadedModel, vectors, blocks: list[int] | None = No
             hook = _projecting_out(torch.as_tensor(u, dtype=torch.float32).to(lm.device))
             stack.enter_context(forward_hooks([(root_module(lm.model, p), hook) for p in stack_paths]))
         yield
+
+
+def ablated(lm: LoadedModel, directions: list, blocks: list[int] | None = None, embeddings: bool = True):
+    """The hooks an ablation export is checked against (a context manager): the span of
+    ``directions`` projected out of every residual writer of ``blocks`` (all if None) and of the
+    embeddings (``embeddings``), and out of the LM head's input when the embeddings are tied to it
+    (orthogonalising the shared matrix edits the head too; see :mod:`.weights`): what
+    ``export --operation ablate`` writes, and what ``evaluate --ablate`` measures."""
+    from traitlens.pipeline.model.writers import ties_embeddings
+
+    return directional_ablation(lm, directions, blocks, embeddings, ties_embeddings(lm.model) and embeddings)
 
 
 @torch.inference_mode()

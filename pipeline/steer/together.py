@@ -80,7 +80,8 @@ def together_records(trait: str, rows: list[dict], items: list, vecs: list[dict]
 
 
 _MEASURED = ("n", "unsteered", "plus", "minus", "shift", "ci_low", "ci_high", "wrong_way", "kl", "kl_low", "kl_high",
-             "perplexity", "perplexity_unsteered", "distinct2", "distinct2_unsteered", "judge", "judge_unsteered")
+             "perplexity", "perplexity_unsteered", "distinct2", "distinct2_unsteered", "judge", "judge_unsteered",
+             "kl_measure")
 
 
 def additivity_line(rows: list[dict]) -> str | None:

@@ -23,7 +23,6 @@ otherwise the folder is removed and :class:`ExportCheckFailed` (exit 1) gives bo
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from dataclasses import replace
@@ -32,12 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from traitlens.pipeline.model.loading import LoadedModel
+from traitlens.store import strict_json
 from traitlens.store.errors import InputError, TraitlensError
+from traitlens.store.finite import vector_problem
+from traitlens.store.vocabulary import OPERATIONS
 
 KL_TOLERANCE = 1e-3  # nats, mean over the neutral prompts; a float32 export agrees to ~1e-7
 EFFECT_RTOL, EFFECT_ATOL = 0.05, 1e-3  # the trait effect's agreement, relative to the hook's and absolute
 CARD_FILE = "traitlens-export.json"
-OPERATIONS = ("add", "ablate")
 WEIGHT_FORMATS = ("merged", "peft")
 
 
@@ -77,8 +78,13 @@ def norm_source(norm: str) -> str:
 
 
 def check_vectors(lm: LoadedModel, rows: list[dict]) -> None:
-    """Refuse vectors of another model or width (InputError naming both)."""
+    """Refuse vectors of another model or width (InputError naming both), or whose values are not
+    finite or all zero (an older traitlens stored such vectors)."""
     for r in rows:
+        why = vector_problem(r["vector"])
+        if why is not None:
+            raise InputError(f"vector {r['vector_id']} ({r['trait']} {r['method']} L{r['layer']}) cannot be written into "
+                             f"weights: {why} (an older traitlens stored it)")
         if r["model_key"] != lm.key:
             raise InputError(f"vector {r['vector_id']} ({r['trait']} {r['method']} L{r['layer']}) was made on model "
                              f"{r['model_key']}, and --model loads {lm.key}: a direction of one model means nothing in "
@@ -87,17 +93,6 @@ def check_vectors(lm: LoadedModel, rows: list[dict]) -> None:
             raise InputError(f"vector {r['vector_id']} has width {len(r['vector'])}; {lm.key} has width {lm.d_model}")
         if not 0 <= r["layer"] < lm.n_layers:
             raise InputError(f"vector {r['vector_id']} is at layer {r['layer']}; {lm.key} has layers 0-{lm.n_layers - 1}")
-
-
-def _finite(x):
-    """``x`` with every non-finite float replaced by None (the card is strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    return x
 
 
 def _load_export(lm: LoadedModel, folder: Path, fmt: str) -> LoadedModel:
@@ -155,7 +150,7 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
     from traitlens.pipeline.model.writers import architecture, ties_embeddings
     from traitlens.pipeline.steer import weights
     from traitlens.pipeline.steer.damage import next_token_kl_between
-    from traitlens.pipeline.steer.steering import Push, directional_ablation, pushes
+    from traitlens.pipeline.steer.steering import Push, ablated, pushes
     from traitlens.store.store import code_version
 
     if operation not in OPERATIONS or fmt not in WEIGHT_FORMATS:
@@ -186,8 +181,7 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
         edit = lambda: weights.with_pushes(lm, items)  # noqa: E731
     else:
         directions = [r["vector"] for r in rows]
-        unembedding = tied and embeddings  # the shared matrix is the head too (see .weights)
-        reference = lambda: directional_ablation(lm, directions, blocks, embeddings, unembedding)  # noqa: E731
+        reference = lambda: ablated(lm, directions, blocks, embeddings)  # noqa: E731
         if fmt == "merged":
             edit = lambda: weights.orthogonalised(lm, directions, blocks, embeddings)  # noqa: E731
         else:
@@ -222,7 +216,7 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
         check["effects"] = _effects(store, lm, traits, reference, exported, check_kind, check_n, norm)
         agree = [e["agree"] for e in check["effects"].values() if e["agree"] is not None]
         check["passed"] = bool(check["kl"] <= KL_TOLERANCE and all(agree))
-        card = _finite({
+        card = strict_json.document({  # strict JSON: a measure that is not finite is null, and `nulls` says why
             "format": "traitlens weight export 1", "operation": operation, "export_format": fmt,
             "model_key": lm.key, "base_model": lm.path, "architecture": arch.model_type, "vectors": vectors,
             "norm_unit": norm_source(norm) if operation == "add" else None,
@@ -232,7 +226,7 @@ def export_weights(store, lm: LoadedModel, rows: list[dict], out: Path, operatio
         if not check["passed"]:
             raise ExportCheckFailed(f"the {fmt} export does not steer like traitlens's hook: {summary(card)}; "
                                     "nothing was written")
-        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1, allow_nan=False))
+        (tmp / CARD_FILE).write_text(strict_json.dumps(card, indent=1))
         tmp.rename(out)
     finally:
         if tmp.exists():

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 from traitlens.pipeline.model.loading import LoadedModel

@@ -37,6 +37,13 @@ def store_copy(store: Store | Path, dest: Path) -> Store:
     return Store.open(dest)
 
 
+def chunk_files(store_path: Path) -> int:
+    """How many chunk files the store's arrays hold: a commit writes its arrays' chunks before
+    its rows part, so a count that grows shows a commit half way (kill tests wait for it)."""
+    z = Path(store_path) / "activations.zarr"
+    return sum(1 for f in z.rglob("c/*/*") if f.is_file()) if z.exists() else 0
+
+
 @contextmanager
 def lock_held_elsewhere(store_path: Path, what: str = "someone else"):
     """Another process holds the store's writer lock for the duration of the block."""

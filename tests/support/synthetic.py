@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from traitlens.pipeline.capture.corpus import hash_split, prompt_id_for
+from traitlens.pipeline.capture.corpus import prompt_id_for
+from traitlens.pipeline.capture.splits import hash_split
 from traitlens.store import GroupKey, PendingBatch, Store
 
 KEY = GroupKey("synthetic-0000", "raw", "resid", "last")

@@ -9,7 +9,9 @@ token, and then every request needs it (``Authorization: Bearer T``, ``?token=T`
 sets a cookie, or the cookie).
 
 The pages are one static HTML file with hand-written SVG plots (``static/``); no file is
-fetched from the network.
+fetched from the network. Every JSON answer is strict JSON (:class:`StrictJSONResponse`: never
+``NaN`` or ``Infinity``); bad requests are 400 and missing things 404, each with a one-line
+``error``, never a 500 for what a request can ask.
 """
 
 from __future__ import annotations
@@ -31,12 +33,20 @@ from starlette.staticfiles import StaticFiles
 
 from traitlens.queries import StoreSQL
 from traitlens.queries.connection import QueryError
+from traitlens.store import strict_json
 from traitlens.store.errors import InputError, TraitlensError
 
 from . import data
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "traitlens_token"
+
+
+class StrictJSONResponse(JSONResponse):
+    """A JSON answer that never holds NaN or infinities (null, with the reason beside it)."""
+
+    def render(self, content) -> bytes:
+        return strict_json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
 def is_loopback(host: str) -> bool:
@@ -60,7 +70,7 @@ class TokenGate(BaseHTTPMiddleware):
         given = [auth[7:] if auth.lower().startswith("bearer ") else "", request.query_params.get("token", ""),
                  request.cookies.get(COOKIE, "")]
         if not any(g and hmac.compare_digest(g, self.token) for g in given):
-            return JSONResponse({"error": "this dashboard needs its token: open it with ?token=... "
+            return StrictJSONResponse({"error": "this dashboard needs its token: open it with ?token=... "
                                           "(printed by `traitlens serve`)"}, status_code=401)
         response = await call_next(request)
         if request.query_params.get("token"):
@@ -81,20 +91,17 @@ def create_app(store_path, token: str | None = None, tokenizer_model: str | None
         def run(request: Request):
             try:
                 with sql_conn() as q:
-                    return JSONResponse(fn(q, request))
+                    return StrictJSONResponse(fn(q, request))
             except data.NotFound as e:
-                return JSONResponse({"error": str(e)}, status_code=404)
+                return StrictJSONResponse({"error": str(e)}, status_code=404)
             except (QueryError, InputError) as e:
-                return JSONResponse({"error": str(e)}, status_code=400)
+                return StrictJSONResponse({"error": str(e)}, status_code=400)
             except TraitlensError as e:
-                return JSONResponse({"error": str(e)}, status_code=500)
+                return StrictJSONResponse({"error": str(e)}, status_code=500)
         return run
 
     def page(request: Request) -> int:
-        try:
-            return max(int(request.query_params.get("page", 0)), 0)
-        except ValueError:
-            raise InputError("page must be a whole number") from None
+        return data.check_page(request.query_params.get("page", 0))
 
     @lru_cache(maxsize=4)
     def tokenizer(model_key: str):
@@ -104,33 +111,48 @@ def create_app(store_path, token: str | None = None, tokenizer_model: str | None
         return data.held_out_tokens(q, r.path_params["vector_id"], page(r), tokenizer)
 
     def sql_csv(request: Request):
+        """The console's statement as CSV, capped like the page at :data:`data.SQL_ROWS` rows:
+        the headers say so (``X-Traitlens-Row-Limit``, ``X-Traitlens-Truncated``) and so does
+        the file name; ``traitlens query --format csv -o FILE`` writes every row."""
         import pyarrow.csv as pacsv
 
         try:
             with sql_conn() as q:
-                t = q.query(request.query_params.get("q", ""), timeout=30)
+                t, more, _ = data.capped(q, request.query_params.get("q", ""))
         except (QueryError, InputError) as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
+            return StrictJSONResponse({"error": str(e)}, status_code=400)
         buf = io.BytesIO()
         pacsv.write_csv(t, buf)
+        name = f"query-first-{data.SQL_ROWS}-rows.csv" if more else "query.csv"
         return Response(buf.getvalue(), media_type="text/csv",
-                        headers={"content-disposition": 'attachment; filename="query.csv"'})
+                        headers={"content-disposition": f'attachment; filename="{name}"',
+                                 "x-traitlens-row-limit": str(data.SQL_ROWS),
+                                 "x-traitlens-truncated": "true" if more else "false"})
 
     def export(request: Request):
         from traitlens.pipeline.extract.export import to_gguf, to_safetensors
 
+        from traitlens.store import file_stem
+
         fmt = request.query_params.get("format", "safetensors")
-        if fmt not in ("safetensors", "gguf"):
-            return JSONResponse({"error": "format: safetensors or gguf"}, status_code=400)
+        if fmt not in ("safetensors", "gguf", "easysteer"):
+            return StrictJSONResponse({"error": "format: safetensors, gguf (llama.cpp, layers >= 1) or easysteer "
+                                                "(every layer)"}, status_code=400)
         try:
             with sql_conn() as q:
                 v = data.vector_values(q, request.path_params["vector_id"])
+            with tempfile.TemporaryDirectory(prefix="traitlens-export-") as tmp:
+                stem = f"{file_stem(v['trait'], 'trait')}-{file_stem(v['method'], 'method')}-L{v['layer']}"
+                out = Path(tmp) / f"{stem}.{'safetensors' if fmt == 'safetensors' else 'gguf'}"
+                if fmt == "safetensors":
+                    to_safetensors([v], out)
+                else:
+                    to_gguf([v], out, easysteer=fmt == "easysteer")
+                body = out.read_bytes()
         except data.NotFound as e:
-            return JSONResponse({"error": str(e)}, status_code=404)
-        with tempfile.TemporaryDirectory(prefix="traitlens-export-") as tmp:
-            out = Path(tmp) / f"{v['trait']}-{v['method']}-L{v['layer']}.{fmt}"
-            (to_gguf if fmt == "gguf" else to_safetensors)([v], out)
-            body = out.read_bytes()
+            return StrictJSONResponse({"error": str(e)}, status_code=404)
+        except InputError as e:  # layer 0 as a llama.cpp GGUF, a vector that is not finite
+            return StrictJSONResponse({"error": str(e)}, status_code=400)
         return Response(body, media_type="application/octet-stream",
                         headers={"content-disposition": f'attachment; filename="{out.name}"'})
 
@@ -138,7 +160,7 @@ def create_app(store_path, token: str | None = None, tokenizer_model: str | None
         Route("/", lambda r: FileResponse(STATIC / "index.html"), methods=["GET"]),
         Route("/api/overview", endpoint(lambda q, r: data.overview(q, page(r))), methods=["GET"]),
         Route("/api/runs", endpoint(lambda q, r: data.runs(q, page(r))), methods=["GET"]),
-        Route("/api/traits/{trait}", endpoint(lambda q, r: data.trait(q, r.path_params["trait"],
+        Route("/api/traits/{trait:path}", endpoint(lambda q, r: data.trait(q, r.path_params["trait"],
                                                                       r.query_params.get("by", "auroc"))),
               methods=["GET"]),
         Route("/api/vectors/{vector_id}", endpoint(lambda q, r: data.vector(q, r.path_params["vector_id"])),

@@ -1,16 +1,16 @@
 """What the dashboard shows, as JSON-ready dicts: every function reads the store, none writes.
 
 Each takes an open :class:`~traitlens.queries.StoreSQL` (the same read-only views and guard as
-``traitlens query``) and returns plain lists and dicts: NaN becomes ``None``, timestamps ISO
-strings. Lists are paged (``page``, ``PAGE`` rows each) and no function reads a whole layer:
-per-token projections read only the token rows of the prompts on the page.
+``traitlens query``) and returns plain lists and dicts: NaN and infinities become ``None`` with
+the reason beside them (:mod:`traitlens.store.strict_json`), timestamps ISO strings. Lists are
+paged (``page``, ``PAGE`` rows each; a page past the last is :class:`NotFound`) and no function
+reads a whole layer: per-token projections read only the token rows of the prompts on the page.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 
 import numpy as np
 import pyarrow as pa
@@ -18,12 +18,12 @@ import pyarrow as pa
 from traitlens.queries import StoreSQL
 from traitlens.queries.connection import QueryError
 from traitlens.queries.ranking import RANK_BY, in_method_order, latest_cells_sql, rank
-from traitlens.queries.selection import best_vector
-from traitlens.store import GroupKey
+from traitlens.queries.selection import best_vector, metric_column
+from traitlens.store import GroupKey, strict_json
 from traitlens.store.errors import InputError
 
 PAGE = 50
-SQL_ROWS = 1000  # rows of a console result sent to the page (the CSV download has them all)
+SQL_ROWS = 1000  # rows of a console result sent to the page or downloaded as CSV (`traitlens query` has them all)
 METRIC_COLUMNS = ("auroc", "balanced_accuracy", "cohens_d", "separation", "stability", "agreement", "train_auroc",
                   "steer_shift", "p_value", "floor_length", "floor_dataset", "n_pos", "n_neg", "n_held_pos",
                   "n_held_neg")
@@ -34,19 +34,22 @@ class NotFound(InputError):
 
 
 def clean(value):
-    """A value as JSON can hold it (NaN and infinities are null)."""
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
+    """A value as strict JSON can hold it: NaN and infinities are null with their reason beside
+    them (:func:`traitlens.store.strict_json.clean`), timestamps ISO strings, bytes hex."""
+    return strict_json.clean(_plain(value))
+
+
+def _plain(value):
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
+        return [_plain(v) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     if isinstance(value, np.generic):
-        return clean(value.item())
+        return value.item()
     return value
 
 
@@ -54,9 +57,32 @@ def rows(table: pa.Table, drop=("vector",)) -> list[dict]:
     return [clean({k: v for k, v in r.items() if k not in drop}) for r in table.to_pylist()]
 
 
+MAX_PAGE = 10**9  # a page number beyond this is a typo (and its OFFSET would overflow DuckDB's integers)
+
+
+def check_page(page) -> int:
+    """A page number from a request: a whole number from 0 to :data:`MAX_PAGE`, else an
+    :class:`InputError` (400)."""
+    try:
+        n = int(page)
+    except (TypeError, ValueError):
+        raise InputError(f"page={str(page)[:40]!r}: must be a whole number (0 is the first page)") from None
+    if not 0 <= n <= MAX_PAGE:
+        raise InputError(f"page={n}: must be from 0 (the first page) to {MAX_PAGE:,}")
+    return n
+
+
 def _page(page: int) -> tuple[int, int]:
-    page = max(int(page), 0)
+    page = check_page(page)
     return PAGE, page * PAGE
+
+
+def _past_the_end(page: int, total: int) -> None:
+    """A page past the last one (page 0 of an empty list is not): :class:`NotFound` (404)."""
+    if page > 0 and page * PAGE >= total:
+        pages = max(1, -(-total // PAGE))
+        raise NotFound(f"page={page}: past the last page ({pages} page{'s' if pages > 1 else ''} of {PAGE}, "
+                       f"{total} items; pages count from 0)")
 
 
 def overview(q: StoreSQL, page: int = 0) -> dict:
@@ -75,6 +101,7 @@ def overview(q: StoreSQL, page: int = 0) -> dict:
 def runs(q: StoreSQL, page: int = 0) -> dict:
     limit, offset = _page(page)
     total = q.query("SELECT count(*) AS n FROM runs").to_pylist()[0]["n"]
+    _past_the_end(page, total)
     items = rows(q.query("SELECT run_id, stage, status, started_at, ended_at, counts, message FROM runs "
                          "ORDER BY started_at DESC NULLS LAST, run_id LIMIT ? OFFSET ?", [limit, offset]))
     for r in items:
@@ -111,7 +138,7 @@ def trait(q: StoreSQL, name: str, by: str = "auroc") -> dict:
             r["norm"] = "typical"
     top = rows(q.query("SELECT prompt_id, score, calibrated, percentile, text, dataset, label FROM scored "
                        "WHERE vector_id = ? ORDER BY score DESC LIMIT 20", [pick["vector_id"]])) if pick else []
-    random_floor = floor.to_pylist()[0][by] if floor.num_rows else None
+    random_floor = floor.to_pylist()[0][metric_column(by)] if floor.num_rows else None
     return clean({"trait": name, "by": by, "groups": groups, "pick": pick and pick["vector_id"],
                   "floors": {"random": random_floor, "length": top_cell["floor_length"],
                              "dataset": top_cell["floor_dataset"]},
@@ -123,7 +150,8 @@ def vector(q: StoreSQL, vector_id: str) -> dict:
     found = q.query("SELECT * EXCLUDE (vector) FROM vectors_all WHERE vector_id = ?", [vector_id]).to_pylist()
     if not found:
         raise NotFound(f"no vector {vector_id!r}")
-    v = clean(found[0])
+    raw = found[0]
+    v = clean(raw)
     if isinstance(v.get("params"), str):  # stored as JSON text
         try:
             v["params"] = json.loads(v["params"])
@@ -138,7 +166,7 @@ def vector(q: StoreSQL, vector_id: str) -> dict:
                             [vector_id]))
     scores = rows(q.query("SELECT count(*) AS n, avg(score) AS mean, min(score) AS min, max(score) AS max "
                           "FROM scores WHERE vector_id = ?", [vector_id]))[0]
-    return {"vector": v, "metrics": {k: v.get(k) for k in METRIC_COLUMNS}, "nearest": nearest,
+    return {"vector": v, "metrics": clean({k: raw.get(k) for k in METRIC_COLUMNS}), "nearest": nearest,
             "steering": steering, "scores": scores}
 
 
@@ -161,6 +189,7 @@ def trajectories(q: StoreSQL, vector_id: str | None = None, page: int = 0) -> di
                    "ORDER BY kept_at DESC, run_id, prompt_id LIMIT ? OFFSET ?", params + [limit, offset]).to_pylist()
     total = q.query(f"SELECT count(*) AS n FROM (SELECT DISTINCT run_id, prompt_id, vector_id, layer FROM trajectories "
                     f"{where})", params).to_pylist()[0]["n"]
+    _past_the_end(page, total)
     items = []
     for k in keys:
         toks = rows(q.query("SELECT position, token, generated, projection, velocity, acceleration, commitment "
@@ -193,6 +222,7 @@ def held_out_tokens(q: StoreSQL, vector_id: str, page: int = 0, tokenizer_for=No
            "AND p.trait = ? AND p.split = ? AND p.label <> 0")
     params = [key.model_key, key.fmt, key.site, v["trait"], split]
     total = q.query(f"SELECT count(*) AS n FROM ({sel})", params).to_pylist()[0]["n"]
+    _past_the_end(page, total)
     picked = q.query(f"{sel} ORDER BY p.label DESC, r.prompt_id LIMIT ? OFFSET ?", params + [limit, offset]).to_pylist()
     grp = get_group(q.store.zarr_root(), key.path)
     arr = q.store.layer_array(key, v["layer"])
@@ -213,16 +243,22 @@ def held_out_tokens(q: StoreSQL, vector_id: str, page: int = 0, tokenizer_for=No
             "page_size": limit, "items": items}
 
 
-def sql(q: StoreSQL, text: str, timeout: float = 30.0, limit: int = SQL_ROWS) -> dict:
-    """A console statement through the read-only guard: columns and the first ``limit`` rows.
-    A lone SELECT is run with a LIMIT (a million-row answer is never built for a page);
-    ``rows_total`` is then None when there are more (the CSV download has them all)."""
+def capped(q: StoreSQL, text: str, timeout: float = 30.0, limit: int = SQL_ROWS) -> tuple[pa.Table, bool, int | None]:
+    """``(the first limit rows, whether there were more, the total or None when unknown)`` of a
+    console statement through the read-only guard. A lone SELECT is run with a LIMIT (a
+    million-row answer is never built for a page or a download)."""
     q.check(text)
     statements = q.con.extract_statements(text)
     lone_select = len(statements) == 1 and statements[0].type.name == "SELECT"
     body = text.strip().rstrip(";")
     t = q.query(f"SELECT * FROM ({body}) LIMIT {int(limit) + 1}" if lone_select else text, timeout=timeout)
     more = t.num_rows > limit
+    return t.slice(0, limit), more, None if more and lone_select else t.num_rows
+
+
+def sql(q: StoreSQL, text: str, timeout: float = 30.0, limit: int = SQL_ROWS) -> dict:
+    """A console statement: columns and the first ``limit`` rows (:func:`capped`);
+    ``rows_total`` is None when there are more (``traitlens query`` writes them all)."""
+    t, more, total = capped(q, text, timeout, limit)
     return {"columns": t.column_names, "types": [str(f.type) for f in t.schema],
-            "rows_total": None if more and lone_select else t.num_rows, "truncated": more,
-            "rows": rows(t.slice(0, limit), drop=())}
+            "rows_total": total, "truncated": more, "rows": rows(t, drop=())}

@@ -171,9 +171,10 @@ async function vectorPage(id) {
   view.innerHTML = `<h1>Vector <span class="mono">${esc(id)}</span></h1>
     <p><a href="#/trait/${encodeURIComponent(v.trait)}">← ${esc(v.trait)}</a> · <a href="#/tokens/${id}">tokens</a> ·
     download <a id="export-safetensors" href="/api/vectors/${id}/export?format=safetensors">safetensors</a> ·
-    <a id="export-gguf" href="/api/vectors/${id}/export?format=gguf">GGUF control vector</a></p>
+    ${v.layer > 0 ? `<a id="export-gguf" href="/api/vectors/${id}/export?format=gguf">GGUF control vector</a>`
+      : `<a id="export-gguf" href="/api/vectors/${id}/export?format=easysteer">EasySteer GGUF</a> <span class="muted">(llama.cpp's control vectors have no layer 0)</span>`}</p>
     <h2>Provenance</h2>` + table(prov.filter((k) => k in v).map((k) => ({field: k, value: v[k]})), [{key: "field"}, {key: "value", render: (r) => `<span class="mono">${fmt(r.value)}</span>`}], {id: "provenance"}) +
-    `<h2>Metrics (held-out)</h2>` + table(Object.entries(d.metrics).map(([k, x]) => ({metric: k, value: x})), [{key: "metric"}, {key: "value"}]) +
+    `<h2>Metrics (held-out)</h2>` + table(Object.entries(d.metrics).filter(([k]) => k !== "null_reasons").map(([k, x]) => ({metric: k, value: x === null && d.metrics.null_reasons && d.metrics.null_reasons[k] ? d.metrics.null_reasons[k] : x})), [{key: "metric"}, {key: "value"}]) +
     `<h2>Parameters</h2><pre class="mono">${esc(JSON.stringify(v.params, null, 1))}</pre>` +
     `<h2>Nearest vectors</h2>` + table(d.nearest, [{key: "vector_id", render: (r) => `<a class="mono" href="#/vector/${r.vector_id}">${esc(r.vector_id)}</a>`}, {key: "trait"}, {key: "method"}, {key: "layer"}, {key: "cosine"}]) +
     `<h2>Steering</h2>` + table(d.steering, [{key: "kind"}, {key: "alpha"}, {key: "n"}, {key: "unsteered"}, {key: "plus"}, {key: "minus"}, {key: "shift"}, {key: "ci_low", label: "CI low"}, {key: "ci_high", label: "CI high"}, {key: "wrong_way", label: "wrong way"}, {key: "steerability"}, {key: "kl", label: "KL (nats)", render: (r) => fmt(r.kl, 4)}], {empty: "not evaluated: `traitlens evaluate --steering`"}) +
@@ -208,7 +209,7 @@ async function tokensPage(id, page = 0, tpage = 0) {
 function sqlPage() {
   const last = sessionStorage.getItem("sql") || "SELECT trait, method, layer, auroc FROM metrics ORDER BY auroc DESC LIMIT 20";
   view.innerHTML = `<h1>SQL</h1><p class="muted">read-only: SELECT, WITH, EXPLAIN, DESCRIBE, SHOW over the store's views (prompts, rows, runs, vectors, metrics, scores, scored, replies, projection_diffs, steering, trajectories, groups, act_L&lt;k&gt;)</p>
-    <textarea id="sql-text">${esc(last)}</textarea><p><button id="sql-run">Run</button> <a id="sql-csv" href="#">download CSV</a></p>
+    <textarea id="sql-text">${esc(last)}</textarea><p><button id="sql-run">Run</button> <a id="sql-csv" href="#">download CSV</a> <span class="muted">(at most 1,000 rows, like the page; <code>traitlens query --format csv -o FILE</code> writes them all)</span></p>
     <div id="sql-error" class="error" hidden></div><div id="sql-result"></div>`;
   const run = async () => {
     const text = document.getElementById("sql-text").value;
@@ -218,7 +219,7 @@ function sqlPage() {
     err.hidden = true; out.innerHTML = `<p class="muted">running…</p>`;
     try {
       const d = await api(`/api/sql?q=${encodeURIComponent(text)}`);
-      out.innerHTML = `<p class="muted">${d.rows_total === null ? "more than " + d.rows.length : d.rows_total} rows${d.truncated ? ` (first ${d.rows.length} shown; the CSV has all)` : ""}</p>` +
+      out.innerHTML = `<p class="muted">${d.rows_total === null ? "more than " + d.rows.length : d.rows_total} rows${d.truncated ? ` (first ${d.rows.length} shown; <code>traitlens query</code> writes them all)` : ""}</p>` +
         table(d.rows, d.columns.map((c) => ({key: c, render: (r) => { const x = r[c]; return Array.isArray(x) ? `<span class="mono">[${x.length} values]</span>` : (typeof x === "object" && x !== null ? esc(JSON.stringify(x)) : fmt(x)); }})), {id: "sql-table", empty: "no rows"});
     } catch (e) { out.innerHTML = ""; err.textContent = e.message; err.hidden = false; }
   };
