@@ -60,7 +60,7 @@ SHAPES = {
                      num_key_value_heads=8, head_dim=128, intermediate_size=9728, vocab_size=151936,
                      tie_word_embeddings=True, rope_theta=1000000.0),
 }
-QUICK = dict(layers=2, vocab=32000, prompts=24, min_tokens=16, max_tokens=64, batch_size=8, rounds=1)
+QUICK = dict(layers=2, vocab=32000, prompts=16, min_tokens=16, max_tokens=64, batch_size=8, rounds=2)
 FULL = dict(layers=None, vocab=None, prompts=512, min_tokens=32, max_tokens=256, batch_size=64, rounds=2)
 
 
@@ -203,7 +203,7 @@ def mib(x) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu")
-    ap.add_argument("--quick", action="store_true", help="2 layers per model, a 32k vocabulary, 24 short prompts")
+    ap.add_argument("--quick", action="store_true", help="2 layers per model, a 32k vocabulary, 16 short prompts, 2 rounds")
     ap.add_argument("--models", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     ap.add_argument("--layers", type=int, default=None, help="keep only the first N blocks of each model")
     ap.add_argument("--prompts", type=int, default=None)

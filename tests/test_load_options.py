@@ -287,3 +287,19 @@ def test_blocks_spread_over_two_gpus_give_the_rows_of_one(tmp_path):
     assert {str(d) for d in lm.model.hf_device_map.values()} >= {"0", "1"}
     ingest(tmp_path / "two", [corpus], cfg=spread, lm=lm, **QUIET)
     assert_equal_stores(tmp_path / "one", tmp_path / "two", rtol=2e-3, atol=2e-3)
+
+
+def test_a_specs_capture_table_takes_the_same_options(tmp_path):
+    from traitlens.workflows.spec import SpecError, load_spec
+
+    (tmp_path / "c.jsonl").write_text('{"text": "a", "label": 1}\n')
+    head = 'store = "s"\n[[corpora]]\npaths = ["c.jsonl"]\n[capture]\n'
+    spec = tmp_path / "spec.toml"
+    spec.write_text(head + 'max_tokens = "auto"\ndtype = "bfloat16"\nmax_memory = {0 = "20GiB", cpu = "64GiB"}\n'
+                           'load_in = "8bit"\n')
+    cfg = load_spec(spec).ingest_config()
+    assert (cfg.max_tokens, cfg.dtype, cfg.device_map, cfg.max_memory, cfg.load_in) == \
+        ("auto", "bfloat16", "auto", {"0": "20GiB", "cpu": "64GiB"}, "8bit")
+    spec.write_text(head + 'device_map = "everywhere"\n')
+    with pytest.raises(SpecError, match="capture.device_map 'everywhere': use auto"):
+        load_spec(spec)
