@@ -59,12 +59,18 @@ class WriterThread:
         if self._thread is None:
             self._write(batch)
             return
+        self._put_polling(batch, lambda: self._raise_error() is None)  # raises the writer's error while waiting
+
+    def _put_polling(self, item, still_useful) -> bool:
+        """Queue ``item``, waiting while the queue is full; every ``_POLL_S`` asks ``still_useful()``
+        (which may raise instead) and gives up on False. True when ``item`` was queued."""
         while True:
             try:
-                self._queue.put(batch, timeout=_POLL_S)
-                return
+                self._queue.put(item, timeout=_POLL_S)
+                return True
             except queue.Full:
-                self._raise_error()
+                if not still_useful():
+                    return False
 
     def _raise_error(self) -> None:
         if self.error is not None:
@@ -91,13 +97,8 @@ class WriterThread:
     def _stop_and_join(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             return
-        while True:
-            try:
-                self._queue.put(_STOP, timeout=_POLL_S)
-                break
-            except queue.Full:
-                if not self._thread.is_alive():
-                    return
+        if not self._put_polling(_STOP, self._thread.is_alive):  # a thread that ended takes no stop
+            return
         while self._thread.is_alive():
             self._thread.join(_POLL_S)
 
