@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from traitlens.store import Store
 from traitlens.testing import KEY, store_copy, synthetic_store
 from traitlens.pipeline.extract.config import ExtractConfig
 from traitlens.pipeline.extract.jobs import extract
@@ -217,6 +218,26 @@ def test_bad_requests_fail_clearly_and_write_nothing(tmp_path):
     with pytest.raises(ExtractionError, match="0 negative rows; a fit needs at least 2 of each.*Ingest 4 more negative"):
         extract(store.root, "onesided")
     assert store.table("vectors").num_rows == before
+
+
+def test_extract_with_a_bootstrap_of_two_positives_and_two_negatives_runs(tmp_path):
+    """`extract --n-boot 2` on 2 + 2 training rows at residual-stream magnitudes: a resample that
+    draws one row twice per class once crashed gradient's fit with a LinAlgError traceback."""
+    from click.testing import CliRunner
+    from traitlens.workflows.cli import cli
+
+    store, _ = synthetic_store(tmp_path / "s", n=40, d=24, layers=(0,), scale=300.0)
+    prompts = store.table("prompts").to_pylist()
+    train = [r for r in prompts if r["split"] == "train"]
+    rows = ([r for r in train if r["label"] == 1][:2] + [r for r in train if r["label"] == -1][:2]
+            + [r for r in prompts if r["split"] != "train"])
+    where = "prompt_id IN (" + ", ".join(f"'{r['prompt_id']}'" for r in rows) + ")"
+    r = CliRunner().invoke(cli, ["--store", str(store.root), "extract", "--trait", "planted", "--n-boot", "2",
+                                 "--where", where, "--scheduler", "threads", "-q"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    vectors = Store.open(store.root).table("vectors").to_pylist()
+    assert len(vectors) == 6 and all(v["n_pos"] == 2 and v["n_neg"] == 2 for v in vectors)
+    assert all(np.isfinite(v["stability"]) for v in vectors)
 
 
 def test_nonfinite_rows_are_refused(tmp_path):

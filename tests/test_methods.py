@@ -120,6 +120,29 @@ def test_bootstrap_refit_equals_a_fit_on_the_repeated_rows(name):
         assert fast.vector_ @ plain > 1 - 1e-6, (name, fast.vector_ @ plain)
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_resample_drawing_one_row_per_class_fits_at_activation_scale(name):
+    """2 + 2 training rows: a bootstrap draws one row twice per class a quarter of the time. Neither
+    class varies then, and at residual-stream magnitudes (hundreds) the covariance is pure rounding
+    noise, which once made gradient's Cholesky fail. Every method fits; gradient, with nothing to
+    whiten, gives the mean difference of the two rows drawn."""
+    from traitlens.pipeline.extract.resample import Resample
+
+    rng = np.random.default_rng(3)
+    d = 64
+    X = rng.standard_normal((4, d)) * rng.uniform(1, 300, d)  # per-dimension scales as in late layers
+    pos = np.array([True, True, False, False])
+    full = make_method(name).fit(X, np.where(pos, 1, -1))
+    w = np.array([2, 0, 0, 2])
+    v = make_method(name).refit(Resample(X, pos, w), init=full).vector_
+    assert np.isfinite(v).all() and np.isclose(np.linalg.norm(v), 1.0)
+    if name == "gradient":
+        diff = X[0] - X[3]
+        assert v @ diff / np.linalg.norm(diff) > 1 - 1e-6
+        one_each = make_method(name).fit(X[[0, 3]], [1, -1]).vector_  # the same on a 1 + 1 training set
+        assert one_each @ v > 1 - 1e-6
+
+
 def test_stability_equals_a_plain_bootstrap_and_random_stays_near_zero():
     from traitlens.pipeline.extract.metrics import cosine
     from traitlens.pipeline.extract.resample import stability

@@ -26,6 +26,10 @@ from traitlens.store.errors import InputError
 # mmap threshold, so each part reuses the last one's memory instead of faulting in fresh pages
 UPDATE_ROWS = 2048
 
+# the smallest within-class variance Gradient reads, as a fraction of the mean second moment
+# E[x^2]: covariances computed as E[xx^T] - mu mu^T carry rounding noise near 1e-16 of it
+GRADIENT_SCALE_FLOOR = 1e-6
+
 
 class ExtractionError(InputError):
     """The contrastive set cannot be used (no positives, non-finite rows, ...)."""
@@ -269,7 +273,13 @@ class Gradient(Direction):
         mu, cov = stats.means, stats.covs
         S = (cov[0] + cov[1]) / 2
         d = S.shape[0]
-        scale = float(np.trace(S)) / d + 1e-12
+        # S is E[xx^T] - mu mu^T: when neither class varies (one row each, or a bootstrap of 2 + 2
+        # rows drawing one row twice per class) it is rounding noise the size of eps * E[x^2],
+        # which dividing by its own trace would blow up into an indefinite matrix. The scale's
+        # floor, far above that noise, keeps S/scale near zero there: the shrinkage target (the
+        # identity) remains and the direction is the mean difference, whitened by nothing.
+        second_moment = float(np.trace(stats.outer[0] + stats.outer[1])) / (d * float(stats.n.sum()))
+        scale = max(float(np.trace(S)) / d, GRADIENT_SCALE_FLOOR * second_moment) + 1e-12
         S = (1 - self.shrinkage) * S / scale + self.shrinkage * np.eye(d)  # unit-free, better conditioned
         delta = (mu[1] - mu[0]) / np.sqrt(scale)
         # Optimise in the whitened space u = L^T v (S = L L^T): the loss keeps its value, the

@@ -30,9 +30,10 @@ def planted(n: int, d: int, seed: int = 0, sep: float = 3.0, direction=None, ani
 
 
 def synthetic_store(path, n: int = 400, d: int = 24, layers=(0, 1, 2), trait: str = "planted", seed: int = 0,
-                    chunk_rows: int = 32, sep: float = 3.0):
+                    chunk_rows: int = 32, sep: float = 3.0, scale: float = 1.0):
     """A store with ``n`` prompts whose activations at each layer carry a planted direction
-    (a different one per layer). Returns (store, {layer: direction})."""
+    (a different one per layer). ``scale`` multiplies every activation (real residual streams
+    reach hundreds at late layers). Returns (store, {layer: direction})."""
     store = Store.open(path, create=True)
     texts = [f"synthetic prompt {i}" for i in range(n)]
     ids = [prompt_id_for(t, None) for t in texts]
@@ -44,7 +45,7 @@ def synthetic_store(path, n: int = 400, d: int = 24, layers=(0, 1, 2), trait: st
             labels = y
         else:  # same prompts, same labels at every layer
             X = _relabel(X, y, labels, u, sep)
-        data[layer], dirs[layer] = X.astype(np.float32), u
+        data[layer], dirs[layer] = (X * scale).astype(np.float32), u
     store.add_prompts([{"prompt_id": p, "text": t, "dataset": "synthetic", "trait": trait, "label": int(l),
                         "split": hash_split(p), "source": f"synthetic:{i}"}
                        for i, (p, t, l) in enumerate(zip(ids, texts, labels))])
