@@ -287,6 +287,19 @@ def test_column_options_and_auto_detection_on_columnar_files(tmp_path):
         read_corpus([tmp_path / "own.parquet"], ReadOptions(text_column="body", label_column="score"))
 
 
+@pytest.mark.parametrize("column", ["sentence", "query"])
+def test_a_sentence_or_query_column_is_the_text_in_parquet_and_jsonl(tmp_path, column):
+    """SST-2-style corpora (idx, sentence, label) and query-keyed ones ingest with no option."""
+    rows = [{"idx": 0, column: "a gripping, funny film", "label": 1},
+            {"idx": 1, column: "a tedious mess", "label": -1}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "sst.parquet")
+    (tmp_path / "sst.jsonl").write_bytes(jsonl_bytes(rows))
+    for path in (tmp_path / "sst.parquet", tmp_path / "sst.jsonl"):
+        records, _ = read_corpus([path])
+        assert [(r.text, r.label, r.extra) for r in records] == [("a gripping, funny film", 1, {"idx": 0}),
+                                                                  ("a tedious mess", -1, {"idx": 1})], path
+
+
 def test_datasets_class_labels_read_as_their_names_and_a_dataset_dict_keeps_its_splits(tmp_path):
     datasets = pytest.importorskip("datasets", reason="the datasets extra: pip install -e '.[datasets]'")
     features = datasets.Features({"sentence": datasets.Value("string"),

@@ -17,6 +17,7 @@ from . import cli_bundle, cli_generate, cli_serve, cli_sql, cli_steer, cli_vecto
 from .cli_base import EXIT_FAIL, EXIT_INPUT, FiniteFloat, _fail, _quiet_libraries, cli, own_process
 from traitlens.store.vocabulary import DEFAULT_POOLINGS, NAMED_SITES, POOLINGS, TABLE_NAMES
 from traitlens.pipeline.model.options import DEVICE_MAPS, LOAD_IN
+from traitlens.pipeline.capture.corpus import LABEL_FIELDS, TEXT_FIELDS
 
 
 @cli.command()
@@ -99,10 +100,9 @@ def _poolings(value: str) -> list[str]:
                    "under their own model key.")
 # (--text-field, --label-field: the spellings before 0.3, kept for old scripts)
 @click.option("--text-column", "--text-field", "text_column", default=None,
-              help="Column (field) holding the prompt [default: text, prompt, statement, instruction, question, "
-                   "input].")
+              help=f"Column (field) holding the prompt [default: the first of {', '.join(TEXT_FIELDS)}].")
 @click.option("--label-column", "--label-field", "label_column", default=None,
-              help="Column holding the label [default: label, answer_matching_behavior].")
+              help=f"Column holding the label [default: {', '.join(LABEL_FIELDS)}].")
 @click.option("--messages-column", default=None,
               help="Column holding chat turns, a list of {role, content} [default: messages].")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Read only the first N records.")

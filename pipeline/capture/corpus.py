@@ -34,7 +34,9 @@ from traitlens.pipeline.capture.errors import CorpusError  # (re-exported: where
 from traitlens.pipeline.capture.readers.streams import open_bytes, stem
 from traitlens.pipeline.capture.trait_folders import GENERATED, SIDES, trait_folders
 
-TEXT_FIELDS = ("text", "prompt", "statement", "instruction", "question", "input")
+# the text column when none is named, first found wins: names public contrastive sets use for
+# the prompt (SST-2 / CoLA `sentence`; retrieval and red-teaming sets `query`)
+TEXT_FIELDS = ("text", "prompt", "statement", "instruction", "question", "input", "sentence", "query")
 LABEL_FIELDS = ("label", "answer_matching_behavior")
 RESERVED = {"messages", "trait", "dataset", "split"}
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
