@@ -20,13 +20,14 @@ without the lock (extract) cannot be judged from here and stays ``running``.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 import uuid
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
+
+from .strict_json import dumps as strict_dumps  # a NaN count is null with its reason, never bare NaN
 
 
 def now_utc() -> datetime:
@@ -62,7 +63,7 @@ class Run:
     def __init__(self, store, stage: str, config: dict, run_id: str | None = None, lock: bool = False):
         self.store, self.stage, self.lock = store, stage, lock
         self.run_id = run_id or new_run_id(stage)
-        self.config = json.dumps(config, default=str)
+        self.config = strict_dumps(config, default=str)
         self.started_at = now_utc()
         self.started = False
         self.counts: dict = {}
@@ -89,7 +90,7 @@ class Run:
         return self
 
     def end(self, status: str, message: str = "") -> None:
-        self._record(status=status, ended_at=now_utc(), counts=json.dumps(self.counts, default=str),
+        self._record(status=status, ended_at=now_utc(), counts=strict_dumps(self.counts, default=str),
                      message=message or self.message)
 
 

@@ -13,7 +13,7 @@ import sys
 from click.testing import CliRunner
 
 from traitlens.store.runs import this_host
-from traitlens.testing import lock_held_elsewhere, synthetic_store
+from traitlens.testing import lock_held_elsewhere, strict_json, synthetic_store
 from traitlens.workflows.cli import cli
 
 # a process that records a run as running, then dies at once without recording its end
@@ -124,3 +124,17 @@ def test_a_pid_reused_by_a_younger_process_does_not_keep_a_dead_run_running(tmp_
     code = ("import sys\nfrom traitlens.store import Store\nwith Store.open(sys.argv[1]).lock('check'):\n    pass\n")
     subprocess.run([sys.executable, "-c", code, str(store.root)], check=True)
     assert status(store) == {"reused": "killed", "live": "running"}
+
+
+def test_a_run_record_is_standard_json_even_with_a_nan_in_its_config_or_counts(tmp_path):
+    """A metric that is undefined (NaN) in a run's counts or config is null with its reason in the
+    record, which strict parsers (jq, JavaScript, Go) read; Python's json.dumps wrote bare NaN."""
+    store, _ = synthetic_store(tmp_path / "s", n=40, d=4, layers=(0,))
+    with store.run("extract", {"kl_budget": float("nan"), "layers": [0]}) as run:
+        run.counts = {"vectors": 6, "stability": float("nan"), "top": float("inf")}
+    rec = store.runs().to_pylist()[-1]
+    assert rec["status"] == "done"
+    assert strict_json(rec["config"]) == {"kl_budget": None, "layers": [0], "null_reasons": {"kl_budget": "NaN"}}
+    assert strict_json(rec["counts"]) == {"vectors": 6, "stability": None, "top": None,
+                                          "null_reasons": {"stability": "NaN", "top": "Infinity"}}
+    assert runs_json(store)[-1]["counts"] == strict_json(rec["counts"])  # `traitlens runs --json` too
