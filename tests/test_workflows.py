@@ -371,3 +371,57 @@ def test_evaluate_section_sweeps_reports_and_refresh_evaluates_only_changed_vect
     with pytest.raises(SpecError, match="evaluate.kl_budget must be 0 or more"):
         spec.write_text(spec.read_text().replace("kl_budget = 1000", "kl_budget = -1"))
         load_spec(spec)
+
+
+def test_a_failure_while_writing_the_report_leaves_the_last_report_whole(tmp_path, monkeypatch):
+    """The disk fills half way through the report file: the last report stays as it was (the new
+    one goes beside it and is renamed into place), and no partial file is left."""
+    import builtins
+    import io
+    from types import SimpleNamespace
+
+    from traitlens.testing import synthetic_store
+    from traitlens.workflows.report import write_report
+    from traitlens.workflows.spec import Spec
+
+    store, _ = synthetic_store(tmp_path / "s", n=40, d=4, layers=(0,))
+    out = tmp_path / "out" / "report.md"
+    spec = Spec(path=tmp_path / "spec.toml", store=store.root, model=None, corpora=[],
+                report={"path": str(out), "plots": False})
+    summary = lambda run_id: SimpleNamespace(run_id=run_id, computed=[], scored={},  # noqa: E731
+                                             lines=lambda: ["ingest: 40 prompts"])
+    assert write_report(spec, store, "synthetic-0000", summary("run-first")) == out
+    before = out.read_bytes()
+    assert b"run-first" in before and b"ingest: 40 prompts" in before
+
+    real_open = io.open
+
+    class HalfThenFull:  # writes half of what it is given, then the disk is full
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            self.f.flush()
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return HalfThenFull(f) if str(file).endswith("report.md") and "w" in mode else f
+
+    monkeypatch.setattr(io, "open", filling_open)
+    monkeypatch.setattr(builtins, "open", filling_open)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(spec, store, "synthetic-0000", summary("run-second"))
+    monkeypatch.undo()
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.md"]  # no temporary left behind

@@ -8,7 +8,7 @@ from pathlib import Path
 from traitlens.queries import StoreSQL
 from traitlens.queries.ranking import heatmap, rank
 from traitlens.store import Store, file_stem
-from traitlens.store.location import capabilities
+from traitlens.store.location import capabilities, write_atomically
 
 
 def utc_stamp() -> str:
@@ -74,7 +74,8 @@ def write_report(spec, store: Store, model_key: str, summary) -> Path:
             lines.append("")
         for trait in (summary.scored if spec.score else {}):
             lines += _scores_section(q, trait, path.parent, rep.get("plots", True))
-    path.write_text("\n".join(lines))
+    data = "\n".join(lines).encode("utf-8")
+    write_atomically(path, lambda f: f.write(data))  # a crash mid-write keeps the last report whole
     return path
 
 
