@@ -425,3 +425,75 @@ def test_a_failure_while_writing_the_report_leaves_the_last_report_whole(tmp_pat
     monkeypatch.undo()
     assert out.read_bytes() == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.md"]  # no temporary left behind
+
+
+SPEC_HEAD = 'store = "store"\nmodel = "{model}"\n[[corpora]]\npaths = ["corpus/*.jsonl"]\n'
+
+
+def test_a_spec_takes_background_and_the_capability_options_as_the_cli_does_and_names_a_bad_key(tmp_path):
+    """[extract] background and [evaluate] capability* are the CLI's `extract --background` and
+    `evaluate --capability*`: the values come out as SweepConfig reads them (include folders relative to
+    the spec), and a bad one is exit 2 naming the spec key, with nothing written."""
+    from traitlens.pipeline.steer.settings import SweepConfig
+
+    make_spec(tmp_path, "x")
+    good = tmp_path / "good.toml"
+    good.write_text(SPEC_HEAD.format(model="x") + '[extract]\nbackground = "corpus/polite.jsonl"\n'
+                    '[evaluate]\nsteering = true\ncapability = "arc_easy, hellaswag"\ncapability_include = "tasks"\n'
+                    'capability_limit = 5\ncapability_budget = 0.05\n')
+    spec = load_spec(good)
+    assert spec.background == [tmp_path / "corpus" / "polite.jsonl"]
+    assert "background" not in vars(spec.extract_config())
+    cli = SweepConfig(capability="arc_easy, hellaswag", capability_include=[str(tmp_path / "tasks")],
+                      capability_limit=5, capability_budget=0.05).validate()  # what the CLI's options give
+    assert spec.sweep_config() == cli and cli.capability == ["arc_easy", "hellaswag"]
+    bad = [('[extract]\nbackground = ["corpus/none.jsonl"]\n', "extract.background: 'corpus/none.jsonl' matches no file"),
+           ('[extract]\nbackground = [3]\n', "extract.background[0] must be a string"),
+           ('[evaluate]\ncapability = "arc_easy"\ncapability_limit = 0\n', "evaluate.capability_limit 0: must be an "
+                                                                          "integer of at least 1"),
+           ('[evaluate]\ncapability = "arc_easy"\ncapability_budget = -0.5\n', "evaluate.capability_budget must be 0 or more"),
+           ('[evaluate]\ncapability_budget = 0.5\n', "go with evaluate.capability TASKS"),
+           ('[evaluate]\ncapability = [1]\n', "evaluate.capability[0] must be a string"),
+           ('[evaluate]\ncapability_limt = 2\n', "did you mean 'capability_limit'")]
+    for i, (text, msg) in enumerate(bad):
+        p = tmp_path / f"bad{i}.toml"
+        p.write_text(SPEC_HEAD.format(model="x") + text)
+        r = run_cli("run", p)
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (text, r.output)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_run_extracts_with_the_spec_background_and_evaluates_with_its_capability_tasks(tmp_path, tiny_llama,
+                                                                                          monkeypatch):
+    """The run ingests the background corpus, fits with it (the vectors record it) and hands the
+    capability settings to lm-eval's Capability (replaced here by one that records them and stops)."""
+    from traitlens.pipeline.steer import capability as capability_module
+    from traitlens.store.errors import InputError
+
+    make_spec(tmp_path, tiny_llama, n_kind=60, n_polite=0)
+    (tmp_path / "corpus" / "polite.jsonl").unlink()
+    (tmp_path / "corpus" / "ordinary.jsonl").write_text(
+        "".join(json.dumps({"text": f"an ordinary prompt number {i}"}) + "\n" for i in range(80)))
+    spec = tmp_path / "bg.toml"
+    spec.write_text(SPEC_HEAD.format(model=tiny_llama) + '[capture]\nlayers = "0-1"\npoolings = ["last"]\n'
+                    '[extract]\ntraits = ["kindness"]\nmethods = ["mean_diff", "random"]\nn_boot = 0\n'
+                    'background = "corpus/ordinary.jsonl"\n'
+                    '[evaluate]\nsteering = true\ncapability = "arc_easy"\ncapability_include = ["tasks"]\n'
+                    'capability_limit = 3\n[report]\nplots = false\n')
+    asked = []
+
+    def recording_capability(lm, tasks, include=None, limit=None, **kw):
+        asked.append((tasks, include, limit))
+        raise InputError("capability recorded")
+
+    monkeypatch.setattr(capability_module, "Capability", recording_capability)
+    r = run_cli("run", spec)
+    assert r.exit_code == 2 and "capability recorded" in r.output, r.output
+    assert asked == [(["arc_easy"], [str(tmp_path / "tasks")], 3)]
+    vectors = Store.open(tmp_path / "store").table("vectors").to_pylist()
+    mean_diff = [v for v in vectors if v["method"] == "mean_diff"]
+    assert len(mean_diff) == 2
+    for v in mean_diff:
+        info = json.loads(v["info"])["background"]
+        assert str(tmp_path / "corpus" / "ordinary.jsonl") in json.dumps(info)
+        assert info["n_train"] + info["n_held"] == 80 and v["n_background"] == info["n_held"]

@@ -240,14 +240,20 @@ def extract(store, trait: str, config=None, *, background=(), scheduler=None, pr
     cfg = configure(ExtractConfig, config, options, aliases={"memory": "memory_budget"})
     from traitlens.pipeline.extract.jobs import extract as run_extract
 
-    root, bg = _root(store), None
-    background = _paths(background)
-    if background:
-        from traitlens.pipeline.capture.plan import read_corpus
-
-        bg = ({r.prompt_id for r in read_corpus(background)[0]}, ", ".join(map(str, background)))
+    root, bg = _root(store), background_prompts(background)
     res = run_extract(root, trait, cfg=cfg, scheduler=scheduler, progress=progress, background=bg)
     return Extracted(Store.open(root), res, bg is not None)
+
+
+def background_prompts(background) -> tuple[set[str], str] | None:
+    """``(prompt ids, name)`` of the background corpus files (``extract``'s ``background``; a
+    spec's ``[extract] background``), or None for none."""
+    background = _paths(background)
+    if not background:
+        return None
+    from traitlens.pipeline.capture.plan import read_corpus
+
+    return {r.prompt_id for r in read_corpus(background)[0]}, ", ".join(map(str, background))
 
 
 # -- rank ----------------------------------------------------------------------------------------

@@ -105,8 +105,13 @@ def run(spec: Spec, refresh: bool = False, progress: bool = True, log=print, lm=
                     res.vouch.write(store)
             digests = [r.vouch.digest for r in results] if all(r.vouch for r in results) else None
         from traitlens.pipeline.extract.jobs import extract
+
+        from .api import background_prompts
+
+        background = background_prompts(spec.background)  # ingested above when [[corpora]] lists it
         for trait in _traits(store, spec.extract.get("traits", "all")):
-            r = extract(spec.store, trait, model=model_key, cfg=xcfg, scheduler=client, progress=progress)
+            r = extract(spec.store, trait, model=model_key, cfg=xcfg, scheduler=client, progress=progress,
+                        background=background)
             summary.vectors_new += r.n_new
             summary.vectors_unchanged += r.n_existing
             summary.computed[trait] = r.computed_layers
@@ -151,6 +156,12 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> N
     from traitlens.queries.selection import best_vector
 
     base = spec.sweep_config()
+    capability = None
+    if base.capability:  # one for every trait: the unsteered scores are measured once
+        from traitlens.pipeline.steer.capability import Capability
+
+        capability = Capability(lm, base.capability, base.capability_include, base.capability_limit)
+        log(f"capability: {capability.describe()}, unsteered and at every setting")
     for trait in summary.computed:
         with StoreSQL(store) as q:
             pick = best_vector(q, trait, model_key=lm.key)
@@ -160,7 +171,7 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> N
         if pick is None:
             continue
         cfg = replace(base, methods=stored if base.methods == "all" else [m for m in base.methods if m in stored])
-        evaluator, what = evaluator_for(store, lm, trait, cfg)
+        evaluator, what = evaluator_for(store, lm, trait, cfg, capability=capability)
         res = sweep(store, trait, evaluator, cfg, skip=done, log=log)
         if res.rows:
             n_rows = len(res.save(store, summary.run_id, lock=False)[0])  # the run holds the store's lock

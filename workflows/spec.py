@@ -21,6 +21,14 @@ Example (``workflows/examples/demo.toml``)::
     traits = "all"                       # or a list
     methods = "all"
     n_boot = 8
+    # background = ["corpus/background.jsonl"]: as `traitlens extract --background` (also listed
+    # under [[corpora]], so the run ingests it first)
+
+    [evaluate]
+    steering = false                     # true: `traitlens evaluate --steering` per trait; its options:
+    # kind, methods, layers, alphas, n, norm, kl_budget, trials, reply_tokens, max_new_tokens,
+    # capability (lm-eval tasks), capability_include (task folders, relative to the spec),
+    # capability_limit, capability_budget
 
     [report]
     path = "report.md"
@@ -69,10 +77,13 @@ SCHEMA: dict[str, dict] = {
                 "batch_size": int, "max_tokens": (int, str), "max_length": int, "on_long": str, "padding_side": str,
                 "device": str, "dtype": str, "device_map": str, "max_memory": (str, dict), "load_in": str},
     "extract": {"traits": (str, list), "methods": (str, list), "layers": (str, int, list), "n_boot": int,
-                "seed": int, "memory": (str, int), "site": str, "pooling": str, "params": dict},
+                "seed": int, "memory": (str, int), "site": str, "pooling": str, "params": dict,
+                "background": (str, list)},
+    # the values of these are SweepConfig's, checked by SweepConfig.validate (Spec.sweep_config)
     "evaluate": {"steering": bool, "kind": str, "alphas": list, "n": int, "norm": str, "methods": (str, list),
                  "layers": (str, int, list), "kl_budget": (int, float), "trials": int, "reply_tokens": int,
-                 "max_new_tokens": int},
+                 "max_new_tokens": int, "capability": (str, list), "capability_include": (str, list),
+                 "capability_limit": int, "capability_budget": (int, float)},
     "score": {"traits": (str, list), "where": str},
     "report": {"path": str, "top": int, "plots": bool},
 }
@@ -82,8 +93,9 @@ SCHEMA: dict[str, dict] = {
 # would otherwise fail deep inside a command)
 ITEMS: dict[str, type | tuple] = {"corpora.paths": str, "capture.sites": str, "capture.poolings": str,
                                   "capture.layers": int, "extract.layers": int, "extract.traits": str,
-                                  "extract.methods": str, "evaluate.layers": int, "evaluate.methods": str,
-                                  "evaluate.alphas": (int, float)}
+                                  "extract.methods": str, "extract.background": str, "evaluate.layers": int,
+                                  "evaluate.methods": str, "evaluate.alphas": (int, float), "evaluate.capability": str,
+                                  "evaluate.capability_include": str}
 
 
 class SpecError(InputError):
@@ -108,6 +120,7 @@ class Spec:
     score: dict = field(default_factory=dict)  # traits whose pick scores every stored prompt (refresh: the new ones)
     report: dict = field(default_factory=dict)
     scheduler: str | None = None
+    background: list[Path] = field(default_factory=list)  # [extract] background, its globs expanded
     values_checked: bool = False
 
     def check_values(self) -> "Spec":
@@ -135,14 +148,19 @@ class Spec:
         """The extraction settings as an :class:`~traitlens.pipeline.extract.config.ExtractConfig` (validated)."""
         from traitlens.pipeline.extract.config import ExtractConfig
 
-        ex = {("memory_budget" if k == "memory" else k): v for k, v in self.extract.items() if k != "traits"}
+        ex = {("memory_budget" if k == "memory" else k): v for k, v in self.extract.items()
+              if k not in ("traits", "background")}
         return ExtractConfig(**ex).validate()  # the model: the run passes the key of the one it loaded
 
     def sweep_config(self):
         """The steering sweep's settings as a :class:`~traitlens.pipeline.steer.settings.SweepConfig` (validated)."""
         from traitlens.pipeline.steer.settings import SweepConfig
 
-        return SweepConfig(**{k: v for k, v in self.evaluate.items() if k != "steering"}).validate()
+        ev = {k: v for k, v in self.evaluate.items() if k != "steering"}
+        if "capability_include" in ev:  # task folders, relative to the spec like every path in it
+            inc = ev["capability_include"]
+            ev["capability_include"] = [str(self.path.parent / p) for p in ([inc] if isinstance(inc, str) else inc)]
+        return SweepConfig(**ev).validate()
 
 
 def _type_name(t) -> str:
@@ -261,15 +279,8 @@ def load_spec(path: str | Path, check_values: bool = True) -> Spec:
         _check_table(path, where, c, SCHEMA["corpora"])
         if "paths" not in c:
             raise SpecError(f"{path}: {where}paths is required")
-        pats = [c["paths"]] if isinstance(c["paths"], str) else c["paths"]
-        found: list[Path] = []
-        for pat in pats:
-            full = pat if Path(pat).is_absolute() else str(base / pat)
-            hits = sorted(Path(p) for p in glob.glob(full))
-            if not hits:
-                raise SpecError(f"{path}: {where}paths: {pat!r} matches no file (looked in {base})")
-            found += hits
-        corpora.append(Corpus(found, {k: v for k, v in c.items() if k != "paths"}))
+        corpora.append(Corpus(_expand(path, f"{where}paths", c["paths"]), {k: v for k, v in c.items() if k != "paths"}))
+    background = _expand(path, "extract.background", data.get("extract", {}).get("background", []))
     for key, allowed in (("on_long", ("truncate", "fail")), ("padding_side", ("left", "right"))):
         if data.get("capture", {}).get(key) not in (None, *allowed):
             raise SpecError(f"{path}: capture.{key} must be one of {allowed}")
@@ -284,10 +295,24 @@ def load_spec(path: str | Path, check_values: bool = True) -> Spec:
     spec = Spec(path=path, store=store,
                 model=None if model in (None, "default") else model, corpora=corpora,
                 capture=data.get("capture", {}), extract=data.get("extract", {}), evaluate=data.get("evaluate", {}),
-                score=data.get("score", {}), report=data.get("report", {}), scheduler=data.get("scheduler"))
+                score=data.get("score", {}), report=data.get("report", {}), scheduler=data.get("scheduler"),
+                background=background)
     if check_values:
         spec.check_values()
     return spec
+
+
+def _expand(path: Path, key: str, patterns) -> list[Path]:
+    """The files ``patterns`` (a path or glob, or a list of them, relative to the spec) name, in
+    order; each must match something."""
+    base, found = path.parent, []
+    for pat in [patterns] if isinstance(patterns, str) else patterns:
+        full = pat if Path(pat).is_absolute() else str(base / pat)
+        hits = sorted(Path(p) for p in glob.glob(full))
+        if not hits:
+            raise SpecError(f"{path}: {key}: {pat!r} matches no file (looked in {base})")
+        found += hits
+    return found
 
 
 def _check_values(spec: Spec) -> None:
@@ -335,7 +360,11 @@ def _check_values(spec: Spec) -> None:
         except InputError as e:  # a key given under its old and new name
             raise SpecError(f"{path}: corpora[{i}]: {e}") from None
     try:
-        spec.sweep_config()
+        sweep = spec.sweep_config()
+        if sweep.capability and spec.evaluate.get("steering"):  # before a model is loaded or anything captured
+            from traitlens.pipeline.steer.capability import require_lm_eval
+
+            require_lm_eval()
     except ValueError as e:
         msg = re.sub(r"--([a-z-]+)", lambda m: "evaluate." + m.group(1).replace("-", "_"), str(e))
         raise SpecError(f"{path}: {msg}") from None
