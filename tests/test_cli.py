@@ -122,3 +122,30 @@ def test_every_project_error_carries_its_exit_code():
         assert issubclass(cls, TraitlensError) and cls.exit_code == code, cls
     for cls in (CorpusError, PromptTooLong, SiteError, ExtractionError, QueryError, SpecError):
         assert issubclass(cls, ValueError)  # callers' `except ValueError` still catch bad input
+
+
+def test_steer_and_evaluate_option_defaults_are_the_python_apis():
+    """One definition (pipeline/steer/settings.py): the SweepConfig that `evaluate --steering`'s
+    default options build is SweepConfig() (what tl.evaluate and a spec's [evaluate] start from),
+    and `steer`'s defaults are tl.steer's."""
+    import inspect
+
+    from traitlens.pipeline.steer.settings import SweepConfig
+    from traitlens.workflows import api
+
+    def parsed(verb: str, *args: str) -> dict:  # the command's parameters as parsed, only ``args`` given
+        with cli.make_context("traitlens", [verb]) as parent:
+            return cli.commands[verb].make_context(verb, ["--trait", "t", *args], parent=parent).params
+
+    e = parsed("evaluate", "--steering")
+    from_cli = SweepConfig(kind=e["kind"], methods=e["methods"], layers=e["layers"], alphas=e["alphas"], n=e["n_texts"],
+                           norm=e["norm"], max_new_tokens=e["max_new_tokens"], reply_tokens=e["reply_tokens"],
+                           kl_budget=e["kl_budget"], trials=e["trials"], random_floor=not e["no_random"],
+                           kl=e["kl_measure"], ablate=e["ablate"], capability=e["capability_tasks"] or [],
+                           capability_limit=e["capability_limit"], capability_budget=e["capability_budget"])
+    assert from_cli.validate() == SweepConfig().validate()
+    s, signature = parsed("steer"), inspect.signature(api.steer).parameters
+    for name in ("alpha", "batch_size", "max_new_tokens"):
+        assert s[name] == signature[name].default, name
+    m = parsed("monitor")
+    assert (m["alpha"], m["batch_size"], m["max_new_tokens"]) == (s["alpha"], s["batch_size"], s["max_new_tokens"])

@@ -24,6 +24,7 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from traitlens.pipeline.steer.settings import ALPHA, STEER_BATCH, STEER_TOKENS  # (torch-free: steer's defaults)
 from traitlens.store import Store as _Store
 from traitlens.store.errors import InputError
 from traitlens.store.finite import check_float
@@ -292,11 +293,11 @@ def _detection_and_steering(q, trait: str) -> list[str]:
 
 
 # -- steer ---------------------------------------------------------------------------------------
-def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float = 0.25, file=None,
-          batch_size: int = 8, model=None, layer: int | None = None, method: str | None = None,
+def steer(store, prompt=None, *, trait: str | None = None, add=(), alpha: float = ALPHA, file=None,
+          batch_size: int = STEER_BATCH, model=None, layer: int | None = None, method: str | None = None,
           vector_id: str | None = None, site: str | None = None, positions: str | None = None,
           norm: str | None = None, condition: str | None = None, condition_threshold: float | None = None,
-          ablate: bool = False, all_layers: bool = False, max_new_tokens: int = 40, chat: bool | None = None,
+          ablate: bool = False, all_layers: bool = False, max_new_tokens: int = STEER_TOKENS, chat: bool | None = None,
           vector=None, lm=None, log=None, say=None) -> Steered:
     """Generate a reply to each prompt without and with the vector(s) (``traitlens steer``):
     ``trait`` (its pick) or ``vector_id`` pushed by ``alpha`` (units of the layer's mean token
@@ -493,7 +494,7 @@ def _together(st, lm, trait, evaluator, what, specs, site, positions, random_flo
 
     site, positions = site or NAMED_SITES[0], positions or POSITIONS[0]
     check_positions(positions)
-    wanted = [parse_add(st, lm, spec, 0.25, None) for spec in specs]
+    wanted = [parse_add(st, lm, spec, ALPHA, None) for spec in specs]
     items = [evaluator.push(vec["vector"], at, a, site, positions, label(vec)) for vec, at, a in wanted]
     _say(say, ["measuring together: " + "; ".join(p.describe() for p in items)])
     rows = measure_together(evaluator, items, random_floor, log=log or (lambda *a: None))

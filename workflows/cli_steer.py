@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from traitlens.pipeline.steer.settings import GRID_MAX, REPLY_TOKENS, TRIALS  # (no torch at import)
-from traitlens.queries.budget import KL_BUDGET
+from traitlens.pipeline.steer.settings import ALPHA, GRID_MAX, STEER_BATCH, STEER_TOKENS, SweepConfig  # (no torch)
 from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES, NAMED_SITES, NORMS, POSITIONS
 
 from .cli_base import EXIT_INPUT, FiniteFloat, FiniteFloats, _fail, _output, cli
@@ -15,6 +14,8 @@ from .pushes import load
 from .pushes import pick_vector as _pick_vector
 from .pushes import prompt_ids as _prompt_ids
 from .pushes import pushes_for as _pushes_for
+
+SWEEP = SweepConfig()  # evaluate's defaults: the sweep's own (tl.evaluate and a spec's [evaluate] read them too)
 
 
 def _load(model, quiet=False, option: str = "--model"):
@@ -29,7 +30,7 @@ def _load(model, quiet=False, option: str = "--model"):
 @click.option("--layer", type=click.IntRange(min=0), default=None, help="[default: the best-ranked vector's layer]")
 @click.option("--method", default=None, help="[default: the best-ranked vector's method]")
 @click.option("--vector-id", default=None)
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=STEER_TOKENS, show_default=True)
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True, help="Moving-average window over tokens.")
@@ -40,8 +41,8 @@ def _load(model, quiet=False, option: str = "--model"):
 @click.option("--keep", is_flag=True, help="Append the trajectories to the store's trajectories table (SQL).")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="Steer while monitoring: a push (as `steer --add`); repeat for several.")
-@click.option("--alpha", type=FiniteFloat(float32=True), default=0.25, show_default=True, help="The strength of an --add without one.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--alpha", type=FiniteFloat(float32=True), default=ALPHA, show_default=True, help="The strength of an --add without one.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=STEER_BATCH, show_default=True,
               help="Greedy --file prompts run as batches of this many (the same trajectories as one at a time).")
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
@@ -110,11 +111,11 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
 @click.option("--trait", default=None, help="The vector's trait (its best-ranked vector) [or --add / --vector-id].")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="A push; repeat for several at once (they add up). LAYER defaults to the vector's, ALPHA to --alpha.")
-@click.option("--alpha", type=FiniteFloat(float32=True), default=0.25, show_default=True,
+@click.option("--alpha", type=FiniteFloat(float32=True), default=ALPHA, show_default=True,
               help="Strength in units of the layer's mean token norm; negative pushes away.")
 @click.option("--file", "file_", type=click.Path(exists=True, dir_okay=False),
               help="One prompt a line, generated as left-padded batches (the same replies as one at a time).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=STEER_BATCH, show_default=True)
 @click.option("--model", default=None)
 @click.option("--layer", type=click.IntRange(min=0), default=None)
 @click.option("--method", default=None)
@@ -122,12 +123,12 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
 @click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",
               help="A bundle (`traitlens bundle`): steer with its vector, its files' hashes checked first "
                    "(--vector-id / --layer / --method choose among several; --model defaults to the recorded one).")
-@click.option("--site", type=click.Choice(NAMED_SITES), default="resid", show_default=True,
+@click.option("--site", type=click.Choice(NAMED_SITES), default=NAMED_SITES[0], show_default=True,
               help="Where the push is added (or the direction ablated): the block's output or its attention / MLP "
                    "sub-module's.")
-@click.option("--positions", default="all", show_default=True,
+@click.option("--positions", default=POSITIONS[0], show_default=True,
               help=" | ".join(POSITIONS) + " | A:B (token positions A to B-1 of each sequence).")
-@click.option("--norm", type=click.Choice(NORMS), default="typical", show_default=True,
+@click.option("--norm", type=click.Choice(NORMS), default=SWEEP.norm, show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--condition", default=None, metavar="TRAIT_OR_ID",
               help="Conditional steering: push only prompts whose projection on this vector passes its threshold.")
@@ -135,7 +136,7 @@ def monitor(ctx, prompt, trait, file_, model, layer, method, vector_id, max_new_
               help="[default: learned on the condition trait's held-out split, best F1; stored in `conditions`]")
 @click.option("--ablate", is_flag=True, help="Project the direction out instead of adding it.")
 @click.option("--all-layers", is_flag=True, help="With --ablate: at every block, not only the vector's layer.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=STEER_TOKENS, show_default=True)
 @click.option("--chat/--no-chat", default=None)
 @click.pass_context
 def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, method, vector_id, site, positions, norm,
@@ -155,16 +156,16 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @cli.command()
 @click.option("--trait", default=None, help="The trait to evaluate [or --vector DIR: the bundle's].")
 @click.option("--steering", "do_steering", is_flag=True, required=True, help="Run the causal steering evaluation.")
-@click.option("--kind", type=click.Choice(EVALUATION_KINDS), default="persona",
+@click.option("--kind", type=click.Choice(EVALUATION_KINDS), default=SWEEP.kind,
               show_default=True, help="persona: Yes-No log-odds on trait statements; refusal: P(refusal opening) on "
               "harmless requests; refusal_first_token: P(first reply token starts a refusal opening); expression "
               "(any trait): how much replies to neutral prompts express the trait, read by the unsteered model on "
               "the trait's detection vector, 0 = held-out negatives, 1 = positives; refusal_rate (heretic's figure): "
               "the share of greedy replies to held-out harmful requests that refuse (refusal markers, and the "
               "--judge where given), shown as refusals per 100, with the KL read on held-out harmless requests.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=SWEEP.max_new_tokens, show_default=True,
               help="Reply length for --kind expression and refusal_rate.")
-@click.option("--kl", "kl_measure", type=click.Choice(KL_MEASURES), default=KL_MEASURES[0], show_default=True,
+@click.option("--kl", "kl_measure", type=click.Choice(KL_MEASURES), default=SWEEP.kl, show_default=True,
               help="The KL every damage figure reports: the mean over every position of each neutral prompt, or at "
                    "the reply's first token only (heretic's first-token KL).")
 @click.option("--refusal-markers", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -184,21 +185,21 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.option("--capability-budget", type=FiniteFloat(min=0), default=None,
               help="The pick must also keep the worst fall of any --capability metric within this (the metric's "
                    "own units) [default: no limit; the fall is a third Pareto objective either way].")
-@click.option("--methods", "--method", "methods", default="mean_diff", show_default=True,
+@click.option("--methods", "--method", "methods", default=",".join(SWEEP.methods), show_default=True,
               help="Comma list of methods to sweep, or all (every stored method but random).")
 @click.option("--layers", default=None, help="[default: the 5 layers around the detection pick's layer]; all or 8-16,20")
-@click.option("--alphas", type=FiniteFloats(float32=True), default="0.05,0.1,0.25,0.5", show_default=True,
+@click.option("--alphas", type=FiniteFloats(float32=True), default=",".join(map(str, SWEEP.alphas)), show_default=True,
               help="Strengths, in units of the layer's mean token norm (--norm).")
-@click.option("--n", "n_texts", type=click.IntRange(min=1), default=40, show_default=True, help="Held-out prompts to measure on.")
-@click.option("--norm", type=click.Choice(NORMS), default="typical", show_default=True,
+@click.option("--n", "n_texts", type=click.IntRange(min=1), default=SWEEP.n, show_default=True, help="Held-out prompts to measure on.")
+@click.option("--norm", type=click.Choice(NORMS), default=SWEEP.norm, show_default=True,
               help="alpha's unit: the mean token norm without massive-activation tokens (typical) or over all.")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Neutral prompts for the damage measures (KL, replies), one a line [default: the project's own set].")
-@click.option("--kl-budget", type=FiniteFloat(min=0), default=KL_BUDGET, show_default=True,
+@click.option("--kl-budget", type=FiniteFloat(min=0), default=SWEEP.kl_budget, show_default=True,
               help="The pick is the largest shift whose mean KL on the neutral prompts stays within this (nats).")
-@click.option("--trials", type=click.IntRange(min=1), default=TRIALS, show_default=True,
+@click.option("--trials", type=click.IntRange(min=1), default=SWEEP.trials, show_default=True,
               help=f"Settings Optuna measures when the grid has more than {GRID_MAX}.")
-@click.option("--reply-tokens", type=click.IntRange(min=0), default=REPLY_TOKENS, show_default=True,
+@click.option("--reply-tokens", type=click.IntRange(min=0), default=SWEEP.reply_tokens, show_default=True,
               help="Length of the steered replies to neutral prompts whose perplexity and distinct-2 are measured "
                    "(0: skip; --kind expression reads its own replies).")
 @click.option("--judge", "judge_model", default=None,
@@ -209,10 +210,10 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
               help="PNG of the Pareto plot, effect against alpha and steerability [default: evaluate-<trait>.png].")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
               help="Instead of a sweep, measure these pushes applied together (repeat for several; ALPHA defaults "
-                   "to 0.25), each alone and as random directions; stored in steering_together.")
-@click.option("--site", type=click.Choice(NAMED_SITES), default="resid", show_default=True,
+                   f"to {ALPHA}), each alone and as random directions; stored in steering_together.")
+@click.option("--site", type=click.Choice(NAMED_SITES), default=NAMED_SITES[0], show_default=True,
               help="With --add: where the pushes are added.")
-@click.option("--positions", default="all", show_default=True,
+@click.option("--positions", default=POSITIONS[0], show_default=True,
               help="With --add: " + " | ".join(POSITIONS) + " | A:B.")
 @click.option("--model", default=None)
 @click.option("--vector", "vector_dir", type=click.Path(), default=None, metavar="DIR",

@@ -24,6 +24,9 @@ ALPHAS = (0.05, 0.1, 0.25, 0.5)  # the strengths a sweep measures by default (un
 N_TEXTS = 40  # held-out prompts the measure is taken on
 EXPRESSION_TOKENS = 32  # reply length of --kind expression
 LAYERS_AROUND = 2  # the default layers: the detection pick's and this many on each side
+ALPHA = 0.25  # `steer`'s strength, and an --add's without one (units of --norm)
+STEER_TOKENS = 40  # reply length of `steer` and `monitor`
+STEER_BATCH = 8  # prompts `steer` and `monitor` generate at once (the same replies as one at a time)
 
 
 @dataclass
