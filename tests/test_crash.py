@@ -6,14 +6,14 @@ import pytest
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-from traitlens.testing import alive, chunk_files, descendants, end_all, wait_until, write_corpus
+from traitlens.testing import (alive, chunk_files, descendants, end_all, sigkill_if_running, wait_until,
+                               write_corpus)
 from traitlens.store import GroupKey, Store, verify
 
 
@@ -52,13 +52,9 @@ def test_kill_9_mid_ingest_then_rerun_is_clean_and_equal_to_uninterrupted(tmp_pa
             if mid_arrays:
                 written = chunk_files(store_path)
                 wait_until(lambda: chunk_files(store_path) > written or p.poll() is not None)
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                kills += 1
-            p.wait()
+            kills += sigkill_if_running(p)
         finally:
-            p.kill()
-            p.wait()
+            sigkill_if_running(p)
         if (store_path / "store.json").exists():
             rep = verify(Store.open(store_path))
             assert not rep.errors, rep.errors  # a kill may leave tails, never damage
@@ -183,13 +179,10 @@ def test_kill_9_during_extract_leaves_the_vectors_table_whole(tmp_path):
             wait_until(lambda: len(store.runs()) > attempt or p.poll() is not None)  # the fits have begun
             wait_until(lambda: points[point]() or p.poll() is not None, every=0.002)
             workers = descendants(p.pid)
-            alive_at_kill = p.poll() is None
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+            alive_at_kill = sigkill_if_running(p)
             assert wait_until(lambda: not alive(workers)), f"workers {alive(workers)} outlived their killed parent"
         finally:
-            p.kill()
-            p.wait()
+            sigkill_if_running(p)
             end_all(workers)
         t = store.table("vectors")
         assert t.num_rows in (0, 72)  # a vectors part lands whole or not at all
@@ -218,8 +211,7 @@ def test_kill_9_during_refresh_then_refresh_completes_like_an_uninterrupted_run(
     for _ in range(3):
         p = subprocess.Popen(cmd(b), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(2.0, 6.0))
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        sigkill_if_running(p)
         if (b / "store" / "store.json").exists():
             assert not verify(Store.open(b / "store")).errors
     done = subprocess.run(cmd(b), capture_output=True, text=True)

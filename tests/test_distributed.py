@@ -15,7 +15,7 @@ import pytest
 
 from traitlens.pipeline.capture.ingest import IngestConfig, ingest
 from traitlens.store import GroupKey, Store, verify
-from traitlens.testing import chunk_files, wait_until, write_corpus
+from traitlens.testing import chunk_files, sigkill_if_running, wait_until, write_corpus
 
 pytestmark = pytest.mark.slow  # real processes or a cluster: `make test-fast` leaves it out
 
@@ -102,13 +102,9 @@ def test_kill_9_during_a_distributed_ingest_ten_times_then_the_rerun_equals_a_lo
                 wait_until(lambda: chunk_files(dist) > written or p.poll() is not None)
             elif attempt % 3 == 2:
                 wait_until(lambda: parts(dist) > before + 1 or p.poll() is not None)
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                kills += 1
-            p.wait()
+            kills += sigkill_if_running(p)
         finally:
-            p.kill()
-            p.wait()
+            sigkill_if_running(p)
         if (dist / "store.json").exists():
             s = Store.open(dist)
             rep = verify(s, check_values=False)

@@ -5,7 +5,6 @@ killed runs as `killed` (store/runs.py). Real processes, found through psutil.""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import psutil
 import pytest
 
 from traitlens.store import Store, verify
-from traitlens.testing import alive, end_all, synthetic_store, wait_until
+from traitlens.testing import alive, end_all, sigkill_if_running, synthetic_store, wait_until
 
 CLI = [sys.executable, "-m", "traitlens.workflows.cli"]
 
@@ -42,13 +41,11 @@ def test_kill_9_of_extract_on_forked_workers_leaves_no_worker_three_times_then_r
             workers = [c.pid for c in parent.children(recursive=True)]
             assert p.poll() is None and workers, "the extraction ended before it could be killed: give it more work"
             killed_runs += len(Store.open(busy_store).runs()) > runs_before
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+            sigkill_if_running(p)
             wait_until(lambda: not alive(workers))
             assert not alive(workers), f"attempt {attempt}: workers {alive(workers)} outlived their killed parent"
         finally:
-            p.kill()
-            p.wait()
+            sigkill_if_running(p)
             end_all(workers)
     assert killed_runs == 3  # each kill landed inside a recorded run
     runs = Store.open(busy_store).runs().to_pylist()
@@ -90,10 +87,25 @@ def test_a_child_bound_to_its_parent_dies_with_it_even_when_bound_after_the_pare
                 lines.append(p.stdout.readline().split())  # the child bound itself before the kill
                 assert ["bound"] in lines
             child.append(int(next(w[1] for w in lines if w[0] == "child")))
-            p.send_signal(signal.SIGKILL)
-            p.wait()
+            sigkill_if_running(p)
             assert wait_until(lambda: not alive(child)), f"delay {delay}: the child outlived its parent"
         finally:
-            p.kill()
-            p.wait()
+            sigkill_if_running(p)
             end_all(child)
+
+
+def test_sigkill_if_running_kills_a_live_process_reaps_it_and_says_whether_it_ran():
+    """The tests' one kill: a live process is SIGKILLed and reaped (True, so a test counts only the
+    kills that landed); one already ended, or killed already, is only reaped (False)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        assert sigkill_if_running(sleeper) is True
+        assert sleeper.returncode == -9 and not alive([sleeper.pid])
+        assert sigkill_if_running(sleeper) is False  # a cleanup in `finally` after the kill is harmless
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert wait_until(lambda: not alive([done.pid]))  # ended, not yet reaped
+    assert sigkill_if_running(done) is False
+    assert done.returncode == 0

@@ -45,6 +45,16 @@ def alive(pids) -> list[int]:
     return out
 
 
+def sigkill_if_running(p) -> bool:
+    """SIGKILL the ``subprocess.Popen`` ``p`` if it still runs, then reap it (a test's kill, or its
+    cleanup in ``finally``). True when it was running, so the kill landed on a live process."""
+    running = p.poll() is None
+    if running:
+        p.send_signal(signal.SIGKILL)
+    p.wait()
+    return running
+
+
 def end_all(pids) -> None:
     """SIGKILL whatever of ``pids`` still runs (a test's cleanup, whatever it found)."""
     for pid in alive(pids):
