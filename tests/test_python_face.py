@@ -179,6 +179,11 @@ def test_bad_options_name_the_option_and_write_nothing(tmp_path, captured):
     assert sorted(p.name for p in (s.root / "tables").rglob("*")) == before
     # the spec's [evaluate] table is checked by the same config, its keys named
     assert tl.SweepConfig(alphas="0.1, 0.2", methods="all").validate().alphas == [0.1, 0.2]
+    # one task folder given as a string is one folder, not a list of its characters
+    one = tl.SweepConfig(capability="arc_easy", capability_include="my_tasks").validate()
+    assert one.capability_include == ["my_tasks"]
+    with pytest.raises(tl.InputError, match="--capability-include"):
+        tl.SweepConfig(capability="arc_easy", capability_include=[3]).validate()
     assert tl.SweepConfig().alphas == [0.05, 0.1, 0.25, 0.5] and tl.CaptureConfig is tl.IngestConfig
 
 

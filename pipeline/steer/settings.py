@@ -9,6 +9,7 @@ options, ``tl.evaluate``'s keywords and a spec's ``[evaluate]`` table; the searc
 from __future__ import annotations
 
 import math
+import os
 import reprlib
 from dataclasses import dataclass, field
 
@@ -155,7 +156,12 @@ class SweepConfig:
             self.capability = [t.strip() for t in self.capability.split(",") if t.strip()]
         if not isinstance(self.capability, (list, tuple)) or not all(isinstance(t, str) for t in self.capability):
             raise InputError(f"--capability {reprlib.repr(self.capability)}: give a comma list of lm-eval tasks")
-        self.capability, self.capability_include = list(self.capability), list(self.capability_include or [])
+        include = self.capability_include or []
+        if isinstance(include, (str, os.PathLike)):  # one folder, not its characters
+            include = [include]
+        if not isinstance(include, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in include):
+            raise InputError(f"--capability-include {reprlib.repr(include)}: give a folder or a list of folders")
+        self.capability, self.capability_include = list(self.capability), [str(p) for p in include]
         if self.capability_limit is not None:
             count("capability_limit", 1)
         cb = self.capability_budget
