@@ -167,6 +167,15 @@ def write_atomically(path, write) -> None:
         os.close(fd)
 
 
+
+def write_text_atomically(path, text: str) -> None:
+    """A local output file (``path``: str or Path) of UTF-8 text, written whole or not at all
+    (:func:`write_atomically`): a failure or an interrupt never leaves a truncated file."""
+    from pathlib import Path
+
+    data = text.encode("utf-8")
+    write_atomically(Path(path), lambda f: f.write(data))
+
 def remove_tree(path) -> None:
     """Delete a folder and everything under it (missing is fine)."""
     if capabilities(path).folders:

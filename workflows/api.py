@@ -28,6 +28,7 @@ from traitlens.pipeline.steer.settings import ALPHA, STEER_BATCH, STEER_TOKENS  
 from traitlens.store import Store as _Store
 from traitlens.store.errors import InputError
 from traitlens.store.finite import check_float
+from traitlens.store.location import write_text_atomically
 
 from .results import (Evaluation, Exported, Extracted, Ingested, QueryResult, Ranking, Scored, Steered, Together,
                       Vector, store_facts, store_html, store_lines)
@@ -130,14 +131,6 @@ def _outside(store_root, path, option: str):
     if path is not None:
         check_output_path(path, store_root, option)
     return path
-
-
-def _write_text(path, text: str) -> None:
-    """An output file written whole or not at all (a temporary beside it, renamed)."""
-    from traitlens.store.location import write_atomically
-
-    data = text.encode("utf-8")
-    write_atomically(Path(path), lambda f: f.write(data))
 
 
 def configure(cls, config, options: dict, aliases: dict[str, str] | None = None, lists: tuple[str, ...] = ()):
@@ -584,7 +577,7 @@ def score(store, trait: str | None = None, corpus=(), config=None, *, output=Non
     elif cfg.top:
         out.top, listed = _top_scores(root, res.vector, cfg.top, bg_sorted), True
     if output and listed:
-        _write_text(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in out.top))
+        write_text_atomically(output, "".join(strict_json.dumps(r, default=str) + "\n" for r in out.top))
         out.output = Path(output)
     return out
 

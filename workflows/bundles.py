@@ -31,6 +31,7 @@ from traitlens.store.vocabulary import CAPABILITY_TABLE, LOOSE_KIND, METHOD_NAME
 
 from traitlens.pipeline.extract.bundle import FORMAT, Bundle, BundleError, join_front_matter, open_bundle, write_bundle
 from traitlens.pipeline.extract.bundle_card import card_body, front_matter
+from traitlens.pipeline.steer.settings import ALPHA  # (torch-free)
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "numpy", "scipy", "scikit-learn", "pyarrow",
              "zarr", "dask", "duckdb", "safetensors")
@@ -184,7 +185,7 @@ def usage_commands(name: str, records: list[dict], picks: dict[str, dict], trait
            "reproduce": f"traitlens reproduce {name}"}
     per = {}
     for r in records:
-        alpha = picks[r["vector_id"]]["alpha"] if r["vector_id"] in picks else 0.25
+        alpha = picks[r["vector_id"]]["alpha"] if r["vector_id"] in picks else ALPHA
         stem = f"{_safe(trait)}-{r['method']}-L{r['layer']}"
         gguf = "gguf" if int(r["layer"]) > 0 else "easysteer"  # (llama.cpp cannot steer block 0)
         per[r["vector_id"]] = {

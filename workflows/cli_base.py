@@ -51,11 +51,6 @@ def write_bytes_atomically(path, data: bytes) -> None:
     write_atomically(Path(path), lambda f: f.write(data))
 
 
-def write_text_atomically(path, text: str) -> None:
-    """:func:`write_bytes_atomically` for UTF-8 text."""
-    write_bytes_atomically(path, text.encode("utf-8"))
-
-
 def _exit_now(code: int) -> None:
     """Exit at once after an interrupt. Everything committed is already on disk (parts are
     fsynced, chunks written); a plain exit would wait for worker threads still inside a fit

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from traitlens.store import strict_json
+from traitlens.store.location import write_text_atomically
 
-from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli, write_bytes_atomically, write_text_atomically
+from .cli_base import EXIT_INPUT, FiniteFloat, _fail, _output, cli, write_bytes_atomically
 
 
 def _print_table(t, max_rows: int = 200) -> None:
