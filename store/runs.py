@@ -26,12 +26,23 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .store import Store
+import pyarrow as pa
+
+from .location import StorePath
+
+
+class RunsStore(Protocol):
+    """What run records need of a :class:`~traitlens.store.store.Store` (which imports this module)."""
+
+    @property
+    def root(self) -> StorePath: ...
+    def lock(self, what: str = "write") -> AbstractContextManager[None]: ...
+    def record_run(self, run: dict[str, Any]) -> None: ...
+    def runs(self) -> pa.Table: ...
 
 
 def now_utc() -> datetime:
@@ -64,7 +75,7 @@ def interrupt_reason(e: BaseException) -> str:
 class Run:
     """One run's records in the ``runs`` table (see the module docstring)."""
 
-    def __init__(self, store: Store, stage: str, config: dict[str, Any], run_id: str | None = None,
+    def __init__(self, store: RunsStore, stage: str, config: dict[str, Any], run_id: str | None = None,
                  lock: bool = False) -> None:
         self.store, self.stage, self.lock = store, stage, lock
         self.run_id = run_id or new_run_id(stage)
@@ -100,7 +111,7 @@ class Run:
 
 
 @contextmanager
-def run_record(store: Store, stage: str, config: dict[str, Any], run_id: str | None = None, lock: bool = False,
+def run_record(store: RunsStore, stage: str, config: dict[str, Any], run_id: str | None = None, lock: bool = False,
                start: bool = True) -> Iterator[Run]:
     """Yield a :class:`Run`; record how it ended (see the module docstring)."""
     run = Run(store, stage, config, run_id, lock)
@@ -192,7 +203,7 @@ def killed_message(run: dict[str, Any], noticed_by: str) -> str:
             "kept: rerun the same command to finish")
 
 
-def mark_killed(store: Store, noticed_by: str) -> list[str]:
+def mark_killed(store: RunsStore, noticed_by: str) -> list[str]:
     """Record every ``running`` run whose process is gone as ``killed`` (call holding the
     writer lock); returns their run ids. Best effort: a runs table that does not read is left
     to ``verify`` (this must never stop the command that took the lock, ``verify --repair``

@@ -54,7 +54,8 @@ from .lock import holds_lock, write_lock
 from .compaction import Compacted
 from .table import Table
 from .vocabulary import TABLE_NAMES
-from .runs import Run, code_version, mark_killed, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
+from .runs import Run, mark_killed, run_record
+from .runs import code_version as code_version, new_run_id as new_run_id, now_utc as now_utc  # (re-exported: callers import them here)
 
 
 class Store:
