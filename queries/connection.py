@@ -36,8 +36,10 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal, NoReturn
 
 import duckdb
 import numpy as np
@@ -48,7 +50,7 @@ from traitlens.store import GroupKey, Store, StoreError
 from traitlens.store.arrays import read_rows_checked
 from traitlens.store.errors import InputError, Terminated
 from traitlens.store.layout import layer_name
-from traitlens.store.location import arrow_files, capabilities
+from traitlens.store.location import StorePath, arrow_files, as_local, capabilities
 from traitlens.store.vocabulary import LOOSE_KIND
 
 from .budget import KL_BUDGET
@@ -85,9 +87,10 @@ def _duck_type(t: pa.DataType) -> str:
 class StoreSQL:
     """``StoreSQL(store).query("SELECT ...")`` -> ``pyarrow.Table``."""
 
-    def __init__(self, store: Store | str | Path):
+    def __init__(self, store: Store | str | StorePath) -> None:
         self.store = store if isinstance(store, Store) else Store.open(store)
         self.con = duckdb.connect(":memory:")
+        self._reader_error: StoreError | None = None  # what stopped an activation stream (see query)
         self._spill = tempfile.mkdtemp(prefix="traitlens-sql-")  # empty but for DuckDB's own spill files
         self.con.execute(f"SET temp_directory={_quote(Path(self._spill))}")
         try:
@@ -107,8 +110,8 @@ class StoreSQL:
         table = self.store.tables[name]
         parts = table.live_files()
         if parts and capabilities(parts[0]).local_files:
-            files = "[" + ", ".join(_quote(p.resolve()) for p in parts) + "]"
-            src = f"read_parquet({files}, union_by_name=true)"
+            listing = "[" + ", ".join(_quote(as_local(p).resolve()) for p in parts) + "]"
+            src = f"read_parquet({listing}, union_by_name=true)"
         elif parts:  # DuckDB gets no file access: pyarrow reads through the filesystem object
             fs, files = arrow_files(parts)
             self.con.register(f"__parts_{name}", pads.dataset(files, filesystem=fs, format="parquet",
@@ -207,7 +210,7 @@ class StoreSQL:
         schema = pa.schema([("row", pa.int64()), ("prompt_id", pa.string()), ("vector", pa.list_(pa.float32(), d))])
         where = f"{key.path}/{layer_name(layer)}"
 
-        def batches():
+        def batches() -> Iterator[pa.RecordBatch]:
             n = committed.num_rows
             for s in range(0, n, batch_rows):
                 e = min(n, s + batch_rows)
@@ -253,7 +256,7 @@ class StoreSQL:
                 raise QueryError(f"{kind} statements are refused: queries are read-only (SELECT, WITH, EXPLAIN, "
                                  "DESCRIBE, SHOW); the store changes only through traitlens commands")
 
-    def query(self, sql: str, params: list | None = None, timeout: float | None = None) -> pa.Table:
+    def query(self, sql: str, params: list[Any] | None = None, timeout: float | None = None) -> pa.Table:
         """Run read-only SQL; returns the last statement's result as Arrow. ``timeout``: seconds
         after which the statement is stopped (a :class:`QueryError` saying so). Ctrl-C or SIGTERM
         stops a running statement at once and raises ``KeyboardInterrupt`` (``Terminated``):
@@ -288,17 +291,18 @@ class StoreSQL:
         self.con.close()
         shutil.rmtree(self._spill, ignore_errors=True)
 
-    def __enter__(self):
+    def __enter__(self) -> StoreSQL:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
+        return False
 
 
 @contextmanager
-def _interrupt_on(con, stopped_by: list[str], timeout: float | None):
+def _interrupt_on(con: duckdb.DuckDBPyConnection, stopped_by: list[str], timeout: float | None) -> Iterator[None]:
     """While a statement runs: a timer, Ctrl-C and SIGTERM each interrupt DuckDB, and say which."""
-    def stop(why):
+    def stop(why: str) -> None:
         stopped_by.append(why)
         con.interrupt()
 
@@ -306,7 +310,7 @@ def _interrupt_on(con, stopped_by: list[str], timeout: float | None):
     if timer is not None:
         timer.daemon = True
         timer.start()
-    previous = {}
+    previous: dict[signal.Signals, Any] = {}  # signal -> the handler it had
     if threading.current_thread() is threading.main_thread():
         for sig, why in ((signal.SIGINT, "sigint"), (signal.SIGTERM, "sigterm")):
             previous[sig] = signal.signal(sig, lambda *_a, why=why: stop(why))
@@ -319,7 +323,7 @@ def _interrupt_on(con, stopped_by: list[str], timeout: float | None):
             signal.signal(sig, handler)
 
 
-def _raise_stopped(why: str, timeout: float | None):
+def _raise_stopped(why: str, timeout: float | None) -> NoReturn:
     if why == "timeout":
         raise QueryError(f"the statement ran past --timeout {timeout:g} s and was stopped; narrow it "
                          "(WHERE, LIMIT) or raise --timeout") from None

@@ -8,7 +8,9 @@ group and boxes the picked cell. ``lens_summary`` gives each vector's stored log
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -17,6 +19,9 @@ from traitlens.store.vocabulary import METHOD_NAMES
 from .connection import QueryError, StoreSQL
 from .selection import METRICS as RANK_BY
 from .selection import latest_cells_sql, order_by, usable_sql
+
+if TYPE_CHECKING:
+    from traitlens.store.store import Store
 
 __all__ = ["RANK_BY", "in_method_order", "latest_cells_sql", "rank", "grid", "heatmap", "lens_summary"]
 COLUMNS = ("model_key", "fmt", "site", "pooling", "layer", "method", "auroc", "balanced_accuracy", "cohens_d",
@@ -43,13 +48,13 @@ def rank(q: StoreSQL, trait: str, by: str = "auroc", top: int = 10) -> tuple[pa.
     return best, floor
 
 
-def in_method_order(methods) -> list[str]:
+def in_method_order(methods: Iterable[str]) -> list[str]:
     """``methods`` as grids show them: the built-in ones in the order of
     :data:`~traitlens.store.vocabulary.METHOD_NAMES`, then any other."""
     return sorted(methods, key=lambda m: (METHOD_NAMES.index(m) if m in METHOD_NAMES else len(METHOD_NAMES), m))
 
 
-def grid(q: StoreSQL, trait: str, by: str, group: dict) -> tuple[list[int], list[str], list[list[float]]]:
+def grid(q: StoreSQL, trait: str, by: str, group: dict[str, Any]) -> tuple[list[int], list[str], list[list[float]]]:
     """``by`` for every (layer, method) of one group: (layers, methods, values[layer][method])."""
     t = q.query(f"SELECT layer, method, {by} AS v FROM ({latest_cells_sql()}) WHERE model_key = ? AND fmt = ? "
                 "AND site = ? AND pooling = ? ORDER BY layer, method",
@@ -60,7 +65,7 @@ def grid(q: StoreSQL, trait: str, by: str, group: dict) -> tuple[list[int], list
     return layers, methods, [[vals.get((l, m), float("nan")) for m in methods] for l in layers]
 
 
-def heatmap(q: StoreSQL, trait: str, by: str, group: dict, path: Path) -> Path:
+def heatmap(q: StoreSQL, trait: str, by: str, group: dict[str, Any], path: Path) -> Path:
     """PNG: layers (rows) x methods (columns) coloured by ``by`` for ``group`` (a row of
     :func:`rank`: its group, and its (layer, method) cell is boxed)."""
     import matplotlib
@@ -68,6 +73,7 @@ def heatmap(q: StoreSQL, trait: str, by: str, group: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Rectangle
 
     layers, methods, values = grid(q, trait, by, group)
     V = np.asarray(values, dtype=float)
@@ -84,7 +90,7 @@ def heatmap(q: StoreSQL, trait: str, by: str, group: dict, path: Path) -> Path:
                         color="white" if V[i, j] < (lo + np.nanmax(V)) / 2 else "black")
     if group.get("layer") in layers and group.get("method") in methods:  # the picked cell (rank's first row)
         i, j = layers.index(group["layer"]), methods.index(group["method"])
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     fig.colorbar(im, ax=ax, label=by)
     ax.set_title(f"{trait}: held-out {by}\n{group['model_key']} / {group['site']} / {group['pooling']}", fontsize=9)
     fig.tight_layout()
@@ -93,10 +99,10 @@ def heatmap(q: StoreSQL, trait: str, by: str, group: dict, path: Path) -> Path:
     return path
 
 
-def lens_summary(store) -> dict[str, str]:
+def lens_summary(store: Store) -> dict[str, str]:
     """``{vector_id: "tok tok tok | tok tok tok"}``: the top 3 promoted and suppressed tokens."""
     rows = store.table("lens").to_pylist()
-    newest: dict[str, tuple] = {}  # the newest reading of each vector wins
+    newest: dict[str, tuple[Any, str]] = {}  # the newest reading of each vector wins
     for r in rows:
         if r["vector_id"] not in newest or r["created_at"] > newest[r["vector_id"]][0]:
             newest[r["vector_id"]] = (r["created_at"], r["run_id"])

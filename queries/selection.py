@@ -25,8 +25,14 @@ NaN above every number).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 from .connection import QueryError, StoreSQL
+
+if TYPE_CHECKING:
+    from traitlens.store.store import Store
+
+Record = dict[str, Any]  # one vectors (or metrics) row, as a dict
 
 TIE_BREAK = ("cohens_d", "stability")
 CORE_METRICS = ("auroc", "cohens_d")  # measured for every vector: NaN or infinite there means garbage
@@ -66,7 +72,7 @@ def usable_sql(prefix: str = "") -> str:
     return f"{core} AND ({prefix}raw_norm IS NULL OR (isfinite({prefix}raw_norm) AND {prefix}raw_norm > 0))"
 
 
-def usable(rec: dict) -> bool:
+def usable(rec: Record) -> bool:
     """:func:`usable_sql` for a record in memory and, where it carries its ``vector``, its values:
     finite and not all zero (:func:`traitlens.store.finite.vector_problem`)."""
     from traitlens.store.finite import vector_problem
@@ -78,10 +84,10 @@ def usable(rec: dict) -> bool:
             and (norm is None or (math.isfinite(norm) and norm > 0)))
 
 
-def sort_key(rec: dict, by: str = "auroc") -> tuple:
+def sort_key(rec: Record, by: str = "auroc") -> tuple[float | int, ...]:
     """The rule as a Python sort key (ascending sorts best first), for records in memory; the
     same order as :func:`order_by` (a test holds them together)."""
-    def neg(v):
+    def neg(v: float | None) -> float:
         return math.inf if v is None or not math.isfinite(v) else -float(v)
 
     by = metric_column(by)
@@ -90,11 +96,12 @@ def sort_key(rec: dict, by: str = "auroc") -> tuple:
 
 
 def best_vector(q: StoreSQL, trait: str, model_key: str | None = None, layer: int | None = None,
-                method: str | None = None, layers: tuple[int, int] | None = None, by: str = "auroc") -> dict | None:
+                method: str | None = None, layers: tuple[int, int] | None = None, by: str = "auroc") -> Record | None:
     """The vector the rule picks for ``trait`` (a full vectors row), or None. Filters: a model
     key, one layer or an inclusive ``layers`` range, one method. The random baseline is never
     the pick, unless ``method="random"`` asks for it (the floor of a steering evaluation)."""
-    cond, params = [usable_sql("m.")] + ([] if method == "random" else ["m.method <> 'random'"]), [trait]
+    cond = [usable_sql("m.")] + ([] if method == "random" else ["m.method <> 'random'"])
+    params: list[str | int] = [trait]
     for column, value in (("model_key", model_key), ("layer", layer), ("method", method)):
         if value is not None:
             cond.append(f"m.{column} = ?")
@@ -109,11 +116,11 @@ def best_vector(q: StoreSQL, trait: str, model_key: str | None = None, layer: in
                        + " AND ".join(cond + skip) + f" ORDER BY {order_by(by, 'm.')} LIMIT 1",
                        params + skipped).to_pylist()
         if not rows or usable(rows[0]):
-            return rows[0] if rows else None
+            return dict(rows[0]) if rows else None
         skipped.append(rows[0]["vector_id"])
 
 
-def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filters) -> dict | None:
+def chosen_vector(q: StoreSQL, trait: str | None, vector_id: str | None = None, **filters: Any) -> Record | None:
     """The vector with ``vector_id``; else the one :func:`best_vector` picks for ``trait``
     (``filters``: its model_key / layer / method). None when there is none."""
     if vector_id:
@@ -123,12 +130,12 @@ def chosen_vector(q: StoreSQL, trait: str, vector_id: str | None = None, **filte
             raise QueryError(f"vector {vector_id} ({v['trait']} {v['method']} L{v['layer']}) holds NaN, infinite or "
                              "all-zero values, or a NaN held-out metric or norm (an older traitlens stored it): it cannot be "
                              f"used; `traitlens rank --trait {v['trait']}` lists the usable ones")
-        return rows[0] if rows else None
-    return best_vector(q, trait, **filters)
+        return dict(rows[0]) if rows else None
+    return best_vector(q, trait, **filters) if trait is not None else None
 
 
 def named_vector(q: StoreSQL, name: str, model_key: str | None = None, layer: int | None = None,
-                 method: str | None = None) -> dict | None:
+                 method: str | None = None) -> Record | None:
     """The vector ``name`` names: a stored vector id, else the pick of the trait ``name`` (within
     ``model_key`` / ``layer`` / ``method``). None when there is none."""
     is_id = q.query("SELECT count(*) AS n FROM vectors WHERE vector_id = ?", [name]).to_pylist()[0]["n"]
@@ -137,23 +144,23 @@ def named_vector(q: StoreSQL, name: str, model_key: str | None = None, layer: in
     return best_vector(q, name, model_key=model_key, layer=layer, method=method)
 
 
-def best_per_method(records: list[dict], by: str = "auroc") -> dict[str, dict]:
+def best_per_method(records: list[Record], by: str = "auroc") -> dict[str, Record]:
     """``{method: the record the rule picks among that method's layers}`` for records in memory."""
-    best: dict[str, dict] = {}
+    best: dict[str, Record] = {}
     for r in sorted(filter(usable, records), key=lambda r: sort_key(r, by)):
         best.setdefault(r["method"], r)
     return best
 
 
-def held_out_texts(store, trait: str, label: int, split: str, n: int | None = None) -> list[str]:
+def held_out_texts(store: Store, trait: str, label: int, split: str, n: int | None = None) -> list[str]:
     """Plain-text prompts of ``trait`` with ``label`` in ``split`` (the vector's held-out split),
     in stored order, at most ``n``: what causal evaluations measure on."""
-    texts = [p["text"] for p in store.prompts().to_pylist()
+    texts: list[str] = [p["text"] for p in store.prompts().to_pylist()
              if p["trait"] == trait and p["label"] == label and p["split"] == split and p["text"]]
     return texts[:n] if n is not None else texts
 
 
-def tie_note(rows: list[dict], by: str, n_held: int) -> str | None:
+def tie_note(rows: list[Record], by: str, n_held: int) -> str | None:
     """Say so when the held-out split cannot separate the top candidates on ``by``."""
     if len(rows) < 2 or rows[0].get(by) is None:
         return None

@@ -15,28 +15,33 @@ the array, never as a codec traceback.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import zarr
 from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 
 from .layout import StoreError
-from .location import capabilities, move, remove_tree
+from .location import StorePath, as_remote, capabilities, move, remove_tree
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
+Mode = Literal["r", "r+", "a", "w", "w-"]  # zarr's open modes
+Node = TypeVar("Node", zarr.Group, "zarr.Array[Any]")
 
-def _zarr_store(path, read_only: bool):
+
+def _zarr_store(path: StorePath, read_only: bool) -> zarr.storage.LocalStore | zarr.storage.FsspecStore:
     """A zarr store for a local folder or an fsspec URL."""
     if capabilities(path).local_files:
         return zarr.storage.LocalStore(str(path), read_only=read_only)
-    return zarr.storage.FsspecStore.from_url(str(path), storage_options=dict(path.storage_options) or None,
+    return zarr.storage.FsspecStore.from_url(str(path), storage_options=dict(as_remote(path).storage_options) or None,
                                              read_only=read_only)
 
 
-def open_root(path: Path, mode: str = "a") -> zarr.Group:
+def open_root(path: StorePath, mode: Mode = "a") -> zarr.Group:
     """The store's ``activations.zarr`` root group."""
     if mode == "r" and not path.exists():
         raise StoreError(f"{path} is missing: the store's activations are gone; run `traitlens verify`")
@@ -46,7 +51,7 @@ def open_root(path: Path, mode: str = "a") -> zarr.Group:
         raise StoreError(f"{path}/zarr.json is damaged ({type(e).__name__}: {e}); run `traitlens verify`") from None
 
 
-def open_array(path: Path, mode: str = "r+") -> zarr.Array:
+def open_array(path: StorePath, mode: Mode = "r+") -> zarr.Array[Any]:
     """One array by its folder."""
     return zarr.open_array(_zarr_store(path, read_only=mode == "r"), mode=mode)
 
@@ -59,7 +64,7 @@ def require_group(root: zarr.Group, group_path: str) -> zarr.Group:
     return group
 
 
-def _member(parent: zarr.Group, name: str, kind, label: str):
+def _member(parent: zarr.Group, name: str, kind: type[Node], label: str) -> Node | None:
     """``parent[name]`` if it is a ``kind``, None if absent; damaged metadata is a ``StoreError``."""
     try:
         node = parent[name]
@@ -75,12 +80,12 @@ def get_group(root: zarr.Group, group_path: str) -> zarr.Group | None:
     return _member(root, group_path, zarr.Group, f"activations.zarr/{group_path}")
 
 
-def get_array(group: zarr.Group, name: str, where: str = "") -> zarr.Array | None:
+def get_array(group: zarr.Group, name: str, where: str = "") -> zarr.Array[Any] | None:
     """Member array ``name`` of ``group`` (``where``: the group's path, for messages), None if absent."""
     return _member(group, name, zarr.Array, f"{where or group.path}/{name}")
 
 
-def create_layer_array(group: zarr.Group, name: str, d: int, dtype: str, chunk_rows: int) -> zarr.Array:
+def create_layer_array(group: zarr.Group, name: str, d: int, dtype: str, chunk_rows: int) -> zarr.Array[Any]:
     """An empty ``[0, d]`` array that grows along rows."""
     return group.create_array(
         name, shape=(0, d), chunks=(chunk_rows, d), dtype=dtype, fill_value=0, dimension_names=("row", "feature"),
@@ -88,9 +93,9 @@ def create_layer_array(group: zarr.Group, name: str, d: int, dtype: str, chunk_r
     )
 
 
-def _listing(node, method: str, prefix: str) -> list[str]:
+def _listing(node: zarr.Group | zarr.Array[Any], method: str, prefix: str) -> list[str]:
     """One listing of the node's store (``list_dir`` or ``list_prefix``), synchronously."""
-    async def collect():
+    async def collect() -> list[str]:
         return [k async for k in getattr(node.store_path.store, method)(prefix)]
 
     return sync(collect())
@@ -103,7 +108,7 @@ def member_names(group: zarr.Group) -> list[str]:
     return sorted(k.rstrip("/") for k in names if k.rstrip("/") != "zarr.json")
 
 
-def checked_layer(group: zarr.Group, name: str, n_rows: int, where: str) -> zarr.Array:
+def checked_layer(group: zarr.Group, name: str, n_rows: int, where: str) -> zarr.Array[Any]:
     """The array ``name`` of ``group`` to serve its first ``n_rows`` (committed) rows from:
     refused with a ``StoreError`` when it is missing, shorter, or lacks a chunk of those rows
     (a missing chunk would be served as zeros)."""
@@ -119,7 +124,7 @@ def checked_layer(group: zarr.Group, name: str, n_rows: int, where: str) -> zarr
     return arr
 
 
-def stored_chunk_keys(array: zarr.Array) -> set[str]:
+def stored_chunk_keys(array: zarr.Array[Any]) -> set[str]:
     """Keys (``c/3/0``) of the chunks present in storage, from one listing of the array's prefix."""
     prefix = array.store_path.path.rstrip("/") + "/"
     store = array.store_path.store
@@ -130,7 +135,7 @@ def stored_chunk_keys(array: zarr.Array) -> set[str]:
     return {k[len(prefix):] for k in _listing(array, "list_prefix", prefix)}
 
 
-def row_chunk_keys(array: zarr.Array, n_rows: int) -> list[str]:
+def row_chunk_keys(array: zarr.Array[Any], n_rows: int) -> list[str]:
     """Keys of the chunks holding rows ``[0, n_rows)`` (arrays are chunked along rows only)."""
     per = array.chunks[0]
     n_col_chunks = -(-array.shape[1] // array.chunks[1]) if array.ndim == 2 else 1
@@ -141,19 +146,20 @@ def row_chunk_keys(array: zarr.Array, n_rows: int) -> list[str]:
     return keys
 
 
-def missing_chunks(array: zarr.Array, n_rows: int) -> list[str]:
+def missing_chunks(array: zarr.Array[Any], n_rows: int) -> list[str]:
     """Chunks of rows ``[0, n_rows)`` that are not in storage (they would read as zeros)."""
     have = stored_chunk_keys(array)
     return [k for k in row_chunk_keys(array, n_rows) if k not in have]
 
 
-def read_rows_checked(array: zarr.Array, sel, what: str = "") -> np.ndarray:
+def read_rows_checked(array: zarr.Array[Any], sel: slice | npt.NDArray[np.integer[Any]] | Sequence[int],
+                      what: str = "") -> npt.NDArray[Any]:
     """``array[sel]`` (a slice or, with ``oindex``, row indices), with decode failures as one
     ``StoreError`` that names the array and the fix."""
     try:
         if isinstance(sel, slice):
             return np.asarray(array[sel])
-        return np.asarray(array.oindex[sel, :])
+        return np.asarray(array.oindex[np.asarray(sel), :])
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # codec errors come as RuntimeError, ValueError, zstd's own types...
@@ -161,7 +167,7 @@ def read_rows_checked(array: zarr.Array, sel, what: str = "") -> np.ndarray:
                          f"{str(e).splitlines()[0][:160] if str(e) else ''}); run `traitlens verify` to find it") from None
 
 
-def needs_float32(values: np.ndarray) -> bool:
+def needs_float32(values: npt.NDArray[np.floating[Any]]) -> bool:
     """True when a finite value would overflow float16 (|x| > 65504).
 
     NaN and inf produced by the model are not an overflow: they are stored as they are and
@@ -171,7 +177,7 @@ def needs_float32(values: np.ndarray) -> bool:
     return finite.size > 0 and float(np.abs(finite).max()) > FLOAT16_MAX
 
 
-def write_rows(array: zarr.Array, start: int, values: np.ndarray, shrink: bool = True) -> None:
+def write_rows(array: zarr.Array[Any], start: int, values: npt.NDArray[Any], shrink: bool = True) -> None:
     """Write ``values`` [n, ...] at rows ``[start, start + n)``, resizing the array to end there.
 
     Anything past ``start`` (an uncommitted tail left by a crash) is overwritten or dropped;
@@ -185,19 +191,22 @@ def write_rows(array: zarr.Array, start: int, values: np.ndarray, shrink: bool =
         array[start:stop] = values.astype(array.dtype, copy=False)
 
 
-def truncate_rows(array: zarr.Array, n_rows: int) -> None:
+def truncate_rows(array: zarr.Array[Any], n_rows: int) -> None:
     """Drop rows past ``n_rows``; never grows the array."""
     if array.shape[0] > n_rows:
         array.resize((n_rows,) + tuple(array.shape[1:]))
 
 
-def promote_to_float32(group: zarr.Group, group_dir: Path, name: str, committed_rows: int, chunk_rows: int) -> zarr.Array:
+def promote_to_float32(group: zarr.Group, group_dir: StorePath, name: str, committed_rows: int,
+                       chunk_rows: int) -> zarr.Array[Any]:
     """Rewrite a float16 layer array as float32, keeping its first ``committed_rows`` rows.
 
     The new array is built beside the old one, then swapped in by two renames; a crash between
     them leaves ``<name>.old`` which :func:`restore_interrupted_promotions` puts back.
     """
-    old = group[name]
+    old = get_array(group, name)
+    if old is None:
+        raise StoreError(f"{group.path}/{name} is missing; run `traitlens verify`")
     tmp_name, old_name = f"{name}.f32tmp", f"{name}.old"
     remove_tree(group_dir / tmp_name)
     new = create_layer_array(group, tmp_name, old.shape[1], "float32", chunk_rows)
@@ -210,7 +219,7 @@ def promote_to_float32(group: zarr.Group, group_dir: Path, name: str, committed_
     return open_array(group_dir / name)
 
 
-def restore_interrupted_promotions(group_dir: Path) -> list[str]:
+def restore_interrupted_promotions(group_dir: StorePath) -> list[str]:
     """Undo what a crash in :func:`promote_to_float32` left; returns what was fixed."""
     fixed = []
     for old in group_dir.glob("*.old"):

@@ -25,19 +25,24 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import manifest as mf
 from .layout import StoreError
-from .location import capabilities, write_atomically
+from .location import StorePath, capabilities, write_atomically
 from .tables import WRITE_OPTIONS
 
 AUTO_PARTS = 64  # appended parts that make a table due for compaction
 FANOUT = 8  # bases of one tier merged into one of the next
 ROW_GROUP_ROWS = 131_072  # rows per row group of a base
+
+Keep = Callable[[pa.RecordBatch], Any]  # a batch -> a boolean mask of the rows to keep (an Arrow array)
+Plan = tuple[list[dict[str, Any]], list[StorePath], int]  # (bases kept, files to merge, tier of the result)
 
 
 @dataclass
@@ -52,18 +57,19 @@ class Compacted:
     deleted: int  # retired files removed (from this or earlier compactions)
 
 
-def footer(path) -> tuple[dict | None, int]:
+def footer(path: StorePath) -> tuple[dict[str, Any] | None, int]:
     """A base's own record and row count (None where its footer does not read)."""
     try:
         with path.open("rb") as f:
             meta = pq.ParquetFile(f).metadata
         kv = meta.metadata or {}
-        return json.loads(kv[mf.FOOTER_KEY]) if mf.FOOTER_KEY in kv else {}, meta.num_rows
+        record: dict[str, Any] = json.loads(kv[mf.FOOTER_KEY]) if mf.FOOTER_KEY in kv else {}
+        return record, int(meta.num_rows)
     except (pa.ArrowException, OSError, ValueError):
         return None, 0
 
 
-def _batches(path, schema: pa.Schema):
+def _batches(path: StorePath, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """The rows of one file as batches of ``schema`` (a part written before a column existed
     gets nulls in it)."""
     with path.open("rb") as f:
@@ -74,15 +80,17 @@ def _batches(path, schema: pa.Schema):
             yield pa.record_batch(cols, schema=schema)
 
 
-def _write_base(table_dir, name: str, inputs: list, schema: pa.Schema, footer: dict, keep=None) -> int:
+def _write_base(table_dir: StorePath, name: str, inputs: list[StorePath], schema: pa.Schema, footer: dict[bytes, bytes],
+                keep: Keep | None = None) -> int:
     """Stream ``inputs`` in order into one new file ``name`` (atomic); returns its row count.
     ``keep(batch) -> boolean mask``: only the rows it keeps are written (:func:`rewrite_without`)."""
     schema = schema.with_metadata(footer)
     n = [0]
 
-    def write(sink):
+    def write(sink: IO[bytes]) -> None:
         with pq.ParquetWriter(sink, schema, **WRITE_OPTIONS) as w:
-            buf, rows = [], 0
+            buf: list[pa.RecordBatch] = []
+            rows = 0
             for path in inputs:
                 for b in _batches(path, schema):
                     b = b if keep is None else b.filter(keep(b))
@@ -99,7 +107,7 @@ def _write_base(table_dir, name: str, inputs: list, schema: pa.Schema, footer: d
     return n[0]
 
 
-def _plan(snap: mf.Snapshot, full: bool) -> tuple[list[dict], list, int] | None:
+def _plan(snap: mf.Snapshot, full: bool) -> Plan | None:
     """``(bases kept, files to merge, tier of the result)``, or None when nothing is due."""
     bases = list(snap.manifest.bases) if snap.manifest else []
     appended = snap.appended
@@ -110,7 +118,8 @@ def _plan(snap: mf.Snapshot, full: bool) -> tuple[list[dict], list, int] | None:
         return [], [snap.table_dir / b["name"] for b in bases] + appended, tier
     if len(appended) < AUTO_PARTS:
         return None
-    merged, tier = [], 0
+    merged: list[dict[str, Any]] = []
+    tier = 0
     # absorb the trailing bases that, with the new one, would make FANOUT of one tier
     while len(bases) >= FANOUT - 1 and all(b["tier"] == tier for b in bases[-(FANOUT - 1):]):
         merged = bases[-(FANOUT - 1):] + merged
@@ -119,7 +128,7 @@ def _plan(snap: mf.Snapshot, full: bool) -> tuple[list[dict], list, int] | None:
     return bases, [snap.table_dir / b["name"] for b in merged] + appended, tier
 
 
-def _plan_all(snap: mf.Snapshot) -> tuple[list[dict], list, int] | None:
+def _plan_all(snap: mf.Snapshot) -> Plan | None:
     """Every live file into one base (a filtered rewrite), or None for a table without files."""
     bases = list(snap.manifest.bases) if snap.manifest else []
     if not bases and not snap.appended:
@@ -127,7 +136,7 @@ def _plan_all(snap: mf.Snapshot) -> tuple[list[dict], list, int] | None:
     return [], [snap.table_dir / b["name"] for b in bases] + snap.appended, max([b["tier"] for b in bases] + [0])
 
 
-def rewrite_without(table_dir, table: str, schema: pa.Schema, drop) -> int:
+def rewrite_without(table_dir: StorePath, table: str, schema: pa.Schema, drop: Keep) -> int:
     """Rewrite a table without the rows ``drop(batch) -> boolean mask`` selects; returns how
     many rows it has left. Atomic like a compaction (one new base, then the manifest switch: a
     kill before the switch leaves the table as it was); the replaced files go after the grace.
@@ -139,7 +148,7 @@ def rewrite_without(table_dir, table: str, schema: pa.Schema, drop) -> int:
     return done.rows if done is not None else 0
 
 
-def sweep_temporaries(table_dir, older_than: float) -> int:
+def sweep_temporaries(table_dir: StorePath, older_than: float) -> int:
     """Delete the table's temporary files (``.tmp-*``: a part or a base whose writer was killed
     before its rename) last written more than ``older_than`` seconds ago; returns how many.
     Under the writer lock every writer of this store is dead or waiting, but a program that
@@ -158,7 +167,7 @@ def sweep_temporaries(table_dir, older_than: float) -> int:
     return gone
 
 
-def drop_bases(table_dir, old: mf.Manifest | None, names: list[str]) -> None:
+def drop_bases(table_dir: StorePath, old: mf.Manifest | None, names: list[str]) -> None:
     """Write the next manifest generation without the bases ``names`` (lost or quarantined)."""
     if old is None or not any(b["name"] in names for b in old.bases):
         return
@@ -166,7 +175,7 @@ def drop_bases(table_dir, old: mf.Manifest | None, names: list[str]) -> None:
                                              [b for b in old.bases if b["name"] not in names], old.retired))
 
 
-def delete_retired(table_dir, snap: mf.Snapshot | None = None, grace: float | None = None) -> int:
+def delete_retired(table_dir: StorePath, snap: mf.Snapshot | None = None, grace: float | None = None) -> int:
     """Delete retired files older than the grace (under the writer lock); returns how many."""
     snap = snap or mf.snapshot(table_dir)
     gone = 0
@@ -179,8 +188,8 @@ def delete_retired(table_dir, snap: mf.Snapshot | None = None, grace: float | No
     return gone
 
 
-def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
-                  grace: float | None = None, keep=None) -> Compacted | None:
+def compact_table(table_dir: StorePath, table: str, schema: pa.Schema, full: bool = False,
+                  grace: float | None = None, keep: Keep | None = None) -> Compacted | None:
     """Compact one table if it is due (``full``: merge everything); None when nothing was due.
     ``keep``: rewrite every live file, keeping only the rows it selects (:func:`rewrite_without`).
     Call under the store's writer lock."""
@@ -220,7 +229,7 @@ def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
                          f"{str(e).splitlines()[0][:160]}); run `traitlens verify --repair` first") from None
     listed = set(snap.listed)
     now = time.time()
-    retired = [r for r in old.retired if r["name"] in listed] + [{"name": n, "generation": gen, "at": now}
+    retired: list[dict[str, Any]] = [r for r in old.retired if r["name"] in listed] + [{"name": n, "generation": gen, "at": now}
                                                                  for n in replaces]
     new = mf.Manifest(table, gen, kept + [{"name": name, "rows": rows, "tier": tier, "generation": gen,
                                            "digest": digest}], retired)
@@ -229,7 +238,7 @@ def compact_table(table_dir, table: str, schema: pa.Schema, full: bool = False,
     return Compacted(table, len(snap.live), len(kept) + 1, rows, time.perf_counter() - t0, gone)
 
 
-def _require_format_2(root) -> None:
+def _require_format_2(root: StorePath) -> None:
     """Raise the store's format version to 2 (atomically) before its first manifest: a release
     that reads version 1 would ignore the manifest and read retired parts, so it must refuse."""
     path = root / "store.json"

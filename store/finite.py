@@ -12,15 +12,17 @@ value finite and not all zero, or it is never written, picked, scored, steered w
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import InputError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e38: larger magnitudes are inf in float32
 
 
-def check_float(value, name: str, **bounds) -> float:
+def check_float(value: Any, name: str, **bounds: Any) -> float:
     """``value`` (a number or its text) as a finite float within ``bounds`` (those of
     :func:`float_problem`), else an :class:`InputError` naming ``name`` (an option like
     ``--alpha`` or a spec key) and the value."""
@@ -30,7 +32,7 @@ def check_float(value, name: str, **bounds) -> float:
     return x
 
 
-def float_problem(value, *, min: float | None = None, max: float | None = None, min_open: bool = False,
+def float_problem(value: Any, *, min: float | None = None, max: float | None = None, min_open: bool = False,
                   max_open: bool = False, nonzero: bool = False, float32: bool = False) -> tuple[float, str | None]:
     """``(value as a float, why it is refused or None)``.
 
@@ -55,7 +57,7 @@ def float_problem(value, *, min: float | None = None, max: float | None = None, 
     return x, None
 
 
-def vector_problem(values) -> str | None:
+def vector_problem(values: npt.ArrayLike) -> str | None:
     """Why a direction ``[d]`` cannot be stored or used (non-finite or all-zero values), or None."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:

@@ -8,14 +8,17 @@ into the array once it passes :data:`MERGE_AT`. Membership of a batch is one bin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
 MERGE_AT = 262_144
 
 
-def _as_bytes(ids) -> np.ndarray:
+def _as_bytes(ids: Iterable[str] | pa.Array | pa.ChunkedArray | npt.NDArray[np.bytes_]) -> npt.NDArray[np.bytes_]:
     """``ids`` (an Arrow string array or any iterable of str) as a fixed-width bytes array."""
     if isinstance(ids, (pa.Array, pa.ChunkedArray)):
         arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
@@ -25,7 +28,8 @@ def _as_bytes(ids) -> np.ndarray:
         w = pc.max(lengths).as_py()
         if arr.null_count == 0 and pc.min(lengths).as_py() == w and arr.offset == 0:
             # every id has one length (content hashes do): the data buffer is the array, no copy per id
-            return np.frombuffer(arr.buffers()[2], dtype=f"S{w}", count=len(arr)).copy()
+            fixed: npt.NDArray[np.bytes_] = np.frombuffer(arr.buffers()[2], dtype=f"S{w}", count=len(arr)).copy()
+            return fixed
         return np.array([i.encode() for i in arr.to_pylist()], dtype="S")
     return np.array([i.encode() for i in ids], dtype="S") if not isinstance(ids, np.ndarray) else ids
 
@@ -33,7 +37,7 @@ def _as_bytes(ids) -> np.ndarray:
 class IdSet:
     """Membership, ``add_all`` and ``len`` of prompt ids (see the module); ``to_set`` for the rest."""
 
-    def __init__(self, ids=()):
+    def __init__(self, ids: Iterable[str] | pa.Array | pa.ChunkedArray = ()) -> None:
         base = _as_bytes(ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids))
         self._base = np.unique(base)
         self._recent: set[str] = set()
@@ -52,7 +56,7 @@ class IdSet:
         i = np.searchsorted(self._base, key)
         return bool(i < len(self._base) and self._base[i] == key)
 
-    def add_all(self, ids) -> None:
+    def add_all(self, ids: Iterable[str]) -> None:
         """Add ids not already present (callers add only new ones: the writer checks first)."""
         self._recent.update(ids)
         if len(self._recent) >= MERGE_AT:

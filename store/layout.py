@@ -16,6 +16,7 @@ Every name that becomes a path component goes through :func:`safe_name`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import TraitlensError
@@ -91,9 +92,10 @@ def layer_name(layer: int) -> str:
     return f"L{int(layer)}"
 
 
-def format_layer_list(layers) -> str:
+def format_layer_list(layers: Iterable[int | str]) -> str:
     """Layers for display: ``[0, 1, 2, 5, 7, 8]`` -> ``0-2,5,7-8`` (the ``--layers`` syntax)."""
-    out, run = [], []
+    out: list[str] = []
+    run: list[int] = []
     for l in sorted(set(int(x) for x in layers)):
         if run and l != run[-1] + 1:
             out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))

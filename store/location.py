@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import IO, Any, Callable, Union, cast
 
 from upath import UPath
 
@@ -61,7 +61,7 @@ LOCAL_FOLDER = Capabilities("local folder", atomic_rename=True, folders=True, fi
 OBJECT_STORAGE = Capabilities("fsspec URL", atomic_rename=False, folders=False, file_locks=False, local_files=False)
 
 
-def capabilities(path) -> Capabilities:
+def capabilities(path: object) -> Capabilities:
     """What the location of ``path`` (a store path, or any path under one) offers."""
     return LOCAL_FOLDER if isinstance(path, Path) else OBJECT_STORAGE
 
@@ -69,7 +69,7 @@ def capabilities(path) -> Capabilities:
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")  # two letters at least: C:/ is a Windows drive
 
 
-def store_path(root) -> StorePath:
+def store_path(root: str | StorePath) -> StorePath:
     """A store root as a ``Path`` (local) or ``UPath`` (any other fsspec URL)."""
     if isinstance(root, (Path, UPath)):
         return root
@@ -100,42 +100,57 @@ def store_path(root) -> StorePath:
     return Path(text).expanduser()
 
 
-def check_lasting(path, option: str = "--store") -> None:
+def as_local(path: StorePath) -> Path:
+    """``path`` where :func:`capabilities` has said it is a local folder: a :class:`pathlib.Path`."""
+    return cast(Path, path)
+
+
+def as_remote(path: StorePath) -> UPath:
+    """``path`` where :func:`capabilities` has said it is not a local folder: a :class:`UPath`."""
+    return cast(UPath, path)
+
+
+def relative(path: StorePath, root: StorePath) -> str:
+    """``path`` (under ``root``, both a Path or both a UPath) relative to ``root``, for messages."""
+    return str(path.relative_to(root))  # type: ignore[arg-type]  # mypy cannot pair the union's members
+
+
+def check_lasting(path: StorePath, option: str = "--store") -> None:
     """Refuse a ``memory://`` store where it would vanish with the process (the command line):
     an :class:`InputError` naming the option."""
     if capabilities(path).local_files:
         return
-    protocol = path.fs.protocol
+    protocol = as_remote(path).fs.protocol
     if "memory" in (protocol if isinstance(protocol, tuple) else (protocol,)):
         raise InputError(f"{option} {path}: a memory:// store lives only as long as its process, and this command's "
                          "process ends with it (everything written would be lost); use a folder or an object store "
                          "URL (memory:// is for the Python API and tests)")
 
 
-def shown(path) -> str:
+def shown(path: StorePath) -> str:
     """A store path for messages: resolved where it is a local path, the URL otherwise."""
     return str(path.resolve() if capabilities(path).local_files else path)
 
 
-def make_folder(path) -> None:
+def make_folder(path: StorePath) -> None:
     """Make the folder ``path`` (and its parents) where folders exist by themselves."""
     if capabilities(path).folders:
         path.mkdir(parents=True, exist_ok=True)
 
 
-def list_folder(folder) -> list[str]:
+def list_folder(folder: StorePath) -> list[str]:
     """The names in ``folder`` (one listing; a missing folder lists empty)."""
     if capabilities(folder).folders:
         import os
 
         try:
-            return os.listdir(folder)
+            return os.listdir(as_local(folder))
         except FileNotFoundError:
             return []
     return [p.name for p in folder.iterdir()] if folder.exists() else []
 
 
-def write_atomically(path, write) -> None:
+def write_atomically(path: StorePath, write: Callable[[IO[bytes]], object]) -> None:
     """Create or replace the file ``path`` whole or not at all: ``write(f)`` fills a binary file
     object. With atomic renames: a hidden temporary beside it, fsync, rename, fsync of the
     folder (a crash leaves the old file or the new one, plus at most a ``.tmp-*`` that
@@ -145,11 +160,12 @@ def write_atomically(path, write) -> None:
 
         buf = io.BytesIO()
         write(buf)
-        path.fs.pipe_file(path.path, buf.getvalue())  # visible whole or not at all
+        as_remote(path).fs.pipe_file(as_remote(path).path, buf.getvalue())  # visible whole or not at all
         return
     import os
     import uuid
 
+    path = as_local(path)
     tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}-{path.name}"
     try:
         with open(tmp, "wb") as f:
@@ -167,69 +183,67 @@ def write_atomically(path, write) -> None:
         os.close(fd)
 
 
-
-def write_text_atomically(path, text: str) -> None:
-    """A local output file (``path``: str or Path) of UTF-8 text, written whole or not at all
-    (:func:`write_atomically`): a failure or an interrupt never leaves a truncated file."""
-    from pathlib import Path
-
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """A local output file of UTF-8 text, written whole or not at all (:func:`write_atomically`):
+    a failure or an interrupt never leaves a truncated file."""
     data = text.encode("utf-8")
     write_atomically(Path(path), lambda f: f.write(data))
 
-def remove_tree(path) -> None:
+
+def remove_tree(path: StorePath) -> None:
     """Delete a folder and everything under it (missing is fine)."""
     if capabilities(path).folders:
         import shutil
 
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(as_local(path), ignore_errors=True)
     elif path.exists():
-        path.fs.rm(path.path, recursive=True)
+        as_remote(path).fs.rm(as_remote(path).path, recursive=True)
 
 
-def move(src, dst) -> None:
+def move(src: StorePath, dst: StorePath) -> None:
     """Move a file or a folder to ``dst`` (its folder made as needed). With atomic renames: one
     rename. Without: copy then delete (a crash between them leaves both)."""
     if capabilities(src).atomic_rename:
         make_folder(dst.parent)
-        src.rename(dst)
+        as_local(src).rename(as_local(dst))
     else:
-        src.fs.mv(src.path, dst.path, recursive=True)
+        as_remote(src).fs.mv(as_remote(src).path, as_remote(dst).path, recursive=True)
 
 
-def arrow_files(paths: list) -> tuple[object | None, list[str]]:
+def arrow_files(paths: list[StorePath]) -> tuple[Any, list[str]]:
     """``(filesystem, paths)`` for ``pyarrow.dataset.dataset``: None and plain paths for local files."""
     if not paths or capabilities(paths[0]).local_files:
         return None, [str(p) for p in paths]
-    return paths[0].fs, [p.path for p in paths]
+    return as_remote(paths[0]).fs, [as_remote(p).path for p in paths]
 
 
-def check_output_path(output, root, option: str = "-o") -> None:
+def check_output_path(output: str | StorePath | None, root: StorePath, option: str = "-o") -> None:
     """An output file a command will write: outside the store (:func:`check_outside_store`), in a
     folder that exists, and not itself a folder; else an :class:`InputError` naming the option."""
     check_outside_store(output, root, option)
     if output is None or "://" in str(output):
         return
-    out = Path(output).expanduser()
+    out = Path(str(output)).expanduser()
     if out.is_dir():
         raise InputError(f"{option} {output}: that is a folder; give a file name")
     if not out.parent.is_dir():
         raise InputError(f"{option} {output}: no such folder {out.parent}; create it first or write somewhere else")
 
 
-def check_outside_store(output, root, option: str = "-o") -> None:
+def check_outside_store(output: str | StorePath | None, root: StorePath, option: str = "-o") -> None:
     """Refuse an output file of a command (query results, plots, exports, reports) that would
     land inside the store: only the store's own writers write there, and a stray Parquet file
     under ``tables/`` would be read as a part. Raises ``ValueError`` naming the option."""
     if output is None or not capabilities(root).local_files or "://" in str(output):
         return
-    out = Path(output).expanduser().resolve()
-    base = Path(root).expanduser().resolve()
+    out = Path(str(output)).expanduser().resolve()
+    base = Path(str(root)).expanduser().resolve()
     if out == base or base in out.parents:
         raise InputError(f"{option} {output}: that is inside the store {root}; only traitlens' own writers write "
                          "there (a file under tables/ would be read as data). Write it somewhere else")
 
 
-def sha256_file(path) -> str:
+def sha256_file(path: str | StorePath) -> str:
     """The SHA-256 of a file's bytes (a local path or a remote one), read 1 MB at a time."""
     import hashlib
 

@@ -24,12 +24,13 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
+from typing import Any
 
 from .errors import EXIT_LOCKED, TraitlensError
-from .location import capabilities, shown
+from .location import StorePath, as_local, capabilities, shown
 
 
 class StoreLocked(TraitlensError, RuntimeError):
@@ -42,7 +43,7 @@ _held: dict[str, int] = {}  # lock files this process holds -> nesting depth (fl
 
 
 @contextmanager
-def write_lock(root: Path, what: str = "write"):
+def write_lock(root: StorePath, what: str = "write") -> Iterator[None]:
     """Hold the store's writer lock for the duration of the block, or raise :class:`StoreLocked`.
 
     Re-entrant within one process (a workflow run holds it around its ingest and extract steps).
@@ -64,13 +65,13 @@ def write_lock(root: Path, what: str = "write"):
             finally:
                 _held.pop(key, None)
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(as_local(path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                holder = json.loads(Path(path).read_text() or "{}")
+                holder = json.loads(as_local(path).read_text() or "{}")
             except (OSError, ValueError):
                 holder = {}
             raise StoreLocked(
@@ -91,15 +92,16 @@ def write_lock(root: Path, what: str = "write"):
         os.close(fd)  # closing releases the flock
 
 
-def holder_token(root) -> str | None:
+def holder_token(root: StorePath) -> str | None:
     """The token of the run that holds (or last held) the writer lock: a Dask worker writing on
     a run's behalf checks it right before each write, so a task that outlived its run (its
     driver died and another run took the lock) writes nothing."""
     info = _read_lease(root / ".lock")
-    return info.get("token") if info else None
+    token = info.get("token") if info else None
+    return None if token is None else str(token)
 
 
-def holds_lock(root) -> bool:
+def holds_lock(root: StorePath) -> bool:
     """True while this process holds the store's writer lock."""
     return bool(_held.get(shown(root / ".lock")))
 
@@ -108,9 +110,10 @@ def lease_seconds() -> float:
     return float(os.environ.get("TRAITLENS_LEASE_SECONDS", "60"))
 
 
-def _read_lease(path) -> dict | None:
+def _read_lease(path: StorePath) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text() or "{}")
+        lease: dict[str, Any] = json.loads(path.read_text() or "{}")
+        return lease
     except FileNotFoundError:
         return None
     except ValueError:
@@ -122,7 +125,7 @@ def _iso(t: float) -> str:
 
 
 @contextmanager
-def _lease(root, path, what: str, settle: float = 0.5):
+def _lease(root: StorePath, path: StorePath, what: str, settle: float = 0.5) -> Iterator[None]:
     """Hold a heartbeat-renewed lease object at ``path`` (object storage)."""
     ttl = lease_seconds()
     held = _read_lease(path)

@@ -36,10 +36,12 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .layout import StoreError
-from .location import list_folder, write_atomically
+from .location import StorePath, list_folder, write_atomically
 
 MANIFEST_NAME = "_manifest.json"
 MANIFEST_FORMAT = "traitlens-table-manifest"
@@ -52,7 +54,7 @@ def name_digest(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:16], "big")
 
 
-def combine(digests) -> int:
+def combine(digests: Iterable[int]) -> int:
     """Digests of disjoint sets of appended parts combined (a sum mod 2**128: order-free, so a
     base's digest is the combination of the parts it absorbed, and compaction keeps it)."""
     return sum(digests) % (1 << 128)
@@ -68,12 +70,12 @@ def retire_grace() -> float:
 class Manifest:
     table: str
     generation: int = 0
-    bases: list[dict] = field(default_factory=list)  # {"name", "rows", "tier", "generation", "digest"}, in row order
-    retired: list[dict] = field(default_factory=list)  # {"name", "generation", "at"}
+    bases: list[dict[str, Any]] = field(default_factory=list)  # {"name", "rows", "tier", "generation", "digest"}, in row order
+    retired: list[dict[str, Any]] = field(default_factory=list)  # {"name", "generation", "at"}
 
     @property
     def retired_names(self) -> set[str]:
-        return {r["name"] for r in self.retired}
+        return {str(r["name"]) for r in self.retired}
 
     def to_json(self) -> str:
         return json.dumps({"format": MANIFEST_FORMAT, "version": 1, "table": self.table,
@@ -84,22 +86,22 @@ class Manifest:
 class Snapshot:
     """One consistent view of a table folder."""
 
-    table_dir: object
+    table_dir: StorePath
     manifest: Manifest | None
     listed: list[str]  # every part-* and base-* name in the folder when it was listed, sorted
 
     @property
-    def bases(self) -> list:
+    def bases(self) -> list[StorePath]:
         return [self.table_dir / b["name"] for b in (self.manifest.bases if self.manifest else [])]
 
     @property
-    def appended(self) -> list:
+    def appended(self) -> list[StorePath]:
         """Appended parts not retired by the manifest, oldest first."""
         retired = self.manifest.retired_names if self.manifest else set()
         return [self.table_dir / n for n in self.listed if n.startswith("part-") and n not in retired]
 
     @property
-    def live(self) -> list:
+    def live(self) -> list[StorePath]:
         return self.bases + self.appended
 
     def digest(self) -> str:
@@ -110,12 +112,12 @@ class Snapshot:
         return f"{combine([name_digest(p.name) for p in self.appended] + bases):032x}"
 
     @property
-    def orphans(self) -> list:
+    def orphans(self) -> list[StorePath]:
         """Bases on disk that the manifest neither names nor retires: an interrupted compaction's output."""
         named = ({b["name"] for b in self.manifest.bases} | self.manifest.retired_names) if self.manifest else set()
         return [self.table_dir / n for n in self.listed if n.startswith("base-") and n not in named]
 
-    def retired_present(self, older_than: float | None = None) -> list:
+    def retired_present(self, older_than: float | None = None) -> list[StorePath]:
         """Retired files still on disk (only those retired more than ``older_than`` seconds ago)."""
         if self.manifest is None:
             return []
@@ -124,12 +126,12 @@ class Snapshot:
                 and (older_than is None or now - float(r.get("at", 0)) >= older_than)]
 
 
-def list_names(table_dir) -> list[str]:
+def list_names(table_dir: StorePath) -> list[str]:
     """Names of the table's part-* and base-* files, sorted (from one listing)."""
     return sorted(n for n in list_folder(table_dir) if n.endswith(".parquet") and n.startswith(("part-", "base-")))
 
 
-def read_manifest(table_dir) -> Manifest | None:
+def read_manifest(table_dir: StorePath) -> Manifest | None:
     """The table's manifest, None if it has none; a damaged one is a :class:`StoreError`."""
     path = table_dir / MANIFEST_NAME
     try:
@@ -149,7 +151,7 @@ def read_manifest(table_dir) -> Manifest | None:
                          "(it rebuilds the manifest from the compacted parts' own footers)") from None
 
 
-def snapshot(table_dir) -> Snapshot:
+def snapshot(table_dir: StorePath) -> Snapshot:
     """List the folder, then read the manifest (this order is what makes a snapshot consistent)."""
     listed = list_names(table_dir)
     manifest = read_manifest(table_dir)
@@ -159,7 +161,7 @@ def snapshot(table_dir) -> Snapshot:
     return Snapshot(table_dir, manifest, listed)
 
 
-def write_manifest(table_dir, manifest: Manifest) -> None:
+def write_manifest(table_dir: StorePath, manifest: Manifest) -> None:
     """Replace the manifest atomically: the switch between two generations."""
     data = manifest.to_json().encode()
     write_atomically(table_dir / MANIFEST_NAME, lambda f: f.write(data))
@@ -171,13 +173,14 @@ def footer_record(generation: int, tier: int, replaces: list[str], digest: str) 
                                     "digest": digest}).encode()}
 
 
-def rebuild(table_dir, table: str, read_footer) -> Manifest:
+def rebuild(table_dir: StorePath, table: str,
+            read_footer: Callable[[StorePath], tuple[dict[str, Any] | None, int]]) -> Manifest:
     """A manifest rebuilt from the bases' footers (``read_footer(path) -> (dict | None, rows)``;
     None for a base whose footer does not read). Each readable base that no other readable
     base replaces is live, ordered by generation (a base only ever absorbs older rows); every
     file a live base replaces is retired."""
     listed = list_names(table_dir)
-    info = {}
+    info: dict[str, tuple[dict[str, Any], int]] = {}
     for n in listed:
         if n.startswith("base-"):
             meta, rows = read_footer(table_dir / n)
@@ -188,7 +191,7 @@ def rebuild(table_dir, table: str, read_footer) -> Manifest:
     now = time.time()
     retired = [{"name": n, "generation": info[b][0].get("generation", 0), "at": now}
                for b in live for n in info[b][0].get("replaces", []) if n in listed]
-    gen = max([info[n][0].get("generation", 0) for n in info] or [0])
+    gen = int(max([info[n][0].get("generation", 0) for n in info] or [0]))
     return Manifest(table, gen, [{"name": n, "rows": info[n][1], "tier": int(info[n][0].get("tier", 0)),
                                   "generation": int(info[n][0].get("generation", 0)),
                                   "digest": str(info[n][0].get("digest", f"{name_digest(n):032x}"))} for n in live],

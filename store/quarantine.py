@@ -17,10 +17,13 @@ from __future__ import annotations
 import io
 import json
 import time
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
 
-from .location import make_folder, move, write_atomically
+from .location import StorePath, make_folder, move, relative, write_atomically
 
 QUARANTINE_DIR = "quarantine"
 
@@ -28,23 +31,23 @@ QUARANTINE_DIR = "quarantine"
 class Quarantine:
     """One repair's quarantine folder, created on first use."""
 
-    def __init__(self, root):
+    def __init__(self, root: StorePath) -> None:
         self.root = root
         self.dir = root / QUARANTINE_DIR / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        self.entries: list[dict] = []
+        self.entries: list[dict[str, str]] = []
 
-    def _write(self, path, data: bytes) -> None:
+    def _write(self, path: StorePath, data: bytes) -> None:
         make_folder(path.parent)
         write_atomically(path, lambda f: f.write(data))
 
-    def move_part(self, part, table: str, why: str):
+    def move_part(self, part: StorePath, table: str, why: str) -> StorePath:
         """Move a table part here (copy then delete where there are no renames); returns its new path."""
         dest = self.dir / "tables" / table / part.name
         move(part, dest)
-        self._note({"file": str(dest.relative_to(self.root)), "was": f"tables/{table}/{part.name}", "why": why})
+        self._note({"file": relative(dest, self.root), "was": f"tables/{table}/{part.name}", "why": why})
         return dest
 
-    def save_table(self, rows, table: str, what: str, why: str):
+    def save_table(self, rows: pa.Table, table: str, what: str, why: str) -> StorePath:
         """Keep table rows (an Arrow table) as a Parquet file ``tables/<table>/<what>.parquet``."""
         import pyarrow.parquet as pq
 
@@ -52,21 +55,21 @@ class Quarantine:
         buf = io.BytesIO()
         pq.write_table(rows, buf)
         self._write(dest, buf.getvalue())
-        self._note({"file": str(dest.relative_to(self.root)), "was": f"{rows.num_rows} rows of tables/{table}",
+        self._note({"file": relative(dest, self.root), "was": f"{rows.num_rows} rows of tables/{table}",
                     "why": why})
         return dest
 
-    def save_rows(self, values: np.ndarray, array_path: str, start: int, why: str):
+    def save_rows(self, values: npt.NDArray[Any], array_path: str, start: int, why: str) -> StorePath:
         """Keep rows ``[start, start + len(values))`` of an array as an ``.npy`` file."""
         name = f"{array_path.replace('/', '__')}.rows{start}-{start + len(values)}.npy"
         dest = self.dir / "arrays" / name
         buf = io.BytesIO()
         np.save(buf, values, allow_pickle=False)
         self._write(dest, buf.getvalue())
-        self._note({"file": str(dest.relative_to(self.root)), "was": f"activations.zarr/{array_path} rows "
+        self._note({"file": relative(dest, self.root), "was": f"activations.zarr/{array_path} rows "
                     f"{start}-{start + len(values) - 1}", "why": why})
         return dest
 
-    def _note(self, entry: dict) -> None:
+    def _note(self, entry: dict[str, str]) -> None:
         self.entries.append(entry)
         self._write(self.dir / "manifest.json", json.dumps(self.entries, indent=1).encode())

@@ -24,8 +24,24 @@ import os
 import socket
 import time
 import uuid
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from .location import StorePath
+
+
+class RunsStore(Protocol):
+    """What run records need of a :class:`~traitlens.store.store.Store` (which imports this module)."""
+
+    @property
+    def root(self) -> StorePath: ...
+    def lock(self, what: str = "write") -> AbstractContextManager[None]: ...
+    def record_run(self, run: dict[str, Any]) -> None: ...
+    def runs(self) -> pa.Table: ...
 
 from .strict_json import dumps as strict_dumps  # a NaN count is null with its reason, never bare NaN
 
@@ -49,7 +65,7 @@ def new_run_id(stage: str) -> str:
 
 def interrupt_exit_code(e: BaseException) -> int:
     """130 for Ctrl-C, 143 for SIGTERM (also when re-raised wrapped, e.g. IngestInterrupted)."""
-    return getattr(e, "exit_code", 130)
+    return int(getattr(e, "exit_code", 130))
 
 
 def interrupt_reason(e: BaseException) -> str:
@@ -60,18 +76,19 @@ def interrupt_reason(e: BaseException) -> str:
 class Run:
     """One run's records in the ``runs`` table (see the module docstring)."""
 
-    def __init__(self, store, stage: str, config: dict, run_id: str | None = None, lock: bool = False):
+    def __init__(self, store: RunsStore, stage: str, config: dict[str, Any], run_id: str | None = None,
+                 lock: bool = False) -> None:
         self.store, self.stage, self.lock = store, stage, lock
         self.run_id = run_id or new_run_id(stage)
         self.config = strict_dumps(config, default=str)
         self.started_at = now_utc()
         self.started = False
-        self.counts: dict = {}
+        self.counts: dict[str, Any] = {}
         self.message = ""
         self.status = "done"
         self.held_lock: bool | None = None  # whether the writer lock is held for the run's whole life
 
-    def _record(self, **fields) -> None:
+    def _record(self, **fields: object) -> None:
         from .lock import holds_lock
 
         if self.held_lock is None:  # decided once, before this record takes the lock itself
@@ -95,7 +112,8 @@ class Run:
 
 
 @contextmanager
-def run_record(store, stage: str, config: dict, run_id: str | None = None, lock: bool = False, start: bool = True):
+def run_record(store: RunsStore, stage: str, config: dict[str, Any], run_id: str | None = None, lock: bool = False,
+               start: bool = True) -> Iterator[Run]:
     """Yield a :class:`Run`; record how it ended (see the module docstring)."""
     run = Run(store, stage, config, run_id, lock)
     if start:
@@ -144,7 +162,7 @@ def this_host() -> str:
 _LOCKED_STAGES = {"ingest", "ingest-cache", "score", "replies", "workflow"}
 
 
-def is_gone(run: dict, lock_held: bool) -> bool:
+def is_gone(run: dict[str, Any], lock_held: bool) -> bool:
     """Whether a ``running`` run's process has ended without recording it. ``lock_held``: the
     caller holds the store's writer lock (then a run that held it throughout is over)."""
     if run.get("status") != "running":
@@ -156,7 +174,7 @@ def is_gone(run: dict, lock_held: bool) -> bool:
     return lock_held and (held if held is not None else run.get("stage") in _LOCKED_STAGES and pid is None)
 
 
-def _alive(pid: int, started_at) -> bool:
+def _alive(pid: int, started_at: datetime | None) -> bool:
     """The process ``pid`` of this host runs, and is not a younger one that reused the pid."""
     try:
         os.kill(pid, 0)
@@ -180,13 +198,13 @@ def _alive(pid: int, started_at) -> bool:
     return started_at is None or born <= started_at.timestamp() + 1.0  # 1 s: clock granularity
 
 
-def killed_message(run: dict, noticed_by: str) -> str:
+def killed_message(run: dict[str, Any], noticed_by: str) -> str:
     return (f"killed: its process (pid {run.get('pid', '?')} on {run.get('host') or '?'}) ended without recording "
             f"an end (kill -9, the OOM killer, a lost machine); noticed by {noticed_by}; what it committed is "
             "kept: rerun the same command to finish")
 
 
-def mark_killed(store, noticed_by: str) -> list[str]:
+def mark_killed(store: RunsStore, noticed_by: str) -> list[str]:
     """Record every ``running`` run whose process is gone as ``killed`` (call holding the
     writer lock); returns their run ids. Best effort: a runs table that does not read is left
     to ``verify`` (this must never stop the command that took the lock, ``verify --repair``

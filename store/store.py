@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import zarr
@@ -45,19 +47,21 @@ from .layout import (
     layer_name,
     parse_layer_name,
 )
-from .location import make_folder, store_path, write_atomically
+from .location import StorePath, make_folder, store_path, write_atomically
 from .idset import IdSet
 from .errors import EXIT_INPUT
 from .lock import holds_lock, write_lock
+from .compaction import Compacted
 from .table import Table
 from .vocabulary import TABLE_NAMES
-from .runs import code_version, mark_killed, new_run_id, now_utc, run_record  # noqa: F401  (re-exported: callers import them here)
+from .runs import Run, mark_killed, run_record
+from .runs import code_version as code_version, new_run_id as new_run_id, now_utc as now_utc  # (re-exported: callers import them here)
 
 
 class Store:
     """A traitlens store rooted at a folder or an fsspec URL. ``Store.open(path, create=True)`` makes one."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | StorePath) -> None:
         self.root = store_path(root)
         self.zarr_path = self.root / ZARR_DIR
         self.tables_path = self.root / TABLES_DIR
@@ -65,31 +69,31 @@ class Store:
 
     # -- opening ---------------------------------------------------------------------------
     @staticmethod
-    def exists(root) -> bool:
+    def exists(root: str | StorePath) -> bool:
         """True when ``root`` holds a store (its ``store.json``); reads only."""
         return (store_path(root) / "store.json").exists()
 
     @classmethod
-    def open(cls, root: str | Path, create: bool = False) -> "Store":
+    def open(cls, root: str | StorePath, create: bool = False) -> "Store":
         """Open a store, checking its format; ``create=True`` makes a new one if absent."""
-        root = store_path(root)
-        meta_path = root / "store.json"
+        path = store_path(root)
+        meta_path = path / "store.json"
         if not meta_path.exists():
             if not create:
-                raise StoreError(f"no traitlens store at {root}: run `traitlens ingest` first, or pass --store")
-            if root.exists() and any(p.name != ".lock" for p in root.iterdir()):
+                raise StoreError(f"no traitlens store at {path}: run `traitlens ingest` first, or pass --store")
+            if path.exists() and any(p.name != ".lock" for p in path.iterdir()):
                 raise StoreError(
-                    f"{root} exists and is not empty but has no store.json: refusing to turn it into a store; "
+                    f"{path} exists and is not empty but has no store.json: refusing to turn it into a store; "
                     "pass an empty or new folder to --store"
                 )
-            root.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
             meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "created_at": now_utc().isoformat(),
                     "dtype_policy": "float16, float32 for a layer that overflows"}
             data = json.dumps(meta, indent=2).encode()
             write_atomically(meta_path, lambda f: f.write(data))
             for name in TABLE_NAMES:  # (where folders exist by themselves; otherwise a part's key makes its own)
-                make_folder(root / TABLES_DIR / name)
-            arrays.open_root(root / ZARR_DIR, mode="a")
+                make_folder(path / TABLES_DIR / name)
+            arrays.open_root(path / ZARR_DIR, mode="a")
         try:
             meta = json.loads(meta_path.read_text())
         except ValueError as e:
@@ -102,10 +106,10 @@ class Store:
                 f"({code_version()}) reads versions {format_layer_list(READABLE_VERSIONS)}; use a matching traitlens "
                 "release or ingest into a new --store"
             )
-        return cls(root)
+        return cls(path)
 
     @contextmanager
-    def lock(self, what: str = "write"):
+    def lock(self, what: str = "write") -> Iterator[None]:
         """Context manager holding the single-writer lock. Whoever takes it first (not again,
         re-entrantly) records the runs whose process died unrecorded as ``killed`` (:mod:`.runs`)."""
         first = not holds_lock(self.root)
@@ -115,7 +119,7 @@ class Store:
             yield
 
     # -- tables ----------------------------------------------------------------------------
-    def table(self, name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+    def table(self, name: str, columns: list[str] | None = None, filter: pc.Expression | None = None) -> pa.Table:
         """All committed rows of a table. For ``prompts``, the newest record of each
         (prompt_id, dataset, trait): a corrected label supersedes the old one."""
         if name != "prompts":
@@ -140,12 +144,14 @@ class Store:
                 latest[rid] = i
         return t.take(sorted(latest.values()))
 
-    def prompt_changes(self, records: list[dict]) -> tuple[list[dict], list[dict]]:
+    def prompt_changes(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """``(new, changed)``: records whose (prompt_id, dataset, trait) the store lacks, and
         records whose label or split differs from the stored one. Reads only."""
         have = self.table("prompts", columns=list(PROMPT_KEY) + ["label", "split"])
         stored = {(p, d, t): (lab, sp) for p, d, t, lab, sp in zip(*(have[c].to_pylist() for c in have.column_names))}
-        new, changed, seen = [], [], set()
+        new: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
+        seen: set[tuple[Any, ...]] = set()
         for r in records:
             key = tuple(r[c] for c in PROMPT_KEY)
             if key in seen:
@@ -158,7 +164,7 @@ class Store:
                 changed.append(r)
         return new, changed
 
-    def add_prompts(self, records: list[dict]) -> tuple[int, int]:
+    def add_prompts(self, records: list[dict[str, Any]]) -> tuple[int, int]:
         """Add prompt records (key: prompt_id, dataset, trait) in one atomic part.
 
         A key not yet stored is added; a stored key whose label or split differs gets a newer
@@ -170,7 +176,7 @@ class Store:
         self.write_prompts(new, changed)
         return len(new), len(changed)
 
-    def write_prompts(self, new: list[dict], changed: list[dict]) -> None:
+    def write_prompts(self, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
         """Append prompt records in one atomic part: ``new`` keys keep their ``added_at`` (if
         any), ``changed`` ones (a corrected label or split) are stamped now, so they win."""
         if new or changed:
@@ -178,13 +184,14 @@ class Store:
             rows = [{**r, "added_at": r.get("added_at") or stamp} for r in new] + [{**r, "added_at": stamp} for r in changed]
             self.append("prompts", rows)
 
-    def append(self, table: str, rows: list[dict]):
+    def append(self, table: str, rows: list[dict[str, Any]]) -> StorePath | None:
         """Add ``rows`` (dicts; missing fields are null) to a table as one atomic part; returns the
         part's path, None when there is nothing to add. The one way callers write table rows
         (:meth:`.Table.append`: small parts are merged once enough have piled up)."""
         return self.tables[table].append(rows)
 
-    def compact(self, names=None, full: bool = True, grace: float | None = None, log=None) -> list:
+    def compact(self, names: Iterable[str] | None = None, full: bool = True, grace: float | None = None,
+                log: Callable[[Compacted], object] | None = None) -> list[Compacted]:
         """Merge the tables' parts now (all, or ``names``; see :mod:`.compaction`), taking the
         writer lock; returns what each compaction did. ``log`` hears each as it ends."""
         done = []
@@ -197,11 +204,12 @@ class Store:
                         log(c)
         return done
 
-    def record_run(self, run: dict) -> None:
+    def record_run(self, run: dict[str, Any]) -> None:
         """Append a run record (a later record of the same run_id supersedes it)."""
         self.append("runs", [run])
 
-    def run(self, stage: str, config: dict, run_id: str | None = None, lock: bool = False, start: bool = True):
+    def run(self, stage: str, config: dict[str, Any], run_id: str | None = None, lock: bool = False,
+            start: bool = True) -> AbstractContextManager[Run]:
         """Context manager recording a stage's run from start to its end (see :mod:`.runs`)."""
         return run_record(self, stage, config, run_id, lock, start)
 
@@ -236,7 +244,7 @@ class Store:
             array_rows = rows_end  # past the highest committed row, even where a lost part left a gap below it
         return GroupState(n_prompts=n, array_rows=array_rows, ids=t["prompt_id"], rows_end=rows_end)
 
-    def zarr_root(self, mode: str = "r") -> zarr.Group:
+    def zarr_root(self, mode: arrays.Mode = "r") -> zarr.Group:
         return arrays.open_root(self.zarr_path, mode=mode)
 
     def layers(self, key: GroupKey) -> list[int]:
@@ -246,7 +254,7 @@ class Store:
             return []
         return array_layers(group)
 
-    def check_extend(self, groups: list[GroupKey], layers, d_model: int) -> dict[GroupKey, "GroupState"]:
+    def check_extend(self, groups: list[GroupKey], layers: Layers, d_model: int) -> dict[GroupKey, "GroupState"]:
         """Refuse, before anything is written, a capture that would break a group's invariants;
         returns each group's committed state.
 
@@ -342,7 +350,7 @@ class Store:
         sel = slice(0, n) if rows is None else slice(*rows.indices(n))
         return arrays.read_rows_checked(arr, sel, f"{key.path}/{layer_name(layer)}").astype(np.float32, copy=False)
 
-    def layer_array(self, key: GroupKey, layer: int, n_rows: int | None = None) -> zarr.Array:
+    def layer_array(self, key: GroupKey, layer: int, n_rows: int | None = None) -> zarr.Array[Any]:
         """One layer's array, checked before it serves its committed rows (``n_rows``, default
         the group's): a missing array, short array or missing chunk is a ``StoreError``."""
         group = arrays.get_group(self.zarr_root(), key.path)
@@ -352,7 +360,7 @@ class Store:
         n = self.committed(key).array_rows if n_rows is None else n_rows
         return arrays.checked_layer(group, layer_name(layer), n, key.path)
 
-    def writer(self, groups: list[GroupKey], layers, d_model: int, run_id: str,
+    def writer(self, groups: list[GroupKey], layers: Layers, d_model: int, run_id: str,
                chunk_rows: int = 256) -> "CommitWriter":
         return CommitWriter(self, groups, layers, d_model, run_id, chunk_rows)
 
@@ -367,6 +375,7 @@ class StoreDamaged(StoreError):
 LAYERS_ATTR = "layers"  # a group's fixed layer set, written when the group is created
 COMMITTED_ATTR = "committed"  # {"prompts": n, "array_rows": m}: the high-water mark of the group's commits
 PROMPT_KEY = ("prompt_id", "dataset", "trait")
+Layers = Sequence[int] | Mapping[str, Sequence[int]]  # one layer list for every group, or one per site
 
 
 def by_row(t: pa.Table) -> pa.Table:
@@ -382,19 +391,19 @@ def array_layers(group: zarr.Group) -> list[int]:
 
 def fixed_layers(group: zarr.Group) -> list[int]:
     """The group's layer set: its ``layers`` attribute (stores made before it existed: the arrays present)."""
-    want = dict(group.attrs).get(LAYERS_ATTR)
+    want: Any = dict(group.attrs).get(LAYERS_ATTR)  # JSON: a list of layers
     return sorted(int(l) for l in want) if want is not None else array_layers(group)
 
 
-def committed_mark(group: zarr.Group | None) -> dict | None:
+def committed_mark(group: zarr.Group | None) -> dict[str, int] | None:
     """The group's high-water mark, or None where no writer of this version has recorded one."""
     if group is None:
         return None
-    mark = dict(group.attrs).get(COMMITTED_ATTR)
+    mark: Any = dict(group.attrs).get(COMMITTED_ATTR)  # JSON: {"prompts": n, "array_rows": m}
     return {"prompts": int(mark["prompts"]), "array_rows": int(mark["array_rows"])} if mark else None
 
 
-def committed_everywhere(states: dict) -> set[str]:
+def committed_everywhere(states: Mapping[GroupKey, GroupState]) -> set[str]:
     """Prompt ids committed in every group of ``{group: GroupState}`` (none when there is no group)."""
     sets = [st.prompt_ids.to_set() for st in states.values()]
     return set.intersection(*sets) if sets else set()
@@ -431,11 +440,11 @@ class PendingBatch:
     """
 
     prompt_ids: list[str]
-    token_counts: np.ndarray  # int32 [B]
-    truncated: np.ndarray  # int32 [B]
+    token_counts: npt.NDArray[np.int32]  # [B]
+    truncated: npt.NDArray[np.int32]  # [B]
     responses: list[str | None]
-    pooled: dict[tuple[str, str], dict[int, np.ndarray]]
-    token_ids: np.ndarray | None = None  # int32 [sum(token_counts)]
+    pooled: dict[tuple[str, str], dict[int, npt.NDArray[np.float32]]]
+    token_ids: npt.NDArray[np.int32] | None = None  # [sum(token_counts)]
     written: bool = False  # its rows are already in the arrays (a worker wrote them; ``pooled`` is empty)
 
     def nbytes(self) -> int:
@@ -453,16 +462,16 @@ class CommitWriter:
     fills the partial chunk), so steady-state writes never rewrite a chunk.
     """
 
-    def __init__(self, store: Store, groups: list[GroupKey], layers, d_model: int, run_id: str,
-                 chunk_rows: int = 256):
+    def __init__(self, store: Store, groups: list[GroupKey], layers: Layers, d_model: int, run_id: str,
+                 chunk_rows: int = 256) -> None:
         groups = list(dict.fromkeys(groups))  # a group listed twice would commit every row twice
         self.state = store.check_extend(groups, layers, d_model)
         self.store, self.groups, self.d = store, groups, d_model
         self.layers_of = {g: sorted(layers[g.site] if isinstance(layers, dict) else layers) for g in groups}
         self.run_id, self.chunk_rows = run_id, chunk_rows
         self.root = store.zarr_root(mode="a")
-        self.arrays: dict[tuple[GroupKey, int], zarr.Array] = {}
-        self.token_id_arrays: dict[GroupKey, zarr.Array] = {}
+        self.arrays: dict[tuple[GroupKey, int], zarr.Array[Any]] = {}
+        self.token_id_arrays: dict[GroupKey, zarr.Array[Any]] = {}
         self.pending: list[PendingBatch] = []
         self.n_pending = 0
         self.n_committed = 0
@@ -479,12 +488,15 @@ class CommitWriter:
                 grp.attrs.update({LAYERS_ATTR: self.layers_of[g], COMMITTED_ATTR: {"prompts": 0, "array_rows": 0}})
             for layer in self.layers_of[g]:
                 name = layer_name(layer)
-                arr = grp[name] if name in grp else arrays.create_layer_array(grp, name, d_model, "float16", chunk_rows)
+                arr = arrays.get_array(grp, name, g.path)
+                if arr is None:
+                    arr = arrays.create_layer_array(grp, name, d_model, "float16", chunk_rows)
                 if arr.shape[1] != d_model:
                     raise StoreError(f"{g.path}/{name} has d={arr.shape[1]} but the model gives d={d_model}")
                 self.arrays[(g, layer)] = arr
             if g.pooling == "tokens":
-                self.token_id_arrays[g] = (grp["token_ids"] if "token_ids" in grp else
+                ids = arrays.get_array(grp, "token_ids", g.path)
+                self.token_id_arrays[g] = (ids if ids is not None else
                                            grp.create_array("token_ids", shape=(0,), chunks=(chunk_rows * 16,),
                                                             dtype="int32", fill_value=0))
 
@@ -588,10 +600,12 @@ class CommitWriter:
         responses = [r for b in batches for r in b.responses]
         stamp = now_utc()
         offs = np.concatenate([[0], np.cumsum(counts)])  # token offsets of each prompt in the batches
-        records, per_group = [], {}
+        records: list[dict[str, Any]] = []
+        per_group: dict[GroupKey, list[dict[str, Any]]] = {}
         for g in self.groups:
             st = self.state[g]
-            fresh, keep = set(), []
+            fresh: set[str] = set()
+            keep: list[int] = []
             for i, p in enumerate(prompt_ids):  # skip what is stored, and repeats within this commit
                 if p not in st.prompt_ids and p not in fresh:
                     fresh.add(p)
@@ -614,7 +628,7 @@ class CommitWriter:
                 ids = ids if everything else np.concatenate([ids[offs[i]:offs[i + 1]] for i in keep])
                 arrays.write_rows(self.token_id_arrays[g], start, ids)
             token_start = start
-            mine = []
+            mine: list[dict[str, Any]] = []
             for j, i in enumerate(keep):
                 mine.append({**g.as_dict(), "row": st.n_prompts + j, "prompt_id": prompt_ids[i],
                              "token_start": token_start if g.pooling == "tokens" else None,
@@ -638,7 +652,7 @@ class CommitWriter:
         self.last_commit = time.monotonic()
         return n
 
-    def _write(self, g: GroupKey, layer: int, start: int, values: np.ndarray) -> None:
+    def _write(self, g: GroupKey, layer: int, start: int, values: npt.NDArray[np.float32]) -> None:
         arr = self.arrays[(g, layer)]
         # rows workers hold reservations for are kept (by a promotion and by the write)
         keep = max(self.state[g].array_rows, self.reserved_end or 0)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from typing import Any
 
 NULL_REASONS = "null_reasons"
 NULLS = "nulls"
@@ -29,11 +31,11 @@ def _what(x: float) -> str:
     return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
 
 
-def _nonfinite(x) -> bool:
+def _nonfinite(x: object) -> bool:
     return isinstance(x, float) and not math.isfinite(x)
 
 
-def _clean(obj, reasons: dict | None, key: str | None):
+def _clean(obj: Any, reasons: dict[str, str] | None, key: str | None) -> Any:
     """``obj`` with non-finite floats as None; the reason goes to ``reasons[key]`` (the
     enclosing object's record)."""
     if hasattr(obj, "item") and type(obj).__module__ == "numpy" and getattr(obj, "ndim", 1) == 0:
@@ -43,7 +45,7 @@ def _clean(obj, reasons: dict | None, key: str | None):
             reasons.setdefault(key, _what(obj))
         return None
     if isinstance(obj, dict):
-        own: dict = {}
+        own: dict[str, str] = {}
         out = {k: _clean(v, own, str(k)) for k, v in obj.items()}
         if own:
             out[NULL_REASONS] = {**(out.get(NULL_REASONS) or {}), **own}
@@ -55,13 +57,13 @@ def _clean(obj, reasons: dict | None, key: str | None):
     return obj
 
 
-def clean(obj):
+def clean(obj: Any) -> Any:
     """``obj`` ready for strict JSON: non-finite floats are None, each with its reason (see the
     module's doc). A non-finite value at the top level, outside any object, becomes None."""
     return _clean(obj, None, None)
 
 
-def dumps(obj, *, default=None, **kw) -> str:
+def dumps(obj: Any, *, default: Callable[[Any], Any] | None = None, **kw: Any) -> str:
     """``json.dumps`` that never writes NaN or infinities (see the module's doc). ``default``
     converts what JSON cannot hold (``str`` for timestamps, as elsewhere); its results are
     cleaned too."""
@@ -69,13 +71,13 @@ def dumps(obj, *, default=None, **kw) -> str:
     return json.dumps(clean(obj), default=convert, allow_nan=False, **kw)
 
 
-def document(doc: dict, note: str = "") -> dict:
+def document(doc: dict[str, Any], note: str = "") -> dict[str, Any]:
     """``doc`` ready for strict JSON (or YAML) as one document: every non-finite float is None,
     and ``doc["nulls"]`` (kept: the reasons the writer gave for its own nulls) gains
     ``{dotted path: "not a finite number (nan)" + note}`` for each. Numpy scalars become Python's."""
     nulls = dict(doc.get(NULLS) or {})
 
-    def walk(x, path):
+    def walk(x: Any, path: str) -> Any:
         if hasattr(x, "item") and type(x).__module__ == "numpy" and getattr(x, "ndim", 1) == 0:
             x = x.item()
         if isinstance(x, dict):
@@ -87,7 +89,7 @@ def document(doc: dict, note: str = "") -> dict:
             return None
         return x
 
-    out = walk({k: v for k, v in doc.items() if k != NULLS}, "")
+    out: dict[str, Any] = walk({k: v for k, v in doc.items() if k != NULLS}, "")
     if nulls:
         out[NULLS] = nulls
     return out

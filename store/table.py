@@ -28,17 +28,22 @@ from __future__ import annotations
 
 import warnings
 
+from typing import Any
+
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from . import compaction, manifest, tables
 from .layout import TABLES_DIR, StoreError
+from .location import StorePath
 from .lock import holds_lock
 
 
 class Table:
     """The table ``name`` of the store at ``root`` (its folder ``tables/<name>`` and its schema)."""
 
-    def __init__(self, root, name: str):
+    def __init__(self, root: StorePath, name: str) -> None:
         self.root, self.name = root, name
         self.dir = root / TABLES_DIR / name
         self.schema: pa.Schema = tables.SCHEMAS[name]
@@ -46,7 +51,7 @@ class Table:
     def __repr__(self) -> str:
         return f"Table({self.name!r} at {self.dir})"
 
-    def append(self, rows: list[dict]):
+    def append(self, rows: list[dict[str, Any]]) -> StorePath | None:
         """Add ``rows`` (dicts; missing fields are null) as one atomic part; returns its path, None
         when there is nothing to add. Then compacts the table if due (:meth:`compact_if_due`)."""
         if not rows:
@@ -55,7 +60,7 @@ class Table:
         self.compact_if_due()
         return part
 
-    def read(self, columns: list[str] | None = None, filter=None) -> pa.Table:
+    def read(self, columns: list[str] | None = None, filter: pc.Expression | None = None) -> pa.Table:
         """Every committed row (see :func:`.tables.read_table`: a damaged part is a
         :class:`StoreError` naming it)."""
         return tables.read_table(self.dir, self.schema, columns, filter)
@@ -64,11 +69,11 @@ class Table:
         """One consistent view of the table's files (:func:`.manifest.snapshot`)."""
         return manifest.snapshot(self.dir)
 
-    def live_files(self) -> list:
+    def live_files(self) -> list[StorePath]:
         """The files a reader reads now, in row order: the compacted bases, then the parts appended since."""
         return self.snapshot().live
 
-    def dataset(self):
+    def dataset(self) -> ds.Dataset:
         """The live files as one lazily scanned ``pyarrow.dataset`` (what DuckDB scans)."""
         return tables.parts_dataset(self.live_files(), self.schema)
 

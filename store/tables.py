@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from . import manifest
 from .layout import StoreError
-from .location import arrow_files, make_folder, write_atomically
+from .location import StorePath, arrow_files, make_folder, write_atomically
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -328,16 +328,16 @@ SCHEMAS = {"prompts": PROMPTS_SCHEMA, "rows": ROWS_SCHEMA, "runs": RUNS_SCHEMA, 
            "steering_together": STEERING_TOGETHER_SCHEMA, "capability": CAPABILITY_SCHEMA}
 
 
-def part_files(table_dir: Path) -> list[Path]:
+def part_files(table_dir: StorePath) -> list[StorePath]:
     """The live files of one table in row order: its compacted bases, then the parts appended
     since (see :mod:`.manifest`)."""
     return manifest.snapshot(table_dir).live
 
 
-WRITE_OPTIONS = {"compression": "zstd", "write_page_checksum": True}
+WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
 
 
-def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
+def write_part(table_dir: StorePath, table: pa.Table, schema: pa.Schema) -> StorePath:
     """Atomically add ``table`` (cast to ``schema``) as a new part of ``table_dir``."""
     table = table.select(schema.names).cast(schema)
     make_folder(table_dir)
@@ -346,7 +346,7 @@ def write_part(table_dir: Path, table: pa.Table, schema: pa.Schema) -> Path:
     return final
 
 
-def part_problem(path, schema: pa.Schema, full: bool = True) -> str | None:
+def part_problem(path: StorePath, schema: pa.Schema, full: bool = True) -> str | None:
     """Why a part cannot be trusted, or None. ``full=False`` reads only the footer (cheap);
     ``full=True`` decodes every page and checks its CRC and the schema."""
     try:
@@ -365,12 +365,12 @@ def part_problem(path, schema: pa.Schema, full: bool = True) -> str | None:
     return None
 
 
-def damaged_parts(table_dir: Path, schema: pa.Schema, full: bool = False) -> list[tuple[Path, str]]:
+def damaged_parts(table_dir: StorePath, schema: pa.Schema, full: bool = False) -> list[tuple[StorePath, str]]:
     """``(part, problem)`` for every part of a table that cannot be read."""
     return [(p, why) for p in part_files(table_dir) if (why := part_problem(p, schema, full)) is not None]
 
 
-def damaged_error(table_dir: Path, schema: pa.Schema, cause: BaseException) -> StoreError:
+def damaged_error(table_dir: StorePath, schema: pa.Schema, cause: BaseException) -> StoreError:
     """The one-line error for a read that failed: names the damaged part(s) and the fix."""
     bad = damaged_parts(table_dir, schema, full=True)
     if not bad:
@@ -382,7 +382,8 @@ def damaged_error(table_dir: Path, schema: pa.Schema, cause: BaseException) -> S
                       "to the store's quarantine/ folder, then re-ingest what it held")
 
 
-def read_table(table_dir: Path, schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
+def read_table(table_dir: StorePath, schema: pa.Schema, columns: list[str] | None = None,
+               filter: pc.Expression | None = None) -> pa.Table:
     """Read every committed part of a table as one Arrow table (empty with ``schema`` if none).
 
     A damaged part raises :class:`StoreError` naming it (never an Arrow traceback). A part that
@@ -400,7 +401,8 @@ def read_table(table_dir: Path, schema: pa.Schema, columns: list[str] | None = N
             raise damaged_error(table_dir, schema, e) from None
 
 
-def read_parts(parts: list, schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
+def read_parts(parts: list[StorePath], schema: pa.Schema, columns: list[str] | None = None,
+               filter: pc.Expression | None = None) -> pa.Table:
     """These parts as one Arrow table (empty with ``schema`` if none); Arrow errors propagate."""
     if not parts:
         empty = schema.empty_table()
@@ -408,7 +410,7 @@ def read_parts(parts: list, schema: pa.Schema, columns: list[str] | None = None,
     return parts_dataset(parts, schema).to_table(columns=columns, filter=filter)
 
 
-def parts_dataset(parts: list, schema: pa.Schema):
+def parts_dataset(parts: list[StorePath], schema: pa.Schema) -> ds.Dataset:
     """These parts as one lazily scanned ``pyarrow.dataset`` (local or object storage); a table
     with no part is an in-memory empty one. DuckDB scans it without loading it whole."""
     if not parts:
@@ -427,7 +429,8 @@ def latest_prompts(t: pa.Table) -> pa.Table:
         return t  # no key recorded twice: the common case, decided in Arrow without a Python loop
     stamps = pc.fill_null(t["added_at"].cast(pa.int64()), 0).to_numpy()
     order = np.lexsort((np.arange(t.num_rows), stamps))[::-1]  # newest first
-    seen, keep = set(), []
+    seen: set[tuple[str, str, str]] = set()
+    keep: list[int] = []
     ids, dsets, traits = (t[c].to_pylist() for c in ("prompt_id", "dataset", "trait"))
     for i in order:
         key = (ids[i], dsets[i], traits[i])
@@ -437,6 +440,6 @@ def latest_prompts(t: pa.Table) -> pa.Table:
     return t if len(keep) == t.num_rows else t.take(np.sort(np.asarray(keep, dtype=np.int64)))
 
 
-def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Build a table from dicts; missing fields become nulls."""
     return pa.Table.from_pylist([{name: r.get(name) for name in schema.names} for r in rows], schema=schema)

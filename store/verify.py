@@ -25,16 +25,20 @@ shorter than its commits, missing chunks, non-finite values) stays an error for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+import zarr
 
 from . import arrays, compaction, manifest, tables
-from .location import capabilities, remove_tree
+from .location import StorePath, as_local, capabilities, relative, remove_tree
 from .layout import GroupKey, StoreError, format_layer_list, layer_name
 from .quarantine import Quarantine
 from .store import COMMITTED_ATTR, Store, array_layers, by_row, committed_mark, fixed_layers
@@ -55,17 +59,17 @@ class Report:
         return not self.errors and not self.tails
 
 
-def leftovers(store: Store) -> tuple[list, list]:
+def leftovers(store: Store) -> tuple[list[StorePath], list[StorePath]]:
     """``(temporary files, folders of interrupted float32 promotions)`` that dead writers left:
     temporaries of parts and of ``store.json``, and under ``activations.zarr`` (from one walk of
     the tree, which holds a folder per chunk row) temporary chunks and promotion folders."""
-    found = list(store.tables_path.rglob(".tmp-*")) if store.tables_path.exists() else []
+    found: list[StorePath] = list(store.tables_path.rglob(".tmp-*")) if store.tables_path.exists() else []
     found += list(store.root.glob(".tmp-*"))  # a store.json rewrite (format upgrade) cut short
     if not store.zarr_path.exists():
         return found, []
     if capabilities(store.zarr_path).local_files:
-        folders = []
-        for top, dirs, files in os.walk(store.zarr_path):
+        folders: list[StorePath] = []
+        for top, dirs, files in os.walk(as_local(store.zarr_path)):
             found += [Path(top) / f for f in files if f.endswith(".partial")]
             folders += [Path(top) / d for d in dirs if d.endswith((".old", ".f32tmp"))]
     else:
@@ -75,7 +79,7 @@ def leftovers(store: Store) -> tuple[list, list]:
     return found, sorted(p for p in set(folders) if (p / "zarr.json").exists())
 
 
-def clean_temporaries(store: Store, found: tuple[list, list] | None = None) -> list[str]:
+def clean_temporaries(store: Store, found: tuple[list[StorePath], list[StorePath]] | None = None) -> list[str]:
     """Remove what dead writers left (temporary parts and chunks, half-done promotions);
     ``found``: what :func:`leftovers` already listed.
 
@@ -92,10 +96,10 @@ def clean_temporaries(store: Store, found: tuple[list, list] | None = None) -> l
 
 
 class _Verifier:
-    def __init__(self, store: Store, repair: bool, check_values: bool, progress):
+    def __init__(self, store: Store, repair: bool, check_values: bool, progress: Callable[[], object] | None) -> None:
         self.store, self.repair, self.values, self.progress = store, repair, check_values, progress
         self.rep = Report()
-        self.quarantine = Quarantine(store.root) if repair else None
+        self.quarantine = Quarantine(store.root)  # written to (by --repair) only when something is moved there
         self.damaged: set[str] = set()  # group paths whose metadata does not read (reported once)
 
     def _moved(self, what: str) -> None:
@@ -114,7 +118,7 @@ class _Verifier:
             rel = f"tables/{name}/{part.name}"
             if self.repair:
                 dest = self.quarantine.move_part(part, name, why)
-                self._moved(f"{rel}: damaged ({why}); moved to {dest.relative_to(self.store.root)}; "
+                self._moved(f"{rel}: damaged ({why}); moved to {relative(dest, self.store.root)}; "
                             "re-ingest the corpus to restore what it held")
                 dropped.append(part.name)
             else:
@@ -125,7 +129,7 @@ class _Verifier:
         self.rep.checked[f"{name}_parts"] = len(good)
         return tables.read_parts(good, schema)
 
-    def manifest(self, name: str, table_dir):
+    def manifest(self, name: str, table_dir: StorePath) -> manifest.Snapshot | None:
         """Check a table's compaction state (see :mod:`.manifest`); returns its snapshot, None
         where it cannot be read even after repair (reported)."""
         rel = f"tables/{name}"
@@ -173,12 +177,12 @@ class _Verifier:
         return snap
 
     # -- arrays --------------------------------------------------------------------------------
-    def zarr_groups(self, root) -> dict[str, object]:
+    def zarr_groups(self, root: zarr.Group) -> dict[str, zarr.Group | None]:
         """Every group path (``model/fmt/site/pooling``) in the Zarr tree -> its group, or None
         where its metadata is damaged (reported)."""
-        found = {}
+        found: dict[str, zarr.Group | None] = {}
 
-        def walk(group, path, depth):
+        def walk(group: zarr.Group, path: str, depth: int) -> None:
             for name in arrays.member_names(group):
                 sub = f"{path}/{name}" if path else name
                 try:
@@ -195,17 +199,17 @@ class _Verifier:
         walk(root, "", 0)
         return found
 
-    def group(self, key: GroupKey, grp, t: pa.Table, prompt_ids: pa.Array) -> int:
+    def group(self, key: GroupKey, grp: zarr.Group | None, t: pa.Table, prompt_ids: pa.Array) -> int:
         """Check one group's rows and arrays; returns its committed row count."""
         rep, path = self.rep, key.path
         t = by_row(t)
-        n = t.num_rows
+        n: int = t.num_rows
         rows = t["row"].to_numpy() if n else np.zeros(0, np.int64)
         contiguous = np.array_equal(rows, np.arange(n))
         if not contiguous:
-            present = np.zeros(int(rows.max()) + 1, bool)
-            present[rows] = True
-            gaps = np.flatnonzero(~present)
+            recorded = np.zeros(int(rows.max()) + 1, bool)
+            recorded[rows] = True
+            gaps = np.flatnonzero(~recorded)
             uniq, counts = np.unique(rows, return_counts=True)
             dups = uniq[counts > 1][:5].tolist()
             if len(gaps) and not dups and self.repair:
@@ -282,7 +286,7 @@ class _Verifier:
             rep.errors.append(f"{path}: layer arrays disagree on d_model: {sorted(widths)}")
         return n
 
-    def _lost_commits(self, key, grp, n, array_rows, mark) -> None:
+    def _lost_commits(self, key: GroupKey, grp: zarr.Group, n: int, array_rows: int, mark: dict[str, int]) -> None:
         """Rows the mark vouches for but no rows part records: never a tail."""
         lost = mark["prompts"] - n
         if not self.repair:
@@ -294,12 +298,12 @@ class _Verifier:
             arr = arrays.get_array(grp, layer_name(l), key.path)
             self._quarantine_rows(key, layer_name(l), arr, array_rows, f"{lost} committed rows lost their rows part")
         if key.pooling == "tokens" and "token_ids" in grp:
-            self._quarantine_rows(key, "token_ids", grp["token_ids"], array_rows, "token ids of the same rows")
+            self._quarantine_rows(key, "token_ids", arrays.get_array(grp, "token_ids", key.path), array_rows, "token ids of the same rows")
         grp.attrs.update({COMMITTED_ATTR: {"prompts": n, "array_rows": array_rows}})
         self._moved(f"{key.path}: {lost} committed rows had no rows record; their activations are in quarantine/; "
                     "rerun the ingest to capture those prompts again")
 
-    def _cut_at_gap(self, key: GroupKey, grp, t: pa.Table, cut: int) -> pa.Table:
+    def _cut_at_gap(self, key: GroupKey, grp: zarr.Group | None, t: pa.Table, cut: int) -> pa.Table:
         """Roll a group back to the first gap in its row numbers (``cut``: the first row without a
         record): nothing can be numbered past a gap, and the rows after it cannot be told apart
         from a crash's leftovers. Their records and activations go to the quarantine, the rows
@@ -320,7 +324,7 @@ class _Verifier:
         names += ["token_ids"] if grp is not None and key.pooling == "tokens" and "token_ids" in grp else []
         targets = []
         for name in names:
-            arr = arrays.get_array(grp, name, path)
+            arr = arrays.get_array(grp, name, path) if grp is not None else None
             if arr is not None and arr.shape[0] > end:
                 values = arrays.read_rows_checked(arr, slice(end, arr.shape[0]), f"{path}/{name}")
                 self.quarantine.save_rows(values, f"{path}/{name}", end, why)
@@ -336,13 +340,14 @@ class _Verifier:
                     "quarantine/; rerun the ingest to capture those prompts again")
         return t.filter(pc.less(t["row"], cut))
 
-    def _quarantine_rows(self, key, name, arr, start, why) -> None:
-        if arr.shape[0] > start:
+    def _quarantine_rows(self, key: GroupKey, name: str, arr: zarr.Array[Any] | None, start: int, why: str) -> None:
+        if arr is not None and arr.shape[0] > start:
             values = arrays.read_rows_checked(arr, slice(start, arr.shape[0]), f"{key.path}/{name}")
             self.quarantine.save_rows(values, f"{key.path}/{name}", start, why)
             arrays.truncate_rows(arr, start)
 
-    def array(self, key: GroupKey, name: str, arr, committed: int, vouched: int | None, mark,
+    def array(self, key: GroupKey, name: str, arr: zarr.Array[Any], committed: int, vouched: int | None,
+              mark: dict[str, int] | None,
               fixed: list[int]) -> None:
         """Check one array against ``committed`` rows (tokens for ``tokens`` pooling) that the rows
         table records and ``vouched`` rows the commit mark says were written (>= committed;
@@ -388,7 +393,7 @@ class _Verifier:
         if self.values:
             self._scan_values(where, arr, n, set(missing))
 
-    def _scan_values(self, where, arr, n, missing: set[str]) -> None:
+    def _scan_values(self, where: str, arr: zarr.Array[Any], n: int, missing: set[str]) -> None:
         """Decode every chunk of rows [0, n) and count rows with NaN or inf."""
         per = arr.chunks[0]
         step = per * 16
@@ -423,9 +428,10 @@ class _Verifier:
         offsets = col.offsets.to_numpy()
         offsets = offsets - offsets[0]
         flat = col.flatten().to_numpy(zero_copy_only=False)
-        def per_row(mask):  # count of True per vector
+        def per_row(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:  # count of True per vector
             c = np.concatenate([[0], np.cumsum(mask)])
-            return c[offsets[1:]] - c[offsets[:-1]]
+            counts: npt.NDArray[np.int64] = c[offsets[1:]] - c[offsets[:-1]]
+            return counts
         nonfinite, nonzero = per_row(~np.isfinite(flat)), per_row(flat != 0)
         bad = np.flatnonzero((nonfinite > 0) | (nonzero == 0))
         if len(bad) == 0:
@@ -444,8 +450,8 @@ class _Verifier:
     def run(self) -> Report:
         store, rep = self.store, self.rep
         temporaries, promotions = found = leftovers(store)
-        rep.tails += [f"interrupted float32 promotion left {p.relative_to(store.root)}" for p in promotions]
-        rep.tails += [f"temporary file {p.relative_to(store.root)}" for p in temporaries]
+        rep.tails += [f"interrupted float32 promotion left {relative(p, store.root)}" for p in promotions]
+        rep.tails += [f"temporary file {relative(p, store.root)}" for p in temporaries]
         if self.repair and (temporaries or promotions):
             rep.repaired += [f"removed {p}" for p in clean_temporaries(store, found)]
         read = {name: self.table(name) for name in TABLE_NAMES}
@@ -474,11 +480,11 @@ class _Verifier:
             by_group[GroupKey(**group_keys[0])] = rows
         else:
             for g in group_keys:
-                key = GroupKey(g["model_key"], g["fmt"], g["site"], g["pooling"])
-                f = ((pc.field("model_key") == key.model_key) & (pc.field("fmt") == key.fmt)
-                     & (pc.field("site") == key.site) & (pc.field("pooling") == key.pooling))
-                by_group[key] = rows.filter(f)
-        zgroups = {}
+                gk = GroupKey(g["model_key"], g["fmt"], g["site"], g["pooling"])
+                f = ((pc.field("model_key") == gk.model_key) & (pc.field("fmt") == gk.fmt)
+                     & (pc.field("site") == gk.site) & (pc.field("pooling") == gk.pooling))
+                by_group[gk] = rows.filter(f)
+        zgroups: dict[str, zarr.Group | None] = {}
         if store.zarr_path.exists():
             try:
                 root = store.zarr_root(mode="a" if self.repair else "r")
@@ -507,7 +513,7 @@ class _Verifier:
         return rep
 
 
-def _matches(batch, key: GroupKey):
+def _matches(batch: pa.RecordBatch, key: GroupKey) -> pa.BooleanArray:
     """Boolean mask of a rows batch: the rows of group ``key``."""
     m = pc.equal(batch["model_key"], key.model_key)
     for col in ("fmt", "site", "pooling"):
@@ -515,7 +521,8 @@ def _matches(batch, key: GroupKey):
     return m
 
 
-def verify(store: Store, repair: bool = False, check_values: bool = True, progress=None) -> Report:
+def verify(store: Store, repair: bool = False, check_values: bool = True,
+           progress: Callable[[], object] | None = None) -> Report:
     """Check the store; with ``repair=True`` also drop provable tails and temporaries and move
     what cannot be proven uncommitted to ``quarantine/``. ``check_values=False`` is the cheap
     mode (no decoding of chunks or pages: footers, listings and shapes only)."""

@@ -3,11 +3,16 @@ and greedy replies to plain-text prompts (what steering evaluations generate and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 
-from traitlens.pipeline.model.encode import render_ids
+from traitlens.pipeline.model.encode import Messages, render_ids
 from traitlens.pipeline.model.hooks import pad_batch, pad_token_id
 from traitlens.pipeline.model.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
 
 
 def eos_token_ids(lm: LoadedModel) -> set[int]:
@@ -30,7 +35,7 @@ def greedy_batch(lm: LoadedModel, seqs: list[list[int]], max_new_tokens: int,
     eos_ids = eos_token_ids(lm) if eos_ids is None else eos_ids
     pad_id = pad_token_id(lm.tokenizer)
     ids, mask = pad_batch(seqs, pad_id, "left", lm.device)
-    out = lm.model.generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens,
+    out = cast("GenerationMixin", lm.model).generate(input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens,
                             do_sample=False, pad_token_id=pad_id)
     replies = []
     for row in out[:, ids.shape[1]:].tolist():
@@ -39,7 +44,7 @@ def greedy_batch(lm: LoadedModel, seqs: list[list[int]], max_new_tokens: int,
     return replies
 
 
-def greedy_replies(lm: LoadedModel, prompts: list[str | list[dict]], max_new_tokens: int, chat: bool = True,
+def greedy_replies(lm: LoadedModel, prompts: list[str | Messages], max_new_tokens: int, chat: bool = True,
                    batch_size: int = 8) -> list[list[int]]:
     """Each prompt's greedy reply (the prompt rendered in the chat template when ``chat``), as
     token ids without its end-of-sequence token, at most ``max_new_tokens``; batched, left-padded.

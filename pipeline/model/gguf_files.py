@@ -12,6 +12,7 @@ every GGUF loads the same way (and no kernel is fetched from a hub).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from traitlens.store.errors import InputError
 
@@ -76,11 +77,11 @@ def check_gguf(path: Path) -> str:
     return arch
 
 
-def gguf_load_kwargs(path: Path) -> dict:
+def gguf_load_kwargs(path: Path) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for the GGUF file ``path`` (the folder is the first
     argument): the file's name, and, where transformers could keep the blocks packed, a request
     for the dequantised model."""
-    kwargs = {"gguf_file": Path(path).name}
+    kwargs: dict[str, Any] = {"gguf_file": Path(path).name}
     try:
         from transformers.utils.quantization_config import GgufConfig
     except ImportError:  # older transformers: GGUF always dequantises

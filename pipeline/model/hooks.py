@@ -13,23 +13,34 @@ TransformerLens's hook points and nnsight's hooks sit apart from model wiring):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from traitlens.pipeline.model.sites import find_blocks
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from traitlens.pipeline.model.loading import LoadedModel
+
+ModuleOutput = torch.Tensor | tuple[Any, ...] | list[Any]  # what a module returns: its hidden state first
+Hook = Callable[[torch.nn.Module, Any, Any], Any]  # a forward hook: (module, inputs, output) -> new output or None
 
 
 class StopForward(Exception):
     """Raised by a hook once everything wanted has been seen: the rest of the forward is skipped."""
 
 
-def hidden(output) -> torch.Tensor:
+def hidden(output: ModuleOutput) -> torch.Tensor:
     """The hidden state ``[B, T, d]`` in a module's output (the first item of a tuple or list)."""
-    return output[0] if isinstance(output, (tuple, list)) else output
+    state: torch.Tensor = output[0] if isinstance(output, (tuple, list)) else output
+    return state
 
 
-def with_hidden(output, new: torch.Tensor):
+def with_hidden(output: ModuleOutput, new: torch.Tensor) -> ModuleOutput:
     """``output`` with its hidden state replaced by ``new`` (what a forward hook returns)."""
     if isinstance(output, tuple):
         return (new,) + tuple(output[1:])
@@ -39,9 +50,9 @@ def with_hidden(output, new: torch.Tensor):
 
 
 @contextmanager
-def forward_hooks(pairs):
+def forward_hooks(pairs: Iterable[tuple[torch.nn.Module, Hook]]) -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
     """Register ``(module, hook)`` forward hooks for the block; all are removed on the way out."""
-    handles = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         for module, hook in pairs:
             handles.append(module.register_forward_hook(hook))
@@ -51,7 +62,7 @@ def forward_hooks(pairs):
             h.remove()
 
 
-def pad_token_id(tokenizer) -> int:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id padding uses: the tokenizer's pad token, else its EOS, else 0 (padded positions are
     masked out everywhere, so the id only has to exist in the vocabulary)."""
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
@@ -60,7 +71,8 @@ def pad_token_id(tokenizer) -> int:
     return 0
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: list[list[int]], pad_id: int, side: str,
+              device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and bool ``attention_mask``, both ``[B, T]``, padded on ``side``."""
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
@@ -81,20 +93,21 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def left_padded(lm, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_padded(lm: LoadedModel, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``input_ids``, long ``attention_mask`` and ``position_ids`` ``[B, T]`` of a left-padded
     batch: every prompt ends at the last position, so one next-token read serves the batch."""
     ids, mask = pad_batch(seqs, pad_token_id(lm.tokenizer), "left", lm.device)
     return ids, mask.long(), position_ids_from_mask(mask)
 
 
-def base_model(lm):
+def base_model(lm: LoadedModel) -> torch.nn.Module:
     """The model without its LM head (what capture and block reads call)."""
-    return getattr(lm.model, lm.model.base_model_prefix, lm.model)
+    base: torch.nn.Module = getattr(lm.model, lm.model.base_model_prefix, lm.model)
+    return base
 
 
 @torch.inference_mode()
-def block_outputs(lm, layers: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+def block_outputs(lm: LoadedModel, layers: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
                   ) -> dict[int, torch.Tensor]:
     """``{layer: block output [B, T, d]}`` for a batch, from the base model; blocks past the
     deepest one asked for never run."""
@@ -102,14 +115,14 @@ def block_outputs(lm, layers: list[int], input_ids: torch.Tensor, attention_mask
     wanted = sorted(set(layers))
     seen: dict[int, torch.Tensor] = {}
 
-    def hook_for(layer):
-        def hook(module, inputs, output):
+    def hook_for(layer: int) -> Hook:
+        def hook(module: torch.nn.Module, inputs: Any, output: ModuleOutput) -> None:
             seen[layer] = hidden(output)
             if len(seen) == len(wanted):
                 raise StopForward()
         return hook
 
-    kwargs = {"input_ids": input_ids.to(lm.device), "use_cache": False}
+    kwargs: dict[str, Any] = {"input_ids": input_ids.to(lm.device), "use_cache": False}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.long().to(lm.device)
     with forward_hooks([(blocks[l], hook_for(l)) for l in wanted]):

@@ -23,6 +23,7 @@ import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 MAX_ENTRIES = 256  # the cache keeps the newest identities; older ones are simply recomputed
@@ -53,7 +54,7 @@ def gguf_path() -> Path | None:
     return None
 
 
-def default_model_status() -> dict:
+def default_model_status() -> dict[str, Any]:
     """Where the default model is and whether it is ready to load fast."""
     cached = default_model_dir()
     ready = (cached / "config.json").exists() and (cached / "model.safetensors").exists()
@@ -76,7 +77,7 @@ def model_key(name: str, fingerprint: str, load_in: str | None = None) -> str:
 
 def is_gguf_file(spec: str | None) -> bool:
     """``--model`` names a GGUF file (any, not only the default model's)."""
-    return bool(spec) and str(spec).lower().endswith(".gguf") and Path(spec).expanduser().is_file()
+    return bool(spec and spec.lower().endswith(".gguf") and Path(spec).expanduser().is_file())
 
 
 def is_default(spec: str | None) -> bool:
@@ -104,7 +105,7 @@ def checkpoint_folder(spec: str | None) -> Path | None:
     """The folder holding ``spec``'s files (the default model's converted copy, a local folder
     or a hub id's cached snapshot; a GGUF file is its own), or None when it is not on this
     machine yet."""
-    if is_default(spec):
+    if spec is None or is_default(spec):
         folder = default_model_dir()
         return folder if (folder / "config.json").exists() and (folder / "model.safetensors").exists() else None
     if is_gguf_file(spec):
@@ -142,7 +143,7 @@ def _cache_path() -> Path:
     return traitlens_home() / "identities.json"
 
 
-def read_cache(path: Path) -> dict:
+def read_cache(path: Path) -> dict[str, Any]:
     """A JSON cache file under ``$TRAITLENS_HOME`` as a dict; {} when missing or damaged (a
     cache is rebuilt by the next run that writes it)."""
     try:
@@ -152,7 +153,7 @@ def read_cache(path: Path) -> dict:
         return {}
 
 
-def cache_put(path: Path, key: str, entry: dict, keep: int) -> None:
+def cache_put(path: Path, key: str, entry: dict[str, Any], keep: int) -> None:
     """Set ``key`` (as the newest entry) in the JSON cache at ``path``, keeping the ``keep``
     newest, and replace the file atomically so concurrent runs never read half of one. Best
     effort: a cache that cannot be written only costs a later run its shortcut."""

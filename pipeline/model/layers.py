@@ -4,6 +4,7 @@ workers never import it (torch alone is ~180 MB of resident memory)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from traitlens.store.errors import InputError
 from traitlens.store.layout import format_layer_list
@@ -13,7 +14,7 @@ class SiteError(InputError):
     """A site or layer cannot be resolved on this model."""
 
 
-def parse_layers(spec: str | int | list, n_layers: int) -> list[int]:
+def parse_layers(spec: str | int | Sequence[int | str], n_layers: int) -> list[int]:
     """``all`` | ``0-15`` | ``3,7,11`` | ``-1`` (negative counts from the end) -> sorted layers."""
     if isinstance(spec, int):
         spec = str(spec)
@@ -30,7 +31,7 @@ def parse_layers(spec: str | int | list, n_layers: int) -> list[int]:
         try:
             if m:
                 a, b = int(m.group(1)), int(m.group(2))
-                rng = range(a % n_layers if a < 0 else a, (b % n_layers if b < 0 else b) + 1)
+                rng: Sequence[int] = range(a % n_layers if a < 0 else a, (b % n_layers if b < 0 else b) + 1)
             else:
                 v = int(item)
                 rng = [v % n_layers if v < 0 else v]

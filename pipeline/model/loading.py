@@ -16,8 +16,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,15 +30,20 @@ from traitlens.pipeline.model.identity import (DEFAULT_MODEL, ModelIdentity, def
                                                 model_key, remember)
 from traitlens.pipeline.model.identity import default_model_status, gguf_path  # noqa: F401  (re-exported)
 from traitlens.pipeline.model.identity import traitlens_home  # noqa: F401  (re-exported: part of this module's API)
-from traitlens.pipeline.model.options import DTYPES, LoadOptions, check_device  # noqa: F401  (re-exported)
+from traitlens.pipeline.model.options import DTYPES, LoadOptions, check_device, parse_max_memory  # noqa: F401  (re-exported)
 from traitlens.pipeline.model.placement import check_placement, device_map_kwargs, input_device, state_values
 from traitlens.pipeline.model.quantisation import bnb_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Log = Callable[[str], object]  # where progress lines go (print by default)
 
 class ModelError(TraitlensError, RuntimeError):
     """A model cannot be found or loaded; the message says what to do."""
 
 
-def provision_default_model(log=print) -> Path:
+def provision_default_model(log: Log = print) -> Path:
     """Convert the packaged GGUF to a cached safetensors folder once; return that folder."""
     target = default_model_dir()
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
@@ -56,8 +63,8 @@ def provision_default_model(log=print) -> Path:
     tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
     model = AutoModelForCausalLM.from_pretrained(str(g.parent), dtype=torch.float32, **gguf_load_kwargs(g))
     # a gguf-loaded model refuses save_pretrained until its quantization marker is cleared
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]  # (transformers does not declare these two)
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:6]}.tmp"
@@ -77,8 +84,8 @@ def provision_default_model(log=print) -> Path:
 class LoadedModel:
     """A causal LM ready for capture. ``key`` names it in the store (name + fingerprint)."""
 
-    model: torch.nn.Module
-    tokenizer: object
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     name: str
     key: str
     device: torch.device  # where input ids go (with a device map: the input embeddings' device)
@@ -103,7 +110,7 @@ class LoadedModel:
         return min(candidates) if candidates else 2048
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
+def model_fingerprint(model: PreTrainedModel) -> str:
     """Hash of the config and a sample of every weight tensor: two checkpoints never share a key.
 
     Sampling (the first and last 256 values of each tensor) keeps this fast on big models
@@ -149,13 +156,13 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ModelError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
-def resolve_model_path(spec: str | None, log=print, option: str = "--model") -> tuple[str, str]:
+def resolve_model_path(spec: str | None, log: Log = print, option: str = "--model") -> tuple[str, str]:
     """(path or hub id to load, display name) for a --model value (``option`` names it in errors).
     A GGUF file's architecture is checked here, before anything loads (:func:`~.gguf_files.check_gguf`)."""
     if spec is not None and not str(spec).strip():
         raise InputError(f"{option} '': give a Hugging Face id or a local model folder, or leave {option} out for the "
                          "default model")
-    if is_default(spec):
+    if spec is None or is_default(spec):
         return str(provision_default_model(log)), DEFAULT_MODEL
     p = Path(spec).expanduser()
     if is_gguf_file(spec):
@@ -197,8 +204,8 @@ def _not_here(spec: str, option: str) -> str:
             f"local Hugging Face cache ({hub_cache_dir() / ('models--' + spec.replace('/', '--'))})")
 
 
-def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto", log=print, *,
-               device_map: str | None = None, max_memory=None, load_in: str | None = None,
+def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto", log: Log = print, *,
+               device_map: str | None = None, max_memory: object = None, load_in: str | None = None,
                option: str = "--model") -> LoadedModel:
     """Load tokenizer and causal LM for ``spec`` (None = the default model), in eval mode.
 
@@ -208,7 +215,7 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
     named the model (``--model``, ``--judge``), for error messages."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    opts = LoadOptions(device, dtype, device_map, max_memory, load_in).checked()
+    opts = LoadOptions(device, dtype, device_map, parse_max_memory(max_memory), load_in).checked()
     path, name = resolve_model_path(spec, log, option)
     dev = pick_device(device)
     tdtype = pick_dtype(dtype, dev)
@@ -227,7 +234,7 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
     is_folder = Path(path).exists()
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is noise on every run
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a sub-second "Loading weights" bar is noise on every run
     try:
         tok = AutoTokenizer.from_pretrained(where, local_files_only=True, **tok_kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, **kwargs)
@@ -239,19 +246,19 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
         if not hub_reachable():  # fail at once: no download can work, and the hub client would retry for ~50 s
             offline = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
                        in ("1", "true", "yes", "on") else "the Hugging Face hub cannot be reached")
-            raise ModelError(f"{_not_here(spec, option)}; {offline}, so it was not downloaded. {how}") from None
+            raise ModelError(f"{_not_here(path, option)}; {offline}, so it was not downloaded. {how}") from None
         try:
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         except Exception as e:  # unknown id, gated repo, network lost...
-            raise ModelError(f"{_not_here(spec, option)}, and it could not be downloaded ({type(e).__name__}). {how}")\
+            raise ModelError(f"{_not_here(path, option)}, and it could not be downloaded ({type(e).__name__}). {how}")\
                 from None
     if "device_map" in kwargs:  # placed as it loaded (accelerate, bitsandbytes)
         check_placement(model, spec)
         dev = input_device(model)
     else:
-        model.to(dev)
-    model.eval()
+        model.to(dev)  # type: ignore[arg-type]  # (transformers' wrapper of .to is typed without self)
+    model.eval()  # type: ignore[no-untyped-call]
     key = model_key(name, model_fingerprint(model), opts.load_in)
     lm = LoadedModel(model=model, tokenizer=tok, name=name, key=key, device=dev, path=path)
     # the next run that finds nothing new learns all this from the files, without loading

@@ -24,7 +24,7 @@ def check_device(device: str) -> None:
         raise InputError(f"--device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
-def parse_max_memory(value) -> dict[str, str] | None:
+def parse_max_memory(value: object) -> dict[str, str] | None:
     """``--max-memory``: ``0=20GiB,1=20GiB,cpu=64GiB`` (or the same as a table) -> ``{"0": "20GiB", ...}``.
     Keys are GPU indices, ``cpu`` or ``mps``; sizes are what accelerate reads (``20GiB``, ``500MB``, bytes)."""
     if value is None or value == "" or value == {}:

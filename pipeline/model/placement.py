@@ -16,26 +16,32 @@ on the module). So:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from traitlens.store.errors import InputError
 
 from traitlens.pipeline.model.options import LoadOptions
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def device_map_kwargs(opts: LoadOptions) -> dict:
+
+def device_map_kwargs(opts: LoadOptions) -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for ``opts``' device map (none without one). GPU
     indices become ints and plain byte counts numbers, as accelerate reads them."""
     if opts.device_map is None:
         return {}
-    kwargs = {"device_map": opts.device_map}
+    kwargs: dict[str, Any] = {"device_map": opts.device_map}
     if opts.max_memory:
         kwargs["max_memory"] = {(int(k) if k.isdigit() else k): (int(v) if v.isdigit() else v)
                                 for k, v in opts.max_memory.items()}
     return kwargs
 
 
-def check_placement(model: torch.nn.Module, spec) -> None:
+def check_placement(model: torch.nn.Module, spec: str | None) -> None:
     """Refuse a device map that left part of the model on disk (an :class:`InputError`)."""
     placed = getattr(model, "hf_device_map", None) or {}
     on_disk = sorted(name or "(the whole model)" for name, where in placed.items() if str(where) == "disk")
@@ -45,11 +51,11 @@ def check_placement(model: torch.nn.Module, spec) -> None:
                          "would read those weights from disk): raise --max-memory, use more GPUs, or --load-in 4bit")
 
 
-def _as_device(d) -> torch.device:
+def _as_device(d: int | str | torch.device) -> torch.device:
     return torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
 
 
-def _hooks(module) -> list:
+def _hooks(module: torch.nn.Module) -> list[Any]:
     """accelerate's hooks on ``module`` (a SequentialHook holds several)."""
     hook = getattr(module, "_hf_hook", None)
     return [] if hook is None else list(getattr(hook, "hooks", [hook]))
@@ -64,19 +70,19 @@ def execution_device(module: torch.nn.Module) -> torch.device | None:
     return None
 
 
-def input_device(model: torch.nn.Module) -> torch.device:
+def input_device(model: PreTrainedModel) -> torch.device:
     """Where the input ids go: the device the input embeddings run on."""
     emb = model.get_input_embeddings()
     d = execution_device(emb)
     if d is None:
-        d = emb.weight.device
+        d = emb.get_parameter("weight").device
     if d.type == "meta":  # weights behind a hook without an execution device: the map's first device
         placed = [w for w in (getattr(model, "hf_device_map", None) or {}).values() if str(w) not in ("cpu", "disk")]
         d = _as_device(placed[0]) if placed else torch.device("cpu")
     return d
 
 
-def devices(model: torch.nn.Module) -> list[torch.device]:
+def devices(model: PreTrainedModel) -> list[torch.device]:
     """Every device the model computes on (one without a device map)."""
     placed = getattr(model, "hf_device_map", None)
     if not placed:
@@ -102,11 +108,12 @@ def _offloaded(model: torch.nn.Module, name: str) -> torch.Tensor:
         for hook in _hooks(module):
             weights = getattr(hook, "weights_map", None)
             if weights is not None and rest in weights:
-                return weights[rest]
+                value: torch.Tensor = weights[rest]
+                return value
     raise RuntimeError(f"{name} is on the meta device and no accelerate hook holds its value")
 
 
-def state_values(model: torch.nn.Module):
+def state_values(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` of the model's state dict in name order, offloaded weights read from
     where accelerate keeps them (so a device map does not change the fingerprint)."""
     for name, t in sorted(model.state_dict().items()):

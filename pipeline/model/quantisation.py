@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import importlib.util
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from traitlens.store.errors import InputError
 
 from traitlens.pipeline.model.options import GPU_EXTRA
 
+if TYPE_CHECKING:
+    from transformers import BitsAndBytesConfig
+
 
 class QuantisationUnavailable(InputError):
     """``--load-in`` cannot be honoured here: bitsandbytes or a device it runs on is missing (exit 2)."""
 
 
-def bnb_config(load_in: str, device: torch.device, dtype: torch.dtype):
+def bnb_config(load_in: str, device: torch.device, dtype: torch.dtype) -> BitsAndBytesConfig:
     """A ``BitsAndBytesConfig`` for ``--load-in load_in`` on ``device``, computing in ``dtype``."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise QuantisationUnavailable(f"--load-in {load_in} needs bitsandbytes, which is not installed: it is the "
@@ -45,5 +50,6 @@ def bnb_config(load_in: str, device: torch.device, dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if load_in == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-    return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",  # type: ignore[no-untyped-call]
+                                  bnb_4bit_compute_dtype=dtype)  # (transformers leaves its __init__ unannotated)
+    return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -41,7 +43,7 @@ class HookPoint:
 def get_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
     mod = model
     for part in path.split("."):
-        mod = getattr(mod, part) if not part.isdigit() else mod[int(part)]
+        mod = getattr(mod, part) if not part.isdigit() else cast(torch.nn.ModuleList, mod)[int(part)]
     return mod
 
 
@@ -61,13 +63,13 @@ def find_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     raise SiteError(f"cannot find the transformer blocks of {type(model).__name__}; pass a dotted --site path")
 
 
-def _nearest(model, path, n=5) -> str:
+def _nearest(model: torch.nn.Module, path: str, n: int = 5) -> str:
     names = [name for name, _ in model.named_modules() if name]
     near = difflib.get_close_matches(path, names, n=n, cutoff=0.4)
     return ", ".join(near) if near else ", ".join(names[:n])
 
 
-def _child(block, names, what, block_path) -> str:
+def _child(block: torch.nn.Module, names: Iterable[str], what: str, block_path: str) -> str:
     for name in names:
         if hasattr(block, name) and isinstance(getattr(block, name), torch.nn.Module):
             return name

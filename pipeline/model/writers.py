@@ -24,10 +24,14 @@ name (:class:`ArchitectureError`, exit 2), pointing to the exports that need no 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
 from traitlens.store.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class ArchitectureError(InputError):
@@ -50,8 +54,15 @@ class Architecture:
     conv1d: bool = False  # weights stored [in, out] (GPT-2's Conv1D) instead of nn.Linear's [out, in]
 
 
-_LLAMA_LIKE = dict(embeddings=("model.embed_tokens",), attn_out="self_attn.o_proj", mlp_out="mlp.down_proj",
-                   final_norm="model.norm")
+class _Paths(TypedDict):
+    embeddings: tuple[str, ...]
+    attn_out: str
+    mlp_out: str
+    final_norm: str
+
+
+_LLAMA_LIKE: _Paths = {"embeddings": ("model.embed_tokens",), "attn_out": "self_attn.o_proj",
+                       "mlp_out": "mlp.down_proj", "final_norm": "model.norm"}
 ARCHITECTURES = {
     "llama": Architecture("llama", **_LLAMA_LIKE, push="mlp.down_proj", bias_flag="mlp_bias",
                           flag_siblings=("mlp.gate_proj", "mlp.up_proj")),
@@ -87,7 +98,8 @@ def architecture(model: torch.nn.Module, additive: bool = False) -> Architecture
     try:
         for path in arch.embeddings + (arch.final_norm,):
             get_module(model, path)
-        for path in (arch.attn_out, arch.mlp_out) + ((arch.push,) + arch.flag_siblings if additive else ()):
+        for path in (arch.attn_out, arch.mlp_out) + ((arch.push,) + arch.flag_siblings
+                                                     if additive and arch.push is not None else ()):
             get_module(blocks[0], path)
     except (AttributeError, IndexError) as e:
         raise ArchitectureError(f"{type(model).__name__} (model type {kind}) lacks a module traitlens expects "
@@ -109,7 +121,7 @@ def root_module(model: torch.nn.Module, path: str) -> torch.nn.Module:
     return get_module(model, path)
 
 
-def ties_embeddings(model: torch.nn.Module) -> bool:
+def ties_embeddings(model: PreTrainedModel) -> bool:
     """True when the LM head reads the input embedding matrix itself (tied weights)."""
-    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()  # type: ignore[no-untyped-call]
     return out is not None and inp is not None and out.weight is inp.weight
