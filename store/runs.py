@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from .location import StorePath
+from .strict_json import dumps as strict_dumps  # a NaN count is null with its reason, never bare NaN
 
 
 class RunsStore(Protocol):
@@ -42,8 +43,6 @@ class RunsStore(Protocol):
     def lock(self, what: str = "write") -> AbstractContextManager[None]: ...
     def record_run(self, run: dict[str, Any]) -> None: ...
     def runs(self) -> pa.Table: ...
-
-from .strict_json import dumps as strict_dumps  # a NaN count is null with its reason, never bare NaN
 
 
 def now_utc() -> datetime:
