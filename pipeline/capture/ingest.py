@@ -167,7 +167,7 @@ def _settle_without_model(store_path, scan, digest, cfg: CaptureConfig) -> Inges
     store = Store.open(store_path)
     settings = {**asdict(cfg), "max_length": plan.max_length}
     with store.lock("ingest"):
-        store.check_extend(plan.groups, plan.layers_by_site, ident.d_model)
+        store.check_extend(plan.groups, plan.layers_by_site, ident.d_model, ids=False)  # (the plan compares ids)
         _check_group_config(store, plan.groups, settings)
         root = store.zarr_root()
         if any("capture" not in dict(get_group(root, g.path).attrs) for g in plan.groups
