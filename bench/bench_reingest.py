@@ -17,7 +17,8 @@ processes (what cron runs), each the median of ``--repeats``:
   each run: the plan, the store's refusals under its lock, and no model load (no torch);
 - ``ingest, receipt``: the same rerun answered from its receipt (hashing the corpus bytes);
 - with ``--before-code DIR`` (an earlier release's source, e.g. ``git archive 9ff0073 | tar -x
-  -C DIR``): that code's rerun without its receipt, once per size, on the same store.
+  -C DIR``): that code's rerun without its receipt, per size, on the same store (``--before-repeats``
+  runs, 1 by default; its median).
 
 The store. The corpus is ``--sizes`` JSONL lines of ~80 bytes (``{"text", "label", "trait", "dataset"}``).
 The first 1,000 prompts are captured by a real ``ingest`` with a tiny random-weight model
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--before-code", default=None,
                     help="an earlier release's source folder (git archive REV | tar -x -C DIR): its no-receipt "
                          "ingest, once per size, side by side")
+    ap.add_argument("--before-repeats", type=int, default=1, help="runs of the --before-code rerun per size")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="traitlens-bench-reingest-"))
@@ -184,7 +186,8 @@ def main() -> None:
             warm = median_of(args.repeats, cmd)
             assert "nothing new since run" in warm.last, warm.last
             if args.before_code:
-                old = median_of(1, cmd, before=drop_receipts, env=old_code_env(Path(args.before_code)))
+                old = median_of(args.before_repeats, cmd, before=drop_receipts,
+                                env=old_code_env(Path(args.before_code)))
                 assert "0 prompts captured" in old.last, old.last
                 befores.append((n, old))
             rows.append((n, corpus.stat().st_size, read, plan, cold, warm))
@@ -206,8 +209,13 @@ def main() -> None:
         print(f"\ngrowth from {n0:,} to {n1:,} prompts: ingest without its receipt {cold1.wall - cold0.wall:+.2f} s "
               f"wall ({cold1.cpu - cold0.cpu:+.2f} s CPU); reading the corpus {read1.wall - read0.wall:+.2f} s wall "
               f"({read1.cpu - read0.cpu:+.2f} s CPU)")
+    if len(befores) > 1:
+        (n0, old0), (n1, old1) = befores[0], befores[-1]
+        print(f"growth from {n0:,} to {n1:,} prompts, the code in {args.before_code}: {old1.wall - old0.wall:+.2f} s "
+              f"wall ({old1.cpu - old0.cpu:+.2f} s CPU)")
     for n, old in befores:
-        print(f"the code in {args.before_code} at {n:,} prompts, the same rerun without its receipt (one run): {old}")
+        print(f"the code in {args.before_code} at {n:,} prompts, the same rerun without its receipt (median of "
+              f"{args.before_repeats}): {old}; each run {old.walls}")
     for n, _, read, plan, cold, warm in rows:
         print(f"wall seconds of each run at {n:,}: read {read.walls}, plan {plan.walls}, no receipt {cold.walls}, "
               f"receipt {warm.walls}")

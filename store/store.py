@@ -233,16 +233,18 @@ class Store:
              & (pc.field("site") == key.site) & (pc.field("pooling") == key.pooling))
         return by_row(self.table("rows", columns=columns, filter=f))
 
-    def committed(self, key: GroupKey) -> "GroupState":
-        """How far a group is committed: prompts, rows and array rows."""
-        t = self.group_rows(key, ["row", "prompt_id", "token_start", "token_count"])
+    def committed(self, key: GroupKey, ids: bool = True) -> "GroupState":
+        """How far a group is committed: prompts, rows and array rows (``ids``: and the committed
+        prompt ids; without them, which a caller that needs only the counts skips reading, the
+        state's :attr:`~GroupState.ids` is None)."""
+        t = self.group_rows(key, ["row", "token_start", "token_count"] + (["prompt_id"] if ids else []))
         n = t.num_rows
         rows_end = int(pc.max(t["row"]).as_py()) + 1 if n else 0
         if key.pooling == "tokens" and n:
             array_rows = int(pc.max(pc.add(t["token_start"], pc.cast(t["token_count"], pa.int64()))).as_py())
         else:
             array_rows = rows_end  # past the highest committed row, even where a lost part left a gap below it
-        return GroupState(n_prompts=n, array_rows=array_rows, ids=t["prompt_id"], rows_end=rows_end)
+        return GroupState(n_prompts=n, array_rows=array_rows, ids=t["prompt_id"] if ids else None, rows_end=rows_end)
 
     def zarr_root(self, mode: arrays.Mode = "r") -> zarr.Group:
         return arrays.open_root(self.zarr_path, mode=mode)
@@ -254,9 +256,11 @@ class Store:
             return []
         return array_layers(group)
 
-    def check_extend(self, groups: list[GroupKey], layers: Layers, d_model: int) -> dict[GroupKey, "GroupState"]:
+    def check_extend(self, groups: list[GroupKey], layers: Layers, d_model: int, ids: bool = True
+                     ) -> dict[GroupKey, "GroupState"]:
         """Refuse, before anything is written, a capture that would break a group's invariants;
-        returns each group's committed state.
+        returns each group's committed state (``ids=False``: without the prompt ids, see
+        :meth:`committed`; the refusals need only the counts).
 
         ``layers``: one list for every group, or ``{site: list}``. A group that holds committed
         rows keeps its layer set (a capture of other layers would leave short arrays or rows
@@ -266,7 +270,7 @@ class Store:
         for g in groups:
             want = sorted(layers[g.site] if isinstance(layers, dict) else layers)
             grp = arrays.get_group(root, g.path) if root is not None else None
-            st = states[g] = self.committed(g)
+            st = states[g] = self.committed(g, ids)
             mark = committed_mark(grp)
             if st.has_gap:
                 raise StoreError(
@@ -423,6 +427,8 @@ class GroupState:
         when first asked for: the checks that need only the counts (``check_extend`` of a
         1M-prompt group) skip the sort."""
         if self._prompt_ids is None:
+            if self.ids is None and self.n_prompts:  # a state read for its counts only (committed(ids=False))
+                raise ValueError("this group state was read without its prompt ids: use committed(key)")
             self._prompt_ids = IdSet(self.ids if self.ids is not None else ())
         return self._prompt_ids
 

@@ -153,3 +153,25 @@ def test_a_key_is_relabelled_only_when_its_newest_stored_record_differs(tmp_path
         flags = scan.flags
     assert [bool(f & plan.NEW) for f in flags] == [False, False, False, True]
     assert [bool(f & plan.RELABELLED) for f in flags] == [True, False, True, False]
+
+
+def test_a_stored_part_written_before_a_column_existed_reads_null_in_it(tmp_path):
+    """The plan has DuckDB read a local store's parts itself: a part without one of the table's
+    columns (an older release's) reads NULL in it, as a read through the table's schema does,
+    so a stored record without a split differs from a corpus record that gives one."""
+    import pyarrow.parquet as pq
+
+    c = write_corpus(tmp_path / "c.jsonl", 4)
+    lines = c.read_text().splitlines()
+    c.write_text("\n".join([lines[0][:-1] + ', "split": "val"}'] + lines[1:]) + "\n")
+    rows = [r.as_row() for r in plan.read_corpus([c])[0]]
+    store = Store.open(tmp_path / "s", create=True)
+    store.add_prompts(rows[:3])  # the fourth is new to the store
+    (part,) = store.tables["prompts"].live_files()
+    pq.write_table(pq.read_table(part).drop_columns(["split"]), part)  # no split column, as once written
+    assert store.table("prompts")["split"].null_count == 3  # (the schema's own reading)
+    with plan.scan_corpus([c]) as scan:
+        scan.decide(store)
+        flags = scan.flags
+    assert [bool(f & plan.NEW) for f in flags] == [False, False, False, True]
+    assert [bool(f & plan.RELABELLED) for f in flags] == [True, False, False, False]

@@ -16,9 +16,12 @@ from traitlens.pipeline.capture.settings import IngestConfig
 from traitlens.testing import write_corpus
 from traitlens.workflows.cli import cli
 
-# the CLI in a fresh interpreter, reporting whether it imported torch
+# libraries a run that captures nothing never needs (the model's, the cluster's, the fits')
+HEAVY = ("torch", "transformers", "dask", "distributed", "sklearn", "scipy")
+# the CLI in a fresh interpreter, reporting which of HEAVY it imported, then whether torch was one
 PROBE = ("import sys\nfrom traitlens.workflows.cli import cli\n"
          "try:\n    cli.main(sys.argv[1:], prog_name='traitlens')\nexcept SystemExit as e:\n    code = e.code\n"
+         f"print('heavy:', *[m for m in {HEAVY!r} if m in sys.modules])\n"
          "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
 
 
@@ -153,3 +156,37 @@ def test_a_rerun_without_its_receipt_loads_no_model_until_a_prompt_needs_it(tmp_
     corpus.write_text("\n".join([lines[0].replace('"neg"', '"pos"'), *corpus.read_text().splitlines()[1:]]) + "\n")
     out = without_receipts()
     assert ": 1 prompts captured, 30 already stored" in out and "NO-TORCH" not in out, out
+
+
+def test_a_rerun_without_its_receipt_imports_no_model_cluster_or_fitting_library(tmp_path, tiny_llama):
+    """The no-op's start-up is its floor: neither torch nor transformers, dask, sklearn or scipy
+    is imported by a rerun whose records are all stored (only reading the corpus, one join)."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 30)
+    store = tmp_path / "s"
+    ingest_cli(store, corpus, tiny_llama)
+    for f in (receipts.traitlens_home() / "receipts").glob("*.json"):
+        f.unlink()
+    out = fresh_cli(store, corpus, tiny_llama)
+    assert "0 prompts captured, 30 already stored" in out and "the model was not loaded" in out, out
+    heavy = next(line for line in out.splitlines() if line.startswith("heavy:"))
+    assert heavy == "heavy:", out
+
+
+def test_a_rerun_that_falls_through_its_receipt_hashes_the_corpus_once(tmp_path, tiny_llama, monkeypatch):
+    """The receipt's check and the receipt the run then writes share one digest of the corpus
+    bytes (hashing a 1M-prompt corpus costs a few tenths of a second), and it is this corpus's."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 20)
+    store = tmp_path / "s"
+    ingest_cli(store, corpus, tiny_llama)
+    write_corpus(corpus, 21)  # one more prompt: the receipt no longer answers
+    hashed = []
+    real = receipts.corpus_digest
+    monkeypatch.setattr(receipts, "corpus_digest", lambda *a: hashed.append(a) or real(*a))
+    assert ": 1 prompts captured, 20 already stored" in ingest_cli(store, corpus, tiny_llama)
+    assert len(hashed) == 1, hashed
+    for f in (receipts.traitlens_home() / "receipts").glob("*.json"):
+        f.unlink()
+    assert "0 prompts captured, 21 already stored" in ingest_cli(store, corpus, tiny_llama)  # settled, no model
+    assert len(hashed) == 2, hashed
+    monkeypatch.setattr(receipts, "corpus_digest", real)
+    assert receipts.check(store, [corpus], ReadOptions(), IngestConfig(model=str(tiny_llama))) is not None

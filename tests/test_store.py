@@ -303,3 +303,22 @@ def test_a_run_killed_while_creating_its_arrays_leaves_a_tail_not_damage(tmp_pat
     # with committed rows, the same loss is damage, never a tail
     (s.zarr_path / KEY.path / "L1" / "zarr.json").unlink()
     assert any("L1/zarr.json is missing" in e for e in verify(s, check_values=False).errors)
+
+
+def test_a_state_read_for_its_counts_only_has_the_same_counts_and_no_ids(tmp_path):
+    """``committed(key, ids=False)`` (what a rerun with nothing new checks the store with) skips
+    the prompt ids: the same counts as a full read, and asking it for the ids is an error, not
+    an empty set that would say no prompt is stored."""
+    ids = [f"p{i}" for i in range(10)]
+    s = new_store(tmp_path, ids)
+    w = s.writer([KEY], [0, 1], 8, "run1", chunk_rows=4)
+    w.add(batch(ids[:6])), w.commit()
+    full, counts = s.committed(KEY), s.committed(KEY, ids=False)
+    assert (counts.n_prompts, counts.array_rows, counts.rows_end) == (full.n_prompts, full.array_rows, full.rows_end) \
+        == (6, 6, 6)
+    assert counts.ids is None and sorted(full.prompt_ids.to_set()) == ids[:6]
+    with pytest.raises(ValueError, match="without its prompt ids"):
+        counts.prompt_ids
+    assert s.check_extend([KEY], [0, 1], 8, ids=False)[KEY].n_prompts == 6
+    with pytest.raises(StoreError, match="layers"):  # the refusals are the same without the ids
+        s.check_extend([KEY], [0], 8, ids=False)

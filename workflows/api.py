@@ -200,7 +200,8 @@ def ingest(store, corpus, config=None, *, scheduler=None, progress: bool = True,
                     lists=("sites", "poolings"))
     opts = ReadOptions.from_options(read)
     root, paths = _root(store), _paths(corpus)
-    seen = receipts.check(root, paths, opts, cfg)  # before torch is imported
+    digest = receipts.readable_digest(paths, opts)  # hashed once: for the receipt's check and the run's receipt
+    seen = receipts.check(root, paths, opts, cfg, digest=digest) if digest else None  # before torch is imported
     if seen is not None:
         return Ingested(receipt=seen)
     from traitlens.pipeline.capture.ingest import ingest as run_ingest
@@ -209,7 +210,7 @@ def ingest(store, corpus, config=None, *, scheduler=None, progress: bool = True,
     # only an explicit scheduler ships the model to workers (DASK_SCHEDULER_ADDRESS is for extraction)
     with dask_client(scheduler, from_env=False) as client:
         res = run_ingest(root, paths, opts, cfg, lm=lm, progress=progress, log=log or (lambda *a: None),
-                         client=client)
+                         client=client, digest=digest)
     return Ingested(result=res)
 
 

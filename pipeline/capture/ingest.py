@@ -125,16 +125,20 @@ def _check_lengths(records, lm: "LoadedModel", chat: bool, max_length: int, cfg:
 
 
 def ingest(store_path, corpus_paths, read_opts: ReadOptions | None = None, cfg: CaptureConfig | None = None,
-           lm: "LoadedModel | None" = None, progress: bool = True, log=print, client=None) -> IngestResult:
+           lm: "LoadedModel | None" = None, progress: bool = True, log=print, client=None,
+           digest: str | None = None) -> IngestResult:
     """Capture every prompt of ``corpus_paths`` that the store lacks; returns what was done.
 
     ``client``: a ``dask.distributed.Client`` to shard the forward passes across its workers
     (each loads the model once). Where the groups allow, the workers write their own chunk-aligned
-    ranges (``cfg.workers_write``; see :mod:`.distributed`); this process commits every range."""
+    ranges (``cfg.workers_write``; see :mod:`.distributed`); this process commits every range.
+    ``digest``: the corpus's :func:`.receipts.corpus_digest` with ``read_opts``, when the caller
+    took it already (for its receipt check); else it is taken here."""
     cfg = (cfg or CaptureConfig()).validate()
     read_opts = read_opts or ReadOptions()
     corpus_paths = resolve(corpus_paths)  # globs expanded, hub ids refused: what the digest and the scan read
-    digest = receipts.corpus_digest(corpus_paths, read_opts)  # before reading: what the receipt vouches for
+    # before reading: what the receipt vouches for
+    digest = digest or receipts.corpus_digest(corpus_paths, read_opts)
     # pass 1: every record validated, nothing written
     scan = scan_corpus(corpus_paths, read_opts, require_assistant="assistant_mean" in cfg.poolings)
     try:
@@ -163,7 +167,7 @@ def _settle_without_model(store_path, scan, digest, cfg: CaptureConfig) -> Inges
     store = Store.open(store_path)
     settings = {**asdict(cfg), "max_length": plan.max_length}
     with store.lock("ingest"):
-        store.check_extend(plan.groups, plan.layers_by_site, ident.d_model)
+        store.check_extend(plan.groups, plan.layers_by_site, ident.d_model, ids=False)  # (the plan compares ids)
         _check_group_config(store, plan.groups, settings)
         root = store.zarr_root()
         if any("capture" not in dict(get_group(root, g.path).attrs) for g in plan.groups

@@ -166,19 +166,29 @@ def workflow_current(store: Store, key: str) -> bool:
     return entry is not None and entry["state"] == workflow_state(store)
 
 
-def check(store_path, paths, opts: ReadOptions | None, cfg: CaptureConfig) -> Receipt | None:
+def readable_digest(paths, opts: ReadOptions | None) -> str | None:
+    """:func:`corpus_digest`, or None for a corpus it cannot hash (a missing or unreadable file,
+    a glob matching nothing): the ingest's own reading names the problem."""
+    try:
+        return corpus_digest(paths, opts)
+    except (OSError, CorpusError):
+        return None
+
+
+def check(store_path, paths, opts: ReadOptions | None, cfg: CaptureConfig, digest: str | None = None) -> Receipt | None:
     """A :class:`Receipt` when an ingest of ``paths`` with ``cfg`` would capture and change
-    nothing in the store at ``store_path``; None when it has to run (or cannot tell)."""
+    nothing in the store at ``store_path``; None when it has to run (or cannot tell).
+    ``digest``: the corpus's :func:`corpus_digest`, when the caller has it already (an ingest
+    that falls through hands the same one on, so the corpus is hashed once)."""
     if not Store.exists(store_path):
         return None
     plan = plan_from_identity(cfg.validate())
     if plan is None:
         return None
     store = Store.open(store_path)
-    try:
-        digest = corpus_digest(paths, opts)
-    except (OSError, CorpusError):
-        return None  # a missing or unreadable corpus, a glob matching nothing: the normal path names it
+    digest = digest or readable_digest(paths, opts)
+    if digest is None:
+        return None
     entry = _read(store).get(plan.request(cfg, digest))
     if entry is None or entry["state"] != store_state(store, plan.groups):
         return None
