@@ -318,7 +318,7 @@ def test_a_state_read_for_its_counts_only_has_the_same_counts_and_no_ids(tmp_pat
         == (6, 6, 6)
     assert counts.ids is None and sorted(full.prompt_ids.to_set()) == ids[:6]
     with pytest.raises(ValueError, match="without its prompt ids"):
-        counts.prompt_ids
+        _ = counts.prompt_ids
     assert s.check_extend([KEY], [0, 1], 8, ids=False)[KEY].n_prompts == 6
     with pytest.raises(StoreError, match="layers"):  # the refusals are the same without the ids
         s.check_extend([KEY], [0], 8, ids=False)
