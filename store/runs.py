@@ -168,12 +168,12 @@ def is_gone(run: dict[str, Any], lock_held: bool) -> bool:
         return False
     pid, host = run.get("pid"), run.get("host")
     if pid is not None and host == this_host():
-        return pid != os.getpid() and not _alive(int(pid), run.get("started_at"))
+        return pid != os.getpid() and not process_alive(int(pid), run.get("started_at"))
     held = run.get("held_lock")
     return lock_held and (held if held is not None else run.get("stage") in _LOCKED_STAGES and pid is None)
 
 
-def _alive(pid: int, started_at: datetime | None) -> bool:
+def process_alive(pid: int, started_at: datetime | None) -> bool:
     """The process ``pid`` of this host runs, and is not a younger one that reused the pid."""
     try:
         os.kill(pid, 0)

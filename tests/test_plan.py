@@ -175,3 +175,28 @@ def test_a_stored_part_written_before_a_column_existed_reads_null_in_it(tmp_path
         flags = scan.flags
     assert [bool(f & plan.NEW) for f in flags] == [False, False, False, True]
     assert [bool(f & plan.RELABELLED) for f in flags] == [True, False, False, False]
+
+
+def test_a_scan_folder_left_by_a_killed_process_is_removed_by_the_next_scan(tmp_path, monkeypatch):
+    """``kill -9`` of an ingest leaves its private scan folder (the corpus's keys) in the temp
+    dir; the next scan removes the folders whose process is gone, and only those."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = tmp_path / f"{plan.SCAN_PREFIX}{int(gone.stdout)}-abc"  # its process has exited
+    live = tmp_path / f"{plan.SCAN_PREFIX}{os.getppid()}-def"  # the process that started pytest runs
+    own = tmp_path / f"{plan.SCAN_PREFIX}{os.getpid()}-ghi"  # another scan of this process
+    other = tmp_path / f"{plan.SCAN_PREFIX}not-a-pid"  # not this scheme's: never touched
+    for d in (dead, live, own, other):
+        (d / "scan").mkdir(parents=True)
+    c = tmp_path / "c.jsonl"
+    write_corpus(c, 4)
+    with plan.scan_corpus([c]) as scan:
+        assert scan.folder.parent == tmp_path and scan.folder.name.startswith(f"{plan.SCAN_PREFIX}{os.getpid()}-")
+        assert not dead.exists() and live.exists() and own.exists() and other.exists()
+    assert not scan.folder.exists()

@@ -360,13 +360,36 @@ def _store_table(con, name: str, table):
         con.unregister(f"{name}_schema")
 
 
+SCAN_PREFIX = "traitlens-scan-"  # + the pid of the process that owns the folder, + a random suffix
+
+
+def _scan_folder() -> Path:
+    """A private folder for one scan, named after this process, after removing the folders of
+    scans whose process is gone (a ``kill -9`` or power cut leaves its folder behind: the
+    corpus's keys, up to tens of MB a million prompts)."""
+    from datetime import datetime, timezone
+
+    from traitlens.store.runs import process_alive
+
+    for old in Path(tempfile.gettempdir()).glob(f"{SCAN_PREFIX}*-*"):
+        try:
+            pid = int(old.name[len(SCAN_PREFIX):].split("-", 1)[0])
+            # the owner started before its folder changed last: a younger process with the same pid is not it
+            changed = datetime.fromtimestamp(old.stat().st_mtime, timezone.utc)
+        except (ValueError, OSError):
+            continue  # not a scan folder of this scheme, or already gone
+        if pid != os.getpid() and not process_alive(pid, changed):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SCAN_PREFIX}{os.getpid()}-"))
+
+
 def scan_corpus(paths, opts: ReadOptions | None = None, require_assistant: bool = False) -> CorpusScan:
     """Pass 1: validate every record of ``paths`` and keep its key on disk (see the module).
     ``require_assistant`` (``assistant_mean`` pooling): every record must be a chat with an
     assistant turn to pool over."""
     opts = opts or ReadOptions()
     sources = expand(paths)  # a missing file, an unknown type, a hub id: refused before reading
-    scan = CorpusScan(list(paths), opts, Path(tempfile.mkdtemp(prefix="traitlens-scan-")))
+    scan = CorpusScan(list(paths), opts, _scan_folder())
     try:
         (scan.folder / "scan").mkdir()
         for k, src in enumerate(sources):
