@@ -75,9 +75,9 @@ def model_key(name: str, fingerprint: str, load_in: str | None = None) -> str:
     return f"{key}-{QUANTISED_KEYS[load_in]}" if load_in else key
 
 
-def is_gguf_file(spec: str | None) -> bool:
-    """``--model`` names a GGUF file (any, not only the default model's)."""
-    return bool(spec and spec.lower().endswith(".gguf") and Path(spec).expanduser().is_file())
+def is_gguf_file(spec: str | os.PathLike[str] | None) -> bool:
+    """``--model`` names a GGUF file (any, not only the default model's; a str or a Path)."""
+    return spec is not None and os.fspath(spec).lower().endswith(".gguf") and Path(spec).expanduser().is_file()
 
 
 def is_default(spec: str | None) -> bool:

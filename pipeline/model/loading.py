@@ -156,9 +156,12 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ModelError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
-def resolve_model_path(spec: str | None, log: Log = print, option: str = "--model") -> tuple[str, str]:
-    """(path or hub id to load, display name) for a --model value (``option`` names it in errors).
-    A GGUF file's architecture is checked here, before anything loads (:func:`~.gguf_files.check_gguf`)."""
+def resolve_model_path(spec: str | os.PathLike[str] | None, log: Log = print, option: str = "--model"
+                       ) -> tuple[str, str]:
+    """(path or hub id to load, display name) for a --model value (``option`` names it in errors;
+    a Path is read as its text). A GGUF file's architecture is checked here, before anything
+    loads (:func:`~.gguf_files.check_gguf`)."""
+    spec = None if spec is None else os.fspath(spec)
     if spec is not None and not str(spec).strip():
         raise InputError(f"{option} '': give a Hugging Face id or a local model folder, or leave {option} out for the "
                          "default model")
@@ -204,7 +207,7 @@ def _not_here(spec: str, option: str) -> str:
             f"local Hugging Face cache ({hub_cache_dir() / ('models--' + spec.replace('/', '--'))})")
 
 
-def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto", log: Log = print, *,
+def load_model(spec: str | os.PathLike[str] | None = None, device: str = "auto", dtype: str = "auto", log: Log = print, *,
                device_map: str | None = None, max_memory: object = None, load_in: str | None = None,
                option: str = "--model") -> LoadedModel:
     """Load tokenizer and causal LM for ``spec`` (None = the default model), in eval mode.
@@ -215,6 +218,7 @@ def load_model(spec: str | None = None, device: str = "auto", dtype: str = "auto
     named the model (``--model``, ``--judge``), for error messages."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    spec = None if spec is None else os.fspath(spec)  # a Path is read as its text
     opts = LoadOptions(device, dtype, device_map, parse_max_memory(max_memory), load_in).checked()
     path, name = resolve_model_path(spec, log, option)
     dev = pick_device(device)
