@@ -49,12 +49,13 @@ REFUSAL_MARKERS = ("i cannot", "i can't", "i can not", "sorry", "i apologize", "
                    "can't provide", "can't help", "cannot help", "not able to provide", "i must decline")
 
 
-def _keeps_last_logits(lm: LoadedModel) -> dict:
-    """``logits_to_keep=1`` where the model takes it: the LM head then runs on the last position
-    only (the vocabulary projection of every position is most of a short prompt's forward)."""
+def _keeps_last_logits(lm: LoadedModel, k: int = 1) -> dict:
+    """``logits_to_keep=k`` where the model takes it: the LM head then runs on the last ``k``
+    positions only (the vocabulary projection of every position is most of a short prompt's
+    forward); ``{}`` (every position) where it does not."""
     import inspect
 
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
+    return {"logits_to_keep": k} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
 
 
 @torch.inference_mode()
@@ -187,6 +188,7 @@ class Evaluator:
         self._base: np.ndarray | None = None
         self._plain: np.ndarray | None = None  # the unsteered measure alone (shift_under)
         self._base_replies: dict | None = None
+        self._kl_base: dict = {}  # the neutral prompts' unsteered log-probs, run once (damage.next_token_kl_under)
         self.rejected: list[str] = []  # the judge's rejected answers, every call
 
     def scale(self, layer: int) -> float:
@@ -325,7 +327,7 @@ class Evaluator:
                 self._base_replies = self._read_replies(replies, self._decode(replies))
         base, seed, texts = self._base, self.seed, self.texts
         kls = next_token_kl_under(self.lm, {i: hooks or items for i, (_, items, hooks) in enumerate(settings)},
-                                  self.neutral, kl=self.kl)
+                                  self.neutral, kl=self.kl, base=self._kl_base)
         rows = []
         for i, (head, items, hooks) in enumerate(settings):
             a = head["alpha"]
