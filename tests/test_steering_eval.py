@@ -185,8 +185,8 @@ def test_expression_reads_replies_unsteered_and_calibrates_the_held_out_means_to
 
 def test_cli_evaluate_at_default_layers_prints_the_plan_it_measured_and_the_settings_early_stop_skipped(
         tmp_path, tiny_llama):
-    """`evaluate --steering` without --layers sweeps the detection pick's layer and one each side
-    (the CPU default) and says so; its "ran:"/"measured"/"widen:" lines match the rows it stored,
+    """`evaluate --steering` without --layers sweeps the detection pick's layer alone (the CPU
+    default) and says so; its "ran:"/"measured"/"widen:" lines match the rows it stored,
     and each setting it says it skipped is absent from them and comes after a stored row of the
     same cell whose KL interval lies above the budget."""
     import re
@@ -214,13 +214,11 @@ def test_cli_evaluate_at_default_layers_prints_the_plan_it_measured_and_the_sett
     rows = s.table("steering").to_pylist()
     own = [x for x in rows if x["method"] == "mean_diff"]
     floor = [x for x in rows if x["method"] == "random"]
-    n_layers = 3  # the tiny models' blocks (make_model)
-    layers = [l for l in (pick_layer - 1, pick_layer, pick_layer + 1) if 0 <= l < n_layers]
+    layers = [pick_layer]  # on a CPU the default is the detection pick's layer alone
     assert sorted({x["layer"] for x in own}) == layers
     ran = next(line for line in r.output.splitlines() if line.startswith("ran: "))
-    from traitlens.store.layout import format_layer_list
-
-    assert f"methods mean_diff; layers {format_layer_list(layers)} (the detection pick's and 1 each side" in ran
+    assert (f"methods mean_diff; layers {pick_layer} (the detection pick's: the default on cpu; 2 each side on a GPU)"
+            in ran)
     assert "alphas 0.5,2,8" in ran and "on 4 held-out prompts" in ran and "2-token replies to 32 neutral" in ran
     assert "device cpu" in ran
     measured = next(line for line in r.output.splitlines() if line.startswith("measured "))
@@ -230,13 +228,19 @@ def test_cli_evaluate_at_default_layers_prints_the_plan_it_measured_and_the_sett
     assert said == {("mean_diff", l, a) for l in layers for a in (2.0, 8.0)}  # after alpha 0.5 of each layer
     assert not said & stored and stored == {("mean_diff", l, 0.5) for l in layers}
     assert all(x["kl_low"] > budget for x in own)  # the rows that stopped them: KL interval above the budget
-    assert "widen: --layers all --methods all --alphas 0.5,2,8,... --n 8 --no-early-stop" in r.output
+    from traitlens.store.layout import format_layer_list
+
+    gpu_layers = format_layer_list(range(max(0, pick_layer - 2), min(3, pick_layer + 3)))  # (3 blocks: make_model)
+    assert (f"widen: --layers {gpu_layers} (or all) --methods all --alphas 0.5,2,8,... --n 8 --no-early-stop"
+            in r.output)
     # --no-early-stop measures the whole grid, and says nothing was skipped
     r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--alphas", "0.5,2",
             "--n", "4", "--kl-budget", budget, "--reply-tokens", "0", "--no-early-stop", "--no-random",
             "--plot", tmp_path / "e.png")
     assert r.exit_code == 0, r.output
     assert f"measured {2 * len(layers)} settings (grid) and 0 of the random floor\n" in r.output
+    assert len([x for x in Store.open(store).table("steering").to_pylist() if x["method"] == "mean_diff"]) == \
+        len(own) + 2 * len(layers)
     assert "skipped" not in r.output and "--no-early-stop" not in r.output.split("widen:")[1]
 
 

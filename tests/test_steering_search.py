@@ -403,12 +403,12 @@ def test_reply_perplexity_and_distinct_2_against_hand_computations(tiny_lms):
     assert math.isnan(distinct_n([1], 2))
 
 
-def test_the_default_layers_are_sized_to_the_device_one_each_side_on_a_cpu_two_on_a_gpu():
-    """Without --layers the sweep is the detection pick's layer and its neighbours: one each side
-    on the CPU (so the defaults finish in minutes on two cores), two on CUDA, clipped to the model."""
+def test_the_default_layers_are_sized_to_the_device_the_pick_alone_on_a_cpu_two_each_side_on_a_gpu():
+    """Without --layers the sweep is the detection pick's layer: alone on the CPU (so the defaults
+    finish in minutes on two cores), with two neighbours each side on CUDA, clipped to the model."""
     pick = {"layer": 7}
-    assert sw.sweep_layers(SweepConfig(), pick, 16, torch.device("cpu")) == [6, 7, 8]
+    assert sw.sweep_layers(SweepConfig(), pick, 16, torch.device("cpu")) == [7]
     assert sw.sweep_layers(SweepConfig(), pick, 16, torch.device("cuda", 1)) == [5, 6, 7, 8, 9]
     assert sw.sweep_layers(SweepConfig(), pick, 16, "mps") == [5, 6, 7, 8, 9]
-    assert sw.sweep_layers(SweepConfig(), {"layer": 0}, 16, "cpu") == [0, 1]
+    assert sw.sweep_layers(SweepConfig(), {"layer": 15}, 16, "cuda") == [13, 14, 15]
     assert sw.sweep_layers(SweepConfig(layers="2,4"), pick, 16, "cpu") == [2, 4]  # --layers overrides either

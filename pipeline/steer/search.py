@@ -40,6 +40,7 @@ class SweepResult:
     layers: list[int] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # early stop: {method, layer, alpha, after: the row over the budget}
     device: str = ""  # where the model ran (the default layers depend on it)
+    n_layers: int = 0  # the model's blocks
 
     @property
     def kl_budget(self) -> float:
@@ -72,8 +73,10 @@ class SweepResult:
         floor = [r for r in self.rows if r["method"] == "random" and (r.get("operation") or "add") == "add"]
         alphas, device = ",".join(f"{a:g}" for a in cfg.alphas), self.device or "cpu"
         layers = format_layer_list(self.layers)
+        width = layers_around(device)
         if cfg.layers is None:
-            layers += f" (the detection pick's and {layers_around(device)} each side: the default on {device})"
+            layers += (f" (the detection pick's{f' and {width} each side' if width else ''}: the default on {device}"
+                       + (f"; {LAYERS_AROUND} each side on a GPU)" if width < LAYERS_AROUND else ")"))
         n = f"{n_texts} held-out prompts" if n_texts is not None else f"up to {cfg.n} held-out prompts"
         replies = (f"{cfg.reply_tokens}-token replies to {n_neutral or 'the'} neutral prompts" if cfg.reply_tokens
                    else "no replies (--reply-tokens 0)")
@@ -86,7 +89,10 @@ class SweepResult:
                         + ", ".join(f"{s['method']} L{s['layer']} a{s['alpha']:g} (after a{s['after']['alpha']:g}: "
                                     f"KL [{s['after']['kl_low']:.3g}, {s['after']['kl_high']:.3g}])"
                                     for s in self.skipped))
-        widen = (["--layers all"] if cfg.layers is None else []) + (["--methods all"] if cfg.methods != "all" else [])
+        pick = (self.detection_pick or {}).get("layer")
+        wider = (f"--layers {format_layer_list(around(pick, self.n_layers))} (or all)"
+                 if pick is not None and self.n_layers and width < LAYERS_AROUND else "--layers all")
+        widen = ([wider] if cfg.layers is None else []) + (["--methods all"] if cfg.methods != "all" else [])
         widen += [f"--alphas {alphas},...", f"--n {2 * cfg.n}"] + (["--no-early-stop"] if cfg.early_stop else [])
         return out + [f"widen: {' '.join(widen)} (a grid of more than {cfg.grid_max} settings is searched: Optuna "
                       f"measures --trials {cfg.trials})"]
@@ -280,7 +286,8 @@ def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress
     cfg = (cfg or SweepConfig()).validate()
     lm = evaluator.lm
     device = str(getattr(getattr(lm, "device", None), "type", None) or getattr(lm, "device", None) or "cpu")
-    res = SweepResult(trait=trait, config=cfg, capability=getattr(evaluator, "capability", None), device=device)
+    res = SweepResult(trait=trait, config=cfg, capability=getattr(evaluator, "capability", None), device=device,
+                      n_layers=lm.n_layers)
     missing, done = [], 0
     with StoreSQL(store) as q:
         res.detection_pick = best_vector(q, trait, model_key=lm.key)

@@ -24,13 +24,15 @@ ALPHAS = (0.05, 0.1, 0.25, 0.5)  # the strengths a sweep measures by default (un
 N_TEXTS = 40  # held-out prompts the measure is taken on
 EXPRESSION_TOKENS = 32  # reply length of --kind expression
 LAYERS_AROUND = 2  # the default layers on a GPU (or any accelerator): the detection pick's and this many on each side
-LAYERS_AROUND_CPU = 1  # ... on a CPU: 3 layers, so the defaults finish in minutes on a laptop (docs/benchmarks.md)
+LAYERS_AROUND_CPU = 0  # ... on a CPU: the detection pick's layer alone, so the defaults finish in minutes on 2 cores
 
 
 def layers_around(device) -> int:
     """The default sweep's layers on each side of the detection pick's on ``device`` (a
     ``torch.device`` or its type name: ``cpu``, ``cuda``, ``mps``): :data:`LAYERS_AROUND_CPU` on
-    the CPU, :data:`LAYERS_AROUND` on an accelerator. ``--layers`` overrides either."""
+    the CPU, :data:`LAYERS_AROUND` on an accelerator. ``--layers`` overrides either. On a CPU a
+    setting costs about 40 s of two cores on the default model (docs/benchmarks.md), so the
+    default is the one layer detection picked; ``evaluate`` prints how to widen it."""
     return LAYERS_AROUND_CPU if str(getattr(device, "type", device)).split(":")[0] == "cpu" else LAYERS_AROUND
 
 
