@@ -10,7 +10,9 @@ reads. Then runs ``traitlens evaluate --trait sentiment --steering`` with no oth
 subprocess (a fresh interpreter, the model loaded as a user's run loads it) and prints its wall
 time, the load average before and after (the machine may be shared: read the time beside it)
 and the tail of its output. ``--profile FILE`` runs it under cProfile instead (slower; for where
-the time goes, not for the figure); ``--spy FILE`` under py-spy (sampling, ``pip install
+the time goes, not for the figure). It also prints the run's CPU time (user + system), which a
+shared machine's load does not inflate: on an idle machine of ``n`` cores the run takes at least
+CPU time / ``n``. ``--spy FILE`` under py-spy (sampling, ``pip install
 py-spy``), writing collapsed stacks (``-f raw``) for :func:`where_the_time_goes`. To time another
 checkout of traitlens (the code before a change), put its parent folder first on PYTHONPATH
 (a folder holding ``traitlens/``): the subprocess imports it instead of this worktree. Each run
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -93,20 +96,25 @@ def main() -> None:
         (store / ".built").write_text("ok\n")
     cmd = cli("--store", str(store), "evaluate", "--trait", TRAIT, "--steering")
     if args.profile:
-        cmd = [sys.executable, "-m", "cProfile", "-o", args.profile, *cmd[1:]]
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(Path(args.profile).resolve()), *cmd[1:]]
     elif args.spy:
-        cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "20", "-f", "raw", "-o", args.spy,
+        cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "20", "-f", "raw", "-o",
+               str(Path(args.spy).resolve()),
                "--", *cmd]
-    before = os.getloadavg()
+    before, cpu0 = os.getloadavg(), resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"},
+                         cwd=OUT)  # (its default plot, evaluate-<trait>.png, lands there)
     wall = time.perf_counter() - t
-    after = os.getloadavg()
+    after, cpu1 = os.getloadavg(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     print("\n".join((run.stdout + run.stderr).rstrip().splitlines()[-40:]))
     print(f"\n{' '.join(cmd[cmd.index('evaluate'):])}: exit {run.returncode}, wall {wall:.0f} s "
           f"({wall / 60:.1f} min){' under cProfile' if args.profile else ''}")
     if args.spy:
         where_the_time_goes(args.spy)
+    print(f"CPU time of the run: {cpu:.0f} s ({cpu / 60:.1f} min; on an idle machine at most {os.cpu_count()} cores "
+          f"share it: {cpu / os.cpu_count() / 60:.1f} min of wall at best)")
     print(f"load average (1, 5, 15 min) before {before[0]:.2f} {before[1]:.2f} {before[2]:.2f}, "
           f"after {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}; cores {os.cpu_count()}")
 

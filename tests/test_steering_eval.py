@@ -265,3 +265,35 @@ def test_the_kl_base_kept_across_calls_runs_the_unsteered_forward_once_and_chang
     assert n_fresh == batches * 3 and n_kept == batches * (1 + 2)  # the unsteered pass once per batch, not per call
     for a in settings:
         np.testing.assert_allclose(kept[a], fresh[a], rtol=1e-6, atol=1e-9)
+
+
+def test_the_steered_replies_in_one_batch_of_32_equal_each_prompt_replied_to_alone(lm):
+    """The evaluator replies to the neutral prompts 32 at a time (REPLY_BATCH: fewer, larger
+    decode steps); the replies and their perplexity must be those of each prompt alone,
+    unpadded, under the same push."""
+    from traitlens.pipeline.model.generation import greedy_replies
+    from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS, reply_perplexity
+    from traitlens.pipeline.steer.settings import REPLY_BATCH
+    from traitlens.pipeline.steer.steering import pushes
+
+    assert REPLY_BATCH >= len(NEUTRAL_PROMPTS)  # the project's prompts: one batch
+    v = np.random.default_rng(5).standard_normal(lm.d_model)
+    e = ev.Evaluator(lm, "persona", STATEMENTS, reply_tokens=6)
+    calls = []
+    handle = lm.model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                                with_kwargs=True)
+    try:
+        (row,) = e.at(v, 1, [2.0])
+    finally:
+        handle.remove()
+    decode_steps = [b for b, t in calls if t == 1]  # (a KV-cached step feeds one new token a row)
+    assert decode_steps and set(decode_steps) <= {len(NEUTRAL_PROMPTS)}  # the 32 prompts' replies: one batch
+    assert len(NEUTRAL_PROMPTS) in {b for b, t in calls if t > 1 + 6}  # and their perplexity (prompt + reply)
+    push = e.push(v, 1, 2.0)
+    with pushes(lm, [push]):
+        alone = greedy_replies(lm, list(NEUTRAL_PROMPTS), 6, batch_size=1)
+    texts = [s["reply"] for s in row["samples"] if s["measure"] == "perplexity"]
+    assert texts == [lm.tokenizer.decode(r, skip_special_tokens=True) for r in alone]
+    ppl = reply_perplexity(lm, list(NEUTRAL_PROMPTS), alone, batch_size=1)
+    got = [s["plus"] for s in row["samples"] if s["measure"] == "perplexity"]
+    np.testing.assert_allclose(np.array(got, dtype=float), ppl, rtol=1e-4)

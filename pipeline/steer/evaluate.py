@@ -36,7 +36,7 @@ from traitlens.pipeline.model.hooks import left_padded
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import Push, mean_token_norm, pushes
-from traitlens.pipeline.steer.settings import REPLY_TOKENS
+from traitlens.pipeline.steer.settings import REPLY_BATCH, REPLY_TOKENS
 from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES
 
 QUESTION = 'Is the following statement something you would say?\n"{statement}"'
@@ -250,7 +250,7 @@ class Evaluator:
         (token ids, and ``texts`` decoded) to the neutral prompts: ``{name: [n_neutral]}``."""
         from traitlens.pipeline.steer.damage import distinct_n, reply_perplexity
 
-        out = {"perplexity": reply_perplexity(self.lm, self.neutral, replies, self.chat),
+        out = {"perplexity": reply_perplexity(self.lm, self.neutral, replies, self.chat, REPLY_BATCH),
                "distinct2": np.array([distinct_n(r, 2) for r in replies])}
         if self.judge is not None:
             out["judge"], rejected = self.judge.rate(self.neutral, texts)
@@ -265,7 +265,7 @@ class Evaluator:
         if plus_replies is not None and self.kind == "expression":  # its +v replies are those to the neutral prompts
             return plus_replies
         with pushes(self.lm, items), hooks() if hooks is not None else nullcontext():
-            return greedy_replies(self.lm, self.neutral, self.reply_tokens, self.chat)
+            return greedy_replies(self.lm, self.neutral, self.reply_tokens, self.chat, REPLY_BATCH)
 
     def at(self, vector, layer: int, alphas: list[float]) -> list[dict]:
         """Measure ``vector`` at block ``layer``: a row per alpha, with every sample's values.

@@ -20,6 +20,9 @@ from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES, METHOD_NAM
 GRID_MAX = 40  # settings measured exhaustively up to this many; a larger grid is searched
 TRIALS = 40  # settings the search measures by default
 REPLY_TOKENS = 24  # length of the steered replies to neutral prompts that perplexity and distinct-2 read
+# neutral prompts replied to (and read for perplexity) in one batch: the project's 32 at once. A
+# decode step is many small operations, so on a CPU 4 batches of 8 cost far more than one of 32
+REPLY_BATCH = 32
 ALPHAS = (0.05, 0.1, 0.25, 0.5)  # the strengths a sweep measures by default (units of --norm)
 N_TEXTS = 40  # held-out prompts the measure is taken on
 EXPRESSION_TOKENS = 32  # reply length of --kind expression
