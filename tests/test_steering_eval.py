@@ -181,3 +181,119 @@ def test_expression_reads_replies_unsteered_and_calibrates_the_held_out_means_to
     assert rows[1]["plus"] != rows[1]["unsteered"]
     with pytest.raises(ValueError, match="expression="):
         ev.evaluate_vector(lm, u, 1, [1.0], "expression", NEUTRAL)
+
+
+def test_cli_evaluate_at_default_layers_prints_the_plan_it_measured_and_the_settings_early_stop_skipped(
+        tmp_path, tiny_llama):
+    """`evaluate --steering` without --layers sweeps the detection pick's layer alone (the CPU
+    default) and says so; its "ran:"/"measured"/"widen:" lines match the rows it stored,
+    and each setting it says it skipped is absent from them and comes after a stored row of the
+    same cell whose KL interval lies above the budget."""
+    import re
+
+    from click.testing import CliRunner
+
+    from traitlens.queries import StoreSQL
+    from traitlens.queries.selection import best_vector
+    from traitlens.store import Store
+    from traitlens.testing import write_corpus
+    from traitlens.workflows.cli import cli
+
+    store = tmp_path / "s"
+    c = write_corpus(tmp_path / "c.jsonl", 120)
+    run = lambda *a: CliRunner().invoke(cli, ["--store", str(store), *map(str, a)])  # noqa: E731
+    assert run("ingest", c, "--model", tiny_llama, "--quiet").exit_code == 0
+    assert run("extract", "--trait", "kindness", "--methods", "mean_diff,random", "--quiet").exit_code == 0
+    budget = 1e-9  # every push costs more: the first alpha of each layer stops the rest
+    r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--alphas", "0.5,2,8",
+            "--n", "4", "--kl-budget", budget, "--reply-tokens", "2", "--plot", tmp_path / "e.png")
+    assert r.exit_code == 0, r.output
+    s = Store.open(store)
+    with StoreSQL(s) as q:
+        pick_layer = best_vector(q, "kindness")["layer"]
+    rows = s.table("steering").to_pylist()
+    own = [x for x in rows if x["method"] == "mean_diff"]
+    floor = [x for x in rows if x["method"] == "random"]
+    layers = [pick_layer]  # on a CPU the default is the detection pick's layer alone
+    assert sorted({x["layer"] for x in own}) == layers
+    ran = next(line for line in r.output.splitlines() if line.startswith("ran: "))
+    assert (f"methods mean_diff; layers {pick_layer} (the detection pick's: the default on cpu; 2 each side on a GPU)"
+            in ran)
+    assert "alphas 0.5,2,8" in ran and "on 4 held-out prompts" in ran and "2-token replies to 32 neutral" in ran
+    assert "device cpu" in ran
+    measured = next(line for line in r.output.splitlines() if line.startswith("measured "))
+    assert measured.startswith(f"measured {len(own)} settings (grid) and {len(floor)} of the random floor")
+    said = {(m, int(l), float(a)) for m, l, a in re.findall(r"(\w+) L(\d+) a([\d.]+) \(after", measured)}
+    stored = {(x["method"], x["layer"], x["alpha"]) for x in own}
+    assert said == {("mean_diff", l, a) for l in layers for a in (2.0, 8.0)}  # after alpha 0.5 of each layer
+    assert not said & stored and stored == {("mean_diff", l, 0.5) for l in layers}
+    assert all(x["kl_low"] > budget for x in own)  # the rows that stopped them: KL interval above the budget
+    from traitlens.store.layout import format_layer_list
+
+    gpu_layers = format_layer_list(range(max(0, pick_layer - 2), min(3, pick_layer + 3)))  # (3 blocks: make_model)
+    assert (f"widen: --layers {gpu_layers} (or all) --methods all --alphas 0.5,2,8,... --n 8 --no-early-stop"
+            in r.output)
+    # --no-early-stop measures the whole grid, and says nothing was skipped
+    r = run("evaluate", "--trait", "kindness", "--steering", "--model", tiny_llama, "--alphas", "0.5,2",
+            "--n", "4", "--kl-budget", budget, "--reply-tokens", "0", "--no-early-stop", "--no-random",
+            "--plot", tmp_path / "e.png")
+    assert r.exit_code == 0, r.output
+    assert f"measured {2 * len(layers)} settings (grid) and 0 of the random floor\n" in r.output
+    assert len([x for x in Store.open(store).table("steering").to_pylist() if x["method"] == "mean_diff"]) == \
+        len(own) + 2 * len(layers)
+    assert "skipped" not in r.output and "--no-early-stop" not in r.output.split("widen:")[1]
+
+
+def test_the_kl_base_kept_across_calls_runs_the_unsteered_forward_once_and_changes_no_number(lm):
+    from traitlens.pipeline.steer.damage import next_token_kl_under
+    from traitlens.pipeline.steer.steering import Push
+
+    v = np.random.default_rng(4).standard_normal(lm.d_model)
+    settings = {a: [Push(v, 1, a, 10.0)] for a in (0.5, 2.0)}
+    calls = []
+    handle = lm.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        fresh = next_token_kl_under(lm, settings, NEUTRAL, batch_size=2)
+        n_fresh, base = len(calls), {}
+        kept = {}
+        for a in settings:  # one setting a call, as early stop runs them
+            kept.update(next_token_kl_under(lm, {a: settings[a]}, NEUTRAL, batch_size=2, base=base))
+        n_kept = len(calls) - n_fresh
+    finally:
+        handle.remove()
+    batches = math.ceil(len(NEUTRAL) / 2)
+    assert n_fresh == batches * 3 and n_kept == batches * (1 + 2)  # the unsteered pass once per batch, not per call
+    for a in settings:
+        np.testing.assert_allclose(kept[a], fresh[a], rtol=1e-6, atol=1e-9)
+
+
+def test_the_steered_replies_in_one_batch_of_32_equal_each_prompt_replied_to_alone(lm):
+    """The evaluator replies to the neutral prompts 32 at a time (REPLY_BATCH: fewer, larger
+    decode steps); the replies and their perplexity must be those of each prompt alone,
+    unpadded, under the same push."""
+    from traitlens.pipeline.model.generation import greedy_replies
+    from traitlens.pipeline.steer.damage import NEUTRAL_PROMPTS, reply_perplexity
+    from traitlens.pipeline.steer.settings import REPLY_BATCH
+    from traitlens.pipeline.steer.steering import pushes
+
+    assert REPLY_BATCH >= len(NEUTRAL_PROMPTS)  # the project's prompts: one batch
+    v = np.random.default_rng(5).standard_normal(lm.d_model)
+    e = ev.Evaluator(lm, "persona", STATEMENTS, reply_tokens=6)
+    calls = []
+    handle = lm.model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                                with_kwargs=True)
+    try:
+        (row,) = e.at(v, 1, [2.0])
+    finally:
+        handle.remove()
+    decode_steps = [b for b, t in calls if t == 1]  # (a KV-cached step feeds one new token a row)
+    assert decode_steps and set(decode_steps) <= {len(NEUTRAL_PROMPTS)}  # the 32 prompts' replies: one batch
+    assert len(NEUTRAL_PROMPTS) in {b for b, t in calls if t > 1 + 6}  # and their perplexity (prompt + reply)
+    push = e.push(v, 1, 2.0)
+    with pushes(lm, [push]):
+        alone = greedy_replies(lm, list(NEUTRAL_PROMPTS), 6, batch_size=1)
+    texts = [s["reply"] for s in row["samples"] if s["measure"] == "perplexity"]
+    assert texts == [lm.tokenizer.decode(r, skip_special_tokens=True) for r in alone]
+    ppl = reply_perplexity(lm, list(NEUTRAL_PROMPTS), alone, batch_size=1)
+    got = [s["plus"] for s in row["samples"] if s["measure"] == "perplexity"]
+    np.testing.assert_allclose(np.array(got, dtype=float), ppl, rtol=1e-4)

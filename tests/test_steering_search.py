@@ -70,8 +70,8 @@ def test_a_small_grid_is_measured_whole_and_the_pick_is_the_best_shift_within_th
     store, fake = swept
     alphas = [0.25, 0.5, 1.0]
     res = sw.sweep(store, "planted", fake, SweepConfig(methods=["mean_diff", "probe"], layers=list(LAYERS),
-                                                   alphas=alphas, kl_budget=0.5), progress=False)
-    assert res.search == "grid"
+                                                   alphas=alphas, kl_budget=0.5, early_stop=False), progress=False)
+    assert res.search == "grid" and res.skipped == []
     trait_calls = [c for c in fake.calls if c[0] != "random"]
     assert sorted(trait_calls) == sorted((m, l, a) for m in ("mean_diff", "probe") for l in LAYERS for a in alphas)
     # independently: the best shift among settings with KL <= 0.5
@@ -99,6 +99,37 @@ def test_a_small_grid_is_measured_whole_and_the_pick_is_the_best_shift_within_th
     assert n == 8 and rho == pytest.approx(spearman_by_hand([d[c] for c in cells], [steer[c] for c in cells]))
     agg, per = res.records("run-x")
     assert len(agg) == len(res.rows) and all(a["vector_id"] for a in agg) and len(per) == len(res.rows)
+
+
+def test_early_stop_skips_exactly_the_larger_alphas_after_a_kl_interval_above_the_budget_and_keeps_the_pick(swept):
+    """By default a cell's alphas go in ascending size (per sign) and stop once a row's KL
+    interval lies wholly above the budget. Which settings that skips is computed here from the
+    fake's closed-form KL (its interval is the point), and the pick must be the whole grid's."""
+    store, fake = swept
+    alphas, budget = [-1.0, -0.5, -0.25, 0.25, 0.5, 1.0], 0.1
+    grid = [(m, l, a) for m in ("mean_diff", "probe") for l in LAYERS for a in alphas]
+    res = sw.sweep(store, "planted", fake, SweepConfig(methods=["mean_diff", "probe"], layers=list(LAYERS),
+                                                   alphas=alphas, kl_budget=budget, grid_max=len(grid)),
+                   progress=False)
+    kl = lambda m, l, a: FakeEvaluator.truth(m, l, a)[1]  # noqa: E731
+    expect = {(m, l, a) for m, l, a in grid
+              if any(kl(m, l, b) > budget for b in alphas if (b > 0) == (a > 0) and abs(b) < abs(a))}
+    assert expect and len(expect) < len(grid)  # the grid holds both: some stopped, some not
+    skipped = {(s["method"], s["layer"], s["alpha"]) for s in res.skipped}
+    trait_calls = [c for c in fake.calls if c[0] != "random"]
+    assert skipped == expect and len(res.skipped) == len(expect)
+    assert sorted(trait_calls) == sorted(set(grid) - expect)  # the rest measured, each once
+    for s in res.skipped:  # each names the measured row that stopped it: same cell and sign, smaller, over budget
+        after = s["after"]
+        assert (s["method"], s["layer"], after["alpha"]) in set(trait_calls) and after["kl_low"] > budget
+        assert (after["alpha"] > 0) == (s["alpha"] > 0) and abs(after["alpha"]) < abs(s["alpha"])
+    # the pick is the whole grid's: the best shift with KL within the budget (ties: lower KL)
+    within = [g for g in grid if kl(*g) <= budget]
+    best = max(within, key=lambda g: (FakeEvaluator.truth(*g)[0], -kl(*g)))
+    assert (res.pick["method"], res.pick["layer"], res.pick["alpha"]) == best
+    plan = "\n".join(res.plan_lines())
+    assert f"measured {len(grid) - len(expect)} settings (grid)" in plan and f"skipped {len(expect)} by early stop" in plan
+    assert "--no-early-stop" in plan
 
 
 def test_a_large_grid_goes_through_optuna_for_the_trials_asked_and_measures_the_detection_pick(swept):
@@ -370,3 +401,14 @@ def test_reply_perplexity_and_distinct_2_against_hand_computations(tiny_lms):
     assert distinct_n([1, 2, 1, 2], 2) == pytest.approx(2 / 3)  # (1,2) (2,1) (1,2)
     assert distinct_n([4, 4, 4, 4, 4], 2) == 0.25 and distinct_n([1, 2, 3], 2) == 1.0
     assert math.isnan(distinct_n([1], 2))
+
+
+def test_the_default_layers_are_sized_to_the_device_the_pick_alone_on_a_cpu_two_each_side_on_a_gpu():
+    """Without --layers the sweep is the detection pick's layer: alone on the CPU (so the defaults
+    finish in minutes on two cores), with two neighbours each side on CUDA, clipped to the model."""
+    pick = {"layer": 7}
+    assert sw.sweep_layers(SweepConfig(), pick, 16, torch.device("cpu")) == [7]
+    assert sw.sweep_layers(SweepConfig(), pick, 16, torch.device("cuda", 1)) == [5, 6, 7, 8, 9]
+    assert sw.sweep_layers(SweepConfig(), pick, 16, "mps") == [5, 6, 7, 8, 9]
+    assert sw.sweep_layers(SweepConfig(), {"layer": 15}, 16, "cuda") == [13, 14, 15]
+    assert sw.sweep_layers(SweepConfig(layers="2,4"), pick, 16, "cpu") == [2, 4]  # --layers overrides either

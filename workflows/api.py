@@ -464,7 +464,7 @@ def evaluate(store, trait: str | None = None, config=None, *, model=None, lm=Non
                      capability=(f"capability: {capability.describe()}, unsteered and at every setting"
                                  if capability else None),
                      stored_capability=(f", {len(res.capability_records(run_id))} in capability ({capability.runs} "
-                                        "lm-eval runs)" if capability else ""))
+                                        "lm-eval runs)" if capability else ""), n_neutral=len(evaluator.neutral))
     if plot:
         out.plot = out.figure(plot)
     return out

@@ -187,7 +187,8 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
                    "own units) [default: no limit; the fall is a third Pareto objective either way].")
 @click.option("--methods", "--method", "methods", default=",".join(SWEEP.methods), show_default=True,
               help="Comma list of methods to sweep, or all (every stored method but random).")
-@click.option("--layers", default=None, help="[default: the 5 layers around the detection pick's layer]; all or 8-16,20")
+@click.option("--layers", default=None, help="[default: the detection pick's layer on a CPU; it and 2 on each side on "
+              "a GPU]; all or 8-16,20")
 @click.option("--alphas", type=FiniteFloats(float32=True), default=",".join(map(str, SWEEP.alphas)), show_default=True,
               help="Strengths, in units of the layer's mean token norm (--norm).")
 @click.option("--n", "n_texts", type=click.IntRange(min=1), default=SWEEP.n, show_default=True, help="Held-out prompts to measure on.")
@@ -206,6 +207,9 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
               help="A local chat model (path, or default) that rates each steered reply for the trait, 0-100.")
 @click.option("--description", default=None, help="The trait in words, for the judge's rubric [default: its name].")
 @click.option("--no-random", is_flag=True, help="Skip the random direction's evaluation (the floor).")
+@click.option("--no-early-stop", is_flag=True,
+              help="Measure every alpha of the grid; by default a (method, layer)'s larger alphas are skipped once a "
+                   "smaller one's KL interval lies wholly above --kl-budget (they cannot be the pick).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="PNG of the Pareto plot, effect against alpha and steerability [default: evaluate-<trait>.png].")
 @click.option("--add", "adds", multiple=True, metavar="TRAIT_OR_ID[:LAYER[:ALPHA]]",
@@ -222,8 +226,8 @@ def steer(ctx, prompt, trait, adds, alpha, file_, batch_size, model, layer, meth
 @click.pass_context
 def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_markers, ablate, capability_tasks,
              capability_include, capability_limit, capability_budget, methods, layers, alphas, n_texts, norm,
-             prompts_file, kl_budget, trials, reply_tokens, judge_model, description, no_random, plot, adds, site,
-             positions, model, vector_dir=None):
+             prompts_file, kl_budget, trials, reply_tokens, judge_model, description, no_random, no_early_stop, plot,
+             adds, site, positions, model, vector_dir=None):
     """Sweep method x layer x strength: how much does steering along each vector move behaviour,
     with what interval, and for how much damage (KL on neutral prompts, the steered replies'
     perplexity and repetition, and with --capability the lm-eval tasks' scores)? Small grids run
@@ -250,7 +254,8 @@ def evaluate(ctx, trait, do_steering, kind, max_new_tokens, kl_measure, refusal_
     bundle_methods = vector_dir and ctx.get_parameter_source("methods") == click.core.ParameterSource.DEFAULT
     cfg = SweepConfig(kind=kind, methods=None if bundle_methods else methods, layers=layers, alphas=alphas, n=n_texts,
                       norm=norm, neutral=neutral, max_new_tokens=max_new_tokens, reply_tokens=reply_tokens,
-                      kl_budget=kl_budget, trials=trials, random_floor=not no_random, judge=judge_model,
+                      kl_budget=kl_budget, trials=trials, random_floor=not no_random, early_stop=not no_early_stop,
+                      judge=judge_model,
                       description=description, kl=kl_measure, markers=markers, ablate=ablate,
                       capability=capability_tasks or [], capability_include=list(capability_include),
                       capability_limit=capability_limit, capability_budget=capability_budget)

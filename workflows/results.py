@@ -385,6 +385,7 @@ class Evaluation(Result):
     refusal: list[str] = field(default_factory=list)  # refusal_rate: refusals per 100, heretic's form
     capability: str | None = None  # the lm-eval tasks measured, in words
     stored_capability: str = ""  # how many capability rows were stored
+    n_neutral: int | None = None  # the neutral prompts the damage was measured on
 
     @property
     def rows(self) -> list[dict]:
@@ -424,6 +425,7 @@ class Evaluation(Result):
         out = list(self.head)
         out += sweep_table(self.rows, self.kind, self.n_texts, self.judged, self.sweep.config.kl) + self.refusal
         out += ["\n" + front_line(self.rows)] + self.summary + [f"search: {self.sweep.search}"]
+        out += self.sweep.plan_lines(self.n_texts, self.n_neutral)
         if self.plot is not None:
             out.append(f"plot: {self.plot}")
         trait = self.sweep.trait

@@ -36,7 +36,7 @@ from traitlens.pipeline.model.hooks import left_padded
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import Push, mean_token_norm, pushes
-from traitlens.pipeline.steer.settings import REPLY_TOKENS
+from traitlens.pipeline.steer.settings import REPLY_BATCH, REPLY_TOKENS
 from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES
 
 QUESTION = 'Is the following statement something you would say?\n"{statement}"'
@@ -49,12 +49,13 @@ REFUSAL_MARKERS = ("i cannot", "i can't", "i can not", "sorry", "i apologize", "
                    "can't provide", "can't help", "cannot help", "not able to provide", "i must decline")
 
 
-def _keeps_last_logits(lm: LoadedModel) -> dict:
-    """``logits_to_keep=1`` where the model takes it: the LM head then runs on the last position
-    only (the vocabulary projection of every position is most of a short prompt's forward)."""
+def _keeps_last_logits(lm: LoadedModel, k: int = 1) -> dict:
+    """``logits_to_keep=k`` where the model takes it: the LM head then runs on the last ``k``
+    positions only (the vocabulary projection of every position is most of a short prompt's
+    forward); ``{}`` (every position) where it does not."""
     import inspect
 
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
+    return {"logits_to_keep": k} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
 
 
 @torch.inference_mode()
@@ -187,6 +188,7 @@ class Evaluator:
         self._base: np.ndarray | None = None
         self._plain: np.ndarray | None = None  # the unsteered measure alone (shift_under)
         self._base_replies: dict | None = None
+        self._kl_base: dict = {}  # the neutral prompts' unsteered log-probs, run once (damage.next_token_kl_under)
         self.rejected: list[str] = []  # the judge's rejected answers, every call
 
     def scale(self, layer: int) -> float:
@@ -248,7 +250,7 @@ class Evaluator:
         (token ids, and ``texts`` decoded) to the neutral prompts: ``{name: [n_neutral]}``."""
         from traitlens.pipeline.steer.damage import distinct_n, reply_perplexity
 
-        out = {"perplexity": reply_perplexity(self.lm, self.neutral, replies, self.chat),
+        out = {"perplexity": reply_perplexity(self.lm, self.neutral, replies, self.chat, REPLY_BATCH),
                "distinct2": np.array([distinct_n(r, 2) for r in replies])}
         if self.judge is not None:
             out["judge"], rejected = self.judge.rate(self.neutral, texts)
@@ -263,7 +265,7 @@ class Evaluator:
         if plus_replies is not None and self.kind == "expression":  # its +v replies are those to the neutral prompts
             return plus_replies
         with pushes(self.lm, items), hooks() if hooks is not None else nullcontext():
-            return greedy_replies(self.lm, self.neutral, self.reply_tokens, self.chat)
+            return greedy_replies(self.lm, self.neutral, self.reply_tokens, self.chat, REPLY_BATCH)
 
     def at(self, vector, layer: int, alphas: list[float]) -> list[dict]:
         """Measure ``vector`` at block ``layer``: a row per alpha, with every sample's values.
@@ -325,7 +327,7 @@ class Evaluator:
                 self._base_replies = self._read_replies(replies, self._decode(replies))
         base, seed, texts = self._base, self.seed, self.texts
         kls = next_token_kl_under(self.lm, {i: hooks or items for i, (_, items, hooks) in enumerate(settings)},
-                                  self.neutral, kl=self.kl)
+                                  self.neutral, kl=self.kl, base=self._kl_base)
         rows = []
         for i, (head, items, hooks) in enumerate(settings):
             a = head["alpha"]

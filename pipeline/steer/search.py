@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from traitlens.pipeline.steer.rule import detection_vs_steering, front, pick
-from traitlens.pipeline.steer.settings import LAYERS_AROUND, SweepConfig
+from traitlens.pipeline.steer.settings import LAYERS_AROUND, SweepConfig, layers_around
 from traitlens.queries import StoreSQL
 from traitlens.queries.selection import best_vector, chosen_vector
 from traitlens.store.errors import InputError
@@ -38,6 +38,9 @@ class SweepResult:
     capability: object = None  # the evaluator's .capability.Capability, when lm-eval tasks were run
     methods: list[str] = field(default_factory=list)  # the methods and layers swept (the config's, resolved)
     layers: list[int] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # early stop: {method, layer, alpha, after: the row over the budget}
+    device: str = ""  # where the model ran (the default layers depend on it)
+    n_layers: int = 0  # the model's blocks
 
     @property
     def kl_budget(self) -> float:
@@ -59,6 +62,40 @@ class SweepResult:
     def correlation(self) -> tuple[float, int]:
         detection = {k: v.get("cohens_d") for k, v in self.vectors.items() if k[0] != "random"}
         return detection_vs_steering(self.rows, detection, self.kl_budget)
+
+    def plan_lines(self, n_texts: int | None = None, n_neutral: int | None = None) -> list[str]:
+        """What the sweep ran, in words, and the options that widen it: methods, layers, alphas,
+        prompts, reply length, the settings measured and skipped, the device."""
+        from traitlens.store.layout import format_layer_list
+
+        cfg = self.config
+        own = [r for r in self.rows if r["method"] != "random" and (r.get("operation") or "add") == "add"]
+        floor = [r for r in self.rows if r["method"] == "random" and (r.get("operation") or "add") == "add"]
+        alphas, device = ",".join(f"{a:g}" for a in cfg.alphas), self.device or "cpu"
+        layers = format_layer_list(self.layers)
+        width = layers_around(device)
+        if cfg.layers is None:
+            layers += (f" (the detection pick's{f' and {width} each side' if width else ''}: the default on {device}"
+                       + (f"; {LAYERS_AROUND} each side on a GPU)" if width < LAYERS_AROUND else ")"))
+        n = f"{n_texts} held-out prompts" if n_texts is not None else f"up to {cfg.n} held-out prompts"
+        replies = (f"{cfg.reply_tokens}-token replies to {n_neutral or 'the'} neutral prompts" if cfg.reply_tokens
+                   else "no replies (--reply-tokens 0)")
+        out = [f"ran: {cfg.kind} on {n}; methods {','.join(self.methods)}; layers {layers}; alphas {alphas}; "
+               f"{replies}; device {device}",
+               f"measured {len(own)} settings ({self.search}) and {len(floor)} of the random floor"]
+        if self.skipped:
+            out[-1] += (f"; skipped {len(self.skipped)} by early stop (a smaller alpha's KL interval lies wholly "
+                        f"above the {cfg.kl_budget:g}-nat budget): "
+                        + ", ".join(f"{s['method']} L{s['layer']} a{s['alpha']:g} (after a{s['after']['alpha']:g}: "
+                                    f"KL [{s['after']['kl_low']:.3g}, {s['after']['kl_high']:.3g}])"
+                                    for s in self.skipped))
+        pick = (self.detection_pick or {}).get("layer")
+        wider = (f"--layers {format_layer_list(around(pick, self.n_layers))} (or all)"
+                 if pick is not None and self.n_layers and width < LAYERS_AROUND else "--layers all")
+        widen = ([wider] if cfg.layers is None else []) + (["--methods all"] if cfg.methods != "all" else [])
+        widen += [f"--alphas {alphas},...", f"--n {2 * cfg.n}"] + (["--no-early-stop"] if cfg.early_stop else [])
+        return out + [f"widen: {' '.join(widen)} (a grid of more than {cfg.grid_max} settings is searched: Optuna "
+                      f"measures --trials {cfg.trials})"]
 
     def records(self, run_id: str) -> tuple[list[dict], list[dict]]:
         """(``steering`` rows, ``steering_samples`` rows) to append."""
@@ -123,12 +160,35 @@ class Measurements:
         return sum(1 for k in self.rows if k[0] != "random")
 
 
-def grid_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measurements, bar) -> str:
-    """Measure every (cell, alpha of ``cfg.alphas``); returns how the settings were chosen."""
+def grid_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measurements, bar,
+                skipped: list[dict] | None = None) -> str:
+    """Measure every (cell, alpha of ``cfg.alphas``); returns how the settings were chosen.
+    With ``cfg.early_stop`` each cell's alphas go in ascending size, one at a time, and once a
+    row's KL interval lies wholly above ``cfg.kl_budget`` the larger alphas of that sign are
+    skipped (:func:`early_stopped`): appended to ``skipped`` with the row that stopped them."""
+    if not cfg.early_stop:
+        for m, l in cells:
+            measured.at(m, l, cfg.alphas)
+            bar.update(len(cfg.alphas))
+        return "grid"
     for m, l in cells:
-        measured.at(m, l, cfg.alphas)
-        bar.update(len(cfg.alphas))
+        over: dict[bool, dict] = {}  # per sign of alpha: the row whose KL interval passed the budget
+        for a in sorted(cfg.alphas, key=abs):
+            if (a >= 0) in over:
+                if skipped is not None:
+                    skipped.append({"method": m, "layer": l, "alpha": a, "after": over[a >= 0]})
+            else:
+                (row,) = measured.at(m, l, [a])
+                if early_stopped(row, cfg.kl_budget):
+                    over[a >= 0] = {"alpha": a, "kl_low": row["kl_low"], "kl_high": row["kl_high"]}
+            bar.update(1)
     return "grid"
+
+
+def early_stopped(row: dict, kl_budget: float) -> bool:
+    """Whether ``row``'s KL interval lies wholly above ``kl_budget``: a larger push along the same
+    vector costs more (the KL grows with the push), so it cannot be the pick."""
+    return row.get("kl_low") is not None and row["kl_low"] > kl_budget
 
 
 def optuna_search(cells: list[tuple[str, int]], cfg: SweepConfig, measured: Measurements, first: dict | None,
@@ -175,7 +235,8 @@ def stored_methods(q: StoreSQL, trait: str, model_key: str) -> list[str]:
 
 
 def around(layer: int, n_layers: int, width: int = LAYERS_AROUND) -> list[int]:
-    """The default layers of a sweep: ``layer`` and ``width`` on each side, inside the model."""
+    """The default layers of a sweep: ``layer`` and ``width`` on each side, inside the model
+    (``width``: :func:`~.settings.layers_around` the model's device)."""
     return [l for l in range(layer - width, layer + width + 1) if 0 <= l < n_layers]
 
 
@@ -192,15 +253,16 @@ def sweep_methods(q: StoreSQL, trait: str, model_key: str, cfg: SweepConfig) -> 
     return methods
 
 
-def sweep_layers(cfg: SweepConfig, detection_pick: dict | None, n_layers: int) -> list[int]:
-    """The layers ``cfg`` asks for in a model of ``n_layers``; None: around the detection pick's."""
+def sweep_layers(cfg: SweepConfig, detection_pick: dict | None, n_layers: int, device="cpu") -> list[int]:
+    """The layers ``cfg`` asks for in a model of ``n_layers``; None: around the detection pick's,
+    :func:`~.settings.layers_around` ``device`` on each side."""
     from traitlens.pipeline.model.layers import parse_layers
 
     if cfg.layers is not None:
         return parse_layers(cfg.layers, n_layers)
     if detection_pick is None:
         raise InputError("no detection pick to sweep around: give --layers")
-    return around(detection_pick["layer"], n_layers)
+    return around(detection_pick["layer"], n_layers, layers_around(device))
 
 
 def _vector(store, trait: str, model_key: str, method: str, layer: int) -> dict | None:
@@ -223,12 +285,14 @@ def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress
 
     cfg = (cfg or SweepConfig()).validate()
     lm = evaluator.lm
-    res = SweepResult(trait=trait, config=cfg, capability=getattr(evaluator, "capability", None))
+    device = str(getattr(getattr(lm, "device", None), "type", None) or getattr(lm, "device", None) or "cpu")
+    res = SweepResult(trait=trait, config=cfg, capability=getattr(evaluator, "capability", None), device=device,
+                      n_layers=lm.n_layers)
     missing, done = [], 0
     with StoreSQL(store) as q:
         res.detection_pick = best_vector(q, trait, model_key=lm.key)
         res.methods = methods = sweep_methods(q, trait, lm.key, cfg)
-        res.layers = layers = sweep_layers(cfg, res.detection_pick, lm.n_layers)
+        res.layers = layers = sweep_layers(cfg, res.detection_pick, lm.n_layers, device)
         for m in methods:
             for l in layers:
                 if vectors is not None and (m, l) not in vectors:
@@ -256,7 +320,7 @@ def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress
                disable=not progress or None, leave=False, dynamic_ncols=True)
     try:
         if n_grid <= cfg.grid_max:
-            res.search = grid_search(cells, cfg, measured, bar)
+            res.search = grid_search(cells, cfg, measured, bar, res.skipped)
         else:
             res.search = optuna_search(cells, cfg, measured, res.detection_pick, bar)
     finally:
@@ -264,15 +328,16 @@ def sweep(store, trait: str, evaluator, cfg: SweepConfig | None = None, progress
     res.rows = list(measured.rows.values())
     if cfg.random_floor:  # the floor where it decides something: the front and the pick
         wanted = {(r["layer"], r["alpha"]) for r in res.front + ([res.pick] if res.pick else [])}
-        for l, a in sorted(wanted):
+        for l in sorted({l for l, _ in wanted}):
             if ("random", l) not in res.vectors:
                 v = _vector(store, trait, lm.key, "random", l)
                 if v is None:
                     log(f"note: no random vector at layer {l} (extract with --methods ...,random): no floor there")
                     continue
                 res.vectors[("random", l)] = v
-            if ("random", l, a) not in measured.rows:
-                res.rows += measured.at("random", l, [a])
+            todo = [a for a in sorted(a for k, a in wanted if k == l) if ("random", l, a) not in measured.rows]
+            if todo:  # (a layer's alphas in one call)
+                res.rows += measured.at("random", l, todo)
     if cfg.ablate:
         res.rows += ablations(store, trait, evaluator, res.vectors, cells, cfg.random_floor, log)
     return res

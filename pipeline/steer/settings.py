@@ -21,13 +21,26 @@ from traitlens.store.vocabulary import EVALUATION_KINDS, KL_MEASURES, METHOD_NAM
 GRID_MAX = 40  # settings measured exhaustively up to this many; a larger grid is searched
 TRIALS = 40  # settings the search measures by default
 REPLY_TOKENS = 24  # length of the steered replies to neutral prompts that perplexity and distinct-2 read
+# neutral prompts replied to (and read for perplexity) in one batch: the project's 32 at once. A
+# decode step is many small operations, so on a CPU 4 batches of 8 cost far more than one of 32
+REPLY_BATCH = 32
 ALPHAS = (0.05, 0.1, 0.25, 0.5)  # the strengths a sweep measures by default (units of --norm)
 N_TEXTS = 40  # held-out prompts the measure is taken on
 EXPRESSION_TOKENS = 32  # reply length of --kind expression
-LAYERS_AROUND = 2  # the default layers: the detection pick's and this many on each side
 ALPHA = 0.25  # `steer`'s strength, and an --add's without one (units of --norm)
 STEER_TOKENS = 40  # reply length of `steer` and `monitor`
 STEER_BATCH = 8  # prompts `steer` and `monitor` generate at once (the same replies as one at a time)
+LAYERS_AROUND = 2  # the default layers on a GPU (or any accelerator): the detection pick's and this many on each side
+LAYERS_AROUND_CPU = 0  # ... on a CPU: the detection pick's layer alone, so the defaults finish in minutes on 2 cores
+
+
+def layers_around(device) -> int:
+    """The default sweep's layers on each side of the detection pick's on ``device`` (a
+    ``torch.device`` or its type name: ``cpu``, ``cuda``, ``mps``): :data:`LAYERS_AROUND_CPU` on
+    the CPU, :data:`LAYERS_AROUND` on an accelerator. ``--layers`` overrides either. On a CPU a
+    setting costs about 40 s of two cores on the default model (docs/benchmarks.md), so the
+    default is the one layer detection picked; ``evaluate`` prints how to widen it."""
+    return LAYERS_AROUND_CPU if str(getattr(device, "type", device)).split(":")[0] == "cpu" else LAYERS_AROUND
 
 
 @dataclass
@@ -52,6 +65,9 @@ class SweepConfig:
     - ``trials``: settings Optuna measures when the grid has more than ``grid_max``; ``seed``
       seeds it and the random directions;
     - ``random_floor``: measure the random direction at the front and the pick;
+    - ``early_stop``: a grid measures each (method, layer)'s alphas in ascending size and skips
+      the larger ones once a setting's KL interval lies wholly above ``kl_budget`` (the KL grows
+      with the push, so they cannot be the pick); the result says which were skipped;
     - ``judge``: a local chat model (path, or ``default``) rating each steered reply 0-100 for
       the trait, described by ``description`` (default: its name).
     """
@@ -69,6 +85,7 @@ class SweepConfig:
     trials: int = TRIALS
     grid_max: int = GRID_MAX
     random_floor: bool = True
+    early_stop: bool = True
     seed: int = 0
     judge: str | None = None
     description: str | None = None
@@ -130,6 +147,8 @@ class SweepConfig:
             raise InputError(f"--kl-budget must be 0 or more nats (a finite number), got {reprlib.repr(kl)}")
         if not isinstance(self.random_floor, bool):
             raise InputError(f"--no-random: random_floor must be true or false, got {reprlib.repr(self.random_floor)}")
+        if not isinstance(self.early_stop, bool):
+            raise InputError(f"--no-early-stop: early_stop must be true or false, got {reprlib.repr(self.early_stop)}")
         if self.neutral is not None:
             if isinstance(self.neutral, str) or not all(isinstance(t, str) for t in self.neutral):
                 raise InputError("--prompts: the neutral prompts must be a list of strings")
