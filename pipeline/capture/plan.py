@@ -236,7 +236,6 @@ class CorpusScan:
         import duckdb
 
         con = duckdb.connect(":memory:")
-        con.execute("SET enable_progress_bar = false")  # no bar in cron logs
         try:
             con.execute("SET memory_limit = ?", [memory_limit()])
             con.execute(f"SET temp_directory='{self.folder / 'spill'}'")

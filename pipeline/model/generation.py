@@ -15,6 +15,16 @@ if TYPE_CHECKING:
     from transformers import GenerationMixin
 
 
+def keep_last_logits(lm: LoadedModel, k: int = 1) -> dict[str, int]:
+    """Forward keywords with ``logits_to_keep=k`` where the model takes it: the LM head then runs
+    on the last ``k`` positions only (the vocabulary projection of every position is most of a
+    short prompt's forward), ``logits`` ``[batch, k, vocab]``; ``{}`` (every position) where it
+    does not."""
+    import inspect
+
+    return {"logits_to_keep": k} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
+
+
 def eos_token_ids(lm: LoadedModel) -> set[int]:
     """Every id that ends a reply: the generation config's (one or a list) and the tokenizer's."""
     ids = set()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from traitlens.pipeline.model.encode import render_ids
+from traitlens.pipeline.model.generation import keep_last_logits
 from traitlens.pipeline.model.hooks import left_padded, pad_batch, pad_token_id
 from traitlens.pipeline.model.loading import LoadedModel
 from traitlens.pipeline.steer.steering import Push, pushes
@@ -143,8 +144,6 @@ def reply_perplexity(lm: LoadedModel, prompts: list[str], replies: list[list[int
     """Perplexity of each reply (token ids) given its prompt under ``lm`` as it is now (call it
     unsteered): ``exp`` of the reply tokens' mean negative log-likelihood, ``[n]``; NaN for an
     empty reply."""
-    from traitlens.pipeline.steer.evaluate import _keeps_last_logits
-
     heads = [render_ids(lm.tokenizer, p, None, chat) for p in prompts]
     out = np.full(len(prompts), math.nan)
     for b in range(0, len(prompts), batch_size):
@@ -153,7 +152,7 @@ def reply_perplexity(lm: LoadedModel, prompts: list[str], replies: list[list[int
             continue
         ids, mask = pad_batch([heads[i] + list(replies[i]) for i in idx], pad_token_id(lm.tokenizer), "right", lm.device)
         # the LM head only where a reply token is predicted: from the shortest prompt's last token on
-        keep = _keeps_last_logits(lm, ids.shape[1] - min(len(heads[i]) for i in idx) + 1)
+        keep = keep_last_logits(lm, ids.shape[1] - min(len(heads[i]) for i in idx) + 1)
         logits = lm.model(input_ids=ids, attention_mask=mask.long(), **keep).logits.float()
         lp, first = torch.log_softmax(logits, dim=-1), ids.shape[1] - logits.shape[1]  # lp's column 0 is position first
         for j, i in enumerate(idx):

@@ -32,6 +32,7 @@ import torch
 
 from traitlens.store.errors import InputError
 
+from traitlens.pipeline.model.generation import keep_last_logits
 from traitlens.pipeline.model.hooks import left_padded
 from traitlens.pipeline.model.encode import render_ids
 from traitlens.pipeline.model.loading import LoadedModel
@@ -49,19 +50,10 @@ REFUSAL_MARKERS = ("i cannot", "i can't", "i can not", "sorry", "i apologize", "
                    "can't provide", "can't help", "cannot help", "not able to provide", "i must decline")
 
 
-def _keeps_last_logits(lm: LoadedModel, k: int = 1) -> dict:
-    """``logits_to_keep=k`` where the model takes it: the LM head then runs on the last ``k``
-    positions only (the vocabulary projection of every position is most of a short prompt's
-    forward); ``{}`` (every position) where it does not."""
-    import inspect
-
-    return {"logits_to_keep": k} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
-
-
 @torch.inference_mode()
 def next_token_logprobs(lm: LoadedModel, seqs: list[list[int]], batch_size: int = 16) -> torch.Tensor:
     """Log-probabilities of the next token after each sequence: ``[n, vocab]`` float32."""
-    out, keep = [], _keeps_last_logits(lm)
+    out, keep = [], keep_last_logits(lm)
     for b in range(0, len(seqs), batch_size):
         ids, mask, pos = left_padded(lm, seqs[b:b + batch_size])
         logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, **keep).logits[:, -1].float()

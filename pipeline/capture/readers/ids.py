@@ -22,7 +22,6 @@ def _connection():
         import duckdb
 
         con = _LOCAL.con = duckdb.connect(":memory:")
-        con.execute("SET enable_progress_bar = false")  # no bar in cron logs
     return con
 
 
