@@ -373,6 +373,19 @@ def test_evaluate_section_sweeps_reports_and_refresh_evaluates_only_changed_vect
         load_spec(spec)
 
 
+def test_evaluate_section_skips_a_trait_without_vectors_of_its_methods_and_says_so(tmp_path, tiny_llama):
+    """``[evaluate] methods`` the run did not extract (gradient here) is no sweep for that trait:
+    the run goes on, says which methods are stored, and stores no steering row."""
+    spec = make_spec(tmp_path, tiny_llama, extra="")
+    spec.write_text(spec.read_text() + '\n[evaluate]\nsteering = true\nmethods = ["gradient"]\nlayers = "0"\n'
+                    'alphas = [0.5]\nn = 4\n')
+    r = run_cli("run", spec)
+    assert r.exit_code == 0, r.output
+    assert "evaluate kindness: no stored vectors of the methods asked for (['gradient']); stored: mean_diff, probe" \
+        in r.output
+    assert Store.open(tmp_path / "store").table("steering").num_rows == 0
+
+
 def test_a_failure_while_writing_the_report_leaves_the_last_report_whole(tmp_path, monkeypatch):
     """The disk fills half way through the report file: the last report stays as it was (the new
     one goes beside it and is renamed into place), and no partial file is left."""

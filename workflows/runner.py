@@ -170,7 +170,12 @@ def _evaluate(spec: Spec, store: Store, lm, summary: RunSummary, log=print) -> N
                                                      [trait, base.kind]).to_pylist()}
         if pick is None:
             continue
-        cfg = replace(base, methods=stored if base.methods == "all" else [m for m in base.methods if m in stored])
+        methods = stored if base.methods == "all" else [m for m in base.methods if m in stored]
+        if not methods:  # (an empty list is not a sweep: SweepConfig refuses it)
+            log(f"evaluate {trait}: no stored vectors of the methods asked for ({base.methods}); stored: "
+                f"{', '.join(stored) or 'none'}")
+            continue
+        cfg = replace(base, methods=methods)
         evaluator, what = evaluator_for(store, lm, trait, cfg, capability=capability)
         res = sweep(store, trait, evaluator, cfg, skip=done, log=log)
         if res.rows:
